@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run the whole suite against real services: Redis and Kafka started from this project's own
+# scripts, helm and Chromium installed if missing. Everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+
+cleanup() {
+  scripts/kafka.sh stop >/dev/null 2>&1 || true
+  scripts/redis.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+scripts/redis.sh start
+scripts/kafka.sh start
+scripts/helm.sh ensure
+scripts/chromium.sh ensure
+
+export RTG_TEST_REDIS_PORT="$(cat .cache/redis/port)"
+export RTG_TEST_KAFKA_BROKERS="$(cat .cache/kafka/run/brokers)"
+export RTG_HELM="$PWD/.cache/bin/helm"
+export RTG_REQUIRE_SERVICES=1
+
+echo "== lint"
+$BIN/ruff check .
+$BIN/mypy .
+
+echo "== tests"
+mkdir -p artifacts
+$BIN/python -m pytest "$@"
