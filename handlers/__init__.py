@@ -1,0 +1,1 @@
+"""Tornado handlers: they parse and reply; the services decide."""

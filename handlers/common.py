@@ -1,0 +1,44 @@
+"""Bits every handler shares: JSON replies and the redacted access log."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from tornado.web import RequestHandler
+
+from services.logs import redact
+
+access_log = logging.getLogger("gateway.access")
+
+
+class JsonHandler(RequestHandler):
+    def write_json(self, status: int, body: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(orjson.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Never a traceback page, whatever serve_traceback says.
+        self.write_json(status_code, {"error": self._reason})
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Tornado's access log, with the query token removed and one JSON object per line."""
+    status = handler.get_status()
+    if handler.request.path in ("/healthz", "/readyz", "/metrics") and status < 400:
+        return  # probes every few seconds would drown everything else
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    access_log.log(
+        level,
+        "http request",
+        extra={
+            "method": handler.request.method,
+            "uri": redact(handler.request.uri or ""),
+            "status": status,
+            "ms": round(1000.0 * handler.request.request_time(), 1),
+            "remote": handler.request.remote_ip,
+        },
+    )

@@ -1,0 +1,219 @@
+"""GatewaySocket: one per WebSocket connection. Authenticates before the upgrade, parses every
+frame with a schema, hands it to the RoomHub, and turns refusals into `error` frames."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+from marshmallow import ValidationError
+from tornado.ioloop import IOLoop
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from schemas.client import CLIENT_TYPES, EnvelopeSchema
+from services import frames
+from services.auth import AuthError, Identity
+from services.gateway import Gateway
+from services.hub import ClientError
+from services.ids import short_id
+from services.metrics import METRICS
+from services.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
+
+log = logging.getLogger("gateway.socket")
+
+# Errors caused by what the client sent; enough of them in a minute closes the socket with 1008.
+ABUSE_CODES = frozenset(
+    {"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"}
+)
+
+
+class GatewaySocket(WebSocketHandler):
+    gateway: Gateway
+    identity: Identity | None = None
+    session: Session | None = None
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._envelope = EnvelopeSchema()
+        self._payloads = gateway.payload_schemas
+        self._expiry: object | None = None
+
+    # -- handshake ---------------------------------------------------------------------------
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.gateway.draining:
+            self._refuse(503, "server is shutting down")
+            return
+        token = self.get_query_argument("token", None) or _bearer(self.request.headers.get("Authorization"))
+        try:
+            self.identity = self.gateway.verifier.verify(token or "")
+        except AuthError as exc:
+            METRICS.auth_failures.inc()
+            log.info("upgrade refused", extra={"reason": str(exc), "remote": self.request.remote_ip})
+            self._refuse(401, str(exc))
+            return
+        await super().get(*args, **kwargs)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"error": message}))
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.gateway.settings.allowed_origins
+        return not allowed or origin in allowed
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return None  # per-message deflate costs more CPU than chat frames save
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self, *args: Any, **kwargs: Any) -> None:
+        assert self.identity is not None
+        self.set_nodelay(True)
+        self.session = Session(
+            short_id(), self.identity, _SocketTransport(self), self.gateway.settings, on_close=_count_close
+        )
+        self.gateway.sessions.add(self.session)
+        if not await self.gateway.hub.connect(self.session):
+            return
+        delay = self.identity.expires_at + self.gateway.settings.jwt_leeway - time.time()
+        self._expiry = IOLoop.current().call_later(max(delay, 0.0), self._token_expired)
+        log.debug("connected", extra={"conn": self.session.conn_id, "user": self.session.user_id})
+
+    def _token_expired(self) -> None:
+        if self.session is not None:
+            self.session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    def on_close(self) -> None:
+        if self._expiry is not None:
+            IOLoop.current().remove_timeout(self._expiry)
+        session = self.session
+        if session is None:
+            return
+        session.closed = True
+        self.gateway.sessions.discard(session)
+        self.gateway.hub.spawn(self.gateway.hub.disconnect(session))
+
+    # -- frames ------------------------------------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        session = self.session
+        if session is None or session.closed:
+            return
+        request_id: str | None = None
+        try:
+            if not session.rate.take():
+                raise ClientError("rate_limited", "too many frames; slow down")
+            if isinstance(message, bytes):
+                raise ClientError("invalid_frame", "binary frames are not supported; send JSON text")
+            try:
+                frame = orjson.loads(message)
+            except orjson.JSONDecodeError:
+                raise ClientError("invalid_json", "frame is not valid JSON") from None
+            if not isinstance(frame, dict):
+                raise ClientError("invalid_frame", "frame must be a JSON object")
+            raw_id = frame.get("requestId")
+            if isinstance(raw_id, str) and 0 < len(raw_id) <= 64:
+                request_id = raw_id
+            try:
+                envelope = self._envelope.load(frame)
+            except ValidationError as exc:
+                raise ClientError("validation_failed", "invalid frame", details=exc.messages) from None
+            frame_type = envelope["type"]
+            if frame_type not in CLIENT_TYPES:
+                raise ClientError("unknown_type", f"unknown frame type {frame_type[:64]!r}")
+            METRICS.frames_in.labels(frame_type).inc()
+            try:
+                payload = self._payloads[frame_type].load(envelope["payload"])
+            except ValidationError as exc:
+                room = envelope["payload"].get("roomId")
+                raise ClientError(
+                    "validation_failed",
+                    f"invalid {frame_type} payload",
+                    details=exc.messages,
+                    roomId=room if isinstance(room, str) else None,
+                    dedupeKey=_str_or_none(envelope["payload"].get("dedupeKey")),
+                ) from None
+            await self._dispatch(session, frame_type, payload, request_id)
+        except ClientError as exc:
+            self._reply_error(session, exc, request_id)
+        except Exception:
+            log.exception("frame handling failed", extra={"conn": session.conn_id})
+            self._reply_error(session, ClientError("internal", "internal error"), request_id)
+
+    async def _dispatch(
+        self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None
+    ) -> None:
+        hub = self.gateway.hub
+        if frame_type == "message":
+            # Runs in the background so a slow Kafka ack does not stop this socket's reads;
+            # the session's publish chain keeps the sender's order.
+            hub.spawn(
+                self._guarded(
+                    session, hub.message(session, payload, request_id), request_id, payload.get("dedupeKey")
+                )
+            )
+        elif frame_type == "join":
+            await hub.join(session, payload["roomId"], request_id)
+        elif frame_type == "leave":
+            await hub.leave(session, payload["roomId"], request_id)
+        elif frame_type == "presence":
+            await hub.set_presence(session, payload["roomId"], payload["status"])
+        else:  # ping
+            session.send(frames.encode("pong", {}, request_id))
+
+    async def _guarded(
+        self, session: Session, work: Awaitable[None], request_id: str | None, dedupe_key: str | None
+    ) -> None:
+        try:
+            await work
+        except ClientError as exc:
+            self._reply_error(session, exc, request_id)
+        except Exception:
+            log.exception("message handling failed", extra={"conn": session.conn_id})
+            self._reply_error(
+                session, ClientError("internal", "internal error", dedupeKey=dedupe_key), request_id
+            )
+
+    def _reply_error(self, session: Session, exc: ClientError, request_id: str | None) -> None:
+        METRICS.errors.labels(exc.code).inc()
+        session.send(frames.error(exc.code, exc.message, request_id, **exc.extra))
+        if exc.code in ABUSE_CODES and session.violations.add():
+            log.info("closing abusive connection", extra={"conn": session.conn_id, "user": session.user_id})
+            session.close(CLOSE_POLICY, "too many invalid frames")
+
+
+class _SocketTransport:
+    """What a Session needs of the socket: write a text frame, close with a code."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: WebSocketHandler) -> None:
+        self._handler = handler
+
+    def write(self, data: bytes) -> Awaitable[None]:
+        return self._handler.write_message(data, binary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        try:
+            self._handler.close(code, reason)
+        except WebSocketClosedError:
+            pass
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count_close(session: Session, code: int) -> None:
+    METRICS.closes.labels(str(code)).inc()

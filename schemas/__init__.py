@@ -1,0 +1,1 @@
+"""marshmallow schemas: client frames, server frames and Kafka event envelopes."""

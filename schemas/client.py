@@ -1,0 +1,82 @@
+"""Frames a client may send: `{"type", "payload", "requestId"?}` and one payload schema per type.
+
+Unknown payload fields are ignored (forward compatible clients); wrong types and bad values are
+`validation_failed` with marshmallow's field messages as `details`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+
+from schemas.common import PRESENCE_STATUSES, attachments, room_id
+
+CLIENT_TYPES = ("join", "leave", "message", "presence", "ping")
+
+
+class _Payload(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class RecoverySinceSchema(_Payload):
+    offset = fields.Integer(strict=True, required=True, validate=validate.Range(min=0))
+    epoch = fields.String(required=True, validate=validate.Length(max=64))
+
+
+class JoinSchema(_Payload):
+    roomId = room_id()
+    since = fields.Nested(RecoverySinceSchema)
+
+
+class LeaveSchema(_Payload):
+    roomId = room_id()
+
+
+class MessageSchema(_Payload):
+    roomId = room_id()
+    content = fields.String(required=True)
+    attachments = attachments()
+    dedupeKey = fields.String(validate=validate.Length(min=1, max=128))
+
+    def __init__(self, max_content: int = 4000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_content = max_content
+
+    @validates("content")
+    def _content_length(self, value: str, **_: Any) -> None:
+        # len() counts code points, which is what MAX_CONTENT promises.
+        if not 1 <= len(value) <= self.max_content:
+            raise ValidationError(f"content must be 1 to {self.max_content} characters")
+
+
+class PresenceSchema(_Payload):
+    roomId = room_id()
+    status = fields.String(required=True, validate=validate.OneOf(PRESENCE_STATUSES))
+
+
+class PingSchema(_Payload):
+    pass
+
+
+class EnvelopeSchema(Schema):
+    """The outer frame. `type` is checked against CLIENT_TYPES by the caller (unknown_type)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    payload = fields.Dict(load_default=dict)
+    requestId = fields.String(validate=validate.Length(min=1, max=64))
+
+
+def payload_schemas(max_content: int) -> dict[str, Schema]:
+    """One instance per type, built once per server (schemas are reusable and thread-safe to load)."""
+    return {
+        "join": JoinSchema(),
+        "leave": LeaveSchema(),
+        "message": MessageSchema(max_content=max_content),
+        "presence": PresenceSchema(),
+        "ping": PingSchema(),
+    }

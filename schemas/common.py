@@ -1,0 +1,28 @@
+"""Field rules shared by client frames, server frames and Kafka events."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z"  # \Z: no trailing newline
+ROOM_ID_MESSAGE = "roomId must be 1-128 characters: letters, digits, and _ . : - (not first)"
+PRESENCE_STATUSES = ("online", "typing", "idle")
+MAX_ATTACHMENTS = 10
+
+
+def room_id() -> fields.String:
+    return fields.String(required=True, validate=validate.Regexp(ROOM_ID_PATTERN, error=ROOM_ID_MESSAGE))
+
+
+class AttachmentSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    type = fields.String(validate=validate.Length(max=128))
+    name = fields.String(validate=validate.Length(max=256))
+    size = fields.Integer(strict=True, validate=validate.Range(min=0))
+
+
+def attachments() -> fields.List:
+    return fields.List(fields.Nested(AttachmentSchema), validate=validate.Length(max=MAX_ATTACHMENTS))

@@ -1,0 +1,88 @@
+"""Kafka events: one envelope `{eventId, type, version: 1, occurredAt, source, payload}`, key = roomId.
+
+Consumed payloads ignore unknown fields (producers evolve); produced ones are built by the gateway.
+"""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, INCLUDE, Schema, fields, validate
+
+from schemas.common import attachments, room_id
+
+MESSAGE_INGEST = "message.ingest"
+MESSAGE_CREATED = "message.created"
+MESSAGE_UPDATED = "message.updated"
+MESSAGE_DELETED = "message.deleted"
+ROOM_UPDATED = "room.updated"
+ROOM_DELETED = "room.deleted"
+MEMBER_REMOVED = "room.member_removed"
+
+
+class EnvelopeSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    eventId = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    type = fields.String(required=True)
+    version = fields.Integer(required=True, strict=True, validate=validate.Equal(1))
+    occurredAt = fields.String(required=True)
+    source = fields.String(load_default="unknown")
+    payload = fields.Dict(required=True)
+
+
+class _Payload(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class MessagePayload(_Payload):
+    """message.ingest (produced) and message.created (consumed): the full message."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    roomId = room_id()
+    senderType = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    senderId = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    content = fields.String(required=True)
+    attachments = attachments()
+    createdAt = fields.String(required=True)
+    dedupeKey = fields.String(allow_none=True)
+
+
+class MessageUpdatedPayload(_Payload):
+    id = fields.String(required=True)
+    roomId = room_id()
+    content = fields.String()
+    attachments = attachments()
+    updatedAt = fields.String()
+
+
+class MessageDeletedPayload(_Payload):
+    id = fields.String(required=True)
+    roomId = room_id()
+    deletedAt = fields.String()
+
+
+class RoomUpdatedPayload(Schema):
+    class Meta:
+        unknown = INCLUDE  # every other field is a change, forwarded under `changes`
+
+    roomId = room_id()
+
+
+class RoomDeletedPayload(_Payload):
+    roomId = room_id()
+
+
+class MemberRemovedPayload(_Payload):
+    roomId = room_id()
+    userId = fields.String(required=True, validate=validate.Length(min=1, max=128))
+
+
+CONSUMED: dict[str, type[Schema]] = {
+    MESSAGE_CREATED: MessagePayload,
+    MESSAGE_UPDATED: MessageUpdatedPayload,
+    MESSAGE_DELETED: MessageDeletedPayload,
+    ROOM_UPDATED: RoomUpdatedPayload,
+    ROOM_DELETED: RoomDeletedPayload,
+    MEMBER_REMOVED: MemberRemovedPayload,
+}

@@ -1,0 +1,141 @@
+"""Frames the gateway sends. Used to document the protocol and, in tests, to check every frame
+received over a real socket has exactly the promised shape."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from schemas.common import AttachmentSchema, attachments, room_id
+
+ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+SERVER_TYPES = (
+    "message",
+    "message_updated",
+    "message_deleted",
+    "ack",
+    "room_update",
+    "presence",
+    "presence_state",
+    "pong",
+    "error",
+)
+ERROR_CODES = (
+    "invalid_json",
+    "invalid_frame",
+    "unknown_type",
+    "validation_failed",
+    "not_in_room",
+    "forbidden_room",
+    "too_many_rooms",
+    "rate_limited",
+    "ingest_failed",
+    "internal",
+)
+ROOM_ACTIONS = ("joined", "left", "removed", "deleted", "updated")
+
+
+def _iso(**kw: object) -> fields.String:
+    return fields.String(validate=validate.Regexp(ISO_MS), **kw)  # type: ignore[arg-type]
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class MessageOut(_Strict):
+    id = fields.String(required=True)
+    roomId = room_id()
+    senderType = fields.String(required=True)
+    senderId = fields.String(required=True)
+    content = fields.String(required=True)
+    attachments = attachments()
+    createdAt = _iso(required=True)
+    dedupeKey = fields.String()
+    offset = fields.Integer()
+    epoch = fields.String()
+
+
+class MessageUpdatedOut(_Strict):
+    id = fields.String(required=True)
+    roomId = room_id()
+    content = fields.String()
+    attachments = fields.List(fields.Nested(AttachmentSchema))
+    updatedAt = fields.String()
+
+
+class MessageDeletedOut(_Strict):
+    id = fields.String(required=True)
+    roomId = room_id()
+    deletedAt = fields.String()
+
+
+class AckOut(_Strict):
+    id = fields.String(required=True)
+    roomId = room_id()
+    createdAt = _iso(required=True)
+    dedupeKey = fields.String()
+
+
+class RoomUpdateOut(_Strict):
+    roomId = room_id()
+    action = fields.String(required=True, validate=validate.OneOf(ROOM_ACTIONS))
+    recovered = fields.Boolean()
+    changes = fields.Dict()
+    reason = fields.String()
+
+
+class PresenceOut(_Strict):
+    roomId = room_id()
+    userId = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("online", "typing", "idle", "offline")))
+    at = _iso(required=True)
+
+
+class MemberOut(_Strict):
+    userId = fields.String(required=True)
+    status = fields.String(required=True)
+    since = _iso(required=True)
+
+
+class PresenceStateOut(_Strict):
+    roomId = room_id()
+    members = fields.List(fields.Nested(MemberOut), required=True)
+
+
+class PongOut(_Strict):
+    pass
+
+
+class ErrorOut(_Strict):
+    message = fields.String(required=True)
+    code = fields.String(required=True, validate=validate.OneOf(ERROR_CODES))
+    roomId = fields.String()
+    dedupeKey = fields.String()
+    details = fields.Raw()
+
+
+class ServerFrame(_Strict):
+    type = fields.String(required=True, validate=validate.OneOf(SERVER_TYPES))
+    payload = fields.Dict(required=True)
+    requestId = fields.String()
+
+
+PAYLOADS: dict[str, type[Schema]] = {
+    "message": MessageOut,
+    "message_updated": MessageUpdatedOut,
+    "message_deleted": MessageDeletedOut,
+    "ack": AckOut,
+    "room_update": RoomUpdateOut,
+    "presence": PresenceOut,
+    "presence_state": PresenceStateOut,
+    "pong": PongOut,
+    "error": ErrorOut,
+}
+
+
+def validate_server_frame(frame: object) -> None:
+    """Raise marshmallow.ValidationError unless `frame` is a well-formed server frame."""
+    ServerFrame().load(frame)  # type: ignore[arg-type]
+    assert isinstance(frame, dict)
+    PAYLOADS[frame["type"]]().load(frame["payload"])

@@ -1,0 +1,1 @@
+"""Everything that is not HTTP: auth, the hub, the bus, presence, dedupe, Kafka, settings."""

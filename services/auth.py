@@ -1,0 +1,185 @@
+"""JWT verification for the WebSocket handshake, and a token tool for developers.
+
+    python -m services.auth mint --sub alice --rooms 'general,team-*' --ttl 3600
+
+signs with JWT_DEV (or --secret). Verification pins the algorithm list from settings, so
+`alg: none` and algorithm confusion (an HS256 token signed with a public key) are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from services.settings import ConfigError, Settings
+
+MIN_SECRET_BYTES = 32
+
+
+class AuthError(Exception):
+    """A token that cannot be accepted; the message is safe to show the client (no token in it)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    expires_at: float
+    rooms: tuple[str, ...] | None  # None: the token has no `rooms` claim
+
+    def may_join(self, room_id: str) -> bool:
+        if self.rooms is None:
+            return False
+        return any(fnmatch.fnmatchcase(room_id, pattern) for pattern in self.rooms)
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self._algorithms = list(settings.jwt_algorithms)
+        self._leeway = settings.jwt_leeway
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._hmac_key = settings.jwt_secret
+        self._public_key = _read_key(settings.jwt_public_key) if settings.jwt_public_key else None
+
+    def _key_for(self, alg: str) -> Any:
+        if alg.startswith("HS"):
+            return self._hmac_key
+        return self._public_key
+
+    def verify(self, token: str) -> Identity:
+        if not token:
+            raise AuthError("missing token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise AuthError("token algorithm not allowed")
+        key = self._key_for(alg)
+        if key is None:
+            raise AuthError("token algorithm not allowed")
+        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None}
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                leeway=self._leeway,
+                audience=self._audience,
+                issuer=self._issuer,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("invalid token signature") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token is missing the {exc.claim} claim") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("invalid token audience") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("invalid token issuer") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid token") from None
+        return _identity(claims)
+
+
+def _identity(claims: dict[str, Any]) -> Identity:
+    user = claims.get("sub", claims.get("userId"))
+    if isinstance(user, int) and not isinstance(user, bool):
+        user = str(user)
+    if not isinstance(user, str) or not user or len(user) > 128:
+        raise AuthError("token has no usable sub (or userId) claim")
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float):
+        raise AuthError("invalid exp claim")
+    rooms_claim = claims.get("rooms")
+    rooms: tuple[str, ...] | None = None
+    if rooms_claim is not None:
+        if isinstance(rooms_claim, str):
+            rooms_claim = [part.strip() for part in rooms_claim.split(",") if part.strip()]
+        if not isinstance(rooms_claim, list) or not all(isinstance(r, str) for r in rooms_claim):
+            raise AuthError("invalid rooms claim")
+        rooms = tuple(rooms_claim)
+    return Identity(user_id=user, expires_at=float(exp), rooms=rooms)
+
+
+def _read_key(value: str) -> str:
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read JWT_PUBLIC_KEY file {value[1:]}: {exc.strerror}") from None
+    return value.replace("\\n", "\n")
+
+
+def check_secret(settings: Settings) -> None:
+    """Refuse a guessable HS256 secret unless the operator said --dev."""
+    secret = settings.jwt_secret
+    if secret is None:
+        return
+    if len(secret.encode()) < MIN_SECRET_BYTES and not settings.dev:
+        raise ConfigError(
+            f"JWT_DEV is shorter than {MIN_SECRET_BYTES} bytes; use a longer secret (or --dev for local use)"
+        )
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def mint(
+    secret: str,
+    sub: str,
+    ttl: float = 3600,
+    rooms: Sequence[str] | None = None,
+    algorithm: str = "HS256",
+    **extra: Any,
+) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + int(ttl), **extra}
+    if rooms is not None:
+        claims["rooms"] = list(rooms)
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.auth", description="Developer token tool.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mint", help="print a signed HS256 token")
+    m.add_argument("--sub", required=True, help="user id")
+    m.add_argument("--rooms", default=None, help="comma-separated room ids or globs for the rooms claim")
+    m.add_argument("--ttl", type=int, default=3600, help="seconds until exp")
+    m.add_argument("--secret", default=None, help="signing secret (default: $JWT_DEV)")
+    m.add_argument("--aud", default=None)
+    m.add_argument("--iss", default=None)
+    args = parser.parse_args(argv)
+    secret = args.secret or os.environ.get("JWT_DEV")
+    if not secret:
+        print("error: no secret: set JWT_DEV or pass --secret", file=sys.stderr)
+        return 2
+    rooms = [r.strip() for r in args.rooms.split(",") if r.strip()] if args.rooms else None
+    extra: dict[str, Any] = {}
+    if args.aud:
+        extra["aud"] = args.aud
+    if args.iss:
+        extra["iss"] = args.iss
+    print(mint(secret, args.sub, ttl=args.ttl, rooms=rooms, **extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

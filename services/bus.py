@@ -1,0 +1,90 @@
+"""The bus: how one instance's room events reach every other instance.
+
+Deliberately tiny (centrifuge's Broker, broadcaster's backend). The hub delivers to its own
+sockets first and then publishes; a backend never hands an instance its own events back.
+`MemoryBus` serves one process; `RedisBus` (services/redis_bus.py) serves many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class BusEvent:
+    """One event for a channel. `frame` is the encoded server frame for the channel's sockets;
+    `action` asks every instance to change membership (e.g. remove a user from a room)."""
+
+    frame: bytes | None = None
+    origin: str = ""
+    exclude: str | None = None  # connection id that must not receive the frame
+    action: str | None = None
+    user: str | None = None
+
+
+EventHandler = Callable[[str, BusEvent], None]
+
+
+class Bus(Protocol):
+    instance_id: str
+
+    async def start(self, handler: EventHandler) -> None:
+        """Begin receiving; `handler(channel, event)` runs on the event loop for other instances' events."""
+
+    async def subscribe(self, channel: str) -> None:
+        """Returns once events published to `channel` anywhere will reach this instance."""
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def publish(self, channel: str, event: BusEvent) -> None:
+        """Send to the other instances subscribed to `channel`; raises BusError when it cannot."""
+
+    def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class BusError(Exception):
+    pass
+
+
+class MemoryNetwork:
+    """Connects MemoryBus instances of one process, so several hubs can be tested without Redis."""
+
+    def __init__(self) -> None:
+        self.subscribers: dict[str, set[MemoryBus]] = {}
+
+
+class MemoryBus:
+    def __init__(self, instance_id: str, network: MemoryNetwork | None = None) -> None:
+        self.instance_id = instance_id
+        self._network = network or MemoryNetwork()
+        self._handler: EventHandler | None = None
+
+    async def start(self, handler: EventHandler) -> None:
+        self._handler = handler
+
+    async def subscribe(self, channel: str) -> None:
+        self._network.subscribers.setdefault(channel, set()).add(self)
+
+    async def unsubscribe(self, channel: str) -> None:
+        subs = self._network.subscribers.get(channel)
+        if subs is not None:
+            subs.discard(self)
+            if not subs:
+                del self._network.subscribers[channel]
+
+    async def publish(self, channel: str, event: BusEvent) -> None:
+        for bus in list(self._network.subscribers.get(channel, ())):
+            if bus is not self and bus._handler is not None:
+                bus._handler(channel, event)
+
+    def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        for channel in [c for c, subs in self._network.subscribers.items() if self in subs]:
+            await self.unsubscribe(channel)
+        self._handler = None

@@ -1,0 +1,74 @@
+"""Dedupe store: remembers (sender, dedupeKey) and already-broadcast message ids for a TTL.
+
+`reserve` is atomic (SET NX in Redis), so of two concurrent first sends only one wins; the
+loser reads the winner's record and answers with the same ack.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Protocol
+
+PENDING = "pending"
+
+
+class DedupeStore(Protocol):
+    async def reserve(self, key: str, value: str, ttl: float) -> str | None:
+        """Store `value` under `key` unless present. None: reserved for us; else the existing value."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def put(self, key: str, value: str, ttl: float) -> None: ...
+
+    async def release(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryDedupe:
+    """Expiring map with a heap of expiry times, so sweeping costs only what has expired."""
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._data: dict[str, tuple[float, str]] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._max = max_entries
+
+    def _sweep(self, now: float) -> None:
+        while self._expiry and (self._expiry[0][0] <= now or len(self._data) > self._max):
+            expires, key = heapq.heappop(self._expiry)
+            item = self._data.get(key)
+            if item is not None and item[0] == expires:
+                del self._data[key]
+
+    def _live(self, key: str, now: float) -> str | None:
+        item = self._data.get(key)
+        if item is None or item[0] <= now:
+            return None
+        return item[1]
+
+    def _set(self, key: str, value: str, expires: float) -> None:
+        self._data[key] = (expires, value)
+        heapq.heappush(self._expiry, (expires, key))
+
+    async def reserve(self, key: str, value: str, ttl: float) -> str | None:
+        now = time.monotonic()
+        self._sweep(now)
+        existing = self._live(key, now)
+        if existing is not None:
+            return existing
+        self._set(key, value, now + ttl)
+        return None
+
+    async def get(self, key: str) -> str | None:
+        return self._live(key, time.monotonic())
+
+    async def put(self, key: str, value: str, ttl: float) -> None:
+        self._set(key, value, time.monotonic() + ttl)
+
+    async def release(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def close(self) -> None:
+        self._data.clear()
+        self._expiry.clear()

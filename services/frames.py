@@ -1,0 +1,20 @@
+"""Server frames are encoded once, as bytes, and the same object is queued for every recipient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def encode(frame_type: str, payload: dict[str, Any], request_id: str | None = None) -> bytes:
+    frame: dict[str, Any] = {"type": frame_type, "payload": payload}
+    if request_id is not None:
+        frame["requestId"] = request_id
+    return orjson.dumps(frame)
+
+
+def error(code: str, message: str, request_id: str | None = None, **extra: Any) -> bytes:
+    payload: dict[str, Any] = {"message": message, "code": code}
+    payload.update({k: v for k, v in extra.items() if v is not None})
+    return encode("error", payload, request_id)

@@ -1,0 +1,437 @@
+"""RoomHub: rooms -> local sessions, users -> local sessions, and the protocol's decisions.
+
+The hub knows nothing of Tornado: it gets Sessions and payloads already validated by the handler,
+and talks to the outside only through the Bus, PresenceStore, DedupeStore and Ingest interfaces.
+A room's bus channel is subscribed when its first local member joins and unsubscribed when the
+last one leaves. Every broadcast frame is encoded once and delivered locally before it is
+published for the other instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from services import frames
+from services.bus import Bus, BusError, BusEvent
+from services.dedupe import PENDING, DedupeStore
+from services.ids import iso, iso_now, uuid7
+from services.metrics import METRICS
+from services.presence import OFFLINE, ONLINE, PresenceStore
+from services.session import CLOSE_TOO_MANY_CONNECTIONS, Session
+from services.settings import Settings
+
+log = logging.getLogger("gateway.hub")
+
+# Bus actions: membership changes every instance applies to its own sessions.
+ACTION_REMOVE_USER = "remove_user"
+ACTION_DELETE_ROOM = "delete_room"
+
+
+class IngestError(Exception):
+    """The message could not be made durable; the client gets ingest_failed."""
+
+
+class Ingest(Protocol):
+    async def ingest(self, message: dict[str, Any]) -> None:
+        """Return once the message.ingest record is acknowledged by Kafka; raise IngestError otherwise."""
+
+
+class ClientError(Exception):
+    """An expected refusal, answered with an `error` frame (never a close)."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def room_channel(room: str) -> str:
+    return f"room:{room}"
+
+
+def user_channel(user: str) -> str:
+    return f"user:{user}"
+
+
+class RoomHub:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        presence: PresenceStore,
+        dedupe: DedupeStore,
+        ingest: Ingest | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.presence = presence
+        self.dedupe = dedupe
+        self.ingest = ingest
+        self.instance_id = bus.instance_id
+        self.rooms: dict[str, set[Session]] = {}
+        self.users: dict[str, set[Session]] = {}
+        self._subscribed: set[str] = set()
+        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._typing_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.bus.start(self._on_bus_event)
+        await self.presence.start(self._on_presence_expired)
+
+    async def close(self) -> None:
+        for timer in self._typing_timers.values():
+            timer.cancel()
+        self._typing_timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def connect(self, session: Session) -> bool:
+        """Register a new session; False (and close 4029) when the user has too many connections."""
+        mine = self.users.setdefault(session.user_id, set())
+        if len(mine) >= self.settings.max_user_connections:
+            if not mine:
+                del self.users[session.user_id]
+            session.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")
+            return False
+        first = not mine
+        mine.add(session)
+        METRICS.connections.inc()
+        if first:
+            try:
+                await self._subscribe(user_channel(session.user_id))
+            except BusError:
+                log.warning("user channel subscribe failed", extra={"user": session.user_id})
+        return True
+
+    async def disconnect(self, session: Session) -> None:
+        mine = self.users.get(session.user_id)
+        if mine is None or session not in mine:
+            return
+        mine.discard(session)
+        METRICS.connections.dec()
+        for room in list(session.rooms):
+            await self._leave(session, room)
+        if not mine:
+            del self.users[session.user_id]
+            await self._unsubscribe_if_unused(user_channel(session.user_id))
+
+    # -- join / leave ------------------------------------------------------------------------
+
+    async def join(self, session: Session, room: str, request_id: str | None) -> None:
+        ident = session.identity
+        if self.settings.room_access == "token" and not ident.may_join(room):
+            raise ClientError("forbidden_room", "this token does not allow joining the room", roomId=room)
+        if room not in session.rooms:
+            if len(session.rooms) >= self.settings.max_rooms:
+                raise ClientError(
+                    "too_many_rooms", f"at most {self.settings.max_rooms} rooms per connection", roomId=room
+                )
+            channel = room_channel(room)
+            async with self._lock(channel):
+                if channel not in self._subscribed:
+                    try:
+                        await self.bus.subscribe(channel)
+                    except BusError:
+                        raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
+                    self._subscribed.add(channel)
+                self.rooms.setdefault(room, set()).add(session)
+                session.rooms.add(room)
+                METRICS.rooms.set(len(self.rooms))
+            now = time.time()
+            new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+            if new_user:
+                frame = frames.encode(
+                    "presence", {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
+                )
+                await self._broadcast(room, frame, exclude=session.conn_id)
+        session.send(frames.encode("room_update", {"roomId": room, "action": "joined"}, request_id))
+        members = await self.presence.members(room)
+        session.send(
+            frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]})
+        )
+
+    async def leave(self, session: Session, room: str, request_id: str | None) -> None:
+        if room not in session.rooms:
+            raise ClientError("not_in_room", "not a member of this room", roomId=room)
+        await self._leave(session, room)
+        session.send(frames.encode("room_update", {"roomId": room, "action": "left"}, request_id))
+
+    async def _leave(self, session: Session, room: str) -> None:
+        """Remove one session from a room; announce offline when it was the user's last connection."""
+        session.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self.rooms[room]
+                METRICS.rooms.set(len(self.rooms))
+        try:
+            gone = await self.presence.leave(room, session.user_id, session.conn_id)
+        except Exception:
+            log.exception("presence leave failed", extra={"room": room})
+            gone = False
+        if gone:
+            self._cancel_typing(room, session.user_id)
+            await self._broadcast(
+                room,
+                frames.encode(
+                    "presence",
+                    {"roomId": room, "userId": session.user_id, "status": OFFLINE, "at": iso_now()},
+                ),
+            )
+        await self._unsubscribe_if_unused(room_channel(room))
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def message(self, session: Session, payload: dict[str, Any], request_id: str | None) -> None:
+        room = payload["roomId"]
+        dedupe_key: str | None = payload.get("dedupeKey")
+        if room not in session.rooms:
+            raise ClientError(
+                "not_in_room", "join the room before sending to it", roomId=room, dedupeKey=dedupe_key
+            )
+        msg_id = uuid7()
+        created = iso_now()
+        store_key = f"dk:{session.user_id}:{dedupe_key}" if dedupe_key else None
+        if store_key is not None:
+            first = await self._claim(store_key, msg_id, created)
+            if first is not None:  # seen before: the same ack, no second broadcast
+                ack = {"id": first[0], "roomId": room, "createdAt": first[1], "dedupeKey": dedupe_key}
+                session.send(frames.encode("ack", ack, request_id))
+                return
+        message: dict[str, Any] = {
+            "id": msg_id,
+            "roomId": room,
+            "senderType": "human",
+            "senderId": session.user_id,
+            "content": payload["content"],
+            "attachments": payload.get("attachments") or [],
+            "createdAt": created,
+        }
+        if dedupe_key is not None:
+            message["dedupeKey"] = dedupe_key
+
+        # Order: this message may broadcast only after the sender's previous one did.
+        previous = session.last_publish
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.last_publish = done
+        try:
+            try:
+                if self.ingest is not None:
+                    await self.ingest.ingest(message)
+            except IngestError as exc:
+                if store_key is not None:
+                    await self.dedupe.release(store_key)
+                raise ClientError(
+                    "ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=dedupe_key
+                ) from None
+            if previous is not None and not previous.done():
+                await previous
+            if store_key is not None:
+                await self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
+            if self.ingest is not None:  # lets the consumer skip Kafka's copy of this message
+                await self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl)
+            await self._broadcast(room, frames.encode("message", message))
+        finally:
+            done.set_result(None)
+            if session.last_publish is done:
+                session.last_publish = None
+        ack = {"id": msg_id, "roomId": room, "createdAt": created}
+        if dedupe_key is not None:
+            ack["dedupeKey"] = dedupe_key
+        session.send(frames.encode("ack", ack, request_id))
+        METRICS.messages.inc()
+
+    async def _claim(self, key: str, msg_id: str, created: str) -> tuple[str, str] | None:
+        """Reserve a dedupe key. None: ours to process. Else the first message's (id, createdAt),
+        waiting while the first send is still in flight (its ingest may yet fail and free the key)."""
+        deadline = time.monotonic() + self.settings.kafka_message_timeout + 5
+        while True:
+            existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
+            if existing is None:
+                return None
+            if existing != PENDING:
+                first_id, _, first_created = existing.partition(" ")
+                return first_id, first_created
+            if time.monotonic() > deadline:
+                raise ClientError("ingest_failed", "an earlier send with this dedupeKey is still pending")
+            await asyncio.sleep(0.05)
+
+    # -- presence ----------------------------------------------------------------------------
+
+    async def set_presence(self, session: Session, room: str, status: str) -> None:
+        if room not in session.rooms:
+            raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
+        user = session.user_id
+        await self._publish_status(room, user, status)
+        self._cancel_typing(room, user)
+        if status == "typing":
+            loop = asyncio.get_running_loop()
+            self._typing_timers[(room, user)] = loop.call_later(
+                self.settings.typing_ttl, self._typing_lapsed, room, user
+            )
+
+    async def _publish_status(self, room: str, user: str, status: str) -> None:
+        now = time.time()
+        await self.presence.set_status(room, user, status, now)
+        await self._broadcast(
+            room,
+            frames.encode("presence", {"roomId": room, "userId": user, "status": status, "at": iso(now)}),
+        )
+
+    def _typing_lapsed(self, room: str, user: str) -> None:
+        self._typing_timers.pop((room, user), None)
+        if any(room in s.rooms for s in self.users.get(user, ())):
+            self.spawn(self._publish_status(room, user, ONLINE))
+
+    def _cancel_typing(self, room: str, user: str) -> None:
+        timer = self._typing_timers.pop((room, user), None)
+        if timer is not None:
+            timer.cancel()
+
+    def _on_presence_expired(self, room: str, user: str) -> None:
+        """A dead instance's user: announce offline on its behalf."""
+        self.spawn(
+            self._broadcast(
+                room,
+                frames.encode(
+                    "presence", {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
+                ),
+            )
+        )
+
+    # -- events from elsewhere (Kafka consumer) --------------------------------------------------
+
+    async def deliver(self, room: str, frame_type: str, payload: dict[str, Any]) -> None:
+        """Bring a frame to every member of `room` on every instance."""
+        await self._broadcast(room, frames.encode(frame_type, payload))
+
+    async def remove_user(self, room: str, user: str) -> None:
+        frame = frames.encode("room_update", {"roomId": room, "action": "removed"})
+        event = BusEvent(frame=frame, origin=self.instance_id, action=ACTION_REMOVE_USER, user=user)
+        self._apply(room_channel(room), event)
+        await self._publish(room_channel(room), event)
+
+    async def delete_room(self, room: str) -> None:
+        frame = frames.encode("room_update", {"roomId": room, "action": "deleted"})
+        event = BusEvent(frame=frame, origin=self.instance_id, action=ACTION_DELETE_ROOM)
+        self._apply(room_channel(room), event)
+        await self._publish(room_channel(room), event)
+
+    # -- fan-out -----------------------------------------------------------------------------
+
+    async def _broadcast(self, room: str, frame: bytes, exclude: str | None = None) -> None:
+        event = BusEvent(frame=frame, origin=self.instance_id, exclude=exclude)
+        self._deliver_local(room, frame, exclude)
+        await self._publish(room_channel(room), event)
+
+    async def _publish(self, channel: str, event: BusEvent) -> None:
+        try:
+            await self.bus.publish(channel, event)
+        except BusError as exc:
+            # Local members already have it; other instances miss it (at-most-once across instances).
+            METRICS.bus_publish_failures.inc()
+            log.warning("bus publish failed", extra={"channel": channel, "error": str(exc)})
+
+    def _deliver_local(self, room: str, frame: bytes, exclude: str | None) -> None:
+        members = self.rooms.get(room)
+        if not members:
+            return
+        delivered = 0
+        for session in tuple(members):
+            if session.conn_id != exclude and session.send(frame):
+                delivered += 1
+        METRICS.deliveries.inc(delivered)
+
+    def _on_bus_event(self, channel: str, event: BusEvent) -> None:
+        if event.origin == self.instance_id:
+            return  # our own echo: delivered locally already
+        self._apply(channel, event)
+
+    def _apply(self, channel: str, event: BusEvent) -> None:
+        kind, _, name = channel.partition(":")
+        if kind == "user":
+            for session in tuple(self.users.get(name, ())):
+                if event.frame is not None:
+                    session.send(event.frame)
+            return
+        if kind != "room":
+            return
+        if event.action is None:
+            if event.frame is not None:
+                self._deliver_local(name, event.frame, event.exclude)
+            return
+        targets = [
+            s
+            for s in self.rooms.get(name, ())
+            if event.action == ACTION_DELETE_ROOM or s.user_id == event.user
+        ]
+        for session in targets:
+            if event.frame is not None:
+                session.send(event.frame)
+        if targets:
+            self.spawn(self._remove_sessions(name, targets))
+
+    async def _remove_sessions(self, room: str, sessions: list[Session]) -> None:
+        for session in sessions:
+            if room in session.rooms:
+                await self._leave(session, room)
+
+    # -- bus subscriptions -------------------------------------------------------------------
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        lock = self._channel_locks.get(channel)
+        if lock is None:
+            lock = self._channel_locks[channel] = asyncio.Lock()
+        return lock
+
+    async def _subscribe(self, channel: str) -> None:
+        async with self._lock(channel):
+            if channel not in self._subscribed:
+                await self.bus.subscribe(channel)
+                self._subscribed.add(channel)
+
+    async def _unsubscribe_if_unused(self, channel: str) -> None:
+        kind, _, name = channel.partition(":")
+        async with self._lock(channel):
+            in_use = bool(self.rooms.get(name)) if kind == "room" else bool(self.users.get(name))
+            if in_use or channel not in self._subscribed:
+                return
+            self._subscribed.discard(channel)
+            try:
+                await self.bus.unsubscribe(channel)
+            except BusError:
+                log.warning("bus unsubscribe failed", extra={"channel": channel})
+        lock = self._channel_locks.get(channel)
+        if lock is not None and not lock.locked():
+            del self._channel_locks[channel]
+
+    @property
+    def subscribed_channels(self) -> frozenset[str]:
+        return frozenset(self._subscribed)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) for background work such as disconnect clean-up to finish."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    def spawn(self, aw: Awaitable[Any]) -> None:
+        """Run a coroutine in the background, keeping a reference and logging its failure."""
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())

@@ -1,0 +1,41 @@
+"""Prometheus metrics, named once here so every module counts into the same series."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.connections = Gauge("gateway_connections", "Open WebSocket connections")
+        self.rooms = Gauge("gateway_rooms", "Rooms with at least one local member")
+        self.frames_in = Counter("gateway_frames_in_total", "Client frames received", ["type"])
+        self.frames_out = Counter("gateway_frames_out_total", "Server frames sent directly", ["type"])
+        self.errors = Counter("gateway_errors_total", "Error frames sent, by code", ["code"])
+        self.closes = Counter("gateway_closes_total", "Connections closed by the gateway, by code", ["code"])
+        self.auth_failures = Counter("gateway_auth_failures_total", "Upgrades refused with 401")
+        self.messages = Counter("gateway_messages_total", "Client messages accepted and broadcast")
+        self.deliveries = Counter("gateway_deliveries_total", "Frames queued to local sockets by fan-out")
+        self.queue_overflows = Counter("gateway_outbound_overflows_total", "Slow consumers closed with 4008")
+        self.bus_publish_failures = Counter("gateway_bus_publish_failures_total", "Bus publishes that failed")
+        self.bus_publish_seconds = Histogram(
+            "gateway_bus_publish_seconds",
+            "Bus publish latency",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        )
+        self.bus_reconnects = Counter("gateway_bus_reconnects_total", "Bus (Redis) reconnections")
+        self.bus_up = Gauge("gateway_bus_up", "1 while the bus is connected and subscribed")
+        self.kafka_produce_seconds = Histogram(
+            "gateway_kafka_produce_seconds",
+            "Ingest delivery latency",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.kafka_produce_failures = Counter(
+            "gateway_kafka_produce_failures_total", "Ingest records that failed"
+        )
+        self.kafka_consumed = Counter("gateway_kafka_consumed_total", "Kafka events handled", ["type"])
+        self.kafka_invalid = Counter("gateway_kafka_invalid_total", "Kafka records skipped as invalid")
+        self.kafka_consumer_lag = Gauge("gateway_kafka_consumer_lag", "Records behind the high watermark")
+
+
+METRICS = _Metrics()

@@ -1,0 +1,159 @@
+"""One client connection as the services see it: identity, rooms, limits and the outbound queue.
+
+The queue is bounded in frames and bytes and drained by a single writer, which waits for each
+write to reach the socket. A client that does not read fills its own queue and is closed with
+4008; nobody else waits for it (centrifuge's per-client queue with a "slow" disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from services.auth import Identity
+from services.metrics import METRICS
+from services.ratelimit import TokenBucket, ViolationWindow
+from services.settings import Settings
+
+log = logging.getLogger("gateway.session")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_REVOKED = 4003
+CLOSE_SLOW = 4008
+CLOSE_TOO_MANY_CONNECTIONS = 4029
+
+FLUSH_GRACE = 2.0  # seconds queued frames may take to leave before a close goes ahead anyway
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> Awaitable[None]:
+        """Send one text frame; the awaitable resolves once it is handed to the OS."""
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class Session:
+    __slots__ = (
+        "_closed_cb",
+        "_queue",
+        "_queued_bytes",
+        "_reason",
+        "_transport_closed",
+        "_writer",
+        "_writing",
+        "close_code",
+        "closed",
+        "conn_id",
+        "identity",
+        "last_publish",
+        "rate",
+        "rooms",
+        "settings",
+        "transport",
+        "violations",
+    )
+
+    def __init__(
+        self,
+        conn_id: str,
+        identity: Identity,
+        transport: Transport,
+        settings: Settings,
+        on_close: Callable[[Session, int], None] | None = None,
+    ) -> None:
+        self.conn_id = conn_id
+        self.identity = identity
+        self.transport = transport
+        self.settings = settings
+        self.rooms: set[str] = set()
+        self.rate = TokenBucket(settings.rate_limit, settings.rate_burst)
+        self.violations = ViolationWindow(settings.invalid_frame_limit)
+        self.closed = False
+        self.close_code: int | None = None
+        # Tail of this connection's message pipeline: keeps one sender's messages in order even
+        # while earlier ones still wait for their Kafka delivery report.
+        self.last_publish: asyncio.Future[None] | None = None
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued_bytes = 0
+        self._writing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._closed_cb = on_close
+        self._reason = ""
+        self._transport_closed = False
+
+    @property
+    def user_id(self) -> str:
+        return self.identity.user_id
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        return len(self._queue), self._queued_bytes
+
+    def send(self, frame: bytes) -> bool:
+        """Queue a frame; never blocks. False if the connection is closed or was just closed as slow."""
+        if self.closed:
+            return False
+        size = len(frame)
+        if (
+            len(self._queue) >= self.settings.outbound_queue_frames
+            or self._queued_bytes + size > self.settings.outbound_queue_bytes
+        ):
+            log.warning(
+                "slow consumer closed",
+                extra={"conn": self.conn_id, "user": self.user_id, "queued": len(self._queue)},
+            )
+            METRICS.queue_overflows.inc()
+            self.close(CLOSE_SLOW, "slow consumer", flush=False)
+            return False
+        self._queue.append(frame)
+        self._queued_bytes += size
+        if not self._writing:
+            self._writing = True
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                frame = self._queue.popleft()
+                self._queued_bytes -= len(frame)
+                await self.transport.write(frame)
+        except Exception:  # the socket went away under us; on_close does the rest
+            self._queue.clear()
+            self._queued_bytes = 0
+        finally:
+            self._writing = False
+            if self.closed and self.close_code is not None:
+                self._finish_close()
+
+    def close(self, code: int, reason: str, flush: bool = True) -> None:
+        """Stop accepting frames and close. With `flush`, frames already queued (say, the error that
+        explains the close) go out first; a slow consumer's queue is dropped instead."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self._reason = reason
+        if self._closed_cb is not None:
+            self._closed_cb(self, code)
+        if not flush or not self._writing:
+            self._finish_close()
+        else:
+            # Never wait on a client that stopped reading for longer than the flush grace.
+            asyncio.get_running_loop().call_later(FLUSH_GRACE, self._finish_close)
+
+    def _finish_close(self) -> None:
+        if self._transport_closed:
+            return
+        self._transport_closed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.transport.close(self.close_code or CLOSE_NORMAL, self._reason)
