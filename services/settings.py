@@ -300,7 +300,7 @@ OPTIONS: tuple[Option, ...] = (
         "PING_TIMEOUT",
         "--ping-timeout",
         _float(1.0),
-        60.0,
+        20.0,
         "seconds without a pong before the socket is dropped",
     ),
     Option(

@@ -1,0 +1,271 @@
+"""Test helpers: a real WebSocket client, a gateway on a real port (in-process or as a process),
+and polling with a deadline instead of sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from schemas.server import validate_server_frame
+from server import make_app
+from services.auth import mint
+from services.gateway import Gateway
+from services.settings import Settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+DEFAULT_TIMEOUT = 5.0
+
+
+def token(sub: str, ttl: float = 3600, secret: str = SECRET, **kw: Any) -> str:
+    return mint(secret, sub, ttl=ttl, **kw)
+
+
+def test_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {"port": 0, "host": "127.0.0.1", "jwt_secret": SECRET, "instance_id": "test"}
+    base.update(overrides)
+    return Settings(**base)
+
+
+async def wait_for(cond: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02,
+                   what: str = "condition") -> Any:
+    """Poll `cond` (sync or async) until truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class Client:
+    """A protocol-speaking test client over a real WebSocket. Every frame received is checked
+    against the server frame schemas."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.backlog: list[dict[str, Any]] = []
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, url: str, tok: str | None = None, headers: dict[str, str] | None = None,
+                      **kw: Any) -> Client:
+        full = url if tok is None else f"{url}?token={tok}"
+        req = HTTPRequest(full, headers=headers or {}, connect_timeout=5, request_timeout=5)
+        conn = await websocket_connect(req, **kw)
+        return cls(conn)
+
+    def send(self, frame_type: str, payload: dict[str, Any] | None = None, request_id: str | None = None) -> None:
+        frame: dict[str, Any] = {"type": frame_type, "payload": payload if payload is not None else {}}
+        if request_id is not None:
+            frame["requestId"] = request_id
+        self.send_raw(json.dumps(frame))
+
+    def send_raw(self, data: str | bytes, binary: bool = False) -> None:
+        self.conn.write_message(data, binary=binary)
+
+    async def recv(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | None:
+        """Next frame, or None once the server closed the socket."""
+        if self.backlog:
+            return self.backlog.pop(0)
+        raw = await asyncio.wait_for(self.conn.read_message(), timeout)
+        if raw is None:
+            self.closed = True
+            return None
+        assert isinstance(raw, str), "server frames are text"
+        frame = json.loads(raw)
+        validate_server_frame(frame)
+        return frame  # type: ignore[no-any-return]
+
+    async def expect(self, frame_type: str, timeout: float = DEFAULT_TIMEOUT,
+                     match: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Read until a frame of `frame_type` (matching `match`) arrives; others are kept for later."""
+        deadline = time.monotonic() + timeout
+        skipped: list[dict[str, Any]] = []
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {frame_type} frame within {timeout}s; got {skipped!r}")
+                try:
+                    frame = await self.recv(left)
+                except TimeoutError:
+                    raise AssertionError(f"no {frame_type} frame within {timeout}s; got {skipped!r}") from None
+                if frame is None:
+                    raise AssertionError(f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}")
+                if frame["type"] == frame_type and (match is None or match(frame)):
+                    return frame
+                skipped.append(frame)
+        finally:
+            self.backlog[:0] = skipped
+
+    async def expect_error(self, code: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        frame = await self.expect("error", timeout)
+        assert frame["payload"]["code"] == code, frame
+        return frame
+
+    async def expect_nothing(self, frame_type: str, within: float = 0.3) -> None:
+        """Assert no frame of `frame_type` arrives within `within` seconds (other frames are kept)."""
+        try:
+            frame = await self.expect(frame_type, timeout=within)
+        except AssertionError:
+            return
+        raise AssertionError(f"unexpected {frame_type}: {frame!r}")
+
+    async def join(self, room: str) -> dict[str, Any]:
+        self.send("join", {"roomId": room})
+        await self.expect("room_update", match=lambda f: f["payload"]["roomId"] == room)
+        return await self.expect("presence_state", match=lambda f: f["payload"]["roomId"] == room)
+
+    async def wait_closed(self, timeout: float = DEFAULT_TIMEOUT) -> int | None:
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"socket still open after {timeout}s")
+            try:
+                await self.recv(left)
+            except TimeoutError:
+                continue
+        return self.close_code
+
+    @property
+    def close_code(self) -> int | None:
+        return self.conn.close_code
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def refused_status(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """Try an upgrade that must be refused; returns (HTTP status, JSON body)."""
+    try:
+        conn = await websocket_connect(HTTPRequest(url, headers=headers or {}, request_timeout=5))
+    except HTTPClientError as exc:
+        body = exc.response.body if exc.response is not None else b"{}"
+        return exc.code, json.loads(body or b"{}")
+    conn.close()
+    raise AssertionError("upgrade was accepted")
+
+
+@dataclass
+class RunningGateway:
+    """A gateway served in-process on a real port."""
+
+    gateway: Gateway
+    server: HTTPServer
+    port: int
+
+    @property
+    def settings(self) -> Settings:
+        return self.gateway.settings
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def client(self, sub: str = "alice", **kw: Any) -> Client:
+        return await Client.connect(self.url, token(sub, **kw))
+
+    async def stop(self) -> None:
+        self.server.stop()
+        for session in list(self.gateway.sessions):
+            session.close(1001, "test over")
+        await self.gateway.hub.settle(2.0)
+        await self.gateway.stop()
+
+
+async def start_gateway(settings: Settings) -> RunningGateway:
+    gateway = Gateway(settings)
+    await gateway.start()
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(make_app(gateway), idle_connection_timeout=settings.handshake_timeout)
+    server.add_sockets(sockets)
+    return RunningGateway(gateway, server, sockets[0].getsockname()[1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    """`python server.py` as a real process; its JSON log lines are collected from stderr."""
+
+    proc: subprocess.Popen[str]
+    port: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+
+def spawn_server(*args: str, env: dict[str, str] | None = None, wait_listening: bool = True,
+                 timeout: float = 20) -> GatewayProcess:
+    """Start server.py with `args`; returns once it logged `listening` (the port is read from it)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "REDIS_", "KAFKA_"))}
+    full_env.update({"PYTHONUNBUFFERED": "1"})
+    full_env.update(env or {})
+    proc = subprocess.Popen([sys.executable, "server.py", *args], cwd=ROOT, env=full_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    gp = GatewayProcess(proc)
+    if not wait_listening:
+        return gp
+    import threading
+
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            gp.lines.append(line)
+            if '"listening"' in line and not ready.is_set():
+                gp.port = int(json.loads(line)["port"])
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout) or gp.port == 0:
+        gp.kill()
+        raise AssertionError("server did not start: " + "".join(gp.lines[-20:]))
+    return gp
