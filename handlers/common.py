@@ -13,7 +13,14 @@ from services.logs import redact
 access_log = logging.getLogger("gateway.access")
 
 
-class JsonHandler(RequestHandler):
+class RedactedSummary(RequestHandler):
+    """Tornado puts the request URI in its own log lines (uncaught errors, warnings): not the token."""
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
+
+
+class JsonHandler(RedactedSummary):
     def write_json(self, status: int, body: dict[str, Any]) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")

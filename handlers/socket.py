@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from asyncio import Future
 from collections.abc import Awaitable
 from typing import Any
 
@@ -13,6 +14,7 @@ from marshmallow import ValidationError
 from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from handlers.common import RedactedSummary
 from schemas.client import CLIENT_TYPES, EnvelopeSchema
 from services import frames
 from services.auth import AuthError, Identity
@@ -30,7 +32,7 @@ ABUSE_CODES = frozenset(
 )
 
 
-class GatewaySocket(WebSocketHandler):
+class GatewaySocket(WebSocketHandler, RedactedSummary):
     gateway: Gateway
     identity: Identity | None = None
     session: Session | None = None
@@ -46,6 +48,10 @@ class GatewaySocket(WebSocketHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         if self.gateway.draining:
             self._refuse(503, "server is shutting down")
+            return
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            self._refuse(403, "origin not allowed")
             return
         token = self.get_query_argument("token", None) or _bearer(self.request.headers.get("Authorization"))
         try:
@@ -196,13 +202,26 @@ class _SocketTransport:
         self._handler = handler
 
     def write(self, data: bytes) -> Awaitable[None]:
-        return self._handler.write_message(data, binary=False)
+        fut = self._handler.write_message(data, binary=False)
+        fut.add_done_callback(_retrieve)
+        return fut
+
+    def backed_up(self) -> bool:
+        conn = self._handler.ws_connection
+        stream = getattr(conn, "stream", None)
+        return stream is not None and stream.writing()
 
     def close(self, code: int, reason: str) -> None:
         try:
             self._handler.close(code, reason)
         except WebSocketClosedError:
             pass
+
+
+def _retrieve(fut: Future[None]) -> None:
+    """A write that failed because the peer left is expected; mark its error as seen."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _bearer(header: str | None) -> str | None:

@@ -11,7 +11,7 @@ def encode(frame_type: str, payload: dict[str, Any], request_id: str | None = No
     frame: dict[str, Any] = {"type": frame_type, "payload": payload}
     if request_id is not None:
         frame["requestId"] = request_id
-    return orjson.dumps(frame)
+    return orjson.dumps(frame, option=orjson.OPT_NON_STR_KEYS)
 
 
 def error(code: str, message: str, request_id: str | None = None, **extra: Any) -> bytes:

@@ -39,6 +39,9 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None: ...
 
+    def backed_up(self) -> bool:
+        """True while earlier frames are still waiting for the OS to take them."""
+
 
 class Session:
     __slots__ = (
@@ -47,6 +50,7 @@ class Session:
         "_queued_bytes",
         "_reason",
         "_transport_closed",
+        "_last_write",
         "_writer",
         "_writing",
         "close_code",
@@ -85,6 +89,7 @@ class Session:
         self._queued_bytes = 0
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
+        self._last_write: Awaitable[None] | None = None
         self._closed_cb = on_close
         self._reason = ""
         self._transport_closed = False
@@ -98,34 +103,50 @@ class Session:
         return len(self._queue), self._queued_bytes
 
     def send(self, frame: bytes) -> bool:
-        """Queue a frame; never blocks. False if the connection is closed or was just closed as slow."""
+        """Queue a frame; never blocks. False if the connection is closed or was just closed as slow.
+
+        While the socket keeps up, frames go straight to it; only when it is backed up do they wait
+        in the bounded queue (so a burst that the kernel absorbs is not mistaken for slowness)."""
         if self.closed:
             return False
+        if not self._writing:
+            if not self.transport.backed_up():
+                self._write(frame)
+                return True
+            self._writing = True
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
         size = len(frame)
         if (
             len(self._queue) >= self.settings.outbound_queue_frames
             or self._queued_bytes + size > self.settings.outbound_queue_bytes
         ):
-            log.warning(
-                "slow consumer closed",
-                extra={"conn": self.conn_id, "user": self.user_id, "queued": len(self._queue)},
-            )
+            log.warning("slow consumer closed", extra={"conn": self.conn_id, "user": self.user_id,
+                                                       "queued": len(self._queue)})
             METRICS.queue_overflows.inc()
             self.close(CLOSE_SLOW, "slow consumer", flush=False)
             return False
         self._queue.append(frame)
         self._queued_bytes += size
-        if not self._writing:
-            self._writing = True
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
-    async def _drain(self) -> None:
+    def _write(self, frame: bytes) -> None:
         try:
-            while self._queue:
+            self._last_write = self.transport.write(frame)
+        except Exception:  # closed under us; on_close does the clean-up
+            self._last_write = None
+
+    async def _drain(self) -> None:
+        """Wait for the socket to take what it has, then feed it the queue one frame at a time."""
+        try:
+            while True:
+                pending = self._last_write
+                if pending is not None:
+                    await pending
+                if not self._queue or self.closed and self.close_code == CLOSE_SLOW:
+                    break
                 frame = self._queue.popleft()
                 self._queued_bytes -= len(frame)
-                await self.transport.write(frame)
+                self._write(frame)
         except Exception:  # the socket went away under us; on_close does the rest
             self._queue.clear()
             self._queued_bytes = 0

@@ -4,7 +4,7 @@ that scripts/test.sh sets (skipped when absent, failed when RTG_REQUIRE_SERVICES
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,12 +23,13 @@ def need_service(env_name: str, what: str) -> str:
 
 
 @pytest.fixture
-def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., RunningGateway]]:
-    """Start in-process gateways with Settings overrides; all are stopped after the test."""
+def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[RunningGateway]]]:
+    """`await make_gateway(**settings_overrides)`: an in-process gateway on a real port; every
+    one started is stopped after the test."""
     started: list[RunningGateway] = []
 
-    def factory(**overrides: Any) -> RunningGateway:
-        running = io_loop.run_sync(lambda: start_gateway(test_settings(**overrides)))
+    async def factory(**overrides: Any) -> RunningGateway:
+        running = await start_gateway(test_settings(**overrides))
         started.append(running)
         return running
 
@@ -38,5 +39,5 @@ def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., RunningGateway]]:
 
 
 @pytest.fixture
-def gw(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
-    return make_gateway()
+def gw(io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]]) -> RunningGateway:
+    return io_loop.run_sync(make_gateway)

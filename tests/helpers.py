@@ -147,6 +147,17 @@ class Client:
                 continue
         return self.close_code
 
+    def drain_in_background(self) -> asyncio.Task[int]:
+        """Keep reading (and counting) frames so this client never backs up; for senders in load tests."""
+
+        async def run() -> int:
+            count = 0
+            while await self.conn.read_message() is not None:
+                count += 1
+            return count
+
+        return asyncio.ensure_future(run())
+
     @property
     def close_code(self) -> int | None:
         return self.conn.close_code

@@ -1,0 +1,141 @@
+"""Authentication before the upgrade (HTTP 401 + JSON) and the token's life while connected."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from services.auth import main as auth_main
+from tests.helpers import SECRET, Client, refused_status, token
+
+T = 15
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+BAD_TOKENS = {
+    "missing": None,
+    "empty": "",
+    "garbage": "not-a-jwt",
+    "two-parts": "abc.def",
+    "wrong-secret": jwt.encode({"sub": "a", "exp": _now() + 600}, "another-secret-that-is-long-enough-000000"),
+    "expired": jwt.encode({"sub": "a", "exp": _now() - 60}, SECRET),
+    "not-yet-valid": jwt.encode({"sub": "a", "exp": _now() + 600, "nbf": _now() + 600}, SECRET),
+    "no-exp": jwt.encode({"sub": "a"}, SECRET),
+    "alg-none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': 'a', 'exp': _now() + 600})}.",
+    "alg-outside-list": jwt.encode({"sub": "a", "exp": _now() + 600}, SECRET, algorithm="HS512"),
+    "no-subject": jwt.encode({"exp": _now() + 600}, SECRET),
+    "bad-rooms-claim": jwt.encode({"sub": "a", "exp": _now() + 600, "rooms": 5}, SECRET),
+}
+
+
+@pytest.mark.gen_test(timeout=T)
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+async def test_bad_tokens_are_refused_with_401_json(gw, case):
+    tok = BAD_TOKENS[case]
+    url = gw.url if tok is None else f"{gw.url}?token={tok}"
+    status, body = await refused_status(url)
+    assert status == 401
+    assert isinstance(body.get("error"), str) and body["error"]
+    if tok:
+        assert tok not in body["error"]
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_expired_within_leeway_is_accepted(make_gateway):
+    gw = await make_gateway(jwt_leeway=30)
+    tok = jwt.encode({"sub": "late", "exp": _now() - 5}, SECRET)
+    client = await Client.connect(gw.url, tok)
+    client.send("ping")
+    await client.expect("pong")
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_bearer_header_and_userid_fallback(gw):
+    tok = jwt.encode({"userId": "u-42", "exp": _now() + 600}, SECRET)
+    client = await Client.connect(gw.url, headers={"Authorization": f"Bearer {tok}"})
+    state = await client.join("r")
+    assert state["payload"]["members"][0]["userId"] == "u-42"
+    status, _ = await refused_status(gw.url, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert status == 401
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_audience_and_issuer_are_checked(make_gateway):
+    gw = await make_gateway(jwt_audience="chat", jwt_issuer="https://auth.example")
+    good = token("a", aud="chat", iss="https://auth.example")
+    client = await Client.connect(gw.url, good)
+    client.send("ping")
+    await client.expect("pong")
+    for bad in (token("a", aud="other", iss="https://auth.example"), token("a", aud="chat", iss="evil"),
+                token("a")):
+        status, _ = await refused_status(f"{gw.url}?token={bad}")
+        assert status == 401
+
+
+@pytest.mark.gen_test(timeout=T)
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+async def test_asymmetric_tokens(make_gateway, alg):
+    key = rsa.generate_private_key(65537, 2048) if alg == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    gw = await make_gateway(jwt_algorithms=(alg,), jwt_public_key=public, jwt_secret=None)
+    tok = jwt.encode({"sub": "bot", "exp": _now() + 600}, key, algorithm=alg)
+    client = await Client.connect(gw.url, tok)
+    client.send("ping")
+    await client.expect("pong")
+    # Algorithm confusion: an HS256 token signed with the public key text must not pass.
+    forged = jwt.encode({"sub": "bot", "exp": _now() + 600}, "x" * 40, algorithm="HS256")
+    status, _ = await refused_status(f"{gw.url}?token={forged}")
+    assert status == 401
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_token_expiry_while_connected_closes_4001(make_gateway):
+    gw = await make_gateway(jwt_leeway=0)
+    client = await Client.connect(gw.url, token("brief", ttl=2))
+    await client.join("r")
+    started = time.monotonic()
+    code = await client.wait_closed(timeout=8)
+    assert code == 4001
+    assert time.monotonic() - started < 6
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_origin_allowlist(make_gateway):
+    gw = await make_gateway(allowed_origins=("https://chat.example",))
+    ok = await Client.connect(gw.url, token("a"), headers={"Origin": "https://chat.example"})
+    ok.send("ping")
+    await ok.expect("pong")
+    status, _ = await refused_status(f"{gw.url}?token={token('a')}", headers={"Origin": "https://evil.example"})
+    assert status == 403
+    no_origin = await Client.connect(gw.url, token("bot"))  # not a browser: not subject to the list
+    no_origin.send("ping")
+    await no_origin.expect("pong")
+
+
+def test_mint_cli_makes_a_token_the_gateway_accepts(capsys, monkeypatch):
+    monkeypatch.setenv("JWT_DEV", SECRET)
+    assert auth_main(["mint", "--sub", "alice", "--rooms", "general,team-*", "--ttl", "60"]) == 0
+    tok = capsys.readouterr().out.strip()
+    claims = jwt.decode(tok, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["rooms"] == ["general", "team-*"]
+    assert 55 <= claims["exp"] - time.time() <= 61
+
+
+def test_mint_cli_without_secret_fails(capsys, monkeypatch):
+    monkeypatch.delenv("JWT_DEV", raising=False)
+    assert auth_main(["mint", "--sub", "a"]) == 2
+    assert "JWT_DEV" in capsys.readouterr().err

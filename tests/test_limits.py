@@ -1,0 +1,189 @@
+"""Limits over real sockets: frame size (1009), flood (rate_limited then 1008), connections per user
+(4029), and the slow consumer (4008) that must not slow anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from services.metrics import METRICS
+from tests.helpers import Client, token, wait_for
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_oversized_frame_closes_1009(make_gateway):
+    gw = await make_gateway(max_message_bytes=1024)
+    client = await gw.client("big")
+    client.send("message", {"roomId": "r", "content": "x" * 2000})
+    assert await client.wait_closed() == 1009
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_frame_just_under_the_limit_is_fine(make_gateway):
+    gw = await make_gateway(max_message_bytes=1024, max_content=4000)
+    client = await gw.client("edge")
+    await client.join("r")
+    client.send("message", {"roomId": "r", "content": "y" * 900})
+    await client.expect("ack")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_flood_gets_rate_limited_then_closed_1008(make_gateway):
+    gw = await make_gateway(rate_limit=5, rate_burst=10, invalid_frame_limit=20)
+    flooder = await gw.client("flooder")
+    bystander = await gw.client("calm")
+    for _ in range(100):
+        flooder.send("ping")
+    await flooder.expect_error("rate_limited")
+    assert await flooder.wait_closed() == 1008
+    bystander.send("ping")
+    await bystander.expect("pong")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_rate_within_limit_is_never_refused(make_gateway):
+    gw = await make_gateway(rate_limit=50, rate_burst=10)
+    client = await gw.client("steady")
+    for _ in range(30):
+        client.send("ping")
+        await client.expect("pong")
+        await asyncio.sleep(0.03)  # pacing the client at ~30 frames/s, below the limit
+    await client.expect_nothing("error", within=0.2)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_few_invalid_frames_do_not_close(make_gateway):
+    gw = await make_gateway(invalid_frame_limit=5)
+    client = await gw.client("clumsy")
+    for _ in range(5):
+        client.send_raw("{oops")
+        await client.expect_error("invalid_json")
+    client.send("ping")
+    await client.expect("pong")
+    client.send_raw("{oops")  # the sixth in a minute is abuse
+    assert await client.wait_closed() == 1008
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_too_many_connections_for_one_user_closes_4029(make_gateway):
+    gw = await make_gateway(max_user_connections=2)
+    first, second = await gw.client("greedy"), await gw.client("greedy")
+    third = await gw.client("greedy")
+    assert await third.wait_closed() == 4029
+    for c in (first, second):
+        c.send("ping")
+        await c.expect("pong")
+    other = await gw.client("someone-else")
+    other.send("ping")
+    await other.expect("pong")
+    first.close()
+    await wait_for(lambda: len(gw.gateway.hub.users.get("greedy", ())) == 1, what="first connection gone")
+    again = await gw.client("greedy")
+    again.send("ping")
+    await again.expect("pong")
+
+
+class RawSocket:
+    """A WebSocket client that never reads until told to: a tiny receive buffer and no read loop,
+    so the server's writes back up exactly as with a stalled mobile client."""
+
+    def __init__(self, port: int, tok: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /?token={tok} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def send_text(self, text: str) -> None:
+        data = text.encode()
+        mask = os.urandom(4)
+        header = bytes([0x81])
+        n = len(data)
+        header += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def read_until_close(self, timeout: float) -> int | None:
+        """Read frames (discarding data) until the close frame; returns its code."""
+        self.sock.settimeout(timeout)
+        buf = b""
+        while True:
+            while len(buf) < 2 or len(buf) < _frame_len(buf):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+            size = _frame_len(buf)
+            frame, buf = buf[:size], buf[size:]
+            if frame[0] & 0x0F == 0x8:
+                payload = frame[size - (size - _header_len(frame)):]
+                return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else None
+
+
+def _header_len(buf: bytes) -> int:
+    n = buf[1] & 0x7F
+    return 2 if n < 126 else 4 if n == 126 else 10
+
+
+def _frame_len(buf: bytes) -> int:
+    n = buf[1] & 0x7F
+    if n == 126:
+        if len(buf) < 4:
+            return 1 << 62
+        n = struct.unpack("!H", buf[2:4])[0]
+    elif n == 127:
+        if len(buf) < 10:
+            return 1 << 62
+        n = struct.unpack("!Q", buf[2:10])[0]
+    return _header_len(buf) + n
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_slow_reader_is_closed_4008_and_fast_member_gets_everything(make_gateway):
+    gw = await make_gateway(outbound_queue_frames=100, outbound_queue_bytes=512 * 1024,
+                            rate_limit=100_000, rate_burst=100_000, max_content=4000)
+    sender = await gw.client("sender")
+    fast = await gw.client("fast")
+    await sender.join("r")
+    await fast.join("r")
+    sender.drain_in_background()
+    loop = asyncio.get_running_loop()
+    # Blocking socket calls run off the loop: the server under test lives on this loop.
+    slow = await loop.run_in_executor(None, RawSocket, gw.port, token("slow"))
+    slow.send_text('{"type": "join", "payload": {"roomId": "r"}}')
+    await wait_for(lambda: len(gw.gateway.hub.rooms.get("r", ())) == 3, what="slow reader joined")
+    slow_session = next(s for s in gw.gateway.sessions if s.user_id == "slow")
+    overflows_before = METRICS.queue_overflows._value.get()
+
+    body = "z" * 3500
+    chunk, chunks = 50, 60  # ~10 MB in all: more than the kernel buffers plus the 512 KiB bound
+    slow_close_code = None
+    worst = 0.0
+    for c in range(chunks):
+        started = time.monotonic()
+        for i in range(c * chunk, (c + 1) * chunk):
+            sender.send("message", {"roomId": "r", "content": f"{i}:{body}"})
+        for i in range(c * chunk, (c + 1) * chunk):
+            frame = await fast.expect("message", timeout=10)
+            assert int(frame["payload"]["content"].split(":")[0]) == i
+        worst = max(worst, time.monotonic() - started)
+        if slow_session.closed and slow_close_code is None:
+            # Read at once: the server gives a non-reading client a few seconds to take the close frame.
+            slow_close_code = loop.run_in_executor(None, slow.read_until_close, 20.0)
+    assert worst < 5, f"a chunk of {chunk} took {worst:.1f}s to reach the fast member"
+    assert slow_session.close_code == 4008
+    assert METRICS.queue_overflows._value.get() == overflows_before + 1
+    assert slow_close_code is not None
+    assert await slow_close_code == 4008
+    slow.sock.close()
