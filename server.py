@@ -94,9 +94,7 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> int:
     )
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    log.info(
-        "listening", extra={"port": port, "redis": settings.redis_enabled, "kafka": settings.kafka_enabled}
-    )
+    log.info("listening", extra={"port": port, "redis": settings.redis_enabled, "kafka": settings.kafka_enabled})
     if settings.generated_secret and task_id() in (None, 0):
         announce_dev_token(settings, port)
 
@@ -115,8 +113,9 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    server.stop()  # no new TCP connections
+    # Keep listening while draining: probes must see 503 and late upgrades get a clear 503.
     await gateway.drain()
+    server.stop()
     await gateway.stop()
     log.info("stopped")
     return 0

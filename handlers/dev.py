@@ -26,6 +26,4 @@ class DevTokenHandler(JsonHandler):
         room_list = [r.strip() for r in rooms.split(",") if r.strip()] if rooms else None
         secret = self.gateway.settings.jwt_secret
         assert secret is not None
-        self.write_json(
-            200, {"token": mint(secret, sub, ttl=TTL, rooms=room_list), "sub": sub, "expiresIn": TTL}
-        )
+        self.write_json(200, {"token": mint(secret, sub, ttl=TTL, rooms=room_list), "sub": sub, "expiresIn": TTL})

@@ -27,9 +27,7 @@ from services.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
 log = logging.getLogger("gateway.socket")
 
 # Errors caused by what the client sent; enough of them in a minute closes the socket with 1008.
-ABUSE_CODES = frozenset(
-    {"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"}
-)
+ABUSE_CODES = frozenset({"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"})
 
 
 class GatewaySocket(WebSocketHandler, RedactedSummary):
@@ -159,9 +157,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             # Runs in the background so a slow Kafka ack does not stop this socket's reads;
             # the session's publish chain keeps the sender's order.
             hub.spawn(
-                self._guarded(
-                    session, hub.message(session, payload, request_id), request_id, payload.get("dedupeKey")
-                )
+                self._guarded(session, hub.message(session, payload, request_id), request_id, payload.get("dedupeKey"))
             )
         elif frame_type == "join":
             await hub.join(session, payload["roomId"], request_id)
@@ -181,9 +177,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             self._reply_error(session, exc, request_id)
         except Exception:
             log.exception("message handling failed", extra={"conn": session.conn_id})
-            self._reply_error(
-                session, ClientError("internal", "internal error", dedupeKey=dedupe_key), request_id
-            )
+            self._reply_error(session, ClientError("internal", "internal error", dedupeKey=dedupe_key), request_id)
 
     def _reply_error(self, session: Session, exc: ClientError, request_id: str | None) -> None:
         METRICS.errors.labels(exc.code).inc()

@@ -154,9 +154,7 @@ class RoomHub:
                 await self._broadcast(room, frame, exclude=session.conn_id)
         session.send(frames.encode("room_update", {"roomId": room, "action": "joined"}, request_id))
         members = await self.presence.members(room)
-        session.send(
-            frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]})
-        )
+        session.send(frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]}))
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -195,9 +193,7 @@ class RoomHub:
         room = payload["roomId"]
         dedupe_key: str | None = payload.get("dedupeKey")
         if room not in session.rooms:
-            raise ClientError(
-                "not_in_room", "join the room before sending to it", roomId=room, dedupeKey=dedupe_key
-            )
+            raise ClientError("not_in_room", "join the room before sending to it", roomId=room, dedupeKey=dedupe_key)
         msg_id = uuid7()
         created = iso_now()
         store_key = f"dk:{session.user_id}:{dedupe_key}" if dedupe_key else None
@@ -302,9 +298,7 @@ class RoomHub:
         self.spawn(
             self._broadcast(
                 room,
-                frames.encode(
-                    "presence", {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
-                ),
+                frames.encode("presence", {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}),
             )
         )
 
@@ -369,11 +363,7 @@ class RoomHub:
             if event.frame is not None:
                 self._deliver_local(name, event.frame, event.exclude)
             return
-        targets = [
-            s
-            for s in self.rooms.get(name, ())
-            if event.action == ACTION_DELETE_ROOM or s.user_id == event.user
-        ]
+        targets = [s for s in self.rooms.get(name, ()) if event.action == ACTION_DELETE_ROOM or s.user_id == event.user]
         for session in targets:
             if event.frame is not None:
                 session.send(event.frame)

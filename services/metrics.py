@@ -30,9 +30,7 @@ class _Metrics:
             "Ingest delivery latency",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.kafka_produce_failures = Counter(
-            "gateway_kafka_produce_failures_total", "Ingest records that failed"
-        )
+        self.kafka_produce_failures = Counter("gateway_kafka_produce_failures_total", "Ingest records that failed")
         self.kafka_consumed = Counter("gateway_kafka_consumed_total", "Kafka events handled", ["type"])
         self.kafka_invalid = Counter("gateway_kafka_invalid_total", "Kafka records skipped as invalid")
         self.kafka_consumer_lag = Gauge("gateway_kafka_consumer_lag", "Records behind the high watermark")

@@ -46,11 +46,11 @@ class Transport(Protocol):
 class Session:
     __slots__ = (
         "_closed_cb",
+        "_last_write",
         "_queue",
         "_queued_bytes",
         "_reason",
         "_transport_closed",
-        "_last_write",
         "_writer",
         "_writing",
         "close_code",
@@ -120,8 +120,9 @@ class Session:
             len(self._queue) >= self.settings.outbound_queue_frames
             or self._queued_bytes + size > self.settings.outbound_queue_bytes
         ):
-            log.warning("slow consumer closed", extra={"conn": self.conn_id, "user": self.user_id,
-                                                       "queued": len(self._queue)})
+            log.warning(
+                "slow consumer closed", extra={"conn": self.conn_id, "user": self.user_id, "queued": len(self._queue)}
+            )
             METRICS.queue_overflows.inc()
             self.close(CLOSE_SLOW, "slow consumer", flush=False)
             return False
@@ -142,7 +143,7 @@ class Session:
                 pending = self._last_write
                 if pending is not None:
                     await pending
-                if not self._queue or self.closed and self.close_code == CLOSE_SLOW:
+                if not self._queue or (self.closed and self.close_code == CLOSE_SLOW):
                     break
                 frame = self._queue.popleft()
                 self._queued_bytes -= len(frame)

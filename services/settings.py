@@ -134,9 +134,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis_port", "REDIS_PORT", "--redis-port", _int(1, 65535), 6379, "Redis port"),
     Option("redis_password", "REDIS_PASSWORD", "--redis-password", _text, None, "Redis password"),
     Option("redis_db", "REDIS_DB", "--redis-db", _int(0, 1000), 0, "Redis database number"),
-    Option(
-        "redis_prefix", "REDIS_PREFIX", "--redis-prefix", _text, "rt:", "prefix of every Redis key/channel"
-    ),
+    Option("redis_prefix", "REDIS_PREFIX", "--redis-prefix", _text, "rt:", "prefix of every Redis key/channel"),
     Option(
         "redis_connect_timeout",
         "REDIS_CONNECT_TIMEOUT",
@@ -227,9 +225,7 @@ OPTIONS: tuple[Option, ...] = (
         "open",
         "open: any room; token: only rooms matched by the token's `rooms` claim",
     ),
-    Option(
-        "max_content", "MAX_CONTENT", "--max-content", _int(1), 4000, "message content length, characters"
-    ),
+    Option("max_content", "MAX_CONTENT", "--max-content", _int(1), 4000, "message content length, characters"),
     Option(
         "max_message_bytes",
         "MAX_MESSAGE_BYTES",
@@ -273,9 +269,7 @@ OPTIONS: tuple[Option, ...] = (
         4 * 1024 * 1024,
         "bytes queued for one slow client before close 4008",
     ),
-    Option(
-        "typing_ttl", "TYPING_TTL", "--typing-ttl", _float(0.1), 6.0, "seconds before typing lapses to online"
-    ),
+    Option("typing_ttl", "TYPING_TTL", "--typing-ttl", _float(0.1), 6.0, "seconds before typing lapses to online"),
     Option(
         "presence_ttl",
         "PRESENCE_TTL",
@@ -284,9 +278,7 @@ OPTIONS: tuple[Option, ...] = (
         30.0,
         "seconds a dead instance's users stay online",
     ),
-    Option(
-        "dedupe_ttl", "DEDUPE_TTL", "--dedupe-ttl", _float(1.0), 86400.0, "seconds a dedupeKey is remembered"
-    ),
+    Option("dedupe_ttl", "DEDUPE_TTL", "--dedupe-ttl", _float(1.0), 86400.0, "seconds a dedupeKey is remembered"),
     Option(
         "ping_interval",
         "PING_INTERVAL",

@@ -40,4 +40,5 @@ def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[RunningGat
 
 @pytest.fixture
 def gw(io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]]) -> RunningGateway:
-    return io_loop.run_sync(make_gateway)
+    running: RunningGateway = io_loop.run_sync(make_gateway)
+    return running

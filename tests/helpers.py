@@ -4,14 +4,17 @@ and polling with a deadline instead of sleeps."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import inspect
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +44,14 @@ def test_settings(**overrides: Any) -> Settings:
     return Settings(**base)
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02,
-                   what: str = "condition") -> Any:
+async def wait_for(
+    cond: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02, what: str = "condition"
+) -> Any:
     """Poll `cond` (sync or async) until truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
-        if isinstance(value, Awaitable):
+        if inspect.isawaitable(value):
             value = await value
         if value:
             return value
@@ -66,8 +70,9 @@ class Client:
         self.closed = False
 
     @classmethod
-    async def connect(cls, url: str, tok: str | None = None, headers: dict[str, str] | None = None,
-                      **kw: Any) -> Client:
+    async def connect(
+        cls, url: str, tok: str | None = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Client:
         full = url if tok is None else f"{url}?token={tok}"
         req = HTTPRequest(full, headers=headers or {}, connect_timeout=5, request_timeout=5)
         conn = await websocket_connect(req, **kw)
@@ -95,8 +100,12 @@ class Client:
         validate_server_frame(frame)
         return frame  # type: ignore[no-any-return]
 
-    async def expect(self, frame_type: str, timeout: float = DEFAULT_TIMEOUT,
-                     match: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    async def expect(
+        self,
+        frame_type: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        match: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
         """Read until a frame of `frame_type` (matching `match`) arrives; others are kept for later."""
         deadline = time.monotonic() + timeout
         skipped: list[dict[str, Any]] = []
@@ -251,14 +260,21 @@ class GatewayProcess:
         return self.proc.wait(timeout)
 
 
-def spawn_server(*args: str, env: dict[str, str] | None = None, wait_listening: bool = True,
-                 timeout: float = 20) -> GatewayProcess:
+def spawn_server(
+    *args: str, env: dict[str, str] | None = None, wait_listening: bool = True, timeout: float = 20
+) -> GatewayProcess:
     """Start server.py with `args`; returns once it logged `listening` (the port is read from it)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "REDIS_", "KAFKA_"))}
     full_env.update({"PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
-    proc = subprocess.Popen([sys.executable, "server.py", *args], cwd=ROOT, env=full_env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "server.py", *args],
+        cwd=ROOT,
+        env=full_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     gp = GatewayProcess(proc)
     if not wait_listening:
         return gp
@@ -280,3 +296,104 @@ def spawn_server(*args: str, env: dict[str, str] | None = None, wait_listening: 
         gp.kill()
         raise AssertionError("server did not start: " + "".join(gp.lines[-20:]))
     return gp
+
+
+class RawWebSocket:
+    """A blocking WebSocket client on a plain socket with a tiny receive buffer. It reads only when
+    asked, so the server's writes back up as with a stalled mobile client; it also sends what a
+    well-behaved library would refuse to (fuzzing). Use it off the event loop."""
+
+    def __init__(self, port: int, tok: str, path: str = "/") -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path}?token={tok} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("closed during handshake")
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self._buf = b""
+
+    def _send(self, opcode: int, data: bytes) -> None:
+        mask = os.urandom(4)
+        n = len(data)
+        if n < 126:
+            header = bytes([0x80 | opcode, 0x80 | n])
+        elif n < 65536:
+            header = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack("!H", n)
+        else:
+            header = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
+
+    def send_binary(self, data: bytes) -> None:
+        self._send(0x2, data)
+
+    def recv_frame(self, timeout: float = 10.0) -> tuple[int, bytes] | None:
+        """(opcode, payload) of the next frame, or None when the peer closed the TCP connection."""
+        self.sock.settimeout(timeout)
+        while True:
+            size = _frame_size(self._buf)
+            if size is not None and len(self._buf) >= size:
+                frame, self._buf = self._buf[:size], self._buf[size:]
+                return frame[0] & 0x0F, frame[_header_size(frame) :]
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+
+    def recv_json(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """Next text frame as JSON (schema-checked); None once closed."""
+        while True:
+            frame = self.recv_frame(timeout)
+            if frame is None or frame[0] == 0x8:
+                return None
+            if frame[0] == 0x1:
+                data = json.loads(frame[1])
+                validate_server_frame(data)
+                return data  # type: ignore[no-any-return]
+
+    def read_until_close(self, timeout: float) -> int | None:
+        """Discard frames until the close frame; returns its code."""
+        while True:
+            frame = self.recv_frame(timeout)
+            if frame is None:
+                return None
+            if frame[0] == 0x8:
+                return int(struct.unpack("!H", frame[1][:2])[0]) if len(frame[1]) >= 2 else None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _header_size(buf: bytes) -> int:
+    n = buf[1] & 0x7F
+    return 2 if n < 126 else 4 if n == 126 else 10
+
+
+def _frame_size(buf: bytes) -> int | None:
+    if len(buf) < 2:
+        return None
+    n = buf[1] & 0x7F
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n = struct.unpack("!H", buf[2:4])[0]
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n = struct.unpack("!Q", buf[2:10])[0]
+    return _header_size(buf) + n

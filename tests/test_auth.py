@@ -79,8 +79,11 @@ async def test_audience_and_issuer_are_checked(make_gateway):
     client = await Client.connect(gw.url, good)
     client.send("ping")
     await client.expect("pong")
-    for bad in (token("a", aud="other", iss="https://auth.example"), token("a", aud="chat", iss="evil"),
-                token("a")):
+    for bad in (
+        token("a", aud="other", iss="https://auth.example"),
+        token("a", aud="chat", iss="evil"),
+        token("a"),
+    ):
         status, _ = await refused_status(f"{gw.url}?token={bad}")
         assert status == 401
 
@@ -89,8 +92,11 @@ async def test_audience_and_issuer_are_checked(make_gateway):
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])
 async def test_asymmetric_tokens(make_gateway, alg):
     key = rsa.generate_private_key(65537, 2048) if alg == "RS256" else ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     gw = await make_gateway(jwt_algorithms=(alg,), jwt_public_key=public, jwt_secret=None)
     tok = jwt.encode({"sub": "bot", "exp": _now() + 600}, key, algorithm=alg)
     client = await Client.connect(gw.url, tok)

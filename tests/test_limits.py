@@ -4,16 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
-import struct
 import time
 
 import pytest
 
 from services.metrics import METRICS
-from tests.helpers import Client, token, wait_for
+from tests.helpers import RawWebSocket, token, wait_for
 
 
 @pytest.mark.gen_test(timeout=15)
@@ -89,70 +85,15 @@ async def test_too_many_connections_for_one_user_closes_4029(make_gateway):
     await again.expect("pong")
 
 
-class RawSocket:
-    """A WebSocket client that never reads until told to: a tiny receive buffer and no read loop,
-    so the server's writes back up exactly as with a stalled mobile client."""
-
-    def __init__(self, port: int, tok: str) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.connect(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET /?token={tok} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                          .encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += self.sock.recv(1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def send_text(self, text: str) -> None:
-        data = text.encode()
-        mask = os.urandom(4)
-        header = bytes([0x81])
-        n = len(data)
-        header += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
-        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
-
-    def read_until_close(self, timeout: float) -> int | None:
-        """Read frames (discarding data) until the close frame; returns its code."""
-        self.sock.settimeout(timeout)
-        buf = b""
-        while True:
-            while len(buf) < 2 or len(buf) < _frame_len(buf):
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return None
-                buf += chunk
-            size = _frame_len(buf)
-            frame, buf = buf[:size], buf[size:]
-            if frame[0] & 0x0F == 0x8:
-                payload = frame[size - (size - _header_len(frame)):]
-                return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else None
-
-
-def _header_len(buf: bytes) -> int:
-    n = buf[1] & 0x7F
-    return 2 if n < 126 else 4 if n == 126 else 10
-
-
-def _frame_len(buf: bytes) -> int:
-    n = buf[1] & 0x7F
-    if n == 126:
-        if len(buf) < 4:
-            return 1 << 62
-        n = struct.unpack("!H", buf[2:4])[0]
-    elif n == 127:
-        if len(buf) < 10:
-            return 1 << 62
-        n = struct.unpack("!Q", buf[2:10])[0]
-    return _header_len(buf) + n
-
-
 @pytest.mark.gen_test(timeout=60)
 async def test_slow_reader_is_closed_4008_and_fast_member_gets_everything(make_gateway):
-    gw = await make_gateway(outbound_queue_frames=100, outbound_queue_bytes=512 * 1024,
-                            rate_limit=100_000, rate_burst=100_000, max_content=4000)
+    gw = await make_gateway(
+        outbound_queue_frames=100,
+        outbound_queue_bytes=512 * 1024,
+        rate_limit=100_000,
+        rate_burst=100_000,
+        max_content=4000,
+    )
     sender = await gw.client("sender")
     fast = await gw.client("fast")
     await sender.join("r")
@@ -160,7 +101,7 @@ async def test_slow_reader_is_closed_4008_and_fast_member_gets_everything(make_g
     sender.drain_in_background()
     loop = asyncio.get_running_loop()
     # Blocking socket calls run off the loop: the server under test lives on this loop.
-    slow = await loop.run_in_executor(None, RawSocket, gw.port, token("slow"))
+    slow = await loop.run_in_executor(None, RawWebSocket, gw.port, token("slow"))
     slow.send_text('{"type": "join", "payload": {"roomId": "r"}}')
     await wait_for(lambda: len(gw.gateway.hub.rooms.get("r", ())) == 3, what="slow reader joined")
     slow_session = next(s for s in gw.gateway.sessions if s.user_id == "slow")

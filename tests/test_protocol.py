@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.helpers import Client, token, wait_for
+from tests.helpers import Client, token
 
 T = 15
 
@@ -45,8 +45,11 @@ async def test_message_reaches_every_member_including_sender_and_ack_matches(gw)
     await alice.join("r")
     await bob.join("r")
     attachments = [{"url": "https://example.test/a.png", "type": "image/png", "name": "a.png", "size": 10}]
-    alice.send("message", {"roomId": "r", "content": "héllo 👋", "attachments": attachments, "dedupeKey": "d1"},
-               request_id="m-1")
+    alice.send(
+        "message",
+        {"roomId": "r", "content": "héllo 👋", "attachments": attachments, "dedupeKey": "d1"},
+        request_id="m-1",
+    )
     at_bob = (await bob.expect("message"))["payload"]
     at_alice = (await alice.expect("message"))["payload"]
     ack = await alice.expect("ack")
@@ -55,7 +58,12 @@ async def test_message_reaches_every_member_including_sender_and_ack_matches(gw)
     assert at_bob["content"] == "héllo 👋" and at_bob["attachments"] == attachments
     assert at_bob["dedupeKey"] == "d1"
     assert ack["requestId"] == "m-1"
-    assert ack["payload"] == {"id": at_bob["id"], "roomId": "r", "createdAt": at_bob["createdAt"], "dedupeKey": "d1"}
+    assert ack["payload"] == {
+        "id": at_bob["id"],
+        "roomId": "r",
+        "createdAt": at_bob["createdAt"],
+        "dedupeKey": "d1",
+    }
     await bob.expect_nothing("ack")
 
 
@@ -170,7 +178,10 @@ async def test_presence_statuses_broadcast_and_typing_lapses_to_online(make_gate
     idle = await bob.expect("presence", match=lambda f: f["payload"]["userId"] == "alice")
     assert idle["payload"]["status"] == "idle"
     state = await bob.join("r")
-    assert {m["userId"]: m["status"] for m in state["payload"]["members"]} == {"alice": "idle", "bob": "online"}
+    assert {m["userId"]: m["status"] for m in state["payload"]["members"]} == {
+        "alice": "idle",
+        "bob": "online",
+    }
 
 
 @pytest.mark.gen_test(timeout=T)
@@ -232,8 +243,14 @@ async def test_ws_path_alias(gw):
         ('{"type": "join", "payload": {"roomId": "' + "x" * 129 + '"}}', "validation_failed"),
         ('{"type": "message", "payload": {"roomId": "r", "content": ""}}', "validation_failed"),
         ('{"type": "message", "payload": {"roomId": "r", "content": 5}}', "validation_failed"),
-        ('{"type": "message", "payload": {"roomId": "r", "content": "x", "attachments": {}}}', "validation_failed"),
-        ('{"type": "message", "payload": {"roomId": "r", "content": "x", "dedupeKey": 3}}', "validation_failed"),
+        (
+            '{"type": "message", "payload": {"roomId": "r", "content": "x", "attachments": {}}}',
+            "validation_failed",
+        ),
+        (
+            '{"type": "message", "payload": {"roomId": "r", "content": "x", "dedupeKey": 3}}',
+            "validation_failed",
+        ),
         ('{"type": "presence", "payload": {"roomId": "r", "status": "away"}}', "validation_failed"),
         ('{"type": "ping", "payload": {}, "requestId": 12}', "validation_failed"),
         ('{"type": "leave", "payload": {"roomId": "nope"}}', "not_in_room"),

@@ -1,0 +1,209 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "rtg.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fully qualified app name: release-chart unless the release name already contains the chart name. */}}
+{{- define "rtg.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rtg.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "rtg.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rtg.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "rtg.labels" -}}
+helm.sh/chart: {{ include "rtg.chart" . }}
+{{ include "rtg.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: chat
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "rtg.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "rtg.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rtg.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A values scalar as an env string: whole float64 numbers (how Helm reads YAML numbers) print without an
+exponent (1048576, not 1.048576e+06), lists join with commas.
+*/}}
+{{- define "rtg.envString" -}}
+{{- $v := . -}}
+{{- if kindIs "slice" $v -}}
+{{- $parts := list -}}
+{{- range $v }}{{ $parts = append $parts (include "rtg.envString" .) }}{{ end -}}
+{{- join "," $parts -}}
+{{- else if and (kindIs "float64" $v) (eq $v (floor $v)) -}}
+{{- int64 $v -}}
+{{- else if kindIs "invalid" $v -}}
+{{- else -}}
+{{- toString $v -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Non-secret app settings as a dict of ENV -> value, exactly the names the app reads. Entries whose value is
+empty are left out (the app default applies), except PORT, DEMO, DRAIN_DELAY, DRAIN_WINDOW and WORKERS.
+*/}}
+{{- define "rtg.configEnv" -}}
+{{- $v := .Values -}}
+{{- $g := $v.gateway -}}
+{{- $optional := dict
+  "JWT_PUBLIC_KEY" $v.auth.publicKey
+  "JWT_ALGORITHMS" $v.auth.algorithms
+  "JWT_AUDIENCE" $v.auth.audience
+  "JWT_ISSUER" $v.auth.issuer
+  "JWT_LEEWAY" $v.auth.leeway
+  "ROOM_ACCESS" $v.auth.roomAccess
+  "REDIS_HOST" $v.redis.host
+  "REDIS_PORT" $v.redis.port
+  "REDIS_PREFIX" $v.redis.prefix
+  "REDIS_CONNECT_TIMEOUT" $v.redis.connectTimeout
+  "KAFKA_BROKER_URL" $v.kafka.brokers
+  "KAFKA_CLIENT_ID" $v.kafka.clientId
+  "KAFKA_GROUP_ID" $v.kafka.groupId
+  "KAFKA_TOPIC_INGEST" $v.kafka.topics.ingest
+  "KAFKA_TOPIC_MESSAGE_EVENTS" $v.kafka.topics.messageEvents
+  "KAFKA_TOPIC_ROOM_EVENTS" $v.kafka.topics.roomEvents
+  "ALLOWED_ORIGINS" $g.allowedOrigins
+  "LOG_LEVEL" $g.logLevel
+  "MAX_CONTENT" $g.limits.maxContent
+  "MAX_MESSAGE_BYTES" $g.limits.maxMessageBytes
+  "RATE_LIMIT" $g.limits.rateLimit
+  "RATE_BURST" $g.limits.rateBurst
+  "MAX_ROOMS" $g.limits.maxRooms
+  "MAX_USER_CONNECTIONS" $g.limits.maxUserConnections
+  "TYPING_TTL" $g.ttl.typing
+  "PRESENCE_TTL" $g.ttl.presence
+  "DEDUPE_TTL" $g.ttl.dedupe
+-}}
+{{- $env := dict
+  "PORT" (include "rtg.envString" $g.port)
+  "DEMO" (ternary "true" "false" (eq (toString $g.demo) "true"))
+  "DRAIN_DELAY" (include "rtg.envString" $g.drainDelay)
+  "DRAIN_WINDOW" (include "rtg.envString" $g.drainWindow)
+  "WORKERS" "1"
+-}}
+{{- range $key, $value := $optional -}}
+{{- $s := include "rtg.envString" $value -}}
+{{- if ne $s "" -}}
+{{- $_ := set $env $key $s -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/* Name of the Secret that holds JWT_DEV. */}}
+{{- define "rtg.jwtSecretName" -}}
+{{- default (include "rtg.fullname" .) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "rtg.jwtSecretKey" -}}
+{{- if .Values.auth.existingSecret -}}{{ .Values.auth.existingSecretKey }}{{- else -}}JWT_DEV{{- end -}}
+{{- end -}}
+
+{{/* True ("true") when the chart's own Secret must hold JWT_DEV. */}}
+{{- define "rtg.chartManagesJwt" -}}
+{{- if not .Values.auth.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{- define "rtg.redisPasswordSecretName" -}}
+{{- default (include "rtg.fullname" .) .Values.redis.existingSecret -}}
+{{- end -}}
+
+{{- define "rtg.redisPasswordSecretKey" -}}
+{{- if .Values.redis.existingSecret -}}{{ .Values.redis.existingSecretPasswordKey }}{{- else -}}REDIS_PASSWORD{{- end -}}
+{{- end -}}
+
+{{/* True when REDIS_PASSWORD is passed to the container at all. */}}
+{{- define "rtg.hasRedisPassword" -}}
+{{- if or .Values.redis.existingSecret .Values.redis.password -}}true{{- end -}}
+{{- end -}}
+
+{{/* The JWT_DEV value for the chart's Secret: given, or kept from the live Secret, or generated. */}}
+{{- define "rtg.jwtSecretValue" -}}
+{{- if .Values.auth.jwtSecret -}}
+{{- .Values.auth.jwtSecret -}}
+{{- else -}}
+{{- $live := lookup "v1" "Secret" .Release.Namespace (include "rtg.fullname" .) -}}
+{{- if and $live $live.data (hasKey $live.data "JWT_DEV") -}}
+{{- index $live.data "JWT_DEV" | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Minimum grace period: the pod must outlive the whole drain. */}}
+{{- define "rtg.minGracePeriod" -}}
+{{- add (int .Values.preStopSleepSeconds) (int .Values.gateway.drainDelay) (int .Values.gateway.drainWindow) 10 -}}
+{{- end -}}
+
+{{- define "rtg.terminationGracePeriodSeconds" -}}
+{{- $min := int (include "rtg.minGracePeriod" .) -}}
+{{- $set := int .Values.terminationGracePeriodSeconds -}}
+{{- if eq $set 0 -}}
+{{- $min -}}
+{{- else if lt $set $min -}}
+{{- fail (printf "terminationGracePeriodSeconds=%d is too low: it must be >= preStopSleepSeconds (%d) + gateway.drainDelay (%d) + gateway.drainWindow (%d) + 10 = %d, or 0 to derive it, otherwise the kubelet kills pods before their sockets are drained" $set (int .Values.preStopSleepSeconds) (int .Values.gateway.drainDelay) (int .Values.gateway.drainWindow) $min) -}}
+{{- else -}}
+{{- $set -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Configuration checks that make rendering fail with a message naming the problem. */}}
+{{- define "rtg.validate" -}}
+{{- $redis := .Values.redis.host -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not $redis) -}}
+{{- fail (printf "replicaCount=%d requires redis.host: without Redis the in-process bus only reaches sockets of one pod, so messages would not fan out across replicas. Set redis.host or use replicaCount=1" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled (not $redis) -}}
+{{- fail "autoscaling.enabled=true requires redis.host: the HPA runs several replicas and, without Redis, messages would not fan out across them. Set redis.host or disable autoscaling" -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
+{{- fail (printf "autoscaling.minReplicas (%d) must be <= autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- if and (not .Values.auth.existingSecret) (not .Values.auth.jwtSecret) (not .Values.auth.generateSecret) -}}
+{{- fail "no JWT secret: set auth.existingSecret (a Secret you manage, key auth.existingSecretKey), auth.jwtSecret, or auth.generateSecret=true" -}}
+{{- end -}}
+{{- if and .Values.auth.jwtSecret (not .Values.auth.existingSecret) (lt (len (toString .Values.auth.jwtSecret)) 32) -}}
+{{- fail "auth.jwtSecret must be at least 32 characters (the app refuses shorter HS256 secrets outside --dev)" -}}
+{{- end -}}
+{{- $roomAccess := toString .Values.auth.roomAccess -}}
+{{- if not (has $roomAccess (list "" "open" "token")) -}}
+{{- fail (printf "auth.roomAccess must be \"open\" or \"token\", got %q" $roomAccess) -}}
+{{- end -}}
+{{- if and .Values.podDisruptionBudget.enabled (ne (toString .Values.podDisruptionBudget.minAvailable) "") (ne (toString .Values.podDisruptionBudget.maxUnavailable) "") -}}
+{{- fail "podDisruptionBudget: set only one of minAvailable and maxUnavailable (set the other to \"\")" -}}
+{{- end -}}
+{{- $_ := include "rtg.terminationGracePeriodSeconds" . -}}
+{{- end -}}

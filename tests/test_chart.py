@@ -1,0 +1,679 @@
+"""Helm chart tests: lint, render, offline schema validation and assertions on the rendered objects.
+
+helm is a real binary (scripts/helm.sh ensure builds it into .cache/bin); RTG_HELM overrides its path.
+Without it the tests skip, or fail when RTG_REQUIRE_SERVICES=1 (CI).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "realtime-gateway"
+ALL_OPTIONS = ROOT / "tests" / "fixtures" / "chart-all-options.yaml"
+KUBE_VERSION = "1.30.0"
+RELEASE = "rtg"
+NAMESPACE = "chat"
+HELM_TIMEOUT = 120
+
+# Every environment variable the app reads (DESIGN.md section 3 and 7) plus WORKERS, pinned to 1.
+APP_ENV = frozenset(
+    {
+        "PORT",
+        "JWT_DEV",
+        "JWT_PUBLIC_KEY",
+        "JWT_ALGORITHMS",
+        "JWT_AUDIENCE",
+        "JWT_ISSUER",
+        "JWT_LEEWAY",
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "REDIS_PASSWORD",
+        "REDIS_PREFIX",
+        "REDIS_CONNECT_TIMEOUT",
+        "KAFKA_BROKER_URL",
+        "KAFKA_CLIENT_ID",
+        "KAFKA_GROUP_ID",
+        "KAFKA_TOPIC_INGEST",
+        "KAFKA_TOPIC_MESSAGE_EVENTS",
+        "KAFKA_TOPIC_ROOM_EVENTS",
+        "ALLOWED_ORIGINS",
+        "ROOM_ACCESS",
+        "MAX_CONTENT",
+        "MAX_MESSAGE_BYTES",
+        "RATE_LIMIT",
+        "RATE_BURST",
+        "MAX_ROOMS",
+        "MAX_USER_CONNECTIONS",
+        "TYPING_TTL",
+        "PRESENCE_TTL",
+        "DEDUPE_TTL",
+        "LOG_LEVEL",
+        "DRAIN_DELAY",
+        "DRAIN_WINDOW",
+        "DEMO",
+        "WORKERS",
+    }
+)
+SECRET_ENV = frozenset({"JWT_DEV", "REDIS_PASSWORD"})
+# CRDs have no bundled schema: checked by hand instead.
+CRD_KINDS = frozenset({"ServiceMonitor"})
+
+Manifest = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# helm plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HelmRun:
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def manifests(self) -> list[Manifest]:
+        assert self.returncode == 0, f"helm {' '.join(self.args)} failed:\n{self.stderr}"
+        docs = [d for d in yaml.safe_load_all(self.stdout) if d]
+        assert all(isinstance(d, dict) for d in docs)
+        return docs
+
+
+def helm_path() -> Path:
+    raw = Path(os.environ.get("RTG_HELM") or ".cache/bin/helm")
+    return raw if raw.is_absolute() else ROOT / raw
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    path = helm_path()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        msg = f"helm binary not found at {path} (build it with: scripts/helm.sh ensure)"
+        if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return str(path)
+
+
+def run_helm(helm_bin: str, *args: str) -> HelmRun:
+    proc = subprocess.run(
+        [helm_bin, *args],
+        capture_output=True,
+        text=True,
+        timeout=HELM_TIMEOUT,
+        check=False,
+        cwd=ROOT,
+        # No cluster: keep helm away from any kubeconfig and user-level helm state.
+        env={
+            **os.environ,
+            "KUBECONFIG": os.devnull,
+            "HELM_CACHE_HOME": str(ROOT / ".cache/helm/cache"),
+            "HELM_CONFIG_HOME": str(ROOT / ".cache/helm/config"),
+            "HELM_DATA_HOME": str(ROOT / ".cache/helm/data"),
+        },
+    )
+    return HelmRun(tuple(args), proc.returncode, proc.stdout, proc.stderr)
+
+
+Render = Callable[..., HelmRun]
+
+
+@pytest.fixture(scope="session")
+def render(helm: str) -> Render:
+    """`helm template` of the chart, memoised on its extra arguments (one render per values set)."""
+    cache: dict[tuple[str, ...], HelmRun] = {}
+
+    def _render(*extra: str) -> HelmRun:
+        if extra not in cache:
+            cache[extra] = run_helm(
+                helm,
+                "template",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                NAMESPACE,
+                "--kube-version",
+                KUBE_VERSION,
+                *extra,
+            )
+        return cache[extra]
+
+    return _render
+
+
+VALUE_SETS: dict[str, tuple[str, ...]] = {
+    "defaults": (),
+    "all-options": ("--values", str(ALL_OPTIONS)),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(VALUE_SETS))
+def values_set(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def manifests(render: Render, values_set: str) -> list[Manifest]:
+    return render(*VALUE_SETS[values_set]).manifests
+
+
+@pytest.fixture(scope="session")
+def defaults(render: Render) -> list[Manifest]:
+    return render().manifests
+
+
+@pytest.fixture(scope="session")
+def all_options(render: Render) -> list[Manifest]:
+    return render(*VALUE_SETS["all-options"]).manifests
+
+
+@pytest.fixture(scope="session")
+def all_options_values() -> dict[str, Any]:
+    data = yaml.safe_load(ALL_OPTIONS.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers over rendered objects
+# --------------------------------------------------------------------------------------------------
+
+
+def of_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[Manifest], kind: str) -> Manifest:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected exactly one {kind}, got {len(found)}"
+    return found[0]
+
+
+def named(docs: list[Manifest], kind: str, name: str) -> Manifest | None:
+    for d in of_kind(docs, kind):
+        if d["metadata"]["name"] == name:
+            return d
+    return None
+
+
+def pod_spec(docs: list[Manifest]) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(docs: list[Manifest]) -> dict[str, Any]:
+    containers = pod_spec(docs)["containers"]
+    assert len(containers) == 1
+    c: dict[str, Any] = containers[0]
+    return c
+
+
+def config_env(docs: list[Manifest]) -> dict[str, str]:
+    """The ConfigMap the container takes its environment from (envFrom), as ENV -> value."""
+    refs = [e["configMapRef"]["name"] for e in container(docs).get("envFrom", []) if "configMapRef" in e]
+    assert refs, "container has no envFrom configMapRef"
+    cm = named(docs, "ConfigMap", refs[0])
+    assert cm is not None, f"envFrom references ConfigMap {refs[0]} that the chart does not render"
+    data: dict[str, str] = cm["data"]
+    return data
+
+
+def env_entries(docs: list[Manifest]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(docs).get("env", [])}
+
+
+def effective_env_names(docs: list[Manifest]) -> set[str]:
+    return set(config_env(docs)) | set(env_entries(docs))
+
+
+def secret_ref(docs: list[Manifest], name: str) -> dict[str, str]:
+    entry = env_entries(docs).get(name)
+    assert entry is not None, f"{name} is not in the container env"
+    ref: dict[str, str] = entry["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+def pod_labels(docs: list[Manifest]) -> dict[str, str]:
+    labels: dict[str, str] = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def port_number(c: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    for p in c["ports"]:
+        if p.get("name") == port:
+            number: int = p["containerPort"]
+            return number
+    raise AssertionError(f"port {port!r} is not a named port of the container")
+
+
+# --------------------------------------------------------------------------------------------------
+# lint and render
+# --------------------------------------------------------------------------------------------------
+
+
+def test_helm_lint_strict(helm: str, values_set: str) -> None:
+    result = run_helm(helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *VALUE_SETS[values_set])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_renders_expected_kinds(manifests: list[Manifest], values_set: str) -> None:
+    kinds = sorted(d["kind"] for d in manifests)
+    base = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    if values_set == "defaults":
+        # The JWT secret is generated into the chart's Secret; nothing optional is on.
+        assert kinds == sorted([*base, "Secret"])
+    else:
+        # existingSecret for both JWT_DEV and REDIS_PASSWORD: the chart renders no Secret.
+        assert kinds == sorted([*base, "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "ServiceMonitor"])
+    for d in manifests:
+        assert d["metadata"]["name"].startswith(RELEASE)
+        assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_manifests_validate_offline(manifests: list[Manifest]) -> None:
+    validated = 0
+    for d in manifests:
+        if d["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{d['kind']}/{d['metadata']['name']} is invalid for Kubernetes {KUBE_VERSION}: {exc.message}")
+        validated += 1
+    assert validated >= 5
+
+
+def test_schema_validation_catches_errors(defaults: list[Manifest]) -> None:
+    # The validator itself must reject what the API server would: an unknown container field.
+    deployment = yaml.safe_load(yaml.safe_dump(one(defaults, "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["bogusField"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
+def test_servicemonitor_by_hand(all_options: list[Manifest], all_options_values: dict[str, Any]) -> None:
+    sm = one(all_options, "ServiceMonitor")
+    sm_values = all_options_values["metrics"]["serviceMonitor"]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["namespace"] == sm_values["namespace"]
+    for k, v in sm_values["labels"].items():
+        assert sm["metadata"]["labels"][k] == v
+    # It lives in another namespace, so it must point back at the release namespace.
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    service = one(all_options, "Service")
+    assert selects(sm["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["interval"] == sm_values["interval"]
+    assert endpoint["scrapeTimeout"] == sm_values["scrapeTimeout"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Deployment
+# --------------------------------------------------------------------------------------------------
+
+
+def test_probes_on_container_port(manifests: list[Manifest]) -> None:
+    c = container(manifests)
+    port = int(config_env(manifests)["PORT"])
+    assert [p["containerPort"] for p in c["ports"]] == [port]
+    expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
+    for probe_name, path in expected.items():
+        probe = c.get(probe_name)
+        assert probe is not None, f"{probe_name} missing"
+        assert probe["httpGet"]["path"] == path
+        assert port_number(c, probe["httpGet"]["port"]) == port
+
+
+def test_env_names_come_from_configmap_and_secret(manifests: list[Manifest]) -> None:
+    cm = config_env(manifests)
+    names = effective_env_names(manifests)
+    # No typo in an env name: every chart-set name is one the app reads.
+    chart_names = set(cm) | (set(env_entries(manifests)) - {"OTEL_SERVICE_NAME"})
+    assert chart_names <= APP_ENV, chart_names - APP_ENV
+    # Secrets never sit in the ConfigMap; empty values are left out so app defaults apply.
+    assert not (set(cm) & SECRET_ENV)
+    assert all(v != "" for v in cm.values()), cm
+    assert {"PORT", "JWT_DEV", "DEMO", "DRAIN_DELAY", "DRAIN_WINDOW"} <= names
+    assert cm["WORKERS"] == "1"
+    assert "valueFrom" in env_entries(manifests)["JWT_DEV"]
+
+
+def test_default_env(defaults: list[Manifest]) -> None:
+    cm = config_env(defaults)
+    assert cm["PORT"] == "3000"
+    assert cm["DEMO"] == "false"
+    assert (cm["DRAIN_DELAY"], cm["DRAIN_WINDOW"]) == ("5", "20")
+    # Single instance defaults: no Redis, no Kafka, so the app runs its in-process bus.
+    for absent in ("REDIS_HOST", "REDIS_PORT", "KAFKA_BROKER_URL", "ALLOWED_ORIGINS", "JWT_PUBLIC_KEY"):
+        assert absent not in cm
+    assert "REDIS_PASSWORD" not in env_entries(defaults)
+    assert one(defaults, "Deployment")["spec"]["replicas"] == 1
+
+
+def test_default_jwt_secret_is_generated_into_chart_secret(defaults: list[Manifest]) -> None:
+    ref = secret_ref(defaults, "JWT_DEV")
+    secret = named(defaults, "Secret", ref["name"])
+    assert secret is not None, "JWT_DEV points at a Secret the chart does not render"
+    value = base64.b64decode(secret["data"][ref["key"]]).decode()
+    assert len(value) >= 32 and value.isalnum()
+
+
+def test_all_options_env(all_options: list[Manifest], all_options_values: dict[str, Any]) -> None:
+    names = effective_env_names(all_options)
+    assert names >= APP_ENV, f"missing: {sorted(APP_ENV - names)}"
+    cm = config_env(all_options)
+    v = all_options_values
+    assert cm["REDIS_HOST"] == v["redis"]["host"]
+    assert cm["REDIS_PORT"] == str(v["redis"]["port"])
+    assert cm["KAFKA_BROKER_URL"] == ",".join(v["kafka"]["brokers"])
+    assert cm["ALLOWED_ORIGINS"] == ",".join(v["gateway"]["allowedOrigins"])
+    assert cm["JWT_ALGORITHMS"] == "HS256,ES256"
+    assert cm["JWT_PUBLIC_KEY"].startswith("-----BEGIN PUBLIC KEY-----\n")
+    assert cm["ROOM_ACCESS"] == "token"
+    assert cm["DEMO"] == "true"
+    assert cm["PORT"] == "8080"
+    # Large numbers must not come out in float notation (1.048576e+06).
+    assert cm["MAX_MESSAGE_BYTES"] == "1048576"
+    assert cm["DEDUPE_TTL"] == "86400"
+    assert secret_ref(all_options, "JWT_DEV") == {"name": "gateway-jwt", "key": "hs256-secret"}
+    assert secret_ref(all_options, "REDIS_PASSWORD") == {"name": "redis-auth", "key": "redis-password"}
+    assert env_entries(all_options)["OTEL_SERVICE_NAME"]["value"] == "realtime-gateway"
+
+
+def test_chart_managed_redis_password(render: Render) -> None:
+    docs = render("--set", "redis.host=redis", "--set", "redis.password=s3cret").manifests
+    ref = secret_ref(docs, "REDIS_PASSWORD")
+    secret = named(docs, "Secret", ref["name"])
+    assert secret is not None
+    assert base64.b64decode(secret["data"][ref["key"]]).decode() == "s3cret"
+    assert "s3cret" not in yaml.safe_dump(one(docs, "ConfigMap"))
+
+
+def test_grace_period_covers_drain(manifests: list[Manifest]) -> None:
+    cm = config_env(manifests)
+    spec = pod_spec(manifests)
+    grace = spec["terminationGracePeriodSeconds"]
+    drain = int(cm["DRAIN_DELAY"]) + int(cm["DRAIN_WINDOW"])
+    pre_stop = container(manifests).get("lifecycle", {}).get("preStop")
+    pre_stop_sleep = int(pre_stop["exec"]["command"][-1]) if pre_stop else 0
+    assert grace >= pre_stop_sleep + drain + 10, (grace, pre_stop_sleep, drain)
+
+
+def test_grace_period_is_derived(render: Render) -> None:
+    docs = render("--set", "gateway.drainDelay=7", "--set", "gateway.drainWindow=50").manifests
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 7 + 50 + 10
+    assert "lifecycle" not in container(docs)
+
+
+def test_grace_period_too_low_fails(render: Render) -> None:
+    result = render("--set", "terminationGracePeriodSeconds=30")
+    assert result.returncode != 0
+    assert "terminationGracePeriodSeconds=30 is too low" in result.stderr
+    assert ">= " in result.stderr and "= 35" in result.stderr
+    # The preStop sleep counts too.
+    result = render("--set", "terminationGracePeriodSeconds=35", "--set", "preStopSleepSeconds=5")
+    assert result.returncode != 0
+    assert "terminationGracePeriodSeconds" in result.stderr
+    # Exactly the minimum is accepted.
+    docs = render("--set", "terminationGracePeriodSeconds=35").manifests
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 35
+
+
+def test_security_context(manifests: list[Manifest]) -> None:
+    spec = pod_spec(manifests)
+    c = container(manifests)
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True
+    assert pod_sc["runAsUser"] == 10001
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The only writable path is an emptyDir at /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert "/tmp" in mounts
+    volume = next(v for v in spec["volumes"] if v["name"] == mounts["/tmp"])
+    assert "emptyDir" in volume
+    assert spec["automountServiceAccountToken"] is False
+    resources = c["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+
+
+def test_image_from_values(defaults: list[Manifest], all_options: list[Manifest]) -> None:
+    assert container(defaults)["image"] == "realtime-gateway:0.1.0"
+    assert container(defaults)["imagePullPolicy"] == "IfNotPresent"
+    assert container(all_options)["image"] == "registry.example.com/chat/realtime-gateway:0.1.0-rc1"
+    assert container(all_options)["imagePullPolicy"] == "Always"
+
+
+def test_selectors_match_pods(manifests: list[Manifest]) -> None:
+    labels = pod_labels(manifests)
+    deployment = one(manifests, "Deployment")
+    assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
+    service = one(manifests, "Service")
+    assert selects(service["spec"]["selector"], labels)
+    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container(manifests)["ports"]}
+    assert selects(one(manifests, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+    spread = pod_spec(manifests)["topologySpreadConstraints"]
+    by_host = [t for t in spread if t["topologyKey"] == "kubernetes.io/hostname"]
+    assert len(by_host) == 1
+    assert by_host[0]["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert selects(by_host[0]["labelSelector"]["matchLabels"], labels)
+
+
+def test_config_checksum_rolls_pods(render: Render) -> None:
+    def checksum(*extra: str) -> str:
+        annotations = one(render(*extra).manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        value: str = annotations["checksum/config"]
+        return value
+
+    base = checksum()
+    assert len(base) == 64
+    assert checksum() == base  # deterministic despite the generated secret
+    assert checksum("--set", "gateway.logLevel=debug") != base
+    assert checksum("--set", "gateway.limits.rateLimit=50") != base
+
+
+def test_pod_anti_affinity(render: Render) -> None:
+    soft = render("--set", "podAntiAffinity.type=soft").manifests
+    terms = pod_spec(soft)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert terms[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    hard = render("--set", "podAntiAffinity.type=hard").manifests
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod_spec(hard)["affinity"]["podAntiAffinity"]
+    assert "affinity" not in pod_spec(render().manifests)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optional objects
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ingress_websocket_annotations(all_options: list[Manifest]) -> None:
+    ingress = one(all_options, "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
+    assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["chat.example.com"], "secretName": "chat-example-com-tls"}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "chat.example.com"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    service = one(all_options, "Service")
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["number"] == service["spec"]["ports"][0]["port"]
+
+
+def test_ingress_user_annotations_win(render: Render) -> None:
+    docs = render(
+        "--set",
+        "ingress.enabled=true",
+        "--set-string",
+        "ingress.annotations.nginx\\.ingress\\.kubernetes\\.io/proxy-read-timeout=7200",
+    ).manifests
+    annotations = one(docs, "Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "7200"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
+
+
+def test_hpa(all_options: list[Manifest], all_options_values: dict[str, Any]) -> None:
+    hpa = one(all_options, "HorizontalPodAutoscaler")
+    deployment = one(all_options, "Deployment")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    scaling = all_options_values["autoscaling"]
+    assert hpa["spec"]["minReplicas"] == scaling["minReplicas"]
+    assert hpa["spec"]["maxReplicas"] == scaling["maxReplicas"]
+    targets = {
+        m["resource"]["name"]: m["resource"]["target"]["averageUtilization"]
+        for m in hpa["spec"]["metrics"]
+        if m["type"] == "Resource" and m["resource"]["target"]["type"] == "Utilization"
+    }
+    assert targets == {
+        "cpu": scaling["targetCPUUtilizationPercentage"],
+        "memory": scaling["targetMemoryUtilizationPercentage"],
+    }
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    # The HPA owns the replica count.
+    assert "replicas" not in deployment["spec"]
+
+
+def test_network_policy(all_options: list[Manifest]) -> None:
+    policy = one(all_options, "NetworkPolicy")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(all_options))
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert port_number(container(all_options), rule["ports"][0]["port"]) == 8080
+    assert len(rule["from"]) == 2
+    dns_ports = {(p["port"], p["protocol"]) for p in policy["spec"]["egress"][0]["ports"]}
+    assert dns_ports == {(53, "UDP"), (53, "TCP")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Guards
+# --------------------------------------------------------------------------------------------------
+
+
+def test_replicas_without_redis_fail(render: Render) -> None:
+    result = render("--set", "replicaCount=2")
+    assert result.returncode != 0
+    assert "replicaCount=2 requires redis.host" in result.stderr
+
+
+def test_replicas_with_redis_render(render: Render) -> None:
+    docs = render("--set", "replicaCount=2", "--set", "redis.host=redis.data.svc").manifests
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+    assert config_env(docs)["REDIS_HOST"] == "redis.data.svc"
+
+
+def test_hpa_without_redis_fails(render: Render) -> None:
+    result = render("--set", "autoscaling.enabled=true")
+    assert result.returncode != 0
+    assert "autoscaling.enabled=true requires redis.host" in result.stderr
+    docs = render("--set", "autoscaling.enabled=true", "--set", "redis.host=redis").manifests
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+
+
+def test_missing_jwt_secret_fails_when_generation_is_off(render: Render) -> None:
+    result = render("--set", "auth.generateSecret=false")
+    assert result.returncode != 0
+    assert "no JWT secret" in result.stderr and "auth.existingSecret" in result.stderr
+    given = "given-secret-given-secret-given-secret"
+    docs = render("--set", "auth.generateSecret=false", "--set", f"auth.jwtSecret={given}").manifests
+    ref = secret_ref(docs, "JWT_DEV")
+    secret = named(docs, "Secret", ref["name"])
+    assert secret is not None
+    assert base64.b64decode(secret["data"][ref["key"]]).decode() == given
+
+
+def test_short_jwt_secret_fails(render: Render) -> None:
+    result = render("--set", "auth.jwtSecret=too-short")
+    assert result.returncode != 0
+    assert "auth.jwtSecret must be at least 32 characters" in result.stderr
+
+
+def test_values_schema_rejects_bad_types(render: Render) -> None:
+    result = render("--set", "auth.roomAccess=everyone")
+    assert result.returncode != 0
+    assert "roomAccess" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# NOTES.txt (helm template does not render it: render a copy through a probe template)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def notes_chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    chart = tmp_path_factory.mktemp("notes") / "realtime-gateway"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-source.txt")
+    (chart / "templates" / "zz-notes-probe.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-probe\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes-source.txt") . | quote }}\n'
+    )
+    yield chart
+    shutil.rmtree(chart, ignore_errors=True)
+
+
+def render_notes(helm_bin: str, chart: Path, *extra: str) -> str:
+    result = run_helm(
+        helm_bin,
+        "template",
+        RELEASE,
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "--show-only",
+        "templates/zz-notes-probe.yaml",
+        *extra,
+    )
+    notes: str = one(result.manifests, "ConfigMap")["data"]["notes"]
+    return notes
+
+
+def test_notes_say_how_to_connect(helm: str, notes_chart: Path) -> None:
+    notes = render_notes(helm, notes_chart)
+    assert "port-forward service/rtg-realtime-gateway" in notes
+    assert "ws://127.0.0.1:3000/" in notes
+    assert "?token=" in notes and "Authorization: Bearer" in notes
+    assert "/demo is disabled" in notes
+    assert "get secret rtg-realtime-gateway" in notes
+
+    notes = render_notes(helm, notes_chart, "--values", str(ALL_OPTIONS))
+    assert "wss://chat.example.com/" in notes
+    assert "https://chat.example.com/demo" in notes
+    assert "Secret gateway-jwt" in notes

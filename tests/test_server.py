@@ -1,0 +1,181 @@
+"""server.py as a real process: configuration errors, the dev token, probes, logs, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.helpers import ROOT, SECRET, Client, refused_status, spawn_server, token, wait_for
+
+
+def run_bad(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "server.py", *args],
+        cwd=ROOT,
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--port", "abc"], {}, "--port"),
+        (["--port", "70000"], {}, "--port"),
+        ([], {"PORT": "x"}, "PORT"),
+        (["--no-such-flag"], {}, "unrecognized"),
+        (["--workers", "2"], {}, "Redis"),
+        (["--jwt-secret", "short"], {}, "32 bytes"),
+        (["--room-access", "maybe"], {}, "ROOM-ACCESS".lower()),
+        ([], {"RATE_LIMIT": "-1"}, "RATE_LIMIT"),
+        (["--jwt-algorithms", "RS256"], {}, "JWT_PUBLIC_KEY"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_2(args, env, needle):
+    result = run_bad(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle.lower() in lines[0].lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_exit_2():
+    first = spawn_server("--port", "0", env={"JWT_DEV": SECRET})
+    try:
+        result = run_bad("--port", str(first.port), "--host", "127.0.0.1", env={"JWT_DEV": SECRET})
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+
+
+def _get(url: str) -> tuple[int, dict[str, object] | str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body = resp.read().decode()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        status = exc.code
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_without_jwt_dev_a_dev_token_is_printed_and_dev_endpoint_served():
+    proc = spawn_server("--port", "0", "--host", "127.0.0.1")
+    try:
+        await wait_for(lambda: any("JWT_DEV is not set" in line for line in proc.lines), what="dev warning")
+        loop = asyncio.get_running_loop()
+        status, body = await loop.run_in_executor(None, _get, f"{proc.http}/dev/token?sub=tab1")
+        assert status == 200 and isinstance(body, dict)
+        client = await Client.connect(proc.url, str(body["token"]))
+        state = await client.join("lobby")
+        assert state["payload"]["members"][0]["userId"] == "tab1"
+        client.close()
+    finally:
+        proc.signal(signal.SIGKILL)
+        out, _ = proc.proc.communicate(timeout=10)
+    printed = [line.strip() for line in out.splitlines() if line.strip().startswith("eyJ")]
+    assert printed, out
+    assert not any(printed[0] in line for line in proc.lines), "the dev token must not be in the log"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_dev_token_is_404_with_a_configured_secret():
+    proc = spawn_server("--port", "0", "--host", "127.0.0.1", env={"JWT_DEV": SECRET})
+    try:
+        loop = asyncio.get_running_loop()
+        status, _ = await loop.run_in_executor(None, _get, f"{proc.http}/dev/token?sub=x")
+        assert status == 404
+        assert not any("JWT_DEV is not set" in line for line in proc.lines)
+        status, body = await loop.run_in_executor(None, _get, f"{proc.http}/healthz")
+        assert status == 200
+        status, body = await loop.run_in_executor(None, _get, f"{proc.http}/readyz")
+        assert status == 200 and isinstance(body, dict) and body["status"] == "ready"
+    finally:
+        proc.kill()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_logs_are_json_lines_without_tokens():
+    proc = spawn_server("--port", "0", "--host", "127.0.0.1", "--log-level", "debug", env={"JWT_DEV": SECRET})
+    good = token("logger", ttl=600)
+    try:
+        client = await Client.connect(proc.url, good)
+        await client.join("r")
+        client.send("message", {"roomId": "r", "content": "top secret words"})
+        await client.expect("ack")
+        client.send_raw("{broken")
+        await client.expect_error("invalid_json")
+        bad = token("x", secret="another-secret-that-is-long-enough-000000")
+        status, _ = await refused_status(f"{proc.url}?token={bad}")
+        assert status == 401
+        status, _ = await refused_status(proc.url, headers={"Authorization": f"Bearer {bad}"})
+        assert status == 401
+        client.close()
+        await wait_for(lambda: any('"upgrade refused"' in line for line in proc.lines), what="refusal logged")
+    finally:
+        proc.signal(signal.SIGTERM)
+        proc.wait(30)
+    text = "".join(proc.lines)
+    assert proc.lines
+    for line in proc.lines:
+        entry = json.loads(line)
+        assert {"ts", "level", "logger", "event", "instance"} <= set(entry)
+    assert good not in text and bad not in text
+    assert "eyJ" not in text
+    assert "top secret words" not in text
+    assert "[redacted]" in text  # the access log line of the upgrade
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_drains_with_1012_and_exits_0():
+    proc = spawn_server(
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--drain-delay",
+        "1",
+        "--drain-window",
+        "2",
+        env={"JWT_DEV": SECRET},
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        clients = [await Client.connect(proc.url, token(f"u{i}")) for i in range(4)]
+        for c in clients:
+            await c.join("r")
+        started = time.monotonic()
+        proc.signal(signal.SIGTERM)
+
+        async def draining() -> bool:
+            status, _ = await loop.run_in_executor(None, _get, f"{proc.http}/readyz")
+            return status == 503
+
+        await wait_for(draining, what="readiness 503 after SIGTERM", timeout=3)
+        status, body = await refused_status(f"{proc.url}?token={token('late')}")
+        assert status == 503 and body["error"]
+        codes = [await c.wait_closed(timeout=10) for c in clients]
+        assert codes == [1012] * 4
+        assert time.monotonic() - started < 1 + 2 + 3
+        code = await loop.run_in_executor(None, proc.wait, 20)
+        assert code == 0
+    finally:
+        proc.kill()
+
