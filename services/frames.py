@@ -6,11 +6,19 @@ from typing import Any
 
 import orjson
 
+from services.metrics import METRICS
+
+_out: dict[str, Any] = {}  # frame type -> bound counter child, resolved once
+
 
 def encode(frame_type: str, payload: dict[str, Any], request_id: str | None = None) -> bytes:
     frame: dict[str, Any] = {"type": frame_type, "payload": payload}
     if request_id is not None:
         frame["requestId"] = request_id
+    counter = _out.get(frame_type)
+    if counter is None:
+        counter = _out[frame_type] = METRICS.frames_out.labels(frame_type)
+    counter.inc()
     return orjson.dumps(frame, option=orjson.OPT_NON_STR_KEYS)
 
 

@@ -10,7 +10,11 @@ class _Metrics:
         self.connections = Gauge("gateway_connections", "Open WebSocket connections")
         self.rooms = Gauge("gateway_rooms", "Rooms with at least one local member")
         self.frames_in = Counter("gateway_frames_in_total", "Client frames received", ["type"])
-        self.frames_out = Counter("gateway_frames_out_total", "Server frames sent directly", ["type"])
+        self.frames_out = Counter(
+            "gateway_frames_out_total",
+            "Server frames encoded, by type (once per broadcast or reply; see deliveries for per-socket)",
+            ["type"],
+        )
         self.errors = Counter("gateway_errors_total", "Error frames sent, by code", ["code"])
         self.closes = Counter("gateway_closes_total", "Connections closed by the gateway, by code", ["code"])
         self.auth_failures = Counter("gateway_auth_failures_total", "Upgrades refused with 401")

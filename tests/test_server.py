@@ -179,3 +179,20 @@ async def test_sigterm_drains_with_1012_and_exits_0():
     finally:
         proc.kill()
 
+
+@pytest.mark.gen_test(timeout=30)
+async def test_second_signal_exits_at_once():
+    proc = spawn_server("--port", "0", "--host", "127.0.0.1", "--drain-delay", "30", env={"JWT_DEV": SECRET})
+    loop = asyncio.get_running_loop()
+    try:
+        client = await Client.connect(proc.url, token("stays"))
+        await client.join("r")
+        proc.signal(signal.SIGTERM)
+        await wait_for(lambda: any('"draining"' in line for line in proc.lines), what="drain started")
+        started = time.monotonic()
+        proc.signal(signal.SIGINT)
+        code = await loop.run_in_executor(None, proc.wait, 10)
+        assert code == 0
+        assert time.monotonic() - started < 5  # far less than the 30 s drain delay
+    finally:
+        proc.kill()
