@@ -1,0 +1,33 @@
+"""The README stays true: every setting, error code and close code the code knows is documented."""
+
+from __future__ import annotations
+
+import os
+
+from schemas.server import ERROR_CODES
+from services import session
+from services.settings import OPTIONS
+from tests.helpers import ROOT
+
+
+def readme() -> str:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_every_setting_is_in_the_readme():
+    text = readme()
+    missing = [o.env for o in OPTIONS if f"`{o.env}`" not in text or f"`{o.flag}" not in text]
+    assert not missing
+
+
+def test_every_error_and_close_code_is_in_the_readme():
+    text = readme()
+    assert [c for c in ERROR_CODES if f"`{c}`" not in text] == []
+    codes = [v for k, v in vars(session).items() if k.startswith("CLOSE_") and isinstance(v, int)]
+    assert codes and [c for c in codes if f"| {c} |" not in text] == []
+
+
+def test_readme_shows_the_two_commands():
+    text = readme()
+    assert "make run" in text and "make test" in text
