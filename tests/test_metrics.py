@@ -17,7 +17,7 @@ async def scrape(gw) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
-def value(samples, name: str, **labels: str) -> float:
+def value(samples, name: str, **labels: str):
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
