@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +16,6 @@ from client import (
     Connected,
     ConnectionClosed,
     Disconnected,
-    Event,
     GatewayClient,
     GatewayError,
     Member,
@@ -28,57 +24,17 @@ from client import (
     PresenceState,
     RoomUpdate,
 )
-from tests import helpers
 from tests.helpers import (
     SECRET,
     Client,
     RunningGateway,
     free_port,
     spawn_server,
-    start_gateway,
     token,
 )
+from tests.sdk_helpers import expect_event, gateway
 
 FAST = Backoff(initial=0.05, maximum=0.5)
-
-
-async def expect_event(
-    client: GatewayClient,
-    kind: type[Any],
-    match: Callable[[Any], bool] | None = None,
-    timeout: float = 5.0,
-) -> Any:
-    """Consume events until one of `kind` (matching `match`) arrives; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    seen: list[Event] = []
-    stream = client.events()
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {seen!r}")
-            try:
-                event = await asyncio.wait_for(stream.__anext__(), left)
-            except TimeoutError:
-                raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {seen!r}") from None
-            except StopAsyncIteration:
-                raise AssertionError(f"event stream ended before {kind.__name__}; saw {seen!r}") from None
-            if isinstance(event, kind) and (match is None or match(event)):
-                return event
-            seen.append(event)
-    finally:
-        await stream.aclose()
-
-
-@contextlib.asynccontextmanager
-async def gateway(**overrides: Any) -> AsyncIterator[RunningGateway]:
-    """An in-process gateway with Settings overrides, from inside a running test coroutine
-    (the make_gateway fixture needs the loop idle)."""
-    running = await start_gateway(helpers.test_settings(**overrides))
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 async def sdk(url: str, sub: str = "alice", **kw: Any) -> GatewayClient:
