@@ -251,12 +251,11 @@
                             className: r.wanted ? "" : "gone" },
         label,
         r.unread ? el("span", { className: "badge", text: String(r.unread), "aria-hidden": "true" }) : null);
-      if (r.wanted) {
-        const leave = el("button", { type: "button", className: "icon", text: "×", "aria-label": `Leave #${r.id}`,
-                                     title: `Leave #${r.id}` });
-        leave.addEventListener("click", () => leaveRoom(r.id));
-        li.append(leave);
-      }
+      const verb = r.wanted ? "Leave" : "Close";
+      const leave = el("button", { type: "button", className: "icon", text: "×", "aria-label": `${verb} #${r.id}`,
+                                   title: `${verb} #${r.id}` });
+      leave.addEventListener("click", () => leaveRoom(r.id));
+      li.append(leave);
       items.push(li);
     }
     ui.roomList.replaceChildren(...items);
@@ -355,7 +354,6 @@
       state.attempt = 0;
       hideAlert();
       setConn("open", "Connected");
-      ui.send.disabled = false;
       for (const r of state.rooms.values()) {
         if (r.wanted) request("join", { roomId: r.id });
       }
@@ -370,7 +368,6 @@
       if (state.ws !== ws) return;
       state.ws = null;
       stopPing();
-      ui.send.disabled = true;
       for (const r of state.rooms.values()) r.joined = false;
       state.pending.clear();
       if (state.stopped) return;
@@ -728,7 +725,6 @@
     ui.login.hidden = true;
     ui.chat.hidden = false;
     ui.loginSubmit.disabled = false;
-    ui.send.disabled = true;
     joinRoom(firstRoom);
     noteActivity();
     connect();
@@ -770,6 +766,5 @@
   const params = new URLSearchParams(location.search);
   if (params.get("name")) ui.name.value = params.get("name");
   if (params.get("room")) ui.firstRoom.value = params.get("room");
-  ui.send.disabled = true;
   ui.name.focus();
 })();
