@@ -27,7 +27,7 @@ from typing import NoReturn, TextIO
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from client.events import Connected, Disconnected, ErrorEvent, Message, Presence
+from client.events import Connected, Disconnected, ErrorEvent, Message, Presence, PresenceState
 from client.sdk import (
     AuthError,
     ClientError,
@@ -153,6 +153,8 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
     _install_stop(stop)
     sends: set[asyncio.Task[None]] = set()
     typing_seen: set[tuple[str, str]] = set()
+    typing_sent: set[str] = set()  # rooms we said `typing` in: a message ends it
+    present: dict[str, set[str]] = {}  # room -> users we know are there (to announce joins)
     exit_code = 0
 
     for room in rooms:
@@ -165,6 +167,9 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
     async def send(room: str, text: str) -> None:
         try:
             await client.send(room, text)
+            if room in typing_sent:
+                typing_sent.discard(room)
+                client.online(room)
         except GatewayError as exc:
             term.problem(f"not sent: {exc.event.message} ({exc.code})")
         except ClientError as exc:
@@ -196,7 +201,8 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
                     current = arg
                     term.note(f"sending to #{current}")
             elif name == "typing":
-                client.typing(current)
+                if client.typing(current):
+                    typing_sent.add(current)
             elif name == "idle":
                 client.idle(current)
             elif name == "who":
@@ -234,23 +240,29 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
 
     async def show_events() -> None:
         nonlocal exit_code
+        offline = False
         async for event in client:
             if isinstance(event, Message):
                 typing_seen.discard((event.room_id, event.sender_id))
                 term.line(
                     f"[{clock(event.created_at)}] {label(event.room_id)}{event.sender_id}: {event.content}"
                 )
+            elif isinstance(event, PresenceState):
+                present[event.room_id] = {m.user_id for m in event.members}
             elif isinstance(event, Presence):
                 show_presence(event)
             elif isinstance(event, ErrorEvent) and event.request_id is None:
                 term.problem(f"{event.message} ({event.code})")
             elif isinstance(event, Disconnected):
                 if event.will_reconnect:
-                    term.note(f"disconnected ({event.reason}); reconnecting in {event.retry_in:.1f}s")
+                    what = "reconnect failed" if offline else "disconnected"
+                    term.note(f"{what} ({event.reason}); retrying in {event.retry_in:.1f}s")
                 elif not stop.is_set():
                     term.problem(f"disconnected: {event.reason}")
                     exit_code = 1
+                offline = True
             elif isinstance(event, Connected) and event.reconnected:
+                offline = False
                 term.note(f"reconnected; back in {', '.join('#' + r for r in event.rooms) or 'no room'}")
         stop.set()
 
@@ -259,15 +271,24 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
             return  # our own typing/idle echoed back
         key = (event.room_id, event.user_id)
         where = f" in #{event.room_id}" if len(client.rooms) > 1 else ""
+        here = present.setdefault(event.room_id, set())
+        if event.status == "offline":
+            here.discard(event.user_id)
+            typing_seen.discard(key)
+            term.note(f"{event.user_id} left{where}")
+            return
+        if event.user_id not in here:
+            here.add(event.user_id)
+            term.note(f"{event.user_id} joined{where}")
         if event.status == "typing":
             if key not in typing_seen:
                 typing_seen.add(key)
                 term.note(f"{event.user_id} is typing{where}")
             return
         typing_seen.discard(key)
-        if event.status == "online":
-            return  # also sent when typing lapses: not worth a line
-        term.note(f"{event.user_id} is {event.status}{where}")
+        if event.status == "idle":
+            term.note(f"{event.user_id} is idle{where}")
+        # online: also what typing lapses to; not worth a line
 
     tasks = [asyncio.ensure_future(read_input()), asyncio.ensure_future(show_events())]
     await stop.wait()

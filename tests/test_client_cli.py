@@ -102,6 +102,7 @@ async def test_chat_sends_typed_lines_and_shows_incoming(gw):
     try:
         await chat.line(r"^\* joined #general")
         await bob.join("general")
+        await chat.line(r"^\* bob joined$")
         chat.type("hello from the terminal")
         got = await bob.expect("message")
         assert (got["payload"]["senderId"], got["payload"]["content"]) == ("carol", "hello from the terminal")
