@@ -317,7 +317,7 @@ class GatewayClient:
         timeout: float | None = None,
     ) -> Any:
         if self._final_error is not None:
-            raise self._final_error
+            raise ConnectionClosed(str(self._final_error), self._final_error.code)
         if self._runner is None:
             raise ClientError("not connected: call connect() first")
         request_id = f"{self._id_prefix}-{next(self._ids)}"
@@ -454,7 +454,7 @@ class GatewayClient:
                 self._finish(ConnectionClosed("client closed", code))
                 return None
             try:
-                return await self._open()
+                conn = await self._open()
             except AuthError as exc:
                 if isinstance(self._token, str):
                     self._emit(Disconnected(None, str(exc), None))
@@ -466,6 +466,12 @@ class GatewayClient:
             except Exception as exc:  # a failing token source must not kill the client silently
                 log.warning("reconnect attempt failed", exc_info=True)
                 why = f"reconnect failed: {exc}"
+            else:
+                if not self._closing:
+                    return conn
+                conn.close(1000, "client closed")  # close() was called while this one was opening
+                self._finish(ConnectionClosed("client closed", code))
+                return None
             code = None
 
     async def _resume(self, conn: WebSocketClientConnection, reader: asyncio.Future[Any]) -> None:

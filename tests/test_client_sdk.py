@@ -8,6 +8,8 @@ import signal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from client import (
     Ack,
@@ -23,6 +25,8 @@ from client import (
     Presence,
     PresenceState,
     RoomUpdate,
+    Unknown,
+    parse_event,
 )
 from tests.helpers import (
     SECRET,
@@ -314,3 +318,46 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
         server.kill()
         if restarted is not None:
             restarted.kill()
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    backoff = Backoff(initial=0.5, maximum=4.0, factor=2.0, jitter=0.5)
+    for attempt, base in enumerate([0.5, 1.0, 2.0, 4.0, 4.0, 4.0]):
+        delays = [backoff.delay(attempt) for _ in range(200)]
+        assert all(base * 0.5 <= d <= base for d in delays), (attempt, min(delays), max(delays))
+        assert len(set(delays)) > 1, "jittered, so clients do not reconnect in lockstep"
+    assert backoff.delay(10_000) <= 4.0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    frame_type=st.sampled_from(
+        [
+            "message",
+            "ack",
+            "room_update",
+            "presence",
+            "presence_state",
+            "error",
+            "pong",
+            "message_updated",
+            "message_deleted",
+            "something_new",
+        ]
+    ),
+    payload=json_values,
+    request_id=json_values,
+)
+def test_parse_event_never_raises_on_odd_frames(frame_type, payload, request_id):
+    """A gateway newer (or buggier) than the client must not crash its read loop."""
+    event = parse_event({"type": frame_type, "payload": payload, "requestId": request_id})
+    if frame_type == "something_new":
+        assert isinstance(event, Unknown) and event.type == "something_new"
+    else:
+        assert type(event).__name__ != "Unknown"
