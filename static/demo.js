@@ -8,7 +8,9 @@
   const NAME_RE = /^[A-Za-z0-9_.@-]{1,64}$/;
   const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
   const TYPING_EVERY_MS = 2500; // re-send `typing` while typing; the gateway lapses it after TYPING_TTL (6 s)
-  const IDLE_AFTER_MS = 60000;
+  const params = new URLSearchParams(location.search);
+  // ?idle=SECONDS shortens the one minute without keyboard or pointer activity that makes us idle.
+  const IDLE_AFTER_MS = Number(params.get("idle")) > 0 ? Number(params.get("idle")) * 1000 : 60000;
   const PING_EVERY_MS = 25000;
   const PONG_WITHIN_MS = 10000;
   const BACKOFF_MIN_MS = 500;
@@ -763,7 +765,6 @@
     window.addEventListener(type, noteActivity, { passive: true });
   }
 
-  const params = new URLSearchParams(location.search);
   if (params.get("name")) ui.name.value = params.get("name");
   if (params.get("room")) ui.firstRoom.value = params.get("room");
   ui.name.focus();

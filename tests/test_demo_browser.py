@@ -110,7 +110,7 @@ def test_two_pages_chat_with_typing_and_presence(browser, open_page, servers):
     expect = playwright_api.expect
     servers.append(srv := spawn_server("--port", "0", *LOCAL))  # no JWT_DEV: /dev/token exists
     alice = open_page(f"{srv.http}/demo")
-    bob = open_page(f"{srv.http}/demo")
+    bob = open_page(f"{srv.http}/demo/?idle=3")  # idle after 3 s without input instead of a minute
     sign_in(alice, "alice")
     sign_in(bob, "bob")
     expect(member(alice, "bob")).to_have_attribute("data-status", "online")
@@ -140,6 +140,8 @@ def test_two_pages_chat_with_typing_and_presence(browser, open_page, servers):
     expect(bob.locator('.msg[data-sender="alice"] .body')).to_have_text("hi bob")
     screenshot(alice, "demo-chat.png")
 
+    expect(member(alice, "bob")).to_have_attribute("data-status", "idle")
+    expect(member(alice, "bob").locator(".status")).to_have_text("idle")
     bob.close()
     expect(member(alice, "bob")).to_have_attribute("data-status", "offline")
     expect(alice.locator("#messages-panes, .messages").get_by_text("bob left")).to_be_visible()
