@@ -1,4 +1,8 @@
-"""/demo: the static chat page in static/ (plain HTML/CSS/JS, no build step)."""
+"""/demo: the static chat page in static/ (plain HTML/CSS/JS, no build step).
+
+Served with a strict Content-Security-Policy: the page only loads its own files and only talks to
+this gateway, so even a rendering bug could not run injected script.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,23 @@ from tornado.web import RedirectHandler, StaticFileHandler
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class DemoFileHandler(StaticFileHandler):
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        # Revalidate every time (ETag): a gateway upgrade must not leave an old page in caches.
+        self.set_header("Cache-Control", "no-cache")
+
 
 def demo_routes() -> list[Any]:
     return [
         (r"/demo", RedirectHandler, {"url": "/demo/"}),
-        (r"/demo/(.*)", StaticFileHandler, {"path": STATIC_DIR, "default_filename": "index.html"}),
+        (r"/demo/(.*)", DemoFileHandler, {"path": STATIC_DIR, "default_filename": "index.html"}),
     ]

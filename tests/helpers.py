@@ -78,7 +78,9 @@ class Client:
         conn = await websocket_connect(req, **kw)
         return cls(conn)
 
-    def send(self, frame_type: str, payload: dict[str, Any] | None = None, request_id: str | None = None) -> None:
+    def send(
+        self, frame_type: str, payload: dict[str, Any] | None = None, request_id: str | None = None
+    ) -> None:
         frame: dict[str, Any] = {"type": frame_type, "payload": payload if payload is not None else {}}
         if request_id is not None:
             frame["requestId"] = request_id
@@ -117,9 +119,13 @@ class Client:
                 try:
                     frame = await self.recv(left)
                 except TimeoutError:
-                    raise AssertionError(f"no {frame_type} frame within {timeout}s; got {skipped!r}") from None
+                    raise AssertionError(
+                        f"no {frame_type} frame within {timeout}s; got {skipped!r}"
+                    ) from None
                 if frame is None:
-                    raise AssertionError(f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}")
+                    raise AssertionError(
+                        f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}"
+                    )
                 if frame["type"] == frame_type and (match is None or match(frame)):
                     return frame
                 skipped.append(frame)

@@ -1,0 +1,52 @@
+"""Helpers for tests of the client SDK and CLI: gateways started from inside a running test
+coroutine, and waiting for typed SDK events with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from client import Event, GatewayClient
+from tests.helpers import RunningGateway, start_gateway
+from tests.helpers import test_settings as settings_for_test
+
+
+@contextlib.asynccontextmanager
+async def gateway(**overrides: Any) -> AsyncIterator[RunningGateway]:
+    """An in-process gateway with Settings overrides (the make_gateway fixture needs an idle loop)."""
+    running = await start_gateway(settings_for_test(**overrides))
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def expect_event(
+    client: GatewayClient,
+    kind: type[Any],
+    match: Callable[[Any], bool] | None = None,
+    timeout: float = 5.0,
+) -> Any:
+    """Consume events until one of `kind` (matching `match`) arrives; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    seen: list[Event] = []
+    stream = client.events()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {seen!r}")
+            try:
+                event = await asyncio.wait_for(stream.__anext__(), left)
+            except TimeoutError:
+                raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {seen!r}") from None
+            except StopAsyncIteration:
+                raise AssertionError(f"event stream ended before {kind.__name__}; saw {seen!r}") from None
+            if isinstance(event, kind) and (match is None or match(event)):
+                return event
+            seen.append(event)
+    finally:
+        await stream.aclose()

@@ -1,0 +1,363 @@
+"""The client SDK against real gateways over real sockets: in-process ones for the protocol, a
+`python server.py` process for restarts, and a TCP proxy that can lose replies and cut sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from client import (
+    Ack,
+    AuthError,
+    Backoff,
+    Connected,
+    ConnectionClosed,
+    Disconnected,
+    GatewayClient,
+    GatewayError,
+    Member,
+    Message,
+    Presence,
+    PresenceState,
+    RoomUpdate,
+    Unknown,
+    parse_event,
+)
+from tests.helpers import (
+    SECRET,
+    Client,
+    RunningGateway,
+    free_port,
+    spawn_server,
+    token,
+)
+from tests.sdk_helpers import expect_event, gateway
+
+FAST = Backoff(initial=0.05, maximum=0.5)
+
+
+async def sdk(url: str, sub: str = "alice", **kw: Any) -> GatewayClient:
+    client = GatewayClient(url, token(sub), backoff=FAST, **kw)
+    await client.connect()
+    return client
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_send_returns_the_ack_of_that_message(gw):
+    alice = await sdk(gw.url, "alice")
+    bob = await gw.client("bob")
+    try:
+        await alice.join("general")
+        await bob.join("general")
+        # Many sends in flight at once: each await gets the ack of its own frame (by requestId).
+        contents = [f"message {i}" for i in range(20)]
+        acks = await asyncio.gather(*(alice.send("general", c) for c in contents))
+        ids_by_content = {}
+        for _ in contents:
+            frame = await bob.expect("message")
+            ids_by_content[frame["payload"]["content"]] = (
+                frame["payload"]["id"],
+                frame["payload"]["dedupeKey"],
+            )
+        for content, ack in zip(contents, acks, strict=True):
+            assert isinstance(ack, Ack)
+            assert (ack.id, ack.dedupe_key) == ids_by_content[content]
+            assert ack.room_id == "general" and ack.created_at.tzinfo is not None
+        assert len({a.dedupe_key for a in acks}) == len(acks), "every send gets its own dedupeKey"
+    finally:
+        bob.close()
+        await alice.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_events_arrive_as_typed_objects(gw):
+    alice = await sdk(gw.url, "alice")
+    bob = await sdk(gw.url, "bob")
+    try:
+        joined = await alice.join("general")
+        assert joined == RoomUpdate(room_id="general", action="joined", request_id=joined.request_id)
+        assert joined.request_id
+        state = await expect_event(alice, PresenceState)
+        assert [m.user_id for m in state.members] == ["alice"]
+        await bob.join("general")
+        online = await expect_event(alice, Presence, lambda e: e.user_id == "bob")
+        assert online.status == "online" and online.room_id == "general"
+
+        assert bob.typing("general")
+        typing = await expect_event(alice, Presence, lambda e: e.user_id == "bob")
+        assert typing.status == "typing"
+        assert alice.members("general")[-1] == Member("bob", "typing", typing.at)
+
+        ack = await bob.send(
+            "general", "hi alice", attachments=[{"url": "https://x.test/a.png", "type": "image"}]
+        )
+        msg = await expect_event(alice, Message)
+        assert (msg.id, msg.sender_id, msg.sender_type, msg.content) == (ack.id, "bob", "human", "hi alice")
+        assert msg.attachments[0].url == "https://x.test/a.png" and msg.attachments[0].type == "image"
+        assert msg.created_at == ack.created_at
+
+        assert bob.idle("general")
+        idle = await expect_event(alice, Presence, lambda e: e.user_id == "bob")
+        assert idle.status == "idle"
+        await bob.close()
+        offline = await expect_event(alice, Presence, lambda e: e.user_id == "bob")
+        assert offline.status == "offline"
+        assert [m.user_id for m in alice.members("general")] == ["alice"]
+        assert await alice.ping() < 1.0
+    finally:
+        await bob.close()
+        await alice.close()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_refusals_raise_gateway_errors(gw):
+    alice = await sdk(gw.url, "alice")
+    try:
+        with pytest.raises(GatewayError) as err:
+            await alice.send("general", "not joined yet", dedupe_key="k1")
+        assert err.value.code == "not_in_room" and err.value.event.dedupe_key == "k1"
+        with pytest.raises(GatewayError) as err:
+            await alice.join("-bad room-")
+        assert err.value.code == "validation_failed"
+        assert alice.rooms == (), "a refused join is not re-joined after a reconnect"
+        await alice.join("general")
+        with pytest.raises(GatewayError) as err:
+            await alice.send("general", "x" * 4001)
+        assert err.value.code == "validation_failed"
+        with pytest.raises(ValueError):
+            alice.set_presence("general", "offline")  # type: ignore[arg-type]
+    finally:
+        await alice.close()
+    with pytest.raises(ConnectionClosed):
+        await alice.send("general", "after close")
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_bad_token_fails_at_connect(gw):
+    client = GatewayClient(gw.url, token("alice", secret="another-secret-that-is-long-enough-0123456789"))
+    with pytest.raises(AuthError, match="token refused"):
+        await client.connect()
+    await client.close()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_too_many_connections_is_not_retried():
+    async with gateway(max_user_connections=1) as gw:
+        await _too_many(gw)
+
+
+async def _too_many(gw: RunningGateway) -> None:
+    first = await gw.client("alice")
+    client = await sdk(gw.url, "alice")
+    try:
+        gone = await expect_event(client, Disconnected)
+        assert gone.code == 4029 and not gone.will_reconnect
+        with pytest.raises(ConnectionClosed):
+            await client.join("general")
+        assert client.connections == 1 and client.closed
+    finally:
+        first.close()
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_expired_token_is_replaced_by_the_token_source():
+    async with gateway(jwt_leeway=0) as gw:
+        await _replaced(gw)
+
+
+async def _replaced(gw: RunningGateway) -> None:
+    issued: list[int] = []
+
+    async def fresh_token() -> str:
+        issued.append(1)
+        return token("alice", ttl=1 if len(issued) == 1 else 3600)
+
+    client = GatewayClient(gw.url, fresh_token, backoff=FAST)
+    await client.connect()
+    try:
+        await client.join("general")
+        gone = await expect_event(client, Disconnected)
+        assert gone.code == 4001 and gone.will_reconnect
+        back = await expect_event(client, Connected)
+        assert back.reconnected and back.rooms == ("general",)
+        assert len(issued) == 2
+        bob = await gw.client("bob")
+        await bob.join("general")
+        bob.send("message", {"roomId": "general", "content": "still here?"})
+        assert (await expect_event(client, Message)).content == "still here?"
+        bob.close()
+    finally:
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_expired_fixed_token_stops_the_client():
+    async with gateway(jwt_leeway=0) as gw:
+        client = GatewayClient(gw.url, token("alice", ttl=1), backoff=FAST)
+        await client.connect()
+        gone = await expect_event(client, Disconnected)
+        assert gone.code == 4001 and not gone.will_reconnect and "new token" in gone.reason
+        assert [e async for e in client] == [], "the event stream ends"
+        await client.close()
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the gateway: `lose_replies` drops everything the server sends,
+    `cut()` aborts every proxied connection (what a dying NAT or load balancer does)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.lose_replies = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, from_server: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if from_server and self.lose_replies:
+                        continue
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    def cut(self) -> None:
+        for w in self._writers:
+            w.transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_send_retried_after_a_drop_is_not_duplicated(gw):
+    proxy = CuttableProxy(gw.port)
+    await proxy.start()
+    bob = await gw.client("bob")
+    alice = await sdk(f"ws://127.0.0.1:{proxy.port}/", "alice")
+    try:
+        await bob.join("general")
+        await alice.join("general")
+        proxy.lose_replies = True  # the gateway gets the message, alice never hears the ack
+        sending = asyncio.ensure_future(alice.send("general", "exactly once"))
+        first = await bob.expect("message")
+        assert first["payload"]["content"] == "exactly once"
+        assert not sending.done()
+        proxy.cut()
+        proxy.lose_replies = False
+        ack = await asyncio.wait_for(sending, 10)
+        assert ack.id == first["payload"]["id"], "the retry got the first send's ack"
+        assert ack.dedupe_key == first["payload"]["dedupeKey"]
+        assert alice.connections == 2
+        await bob.expect_nothing("message", within=0.5)
+    finally:
+        bob.close()
+        await alice.close()
+        await proxy.stop()
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_reconnects_and_rejoins_after_the_server_restarts():
+    port = free_port()
+    args = ("--port", str(port), "--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
+    env = {"JWT_DEV": SECRET}
+    loop = asyncio.get_running_loop()
+    server = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+    url = f"ws://127.0.0.1:{port}/"
+    client = GatewayClient(url, token("alice"), backoff=Backoff(initial=0.2, maximum=1.0))
+    restarted = None
+    try:
+        await client.connect()
+        await client.join("general")
+        await client.join("random")
+        server.signal(signal.SIGTERM)
+        assert await loop.run_in_executor(None, server.wait, 15) == 0
+        gone = await expect_event(client, Disconnected)
+        assert gone.code == 1012 and gone.will_reconnect
+        assert not client.connected
+
+        queued = asyncio.ensure_future(client.send("general", "typed while the server was down"))
+        restarted = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+        back = await expect_event(client, Connected, timeout=15)
+        assert back.reconnected and back.rooms == ("general", "random")
+        ack = await asyncio.wait_for(queued, 10)
+        assert ack.room_id == "general"
+
+        bob = await Client.connect(url, token("bob"))
+        state = await bob.join("random")
+        assert sorted(m["userId"] for m in state["payload"]["members"]) == ["alice", "bob"], "alice re-joined"
+        bob.send("message", {"roomId": "random", "content": "welcome back"})
+        got = await expect_event(client, Message, lambda m: m.room_id == "random")
+        assert (got.sender_id, got.content) == ("bob", "welcome back")
+        assert client.connections == 2
+        bob.close()
+    finally:
+        await client.close()
+        server.kill()
+        if restarted is not None:
+            restarted.kill()
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    backoff = Backoff(initial=0.5, maximum=4.0, factor=2.0, jitter=0.5)
+    for attempt, base in enumerate([0.5, 1.0, 2.0, 4.0, 4.0, 4.0]):
+        delays = [backoff.delay(attempt) for _ in range(200)]
+        assert all(base * 0.5 <= d <= base for d in delays), (attempt, min(delays), max(delays))
+        assert len(set(delays)) > 1, "jittered, so clients do not reconnect in lockstep"
+    assert backoff.delay(10_000) <= 4.0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    frame_type=st.sampled_from(
+        [
+            "message",
+            "ack",
+            "room_update",
+            "presence",
+            "presence_state",
+            "error",
+            "pong",
+            "message_updated",
+            "message_deleted",
+            "something_new",
+        ]
+    ),
+    payload=json_values,
+    request_id=json_values,
+)
+def test_parse_event_never_raises_on_odd_frames(frame_type, payload, request_id):
+    """A gateway newer (or buggier) than the client must not crash its read loop."""
+    event = parse_event({"type": frame_type, "payload": payload, "requestId": request_id})
+    if frame_type == "something_new":
+        assert isinstance(event, Unknown) and event.type == "something_new"
+    else:
+        assert type(event).__name__ != "Unknown"

@@ -1,0 +1,220 @@
+"""The /demo page end to end in real headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright's sync API) against `python server.py` processes. Screenshots go to artifacts/."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, SECRET, GatewayProcess, free_port, spawn_server, token
+
+CHROMIUM = os.environ.get("RTG_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = os.path.join(ROOT, "artifacts")
+LOCAL = ("--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
+WAIT_MS = 10_000  # every expectation below polls up to this long, then fails
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+PENDING = re.compile(r"\bpending\b")
+NON_EMPTY = re.compile(r".+")
+
+playwright_api: Any
+try:
+    from playwright import sync_api as playwright_api
+except ImportError:  # pragma: no cover - the venv has it; reported by the fixture below
+    playwright_api = None
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; `make test` installs it (scripts/chromium.sh)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if playwright_api is None:
+        _unavailable("playwright is not installed")
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(f"Chromium not found at {CHROMIUM}")
+    with playwright_api.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        playwright_api.expect.set_options(timeout=WAIT_MS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Any]:
+    """New pages, each in its own context (own storage, like two people); all closed afterwards.
+    Script errors on any page fail the test."""
+    contexts: list[Any] = []
+    errors: list[str] = []
+
+    def factory(url: str) -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 760})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        return page
+
+    yield factory
+    for context in contexts:
+        context.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+@pytest.fixture
+def servers() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+def sign_in(page: Any, name: str, room: str = "general") -> None:
+    page.get_by_label("Your name").fill(name)
+    page.get_by_label("Room", exact=True).fill(room)
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect = playwright_api.expect
+    expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    expect(page.get_by_text(f"You joined #{room}")).to_be_visible()
+
+
+def member(page: Any, user: str) -> Any:
+    return page.locator(f'#member-list li[data-user="{user}"]')
+
+
+def screenshot(page: Any, name: str) -> str:
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name)
+    page.screenshot(path=path)
+    return path
+
+
+def test_two_pages_chat_with_typing_and_presence(browser, open_page, servers):
+    expect = playwright_api.expect
+    servers.append(srv := spawn_server("--port", "0", *LOCAL))  # no JWT_DEV: /dev/token exists
+    alice = open_page(f"{srv.http}/demo")
+    bob = open_page(f"{srv.http}/demo/?idle=3")  # idle after 3 s without input instead of a minute
+    sign_in(alice, "alice")
+    sign_in(bob, "bob")
+    expect(member(alice, "bob")).to_have_attribute("data-status", "online")
+    expect(member(bob, "alice")).to_have_attribute("data-status", "online")
+    expect(member(alice, "alice")).to_contain_text("alice (you)")
+
+    box = bob.get_by_label("Message", exact=True)
+    box.press_sequentially("hello")
+    expect(alice.locator("#typing")).to_have_text("bob is typing…")
+    expect(member(alice, "bob")).to_have_attribute("data-status", "typing")
+    expect(member(alice, "bob").locator(".status")).to_have_text("typing")
+
+    hostile = 'hello alice <img src=x onerror="window.__pwned=1"><b>bold</b>'
+    box.fill(hostile)
+    box.press("Enter")
+    shown = alice.locator('.msg[data-sender="bob"]')
+    expect(shown.locator(".body")).to_have_text(hostile)  # the markup is shown as text
+    expect(shown.locator(".sender")).to_have_text("bob")
+    expect(shown.locator("time")).to_have_attribute("datetime", ISO_MS)
+    assert shown.locator("img, b").count() == 0, "user text must never become elements"
+    assert alice.evaluate("window.__pwned") is None
+    expect(alice.locator("#typing")).to_have_text("")  # sending says online: typing stops
+    expect(bob.locator('.msg.mine[data-sender="bob"]')).not_to_have_class(PENDING)
+
+    alice.get_by_label("Message", exact=True).fill("hi bob")
+    alice.get_by_label("Message", exact=True).press("Enter")
+    expect(bob.locator('.msg[data-sender="alice"] .body')).to_have_text("hi bob")
+    screenshot(alice, "demo-chat.png")
+
+    expect(member(alice, "bob")).to_have_attribute("data-status", "idle")
+    expect(member(alice, "bob").locator(".status")).to_have_text("idle")
+    bob.close()
+    expect(member(alice, "bob")).to_have_attribute("data-status", "offline")
+    expect(alice.locator("#messages-panes, .messages").get_by_text("bob left")).to_be_visible()
+    screenshot(alice, "demo-offline.png")
+
+
+def test_page_reconnects_and_rejoins_after_a_restart(browser, open_page, servers):
+    expect = playwright_api.expect
+    port = free_port()
+    args = ("--port", str(port), *LOCAL)
+    servers.append(first := spawn_server(*args))
+    alice = open_page(f"{first.http}/demo/")
+    sign_in(alice, "alice")
+
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    expect(alice.locator("#conn")).to_have_attribute("data-state", "waiting")
+    expect(alice.locator("#conn-text")).to_contain_text("Reconnecting in")
+    box = alice.get_by_label("Message", exact=True)
+    box.fill("typed while the gateway was down")
+    box.press("Enter")
+    expect(alice.locator(".msg.pending")).to_have_count(1)
+    screenshot(alice, "demo-reconnecting.png")
+
+    # A new process on the same port, with a new generated secret: the page fetches a new token.
+    servers.append(spawn_server(*args))
+    expect(alice.locator("#conn")).to_have_attribute("data-state", "open", timeout=20_000)
+    queued = alice.locator('.msg[data-sender="alice"]', has_text="typed while the gateway was down")
+    expect(queued).to_have_attribute("data-id", NON_EMPTY)  # the gateway's echo replaced the draft
+    expect(alice.locator(".msg.pending")).to_have_count(0)
+
+    bob = open_page(f"{first.http}/demo/")
+    sign_in(bob, "bob")
+    expect(member(bob, "alice")).to_have_attribute("data-status", "online")  # alice is back in #general
+    bob.get_by_label("Message", exact=True).fill("welcome back")
+    bob.get_by_label("Message", exact=True).press("Enter")
+    expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text("welcome back")
+    screenshot(alice, "demo-reconnected.png")
+
+
+def test_page_asks_for_a_token_when_dev_tokens_are_off(browser, open_page, servers):
+    expect = playwright_api.expect
+    env = {"JWT_DEV": SECRET, "ROOM_ACCESS": "token"}
+    servers.append(srv := spawn_server("--port", "0", *LOCAL, env=env))
+    page = open_page(f"{srv.http}/demo")
+    page.get_by_label("Your name").fill("carol")
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect(page.locator("#login-error")).to_contain_text("does not hand out dev tokens")
+    field = page.get_by_label("Token")
+    expect(field).to_be_visible()
+
+    field.fill(token("carol", secret="some-other-secret-that-is-long-enough-0123456789"))
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect(page.locator("#login-error")).to_contain_text("refused the connection")
+
+    field.fill(token("carol", rooms=["general", "team-*"]))
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    expect(page.locator("#me-name")).to_have_text("carol")
+    expect(member(page, "carol")).to_have_attribute("data-status", "online")
+
+    page.get_by_label("Join a room").fill("not a room!")
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect(page.locator("#alert")).to_contain_text("Room names use")
+
+    # The gateway's own refusal, shown readably; the room is marked as not joined.
+    page.get_by_label("Join a room").fill("secret")
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect(page.locator("#alert-text")).to_have_text(
+        "Your token does not allow that room: this token does not allow joining the room"
+    )
+    expect(page.locator('#room-list li[data-room="secret"]')).to_have_class("gone")
+    page.get_by_label("Join a room").fill("team-blue")
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect(page.get_by_text("You joined #team-blue")).to_be_visible()
+    screenshot(page, "demo-token.png")
