@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from tornado.ioloop import IOLoop
 
+from services.bus import MemoryNetwork
+from services.dedupe import DedupeStore
 from tests.helpers import RunningGateway, start_gateway, test_settings
 
 
@@ -24,11 +26,15 @@ def need_service(env_name: str, what: str) -> str:
 
 @pytest.fixture
 def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., RunningGateway]]:
-    """Start in-process gateways with Settings overrides; all are stopped after the test."""
+    """Start in-process gateways with Settings overrides (plus `network`/`dedupe` to share a bus and
+    dedupe store between them); all are stopped after the test."""
     started: list[RunningGateway] = []
 
-    def factory(**overrides: Any) -> RunningGateway:
-        running: RunningGateway = io_loop.run_sync(lambda: start_gateway(test_settings(**overrides)))
+    def factory(
+        network: MemoryNetwork | None = None, dedupe: DedupeStore | None = None, **overrides: Any
+    ) -> RunningGateway:
+        settings = test_settings(**overrides)
+        running: RunningGateway = io_loop.run_sync(lambda: start_gateway(settings, network, dedupe))
         started.append(running)
         return running
 
