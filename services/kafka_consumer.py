@@ -321,12 +321,17 @@ class KafkaEvents:
         if event_type == MESSAGE_CREATED:
             # This gateway (or another instance) may have broadcast it already: its own client's
             # message coming back from the persistence side, or a redelivered record.
-            if await self.dedupe.reserve(f"id:{payload['id']}", "1", self.settings.dedupe_ttl) is not None:
+            id_key = f"id:{payload['id']}"
+            if await self.dedupe.reserve(id_key, "1", self.settings.dedupe_ttl) is not None:
                 METRICS.kafka_consumed.labels("duplicate").inc()
                 return
             message = _present(payload)
             message.setdefault("attachments", [])
-            await self.hub.deliver(room, "message", message)
+            try:
+                await self.hub.deliver(room, "message", message)
+            except Exception:
+                await self.dedupe.release(id_key)
+                raise
         elif event_type == MESSAGE_UPDATED:
             await self.hub.deliver(room, "message_updated", _present(payload))
         elif event_type == MESSAGE_DELETED:

@@ -566,6 +566,8 @@ def test_unreachable_broker_process_keeps_serving():
     assert not [entry for entry in lines if "exc" in entry], "traceback logged for an expected outage"
     downs = [e for e in lines if e["event"] == "kafka producer down"]
     assert len(downs) == 1, downs
+    flushed = [e for e in lines if e["event"] == "kafka producer flushed and stopped"]
+    assert len(flushed) == 1 and flushed[0]["undelivered"] == 0  # SIGTERM flushed the producer
     assert "lost words" not in "".join(gp.lines)
 
 
