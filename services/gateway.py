@@ -9,10 +9,12 @@ from typing import Any
 
 from schemas.client import payload_schemas
 from services.auth import TokenVerifier
-from services.bus import Bus, MemoryBus
+from services.bus import Bus, MemoryBus, MemoryNetwork
 from services.dedupe import DedupeStore, MemoryDedupe
 from services.hub import RoomHub
 from services.ids import short_id
+from services.kafka_consumer import KafkaEvents
+from services.kafka_producer import KafkaIngest
 from services.presence import MemoryPresence, PresenceStore
 from services.session import CLOSE_RESTART, FLUSH_GRACE, Session
 from services.settings import Settings
@@ -25,28 +27,64 @@ class StartupError(Exception):
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        network: MemoryNetwork | None = None,
+        dedupe: DedupeStore | None = None,
+    ) -> None:
+        """`network` and `dedupe` are a test hook: in-process gateways given the same ones behave
+        like instances sharing Redis (one bus, one dedupe store)."""
         self.settings = settings
         self.instance_id = settings.instance_id or short_id()
         self.verifier = TokenVerifier(settings)
         self.bus: Bus
         self.presence: PresenceStore
         self.dedupe: DedupeStore
-        self.bus, self.presence, self.dedupe = self._backends()
+        self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
         self.payload_schemas = payload_schemas(settings.max_content)
-        self.hub = RoomHub(settings, self.bus, self.presence, self.dedupe)
+        self.producer: KafkaIngest | None = None
+        self.consumer: KafkaEvents | None = None
+        if settings.kafka_enabled:
+            self.producer = KafkaIngest(settings, self.instance_id)
+        self.hub = RoomHub(settings, self.bus, self.presence, self.dedupe, ingest=self.producer)
+        if settings.kafka_enabled:
+            self.consumer = KafkaEvents(settings, self.hub, self.dedupe)
         self.sessions: set[Session] = set()
         self.draining = False
 
-    def _backends(self) -> tuple[Bus, PresenceStore, DedupeStore]:
-        return MemoryBus(self.instance_id), MemoryPresence(), MemoryDedupe()
+    def _backends(
+        self, network: MemoryNetwork | None, dedupe: DedupeStore | None
+    ) -> tuple[Bus, PresenceStore, DedupeStore]:
+        return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe()
 
     async def start(self) -> None:
         await self.hub.start()
+        if self.producer is None or self.consumer is None:
+            log.info("kafka disabled (KAFKA_BROKER_URL unset): messages are acked without ingest")
+            return
+        # Neither waits for the broker: a gateway started during a Kafka outage serves sockets,
+        # answers ingest_failed and stays unready until the broker is reachable.
+        self.producer.start()
+        self.consumer.start()
+        log.info(
+            "kafka enabled",
+            extra={
+                "brokers": ",".join(self.settings.kafka_brokers),
+                "group": self.settings.kafka_group_id,
+                "ingest_topic": self.settings.kafka_topic_ingest,
+                "event_topics": ",".join(self.consumer.topics),
+            },
+        )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {"bus": self.bus.ready(), "draining": self.draining}
         ok = checks["bus"] and not self.draining
+        if self.producer is not None and self.consumer is not None:
+            checks["kafka"] = {"producer": self.producer.state, "consumer": self.consumer.state}
+            ok = ok and self.producer.ready() and self.consumer.ready()
+        else:
+            checks["kafka"] = "disabled"
         return ok, checks
 
     async def drain(self) -> None:
@@ -75,6 +113,11 @@ class Gateway:
         await self.hub.settle()
 
     async def stop(self) -> None:
+        # Consumer first (no new events), then the producer's bounded flush, then the stores.
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop(self.settings.kafka_flush_timeout)
         await self.hub.close()
         await self.bus.close()
         await self.presence.close()

@@ -222,6 +222,9 @@ class RoomHub:
         try:
             try:
                 if self.ingest is not None:
+                    # Lets the Kafka consumer skip this message's copy coming back as message.created;
+                    # set before the ingest, as that copy may be consumed before our delivery report.
+                    await self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl)
                     await self.ingest.ingest(message)
             except IngestError as exc:
                 if store_key is not None:
@@ -233,8 +236,6 @@ class RoomHub:
                 await previous
             if store_key is not None:
                 await self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
-            if self.ingest is not None:  # lets the consumer skip Kafka's copy of this message
-                await self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl)
             await self._broadcast(room, frames.encode("message", message))
         finally:
             done.set_result(None)

@@ -209,6 +209,14 @@ OPTIONS: tuple[Option, ...] = (
         "seconds before an undelivered ingest record fails (ingest_failed)",
     ),
     Option(
+        "kafka_flush_timeout",
+        "KAFKA_FLUSH_TIMEOUT",
+        "--kafka-flush-timeout",
+        _float(0.0),
+        5.0,
+        "seconds the producer may flush on shutdown before undelivered records are dropped",
+    ),
+    Option(
         "allowed_origins",
         "ALLOWED_ORIGINS",
         "--allowed-origins",
@@ -357,6 +365,7 @@ class Settings:
     kafka_topic_message_events: str = "chat.messages.events"
     kafka_topic_room_events: str = "chat.rooms.events"
     kafka_message_timeout: float = 10.0
+    kafka_flush_timeout: float = 5.0
     allowed_origins: tuple[str, ...] = ()
     workers: int = 1
     room_access: str = "open"

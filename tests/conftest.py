@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from tornado.ioloop import IOLoop
 
+from services.bus import MemoryNetwork
+from services.dedupe import DedupeStore
 from tests.helpers import RunningGateway, start_gateway, test_settings
 
 
@@ -24,12 +26,15 @@ def need_service(env_name: str, what: str) -> str:
 
 @pytest.fixture
 def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[RunningGateway]]]:
-    """`await make_gateway(**settings_overrides)`: an in-process gateway on a real port; every
-    one started is stopped after the test."""
+    """`await make_gateway(**settings_overrides)`: an in-process gateway on a real port (pass the same
+    `network`/`dedupe` to several to make them instances of one deployment); all are stopped after
+    the test."""
     started: list[RunningGateway] = []
 
-    async def factory(**overrides: Any) -> RunningGateway:
-        running = await start_gateway(test_settings(**overrides))
+    async def factory(
+        network: MemoryNetwork | None = None, dedupe: DedupeStore | None = None, **overrides: Any
+    ) -> RunningGateway:
+        running = await start_gateway(test_settings(**overrides), network, dedupe)
         started.append(running)
         return running
 

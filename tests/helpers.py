@@ -26,6 +26,8 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from schemas.server import validate_server_frame
 from server import make_app
 from services.auth import mint
+from services.bus import MemoryNetwork
+from services.dedupe import DedupeStore
 from services.gateway import Gateway
 from services.settings import Settings
 
@@ -223,8 +225,12 @@ class RunningGateway:
         await self.gateway.stop()
 
 
-async def start_gateway(settings: Settings) -> RunningGateway:
-    gateway = Gateway(settings)
+async def start_gateway(
+    settings: Settings, network: MemoryNetwork | None = None, dedupe: DedupeStore | None = None
+) -> RunningGateway:
+    """Serve a gateway on a free port. Gateways given the same `network` and `dedupe` act as
+    instances of one deployment (as if they shared Redis)."""
+    gateway = Gateway(settings, network=network, dedupe=dedupe)
     await gateway.start()
     sockets = bind_sockets(0, "127.0.0.1")
     server = HTTPServer(make_app(gateway), idle_connection_timeout=settings.handshake_timeout)

@@ -1,0 +1,403 @@
+"""KafkaEvents: message and room events from other services, delivered to the rooms' sockets.
+
+All instances share one consumer group, so each record is consumed by one instance; that instance
+hands it to the RoomHub, which brings it to every instance through the bus. The poll loop runs in
+its own thread (from a one-thread executor) and passes each batch to the IOLoop; only once the
+IOLoop has handled the batch are its offsets stored for the next auto-commit (at-least-once).
+A record seen twice (redelivery after a crash or rebalance) is suppressed by its eventId, and a
+message.created by its message id, in the dedupe store that Redis shares across instances.
+
+A new group starts at the latest offsets. They are resolved explicitly when partitions are
+assigned, so once readiness says "assigned" every event produced from then on is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from marshmallow import ValidationError
+
+from schemas.events import (
+    CONSUMED,
+    MEMBER_REMOVED,
+    MESSAGE_CREATED,
+    MESSAGE_DELETED,
+    MESSAGE_UPDATED,
+    ROOM_DELETED,
+    ROOM_UPDATED,
+    EnvelopeSchema,
+)
+from services.dedupe import DedupeStore
+from services.hub import RoomHub
+from services.kafka_common import StateLog, client_config, describe
+from services.metrics import METRICS
+from services.settings import Settings
+
+log = logging.getLogger("gateway.kafka.consumer")
+
+BATCH = 200  # records handed to the IOLoop at once
+POLL_TIMEOUT = 0.5  # seconds; also how long stop() may wait for the loop to notice
+CALL_TIMEOUT = 5.0  # seconds for the offset look-ups done while partitions are assigned
+CLOSE_TIMEOUT = 5.0
+
+UP = "up"
+DOWN = "down"
+CONNECTING = "connecting"
+
+Partition = tuple[str, int]
+
+
+class InvalidRecord(Exception):
+    """A record that cannot be delivered; the reason never contains the record's content."""
+
+
+class KafkaEvents:
+    def __init__(self, settings: Settings, hub: RoomHub, dedupe: DedupeStore) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.dedupe = dedupe
+        self.topics = [settings.kafka_topic_message_events, settings.kafka_topic_room_events]
+        self.health = StateLog(log, "consumer", CONNECTING)
+        self._envelope = EnvelopeSchema()
+        self._payloads = {name: schema() for name, schema in CONSUMED.items()}
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        self._run: asyncio.Future[None] | None = None
+        self._stopping = threading.Event()
+        self._assigned = False
+        # Next offset to read per assigned partition, as handled (not merely fetched). Committed on
+        # revoke, so the partition's next owner resumes exactly here even if nothing arrived yet.
+        self._positions: dict[Partition, int] = {}
+        self._reported: set[int] = set()  # error codes already logged in the current outage
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **client_config(self.settings, "consumer"),
+            "group.id": self.settings.kafka_group_id,
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+            "enable.auto.offset.store": False,
+            # An instance that dies without leaving the group holds its partitions this long.
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 2000,
+            "statistics.interval.ms": 2000,
+            "stats_cb": self._on_stats,
+            "error_cb": self._on_error,
+        }
+
+    def start(self) -> None:
+        """Subscribe and start the poll loop; never blocks, even with the broker down."""
+        self._loop = asyncio.get_running_loop()
+        consumer = self._consumer = Consumer(self._config())
+        consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._run = self._loop.run_in_executor(self._executor, self._poll_loop, consumer, self._loop)
+
+    def ready(self) -> bool:
+        """True once the group has given this instance its assignment (possibly empty: more
+        instances than partitions), until the assignment is lost."""
+        return self._assigned and not self._stopping.is_set()
+
+    @property
+    def state(self) -> str:
+        return (
+            "assigned"
+            if self.ready()
+            else ("waiting-for-assignment" if not self._stopping.is_set() else "stopped")
+        )
+
+    # -- poll thread -------------------------------------------------------------------------
+
+    def _poll_loop(self, consumer: Consumer, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._stopping.is_set():
+            try:
+                records = consumer.consume(BATCH, POLL_TIMEOUT)
+            except KafkaException as exc:
+                self._report_error(exc.args[0])
+                self._stopping.wait(1.0)
+                continue
+            except Exception:  # never let the loop die: log (a bug) and keep polling
+                log.exception("kafka consume failed")
+                self._stopping.wait(1.0)
+                continue
+            batch: list[Message] = []
+            for record in records:
+                err = record.error()
+                if err is None:
+                    batch.append(record)
+                else:
+                    self._report_error(err)
+            if batch and not self._hand_off(batch, loop):
+                return  # stopping mid-hand-off: offsets not stored, the records come again
+            if batch:
+                self._store(consumer, batch)
+
+    def _hand_off(self, batch: list[Message], loop: asyncio.AbstractEventLoop) -> bool:
+        """Run the batch on the IOLoop and wait for it; False if stopped before it finished."""
+        items = [(r.topic(), r.partition(), r.offset(), r.value()) for r in batch]
+        try:
+            done = asyncio.run_coroutine_threadsafe(self._handle(items), loop)
+        except RuntimeError:  # the loop is closing
+            return False
+        while True:
+            try:
+                done.result(timeout=POLL_TIMEOUT)
+                return True
+            except concurrent.futures.TimeoutError:
+                if self._stopping.is_set():
+                    done.cancel()
+                    return False
+            except concurrent.futures.CancelledError:
+                return False
+            except Exception:  # _handle catches per record; this would be a bug
+                log.exception("kafka hand-off failed")
+                return True
+
+    def _store(self, consumer: Consumer, batch: list[Message]) -> None:
+        """Mark handled records for the next commit (at-least-once)."""
+        nxt: dict[Partition, int] = {}
+        for record in batch:
+            nxt[(record.topic(), record.partition())] = record.offset() + 1
+        self._positions.update(nxt)
+        try:
+            consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in nxt.items()])
+        except KafkaException as exc:  # partition revoked meanwhile: its new owner re-reads them
+            log.debug("offset store failed", extra={"error": describe(exc)})
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each partition at its committed offset, or at the current end for a new group."""
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while True:
+            try:
+                starts = self._start_offsets(consumer, partitions)
+                break
+            except KafkaException as exc:
+                # Right after a topic is created or a leader moves, the look-up can briefly fail.
+                if time.monotonic() < deadline and not self._stopping.is_set():
+                    time.sleep(0.2)
+                    continue
+                # Fall back to librdkafka's own (lazy) reset to latest: nothing committed is
+                # skipped, only the "latest" point may be a little later than this assignment.
+                log.warning("kafka offset look-up failed on assignment", extra={"error": describe(exc)})
+                starts = partitions
+                break
+        consumer.assign(starts)
+        self._positions.update({(tp.topic, tp.partition): tp.offset for tp in starts if tp.offset >= 0})
+        self._assigned = True
+        log.info("kafka consumer assigned", extra={"partitions": len(partitions)})
+
+    @staticmethod
+    def _start_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        starts: list[TopicPartition] = consumer.committed(partitions, timeout=CALL_TIMEOUT)
+        for tp in starts:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            if tp.offset < 0:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=CALL_TIMEOUT, cached=False
+                )
+                tp.offset = high
+        return starts
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit where this instance got to, including partitions where nothing arrived."""
+        revoked = [(tp.topic, tp.partition) for tp in partitions]
+        offsets = [
+            TopicPartition(t, p, self._positions[(t, p)])
+            for t, p in revoked
+            if self._positions.get((t, p), -1) >= 0
+        ]
+        for key in revoked:
+            self._positions.pop(key, None)
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.debug("commit on revoke failed", extra={"error": describe(exc)})
+        log.info("kafka consumer revoked", extra={"partitions": len(partitions)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group moved on without us (session timeout): not ready until assigned again."""
+        self._positions.clear()
+        self._assigned = False
+        log.warning("kafka consumer lost its assignment", extra={"partitions": len(partitions)})
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._report_error(err)
+
+    def _report_error(self, err: KafkaError) -> None:
+        """One line per distinct error until the broker is seen again, never one per retry.
+        Connection errors are left to the statistics, which show whether any broker is up."""
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            return
+        if err.code() not in self._reported:
+            self._reported.add(err.code())
+            log.warning("kafka consumer error", extra={"error": err.name(), "detail": err.str()})
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka statistics: broker reachability (for the state log) and consumer lag."""
+        try:
+            stats = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if any(b.get("state") == "UP" for b in stats.get("brokers", {}).values()):
+            if self.health.set(UP):
+                self._reported.clear()
+        else:
+            self.health.set(DOWN, logging.WARNING)
+        lag = 0
+        for topic in stats.get("topics", {}).values():
+            for pid, part in topic.get("partitions", {}).items():
+                if pid != "-1" and part.get("consumer_lag", -1) > 0:
+                    lag += part["consumer_lag"]
+        METRICS.kafka_consumer_lag.set(lag)
+
+    # -- IOLoop ------------------------------------------------------------------------------
+
+    async def _handle(self, items: list[tuple[str, int, int, bytes | None]]) -> None:
+        """Deliver a batch in order. Invalid records are counted and skipped."""
+        for topic, partition, offset, value in items:
+            where = {"topic": topic, "partition": partition, "offset": offset}
+            try:
+                event_id, event_type, payload = self._parse(value)
+            except InvalidRecord as exc:
+                METRICS.kafka_invalid.inc()
+                log.warning("kafka record skipped", extra={**where, "reason": str(exc)})
+                continue
+            try:
+                await self._dispatch(event_id, event_type, payload)
+            except Exception:
+                log.exception("kafka event failed", extra={**where, "type": event_type})
+
+    def _parse(self, value: bytes | None) -> tuple[str, str, dict[str, Any]]:
+        if not value:
+            raise InvalidRecord("empty record")
+        try:
+            raw = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise InvalidRecord("not JSON") from None
+        if not isinstance(raw, dict):
+            raise InvalidRecord("not a JSON object")
+        try:
+            env = self._envelope.load(raw)
+        except ValidationError as exc:
+            raise InvalidRecord(f"envelope fails schema: {_fields(exc)}") from None
+        event_type: str = env["type"]
+        schema = self._payloads.get(event_type)
+        if schema is None:
+            raise InvalidRecord(f"unknown type {event_type[:64]!r}")
+        try:
+            payload: dict[str, Any] = schema.load(env["payload"])
+        except ValidationError as exc:
+            raise InvalidRecord(f"{event_type} payload fails schema: {_fields(exc)}") from None
+        return env["eventId"], event_type, payload
+
+    async def _dispatch(self, event_id: str, event_type: str, payload: dict[str, Any]) -> None:
+        ttl = self.settings.dedupe_ttl
+        event_key = f"ev:{event_id}"
+        if await self.dedupe.reserve(event_key, "1", ttl) is not None:
+            METRICS.kafka_consumed.labels("duplicate").inc()
+            return
+        try:
+            await self._deliver(event_type, payload)
+        except Exception:
+            await self.dedupe.release(event_key)  # let a redelivery try again
+            raise
+        METRICS.kafka_consumed.labels(event_type).inc()
+
+    async def _deliver(self, event_type: str, payload: dict[str, Any]) -> None:
+        room: str = payload["roomId"]
+        if event_type == MESSAGE_CREATED:
+            # This gateway (or another instance) may have broadcast it already: its own client's
+            # message coming back from the persistence side, or a redelivered record.
+            id_key = f"id:{payload['id']}"
+            if await self.dedupe.reserve(id_key, "1", self.settings.dedupe_ttl) is not None:
+                METRICS.kafka_consumed.labels("duplicate").inc()
+                return
+            message = _present(payload)
+            message.setdefault("attachments", [])
+            try:
+                await self.hub.deliver(room, "message", message)
+            except Exception:
+                await self.dedupe.release(id_key)
+                raise
+        elif event_type == MESSAGE_UPDATED:
+            await self.hub.deliver(room, "message_updated", _present(payload))
+        elif event_type == MESSAGE_DELETED:
+            await self.hub.deliver(room, "message_deleted", _present(payload))
+        elif event_type == ROOM_UPDATED:
+            changes = {k: v for k, v in payload.items() if k != "roomId"}
+            await self.hub.deliver(
+                room, "room_update", {"roomId": room, "action": "updated", "changes": changes}
+            )
+        elif event_type == ROOM_DELETED:
+            await self.hub.delete_room(room)
+        elif event_type == MEMBER_REMOVED:
+            await self.hub.remove_user(room, payload["userId"])
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """End the poll loop, then leave the group (committing what was handled), bounded."""
+        self._stopping.set()
+        if self._run is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._run), POLL_TIMEOUT + 2 * CALL_TIMEOUT + 1)
+            except TimeoutError:
+                log.warning("kafka poll loop did not stop in time")
+        self._executor.shutdown(wait=False)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None and not await _in_daemon_thread(consumer.close, CLOSE_TIMEOUT):
+            log.warning("kafka consumer close timed out", extra={"timeout": CLOSE_TIMEOUT})
+        self.health.set("stopped")
+
+
+async def _in_daemon_thread(fn: Callable[[], object], timeout: float) -> bool:
+    """Run a blocking call that might hang (librdkafka close with the broker gone) in a daemon
+    thread, so it can never keep the process from exiting. True if it finished in time."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def work() -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.debug("kafka close failed", extra={"error": str(exc)})
+        try:
+            loop.call_soon_threadsafe(_resolve, finished)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=work, name="kafka-consumer-close", daemon=True).start()
+    try:
+        await asyncio.wait_for(finished, timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _resolve(finished: asyncio.Future[None]) -> None:
+    if not finished.done():
+        finished.set_result(None)
+
+
+def _present(payload: dict[str, Any]) -> dict[str, Any]:
+    """A frame payload: the schema's fields, without nulls (frames omit absent fields)."""
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def _fields(exc: ValidationError) -> str:
+    """Which fields failed, never their values (they may be message content)."""
+    messages = exc.messages
+    return ", ".join(sorted(str(k) for k in messages)) if isinstance(messages, dict) else "invalid"

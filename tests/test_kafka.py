@@ -1,0 +1,715 @@
+"""Kafka against a real Apache Kafka broker: durable ingest acks, event delivery, outages.
+
+The shared broker comes from RTG_TEST_KAFKA_BROKERS (scripts/test.sh starts it); each test gets
+its own topics and consumer group, so tests never see each other's records. The outage tests
+stop and start a private broker (scripts/kafka.sh with its own KAFKA_DIR), never the shared one.
+Two in-process gateways given one MemoryNetwork and one MemoryDedupe act as two instances that
+share Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import REGISTRY
+from tornado.httpclient import AsyncHTTPClient
+from tornado.ioloop import IOLoop
+
+from services.bus import MemoryNetwork
+from services.dedupe import DedupeStore, MemoryDedupe
+from services.ids import iso_now, uuid7
+from tests.conftest import need_service
+from tests.helpers import (
+    ROOT,
+    SECRET,
+    Client,
+    RunningGateway,
+    free_port,
+    spawn_server,
+    start_gateway,
+    token,
+    wait_for,
+)
+from tests.helpers import (
+    test_settings as gateway_settings,
+)
+
+ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+READY_TIMEOUT = 30.0  # a consumer group join on a fresh single-node broker takes a few seconds
+
+
+# -- broker plumbing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Topics:
+    ingest: str
+    messages: str
+    rooms: str
+
+    @property
+    def all(self) -> list[str]:
+        return [self.ingest, self.messages, self.rooms]
+
+
+def create_topics(admin: AdminClient, names: list[str], partitions: int = 3) -> None:
+    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names], operation_timeout=15)
+    for fut in futures.values():
+        fut.result(timeout=20)
+    deadline = time.monotonic() + 15
+    while True:  # wait for leaders, so the first produce does not race the controller
+        md = admin.list_topics(timeout=5).topics
+        if all(
+            n in md and md[n].error is None and all(p.leader >= 0 for p in md[n].partitions.values())
+            for n in names
+        ):
+            return
+        assert time.monotonic() < deadline, f"topics {names} have no leaders"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def brokers() -> str:
+    return need_service("RTG_TEST_KAFKA_BROKERS", "Kafka")
+
+
+@pytest.fixture(scope="module")
+def admin(brokers: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": brokers})
+
+
+@pytest.fixture(scope="module")
+def producer(brokers: str) -> Iterator[Producer]:
+    """Plays the other services (bots, REST API, persistence) putting events on Kafka."""
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 0})
+    yield p
+    p.flush(5)
+
+
+@pytest.fixture
+def topics(admin: AdminClient) -> Iterator[Topics]:
+    tag = uuid.uuid4().hex[:10]
+    names = Topics(f"t.{tag}.ingest", f"t.{tag}.messages", f"t.{tag}.rooms")
+    create_topics(admin, names.all)
+    yield names
+    admin.delete_topics(names.all, operation_timeout=5)
+
+
+def kafka_settings(brokers: str, topics: Topics | None = None, **extra: Any) -> dict[str, Any]:
+    """Settings overrides for a gateway on `brokers`, with a consumer group of its own test."""
+    s: dict[str, Any] = {
+        "kafka_brokers": (brokers,),
+        "kafka_group_id": f"test-{uuid.uuid4().hex[:10]}",
+        "kafka_message_timeout": 5.0,
+        "kafka_flush_timeout": 2.0,
+    }
+    if topics is not None:
+        s.update(
+            kafka_topic_ingest=topics.ingest,
+            kafka_topic_message_events=topics.messages,
+            kafka_topic_room_events=topics.rooms,
+        )
+    s.update(extra)
+    return s
+
+
+def event(event_type: str, payload: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    """An envelope as another service writes it (built here, not with the gateway's own code)."""
+    return {
+        "eventId": event_id or str(uuid.uuid4()),
+        "type": event_type,
+        "version": 1,
+        "occurredAt": iso_now(),
+        "source": "test-suite",
+        "payload": payload,
+    }
+
+
+def put(producer: Producer, topic: str, key: str, value: dict[str, Any] | bytes) -> None:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    producer.produce(topic, key=key.encode(), value=raw)
+    assert producer.flush(10) == 0, "test producer could not deliver"
+
+
+def agent_message(room: str, **fields: Any) -> dict[str, Any]:
+    msg = {
+        "id": uuid7(),
+        "roomId": room,
+        "senderType": "agent",
+        "senderId": "bot-1",
+        "content": "beep from the bot",
+        "attachments": [],
+        "createdAt": iso_now(),
+    }
+    msg.update(fields)
+    return msg
+
+
+def topic_size(brokers: str, topic: str) -> int:
+    """Records ever written to `topic` (sum of the partitions' high watermarks)."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"size-{uuid.uuid4().hex}"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
+
+
+def read_topic(brokers: str, topic: str, count: int, timeout: float = 15.0) -> list[Any]:
+    """The first `count` records of `topic`, from the beginning."""
+    c = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            for rec in c.consume(count - len(got), 0.5):
+                assert rec.error() is None, rec.error()
+                got.append(rec)
+    finally:
+        c.close()
+    assert len(got) == count, f"expected {count} records on {topic}, got {len(got)}"
+    return got
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Blocking Kafka client calls run off the IOLoop, which the in-process gateways need."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def readyz(http: str) -> tuple[int, dict[str, Any]]:
+    resp = await AsyncHTTPClient().fetch(f"{http}/readyz", raise_error=False, request_timeout=5)
+    return resp.code, json.loads(resp.body)
+
+
+async def wait_ready(*gws: RunningGateway, timeout: float = READY_TIMEOUT) -> None:
+    for gw in gws:
+
+        async def ready(gw: RunningGateway = gw) -> bool:
+            return (await readyz(gw.http))[0] == 200
+
+        await wait_for(ready, timeout, interval=0.1, what=f"{gw.gateway.instance_id} /readyz 200")
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class Gateways:
+    """In-process gateways started inside a test (with the IOLoop running), stopped after it."""
+
+    started: list[RunningGateway]
+
+    async def start(
+        self, network: MemoryNetwork | None = None, dedupe: DedupeStore | None = None, **overrides: Any
+    ) -> RunningGateway:
+        running = await start_gateway(gateway_settings(**overrides), network, dedupe)
+        self.started.append(running)
+        return running
+
+    async def stop(self, running: RunningGateway) -> None:
+        self.started.remove(running)
+        await running.stop()
+
+
+@pytest.fixture
+def gateways(io_loop: IOLoop) -> Iterator[Gateways]:
+    g = Gateways([])
+    yield g
+    for running in reversed(g.started):
+        io_loop.run_sync(running.stop, timeout=20)
+
+
+async def connect(gw: RunningGateway, user: str, *rooms: str) -> Client:
+    client = await Client.connect(gw.url, token(user))
+    for room in rooms:
+        await client.join(room)
+    return client
+
+
+def new_room() -> str:
+    return f"room-{uuid.uuid4().hex[:8]}"
+
+
+# -- durable ingest ----------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_ingest_record_matches_ack(brokers, topics, gateways):
+    gw = await gateways.start(**kafka_settings(brokers, topics))
+    await wait_ready(gw)
+    status, body = await readyz(gw.http)
+    assert status == 200 and body["checks"]["kafka"] == {"producer": "up", "consumer": "assigned"}
+    room = new_room()
+    alice = await connect(gw, "alice", room)
+    bob = await connect(gw, "bob", room)
+
+    sent = {
+        "roomId": room,
+        "content": "hello over kafka",
+        "attachments": [{"url": "https://example.test/a.png", "type": "image/png"}],
+        "dedupeKey": "dk-1",
+    }
+    before_ok = counter("gateway_kafka_produce_seconds_count")
+    alice.send("message", sent, request_id="r1")
+    ack = (await alice.expect("ack", timeout=10))["payload"]
+    broadcast = (await bob.expect("message", timeout=10))["payload"]
+    assert ack["dedupeKey"] == "dk-1" and ack["id"] == broadcast["id"]
+
+    (record,) = await in_thread(read_topic, brokers, topics.ingest, 1)
+    assert record.key() == room.encode()
+    env = json.loads(record.value())
+    assert set(env) == {"eventId", "type", "version", "occurredAt", "source", "payload"}
+    assert env["type"] == "message.ingest" and env["version"] == 1
+    assert env["occurredAt"] == ack["createdAt"] and re.match(ISO_MS, env["occurredAt"])
+    assert env["source"] == f"realtime-gateway/{gw.gateway.instance_id}"
+    assert env["eventId"] and env["eventId"] != ack["id"]
+    assert env["payload"] == {
+        "id": ack["id"],
+        "roomId": room,
+        "senderType": "human",
+        "senderId": "alice",
+        "content": "hello over kafka",
+        "attachments": [{"url": "https://example.test/a.png", "type": "image/png"}],
+        "createdAt": ack["createdAt"],
+        "dedupeKey": "dk-1",
+    }
+    assert env["payload"] == broadcast  # what members got is exactly what was made durable
+    assert counter("gateway_kafka_produce_seconds_count") == before_ok + 1
+
+    # A retry with the same dedupeKey: the same ack, no second record, no second broadcast.
+    alice.send("message", sent, request_id="r2")
+    again = await alice.expect("ack", timeout=10)
+    assert again["requestId"] == "r2" and again["payload"] == ack
+    await bob.expect_nothing("message", within=0.5)
+    assert await in_thread(topic_size, brokers, topics.ingest) == 1
+
+
+# -- events from Kafka -------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_message_created_reaches_both_instances_once(brokers, topics, gateways, producer):
+    net, dedupe = MemoryNetwork(), MemoryDedupe()
+    settings = kafka_settings(brokers, topics)
+    gw1 = await gateways.start(net, dedupe, **settings, instance_id="gw1")
+    gw2 = await gateways.start(net, dedupe, **settings, instance_id="gw2")
+    await wait_ready(gw1, gw2)
+    room = new_room()
+    alice = await connect(gw1, "alice", room)
+    bob = await connect(gw2, "bob", room)
+    carol = await connect(gw2, "carol", room)
+
+    msg = agent_message(room, attachments=[{"url": "https://example.test/b.pdf", "name": "b.pdf"}])
+    put(producer, topics.messages, room, event("message.created", {**msg, "futureField": {"x": 1}}))
+    for client in (alice, bob, carol):
+        got = await client.expect("message", timeout=10)
+        assert got["payload"] == msg  # unknown fields dropped, everything else as produced
+    for client in (alice, bob, carol):
+        await client.expect_nothing("message", within=1.0)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_duplicates_are_not_redelivered(brokers, topics, gateways, producer):
+    gw = await gateways.start(**kafka_settings(brokers, topics))
+    await wait_ready(gw)
+    room = new_room()
+    alice = await connect(gw, "alice", room)
+    bob = await connect(gw, "bob", room)
+
+    first = agent_message(room)
+    created = event("message.created", first)
+    put(producer, topics.messages, room, created)
+    put(producer, topics.messages, room, created)  # the same record again (at-least-once)
+    put(producer, topics.messages, room, event("message.created", first))  # same message, new eventId
+    # A client's own message, then its copy coming back from the persistence side.
+    alice.send("message", {"roomId": room, "content": "mine"})
+    ack = (await alice.expect("ack", timeout=10))["payload"]
+    echo = agent_message(room, id=ack["id"], senderType="human", senderId="alice", content="mine")
+    put(producer, topics.messages, room, event("message.created", echo))
+    updated = event("message.updated", {"id": first["id"], "roomId": room, "content": "edited"})
+    put(producer, topics.messages, room, updated)
+    put(producer, topics.messages, room, updated)
+    last = agent_message(room, content="the end")
+    put(producer, topics.messages, room, event("message.created", last))
+
+    # One partition (key = roomId) keeps the records' order: once `last` is here, the rest was
+    # handled. (Alice's own message is broadcast on its ack, unordered with the Kafka events.)
+    seen: list[str] = []
+    while last["id"] not in seen:
+        seen.append((await bob.expect("message", timeout=10))["payload"]["id"])
+    assert sorted(seen) == sorted([first["id"], ack["id"], last["id"]])
+    edits = []
+    while True:
+        try:
+            edits.append(await bob.expect("message_updated", timeout=0.3))
+        except AssertionError:
+            break
+    assert [e["payload"] for e in edits] == [{"id": first["id"], "roomId": room, "content": "edited"}]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_invalid_records_are_skipped(brokers, topics, gateways, producer, caplog):
+    caplog.set_level(logging.DEBUG, logger="gateway.kafka")
+    gw = await gateways.start(**kafka_settings(brokers, topics))
+    await wait_ready(gw)
+    room = new_room()
+    bob = await connect(gw, "bob", room)
+    before = counter("gateway_kafka_invalid_total")
+
+    secret = "s3cret-content"
+    bad_payload = agent_message("not a room!", content=secret)
+    for raw in (
+        f"not json {secret}".encode(),
+        json.dumps([secret]).encode(),
+        json.dumps({"type": "message.created", "payload": {"content": secret}}).encode(),  # no envelope
+        json.dumps(event("message.exploded", {"roomId": room, "content": secret})).encode(),
+        json.dumps(event("message.created", bad_payload)).encode(),
+        json.dumps({**event("message.created", agent_message(room, content=secret)), "version": 2}).encode(),
+    ):
+        put(producer, topics.messages, room, raw)
+    put(producer, topics.rooms, room, b"\xff\xfe garbage")
+    valid = agent_message(room, content="still alive")
+    put(producer, topics.messages, room, event("message.created", valid))
+
+    got = await bob.expect("message", timeout=10)
+    assert got["payload"] == valid
+    await wait_for(lambda: counter("gateway_kafka_invalid_total") == before + 7, what="7 invalid records")
+    skipped = [r for r in caplog.records if r.getMessage() == "kafka record skipped"]
+    assert len(skipped) == 7
+    assert {r.__dict__["reason"].split(" ")[0] for r in skipped} >= {"not", "envelope", "unknown"}
+    for r in caplog.records:  # content never reaches a log line, not even in extras
+        assert secret not in r.getMessage() and secret not in json.dumps(r.__dict__, default=str)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_update_delete_and_room_updated_events(brokers, topics, gateways, producer):
+    gw = await gateways.start(**kafka_settings(brokers, topics))
+    await wait_ready(gw)
+    room = new_room()
+    bob = await connect(gw, "bob", room)
+    msg_id = uuid7()
+    put(
+        producer,
+        topics.messages,
+        room,
+        event(
+            "message.updated",
+            {
+                "id": msg_id,
+                "roomId": room,
+                "content": "fixed typo",
+                "attachments": [{"url": "https://example.test/c.png"}],
+                "updatedAt": "2026-01-02T03:04:05.678Z",
+                "editor": "ignored",
+            },
+        ),
+    )
+    put(producer, topics.messages, room, event("message.deleted", {"id": msg_id, "roomId": room}))
+    put(producer, topics.rooms, room, event("room.updated", {"roomId": room, "name": "Lobby", "topic": None}))
+
+    upd = await bob.expect("message_updated", timeout=10)
+    assert upd["payload"] == {
+        "id": msg_id,
+        "roomId": room,
+        "content": "fixed typo",
+        "attachments": [{"url": "https://example.test/c.png"}],
+        "updatedAt": "2026-01-02T03:04:05.678Z",
+    }
+    deleted = await bob.expect("message_deleted", timeout=10)
+    assert deleted["payload"] == {"id": msg_id, "roomId": room}
+    changed = await bob.expect("room_update", timeout=10, match=lambda f: f["payload"]["action"] == "updated")
+    assert changed["payload"] == {
+        "roomId": room,
+        "action": "updated",
+        "changes": {"name": "Lobby", "topic": None},
+    }
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_member_removed_leaves_room_but_keeps_socket(brokers, topics, gateways, producer):
+    net, dedupe = MemoryNetwork(), MemoryDedupe()
+    settings = kafka_settings(brokers, topics)
+    gw1 = await gateways.start(net, dedupe, **settings, instance_id="gw1")
+    gw2 = await gateways.start(net, dedupe, **settings, instance_id="gw2")
+    await wait_ready(gw1, gw2)
+    room, other = new_room(), new_room()
+    alice1 = await connect(gw1, "alice", room, other)
+    alice2 = await connect(gw2, "alice", room)
+    bob = await connect(gw1, "bob", room)
+    dave = await connect(gw2, "dave", room)
+
+    put(producer, topics.rooms, room, event("room.member_removed", {"roomId": room, "userId": "alice"}))
+    for client in (alice1, alice2):
+        removed = await client.expect(
+            "room_update", timeout=10, match=lambda f: f["payload"]["action"] == "removed"
+        )
+        assert removed["payload"] == {"roomId": room, "action": "removed"}
+    await bob.expect_nothing("room_update", within=0.3)
+    await dave.expect_nothing("room_update", within=0.3)
+
+    bob.send("message", {"roomId": room, "content": "alice is gone"})
+    assert (await dave.expect("message", timeout=10))["payload"]["content"] == "alice is gone"
+    await bob.expect("ack", timeout=10)
+    for client in (alice1, alice2):
+        await client.expect_nothing("message", within=0.5)
+        client.send("ping", {}, request_id="p")
+        assert (await client.expect("pong"))["requestId"] == "p"  # the socket stayed open
+    alice2.send("message", {"roomId": room, "content": "let me back"})
+    assert (await alice2.expect_error("not_in_room"))["payload"]["roomId"] == room
+    # Membership elsewhere is untouched.
+    bob.send("join", {"roomId": other})
+    await bob.expect("presence_state", match=lambda f: f["payload"]["roomId"] == other)
+    bob.send("message", {"roomId": other, "content": "still here?"})
+    assert (await alice1.expect("message", timeout=10))["payload"]["roomId"] == other
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_room_deleted_removes_all_members(brokers, topics, gateways, producer):
+    net, dedupe = MemoryNetwork(), MemoryDedupe()
+    settings = kafka_settings(brokers, topics)
+    gw1 = await gateways.start(net, dedupe, **settings, instance_id="gw1")
+    gw2 = await gateways.start(net, dedupe, **settings, instance_id="gw2")
+    await wait_ready(gw1, gw2)
+    room = new_room()
+    alice = await connect(gw1, "alice", room)
+    bob = await connect(gw2, "bob", room)
+
+    put(producer, topics.rooms, room, event("room.deleted", {"roomId": room}))
+    for client in (alice, bob):
+        frame = await client.expect(
+            "room_update", timeout=10, match=lambda f: f["payload"]["action"] == "deleted"
+        )
+        assert frame["payload"] == {"roomId": room, "action": "deleted"}
+    await wait_for(lambda: room not in gw1.gateway.hub.rooms and room not in gw2.gateway.hub.rooms)
+    alice.send("message", {"roomId": room, "content": "anyone?"})
+    await alice.expect_error("not_in_room")
+    bob.send("ping", {})
+    await bob.expect("pong")
+
+
+# -- unreachable broker (no broker needed) -----------------------------------------------------
+
+
+def test_unreachable_broker_process_keeps_serving():
+    """A gateway whose broker is down starts, is unready, fails sends within the bound, logs the
+    outage once without tracebacks or librdkafka noise, and stops cleanly."""
+    dead = f"127.0.0.1:{free_port()}"
+    gp = spawn_server(
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        env={
+            "JWT_DEV": SECRET,
+            "KAFKA_BROKER_URL": dead,
+            "KAFKA_MESSAGE_TIMEOUT": "1.5",
+            "DRAIN_DELAY": "0",
+            "DRAIN_WINDOW": "0",
+        },
+    )
+    try:
+
+        async def scenario() -> float:
+            async def unready_down() -> bool:
+                status, body = await readyz(gp.http)
+                return status == 503 and body["checks"]["kafka"]["producer"] == "down"
+
+            await wait_for(unready_down, 10, interval=0.1, what="/readyz 503 with producer down")
+            health = await AsyncHTTPClient().fetch(f"{gp.http}/healthz", raise_error=False)
+            assert health.code == 200
+            alice = await Client.connect(gp.url, token("alice"))
+            bob = await Client.connect(gp.url, token("bob"))
+            await alice.join("lobby")
+            await bob.join("lobby")
+            started = time.monotonic()
+            alice.send("message", {"roomId": "lobby", "content": "lost words", "dedupeKey": "k1"})
+            err = await alice.expect_error("ingest_failed", timeout=10)
+            elapsed = time.monotonic() - started
+            assert err["payload"]["dedupeKey"] == "k1" and err["payload"]["roomId"] == "lobby"
+            await bob.expect_nothing("message", within=0.3)
+            alice.close()
+            bob.close()
+            return elapsed
+
+        elapsed = asyncio.run(asyncio.wait_for(scenario(), 30))
+        assert elapsed < 1.5 + 2.5, f"ingest_failed took {elapsed:.1f}s"
+        gp.signal(signal.SIGTERM)
+        assert gp.wait(20) == 0
+    finally:
+        gp.kill()
+    lines = [json.loads(line) for line in gp.lines if line.startswith("{")]
+    raw = [line for line in gp.lines if not line.startswith("{")]
+    assert not raw, f"non-JSON output (librdkafka noise?): {raw[:5]}"
+    assert not [entry for entry in lines if "exc" in entry], "traceback logged for an expected outage"
+    downs = [e for e in lines if e["event"] == "kafka producer down"]
+    assert len(downs) == 1, downs
+    flushed = [e for e in lines if e["event"] == "kafka producer flushed and stopped"]
+    assert len(flushed) == 1 and flushed[0]["undelivered"] == 0  # SIGTERM flushed the producer
+    assert "lost words" not in "".join(gp.lines)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_stop_flushes_with_a_bound_and_reports_undelivered(gateways, caplog):
+    caplog.set_level(logging.INFO, logger="gateway.kafka")
+    dead = f"127.0.0.1:{free_port()}"
+    gw = await gateways.start(**kafka_settings(dead, kafka_message_timeout=30.0, kafka_flush_timeout=0.5))
+    alice = await connect(gw, "alice", "lobby")
+    alice.send("message", {"roomId": "lobby", "content": "pending"})
+    producer = gw.gateway.producer
+    assert producer is not None
+    await wait_for(lambda: producer.in_flight() == 1, what="the record to be queued")
+    gateways.started.remove(gw)
+    gw.server.stop()
+    started = time.monotonic()
+    await gw.gateway.stop()
+    assert time.monotonic() - started < 0.5 + 1.5, "flush not bounded by KAFKA_FLUSH_TIMEOUT"
+    reports = [
+        r for r in caplog.records if r.getMessage() == "kafka producer stopped with undelivered records"
+    ]
+    assert len(reports) == 1 and reports[0].__dict__["undelivered"] == 1
+    # The sender is not left hanging: the dropped record fails its ingest.
+    await alice.expect_error("ingest_failed", timeout=2)
+    alice.close()
+
+
+# -- broker outage (private broker) ------------------------------------------------------------
+
+
+@dataclass
+class PrivateBroker:
+    script: str
+    run_dir: str
+
+    def _run(self, command: str) -> None:
+        env = {**os.environ, "KAFKA_DIR": self.run_dir}
+        proc = subprocess.run([self.script, command], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"kafka.sh {command} failed: {proc.stdout}{proc.stderr}"
+
+    def start(self) -> None:
+        self._run("start")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    @property
+    def address(self) -> str:
+        with open(os.path.join(self.run_dir, "brokers")) as f:
+            return f.read().strip()
+
+
+@pytest.fixture(scope="module")
+def private_broker(brokers: str) -> Iterator[PrivateBroker]:
+    """A broker of this module's own, to stop and start; scripts/kafka.sh keeps its port."""
+    script = os.environ.get("RTG_KAFKA_SCRIPT") or os.path.join(ROOT, "scripts", "kafka.sh")
+    if not os.path.exists(script):
+        need_service("RTG_KAFKA_SCRIPT", "scripts/kafka.sh")
+    broker = PrivateBroker(script, os.path.join(ROOT, ".cache", "kafka", "test-outage"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def broker_state(gw: RunningGateway) -> tuple[int, str]:
+    status, body = await readyz(gw.http)
+    return status, body["checks"]["kafka"]["producer"]
+
+
+async def roundtrip(sender: Client, receiver: Client, room: str, key: str, timeout: float = 15) -> str:
+    """A message that must be acked and broadcast; returns its id."""
+    sender.send("message", {"roomId": room, "content": "are we back?", "dedupeKey": key})
+    ack = await sender.expect("ack", timeout=timeout)
+    got = await receiver.expect("message", timeout=timeout)
+    assert got["payload"]["id"] == ack["payload"]["id"]
+    return str(ack["payload"]["id"])
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_broker_down_at_start_then_back(private_broker, gateways):
+    await in_thread(private_broker.stop)
+    settings = kafka_settings(private_broker.address, kafka_message_timeout=2.0)
+    gw = await gateways.start(**settings)  # starts although Kafka is down
+    await wait_for(
+        async_eq(lambda: broker_state(gw), (503, "down")), 10, interval=0.1, what="503 with producer down"
+    )
+    room = new_room()
+    alice = await connect(gw, "alice", room)
+    bob = await connect(gw, "bob", room)
+    started = time.monotonic()
+    alice.send("message", {"roomId": room, "content": "hello?", "dedupeKey": "retry-me"})
+    err = await alice.expect_error("ingest_failed", timeout=10)
+    assert time.monotonic() - started < 2.0 + 2.5
+    assert err["payload"]["dedupeKey"] == "retry-me"
+    await bob.expect_nothing("message", within=0.3)
+
+    await in_thread(private_broker.start)
+    await wait_ready(gw)
+    # The same dedupeKey is processed anew: acked and broadcast this time.
+    await roundtrip(alice, bob, room, "retry-me")
+    await consumes_again(gw, private_broker.address, room, bob)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_broker_outage_then_recovery(private_broker, gateways):
+    await in_thread(private_broker.start)  # a no-op unless an earlier test left it stopped
+    settings = kafka_settings(private_broker.address, kafka_message_timeout=2.0)
+    gw = await gateways.start(**settings)
+    await wait_ready(gw)
+    room = new_room()
+    alice = await connect(gw, "alice", room)
+    bob = await connect(gw, "bob", room)
+    await roundtrip(alice, bob, room, "before")
+
+    await in_thread(private_broker.stop)
+    await wait_for(async_eq(lambda: broker_state(gw), (503, "down")), 15, interval=0.1, what="503 when down")
+    started = time.monotonic()
+    alice.send("message", {"roomId": room, "content": "into the void", "dedupeKey": "during"})
+    err = await alice.expect_error("ingest_failed", timeout=10)
+    assert time.monotonic() - started < 2.0 + 2.5
+    assert err["payload"]["dedupeKey"] == "during"
+    await bob.expect_nothing("message", within=0.3)
+
+    await in_thread(private_broker.start)
+    await wait_ready(gw)
+    await roundtrip(alice, bob, room, "during")
+    await consumes_again(gw, private_broker.address, room, bob)
+
+
+def async_eq(get: Callable[[], Awaitable[Any]], want: Any) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool(await get() == want)
+
+    return check
+
+
+async def consumes_again(gw: RunningGateway, brokers: str, room: str, member: Client) -> None:
+    """Events produced now reach the room (the consumer came back by itself)."""
+    p = Producer({"bootstrap.servers": brokers})
+    msg = agent_message(room, content="welcome back")
+    await in_thread(put, p, gw.settings.kafka_topic_message_events, room, event("message.created", msg))
+    got = await member.expect("message", timeout=20, match=lambda f: f["payload"]["id"] == msg["id"])
+    assert got["payload"] == msg
