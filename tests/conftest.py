@@ -28,7 +28,7 @@ def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., RunningGateway]]:
     started: list[RunningGateway] = []
 
     def factory(**overrides: Any) -> RunningGateway:
-        running = io_loop.run_sync(lambda: start_gateway(test_settings(**overrides)))
+        running: RunningGateway = io_loop.run_sync(lambda: start_gateway(test_settings(**overrides)))
         started.append(running)
         return running
 

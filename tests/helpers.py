@@ -41,8 +41,9 @@ def test_settings(**overrides: Any) -> Settings:
     return Settings(**base)
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02,
-                   what: str = "condition") -> Any:
+async def wait_for(
+    cond: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02, what: str = "condition"
+) -> Any:
     """Poll `cond` (sync or async) until truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -66,14 +67,17 @@ class Client:
         self.closed = False
 
     @classmethod
-    async def connect(cls, url: str, tok: str | None = None, headers: dict[str, str] | None = None,
-                      **kw: Any) -> Client:
+    async def connect(
+        cls, url: str, tok: str | None = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Client:
         full = url if tok is None else f"{url}?token={tok}"
         req = HTTPRequest(full, headers=headers or {}, connect_timeout=5, request_timeout=5)
         conn = await websocket_connect(req, **kw)
         return cls(conn)
 
-    def send(self, frame_type: str, payload: dict[str, Any] | None = None, request_id: str | None = None) -> None:
+    def send(
+        self, frame_type: str, payload: dict[str, Any] | None = None, request_id: str | None = None
+    ) -> None:
         frame: dict[str, Any] = {"type": frame_type, "payload": payload if payload is not None else {}}
         if request_id is not None:
             frame["requestId"] = request_id
@@ -95,8 +99,12 @@ class Client:
         validate_server_frame(frame)
         return frame  # type: ignore[no-any-return]
 
-    async def expect(self, frame_type: str, timeout: float = DEFAULT_TIMEOUT,
-                     match: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    async def expect(
+        self,
+        frame_type: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        match: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
         """Read until a frame of `frame_type` (matching `match`) arrives; others are kept for later."""
         deadline = time.monotonic() + timeout
         skipped: list[dict[str, Any]] = []
@@ -108,9 +116,13 @@ class Client:
                 try:
                     frame = await self.recv(left)
                 except TimeoutError:
-                    raise AssertionError(f"no {frame_type} frame within {timeout}s; got {skipped!r}") from None
+                    raise AssertionError(
+                        f"no {frame_type} frame within {timeout}s; got {skipped!r}"
+                    ) from None
                 if frame is None:
-                    raise AssertionError(f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}")
+                    raise AssertionError(
+                        f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}"
+                    )
                 if frame["type"] == frame_type and (match is None or match(frame)):
                     return frame
                 skipped.append(frame)
@@ -240,14 +252,21 @@ class GatewayProcess:
         return self.proc.wait(timeout)
 
 
-def spawn_server(*args: str, env: dict[str, str] | None = None, wait_listening: bool = True,
-                 timeout: float = 20) -> GatewayProcess:
+def spawn_server(
+    *args: str, env: dict[str, str] | None = None, wait_listening: bool = True, timeout: float = 20
+) -> GatewayProcess:
     """Start server.py with `args`; returns once it logged `listening` (the port is read from it)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "REDIS_", "KAFKA_"))}
     full_env.update({"PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
-    proc = subprocess.Popen([sys.executable, "server.py", *args], cwd=ROOT, env=full_env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "server.py", *args],
+        cwd=ROOT,
+        env=full_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     gp = GatewayProcess(proc)
     if not wait_listening:
         return gp
