@@ -18,9 +18,10 @@ from typing import Any, Protocol
 from services import frames
 from services.bus import Bus, BusError, BusEvent
 from services.dedupe import PENDING, DedupeStore
+from services.errors import StoreError
 from services.ids import iso, iso_now, uuid7
 from services.metrics import METRICS
-from services.presence import OFFLINE, ONLINE, PresenceStore
+from services.presence import OFFLINE, ONLINE, Member, PresenceStore
 from services.session import CLOSE_TOO_MANY_CONNECTIONS, Session
 from services.settings import Settings
 
@@ -79,10 +80,11 @@ class RoomHub:
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._typing_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._publish_failing = False
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event)
-        await self.presence.start(self._on_presence_expired)
+        await self.presence.start(self._on_presence_expired, self._on_presence_restored)
 
     async def close(self) -> None:
         for timer in self._typing_timers.values():
@@ -101,14 +103,13 @@ class RoomHub:
                 del self.users[session.user_id]
             session.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")
             return False
-        first = not mine
         mine.add(session)
         METRICS.connections.inc()
-        if first:
-            try:
-                await self._subscribe(user_channel(session.user_id))
-            except BusError:
-                log.warning("user channel subscribe failed", extra={"user": session.user_id})
+        # Every connection tries, so a user channel that failed during a bus outage is retried.
+        try:
+            await self._subscribe(user_channel(session.user_id))
+        except BusError:
+            log.debug("user channel subscribe failed", extra={"user": session.user_id})
         return True
 
     async def disconnect(self, session: Session) -> None:
@@ -146,17 +147,44 @@ class RoomHub:
                 session.rooms.add(room)
                 METRICS.rooms.set(len(self.rooms))
             now = time.time()
-            new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+            try:
+                new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+                members = await self.presence.members(room)
+            except StoreError:
+                await self._undo_join(session, room)
+                raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
             if new_user:
                 frame = frames.encode(
                     "presence", {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
                 )
                 await self._broadcast(room, frame, exclude=session.conn_id)
+        else:
+            members = await self._members(room)
         session.send(frames.encode("room_update", {"roomId": room, "action": "joined"}, request_id))
-        members = await self.presence.members(room)
         session.send(
             frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]})
         )
+
+    async def _members(self, room: str) -> list[Member]:
+        try:
+            return await self.presence.members(room)
+        except StoreError:
+            raise ClientError("internal", "presence is unavailable, try again", roomId=room) from None
+
+    async def _undo_join(self, session: Session, room: str) -> None:
+        """Roll back a join the presence store refused: nobody was told, so nobody is told now."""
+        session.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self.rooms[room]
+                METRICS.rooms.set(len(self.rooms))
+        try:
+            await self.presence.leave(room, session.user_id, session.conn_id)
+        except StoreError:
+            pass
+        await self._unsubscribe_if_unused(room_channel(room))
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -175,6 +203,8 @@ class RoomHub:
                 METRICS.rooms.set(len(self.rooms))
         try:
             gone = await self.presence.leave(room, session.user_id, session.conn_id)
+        except StoreError:
+            gone = False  # the store announces it later (expiry or reconcile)
         except Exception:
             log.exception("presence leave failed", extra={"room": room})
             gone = False
@@ -229,16 +259,20 @@ class RoomHub:
                     await self.ingest.ingest(message)
             except IngestError as exc:
                 if store_key is not None:
-                    await self.dedupe.release(store_key)
+                    await self._dedupe_quietly(self.dedupe.release(store_key))
                 raise ClientError(
                     "ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=dedupe_key
                 ) from None
             if previous is not None and not previous.done():
                 await previous
+            # Past this point the message is accepted (and durable with Kafka): a store failure no
+            # longer stops its broadcast.
             if store_key is not None:
-                await self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
+                await self._dedupe_quietly(
+                    self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
+                )
             if self.ingest is not None:  # lets the consumer skip Kafka's copy of this message
-                await self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl)
+                await self._dedupe_quietly(self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl))
             await self._broadcast(room, frames.encode("message", message))
         finally:
             done.set_result(None)
@@ -255,7 +289,12 @@ class RoomHub:
         waiting while the first send is still in flight (its ingest may yet fail and free the key)."""
         deadline = time.monotonic() + self.settings.kafka_message_timeout + 5
         while True:
-            existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
+            try:
+                existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
+            except StoreError:
+                raise ClientError(
+                    "internal", "message not sent: dedupe store unavailable, retry with the same dedupeKey"
+                ) from None
             if existing is None:
                 return None
             if existing != PENDING:
@@ -265,13 +304,23 @@ class RoomHub:
                 raise ClientError("ingest_failed", "an earlier send with this dedupeKey is still pending")
             await asyncio.sleep(0.05)
 
+    @staticmethod
+    async def _dedupe_quietly(work: Awaitable[None]) -> None:
+        try:
+            await work
+        except StoreError:
+            pass  # logged once by the store
+
     # -- presence ----------------------------------------------------------------------------
 
     async def set_presence(self, session: Session, room: str, status: str) -> None:
         if room not in session.rooms:
             raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
         user = session.user_id
-        await self._publish_status(room, user, status)
+        try:
+            await self._publish_status(room, user, status)
+        except StoreError:
+            raise ClientError("internal", "presence is unavailable, try again", roomId=room) from None
         self._cancel_typing(room, user)
         if status == "typing":
             loop = asyncio.get_running_loop()
@@ -290,7 +339,13 @@ class RoomHub:
     def _typing_lapsed(self, room: str, user: str) -> None:
         self._typing_timers.pop((room, user), None)
         if any(room in s.rooms for s in self.users.get(user, ())):
-            self.spawn(self._publish_status(room, user, ONLINE))
+            self.spawn(self._lapse(room, user))
+
+    async def _lapse(self, room: str, user: str) -> None:
+        try:
+            await self._publish_status(room, user, ONLINE)
+        except StoreError:
+            pass  # the status stays `typing` in the store until the next change; logged by the store
 
     def _cancel_typing(self, room: str, user: str) -> None:
         timer = self._typing_timers.pop((room, user), None)
@@ -298,15 +353,17 @@ class RoomHub:
             timer.cancel()
 
     def _on_presence_expired(self, room: str, user: str) -> None:
-        """A dead instance's user: announce offline on its behalf."""
-        self.spawn(
-            self._broadcast(
-                room,
-                frames.encode(
-                    "presence", {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
-                ),
-            )
-        )
+        """A dead instance's user (or one whose leave could not be stored): announce offline."""
+        self._cancel_typing(room, user)
+        self._announce(room, user, OFFLINE)
+
+    def _on_presence_restored(self, room: str, user: str) -> None:
+        """A user the store had lost (Redis restarted empty) and got back: announce online."""
+        self._announce(room, user, ONLINE)
+
+    def _announce(self, room: str, user: str, status: str) -> None:
+        frame = frames.encode("presence", {"roomId": room, "userId": user, "status": status, "at": iso_now()})
+        self.spawn(self._broadcast(room, frame))
 
     # -- events from elsewhere (Kafka consumer) --------------------------------------------------
 
@@ -339,7 +396,13 @@ class RoomHub:
         except BusError as exc:
             # Local members already have it; other instances miss it (at-most-once across instances).
             METRICS.bus_publish_failures.inc()
-            log.warning("bus publish failed", extra={"channel": channel, "error": str(exc)})
+            if not self._publish_failing:  # once per outage, not once per event
+                self._publish_failing = True
+                log.warning("bus publish failing", extra={"channel": channel, "error": str(exc)})
+            return
+        if self._publish_failing:
+            self._publish_failing = False
+            log.info("bus publish recovered")
 
     def _deliver_local(self, room: str, frame: bytes, exclude: str | None) -> None:
         members = self.rooms.get(room)
