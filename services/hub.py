@@ -232,7 +232,7 @@ class RoomHub:
         created = iso_now()
         store_key = f"dk:{session.user_id}:{dedupe_key}" if dedupe_key else None
         if store_key is not None:
-            first = await self._claim(store_key, msg_id, created)
+            first = await self._claim(store_key, room, dedupe_key)
             if first is not None:  # seen before: the same ack, no second broadcast
                 ack = {"id": first[0], "roomId": room, "createdAt": first[1], "dedupeKey": dedupe_key}
                 session.send(frames.encode("ack", ack, request_id))
@@ -284,7 +284,7 @@ class RoomHub:
         session.send(frames.encode("ack", ack, request_id))
         METRICS.messages.inc()
 
-    async def _claim(self, key: str, msg_id: str, created: str) -> tuple[str, str] | None:
+    async def _claim(self, key: str, room: str, dedupe_key: str | None) -> tuple[str, str] | None:
         """Reserve a dedupe key. None: ours to process. Else the first message's (id, createdAt),
         waiting while the first send is still in flight (its ingest may yet fail and free the key)."""
         deadline = time.monotonic() + self.settings.kafka_message_timeout + 5
@@ -293,7 +293,10 @@ class RoomHub:
                 existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
             except StoreError:
                 raise ClientError(
-                    "internal", "message not sent: dedupe store unavailable, retry with the same dedupeKey"
+                    "internal",
+                    "message not sent: dedupe store unavailable, retry with the same dedupeKey",
+                    roomId=room,
+                    dedupeKey=dedupe_key,
                 ) from None
             if existing is None:
                 return None
@@ -301,7 +304,12 @@ class RoomHub:
                 first_id, _, first_created = existing.partition(" ")
                 return first_id, first_created
             if time.monotonic() > deadline:
-                raise ClientError("ingest_failed", "an earlier send with this dedupeKey is still pending")
+                raise ClientError(
+                    "ingest_failed",
+                    "an earlier send with this dedupeKey is still pending",
+                    roomId=room,
+                    dedupeKey=dedupe_key,
+                )
             await asyncio.sleep(0.05)
 
     @staticmethod

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -39,9 +39,41 @@ def client(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
 
 
+# Typed reads for assertions (redis-py types its sync commands as `Awaitable[T] | T`).
+
+
 def numsub(port: int, channel: str) -> int:
-    result: list[Any] = client(port).execute_command("PUBSUB", "NUMSUB", channel)  # type: ignore[no-untyped-call]
-    return int(result[1])
+    result = cast("list[Any]", client(port).pubsub_numsub(channel))
+    return int(result[0][1])
+
+
+def smembers(port: int, key: str) -> set[str]:
+    return cast("set[str]", client(port).smembers(key))
+
+
+def hkeys(port: int, key: str) -> set[str]:
+    return set(cast("list[str]", client(port).hkeys(key)))
+
+
+def exists(port: int, key: str) -> bool:
+    return bool(cast("int", client(port).exists(key)))
+
+
+def subscriber_id(port: int, instance: str) -> int | None:
+    """The client id of an instance's subscriber socket (it is named `rtg-sub:{instance}`)."""
+    for entry in cast("list[dict[str, Any]]", client(port).client_list()):
+        if entry.get("name") == f"rtg-sub:{instance}":
+            return int(entry["id"])
+    return None
+
+
+def kill_client(port: int, client_id: int) -> int:
+    return int(cast("int", client(port).client_kill_filter(_id=str(client_id))))
+
+
+def command_calls(port: int, command: str) -> int:
+    stats = cast("dict[str, Any]", client(port).info("commandstats"))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 class PrivateRedis:

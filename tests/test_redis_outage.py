@@ -1,0 +1,118 @@
+"""Redis goes away for ~5 s under two running instances (a private redis-server, never the shared
+one): local delivery goes on, Redis-backed requests fail with error frames, readiness is 503, and
+within 20 s of Redis coming back both instances deliver across again with presence rebuilt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.helpers import RunningGateway, wait_for
+from tests.redis_support import PrivateRedis, hkeys, redis_overrides
+
+OUTAGE_SECONDS = 5.0
+RECOVERY_BOUND = 20.0
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pair(private_redis: PrivateRedis, make_gateway: Callable[..., RunningGateway]) -> list[RunningGateway]:
+    common = redis_overrides(private_redis.port, presence_ttl=3.0)
+    return [make_gateway(**common, instance_id=name) for name in ("out-a", "out-b")]
+
+
+async def readyz(gw: RunningGateway) -> tuple[int, dict[str, Any]]:
+    response = await AsyncHTTPClient().fetch(gw.http + "/readyz", raise_error=False, request_timeout=5)
+    return response.code, json.loads(response.body)
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_redis_outage_and_recovery(
+    pair: list[RunningGateway], private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = pair
+    alice, carol, dave = await a.client("alice"), await a.client("carol"), await a.client("dave")
+    bob = await b.client("bob")
+    for c in (alice, carol, bob):
+        await c.join("o")
+    alice.send("message", {"roomId": "o", "content": "before"})
+    assert (await bob.expect("message"))["payload"]["content"] == "before"
+    reconnects = metric("gateway_bus_reconnects_total")
+    publish_failures = metric("gateway_bus_publish_failures_total")
+    caplog.clear()
+
+    private_redis.stop()
+    stopped = time.monotonic()
+
+    async def both(code: int) -> bool:
+        return [(await readyz(g))[0] for g in (a, b)] == [code, code]
+
+    await wait_for(lambda: both(503), what="readiness 503 on both instances")
+    _, body = await readyz(a)
+    assert body["instance"] == "out-a" and body["checks"]["bus"] is False
+
+    # Local delivery goes on: carol is on A with alice.
+    alice.send("message", {"roomId": "o", "content": "during"}, request_id="d1")
+    await carol.expect("message", match=lambda f: f["payload"]["content"] == "during")
+    await alice.expect("ack", match=lambda f: f.get("requestId") == "d1")
+    # What needs Redis is refused with an error frame, quickly, never a hang or a close.
+    began = time.monotonic()
+    alice.send("message", {"roomId": "o", "content": "x", "dedupeKey": "dk"}, request_id="d2")
+    err = await alice.expect_error("internal")
+    assert err["requestId"] == "d2" and err["payload"]["dedupeKey"] == "dk"
+    dave.send("join", {"roomId": "elsewhere"}, request_id="j1")
+    assert (await dave.expect_error("internal"))["payload"]["roomId"] == "elsewhere"
+    dave.send("join", {"roomId": "o"}, request_id="j2")  # subscribed here already; presence is not
+    assert (await dave.expect_error("internal"))["payload"]["roomId"] == "o"
+    assert time.monotonic() - began < 3.0
+    assert dave.close_code is None and not dave.closed
+
+    await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))  # the outage itself
+    assert await both(503)
+    private_redis.start()
+    restarted = time.monotonic()
+
+    await wait_for(lambda: both(200), timeout=RECOVERY_BOUND, what="both instances ready again")
+    bob.send("message", {"roomId": "o", "content": "after"})
+    assert await alice.expect("message", match=lambda f: f["payload"]["content"] == "after")
+    alice.send("message", {"roomId": "o", "content": "after too"})
+    assert await bob.expect("message", match=lambda f: f["payload"]["content"] == "after too")
+    assert time.monotonic() - restarted < RECOVERY_BOUND
+
+    # Redis came back empty (no persistence): each instance re-registers its members.
+    users_key = a.settings.redis_prefix + "presence:o"
+    await wait_for(
+        lambda: hkeys(private_redis.port, users_key) == {"alice", "carol", "bob"}, what="presence rebuilt"
+    )
+    erin = await b.client("erin")
+    state = await erin.join("o")
+    assert {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob", "carol", "erin"}
+
+    assert metric("gateway_bus_reconnects_total") >= reconnects + 2
+    assert metric("gateway_bus_publish_failures_total") >= publish_failures + 1
+    # Expected failures are logged once per change of state, without tracebacks.
+    assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+    down = [r for r in caplog.records if r.getMessage() == "bus down, reconnecting"]
+    assert len(down) == 2, [r.getMessage() for r in caplog.records]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 10, [r.getMessage() for r in warnings]
