@@ -130,7 +130,10 @@ class RedisPresence:
         self._refresh = client.register_script(_REFRESH)
         self._purge = client.register_script(_PURGE)
         self._local: dict[str, tuple[str, str]] = {}  # member -> (room, user): what we own
-        self._dirty = False  # Redis may disagree with _local: reconcile on the next refresh
+        # Redis may disagree with _local: reconcile on the next refresh. True at start: a restart
+        # under a fixed INSTANCE_ID finds its previous life's connections still registered.
+        self._dirty = True
+        self._lost_leaves: set[tuple[str, str]] = set()  # (room, user) whose leave failed
         self._on_expired: ExpiredHandler | None = None
         self._on_restored: ExpiredHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -185,6 +188,7 @@ class RedisPresence:
             gone = await self._leave(keys=[users, counts, self._mine_key], args=[user, member])
         except REDIS_ERRORS as exc:
             self._dirty = True
+            self._lost_leaves.add((room, user))
             self._failed(exc)
             return False
         self._state.ok()
@@ -247,11 +251,14 @@ class RedisPresence:
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         self._state.ok()
-        if self._dirty or (not existed and self._local):
+        if self._dirty or (not existed and self._local):  # lapsed: a sweeper may have purged us
             await self._reconcile()
 
     async def _reconcile(self) -> None:
+        """Make Redis hold exactly our local connections, announcing whoever that changes."""
         self._dirty = False
+        lost, self._lost_leaves = self._lost_leaves, set()
+        announced: set[tuple[str, str]] = set()
         try:
             remote = {
                 _text(m) for m in await cast("Awaitable[set[bytes]]", self._client.smembers(self._mine_key))
@@ -261,6 +268,13 @@ class RedisPresence:
                 _, _, user = rest.partition(SEP)
                 users, counts = self._room_keys(room)
                 if await self._leave(keys=[users, counts, self._mine_key], args=[user, member]):
+                    announced.add((room, user))
+                    self._announce(self._on_expired, room, user)
+            # Leaves Redis never heard of, because it lost its data meanwhile: nobody has said
+            # offline yet, so say it now unless the user is (still, or again) in the room.
+            for room, user in lost - announced:
+                users, _ = self._room_keys(room)
+                if not await cast("Awaitable[bool]", self._client.hexists(users, user)):
                     self._announce(self._on_expired, room, user)
             now = time.time()
             for member, (room, user) in list(self._local.items()):
@@ -275,6 +289,7 @@ class RedisPresence:
                     self._announce(self._on_restored, room, user)
         except REDIS_ERRORS as exc:
             self._dirty = True
+            self._lost_leaves |= lost
             raise self._failed(exc) from None
         log.info("presence reconciled", extra={"connections": len(self._local)})
 

@@ -86,6 +86,7 @@ async def test_redis_outage_and_recovery(
     assert (await dave.expect_error("internal"))["payload"]["roomId"] == "o"
     assert time.monotonic() - began < 3.0
     assert dave.close_code is None and not dave.closed
+    carol.close()  # a leave Redis cannot hear about now
 
     await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))  # the outage itself
     assert await both(503)
@@ -99,14 +100,19 @@ async def test_redis_outage_and_recovery(
     assert await bob.expect("message", match=lambda f: f["payload"]["content"] == "after too")
     assert time.monotonic() - restarted < RECOVERY_BOUND
 
-    # Redis came back empty (no persistence): each instance re-registers its members.
+    # Redis came back empty (no persistence): each instance re-registers its members, and the
+    # leave it could not store is announced now.
     users_key = a.settings.redis_prefix + "presence:o"
-    await wait_for(
-        lambda: hkeys(private_redis.port, users_key) == {"alice", "carol", "bob"}, what="presence rebuilt"
+    await wait_for(lambda: hkeys(private_redis.port, users_key) == {"alice", "bob"}, what="presence rebuilt")
+    await bob.expect(
+        "presence", match=lambda f: f["payload"]["userId"] == "carol" and f["payload"]["status"] == "offline"
+    )
+    await alice.expect(
+        "presence", match=lambda f: f["payload"]["userId"] == "carol" and f["payload"]["status"] == "offline"
     )
     erin = await b.client("erin")
     state = await erin.join("o")
-    assert {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob", "carol", "erin"}
+    assert {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob", "erin"}
 
     assert metric("gateway_bus_reconnects_total") >= reconnects + 2
     assert metric("gateway_bus_publish_failures_total") >= publish_failures + 1
