@@ -15,6 +15,7 @@ from services.bus import Bus, BusError, MemoryBus
 from services.dedupe import DedupeStore, MemoryDedupe
 from services.hub import RoomHub
 from services.ids import short_id
+from services.metrics import METRICS
 from services.presence import MemoryPresence, PresenceStore
 from services.redis_common import REDIS_ERRORS, Backoff, StoreError, describe, make_client, unreachable
 from services.session import CLOSE_RESTART, FLUSH_GRACE, Session
@@ -65,6 +66,7 @@ class Gateway:
         StartupError (exit 2); with WAIT_FOR_REDIS keep retrying, logging once that we wait."""
         if self.redis is None:
             await self.hub.start()
+            METRICS.bus_up.set(1)  # the in-process bus cannot be down
             return
         s = self.settings
         deadline = time.monotonic() + s.redis_connect_timeout

@@ -81,6 +81,7 @@ class RoomHub:
         self._typing_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publish_failing = False
+        self._user_retries: dict[str, asyncio.Task[None]] = {}  # apart from _tasks: settle() skips them
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event)
@@ -90,7 +91,7 @@ class RoomHub:
         for timer in self._typing_timers.values():
             timer.cancel()
         self._typing_timers.clear()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._user_retries.values()]:
             task.cancel()
 
     # -- connections -------------------------------------------------------------------------
@@ -105,12 +106,27 @@ class RoomHub:
             return False
         mine.add(session)
         METRICS.connections.inc()
-        # Every connection tries, so a user channel that failed during a bus outage is retried.
         try:
             await self._subscribe(user_channel(session.user_id))
-        except BusError:
-            log.debug("user channel subscribe failed", extra={"user": session.user_id})
+        except BusError:  # bus down: keep trying in the background while the user is connected
+            user = session.user_id
+            if user not in self._user_retries:
+                task = asyncio.ensure_future(self._resubscribe_user(user))
+                self._user_retries[user] = task
+                task.add_done_callback(lambda _: self._user_retries.pop(user, None))
         return True
+
+    async def _resubscribe_user(self, user: str) -> None:
+        delay = 0.5
+        while self.users.get(user):
+            await asyncio.sleep(delay)
+            if not self.users.get(user):
+                return
+            try:
+                await self._subscribe(user_channel(user))
+                return
+            except BusError:
+                delay = min(delay * 2, 10.0)
 
     async def disconnect(self, session: Session) -> None:
         mine = self.users.get(session.user_id)
