@@ -55,9 +55,10 @@ class Gateway:
         from services.redis_presence import RedisPresence
 
         self.redis = make_client(s, self.instance_id)
+        bus = RedisBus(self.instance_id, s, self.redis)
         return (
-            RedisBus(self.instance_id, s, self.redis),
-            RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl),
+            bus,
+            RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl, bus.ready),
             RedisDedupe(self.redis, s.redis_prefix),
         )
 

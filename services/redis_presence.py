@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -113,8 +113,18 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisPresence:
-    def __init__(self, client: aioredis.Redis, prefix: str, instance_id: str, ttl: float) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        instance_id: str,
+        ttl: float,
+        can_announce: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`can_announce` tells whether announcements would reach the other instances now (the bus is
+        up); expiry and reconcile wait for it, so what they find is not announced into the void."""
         self._client = client
+        self._can_announce = can_announce
         self._prefix = prefix
         self.instance_id = instance_id
         self.ttl = ttl
@@ -251,7 +261,9 @@ class RedisPresence:
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         self._state.ok()
-        if self._dirty or (not existed and self._local):  # lapsed: a sweeper may have purged us
+        if not existed and self._local:  # lapsed: a sweeper may have purged us
+            self._dirty = True
+        if self._dirty and self._can_announce():
             await self._reconcile()
 
     async def _reconcile(self) -> None:
@@ -295,7 +307,8 @@ class RedisPresence:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_interval if not self._state.failing else 1.0)
+            soon = self._state.failing or self._dirty  # retry (or finish a reconcile) every second
+            await asyncio.sleep(min(1.0, self.refresh_interval) if soon else self.refresh_interval)
             try:
                 await self._keepalive()
             except StoreError:
@@ -314,6 +327,8 @@ class RedisPresence:
     async def sweep(self) -> int:
         """Take the sweep lock (one sweeper per interval fleet-wide) and purge instances whose
         heartbeat lapsed. Returns how many users were announced offline."""
+        if not self._can_announce():
+            return 0  # another instance, or we once our bus is back
         lock_ms = max(100, int(self.sweep_interval * 900))
         if not await self._client.set(self._lock_key, self.instance_id, nx=True, px=lock_ms):
             return 0
