@@ -84,7 +84,7 @@ class RoomHub:
         self._user_retries: dict[str, asyncio.Task[None]] = {}  # apart from _tasks: settle() skips them
 
     async def start(self) -> None:
-        await self.bus.start(self._on_bus_event)
+        await self.bus.start(self._on_bus_event, self._on_bus_resync)
         await self.presence.start(self._on_presence_expired, self._on_presence_restored)
 
     async def close(self) -> None:
@@ -437,6 +437,23 @@ class RoomHub:
             if session.conn_id != exclude and session.send(frame):
                 delivered += 1
         METRICS.deliveries.inc(delivered)
+
+    def _on_bus_resync(self) -> None:
+        """The bus is back after an outage: presence changes published meanwhile never reached us,
+        so every local member gets a fresh presence_state snapshot of each of its rooms."""
+        self.spawn(self._resend_presence_state())
+
+    async def _resend_presence_state(self) -> None:
+        for room in list(self.rooms):
+            try:
+                members = await self.presence.members(room)
+            except StoreError:
+                return  # down again; the next resync will do it
+            frame = frames.encode(
+                "presence_state", {"roomId": room, "members": [m.as_json() for m in members]}
+            )
+            for session in tuple(self.rooms.get(room, ())):
+                session.send(frame)
 
     def _on_bus_event(self, channel: str, event: BusEvent) -> None:
         if event.origin == self.instance_id:

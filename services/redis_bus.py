@@ -32,7 +32,7 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.bus import BusError, BusEvent, EventHandler
+from services.bus import BusError, BusEvent, EventHandler, ResyncHandler
 from services.metrics import METRICS
 from services.redis_common import REDIS_ERRORS, Backoff, command_timeout, connection_kwargs, describe
 from services.settings import Settings
@@ -86,6 +86,7 @@ class RedisBus:
         self._grace = unsubscribe_grace
         self._reconnect_cap = reconnect_cap
         self._handler: EventHandler | None = None
+        self._on_resync: ResyncHandler | None = None
         self._conn: Connection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -104,10 +105,12 @@ class RedisBus:
 
     # -- the Bus interface -------------------------------------------------------------------
 
-    async def start(self, handler: EventHandler) -> None:
+    async def start(self, handler: EventHandler, on_resync: ResyncHandler | None = None) -> None:
         """Connect and subscribe the probe channel; BusError when Redis cannot be reached (the
-        gateway retries or exits 2). Reconnection is automatic from then on."""
+        gateway retries or exits 2). Reconnection is automatic from then on, and `on_resync` is
+        called after each, since events published while we were away are lost."""
         self._handler = handler
+        self._on_resync = on_resync
         if self._runner is not None:
             return
         self._closing = False
@@ -335,8 +338,10 @@ class RedisBus:
             watched: set[asyncio.Future[Any]] = {rebuild}
             if reader is not None:
                 watched.add(reader)
-            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-            rebuild.cancel()
+            try:
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                rebuild.cancel()
             if self._closing:
                 return
             if reader is not None and reader.done() and not reader.cancelled():
@@ -360,6 +365,11 @@ class RedisBus:
             backoff.reset()
             METRICS.bus_reconnects.inc()
             self._set_up(first=False)
+            if self._on_resync is not None:
+                try:
+                    self._on_resync()
+                except Exception:
+                    log.exception("bus resync handler failed")
 
     async def _probe_loop(self) -> None:
         nonce = os.urandom(4).hex().encode()
