@@ -13,11 +13,12 @@ from schemas.client import payload_schemas
 from services.auth import TokenVerifier
 from services.bus import Bus, BusError, MemoryBus
 from services.dedupe import DedupeStore, MemoryDedupe
+from services.errors import StoreError
 from services.hub import RoomHub
 from services.ids import short_id
 from services.metrics import METRICS
 from services.presence import MemoryPresence, PresenceStore
-from services.redis_common import REDIS_ERRORS, Backoff, StoreError, describe, make_client, unreachable
+from services.redis_common import REDIS_ERRORS, Backoff, describe, make_client, unreachable
 from services.session import CLOSE_RESTART, FLUSH_GRACE, Session
 from services.settings import Settings
 

@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 
 from services.bus import BusError, BusEvent, EventHandler, ResyncHandler
 from services.metrics import METRICS
-from services.redis_common import REDIS_ERRORS, Backoff, command_timeout, connection_kwargs, describe
+from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, Backoff, connection_kwargs, describe
 from services.settings import Settings
 
 log = logging.getLogger("gateway.bus")
@@ -79,7 +79,7 @@ class RedisBus:
         self._settings = settings
         self._client = client
         self._prefix = settings.redis_prefix
-        self._timeout = command_timeout(settings)
+        self._timeout = COMMAND_TIMEOUT
         self._probe_channel = f"{self._prefix}probe:{instance_id}".encode()
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout

@@ -20,20 +20,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from services.errors import StoreError
 from services.settings import Settings
-
-__all__ = ["REDIS_ERRORS", "Backoff", "StateLog", "StoreError", "make_client"]
 
 # A Redis call that fails with one of these is "Redis unavailable", not a bug.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
-COMMAND_TIMEOUT = 2.0  # seconds for one command (and one connect) once running
+# Seconds for one command or one connect while running. Independent of REDIS_CONNECT_TIMEOUT,
+# which bounds the whole start-up wait (each attempt there is cut to what is left of it).
+COMMAND_TIMEOUT = 2.0
 MAX_CONNECTIONS = 128  # command pool bound; beyond it a call fails fast instead of piling up
-
-
-def command_timeout(settings: Settings) -> float:
-    return min(COMMAND_TIMEOUT, settings.redis_connect_timeout)
 
 
 def connection_kwargs(settings: Settings) -> dict[str, Any]:
@@ -48,7 +43,7 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
 
 def make_client(settings: Settings, instance_id: str) -> aioredis.Redis:
     """The command pool for publishes, presence and dedupe (the subscriber has its own socket)."""
-    timeout = command_timeout(settings)
+    timeout = COMMAND_TIMEOUT
     return aioredis.Redis(
         **connection_kwargs(settings),
         socket_timeout=timeout,
@@ -144,7 +139,7 @@ async def wait_for_redis(settings: Settings, logger: logging.Logger) -> None:
     waiting_logged = False
     while True:
         left = deadline - time.monotonic()
-        attempt = command_timeout(settings) if settings.wait_for_redis else max(0.05, min(left, 2.0))
+        attempt = COMMAND_TIMEOUT if settings.wait_for_redis else max(0.05, min(left, COMMAND_TIMEOUT))
         try:
             await ping(settings, attempt)
             if waiting_logged:

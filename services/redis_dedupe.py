@@ -12,7 +12,8 @@ import logging
 
 import redis.asyncio as aioredis
 
-from services.redis_common import REDIS_ERRORS, StateLog, StoreError, describe
+from services.errors import StoreError
+from services.redis_common import REDIS_ERRORS, StateLog, describe
 
 log = logging.getLogger("gateway.dedupe")
 

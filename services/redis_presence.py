@@ -34,8 +34,9 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from services.errors import StoreError
 from services.presence import ONLINE, ExpiredHandler, Member
-from services.redis_common import REDIS_ERRORS, StateLog, StoreError, describe
+from services.redis_common import REDIS_ERRORS, StateLog, describe
 
 log = logging.getLogger("gateway.presence")
 

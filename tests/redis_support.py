@@ -71,6 +71,11 @@ def kill_client(port: int, client_id: int) -> int:
     return int(cast("int", client(port).client_kill_filter(_id=str(client_id))))
 
 
+def pause_all(port: int, seconds: float) -> bool:
+    """CLIENT PAUSE ... ALL: Redis keeps its sockets open but answers nobody for a while."""
+    return bool(cast("bool", client(port).client_pause(int(seconds * 1000), all=True)))
+
+
 def command_calls(port: int, command: str) -> int:
     stats = cast("dict[str, Any]", client(port).info("commandstats"))
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.helpers import Client, RunningGateway, wait_for
-from tests.redis_support import PrivateRedis, hkeys, redis_overrides
+from tests.redis_support import PrivateRedis, hkeys, pause_all, redis_overrides
 
 OUTAGE_SECONDS = 5.0
 RECOVERY_BOUND = 20.0
@@ -137,3 +137,35 @@ async def test_redis_outage_and_recovery(
     assert len(down) == 2, [r.getMessage() for r in caplog.records]
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) <= 10, [r.getMessage() for r in warnings]
+
+
+@pytest.fixture
+def lone(private_redis: PrivateRedis, make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    return make_gateway(**redis_overrides(private_redis.port), instance_id="lone")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unresponsive_redis_gives_error_frames_not_a_hang(
+    lone: RunningGateway, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis accepts connections but answers nothing (CLIENT PAUSE): socket timeouts turn every
+    request that needs it into an error frame within seconds."""
+    alice, bob = await lone.client("alice"), await lone.client("bob")
+    await alice.join("here")
+    await bob.join("here")
+    pause = 6.0
+    assert pause_all(private_redis.port, pause)
+    paused = time.monotonic()
+
+    alice.send("join", {"roomId": "new-room"}, request_id="j")
+    bob.send("message", {"roomId": "here", "content": "k", "dedupeKey": "k"}, request_id="m")
+    await alice.expect_error("internal", timeout=pause)
+    await bob.expect_error("internal", timeout=pause)
+    assert time.monotonic() - paused < pause - 1.0  # a timeout answered, not the pause ending
+    bob.send("message", {"roomId": "here", "content": "local"})  # needs no Redis to reach alice
+    await alice.expect("message", match=lambda f: f["payload"]["content"] == "local")
+
+    await wait_for(lone.gateway.bus.ready, timeout=15, what="the bus back after the pause")
+    alice.send("join", {"roomId": "new-room"}, request_id="j2")
+    await alice.expect("room_update", match=lambda f: f.get("requestId") == "j2")
+    assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
