@@ -167,7 +167,8 @@ class RoomHub:
                 new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
                 members = await self.presence.members(room)
             except StoreError:
-                await self._undo_join(session, room)
+                # Roll back: nobody was told of this join, so nobody is told of its undoing.
+                await self._leave(session, room, announce=False)
                 raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
             if new_user:
                 frame = frames.encode(
@@ -187,28 +188,13 @@ class RoomHub:
         except StoreError:
             raise ClientError("internal", "presence is unavailable, try again", roomId=room) from None
 
-    async def _undo_join(self, session: Session, room: str) -> None:
-        """Roll back a join the presence store refused: nobody was told, so nobody is told now."""
-        session.rooms.discard(room)
-        members = self.rooms.get(room)
-        if members is not None:
-            members.discard(session)
-            if not members:
-                del self.rooms[room]
-                METRICS.rooms.set(len(self.rooms))
-        try:
-            await self.presence.leave(room, session.user_id, session.conn_id)
-        except StoreError:
-            pass
-        await self._unsubscribe_if_unused(room_channel(room))
-
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
             raise ClientError("not_in_room", "not a member of this room", roomId=room)
         await self._leave(session, room)
         session.send(frames.encode("room_update", {"roomId": room, "action": "left"}, request_id))
 
-    async def _leave(self, session: Session, room: str) -> None:
+    async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
         """Remove one session from a room; announce offline when it was the user's last connection."""
         session.rooms.discard(room)
         members = self.rooms.get(room)
@@ -224,7 +210,7 @@ class RoomHub:
         except Exception:
             log.exception("presence leave failed", extra={"room": room})
             gone = False
-        if gone:
+        if gone and announce:
             self._cancel_typing(room, session.user_id)
             await self._broadcast(
                 room,

@@ -44,14 +44,6 @@ class Buses:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def shared_buses(io_loop: IOLoop) -> Iterator[Buses]:
     buses = Buses(settings_for(**redis_overrides(shared_redis_port())))
     yield buses

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.redis_bus import RedisBus
-from tests.helpers import RunningGateway, wait_for
+from tests.helpers import Client, RunningGateway, wait_for
 from tests.redis_support import (
     kill_client,
     numsub,
@@ -32,6 +32,15 @@ def pair(make_gateway: Callable[..., RunningGateway]) -> Pair:
     return a, b
 
 
+async def alice_and_bob(pair: Pair, room: str) -> tuple[Client, Client]:
+    """alice on the first instance and bob on the second, both in `room`."""
+    alice = await pair[0].client("alice")
+    bob = await pair[1].client("bob")
+    await alice.join(room)
+    await bob.join(room)
+    return alice, bob
+
+
 def members(state: dict[str, Any]) -> dict[str, str]:
     return {m["userId"]: m["status"] for m in state["payload"]["members"]}
 
@@ -44,10 +53,7 @@ def presence_of(user: str, status: str) -> Callable[[dict[str, Any]], bool]:
 async def test_messages_cross_instances_both_ways(pair: Pair) -> None:
     a, b = pair
     assert isinstance(a.gateway.bus, RedisBus) and a.gateway.instance_id != b.gateway.instance_id
-    alice = await a.client("alice")
-    bob = await b.client("bob")
-    await alice.join("lobby")
-    await bob.join("lobby")
+    alice, bob = await alice_and_bob(pair, "lobby")
 
     alice.send("message", {"roomId": "lobby", "content": "hi from A"}, request_id="m1")
     got = await bob.expect("message")
@@ -100,11 +106,8 @@ async def test_presence_spans_instances(pair: Pair) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_typing_and_idle_are_shared(pair: Pair) -> None:
-    a, b = pair
-    alice = await a.client("alice")
-    bob = await b.client("bob")
-    await alice.join("t")
-    await bob.join("t")
+    _, b = pair
+    alice, bob = await alice_and_bob(pair, "t")
     alice.send("presence", {"roomId": "t", "status": "idle"})
     await bob.expect("presence", match=presence_of("alice", "idle"))
     alice.send("presence", {"roomId": "t", "status": "typing"})
@@ -196,11 +199,8 @@ async def test_one_publish_per_event_whatever_the_audience(pair: Pair) -> None:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_member_removal_crosses_instances(pair: Pair) -> None:
-    a, b = pair
-    alice = await a.client("alice")
-    bob = await b.client("bob")
-    await alice.join("r")
-    await bob.join("r")
+    a = pair[0]
+    alice, bob = await alice_and_bob(pair, "r")
     await a.gateway.hub.remove_user("r", "bob")
     removed = await bob.expect("room_update", match=lambda f: f["payload"]["action"] == "removed")
     assert removed["payload"]["roomId"] == "r"
@@ -215,12 +215,9 @@ def _reconnects() -> float:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_killed_subscriber_connection_is_rebuilt(pair: Pair) -> None:
-    a, b = pair
+    a = pair[0]
     port = a.settings.redis_port
-    alice = await a.client("alice")
-    bob = await b.client("bob")
-    await alice.join("k")
-    await bob.join("k")
+    alice, bob = await alice_and_bob(pair, "k")
     before = _reconnects()
     old = subscriber_id(port, "gw-a")
     assert old is not None
