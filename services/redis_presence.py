@@ -271,7 +271,8 @@ class RedisPresence:
         """Make Redis hold exactly our local connections, announcing whoever that changes."""
         self._dirty = False
         lost, self._lost_leaves = self._lost_leaves, set()
-        announced: set[tuple[str, str]] = set()
+        announced: set[tuple[str, str]] = set()  # announced offline
+        restored = 0
         try:
             remote = {
                 _text(m) for m in await cast("Awaitable[set[bytes]]", self._client.smembers(self._mine_key))
@@ -283,12 +284,6 @@ class RedisPresence:
                 if await self._leave(keys=[users, counts, self._mine_key], args=[user, member]):
                     announced.add((room, user))
                     self._announce(self._on_expired, room, user)
-            # Leaves Redis never heard of, because it lost its data meanwhile: nobody has said
-            # offline yet, so say it now unless the user is (still, or again) in the room.
-            for room, user in lost - announced:
-                users, _ = self._room_keys(room)
-                if not await cast("Awaitable[bool]", self._client.hexists(users, user)):
-                    self._announce(self._on_expired, room, user)
             now = time.time()
             for member, (room, user) in list(self._local.items()):
                 if member in remote or member not in self._local:
@@ -298,13 +293,23 @@ class RedisPresence:
                     keys=[users, counts, self._mine_key, self._instances_key],
                     args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
                 )
+                restored += 1
                 if new:
                     self._announce(self._on_restored, room, user)
+            # Leaves Redis never heard of, because it lost its data meanwhile: nobody has said
+            # offline yet, so say it now unless the user is in the room through
+            # another connection (here, re-added just above, or elsewhere).
+            for room, user in lost - announced:
+                users, _ = self._room_keys(room)
+                if not await cast("Awaitable[bool]", self._client.hexists(users, user)):
+                    announced.add((room, user))
+                    self._announce(self._on_expired, room, user)
         except REDIS_ERRORS as exc:
             self._dirty = True
             self._lost_leaves |= lost
             raise self._failed(exc) from None
-        log.info("presence reconciled", extra={"connections": len(self._local)})
+        if announced or restored:
+            log.info("presence reconciled", extra={"offline": len(announced), "restored": restored})
 
     async def _refresh_loop(self) -> None:
         while True:
