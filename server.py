@@ -8,17 +8,19 @@ Bad configuration is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.process import fork_processes, task_id
 
 from handlers.common import log_request
 from handlers.dev import DevTokenHandler
@@ -29,11 +31,13 @@ from services.auth import check_secret, generate_secret, mint
 from services.gateway import Gateway, StartupError
 from services.ids import short_id
 from services.logs import setup_logging
+from services.redis_common import wait_for_redis
 from services.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("gateway.server")
 
 DEV_TOKEN_TTL = 24 * 3600
+MAX_WORKER_RESTARTS = 100
 
 
 def make_app(gateway: Gateway) -> tornado.web.Application:
@@ -82,7 +86,7 @@ def announce_dev_token(settings: Settings, port: int) -> None:
     )
 
 
-async def serve(settings: Settings, sockets: list[socket.socket]) -> int:
+async def serve(settings: Settings, sockets: list[socket.socket], worker: int | None = None) -> int:
     gateway = Gateway(settings)
     await gateway.start()
     app = make_app(gateway)
@@ -95,7 +99,7 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> int:
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     log.info("listening", extra={"port": port, "redis": settings.redis_enabled, "kafka": settings.kafka_enabled})
-    if settings.generated_secret and task_id() in (None, 0):
+    if settings.generated_secret and worker in (None, 0):
         announce_dev_token(settings, port)
 
     stop = asyncio.Event()
@@ -110,7 +114,8 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> int:
         stop.set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # A worker hears SIGINT through the supervisor (as SIGTERM), not from the terminal as well.
+    for sig in (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
     # Keep listening while draining: probes must see 503 and late upgrades get a clear 503.
@@ -119,6 +124,80 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> int:
     await gateway.stop()
     log.info("stopped")
     return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM (and drains) if the supervisor is killed without a chance to
+    forward anything, instead of serving on as an orphan."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_workers(count: int) -> int:
+    """Fork `count` workers that share the listening sockets (SO_REUSEPORT); returns the worker's
+    index in each child. The parent stays a supervisor and never returns: it forwards SIGTERM and
+    SIGINT to the workers (each then drains), restarts a worker that crashed, and exits once all
+    have stopped, with 2 if one could not start."""
+    children: dict[int, int] = {}
+    stopping = False
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    parent = os.getpid()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def fork(index: int) -> bool:
+        """True in the new child. Signals stay blocked around the fork so none is lost."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _die_with_parent()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+            if os.getppid() != parent:  # the supervisor died before prctl took effect
+                os._exit(0)
+            return True
+        children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        return False
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for index in range(count):
+        if fork(index):
+            return index
+    restarts = 0
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        ended = children.pop(pid, None)
+        if ended is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if code == 2:
+            exit_code = 2  # a start-up error: restarting would only repeat it
+            log.error("worker could not start", extra={"worker": ended})
+        elif code != 0 and not stopping and restarts < MAX_WORKER_RESTARTS:
+            restarts += 1
+            log.warning("worker died, restarting", extra={"worker": ended, "code": code})
+            if fork(ended):
+                return ended
+        elif code != 0 and not stopping:
+            exit_code = 1
+    raise SystemExit(exit_code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,19 +213,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if settings.workers > 1:
-        fork_processes(settings.workers, max_restarts=100)
-    # After the fork, so every worker is an instance of its own.
-    instance = settings.instance_id or short_id()
-    if settings.instance_id and task_id() is not None:
-        instance = f"{instance}-{task_id()}"
-    settings = settings.replace(instance_id=instance)
-    setup_logging(settings.log_level, instance)
+    worker: int | None = None
     try:
-        return asyncio.run(serve(settings, sockets))
-    except StartupError as exc:
-        print(f"server.py: error: {exc}", file=sys.stderr)
-        return 2
+        if settings.workers > 1:
+            # Checked once before forking, so an absent Redis is one line and exit 2, not N
+            # workers failing (and being restarted) in parallel.
+            setup_logging(settings.log_level, settings.instance_id or "supervisor")
+            try:
+                asyncio.run(wait_for_redis(settings, log))
+            except ConnectionError as exc:
+                print(f"server.py: error: {exc}", file=sys.stderr)
+                return 2
+            worker = run_workers(settings.workers)
+        # After the fork, so every worker is an instance of its own.
+        instance = settings.instance_id or short_id()
+        if settings.instance_id and worker is not None:
+            instance = f"{instance}-{worker}"
+        settings = settings.replace(instance_id=instance)
+        setup_logging(settings.log_level, instance)
+        try:
+            return asyncio.run(serve(settings, sockets, worker))
+        except StartupError as exc:
+            print(f"server.py: error: {exc}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:  # Ctrl-C while still waiting for Redis
+        return 130
 
 
 if __name__ == "__main__":

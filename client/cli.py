@@ -244,9 +244,7 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
         async for event in client:
             if isinstance(event, Message):
                 typing_seen.discard((event.room_id, event.sender_id))
-                term.line(
-                    f"[{clock(event.created_at)}] {label(event.room_id)}{event.sender_id}: {event.content}"
-                )
+                term.line(f"[{clock(event.created_at)}] {label(event.room_id)}{event.sender_id}: {event.content}")
             elif isinstance(event, PresenceState):
                 present[event.room_id] = {m.user_id for m in event.members}
             elif isinstance(event, Presence):

@@ -278,9 +278,7 @@ def parse_event(frame: dict[str, Any]) -> Event:
             updated_at=parse_time(p.get("updatedAt")),
         )
     if kind == "message_deleted":
-        return MessageDeleted(
-            id=_str(p, "id"), room_id=_str(p, "roomId"), deleted_at=parse_time(p.get("deletedAt"))
-        )
+        return MessageDeleted(id=_str(p, "id"), room_id=_str(p, "roomId"), deleted_at=parse_time(p.get("deletedAt")))
     if kind == "pong":
         return Pong(request_id=rid)
     if kind == "error":

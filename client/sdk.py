@@ -332,9 +332,7 @@ class GatewayClient:
         try:
             return await asyncio.wait_for(fut, limit)
         except TimeoutError:
-            raise AckTimeout(
-                f"no reply to {kind} within {limit:g}s", dedupe_key=payload.get("dedupeKey")
-            ) from None
+            raise AckTimeout(f"no reply to {kind} within {limit:g}s", dedupe_key=payload.get("dedupeKey")) from None
         finally:
             self._pending.pop(request_id, None)
 

@@ -35,8 +35,11 @@ class JsonHandler(RedactedSummary):
 def log_request(handler: RequestHandler) -> None:
     """Tornado's access log, with the query token removed and one JSON object per line."""
     status = handler.get_status()
-    if handler.request.path in ("/healthz", "/readyz", "/metrics") and status < 400:
-        return  # probes every few seconds would drown everything else
+    path = handler.request.path
+    # Probes every few seconds would drown everything else; a 503 from /readyz is a state the
+    # component behind it (bus, Kafka, drain) has already logged once, not an error per probe.
+    if (path in ("/healthz", "/metrics") and status < 400) or path == "/readyz":
+        return
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     access_log.log(
         level,

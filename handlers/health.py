@@ -17,4 +17,11 @@ class ReadyHandler(JsonHandler):
 
     def get(self) -> None:
         ok, checks = self.gateway.readiness()
-        self.write_json(200 if ok else 503, {"status": "ready" if ok else "unavailable", "checks": checks})
+        self.write_json(
+            200 if ok else 503,
+            {
+                "status": "ready" if ok else "unavailable",
+                "instance": self.gateway.instance_id,
+                "checks": checks,
+            },
+        )

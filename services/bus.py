@@ -25,13 +25,16 @@ class BusEvent:
 
 
 EventHandler = Callable[[str, BusEvent], None]
+# Called after the bus came back from an outage: events published meanwhile were not received.
+ResyncHandler = Callable[[], None]
 
 
 class Bus(Protocol):
     instance_id: str
 
-    async def start(self, handler: EventHandler) -> None:
-        """Begin receiving; `handler(channel, event)` runs on the event loop for other instances' events."""
+    async def start(self, handler: EventHandler, on_resync: ResyncHandler | None = None) -> None:
+        """Begin receiving; `handler(channel, event)` runs on the event loop for other instances' events.
+        `on_resync()` runs each time the bus is back after an outage (never for the memory bus)."""
 
     async def subscribe(self, channel: str) -> None:
         """Returns once events published to `channel` anywhere will reach this instance."""
@@ -63,8 +66,8 @@ class MemoryBus:
         self._network = network or MemoryNetwork()
         self._handler: EventHandler | None = None
 
-    async def start(self, handler: EventHandler) -> None:
-        self._handler = handler
+    async def start(self, handler: EventHandler, on_resync: ResyncHandler | None = None) -> None:
+        self._handler = handler  # on_resync: one process has no outage to come back from
 
     async def subscribe(self, channel: str) -> None:
         self._network.subscribers.setdefault(channel, set()).add(self)

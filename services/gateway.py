@@ -7,19 +7,26 @@ import logging
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from schemas.client import payload_schemas
 from services.auth import TokenVerifier
-from services.bus import Bus, MemoryBus, MemoryNetwork
+from services.bus import Bus, BusError, MemoryBus, MemoryNetwork
 from services.dedupe import DedupeStore, MemoryDedupe
+from services.errors import StoreError
 from services.hub import RoomHub
 from services.ids import short_id
 from services.kafka_consumer import KafkaEvents
 from services.kafka_producer import KafkaIngest
+from services.metrics import METRICS
 from services.presence import MemoryPresence, PresenceStore
+from services.redis_common import REDIS_ERRORS, Backoff, describe, make_client, unreachable
 from services.session import CLOSE_RESTART, FLUSH_GRACE, Session
 from services.settings import Settings
 
 log = logging.getLogger("gateway")
+
+_START_ERRORS: tuple[type[BaseException], ...] = (BusError, StoreError, TimeoutError, *REDIS_ERRORS)
 
 
 class StartupError(Exception):
@@ -41,6 +48,7 @@ class Gateway:
         self.bus: Bus
         self.presence: PresenceStore
         self.dedupe: DedupeStore
+        self.redis: aioredis.Redis | None = None
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
         self.payload_schemas = payload_schemas(settings.max_content)
         self.producer: KafkaIngest | None = None
@@ -56,10 +64,24 @@ class Gateway:
     def _backends(
         self, network: MemoryNetwork | None, dedupe: DedupeStore | None
     ) -> tuple[Bus, PresenceStore, DedupeStore]:
-        return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe()
+        """Memory backends for one process; Redis ones (one shared command pool) when REDIS_HOST is set."""
+        s = self.settings
+        if not s.redis_enabled:
+            return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe()
+        from services.redis_bus import RedisBus
+        from services.redis_dedupe import RedisDedupe
+        from services.redis_presence import RedisPresence
+
+        self.redis = make_client(s, self.instance_id)
+        bus = RedisBus(self.instance_id, s, self.redis)
+        return (
+            bus,
+            RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl, bus.ready),
+            RedisDedupe(self.redis, s.redis_prefix),
+        )
 
     async def start(self) -> None:
-        await self.hub.start()
+        await self._start_hub()
         if self.producer is None or self.consumer is None:
             log.info("kafka disabled (KAFKA_BROKER_URL unset): messages are acked without ingest")
             return
@@ -76,6 +98,44 @@ class Gateway:
                 "event_topics": ",".join(self.consumer.topics),
             },
         )
+
+    async def _start_hub(self) -> None:
+        """Start the hub and its backends. With Redis: retry until REDIS_CONNECT_TIMEOUT, then
+        StartupError (exit 2); with WAIT_FOR_REDIS keep retrying, logging once that we wait."""
+        if self.redis is None:
+            await self.hub.start()
+            METRICS.bus_up.set(1)  # the in-process bus cannot be down
+            return
+        s = self.settings
+        deadline = time.monotonic() + s.redis_connect_timeout
+        backoff = Backoff(0.1, 2.0)
+        waiting = False
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if s.wait_for_redis:
+                    await self.hub.start()
+                else:
+                    await asyncio.wait_for(self.hub.start(), max(left, 0.01))
+                break
+            except _START_ERRORS as exc:
+                if isinstance(exc, TimeoutError):
+                    reason = "timed out"
+                else:
+                    reason = str(exc) if isinstance(exc, BusError | StoreError) else describe(exc)
+            if not s.wait_for_redis and time.monotonic() >= deadline:
+                await self.bus.close()  # nothing else holds a socket yet
+                await self.redis.aclose()
+                raise StartupError(unreachable(s, reason))
+            if s.wait_for_redis and not waiting:
+                waiting = True
+                log.warning("waiting for redis", extra={"host": s.redis_host, "port": s.redis_port, "error": reason})
+            delay = backoff.next()
+            if not s.wait_for_redis:
+                delay = min(delay, max(deadline - time.monotonic(), 0.0))
+            await asyncio.sleep(delay)
+        if waiting:
+            log.info("redis reachable", extra={"host": s.redis_host, "port": s.redis_port})
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {"bus": self.bus.ready(), "draining": self.draining}
@@ -122,3 +182,5 @@ class Gateway:
         await self.bus.close()
         await self.presence.close()
         await self.dedupe.close()
+        if self.redis is not None:
+            await self.redis.aclose()

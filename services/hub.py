@@ -18,9 +18,10 @@ from typing import Any, Protocol
 from services import frames
 from services.bus import Bus, BusError, BusEvent
 from services.dedupe import PENDING, DedupeStore
+from services.errors import StoreError
 from services.ids import iso, iso_now, uuid7
 from services.metrics import METRICS
-from services.presence import OFFLINE, ONLINE, PresenceStore
+from services.presence import OFFLINE, ONLINE, Member, PresenceStore
 from services.session import CLOSE_TOO_MANY_CONNECTIONS, Session
 from services.settings import Settings
 
@@ -79,16 +80,18 @@ class RoomHub:
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._typing_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._publish_failing = False
+        self._user_retries: dict[str, asyncio.Task[None]] = {}  # apart from _tasks: settle() skips them
 
     async def start(self) -> None:
-        await self.bus.start(self._on_bus_event)
-        await self.presence.start(self._on_presence_expired)
+        await self.bus.start(self._on_bus_event, self._on_bus_resync)
+        await self.presence.start(self._on_presence_expired, self._on_presence_restored)
 
     async def close(self) -> None:
         for timer in self._typing_timers.values():
             timer.cancel()
         self._typing_timers.clear()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._user_retries.values()]:
             task.cancel()
 
     # -- connections -------------------------------------------------------------------------
@@ -101,15 +104,29 @@ class RoomHub:
                 del self.users[session.user_id]
             session.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")
             return False
-        first = not mine
         mine.add(session)
         METRICS.connections.inc()
-        if first:
-            try:
-                await self._subscribe(user_channel(session.user_id))
-            except BusError:
-                log.warning("user channel subscribe failed", extra={"user": session.user_id})
+        try:
+            await self._subscribe(user_channel(session.user_id))
+        except BusError:  # bus down: keep trying in the background while the user is connected
+            user = session.user_id
+            if user not in self._user_retries:
+                task = asyncio.ensure_future(self._resubscribe_user(user))
+                self._user_retries[user] = task
+                task.add_done_callback(lambda _: self._user_retries.pop(user, None))
         return True
+
+    async def _resubscribe_user(self, user: str) -> None:
+        delay = 0.5
+        while self.users.get(user):
+            await asyncio.sleep(delay)
+            if not self.users.get(user):
+                return
+            try:
+                await self._subscribe(user_channel(user))
+                return
+            except BusError:
+                delay = min(delay * 2, 10.0)
 
     async def disconnect(self, session: Session) -> None:
         mine = self.users.get(session.user_id)
@@ -146,15 +163,28 @@ class RoomHub:
                 session.rooms.add(room)
                 METRICS.rooms.set(len(self.rooms))
             now = time.time()
-            new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+            try:
+                new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+                members = await self.presence.members(room)
+            except StoreError:
+                # Roll back: nobody was told of this join, so nobody is told of its undoing.
+                await self._leave(session, room, announce=False)
+                raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
             if new_user:
                 frame = frames.encode(
                     "presence", {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
                 )
                 await self._broadcast(room, frame, exclude=session.conn_id)
+        else:
+            members = await self._members(room)
         session.send(frames.encode("room_update", {"roomId": room, "action": "joined"}, request_id))
-        members = await self.presence.members(room)
         session.send(frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]}))
+
+    async def _members(self, room: str) -> list[Member]:
+        try:
+            return await self.presence.members(room)
+        except StoreError:
+            raise ClientError("internal", "presence is unavailable, try again", roomId=room) from None
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -162,7 +192,7 @@ class RoomHub:
         await self._leave(session, room)
         session.send(frames.encode("room_update", {"roomId": room, "action": "left"}, request_id))
 
-    async def _leave(self, session: Session, room: str) -> None:
+    async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
         """Remove one session from a room; announce offline when it was the user's last connection."""
         session.rooms.discard(room)
         members = self.rooms.get(room)
@@ -173,10 +203,12 @@ class RoomHub:
                 METRICS.rooms.set(len(self.rooms))
         try:
             gone = await self.presence.leave(room, session.user_id, session.conn_id)
+        except StoreError:
+            gone = False  # the store announces it later (expiry or reconcile)
         except Exception:
             log.exception("presence leave failed", extra={"room": room})
             gone = False
-        if gone:
+        if gone and announce:
             self._cancel_typing(room, session.user_id)
             await self._broadcast(
                 room,
@@ -198,7 +230,7 @@ class RoomHub:
         created = iso_now()
         store_key = f"dk:{session.user_id}:{dedupe_key}" if dedupe_key else None
         if store_key is not None:
-            first = await self._claim(store_key, msg_id, created)
+            first = await self._claim(store_key, room, dedupe_key)
             if first is not None:  # seen before: the same ack, no second broadcast
                 ack = {"id": first[0], "roomId": room, "createdAt": first[1], "dedupeKey": dedupe_key}
                 session.send(frames.encode("ack", ack, request_id))
@@ -224,18 +256,20 @@ class RoomHub:
                 if self.ingest is not None:
                     # Lets the Kafka consumer skip this message's copy coming back as message.created;
                     # set before the ingest, as that copy may be consumed before our delivery report.
-                    await self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl)
+                    await self._dedupe_quietly(self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl))
                     await self.ingest.ingest(message)
             except IngestError as exc:
                 if store_key is not None:
-                    await self.dedupe.release(store_key)
+                    await self._dedupe_quietly(self.dedupe.release(store_key))
                 raise ClientError(
                     "ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=dedupe_key
                 ) from None
             if previous is not None and not previous.done():
                 await previous
+            # Past this point the message is accepted (and durable with Kafka): a store failure no
+            # longer stops its broadcast.
             if store_key is not None:
-                await self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
+                await self._dedupe_quietly(self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl))
             await self._broadcast(room, frames.encode("message", message))
         finally:
             done.set_result(None)
@@ -247,20 +281,40 @@ class RoomHub:
         session.send(frames.encode("ack", ack, request_id))
         METRICS.messages.inc()
 
-    async def _claim(self, key: str, msg_id: str, created: str) -> tuple[str, str] | None:
+    async def _claim(self, key: str, room: str, dedupe_key: str | None) -> tuple[str, str] | None:
         """Reserve a dedupe key. None: ours to process. Else the first message's (id, createdAt),
         waiting while the first send is still in flight (its ingest may yet fail and free the key)."""
         deadline = time.monotonic() + self.settings.kafka_message_timeout + 5
         while True:
-            existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
+            try:
+                existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
+            except StoreError:
+                raise ClientError(
+                    "internal",
+                    "message not sent: dedupe store unavailable, retry with the same dedupeKey",
+                    roomId=room,
+                    dedupeKey=dedupe_key,
+                ) from None
             if existing is None:
                 return None
             if existing != PENDING:
                 first_id, _, first_created = existing.partition(" ")
                 return first_id, first_created
             if time.monotonic() > deadline:
-                raise ClientError("ingest_failed", "an earlier send with this dedupeKey is still pending")
+                raise ClientError(
+                    "ingest_failed",
+                    "an earlier send with this dedupeKey is still pending",
+                    roomId=room,
+                    dedupeKey=dedupe_key,
+                )
             await asyncio.sleep(0.05)
+
+    @staticmethod
+    async def _dedupe_quietly(work: Awaitable[None]) -> None:
+        try:
+            await work
+        except StoreError:
+            pass  # logged once by the store
 
     # -- presence ----------------------------------------------------------------------------
 
@@ -268,7 +322,10 @@ class RoomHub:
         if room not in session.rooms:
             raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
         user = session.user_id
-        await self._publish_status(room, user, status)
+        try:
+            await self._publish_status(room, user, status)
+        except StoreError:
+            raise ClientError("internal", "presence is unavailable, try again", roomId=room) from None
         self._cancel_typing(room, user)
         if status == "typing":
             loop = asyncio.get_running_loop()
@@ -287,7 +344,13 @@ class RoomHub:
     def _typing_lapsed(self, room: str, user: str) -> None:
         self._typing_timers.pop((room, user), None)
         if any(room in s.rooms for s in self.users.get(user, ())):
-            self.spawn(self._publish_status(room, user, ONLINE))
+            self.spawn(self._lapse(room, user))
+
+    async def _lapse(self, room: str, user: str) -> None:
+        try:
+            await self._publish_status(room, user, ONLINE)
+        except StoreError:
+            pass  # the status stays `typing` in the store until the next change; logged by the store
 
     def _cancel_typing(self, room: str, user: str) -> None:
         timer = self._typing_timers.pop((room, user), None)
@@ -295,13 +358,17 @@ class RoomHub:
             timer.cancel()
 
     def _on_presence_expired(self, room: str, user: str) -> None:
-        """A dead instance's user: announce offline on its behalf."""
-        self.spawn(
-            self._broadcast(
-                room,
-                frames.encode("presence", {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}),
-            )
-        )
+        """A dead instance's user (or one whose leave could not be stored): announce offline."""
+        self._cancel_typing(room, user)
+        self._announce(room, user, OFFLINE)
+
+    def _on_presence_restored(self, room: str, user: str) -> None:
+        """A user the store had lost (Redis restarted empty) and got back: announce online."""
+        self._announce(room, user, ONLINE)
+
+    def _announce(self, room: str, user: str, status: str) -> None:
+        frame = frames.encode("presence", {"roomId": room, "userId": user, "status": status, "at": iso_now()})
+        self.spawn(self._broadcast(room, frame))
 
     # -- events from elsewhere (Kafka consumer) --------------------------------------------------
 
@@ -334,7 +401,13 @@ class RoomHub:
         except BusError as exc:
             # Local members already have it; other instances miss it (at-most-once across instances).
             METRICS.bus_publish_failures.inc()
-            log.warning("bus publish failed", extra={"channel": channel, "error": str(exc)})
+            if not self._publish_failing:  # once per outage, not once per event
+                self._publish_failing = True
+                log.warning("bus publish failing", extra={"channel": channel, "error": str(exc)})
+            return
+        if self._publish_failing:
+            self._publish_failing = False
+            log.info("bus publish recovered")
 
     def _deliver_local(self, room: str, frame: bytes, exclude: str | None) -> None:
         members = self.rooms.get(room)
@@ -345,6 +418,21 @@ class RoomHub:
             if session.conn_id != exclude and session.send(frame):
                 delivered += 1
         METRICS.deliveries.inc(delivered)
+
+    def _on_bus_resync(self) -> None:
+        """The bus is back after an outage: presence changes published meanwhile never reached us,
+        so every local member gets a fresh presence_state snapshot of each of its rooms."""
+        self.spawn(self._resend_presence_state())
+
+    async def _resend_presence_state(self) -> None:
+        for room in list(self.rooms):
+            try:
+                members = await self.presence.members(room)
+            except StoreError:
+                return  # down again; the next resync will do it
+            frame = frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]})
+            for session in tuple(self.rooms.get(room, ())):
+                session.send(frame)
 
     def _on_bus_event(self, channel: str, event: BusEvent) -> None:
         if event.origin == self.instance_id:

@@ -15,9 +15,7 @@ from services.settings import Settings
 ENVELOPE_VERSION = 1
 
 
-def envelope(
-    event_type: str, payload: dict[str, Any], source: str, occurred_at: str | None = None
-) -> dict[str, Any]:
+def envelope(event_type: str, payload: dict[str, Any], source: str, occurred_at: str | None = None) -> dict[str, Any]:
     """The one envelope every Kafka event has (DESIGN.md section 6)."""
     return {
         "eventId": uuid7(),

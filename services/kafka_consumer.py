@@ -99,9 +99,7 @@ class KafkaEvents:
         """Subscribe and start the poll loop; never blocks, even with the broker down."""
         self._loop = asyncio.get_running_loop()
         consumer = self._consumer = Consumer(self._config())
-        consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         self._run = self._loop.run_in_executor(self._executor, self._poll_loop, consumer, self._loop)
 
     def ready(self) -> bool:
@@ -111,11 +109,7 @@ class KafkaEvents:
 
     @property
     def state(self) -> str:
-        return (
-            "assigned"
-            if self.ready()
-            else ("waiting-for-assignment" if not self._stopping.is_set() else "stopped")
-        )
+        return "assigned" if self.ready() else ("waiting-for-assignment" if not self._stopping.is_set() else "stopped")
 
     # -- poll thread -------------------------------------------------------------------------
 
@@ -214,9 +208,7 @@ class KafkaEvents:
         """Commit where this instance got to, including partitions where nothing arrived."""
         revoked = [(tp.topic, tp.partition) for tp in partitions]
         offsets = [
-            TopicPartition(t, p, self._positions[(t, p)])
-            for t, p in revoked
-            if self._positions.get((t, p), -1) >= 0
+            TopicPartition(t, p, self._positions[(t, p)]) for t, p in revoked if self._positions.get((t, p), -1) >= 0
         ]
         for key in revoked:
             self._positions.pop(key, None)
@@ -338,9 +330,7 @@ class KafkaEvents:
             await self.hub.deliver(room, "message_deleted", _present(payload))
         elif event_type == ROOM_UPDATED:
             changes = {k: v for k, v in payload.items() if k != "roomId"}
-            await self.hub.deliver(
-                room, "room_update", {"roomId": room, "action": "updated", "changes": changes}
-            )
+            await self.hub.deliver(room, "room_update", {"roomId": room, "action": "updated", "changes": changes})
         elif event_type == ROOM_DELETED:
             await self.hub.delete_room(room)
         elif event_type == MEMBER_REMOVED:

@@ -200,9 +200,7 @@ class KafkaIngest:
         return remaining
 
 
-def _report(
-    loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], err: KafkaError | None, _: Message
-) -> None:
+def _report(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], err: KafkaError | None, _: Message) -> None:
     """Delivery report (poll thread): settle the sender's future on the IOLoop."""
     try:
         loop.call_soon_threadsafe(_settle, done, err)

@@ -26,7 +26,8 @@ class Member:
         return {"userId": self.user_id, "status": self.status, "since": iso(self.since)}
 
 
-# Called with (room, user) for users whose owning instance died: the hub announces them offline.
+# Called with (room, user): `on_expired` for users whose owning instance died (the hub announces
+# them offline), `on_restored` for users a store had lost and re-registered (announced online).
 ExpiredHandler = Callable[[str, str], None]
 
 
@@ -41,7 +42,7 @@ class PresenceStore(Protocol):
 
     async def members(self, room: str) -> list[Member]: ...
 
-    async def start(self, on_expired: ExpiredHandler) -> None: ...
+    async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -57,8 +58,8 @@ class MemoryPresence:
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, _Entry]] = {}
 
-    async def start(self, on_expired: ExpiredHandler) -> None:
-        return None  # one process: nothing can die without us
+    async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None:
+        return None  # one process: nothing can die without us, nothing is lost
 
     async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
         users = self._rooms.setdefault(room, {})

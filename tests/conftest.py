@@ -44,6 +44,18 @@ def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[RunningGat
 
 
 @pytest.fixture
+def private_redis() -> Iterator[Any]:
+    """A redis-server of the test's own on a free port (tests.redis_support.PrivateRedis), which the
+    test may stop and start; never the shared one."""
+    from tests.redis_support import PrivateRedis  # it imports need_service from here
+
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def gw(io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]]) -> RunningGateway:
     running: RunningGateway = io_loop.run_sync(make_gateway)
     return running

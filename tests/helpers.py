@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,9 +81,7 @@ class Client:
         conn = await websocket_connect(req, **kw)
         return cls(conn)
 
-    def send(
-        self, frame_type: str, payload: dict[str, Any] | None = None, request_id: str | None = None
-    ) -> None:
+    def send(self, frame_type: str, payload: dict[str, Any] | None = None, request_id: str | None = None) -> None:
         frame: dict[str, Any] = {"type": frame_type, "payload": payload if payload is not None else {}}
         if request_id is not None:
             frame["requestId"] = request_id
@@ -121,13 +120,9 @@ class Client:
                 try:
                     frame = await self.recv(left)
                 except TimeoutError:
-                    raise AssertionError(
-                        f"no {frame_type} frame within {timeout}s; got {skipped!r}"
-                    ) from None
+                    raise AssertionError(f"no {frame_type} frame within {timeout}s; got {skipped!r}") from None
                 if frame is None:
-                    raise AssertionError(
-                        f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}"
-                    )
+                    raise AssertionError(f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}")
                 if frame["type"] == frame_type and (match is None or match(frame)):
                     return frame
                 skipped.append(frame)
@@ -251,6 +246,19 @@ class GatewayProcess:
     proc: subprocess.Popen[str]
     port: int = 0
     lines: list[str] = field(default_factory=list)
+    listening: threading.Event = field(default_factory=threading.Event)
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log records whose `event` is `event` (non-JSON lines are skipped)."""
+        out = []
+        for line in list(self.lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == event:
+                out.append(record)
+        return out
 
     @property
     def url(self) -> str:
@@ -273,9 +281,15 @@ class GatewayProcess:
 
 
 def spawn_server(
-    *args: str, env: dict[str, str] | None = None, wait_listening: bool = True, timeout: float = 20
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_listening: bool = True,
+    timeout: float = 20,
+    collect: bool = False,
 ) -> GatewayProcess:
-    """Start server.py with `args`; returns once it logged `listening` (the port is read from it)."""
+    """Start server.py with `args`; returns once it logged `listening` (the port is read from it).
+    With wait_listening=False it returns at once: stderr is then left to the caller, unless
+    `collect` asks for it to be gathered into `lines` (and `listening`/`port` set) in the background."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "REDIS_", "KAFKA_"))}
     full_env.update({"PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
@@ -288,11 +302,9 @@ def spawn_server(
         stderr=subprocess.PIPE,
     )
     gp = GatewayProcess(proc)
-    if not wait_listening:
+    if not wait_listening and not collect:
         return gp
-    import threading
-
-    ready = threading.Event()
+    ready = gp.listening
 
     def pump() -> None:
         assert proc.stderr is not None
@@ -304,6 +316,8 @@ def spawn_server(
         ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
+    if not wait_listening:
+        return gp
     if not ready.wait(timeout) or gp.port == 0:
         gp.kill()
         raise AssertionError("server did not start: " + "".join(gp.lines[-20:]))

@@ -52,9 +52,7 @@ class Cli:
                 raise AssertionError(f"no line matching {pattern!r} on std{stream}; got {seen!r}") from None
             if not raw:
                 rest = await self.proc.stderr.read() if self.proc.stderr and stream == "out" else b""
-                raise AssertionError(
-                    f"std{stream} ended before {pattern!r}; got {seen!r}; stderr {rest.decode()!r}"
-                )
+                raise AssertionError(f"std{stream} ended before {pattern!r}; got {seen!r}; stderr {rest.decode()!r}")
             text = raw.decode().rstrip("\n")
             seen.append(text)
             if re.search(pattern, text):
@@ -74,9 +72,7 @@ class Cli:
 
 @pytest.mark.gen_test(timeout=20)
 async def test_tail_prints_one_json_line_per_message(gw):
-    tail = await Cli.start(
-        "tail", "--url", gw.url, "--token", token("tailer"), "--room", "general", "--count", "2"
-    )
+    tail = await Cli.start("tail", "--url", gw.url, "--token", token("tailer"), "--room", "general", "--count", "2")
     try:
         await tail.line(r"^tail: joined general$", stream="err")
         alice = await gw.client("alice")
@@ -95,9 +91,7 @@ async def test_tail_prints_one_json_line_per_message(gw):
 
 @pytest.mark.gen_test(timeout=20)
 async def test_chat_sends_typed_lines_and_shows_incoming(gw):
-    chat = await Cli.start(
-        "chat", "--url", gw.url, "--token", token("carol"), "--room", "general", stdin=True
-    )
+    chat = await Cli.start("chat", "--url", gw.url, "--token", token("carol"), "--room", "general", stdin=True)
     bob = await gw.client("bob")
     try:
         await chat.line(r"^\* joined #general")

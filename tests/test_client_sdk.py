@@ -93,9 +93,7 @@ async def test_events_arrive_as_typed_objects(gw):
         assert typing.status == "typing"
         assert alice.members("general")[-1] == Member("bob", "typing", typing.at)
 
-        ack = await bob.send(
-            "general", "hi alice", attachments=[{"url": "https://x.test/a.png", "type": "image"}]
-        )
+        ack = await bob.send("general", "hi alice", attachments=[{"url": "https://x.test/a.png", "type": "image"}])
         msg = await expect_event(alice, Message)
         assert (msg.id, msg.sender_id, msg.sender_type, msg.content) == (ack.id, "bob", "human", "hi alice")
         assert msg.attachments[0].url == "https://x.test/a.png" and msg.attachments[0].type == "image"

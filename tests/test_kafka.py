@@ -74,8 +74,7 @@ def create_topics(admin: AdminClient, names: list[str], partitions: int = 3) -> 
     while True:  # wait for leaders, so the first produce does not race the controller
         md = admin.list_topics(timeout=5).topics
         if all(
-            n in md and md[n].error is None and all(p.leader >= 0 for p in md[n].partitions.values())
-            for n in names
+            n in md and md[n].error is None and all(p.leader >= 0 for p in md[n].partitions.values()) for n in names
         ):
             return
         assert time.monotonic() < deadline, f"topics {names} have no leaders"
@@ -463,9 +462,7 @@ async def test_member_removed_leaves_room_but_keeps_socket(brokers, topics, gate
 
     put(producer, topics.rooms, room, event("room.member_removed", {"roomId": room, "userId": "alice"}))
     for client in (alice1, alice2):
-        removed = await client.expect(
-            "room_update", timeout=10, match=lambda f: f["payload"]["action"] == "removed"
-        )
+        removed = await client.expect("room_update", timeout=10, match=lambda f: f["payload"]["action"] == "removed")
         assert removed["payload"] == {"roomId": room, "action": "removed"}
     await bob.expect_nothing("room_update", within=0.3)
     await dave.expect_nothing("room_update", within=0.3)
@@ -499,9 +496,7 @@ async def test_room_deleted_removes_all_members(brokers, topics, gateways, produ
 
     put(producer, topics.rooms, room, event("room.deleted", {"roomId": room}))
     for client in (alice, bob):
-        frame = await client.expect(
-            "room_update", timeout=10, match=lambda f: f["payload"]["action"] == "deleted"
-        )
+        frame = await client.expect("room_update", timeout=10, match=lambda f: f["payload"]["action"] == "deleted")
         assert frame["payload"] == {"roomId": room, "action": "deleted"}
     await wait_for(lambda: room not in gw1.gateway.hub.rooms and room not in gw2.gateway.hub.rooms)
     alice.send("message", {"roomId": room, "content": "anyone?"})
@@ -586,9 +581,7 @@ async def test_stop_flushes_with_a_bound_and_reports_undelivered(gateways, caplo
     started = time.monotonic()
     await gw.gateway.stop()
     assert time.monotonic() - started < 0.5 + 1.5, "flush not bounded by KAFKA_FLUSH_TIMEOUT"
-    reports = [
-        r for r in caplog.records if r.getMessage() == "kafka producer stopped with undelivered records"
-    ]
+    reports = [r for r in caplog.records if r.getMessage() == "kafka producer stopped with undelivered records"]
     assert len(reports) == 1 and reports[0].__dict__["undelivered"] == 1
     # The sender is not left hanging: the dropped record fails its ingest.
     await alice.expect_error("ingest_failed", timeout=2)
@@ -653,9 +646,7 @@ async def test_broker_down_at_start_then_back(private_broker, gateways):
     await in_thread(private_broker.stop)
     settings = kafka_settings(private_broker.address, kafka_message_timeout=2.0)
     gw = await gateways.start(**settings)  # starts although Kafka is down
-    await wait_for(
-        async_eq(lambda: broker_state(gw), (503, "down")), 10, interval=0.1, what="503 with producer down"
-    )
+    await wait_for(async_eq(lambda: broker_state(gw), (503, "down")), 10, interval=0.1, what="503 with producer down")
     room = new_room()
     alice = await connect(gw, "alice", room)
     bob = await connect(gw, "bob", room)

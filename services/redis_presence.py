@@ -1,0 +1,379 @@
+"""RedisPresence: room membership and statuses shared by every instance through Redis.
+
+Keys (P = REDIS_PREFIX, default `rt:`):
+  P presence:{room}             hash  user -> "status\\x1fsince"     what presence_state lists
+  P presence:{room}:n           hash  user -> live connections        a user leaves when it hits 0
+  P presence:instance:{id}      set   "room\\x1fconn\\x1fuser"         connections owned by an instance
+  P presence:alive:{id}         string, PX = PRESENCE_TTL             the owner's heartbeat
+  P presence:instances          set   instance ids with registrations
+  P presence:sweep              string, short PX                      the sweeper's lock
+
+Why: the owner refreshes one heartbeat key per PRESENCE_TTL/3 instead of one entry per connection,
+so keep-alive costs O(1) per instance. When an instance dies its heartbeat lapses; a sweep (every
+few seconds, done by whichever instance takes the lock) pops the dead instance's connections,
+decrements the per-user counts and reports the users that reached zero through `on_expired`, which
+the hub announces offline on the room channel. Bound: PRESENCE_TTL + one sweep interval (plus one
+more in the worst case of lock timing), 40 s with the defaults.
+
+Every change is one Lua script, so a count never drifts: join tells whether the user is new,
+leave whether the user has gone. Each instance also keeps its own connections locally; whenever
+Redis may have diverged from that (a failed write, a lapsed heartbeat, a Redis restart that lost
+the data) the next refresh reconciles: missing connections are re-added (`on_restored` announces
+them online) and stale ones removed (`on_expired` announces them offline).
+
+Lua scripts build room keys from the prefix, so this needs a single Redis (or Sentinel), not Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from services.errors import StoreError
+from services.presence import ONLINE, ExpiredHandler, Member
+from services.redis_common import REDIS_ERRORS, StateLog, describe
+
+log = logging.getLogger("gateway.presence")
+
+SEP = "\x1f"
+PURGE_CHUNK = 500  # connections of a dead instance removed per script call (keeps Redis responsive)
+
+_JOIN = """
+redis.call('SADD', KEYS[4], ARGV[4])
+if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+if n == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+if n == 1 then return 1 end
+return 0
+"""
+
+_LEAVE = """
+if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_STATUS = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+if string.sub(cur, 1, #ARGV[2] + 1) == ARGV[2] .. '\\31' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+_REFRESH = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return existed
+"""
+
+# Returns {connections left, room1, user1, room2, user2, ...} for users who have gone; {-1} when
+# the instance turned out to be alive.
+_PURGE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
+local out = {0}
+for _, m in ipairs(members) do
+  local a = string.find(m, '\\31', 1, true)
+  local b = a and string.find(m, '\\31', a + 1, true)
+  if b then
+    local room = string.sub(m, 1, a - 1)
+    local user = string.sub(m, b + 1)
+    local base = ARGV[1] .. 'presence:' .. room
+    local n = redis.call('HINCRBY', base .. ':n', user, -1)
+    if n <= 0 then
+      redis.call('HDEL', base .. ':n', user)
+      redis.call('HDEL', base, user)
+      table.insert(out, room)
+      table.insert(out, user)
+    end
+  end
+end
+local left = redis.call('SCARD', KEYS[2])
+if left == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+out[1] = left
+return out
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class RedisPresence:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        instance_id: str,
+        ttl: float,
+        can_announce: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`can_announce` tells whether announcements would reach the other instances now (the bus is
+        up); expiry and reconcile wait for it, so what they find is not announced into the void."""
+        self._client = client
+        self._can_announce = can_announce
+        self._prefix = prefix
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.refresh_interval = ttl / 3
+        self.sweep_interval = max(0.5, min(5.0, ttl / 6))
+        self._alive_key = f"{prefix}presence:alive:{instance_id}"
+        self._mine_key = f"{prefix}presence:instance:{instance_id}"
+        self._instances_key = f"{prefix}presence:instances"
+        self._lock_key = f"{prefix}presence:sweep"
+        self._join = client.register_script(_JOIN)
+        self._leave = client.register_script(_LEAVE)
+        self._status = client.register_script(_STATUS)
+        self._refresh = client.register_script(_REFRESH)
+        self._purge = client.register_script(_PURGE)
+        self._local: dict[str, tuple[str, str]] = {}  # member -> (room, user): what we own
+        # Redis may disagree with _local: reconcile on the next refresh. True at start: a restart
+        # under a fixed INSTANCE_ID finds its previous life's connections still registered.
+        self._dirty = True
+        self._lost_leaves: set[tuple[str, str]] = set()  # (room, user) whose leave failed
+        self._on_expired: ExpiredHandler | None = None
+        self._on_restored: ExpiredHandler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state = StateLog(log, "redis presence")
+
+    def _room_keys(self, room: str) -> tuple[str, str]:
+        base = f"{self._prefix}presence:{room}"
+        return base, base + ":n"
+
+    @staticmethod
+    def _member(room: str, user: str, conn_id: str) -> str:
+        return f"{room}{SEP}{conn_id}{SEP}{user}"
+
+    # -- the PresenceStore interface ---------------------------------------------------------
+
+    async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None:
+        """Register this instance's heartbeat (StoreError if Redis is unreachable), then keep it
+        alive and sweep dead instances in the background."""
+        self._on_expired = on_expired
+        self._on_restored = on_restored
+        if self._tasks:
+            return
+        await self._keepalive()
+        self._tasks = [
+            asyncio.create_task(self._refresh_loop()),
+            asyncio.create_task(self._sweep_loop()),
+        ]
+
+    async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
+        member = self._member(room, user, conn_id)
+        users, counts = self._room_keys(room)
+        self._local[member] = (room, user)
+        try:
+            new = await self._join(
+                keys=[users, counts, self._mine_key, self._instances_key],
+                args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
+            )
+        except REDIS_ERRORS as exc:
+            self._local.pop(member, None)
+            self._dirty = True  # the script may have run before the failure
+            raise self._failed(exc) from None
+        self._state.ok()
+        return bool(new)
+
+    async def leave(self, room: str, user: str, conn_id: str) -> bool:
+        """Never raises: if Redis cannot be told now, the next reconcile removes the connection and
+        announces the user offline then."""
+        member = self._member(room, user, conn_id)
+        users, counts = self._room_keys(room)
+        self._local.pop(member, None)
+        try:
+            gone = await self._leave(keys=[users, counts, self._mine_key], args=[user, member])
+        except REDIS_ERRORS as exc:
+            self._dirty = True
+            self._lost_leaves.add((room, user))
+            self._failed(exc)
+            return False
+        self._state.ok()
+        return bool(gone)
+
+    async def set_status(self, room: str, user: str, status: str, now: float) -> None:
+        users, _ = self._room_keys(room)
+        try:
+            await self._status(keys=[users], args=[user, status, f"{status}{SEP}{now!r}"])
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        self._state.ok()
+
+    async def members(self, room: str) -> list[Member]:
+        users, _ = self._room_keys(room)
+        try:
+            raw = await cast("Awaitable[dict[bytes, bytes]]", self._client.hgetall(users))
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        self._state.ok()
+        out: list[Member] = []
+        for key, value in raw.items():
+            status, _, since = _text(value).partition(SEP)
+            try:
+                when = float(since)
+            except ValueError:
+                when = 0.0
+            out.append(Member(_text(key), status or ONLINE, when))
+        out.sort(key=lambda m: m.user_id)
+        return out
+
+    async def close(self) -> None:
+        """Stop refreshing and drop the heartbeat. Connections still registered (none after a drain)
+        are then removed by another instance's sweep, which announces them offline."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        try:
+            await self._client.delete(self._alive_key)
+            if not self._local:
+                await cast("Awaitable[int]", self._client.srem(self._instances_key, self.instance_id))
+        except REDIS_ERRORS:
+            pass  # the heartbeat lapses by itself
+        self._local.clear()
+
+    # -- keep-alive and reconciliation -------------------------------------------------------
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        self._state.failed(exc)
+        return StoreError(f"presence store unavailable: {describe(exc)}")
+
+    async def _keepalive(self) -> None:
+        """Refresh the heartbeat; reconcile when Redis may have lost or kept what it should not."""
+        try:
+            existed = await self._refresh(
+                keys=[self._alive_key, self._instances_key],
+                args=[self.instance_id, int(self.ttl * 1000)],
+            )
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        self._state.ok()
+        if not existed and self._local:  # lapsed: a sweeper may have purged us
+            self._dirty = True
+        if self._dirty and self._can_announce():
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Make Redis hold exactly our local connections, announcing whoever that changes."""
+        self._dirty = False
+        lost, self._lost_leaves = self._lost_leaves, set()
+        announced: set[tuple[str, str]] = set()  # announced offline
+        restored = 0
+        try:
+            remote = {_text(m) for m in await cast("Awaitable[set[bytes]]", self._client.smembers(self._mine_key))}
+            for member in remote - self._local.keys():
+                room, _, rest = member.partition(SEP)
+                _, _, user = rest.partition(SEP)
+                users, counts = self._room_keys(room)
+                if await self._leave(keys=[users, counts, self._mine_key], args=[user, member]):
+                    announced.add((room, user))
+                    self._announce(self._on_expired, room, user)
+            now = time.time()
+            for member, (room, user) in list(self._local.items()):
+                if member in remote or member not in self._local:
+                    continue
+                users, counts = self._room_keys(room)
+                new = await self._join(
+                    keys=[users, counts, self._mine_key, self._instances_key],
+                    args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
+                )
+                restored += 1
+                if new:
+                    self._announce(self._on_restored, room, user)
+            # Leaves Redis never heard of, because it lost its data meanwhile: nobody has said
+            # offline yet, so say it now unless the user is in the room through
+            # another connection (here, re-added just above, or elsewhere).
+            for room, user in lost - announced:
+                users, _ = self._room_keys(room)
+                if not await cast("Awaitable[bool]", self._client.hexists(users, user)):
+                    announced.add((room, user))
+                    self._announce(self._on_expired, room, user)
+        except REDIS_ERRORS as exc:
+            self._dirty = True
+            self._lost_leaves |= lost
+            raise self._failed(exc) from None
+        if announced or restored:
+            log.info("presence reconciled", extra={"offline": len(announced), "restored": restored})
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            soon = self._state.failing or self._dirty  # retry (or finish a reconcile) every second
+            await asyncio.sleep(min(1.0, self.refresh_interval) if soon else self.refresh_interval)
+            try:
+                await self._keepalive()
+            except StoreError:
+                pass  # logged once by the state log; retried every second
+
+    # -- sweeping dead instances -------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+
+    async def sweep(self) -> int:
+        """Take the sweep lock (one sweeper per interval fleet-wide) and purge instances whose
+        heartbeat lapsed. Returns how many users were announced offline."""
+        if not self._can_announce():
+            return 0  # another instance, or we once our bus is back
+        lock_ms = max(100, int(self.sweep_interval * 900))
+        if not await self._client.set(self._lock_key, self.instance_id, nx=True, px=lock_ms):
+            return 0
+        ids = [_text(i) for i in await cast("Awaitable[set[bytes]]", self._client.smembers(self._instances_key))]
+        others = [i for i in ids if i != self.instance_id]
+        if not others:
+            return 0
+        async with self._client.pipeline(transaction=False) as pipe:
+            for other in others:
+                pipe.exists(f"{self._prefix}presence:alive:{other}")
+            alive = await pipe.execute()
+        announced = 0
+        for other, is_alive in zip(others, alive, strict=True):
+            if not is_alive:
+                announced += await self._purge_instance(other)
+        return announced
+
+    async def _purge_instance(self, other: str) -> int:
+        keys = [
+            f"{self._prefix}presence:alive:{other}",
+            f"{self._prefix}presence:instance:{other}",
+            self._instances_key,
+        ]
+        announced = 0
+        while True:
+            out = await self._purge(keys=keys, args=[self._prefix, other, PURGE_CHUNK])
+            left = int(out[0])
+            pairs = [_text(x) for x in out[1:]]
+            for i in range(0, len(pairs) - 1, 2):
+                self._announce(self._on_expired, pairs[i], pairs[i + 1])
+                announced += 1
+            if left <= 0:
+                break
+        if announced:
+            log.info("presence of a dead instance expired", extra={"dead": other, "users": announced})
+        return announced
+
+    def _announce(self, handler: ExpiredHandler | None, room: str, user: str) -> None:
+        if handler is None:
+            return
+        try:
+            handler(room, user)
+        except Exception:
+            log.exception("presence handler failed", extra={"room": room})

@@ -1,0 +1,171 @@
+"""Redis goes away for ~5 s under two running instances (a private redis-server, never the shared
+one): local delivery goes on, Redis-backed requests fail with error frames, readiness is 503, and
+within 20 s of Redis coming back both instances deliver across again with presence rebuilt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from tornado.httpclient import AsyncHTTPClient
+from tornado.ioloop import IOLoop
+
+from tests.helpers import Client, RunningGateway, wait_for
+from tests.redis_support import PrivateRedis, hkeys, pause_all, redis_overrides
+
+OUTAGE_SECONDS = 5.0
+RECOVERY_BOUND = 20.0
+
+
+@pytest.fixture
+def pair(
+    io_loop: IOLoop, private_redis: PrivateRedis, make_gateway: Callable[..., Awaitable[RunningGateway]]
+) -> list[RunningGateway]:
+    common = redis_overrides(private_redis.port, presence_ttl=3.0)
+    return [io_loop.run_sync(lambda n=name: make_gateway(**common, instance_id=n)) for name in ("out-a", "out-b")]
+
+
+async def readyz(gw: RunningGateway) -> tuple[int, dict[str, Any]]:
+    response = await AsyncHTTPClient().fetch(gw.http + "/readyz", raise_error=False, request_timeout=5)
+    return response.code, json.loads(response.body)
+
+
+def presence_of(user: str, status: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda f: f["payload"]["userId"] == user and f["payload"]["status"] == status
+
+
+async def sees_gone(c: Client, room: str, user: str, timeout: float = 5.0) -> None:
+    """`user` left `room` in `c`'s view: a presence offline, or a snapshot without them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await c.recv(max(0.01, deadline - time.monotonic()))
+        assert frame is not None, "socket closed"
+        payload = frame["payload"]
+        if frame["type"] == "presence" and presence_of(user, "offline")(frame):
+            return
+        snapshot = frame["type"] == "presence_state" and payload["roomId"] == room
+        if snapshot and user not in {m["userId"] for m in payload["members"]}:
+            return
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_redis_outage_and_recovery(
+    pair: list[RunningGateway], private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = pair
+    alice, carol, dave = await a.client("alice"), await a.client("carol"), await a.client("dave")
+    bob = await b.client("bob")
+    for c in (alice, carol, bob):
+        await c.join("o")
+    alice.send("message", {"roomId": "o", "content": "before"})
+    assert (await bob.expect("message"))["payload"]["content"] == "before"
+    reconnects = metric("gateway_bus_reconnects_total")
+    publish_failures = metric("gateway_bus_publish_failures_total")
+    caplog.clear()
+
+    private_redis.stop()
+    stopped = time.monotonic()
+
+    async def both(code: int) -> bool:
+        return [(await readyz(g))[0] for g in (a, b)] == [code, code]
+
+    await wait_for(lambda: both(503), what="readiness 503 on both instances")
+    _, body = await readyz(a)
+    assert body["instance"] == "out-a" and body["checks"]["bus"] is False
+
+    # Local delivery goes on: carol is on A with alice.
+    alice.send("message", {"roomId": "o", "content": "during"}, request_id="d1")
+    await carol.expect("message", match=lambda f: f["payload"]["content"] == "during")
+    await alice.expect("ack", match=lambda f: f.get("requestId") == "d1")
+    # What needs Redis is refused with an error frame, quickly, never a hang or a close.
+    began = time.monotonic()
+    alice.send("message", {"roomId": "o", "content": "x", "dedupeKey": "dk"}, request_id="d2")
+    err = await alice.expect_error("internal")
+    assert err["requestId"] == "d2" and err["payload"]["dedupeKey"] == "dk"
+    dave.send("join", {"roomId": "elsewhere"}, request_id="j1")
+    assert (await dave.expect_error("internal"))["payload"]["roomId"] == "elsewhere"
+    dave.send("join", {"roomId": "o"}, request_id="j2")  # subscribed here already; presence is not
+    assert (await dave.expect_error("internal"))["payload"]["roomId"] == "o"
+    assert time.monotonic() - began < 3.0
+    assert dave.close_code is None and not dave.closed
+    carol.close()  # a leave Redis cannot hear about now
+
+    await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))  # the outage itself
+    assert await both(503)
+    private_redis.start()
+    restarted = time.monotonic()
+
+    await wait_for(lambda: both(200), timeout=RECOVERY_BOUND, what="both instances ready again")
+    bob.send("message", {"roomId": "o", "content": "after"})
+    assert await alice.expect("message", match=lambda f: f["payload"]["content"] == "after")
+    alice.send("message", {"roomId": "o", "content": "after too"})
+    assert await bob.expect("message", match=lambda f: f["payload"]["content"] == "after too")
+    assert time.monotonic() - restarted < RECOVERY_BOUND
+
+    # Redis came back empty (no persistence): each instance re-registers its members, and the
+    # leave it could not store is announced now. An instance still reconnecting when that was
+    # published hears of it through the presence_state snapshot every room gets after a resync.
+    users_key = a.settings.redis_prefix + "presence:o"
+    await wait_for(lambda: hkeys(private_redis.port, users_key) == {"alice", "bob"}, what="presence rebuilt")
+    await alice.expect("presence", match=presence_of("carol", "offline"))  # same instance: always
+    await sees_gone(bob, "o", "carol")
+    erin = await b.client("erin")
+    state = await erin.join("o")
+    assert {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob", "erin"}
+
+    assert metric("gateway_bus_reconnects_total") >= reconnects + 2
+    assert metric("gateway_bus_publish_failures_total") >= publish_failures + 1
+    # Expected failures are logged once per change of state, without tracebacks.
+    assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+    down = [r for r in caplog.records if r.getMessage() == "bus down, reconnecting"]
+    assert len(down) == 2, [r.getMessage() for r in caplog.records]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 10, [r.getMessage() for r in warnings]
+
+
+@pytest.fixture
+def lone(
+    io_loop: IOLoop, private_redis: PrivateRedis, make_gateway: Callable[..., Awaitable[RunningGateway]]
+) -> RunningGateway:
+    running: RunningGateway = io_loop.run_sync(
+        lambda: make_gateway(**redis_overrides(private_redis.port), instance_id="lone")
+    )
+    return running
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unresponsive_redis_gives_error_frames_not_a_hang(
+    lone: RunningGateway, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis accepts connections but answers nothing (CLIENT PAUSE): socket timeouts turn every
+    request that needs it into an error frame within seconds."""
+    alice, bob = await lone.client("alice"), await lone.client("bob")
+    await alice.join("here")
+    await bob.join("here")
+    pause = 6.0
+    assert pause_all(private_redis.port, pause)
+    paused = time.monotonic()
+
+    alice.send("join", {"roomId": "new-room"}, request_id="j")
+    bob.send("message", {"roomId": "here", "content": "k", "dedupeKey": "k"}, request_id="m")
+    await alice.expect_error("internal", timeout=pause)
+    await bob.expect_error("internal", timeout=pause)
+    assert time.monotonic() - paused < pause - 1.0  # a timeout answered, not the pause ending
+    bob.send("message", {"roomId": "here", "content": "local"})  # needs no Redis to reach alice
+    await alice.expect("message", match=lambda f: f["payload"]["content"] == "local")
+
+    await wait_for(lone.gateway.bus.ready, timeout=15, what="the bus back after the pause")
+    alice.send("join", {"roomId": "new-room"}, request_id="j2")
+    await alice.expect("room_update", match=lambda f: f.get("requestId") == "j2")
+    assert not [r for r in caplog.records if r.exc_info], "no tracebacks"

@@ -1,0 +1,151 @@
+"""One contract for the presence and dedupe stores, run against the memory ones and the Redis
+ones (real redis-server), plus what only the Redis presence store has to do: clean up after a
+previous life of the same instance id."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from tornado.ioloop import IOLoop
+
+from services.dedupe import DedupeStore, MemoryDedupe
+from services.presence import MemoryPresence, PresenceStore
+from services.redis_common import make_client
+from services.redis_dedupe import RedisDedupe
+from services.redis_presence import RedisPresence
+from tests.helpers import test_settings as settings_for
+from tests.helpers import wait_for
+from tests.redis_support import redis_overrides, shared_redis_port, unique_prefix
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def redis_client(kind: str, io_loop: IOLoop) -> Iterator[Any]:
+    if kind == "memory":
+        yield None
+        return
+    settings = settings_for(**redis_overrides(shared_redis_port()))
+    client = make_client(settings, "store-test")
+    yield client
+    io_loop.run_sync(client.aclose)
+
+
+Expired = list[tuple[str, str]]
+PresenceFactory = Callable[[str], Awaitable[tuple[PresenceStore, Expired]]]
+
+
+@pytest.fixture
+def make_presence(kind: str, redis_client: Any, io_loop: IOLoop) -> Iterator[PresenceFactory]:
+    prefix = unique_prefix()
+    started: list[PresenceStore] = []
+
+    async def factory(instance_id: str) -> tuple[PresenceStore, Expired]:
+        expired: Expired = []
+        store: PresenceStore
+        if kind == "memory":
+            store = MemoryPresence()
+        else:
+            store = RedisPresence(redis_client, prefix, instance_id, ttl=30.0)
+        await store.start(lambda room, user: expired.append((room, user)))
+        started.append(store)
+        return store, expired
+
+    yield factory
+    for store in started:
+        io_loop.run_sync(store.close)
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_presence_counts_connections_per_user(make_presence: PresenceFactory) -> None:
+    p, _ = await make_presence("i1")
+    assert await p.join("r", "ann", "c1", 100.0) is True
+    assert await p.join("r", "ann", "c2", 101.0) is False  # another connection: not new
+    assert await p.join("r", "ann", "c2", 102.0) is False  # the same again: idempotent
+    assert await p.join("r", "ben", "c3", 103.0) is True
+    assert await p.join("other", "ann", "c1", 104.0) is True  # rooms are separate
+    assert [(m.user_id, m.status, m.since) for m in await p.members("r")] == [
+        ("ann", "online", 100.0),
+        ("ben", "online", 103.0),
+    ]
+    assert await p.leave("r", "ann", "c1") is False  # c2 still in
+    assert await p.leave("r", "ann", "c1") is False  # unknown connection: nothing happens
+    assert await p.leave("r", "ann", "c2") is True
+    assert [m.user_id for m in await p.members("r")] == ["ben"]
+    assert [m.user_id for m in await p.members("other")] == ["ann"]
+    assert await p.members("nobody-here") == []
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_presence_status_is_kept_per_user(make_presence: PresenceFactory) -> None:
+    p, _ = await make_presence("i1")
+    await p.join("r", "ann", "c1", 100.0)
+    await p.set_status("r", "ann", "typing", 105.0)
+    await p.set_status("r", "ann", "typing", 106.0)  # unchanged status keeps its `since`
+    await p.set_status("r", "ghost", "idle", 107.0)  # not a member: not created
+    assert [(m.user_id, m.status, m.since) for m in await p.members("r")] == [("ann", "typing", 105.0)]
+
+
+@pytest.mark.gen_test(timeout=15)
+@pytest.mark.parametrize("kind", ["redis"])  # the memory store is one process's own
+async def test_presence_is_shared_between_instances(kind: str, make_presence: PresenceFactory) -> None:
+    a, _ = await make_presence("ia")
+    b, _ = await make_presence("ib")
+    assert await a.join("r", "ann", "ca", 100.0) is True
+    assert await b.join("r", "ann", "cb", 101.0) is False  # ann is in through instance a
+    await b.set_status("r", "ann", "idle", 102.0)
+    assert [(m.user_id, m.status) for m in await a.members("r")] == [("ann", "idle")]
+    assert await a.leave("r", "ann", "ca") is False
+    assert await b.leave("r", "ann", "cb") is True
+
+
+@pytest.mark.gen_test(timeout=15)
+@pytest.mark.parametrize("kind", ["redis"])  # nothing outlives a memory store
+async def test_restart_under_the_same_instance_id_expires_its_old_connections(
+    kind: str, make_presence: PresenceFactory
+) -> None:
+    old, _ = await make_presence("pod-1")
+    await old.join("r", "ghost", "c-old", 100.0)
+    assert isinstance(old, RedisPresence)
+    for task in old._tasks:  # it crashes: no leave, no close
+        task.cancel()
+    new, expired = await make_presence("pod-1")  # back within PRESENCE_TTL, heartbeat still there
+    await wait_for(lambda: expired == [("r", "ghost")], what="the old connection announced offline")
+    assert await new.members("r") == []
+
+
+@pytest.fixture
+def dedupe(kind: str, redis_client: Any) -> DedupeStore:
+    return MemoryDedupe() if kind == "memory" else RedisDedupe(redis_client, unique_prefix())
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_dedupe_reserve_is_first_wins(dedupe: DedupeStore) -> None:
+    assert await dedupe.reserve("dk:sam:k", "pending", 30) is None
+    assert await dedupe.reserve("dk:sam:k", "pending", 30) == "pending"
+    await dedupe.put("dk:sam:k", "id-1 2026-01-01T00:00:00.000Z", 30)
+    assert await dedupe.reserve("dk:sam:k", "pending", 30) == "id-1 2026-01-01T00:00:00.000Z"
+    assert await dedupe.get("dk:sam:k") == "id-1 2026-01-01T00:00:00.000Z"
+    await dedupe.release("dk:sam:k")
+    assert await dedupe.get("dk:sam:k") is None
+    assert await dedupe.reserve("dk:sam:k", "pending", 30) is None  # free again after release
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_dedupe_entries_expire(dedupe: DedupeStore) -> None:
+    await dedupe.put("id:m1", "1", 0.2)
+    assert await dedupe.get("id:m1") == "1"
+    await wait_for(_gone(dedupe, "id:m1"), timeout=3, what="the entry to expire")
+    assert await dedupe.reserve("id:m1", "2", 30) is None
+
+
+def _gone(store: DedupeStore, key: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await store.get(key) is None
+
+    return check
