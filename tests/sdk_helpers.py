@@ -4,24 +4,11 @@ coroutine, and waiting for typed SDK events with a deadline."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from client import Event, GatewayClient
-from tests.helpers import RunningGateway, start_gateway
-from tests.helpers import test_settings as settings_for_test
-
-
-@contextlib.asynccontextmanager
-async def gateway(**overrides: Any) -> AsyncIterator[RunningGateway]:
-    """An in-process gateway with Settings overrides (the make_gateway fixture needs an idle loop)."""
-    running = await start_gateway(settings_for_test(**overrides))
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 async def expect_event(

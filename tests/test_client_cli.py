@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from tests.helpers import ROOT, token
-from tests.sdk_helpers import gateway
 
 
 class Cli:
@@ -127,19 +126,19 @@ async def test_chat_sends_typed_lines_and_shows_incoming(gw):
 
 
 @pytest.mark.gen_test(timeout=20)
-async def test_name_fetches_a_dev_token():
-    async with gateway(dev=True) as gw:
-        tail = await Cli.start("tail", "--url", gw.url, "--name", "dana", "--room", "general", "--count", "1")
-        try:
-            await tail.line(r"^tail: joined general$", stream="err")
-            dana = await gw.client("erin")
-            await dana.join("general")
-            dana.send("message", {"roomId": "general", "content": "for dana"})
-            assert json.loads(await tail.line(r"^\{"))["content"] == "for dana"
-            assert await tail.exit_code() == 0
-            dana.close()
-        finally:
-            tail.kill()
+async def test_name_fetches_a_dev_token(make_gateway):
+    gw = await make_gateway(dev=True)
+    tail = await Cli.start("tail", "--url", gw.url, "--name", "dana", "--room", "general", "--count", "1")
+    try:
+        await tail.line(r"^tail: joined general$", stream="err")
+        dana = await gw.client("erin")
+        await dana.join("general")
+        dana.send("message", {"roomId": "general", "content": "for dana"})
+        assert json.loads(await tail.line(r"^\{"))["content"] == "for dana"
+        assert await tail.exit_code() == 0
+        dana.close()
+    finally:
+        tail.kill()
 
 
 @pytest.mark.gen_test(timeout=20)

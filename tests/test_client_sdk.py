@@ -31,12 +31,11 @@ from client import (
 from tests.helpers import (
     SECRET,
     Client,
-    RunningGateway,
     free_port,
     spawn_server,
     token,
 )
-from tests.sdk_helpers import expect_event, gateway
+from tests.sdk_helpers import expect_event
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 
@@ -144,12 +143,8 @@ async def test_bad_token_fails_at_connect(gw):
 
 
 @pytest.mark.gen_test(timeout=10)
-async def test_too_many_connections_is_not_retried():
-    async with gateway(max_user_connections=1) as gw:
-        await _too_many(gw)
-
-
-async def _too_many(gw: RunningGateway) -> None:
+async def test_too_many_connections_is_not_retried(make_gateway):
+    gw = await make_gateway(max_user_connections=1)
     first = await gw.client("alice")
     client = await sdk(gw.url, "alice")
     try:
@@ -164,12 +159,8 @@ async def _too_many(gw: RunningGateway) -> None:
 
 
 @pytest.mark.gen_test(timeout=15)
-async def test_expired_token_is_replaced_by_the_token_source():
-    async with gateway(jwt_leeway=0) as gw:
-        await _replaced(gw)
-
-
-async def _replaced(gw: RunningGateway) -> None:
+async def test_expired_token_is_replaced_by_the_token_source(make_gateway):
+    gw = await make_gateway(jwt_leeway=0)
     issued: list[int] = []
 
     async def fresh_token() -> str:
@@ -195,14 +186,14 @@ async def _replaced(gw: RunningGateway) -> None:
 
 
 @pytest.mark.gen_test(timeout=10)
-async def test_expired_fixed_token_stops_the_client():
-    async with gateway(jwt_leeway=0) as gw:
-        client = GatewayClient(gw.url, token("alice", ttl=1), backoff=FAST)
-        await client.connect()
-        gone = await expect_event(client, Disconnected)
-        assert gone.code == 4001 and not gone.will_reconnect and "new token" in gone.reason
-        assert [e async for e in client] == [], "the event stream ends"
-        await client.close()
+async def test_expired_fixed_token_stops_the_client(make_gateway):
+    gw = await make_gateway(jwt_leeway=0)
+    client = GatewayClient(gw.url, token("alice", ttl=1), backoff=FAST)
+    await client.connect()
+    gone = await expect_event(client, Disconnected)
+    assert gone.code == 4001 and not gone.will_reconnect and "new token" in gone.reason
+    assert [e async for e in client] == [], "the event stream ends"
+    await client.close()
 
 
 class CuttableProxy:
