@@ -1,5 +1,4 @@
-"""Helpers for tests of the client SDK and CLI: gateways started from inside a running test
-coroutine, and waiting for typed SDK events with a deadline."""
+"""Helpers for tests of the client SDK and CLI: waiting for typed SDK events with a deadline."""
 
 from __future__ import annotations
 
