@@ -157,9 +157,10 @@ class Conn(WSListener):  # type: ignore[misc]
 class Proto:
     name = ""
 
-    def __init__(self, base_url: str, secret: str) -> None:
+    def __init__(self, base_url: str, secret: str, join: bool = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.secret = secret
+        self.join = join  # False: a connection is ready once authenticated (capacity runs)
 
     def url(self, user: str) -> str:
         raise NotImplementedError
@@ -186,6 +187,9 @@ class GatewayProto(Proto):
         return f"{self.base_url}/?token={self.token(user)}"
 
     def on_open(self, conn: Conn) -> None:
+        if not self.join:  # the token was checked before the upgrade
+            conn.joined()
+            return
         conn.send(orjson.dumps({"type": "join", "payload": {"roomId": conn.room}, "requestId": "j"}))
 
     def on_data(self, conn: Conn, data: bytes) -> None:
@@ -231,7 +235,10 @@ class SocketIOProto(Proto):
         elif head == b"0{":
             conn.send(b"40" + orjson.dumps({"token": self.token(conn.user)}))
         elif head == b"40":
-            conn.send(b"421" + orjson.dumps(["join", {"roomId": conn.room}]))
+            if self.join:
+                conn.send(b"421" + orjson.dumps(["join", {"roomId": conn.room}]))
+            else:
+                conn.joined()
         elif head == b"44":
             conn.error(data)
             conn.fail(data.decode(errors="replace"))
@@ -270,7 +277,10 @@ class CentrifugoProto(Proto):
                 conn.error(line)
                 conn.fail(line.decode(errors="replace"))
             elif line.startswith(b'{"id":1,'):
-                conn.send(orjson.dumps({"id": 2, "subscribe": {"channel": self.channel(conn)}}))
+                if self.join:
+                    conn.send(orjson.dumps({"id": 2, "subscribe": {"channel": self.channel(conn)}}))
+                else:
+                    conn.joined()
             elif line.startswith(b'{"id":2,'):
                 conn.joined()
 
@@ -449,10 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-timeout", type=float, default=5.0)
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--lat-file", default="")
+    p.add_argument("--join", action=argparse.BooleanOptionalAction, default=True, help="join a room after auth")
     args = p.parse_args(argv)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    proto = PROTOS[args.target](args.url, args.secret)
+    proto = PROTOS[args.target](args.url, args.secret, args.join)
     runner = run_sub if args.role == ROLE_SUB else run_pub
     try:
         asyncio.run(runner(args, proto))

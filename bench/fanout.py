@@ -134,6 +134,7 @@ def client_args(server: Server, opts: argparse.Namespace) -> list[str]:
         str(opts.max_seconds),
         "--concurrency",
         str(opts.concurrency),
+        "--join" if opts.join else "--no-join",
     ]
 
 
@@ -185,6 +186,7 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         res["setup_cpu_s"] = loaded.cpu - idle.cpu
         if pub is None:
             return res
+        spy = start_profiler(server, opts)
         cpu0, helper0, busy0 = loaded.cpu, server.helper_cpu(), system_busy()
         res["loadavg_before"] = loadavg()
         for c in children:
@@ -195,6 +197,8 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         sdone = [c.wait_event("done", wait) for c in children]
         after = proc_sample(server.pid)
         busy = system_busy() - busy0
+        if spy is not None:
+            res["profile"] = stop_profiler(spy)
         res["server_cpu_s"] = after.cpu - cpu0
         res["helper_cpu_s"] = server.helper_cpu() - helper0
         res["rss_after"] = after.rss
@@ -252,6 +256,67 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
             _rmtree(server.workdir)
 
 
+def start_profiler(server: Server, opts: argparse.Namespace) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """py-spy (bench venv) samples a Python server while it publishes; --profile DIR keeps the stacks."""
+    if not opts.profile or server.name == "centrifugo":
+        return None
+    out = Path(opts.profile) / f"{server.name}-{int(time.time())}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = BENCH_PY.parent / "py-spy"
+    cmd = [str(spy), "record", "--pid", str(server.pid), "--rate", "250", "--format", "raw", "--nonblocking"]
+    proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc, out
+
+
+def stop_profiler(spy: tuple[subprocess.Popen[bytes], Path]) -> dict[str, Any]:
+    """Stop py-spy; summarise self time per function and time under a few functions of interest."""
+    proc, out = spy
+    proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    leaf: dict[str, int] = {}
+    under: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in out.read_text().splitlines():
+            stack, _, count_s = line.rpartition(" ")
+            if not stack or not count_s.isdigit():
+                continue
+            count = int(count_s)
+            frames = stack.split(";")
+            total += count
+            top = frames[-1].split(" (")[0]
+            leaf[top] = leaf.get(top, 0) + count
+            for name in {f.split(" (")[0] for f in frames}:
+                under[name] = under.get(name, 0) + count
+    top_self = sorted(leaf.items(), key=lambda kv: -kv[1])[:15]
+    top_incl = sorted(under.items(), key=lambda kv: -kv[1])[:25]
+    return {
+        "file": str(out),
+        "samples": total,
+        "self": [(name, round(n / total, 3)) for name, n in top_self] if total else [],
+        "inclusive": [(name, round(n / total, 3)) for name, n in top_incl] if total else [],
+    }
+
+
+BORING = {"<module>", "main", "run", "run_forever", "run_until_complete", "_run_once", "_run", "_run_code"}
+BORING |= {"_run_module_as_main", "asyncio_run", "invoke", "__call__"}
+
+
+def profile_table(target: str, prof: dict[str, Any]) -> str:
+    incl = [(n, f) for n, f in prof["inclusive"] if n not in BORING][:14]
+    lines = [f"\n{target}: py-spy, {prof['samples']} samples while publishing", "", "| function | inclusive | self |"]
+    lines.append("|---|---|---|")
+    selfs = dict(prof["self"])
+    for name, frac in incl:
+        lines.append(f"| {name} | {frac:.0%} | {selfs.get(name, 0):.0%} |")
+    return "\n".join(lines)
+
+
 def _rmtree(path: Path) -> None:
     import shutil
 
@@ -270,13 +335,34 @@ def fmt(v: Any, digits: int = 1) -> str:
 
 HEADER = (
     "| target | clients | rooms | msgs/room | size B | rate msg/s | deliveries/s | p50 ms | p95 ms | p99 ms "
-    "| RSS idle MiB | RSS N conns MiB | KiB/conn | server CPU s | CPU µs/delivery | client busy | other load | lost |"
+    "| RSS idle MiB | RSS N conns MiB | KiB/conn | server CPU s (busy) | CPU µs/delivery | client busy "
+    "| other load | lost |"
+)
+CAP_HEADER = (
+    "| target | connections | joined | connect s | conn/s | setup CPU s | CPU µs/conn | RSS idle MiB "
+    "| RSS N conns MiB | KiB/conn | threads |"
 )
 
 
 def row(r: dict[str, Any], opts: argparse.Namespace) -> str:
     if "unavailable" in r:
         return f"| {r['target']} | unavailable: {r['unavailable'][:120]} |"
+    if opts.messages <= 0:
+        joined = f"{opts.rooms} rooms" if opts.join else "no"
+        cap = [
+            r["target"],
+            fmt(opts.clients),
+            joined,
+            fmt(r["connect_s"], 1),
+            fmt(opts.clients / r["connect_s"], 0) if r["connect_s"] else "-",
+            fmt(r["setup_cpu_s"], 2),
+            fmt(r["setup_cpu_s"] / opts.clients * 1e6, 0),
+            fmt(r["rss_idle"] / MiB),
+            fmt(r["rss_conns"] / MiB),
+            fmt(r["bytes_per_conn"] / 1024),
+            fmt(r["threads"]),
+        ]
+        return "| " + " | ".join(cap) + " |"
     rate = "ack-paced" if opts.rate <= 0 else fmt(opts.rate, 0)
     cells = [
         r["target"],
@@ -292,7 +378,7 @@ def row(r: dict[str, Any], opts: argparse.Namespace) -> str:
         fmt(r["rss_idle"] / MiB),
         fmt(r["rss_conns"] / MiB),
         fmt(r["bytes_per_conn"] / 1024),
-        fmt(r.get("server_cpu_s"), 2),
+        f"{r['server_cpu_s']:.2f} ({r['server_busy']:.0%})" if "server_cpu_s" in r else "-",
         fmt(r.get("us_cpu_per_delivery"), 2),
         f"{r['client_busy_max']:.0%}" if "client_busy_max" in r else "-",
         fmt(r.get("other_load_cores"), 2),
@@ -306,19 +392,24 @@ def median_of(results: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def ratios(by_target: dict[str, list[dict[str, Any]]]) -> list[str]:
+def ratios(by_target: dict[str, list[dict[str, Any]]], capacity: bool) -> list[str]:
     """Medians over repeats, and each target against the first one."""
     names = [t for t, rs in by_target.items() if rs and "unavailable" not in rs[0]]
     if len(names) < 2:
         return []
     base = names[0]
-    keys = [
-        ("deliveries_per_s", "deliveries/s"),
-        ("p50_ms", "p50"),
-        ("p99_ms", "p99"),
-        ("bytes_per_conn", "bytes/conn"),
-        ("us_cpu_per_delivery", "CPU/delivery"),
-    ]
+    if capacity:
+        keys = [("bytes_per_conn", "RSS/conn"), ("setup_cpu_s", "CPU to connect"), ("connect_s", "connect time")]
+    else:
+        keys = [
+            ("deliveries_per_s", "deliveries/s"),
+            ("p50_ms", "p50"),
+            ("p95_ms", "p95"),
+            ("p99_ms", "p99"),
+            ("us_cpu_per_delivery", "CPU/delivery"),
+            ("bytes_per_conn", "RSS/conn"),
+            ("setup_cpu_s", "CPU to connect+join"),
+        ]
     out = [
         f"| ratio to {base} (median of runs) | " + " | ".join(label for _, label in keys) + " |",
         "|---" * (len(keys) + 1) + "|",
@@ -348,6 +439,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=(os.cpu_count() or 1) >= 2,
         help="server on CPU 0, clients on CPU 1 (default when there are 2+ CPUs)",
     )
+    p.add_argument(
+        "--join",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subscribers join their room (--no-join: authenticated idle connections, with --messages 0)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="run the targets this many times, interleaved")
     p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight per client process")
     p.add_argument("--connect-timeout", type=float, default=120.0)
@@ -358,6 +455,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--idle-load", type=float, default=0.3, help="quiet: other processes use fewer cores than this")
     p.add_argument("--gateway-arg", action="append", default=[], help="extra server.py argument (repeatable)")
+    p.add_argument("--profile", default="", help="py-spy the Python servers while publishing; stacks to DIR")
     p.add_argument("--json", default="", help="write all results (and the machine) to this file")
     p.add_argument("--keep", action="store_true", help="keep server/client logs under .cache/")
     return p.parse_args(argv)
@@ -366,6 +464,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     targets = [t.strip() for t in opts.target.split(",") if t.strip()]
+    if not opts.join and opts.messages:
+        print("--no-join needs --messages 0 (nobody would receive anything)", file=sys.stderr)
+        return 2
     for t in targets:
         if t not in TARGETS:
             print(f"unknown target {t!r}; choose from {', '.join(TARGETS)}", file=sys.stderr)
@@ -387,15 +488,20 @@ def main(argv: list[str] | None = None) -> int:
             by_target[t].append(r)
             log(dumps(r))
     print(f"\n`{cmd}`\n")
-    print(HEADER)
-    print("|---" * HEADER.count(" | ") + "|---|")
+    header = HEADER if opts.messages > 0 else CAP_HEADER
+    print(header)
+    print("|---" * (header.count(" | ") + 1) + "|")
     for t in targets:
         for r in by_target[t]:
             print(row(r, opts))
-    lines = ratios(by_target)
+    lines = ratios(by_target, opts.messages <= 0)
     if lines:
         print()
         print("\n".join(lines))
+    for t in targets:
+        for r in by_target[t]:
+            if r.get("profile"):
+                print(profile_table(t, r["profile"]))
     doc = {"command": cmd, "options": vars(opts), "machine": machine(), "results": by_target}
     if opts.json:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
