@@ -344,6 +344,15 @@ CAP_HEADER = (
 )
 
 
+def server_cpu_cell(r: dict[str, Any]) -> str:
+    if "server_cpu_s" not in r:
+        return "-"
+    cell = f"{r['server_cpu_s']:.2f} ({r['server_busy']:.0%})"
+    if r.get("helper_cpu_s"):
+        cell += f" + redis {r['helper_cpu_s']:.2f}"
+    return cell
+
+
 def row(r: dict[str, Any], opts: argparse.Namespace) -> str:
     if "unavailable" in r:
         return f"| {r['target']} | unavailable: {r['unavailable'][:120]} |"
@@ -378,7 +387,7 @@ def row(r: dict[str, Any], opts: argparse.Namespace) -> str:
         fmt(r["rss_idle"] / MiB),
         fmt(r["rss_conns"] / MiB),
         fmt(r["bytes_per_conn"] / 1024),
-        f"{r['server_cpu_s']:.2f} ({r['server_busy']:.0%})" if "server_cpu_s" in r else "-",
+        server_cpu_cell(r),
         fmt(r.get("us_cpu_per_delivery"), 2),
         f"{r['client_busy_max']:.0%}" if "client_busy_max" in r else "-",
         fmt(r.get("other_load_cores"), 2),
