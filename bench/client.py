@@ -75,7 +75,7 @@ class Stats:
         return found
 
 
-class Conn(WSListener):  # type: ignore[misc]
+class Conn(WSListener):
     def __init__(self, proto: Proto, room: str, user: str, role: str, stats: Stats) -> None:
         super().__init__()
         self.proto = proto

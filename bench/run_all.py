@@ -34,6 +34,11 @@ STEPS: list[tuple[str, str, list[str]]] = [
         ["--target", ALL, "--clients", "5000", "--messages", "0", "--no-join"],
     ),
     (
+        "capacity-joined-2000",
+        "2,000 connections, each joined to one of 200 rooms of 10",
+        ["--target", ALL, "--clients", "2000", "--rooms", "200", "--messages", "0"],
+    ),
+    (
         "latency-fixed-rate",
         "one room of 500, 10 msg/s (5,000 deliveries/s offered), 128-byte content",
         ["--target", ALL, "--clients", "500", "--messages", "150", "--rate", "10", "--repeat", "2"],
@@ -41,14 +46,14 @@ STEPS: list[tuple[str, str, list[str]]] = [
     (
         "throughput-ack-paced",
         "one room of 500, as fast as acks allow (8 in flight)",
-        ["--target", ALL, "--clients", "500", "--messages", "200", "--rate", "0", "--repeat", "2"],
+        ["--target", ALL, "--clients", "500", "--messages", "200", "--rate", "0", "--repeat", "3"],
     ),
     (
         "client-check",
-        "the gateway again, unpinned, with two subscriber processes (is one client process the limit?)",
+        "unpinned, two subscriber processes (is one client process the limit? Centrifugo may use both cores)",
         [
             "--target",
-            "gateway",
+            "gateway,centrifugo",
             "--clients",
             "500",
             "--messages",

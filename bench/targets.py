@@ -93,6 +93,7 @@ def _pin(cpus: set[int] | None) -> Callable[[], None] | None:
 
 
 def start(name: str, cpus: set[int] | None, gateway_args: list[str] | None = None) -> Server:
+    CACHE.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=CACHE))
     secret = secrets.token_urlsafe(48)
     if name == "gateway":

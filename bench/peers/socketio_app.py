@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
-import socketio
+import socketio  # type: ignore[import-untyped]
 
 SECRET = os.environ["BENCH_SECRET"]
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
@@ -39,7 +39,6 @@ def iso_now() -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(now * 1000) % 1000:03d}Z"
 
 
-@sio.event
 async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any] | None) -> None:
     token = (auth or {}).get("token", "")
     try:
@@ -49,14 +48,12 @@ async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any] | None
     await sio.save_session(sid, {"user": claims["sub"]})
 
 
-@sio.event
 async def join(sid: str, data: dict[str, Any]) -> dict[str, Any]:
     room = data["roomId"]
     await sio.enter_room(sid, room)
     return {"roomId": room, "action": "joined"}
 
 
-@sio.event
 async def message(sid: str, data: dict[str, Any]) -> dict[str, Any]:
     session = await sio.get_session(sid)
     room = data["roomId"]
@@ -71,3 +68,7 @@ async def message(sid: str, data: dict[str, Any]) -> dict[str, Any]:
     }
     await sio.emit("message", msg, to=room)
     return {"id": msg["id"], "roomId": room, "createdAt": msg["createdAt"]}
+
+
+for _handler in (connect, join, message):
+    sio.on(_handler.__name__, _handler)
