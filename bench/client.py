@@ -51,6 +51,7 @@ class Stats:
 
     def __init__(self) -> None:
         self.received = 0
+        self.frames = 0  # WebSocket frames that carried deliveries (Centrifugo batches several per frame)
         self.first_ns = 0
         self.last_ns = 0
         self.lat_us: array.array[int] = array.array("q")
@@ -71,6 +72,7 @@ class Stats:
             if not self.received:
                 self.first_ns = now
             self.received += found
+            self.frames += 1
             self.last_ns = now
         return found
 
@@ -357,6 +359,7 @@ async def run_sub(args: argparse.Namespace, proto: Proto) -> None:
             {
                 "event": "done",
                 "received": stats.received,
+                "frames": stats.frames,
                 "expected": expected,
                 "first_ns": stats.first_ns,
                 "last_ns": stats.last_ns,

@@ -187,6 +187,7 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         if pub is None:
             return res
         spy = start_profiler(server, opts)
+        tracer = start_strace(server, opts)
         cpu0, helper0, busy0 = loaded.cpu, server.helper_cpu(), system_busy()
         res["loadavg_before"] = loadavg()
         for c in children:
@@ -199,6 +200,8 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         busy = system_busy() - busy0
         if spy is not None:
             res["profile"] = stop_profiler(spy)
+        if tracer is not None:
+            res["syscalls"] = stop_strace(tracer)
         res["server_cpu_s"] = after.cpu - cpu0
         res["helper_cpu_s"] = server.helper_cpu() - helper0
         res["rss_after"] = after.rss
@@ -223,6 +226,7 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
                 "ack_p99_ms": (pdone["ack_p99_us"] or 0) / 1000,
                 "client_cpu_s": sum(d["cpu_s"] for d in sdone) + pdone["cpu_s"],
                 "client_busy_max": max(d["cpu_s"] / d["wall_s"] for d in sdone if d["wall_s"] > 0),
+                "deliveries_per_frame": received / max(1, sum(d.get("frames", 0) for d in sdone)),
                 "short_conns": sum(d["short_conns"] for d in sdone),
                 "closed_conns": sum(d["closed_conns"] for d in sdone),
                 "us_cpu_per_delivery": (after.cpu - cpu0) / received * 1e6 if received else None,
@@ -315,6 +319,39 @@ def profile_table(target: str, prof: dict[str, Any]) -> str:
     for name, frac in incl:
         lines.append(f"| {name} | {frac:.0%} | {selfs.get(name, 0):.0%} |")
     return "\n".join(lines)
+
+
+WRITE_CALLS = ("write", "writev", "sendto", "sendmsg", "sendmmsg")
+
+
+def start_strace(server: Server, opts: argparse.Namespace) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """--syscalls: count the server's write-type system calls while publishing (strace -c slows the
+    server a lot, so such a run is for the counts, not for the timings)."""
+    if not opts.syscalls:
+        return None
+    out = server.workdir / "strace.txt"
+    calls = ",".join(WRITE_CALLS)
+    cmd = ["strace", "-c", "-f", "-e", f"trace={calls}", "-o", str(out), "-p", str(server.pid)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return proc, out
+
+
+def stop_strace(tracer: tuple[subprocess.Popen[bytes], Path]) -> dict[str, int]:
+    proc, out = tracer
+    proc.send_signal(2)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in out.read_text().splitlines():
+            parts = line.split()
+            if parts and parts[-1] in WRITE_CALLS and len(parts) >= 5:
+                counts[parts[-1]] = int(parts[3])
+    return counts
 
 
 def _rmtree(path: Path) -> None:
@@ -465,6 +502,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-load", type=float, default=0.3, help="quiet: other processes use fewer cores than this")
     p.add_argument("--gateway-arg", action="append", default=[], help="extra server.py argument (repeatable)")
     p.add_argument("--profile", default="", help="py-spy the Python servers while publishing; stacks to DIR")
+    p.add_argument("--syscalls", action="store_true", help="count the server's write syscalls (strace -c)")
     p.add_argument("--json", default="", help="write all results (and the machine) to this file")
     p.add_argument("--keep", action="store_true", help="keep server/client logs under .cache/")
     return p.parse_args(argv)
@@ -511,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in by_target[t]:
             if r.get("profile"):
                 print(profile_table(t, r["profile"]))
+            if r.get("syscalls") and r.get("received"):
+                total = sum(r["syscalls"].values())
+                print(
+                    f"\n{t}: {total:,} write-type syscalls ({r['syscalls']}) for {r['received']:,} deliveries: "
+                    f"{total / r['received']:.3f} per delivery; {r['deliveries_per_frame']:.2f} deliveries per frame"
+                )
     doc = {"command": cmd, "options": vars(opts), "machine": machine(), "results": by_target}
     if opts.json:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)

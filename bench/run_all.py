@@ -41,7 +41,7 @@ STEPS: list[tuple[str, str, list[str]]] = [
     (
         "latency-fixed-rate",
         "one room of 500, 10 msg/s (5,000 deliveries/s offered), 128-byte content",
-        ["--target", ALL, "--clients", "500", "--messages", "150", "--rate", "10", "--repeat", "2"],
+        ["--target", ALL, "--clients", "500", "--messages", "150", "--rate", "10", "--repeat", "3"],
     ),
     (
         "throughput-ack-paced",
@@ -69,6 +69,11 @@ STEPS: list[tuple[str, str, list[str]]] = [
         "socketio-redis",
         "python-socketio with its memory manager vs AsyncRedisManager (the gateway has no Redis bus yet)",
         ["--target", "socketio,socketio-redis", "--clients", "500", "--messages", "100", "--rate", "0"],
+    ),
+    (
+        "syscalls",
+        "write-type system calls per delivery (strace -c slows the servers: counts only, not timings)",
+        ["--target", ALL, "--clients", "500", "--messages", "100", "--rate", "0", "--syscalls"],
     ),
     (
         "profile",
