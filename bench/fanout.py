@@ -122,8 +122,7 @@ def client_args(server: Server, opts: argparse.Namespace) -> list[str]:
         server.proto,
         "--url",
         server.url,
-        "--secret",
-        server.secret,
+        f"--secret={server.secret}",  # one token: a secret may start with "-"
         "--rooms",
         str(opts.rooms),
         "--size",

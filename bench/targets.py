@@ -114,8 +114,7 @@ def _gateway(workdir: Path, secret: str, cpus: set[int] | None, extra: list[str]
         "127.0.0.1",
         "--port",
         "0",
-        "--jwt-secret",
-        secret,
+        f"--jwt-secret={secret}",  # one token: a secret may start with "-"
         "--rate-limit",
         "1000000",
         "--rate-burst",
