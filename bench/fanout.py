@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     if need > nofile[0]:
         print(f"RLIMIT_NOFILE {nofile[0]} is below the {need} descriptors needed", file=sys.stderr)
         return 2
-    cmd = "python -m bench.fanout " + shlex.join(argv if argv is not None else sys.argv[1:])
+    cmd = ("python -m bench.fanout " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     by_target: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
     for rep in range(opts.repeat):
         for t in targets:
