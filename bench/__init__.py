@@ -1,0 +1,1 @@
+"""Benchmark harness: fan-out throughput, latency, memory and CPU against peer servers."""

@@ -1,0 +1,1 @@
+"""Peer servers the gateway is compared with (run from the bench venv)."""
