@@ -113,6 +113,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         request_id: str | None = None
         try:
             if not session.rate.take():
+                request_id = _peek_request_id(message)
                 raise ClientError("rate_limited", "too many frames; slow down")
             if isinstance(message, bytes):
                 raise ClientError("invalid_frame", "binary frames are not supported; send JSON text")
@@ -122,9 +123,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
                 raise ClientError("invalid_json", "frame is not valid JSON") from None
             if not isinstance(frame, dict):
                 raise ClientError("invalid_frame", "frame must be a JSON object")
-            raw_id = frame.get("requestId")
-            if isinstance(raw_id, str) and 0 < len(raw_id) <= 64:
-                request_id = raw_id
+            request_id = _request_id(frame)
             try:
                 envelope = self._envelope.load(frame)
             except ValidationError as exc:
@@ -234,6 +233,22 @@ def _retrieve(fut: Future[None]) -> None:
     """A write that failed because the peer left is expected; mark its error as seen."""
     if not fut.cancelled():
         fut.exception()
+
+
+def _request_id(frame: dict[str, Any]) -> str | None:
+    raw = frame.get("requestId")
+    return raw if isinstance(raw, str) and 0 < len(raw) <= 64 else None
+
+
+def _peek_request_id(message: str | bytes) -> str | None:
+    """The requestId of a frame refused before parsing (rate limit), so even that error is matched."""
+    if isinstance(message, bytes):
+        return None
+    try:
+        frame = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    return _request_id(frame) if isinstance(frame, dict) else None
 
 
 def _bearer(header: str | None) -> str | None:

@@ -14,6 +14,7 @@ from services.auth import TokenVerifier
 from services.bus import Bus, BusError, MemoryBus, MemoryNetwork
 from services.dedupe import DedupeStore, MemoryDedupe
 from services.errors import StoreError
+from services.fallback import FallbackDedupe, FallbackPresence
 from services.hub import RoomHub
 from services.ids import short_id
 from services.kafka_consumer import KafkaEvents
@@ -74,11 +75,8 @@ class Gateway:
 
         self.redis = make_client(s, self.instance_id)
         bus = RedisBus(self.instance_id, s, self.redis)
-        return (
-            bus,
-            RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl, bus.ready),
-            RedisDedupe(self.redis, s.redis_prefix),
-        )
+        presence = RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl, bus.ready)
+        return bus, FallbackPresence(presence), FallbackDedupe(RedisDedupe(self.redis, s.redis_prefix))
 
     async def start(self) -> None:
         await self._start_hub()

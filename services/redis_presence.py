@@ -183,15 +183,16 @@ class RedisPresence:
                 args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
             )
         except REDIS_ERRORS as exc:
-            self._local.pop(member, None)
-            self._dirty = True  # the script may have run before the failure
+            # Kept in _local: the connection is in the room (served locally meanwhile), and the
+            # reconcile after the outage registers it and announces it to the other instances.
+            self._dirty = True
             raise self._failed(exc) from None
         self._state.ok()
         return bool(new)
 
     async def leave(self, room: str, user: str, conn_id: str) -> bool:
-        """Never raises: if Redis cannot be told now, the next reconcile removes the connection and
-        announces the user offline then."""
+        """If Redis cannot be told now, the next reconcile removes the connection and announces the
+        user offline to the other instances then; StoreError tells the caller to decide locally."""
         member = self._member(room, user, conn_id)
         users, counts = self._room_keys(room)
         self._local.pop(member, None)
@@ -200,8 +201,7 @@ class RedisPresence:
         except REDIS_ERRORS as exc:
             self._dirty = True
             self._lost_leaves.add((room, user))
-            self._failed(exc)
-            return False
+            raise self._failed(exc) from None
         self._state.ok()
         return bool(gone)
 

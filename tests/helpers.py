@@ -134,10 +134,12 @@ class Client:
         assert frame["payload"]["code"] == code, frame
         return frame
 
-    async def expect_nothing(self, frame_type: str, within: float = 0.3) -> None:
-        """Assert no frame of `frame_type` arrives within `within` seconds (other frames are kept)."""
+    async def expect_nothing(
+        self, frame_type: str, within: float = 0.3, match: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
+        """Assert no frame of `frame_type` (matching `match`) arrives within `within` seconds."""
         try:
-            frame = await self.expect(frame_type, timeout=within)
+            frame = await self.expect(frame_type, timeout=within, match=match)
         except AssertionError:
             return
         raise AssertionError(f"unexpected {frame_type}: {frame!r}")

@@ -34,9 +34,10 @@ async def test_flood_gets_rate_limited_then_closed_1008(make_gateway):
     gw = await make_gateway(rate_limit=5, rate_burst=10, invalid_frame_limit=20)
     flooder = await gw.client("flooder")
     bystander = await gw.client("calm")
-    for _ in range(100):
-        flooder.send("ping")
-    await flooder.expect_error("rate_limited")
+    for i in range(100):
+        flooder.send("ping", request_id=f"f{i}")
+    limited = await flooder.expect_error("rate_limited")
+    assert limited["requestId"].startswith("f")  # even a refused frame's error is matched to it
     assert await flooder.wait_closed() == 1008
     bystander.send("ping")
     await bystander.expect("pong")
