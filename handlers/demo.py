@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tornado.web import RedirectHandler, StaticFileHandler
+from tornado.web import StaticFileHandler
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 
@@ -28,8 +28,15 @@ class DemoFileHandler(StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
 
+class DemoPageHandler(DemoFileHandler):
+    """/demo itself answers 200 with the page, no redirect to /demo/ (its asset URLs are absolute)."""
+
+    async def get(self, path: str = "", include_body: bool = True) -> None:
+        await super().get("index.html", include_body)
+
+
 def demo_routes() -> list[Any]:
     return [
-        (r"/demo", RedirectHandler, {"url": "/demo/"}),
+        (r"/demo", DemoPageHandler, {"path": STATIC_DIR}),
         (r"/demo/(.*)", DemoFileHandler, {"path": STATIC_DIR, "default_filename": "index.html"}),
     ]

@@ -161,7 +161,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
                 self._guarded(session, hub.message(session, payload, request_id), request_id, payload.get("dedupeKey"))
             )
         elif frame_type == "join":
-            await hub.join(session, payload["roomId"], request_id)
+            await hub.join(session, payload["roomId"], request_id, recovering="since" in payload)
         elif frame_type == "leave":
             await hub.leave(session, payload["roomId"], request_id)
         elif frame_type == "presence":
@@ -237,7 +237,7 @@ def _retrieve(fut: Future[None]) -> None:
 
 def _request_id(frame: dict[str, Any]) -> str | None:
     raw = frame.get("requestId")
-    return raw if isinstance(raw, str) and 0 < len(raw) <= 64 else None
+    return raw if isinstance(raw, str) and len(raw) <= 64 else None
 
 
 def _peek_request_id(message: str | bytes) -> str | None:

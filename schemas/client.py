@@ -38,7 +38,7 @@ class MessageSchema(_Payload):
     roomId = room_id()
     content = fields.String(required=True)
     attachments = attachments()
-    dedupeKey = fields.String(validate=validate.Length(min=1, max=128))
+    dedupeKey = fields.String(validate=validate.Length(max=128))
 
     def __init__(self, max_content: int = 4000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -68,7 +68,7 @@ class EnvelopeSchema(Schema):
 
     type = fields.String(required=True, validate=validate.Length(min=1, max=64))
     payload = fields.Dict(load_default=dict)
-    requestId = fields.String(validate=validate.Length(min=1, max=64))
+    requestId = fields.String(validate=validate.Length(max=64))
 
 
 def payload_schemas(max_content: int) -> dict[str, Schema]:

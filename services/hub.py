@@ -142,7 +142,9 @@ class RoomHub:
 
     # -- join / leave ------------------------------------------------------------------------
 
-    async def join(self, session: Session, room: str, request_id: str | None) -> None:
+    async def join(self, session: Session, room: str, request_id: str | None, recovering: bool = False) -> None:
+        """Join a room. A join with `since` (recovery) is answered `recovered: false` until this
+        gateway keeps room history: the client knows to fetch what it missed elsewhere."""
         ident = session.identity
         if self.settings.room_access == "token" and not ident.may_join(room):
             raise ClientError("forbidden_room", "this token does not allow joining the room", roomId=room)
@@ -177,7 +179,10 @@ class RoomHub:
                 await self._broadcast(room, frame, exclude=session.conn_id)
         else:
             members = await self._members(room)
-        session.send(frames.encode("room_update", {"roomId": room, "action": "joined"}, request_id))
+        joined: dict[str, Any] = {"roomId": room, "action": "joined"}
+        if recovering:
+            joined["recovered"] = False
+        session.send(frames.encode("room_update", joined, request_id))
         session.send(frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]}))
 
     async def _members(self, room: str) -> list[Member]:
@@ -228,7 +233,7 @@ class RoomHub:
             raise ClientError("not_in_room", "join the room before sending to it", roomId=room, dedupeKey=dedupe_key)
         msg_id = uuid7()
         created = iso_now()
-        store_key = f"dk:{session.user_id}:{dedupe_key}" if dedupe_key else None
+        store_key = f"dk:{session.user_id}:{dedupe_key}" if dedupe_key is not None else None
         if store_key is not None:
             first = await self._claim(store_key, room, dedupe_key)
             if first is not None:  # seen before: the same ack, no second broadcast

@@ -42,11 +42,11 @@ def servers() -> Iterator[list[GatewayProcess]]:
 
 def test_dev_mode_serves_the_page_and_dev_tokens(servers):
     servers.append(srv := spawn_server(*LOCAL))
-    status, headers, _ = get(f"{srv.http}/demo?name=alice")
-    assert status == 301 and headers["Location"] == "/demo/?name=alice"
+    status, headers, body = get(f"{srv.http}/demo?name=alice")  # the page itself, no redirect
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<script src="/demo/demo.js"' in body
     status, headers, body = get(f"{srv.http}/demo/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    assert b'<script src="demo.js"' in body
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
     for asset, kind in (("demo.js", "javascript"), ("demo.css", "text/css")):

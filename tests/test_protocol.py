@@ -354,3 +354,30 @@ async def test_frames_are_json_text(gw):
     alice.send("ping")
     raw = await alice.conn.read_message()
     assert isinstance(raw, str) and json.loads(raw)["type"] == "pong"
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_empty_request_id_and_dedupe_key_are_values_too(gw):
+    alice = await gw.client("alice")
+    alice.send("ping", {}, request_id="")
+    assert (await alice.expect("pong"))["requestId"] == ""
+    await alice.join("r")
+    alice.send("message", {"roomId": "r", "content": "a", "dedupeKey": ""})
+    first = await alice.expect("ack")
+    alice.send("message", {"roomId": "r", "content": "a", "dedupeKey": ""})
+    assert (await alice.expect("ack"))["payload"] == first["payload"]
+    alice.send_raw('{"type": "ping", "payload": {}, "requestId": "' + "x" * 65 + '"}')
+    assert "requestId" not in await alice.expect_error("validation_failed")
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_recovery_join_says_not_recovered(gw):
+    alice = await gw.client("alice")
+    alice.send("join", {"roomId": "r", "since": {"offset": 5, "epoch": "e1"}}, request_id="rec")
+    joined = await alice.expect("room_update")
+    assert joined["payload"] == {"roomId": "r", "action": "joined", "recovered": False}
+    alice.send("join", {"roomId": "r2"})
+    assert (
+        "recovered"
+        not in (await alice.expect("room_update", match=lambda f: f["payload"]["roomId"] == "r2"))["payload"]
+    )
