@@ -110,7 +110,8 @@ async def serve(settings: Settings, sockets: list[socket.socket], worker: int | 
         signals += 1
         if signals > 1:
             log.warning("second signal: exiting now")
-            sys.exit(0)
+            logging.shutdown()
+            os._exit(0)  # not sys.exit: Kafka's poll threads would keep the interpreter waiting
         stop.set()
 
     loop = asyncio.get_running_loop()
@@ -174,6 +175,8 @@ def run_workers(count: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for index in range(count):
+        if stopping:  # a signal during start-up: the workers already forked were told, fork no more
+            break
         if fork(index):
             return index
     restarts = 0

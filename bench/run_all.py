@@ -66,8 +66,18 @@ STEPS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "redis-fixed-rate",
+        "the gateway in memory mode vs with a Redis bus, presence and dedupe; one room of 500, 10 msg/s",
+        ["--target", "gateway,gateway-redis", "--clients", "500", "--messages", "150", "--rate", "10", "--repeat", "3"],
+    ),
+    (
+        "redis-ack-paced",
+        "the gateway in memory mode vs with Redis; one room of 500, as fast as acks allow",
+        ["--target", "gateway,gateway-redis", "--clients", "500", "--messages", "200", "--rate", "0", "--repeat", "3"],
+    ),
+    (
         "socketio-redis",
-        "python-socketio with its memory manager vs AsyncRedisManager (the gateway has no Redis bus yet)",
+        "python-socketio with its memory manager vs AsyncRedisManager",
         ["--target", "socketio,socketio-redis", "--clients", "500", "--messages", "100", "--rate", "0"],
     ),
     (

@@ -1,9 +1,12 @@
 """Servers under test, each started as a subprocess on 127.0.0.1 and a free port.
 
 - gateway: this project's `server.py` from the project's .venv (in-process memory bus).
+- gateway-redis: the same with `--redis-host/--redis-port` on a throwaway redis-server (Redis bus,
+  presence and dedupe); redis-server's CPU is counted as a helper.
 - socketio: python-socketio AsyncServer (ASGI) under uvicorn, memory manager, from the bench venv;
   `socketio-redis` is the same with AsyncRedisManager and a throwaway redis-server.
-- centrifugo: Centrifugo v6 built with `go install` into .cache/bin, memory engine.
+- centrifugo: Centrifugo v6 built with `go install` into .cache/bin (or the binary named by
+  $BENCH_CENTRIFUGO), memory engine.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any
 from bench.common import BENCH_PY, CACHE, GATEWAY_PY, ROOT, free_port, log, proc_sample, wait_port
 
 CENTRIFUGO_VERSION = "v6.9.1"
-CENTRIFUGO_BIN = CACHE / "bin" / "centrifugo"
-TARGETS = ("gateway", "socketio", "socketio-redis", "centrifugo")
+# $BENCH_CENTRIFUGO: an already built binary (for example another worktree's .cache/bin/centrifugo).
+CENTRIFUGO_BIN = Path(os.environ.get("BENCH_CENTRIFUGO") or CACHE / "bin" / "centrifugo")
+TARGETS = ("gateway", "gateway-redis", "socketio", "socketio-redis", "centrifugo")
 
 
 class TargetUnavailable(Exception):
@@ -96,8 +100,8 @@ def start(name: str, cpus: set[int] | None, gateway_args: list[str] | None = Non
     CACHE.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=CACHE))
     secret = secrets.token_urlsafe(48)
-    if name == "gateway":
-        return _gateway(workdir, secret, cpus, gateway_args or [])
+    if name in ("gateway", "gateway-redis"):
+        return _gateway(name, workdir, secret, cpus, gateway_args or [])
     if name in ("socketio", "socketio-redis"):
         return _socketio(name, workdir, secret, cpus)
     if name == "centrifugo":
@@ -105,8 +109,16 @@ def start(name: str, cpus: set[int] | None, gateway_args: list[str] | None = Non
     raise ValueError(name)
 
 
-def _gateway(workdir: Path, secret: str, cpus: set[int] | None, extra: list[str]) -> Server:
+def _gateway(name: str, workdir: Path, secret: str, cpus: set[int] | None, extra: list[str]) -> Server:
     # Limits that would throttle a load generator are lifted; everything else is the default.
+    helpers: list[int] = []
+    cleanup: list[Callable[[], None]] = []
+    if name == "gateway-redis":
+        # Pinned like the server: with --pin, redis-server shares the server's core (CPU 0).
+        rport, rpid, rstop = _redis(workdir, cpus)
+        extra = [*extra, "--redis-host=127.0.0.1", f"--redis-port={rport}"]
+        helpers.append(rpid)
+        cleanup.append(rstop)
     cmd = [
         str(GATEWAY_PY),
         "server.py",
@@ -133,13 +145,16 @@ def _gateway(workdir: Path, secret: str, cpus: set[int] | None, extra: list[str]
     while not port:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
+            for fn in cleanup:
+                fn()
             raise TargetUnavailable(f"gateway did not start: {(workdir / 'server.log').read_text()[-500:]}")
         for line in (workdir / "server.log").read_text(errors="replace").splitlines():
             if '"listening"' in line:
                 port = int(json.loads(line)["port"])
         time.sleep(0.05)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return Server("gateway", "gateway", proc, port, secret, workdir, version=f"git {rev.stdout.strip()}")
+    version = f"git {rev.stdout.strip()}"
+    return Server(name, "gateway", proc, port, secret, workdir, version=version, helpers=helpers, cleanup=cleanup)
 
 
 def _redis(workdir: Path, cpus: set[int] | None) -> tuple[int, int, Callable[[], None]]:

@@ -1,4 +1,4 @@
-"""Bits every handler shares: JSON replies and the redacted access log."""
+"""Bits every handler shares: JSON replies and an access log without query strings."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Any
 import orjson
 from tornado.web import RequestHandler
 
-from services.logs import redact
-
 access_log = logging.getLogger("gateway.access")
 
 
@@ -17,7 +15,7 @@ class RedactedSummary(RequestHandler):
     """Tornado puts the request URI in its own log lines (uncaught errors, warnings): not the token."""
 
     def _request_summary(self) -> str:
-        return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
 
 class JsonHandler(RedactedSummary):
@@ -46,7 +44,7 @@ def log_request(handler: RequestHandler) -> None:
         "http request",
         extra={
             "method": handler.request.method,
-            "uri": redact(handler.request.uri or ""),
+            "path": handler.request.path,  # never the query: it may hold the token, however encoded
             "status": status,
             "ms": round(1000.0 * handler.request.request_time(), 1),
             "remote": handler.request.remote_ip,

@@ -64,7 +64,9 @@ class MemoryDedupe:
         return self._live(key, time.monotonic())
 
     async def put(self, key: str, value: str, ttl: float) -> None:
-        self._set(key, value, time.monotonic() + ttl)
+        now = time.monotonic()
+        self._sweep(now)
+        self._set(key, value, now + ttl)
 
     async def release(self, key: str) -> None:
         self._data.pop(key, None)

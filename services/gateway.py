@@ -158,12 +158,14 @@ class Gateway:
             },
         )
         await asyncio.sleep(self.settings.drain_delay)
-        sessions = list(self.sessions)
+        sessions = [s for s in self.sessions if not s.closed]
         step = self.settings.drain_window / len(sessions) if sessions else 0.0
-        for session in sessions:
+        for index, session in enumerate(sessions):
             session.close(CLOSE_RESTART, "server restarting")
-            if step:
+            if step and index < len(sessions) - 1:
                 await asyncio.sleep(step)
+        for session in list(self.sessions):  # upgrades that were still in flight
+            session.close(CLOSE_RESTART, "server restarting")
         deadline = time.monotonic() + FLUSH_GRACE + 3
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -51,6 +51,11 @@ class ClientError(Exception):
         self.extra = extra
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def room_channel(room: str) -> str:
     return f"room:{room}"
 
@@ -197,8 +202,8 @@ class RoomHub:
         await self._leave(session, room)
         session.send(frames.encode("room_update", {"roomId": room, "action": "left"}, request_id))
 
-    async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
-        """Remove one session from a room; announce offline when it was the user's last connection."""
+    def _detach(self, session: Session, room: str) -> None:
+        """The local, synchronous half of a leave: from here on the session gets nothing of the room."""
         session.rooms.discard(room)
         members = self.rooms.get(room)
         if members is not None:
@@ -206,22 +211,33 @@ class RoomHub:
             if not members:
                 del self.rooms[room]
                 METRICS.rooms.set(len(self.rooms))
+
+    async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
+        """Remove one session from a room; announce offline when it was the user's last connection."""
+        self._detach(session, room)
+        await self._after_leave(session, room, announce)
+
+    async def _after_leave(self, session: Session, room: str, announce: bool = True) -> None:
+        user = session.user_id
         try:
-            gone = await self.presence.leave(room, session.user_id, session.conn_id)
+            gone = await self.presence.leave(room, user, session.conn_id)
         except StoreError:
             gone = False  # the store announces it later (expiry or reconcile)
         except Exception:
             log.exception("presence leave failed", extra={"room": room})
             gone = False
-        if gone and announce:
-            self._cancel_typing(room, session.user_id)
-            await self._broadcast(
-                room,
-                frames.encode(
-                    "presence",
-                    {"roomId": room, "userId": session.user_id, "status": OFFLINE, "at": iso_now()},
-                ),
-            )
+        if gone:
+            self._cancel_typing(room, user)
+            if announce:
+                await self._broadcast(
+                    room,
+                    frames.encode("presence", {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}),
+                )
+        elif (room, user) in self._typing_timers and not any(room in s.rooms for s in self.users.get(user, ())):
+            # Still in the room through another instance, but the timer that would lapse this
+            # instance's "typing" dies with its last local connection: lapse it now.
+            self._cancel_typing(room, user)
+            self.spawn(self._lapse(room, user))
         await self._unsubscribe_if_unused(room_channel(room))
 
     # -- messages ----------------------------------------------------------------------------
@@ -231,9 +247,42 @@ class RoomHub:
         dedupe_key: str | None = payload.get("dedupeKey")
         if room not in session.rooms:
             raise ClientError("not_in_room", "join the room before sending to it", roomId=room, dedupeKey=dedupe_key)
+        # One sender's messages keep their order twice over: the dedupe claim and the Kafka produce
+        # happen in sending order (stage), and so do the broadcasts (publish), while the Kafka
+        # delivery reports of several messages are awaited at the same time.
+        loop = asyncio.get_running_loop()
+        stage_prev, stage = session.last_stage, loop.create_future()
+        publish_prev, published = session.last_publish, loop.create_future()
+        session.last_stage, session.last_publish = stage, published
+        try:
+            await self._message(session, payload, request_id, stage_prev, stage, publish_prev)
+        finally:
+            _resolve(stage)
+            if publish_prev is not None and not publish_prev.done():
+                await asyncio.wait([publish_prev])  # never publish ahead of a predecessor, even failing
+            _resolve(published)
+            if session.last_stage is stage:
+                session.last_stage = None
+            if session.last_publish is published:
+                session.last_publish = None
+
+    async def _message(
+        self,
+        session: Session,
+        payload: dict[str, Any],
+        request_id: str | None,
+        stage_prev: asyncio.Future[None] | None,
+        stage: asyncio.Future[None],
+        publish_prev: asyncio.Future[None] | None,
+    ) -> None:
+        room = payload["roomId"]
+        dedupe_key: str | None = payload.get("dedupeKey")
+        if stage_prev is not None and not stage_prev.done():
+            await asyncio.wait([stage_prev])
         msg_id = uuid7()
         created = iso_now()
-        store_key = f"dk:{session.user_id}:{dedupe_key}" if dedupe_key is not None else None
+        # Length-prefixed: user "a" with key "b:c" is not user "a:b" with key "c".
+        store_key = f"dk:{len(session.user_id)}:{session.user_id}:{dedupe_key}" if dedupe_key is not None else None
         if store_key is not None:
             first = await self._claim(store_key, room, dedupe_key)
             if first is not None:  # seen before: the same ack, no second broadcast
@@ -251,35 +300,29 @@ class RoomHub:
         }
         if dedupe_key is not None:
             message["dedupeKey"] = dedupe_key
-
-        # Order: this message may broadcast only after the sender's previous one did.
-        previous = session.last_publish
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        session.last_publish = done
         try:
-            try:
-                if self.ingest is not None:
-                    # Lets the Kafka consumer skip this message's copy coming back as message.created;
-                    # set before the ingest, as that copy may be consumed before our delivery report.
-                    await self._dedupe_quietly(self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl))
-                    await self.ingest.ingest(message)
-            except IngestError as exc:
-                if store_key is not None:
-                    await self._dedupe_quietly(self.dedupe.release(store_key))
-                raise ClientError(
-                    "ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=dedupe_key
-                ) from None
-            if previous is not None and not previous.done():
-                await previous
-            # Past this point the message is accepted (and durable with Kafka): a store failure no
-            # longer stops its broadcast.
+            if self.ingest is not None:
+                # Lets the Kafka consumer skip this message's copy coming back as message.created;
+                # set before the ingest, as that copy may be consumed before our delivery report.
+                await self._dedupe_quietly(self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl))
+                delivery = asyncio.ensure_future(self.ingest.ingest(message))
+                # The produce call runs in that task's first step, before any later message's.
+                _resolve(stage)
+                await delivery
+        except IngestError as exc:
             if store_key is not None:
-                await self._dedupe_quietly(self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl))
-            await self._broadcast(room, frames.encode("message", message))
-        finally:
-            done.set_result(None)
-            if session.last_publish is done:
-                session.last_publish = None
+                await self._dedupe_quietly(self.dedupe.release(store_key))
+            raise ClientError(
+                "ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=dedupe_key
+            ) from None
+        _resolve(stage)
+        if publish_prev is not None and not publish_prev.done():
+            await asyncio.wait([publish_prev])
+        # Past this point the message is accepted (and durable with Kafka): a store failure no
+        # longer stops its broadcast.
+        if store_key is not None:
+            await self._dedupe_quietly(self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl))
+        await self._broadcast(room, frames.encode("message", message))
         ack = {"id": msg_id, "roomId": room, "createdAt": created}
         if dedupe_key is not None:
             ack["dedupeKey"] = dedupe_key
@@ -461,13 +504,14 @@ class RoomHub:
         for session in targets:
             if event.frame is not None:
                 session.send(event.frame)
+            self._detach(session, name)  # at once: nothing more of the room reaches them
         if targets:
-            self.spawn(self._remove_sessions(name, targets))
+            # A deleted room needs no offline announcements: nobody is left to hear them.
+            self.spawn(self._forget_sessions(name, targets, announce=event.action != ACTION_DELETE_ROOM))
 
-    async def _remove_sessions(self, room: str, sessions: list[Session]) -> None:
+    async def _forget_sessions(self, room: str, sessions: list[Session], announce: bool) -> None:
         for session in sessions:
-            if room in session.rooms:
-                await self._leave(session, room)
+            await self._after_leave(session, room, announce)
 
     # -- bus subscriptions -------------------------------------------------------------------
 

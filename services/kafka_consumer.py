@@ -303,7 +303,7 @@ class KafkaEvents:
             return
         try:
             await self._deliver(event_type, payload)
-        except Exception:
+        except BaseException:  # cancelled at shutdown too: the record will be redelivered
             await self.dedupe.release(event_key)  # let a redelivery try again
             raise
         METRICS.kafka_consumed.labels(event_type).inc()
@@ -321,7 +321,7 @@ class KafkaEvents:
             message.setdefault("attachments", [])
             try:
                 await self.hub.deliver(room, "message", message)
-            except Exception:
+            except BaseException:
                 await self.dedupe.release(id_key)
                 raise
         elif event_type == MESSAGE_UPDATED:

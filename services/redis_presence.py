@@ -1,8 +1,8 @@
 """RedisPresence: room membership and statuses shared by every instance through Redis.
 
 Keys (P = REDIS_PREFIX, default `rt:`):
-  P presence:{room}             hash  user -> "status\\x1fsince"     what presence_state lists
-  P presence:{room}:n           hash  user -> live connections        a user leaves when it hits 0
+  P presence:room:{room}        hash  user -> "status\\x1fsince"     what presence_state lists
+  P presence:count:{room}       hash  user -> live connections        a user leaves when it hits 0
   P presence:instance:{id}      set   "room\\x1fconn\\x1fuser"         connections owned by an instance
   P presence:alive:{id}         string, PX = PRESENCE_TTL             the owner's heartbeat
   P presence:instances          set   instance ids with registrations
@@ -92,10 +92,11 @@ for _, m in ipairs(members) do
   if b then
     local room = string.sub(m, 1, a - 1)
     local user = string.sub(m, b + 1)
-    local base = ARGV[1] .. 'presence:' .. room
-    local n = redis.call('HINCRBY', base .. ':n', user, -1)
+    local base = ARGV[1] .. 'presence:room:' .. room
+    local count = ARGV[1] .. 'presence:count:' .. room
+    local n = redis.call('HINCRBY', count, user, -1)
     if n <= 0 then
-      redis.call('HDEL', base .. ':n', user)
+      redis.call('HDEL', count, user)
       redis.call('HDEL', base, user)
       table.insert(out, room)
       table.insert(out, user)
@@ -151,8 +152,9 @@ class RedisPresence:
         self._state = StateLog(log, "redis presence")
 
     def _room_keys(self, room: str) -> tuple[str, str]:
-        base = f"{self._prefix}presence:{room}"
-        return base, base + ":n"
+        # Fixed words before the room id: no room id (they may contain ':') can name another
+        # room's keys or the control keys below.
+        return f"{self._prefix}presence:room:{room}", f"{self._prefix}presence:count:{room}"
 
     @staticmethod
     def _member(room: str, user: str, conn_id: str) -> str:

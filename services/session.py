@@ -58,6 +58,7 @@ class Session:
         "conn_id",
         "identity",
         "last_publish",
+        "last_stage",
         "rate",
         "rooms",
         "settings",
@@ -85,6 +86,7 @@ class Session:
         # Tail of this connection's message pipeline: keeps one sender's messages in order even
         # while earlier ones still wait for their Kafka delivery report.
         self.last_publish: asyncio.Future[None] | None = None
+        self.last_stage: asyncio.Future[None] | None = None
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
         self._writing = False

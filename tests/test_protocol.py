@@ -381,3 +381,39 @@ async def test_recovery_join_says_not_recovered(gw):
         "recovered"
         not in (await alice.expect("room_update", match=lambda f: f["payload"]["roomId"] == "r2"))["payload"]
     )
+
+
+class ScriptedIngest:
+    """Kafka stand-in for an ordering test: per content, how long the delivery report takes and
+    whether it fails (the real producer is tested against a real broker in test_kafka.py)."""
+
+    def __init__(self, script: dict[str, tuple[float, bool]]) -> None:
+        self.script = script
+        self.produced: list[str] = []
+
+    async def ingest(self, message):
+        self.produced.append(message["content"])
+        delay, fail = self.script.get(message["content"], (0.0, False))
+        await asyncio.sleep(delay)  # the simulated broker round trip
+        if fail:
+            from services.hub import IngestError
+
+            raise IngestError("scripted failure")
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_order_holds_when_reports_come_back_out_of_order_or_fail(gw):
+    ingest = ScriptedIngest({"m0": (0.4, False), "m1": (0.0, True), "m2": (0.0, False), "m3": (0.1, False)})
+    gw.gateway.hub.ingest = ingest
+    alice, bob = await gw.client("alice"), await gw.client("bob")
+    await alice.join("r")
+    await bob.join("r")
+    alice.send("message", {"roomId": "r", "content": "m0"})
+    alice.send("message", {"roomId": "r", "content": "m1"})
+    alice.send("message", {"roomId": "r", "content": "m2", "dedupeKey": "k2"})
+    alice.send("message", {"roomId": "r", "content": "m3"})
+    got = [(await bob.expect("message"))["payload"]["content"] for _ in range(3)]
+    assert got == ["m0", "m2", "m3"]
+    assert ingest.produced == ["m0", "m1", "m2", "m3"]
+    err = await alice.expect_error("ingest_failed")
+    assert err["payload"]["roomId"] == "r"

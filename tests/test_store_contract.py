@@ -149,3 +149,14 @@ def _gone(store: DedupeStore, key: str) -> Callable[[], Awaitable[bool]]:
         return await store.get(key) is None
 
     return check
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_room_ids_cannot_reach_other_rooms_or_control_keys(make_presence: PresenceFactory) -> None:
+    p, _ = await make_presence("iz")
+    await p.join("secret", "ann", "c1", 100.0)
+    for room in ("secret:n", "count:secret", "room:secret", "sweep", "instances", "alive:iz", "instance:iz"):
+        assert await p.join(room, "eve", f"c-{room}", 101.0) is True, room
+        assert [m.user_id for m in await p.members(room)] == ["eve"], room
+    assert [m.user_id for m in await p.members("secret")] == ["ann"]
+    assert await p.leave("secret", "ann", "c1") is True
