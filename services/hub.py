@@ -10,9 +10,10 @@ published for the other instances.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 from services import frames
@@ -51,6 +52,14 @@ class ClientError(Exception):
         self.extra = extra
 
 
+class _ChannelLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -82,7 +91,7 @@ class RoomHub:
         self.rooms: dict[str, set[Session]] = {}
         self.users: dict[str, set[Session]] = {}
         self._subscribed: set[str] = set()
-        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._channel_locks: dict[str, _ChannelLock] = {}
         self._typing_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publish_failing = False
@@ -515,11 +524,21 @@ class RoomHub:
 
     # -- bus subscriptions -------------------------------------------------------------------
 
-    def _lock(self, channel: str) -> asyncio.Lock:
-        lock = self._channel_locks.get(channel)
-        if lock is None:
-            lock = self._channel_locks[channel] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _lock(self, channel: str) -> AsyncIterator[None]:
+        """Serialise subscribe/unsubscribe of one channel. Counted, so the lock is dropped exactly
+        when nobody holds or waits for it (a failed join leaves nothing behind)."""
+        entry = self._channel_locks.get(channel)
+        if entry is None:
+            entry = self._channel_locks[channel] = _ChannelLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._channel_locks[channel]
 
     async def _subscribe(self, channel: str) -> None:
         async with self._lock(channel):
@@ -538,9 +557,6 @@ class RoomHub:
                 await self.bus.unsubscribe(channel)
             except BusError:
                 log.warning("bus unsubscribe failed", extra={"channel": channel})
-        lock = self._channel_locks.get(channel)
-        if lock is not None and not lock.locked():
-            del self._channel_locks[channel]
 
     @property
     def subscribed_channels(self) -> frozenset[str]:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.helpers import Client, token
+from tests.helpers import Client, token, wait_for
 
 T = 15
 
@@ -417,3 +417,21 @@ async def test_order_holds_when_reports_come_back_out_of_order_or_fail(gw):
     assert ingest.produced == ["m0", "m1", "m2", "m3"]
     err = await alice.expect_error("ingest_failed")
     assert err["payload"]["roomId"] == "r"
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_rooms_and_channels_are_released_when_members_go(gw):
+    hub = gw.gateway.hub
+    alice, bob = await gw.client("alice"), await gw.client("bob")
+    for room in ("a", "b", "c"):
+        await alice.join(room)
+        await bob.join(room)
+    assert {"room:a", "room:b", "room:c"} <= hub.subscribed_channels
+    alice.send("leave", {"roomId": "a"})
+    await alice.expect("room_update", match=lambda f: f["payload"]["action"] == "left")
+    assert "room:a" in hub.subscribed_channels  # bob is still there
+    alice.close()
+    bob.close()
+    await wait_for(lambda: not hub.rooms and not hub.users and not hub.subscribed_channels, what="all released")
+    assert hub._channel_locks == {}
+    assert gw.gateway.sessions == set()
