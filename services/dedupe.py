@@ -14,6 +14,9 @@ PENDING = "pending"
 
 
 class DedupeStore(Protocol):
+    """What the hub needs. Implementations handed to the hub never raise StoreError (a store that
+    can fail goes behind services/fallback.py)."""
+
     async def reserve(self, key: str, value: str, ttl: float) -> str | None:
         """Store `value` under `key` unless present. None: reserved for us; else the existing value."""
 

@@ -5,5 +5,6 @@ from __future__ import annotations
 
 
 class StoreError(Exception):
-    """A shared store (presence, dedupe) could not be reached: the client gets `error internal`,
-    the caller logs nothing more (the store logs once per change of state)."""
+    """A shared store (presence, dedupe) could not be reached. The hub never sees it: the gateway
+    wraps the Redis stores in services/fallback.py, which answer from this instance instead (the
+    store logs once per change of state)."""

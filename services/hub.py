@@ -19,10 +19,9 @@ from typing import Any, Protocol
 from services import frames
 from services.bus import Bus, BusError, BusEvent
 from services.dedupe import PENDING, DedupeStore
-from services.errors import StoreError
 from services.ids import iso, iso_now, uuid7
 from services.metrics import METRICS
-from services.presence import OFFLINE, ONLINE, Member, PresenceStore
+from services.presence import OFFLINE, ONLINE, PresenceStore
 from services.session import CLOSE_TOO_MANY_CONNECTIONS, Session
 from services.settings import Settings
 
@@ -179,31 +178,20 @@ class RoomHub:
                 session.rooms.add(room)
                 METRICS.rooms.set(len(self.rooms))
             now = time.time()
-            try:
-                new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
-                members = await self.presence.members(room)
-            except StoreError:
-                # Roll back: nobody was told of this join, so nobody is told of its undoing.
-                await self._leave(session, room, announce=False)
-                raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
+            new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+            members = await self.presence.members(room)
             if new_user:
                 frame = frames.encode(
                     "presence", {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
                 )
                 await self._broadcast(room, frame, exclude=session.conn_id)
         else:
-            members = await self._members(room)
+            members = await self.presence.members(room)
         joined: dict[str, Any] = {"roomId": room, "action": "joined"}
         if recovering:
             joined["recovered"] = False
         session.send(frames.encode("room_update", joined, request_id))
         session.send(frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]}))
-
-    async def _members(self, room: str) -> list[Member]:
-        try:
-            return await self.presence.members(room)
-        except StoreError:
-            raise ClientError("internal", "presence is unavailable, try again", roomId=room) from None
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -230,8 +218,6 @@ class RoomHub:
         user = session.user_id
         try:
             gone = await self.presence.leave(room, user, session.conn_id)
-        except StoreError:
-            gone = False  # the store announces it later (expiry or reconcile)
         except Exception:
             log.exception("presence leave failed", extra={"room": room})
             gone = False
@@ -246,7 +232,7 @@ class RoomHub:
             # Still in the room through another instance, but the timer that would lapse this
             # instance's "typing" dies with its last local connection: lapse it now.
             self._cancel_typing(room, user)
-            self.spawn(self._lapse(room, user))
+            self.spawn(self._publish_status(room, user, ONLINE))
         await self._unsubscribe_if_unused(room_channel(room))
 
     # -- messages ----------------------------------------------------------------------------
@@ -313,14 +299,14 @@ class RoomHub:
             if self.ingest is not None:
                 # Lets the Kafka consumer skip this message's copy coming back as message.created;
                 # set before the ingest, as that copy may be consumed before our delivery report.
-                await self._dedupe_quietly(self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl))
+                await self.dedupe.put(f"id:{msg_id}", "1", self.settings.dedupe_ttl)
                 delivery = asyncio.ensure_future(self.ingest.ingest(message))
                 # The produce call runs in that task's first step, before any later message's.
                 _resolve(stage)
                 await delivery
         except IngestError as exc:
             if store_key is not None:
-                await self._dedupe_quietly(self.dedupe.release(store_key))
+                await self.dedupe.release(store_key)
             raise ClientError(
                 "ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=dedupe_key
             ) from None
@@ -330,7 +316,7 @@ class RoomHub:
         # Past this point the message is accepted (and durable with Kafka): a store failure no
         # longer stops its broadcast.
         if store_key is not None:
-            await self._dedupe_quietly(self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl))
+            await self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
         await self._broadcast(room, frames.encode("message", message))
         ack = {"id": msg_id, "roomId": room, "createdAt": created}
         if dedupe_key is not None:
@@ -343,15 +329,7 @@ class RoomHub:
         waiting while the first send is still in flight (its ingest may yet fail and free the key)."""
         deadline = time.monotonic() + self.settings.kafka_message_timeout + 5
         while True:
-            try:
-                existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
-            except StoreError:
-                raise ClientError(
-                    "internal",
-                    "message not sent: dedupe store unavailable, retry with the same dedupeKey",
-                    roomId=room,
-                    dedupeKey=dedupe_key,
-                ) from None
+            existing = await self.dedupe.reserve(key, PENDING, self.settings.kafka_message_timeout + 5)
             if existing is None:
                 return None
             if existing != PENDING:
@@ -366,23 +344,13 @@ class RoomHub:
                 )
             await asyncio.sleep(0.05)
 
-    @staticmethod
-    async def _dedupe_quietly(work: Awaitable[None]) -> None:
-        try:
-            await work
-        except StoreError:
-            pass  # logged once by the store
-
     # -- presence ----------------------------------------------------------------------------
 
     async def set_presence(self, session: Session, room: str, status: str) -> None:
         if room not in session.rooms:
             raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
         user = session.user_id
-        try:
-            await self._publish_status(room, user, status)
-        except StoreError:
-            raise ClientError("internal", "presence is unavailable, try again", roomId=room) from None
+        await self._publish_status(room, user, status)
         self._cancel_typing(room, user)
         if status == "typing":
             loop = asyncio.get_running_loop()
@@ -401,13 +369,7 @@ class RoomHub:
     def _typing_lapsed(self, room: str, user: str) -> None:
         self._typing_timers.pop((room, user), None)
         if any(room in s.rooms for s in self.users.get(user, ())):
-            self.spawn(self._lapse(room, user))
-
-    async def _lapse(self, room: str, user: str) -> None:
-        try:
-            await self._publish_status(room, user, ONLINE)
-        except StoreError:
-            pass  # the status stays `typing` in the store until the next change; logged by the store
+            self.spawn(self._publish_status(room, user, ONLINE))
 
     def _cancel_typing(self, room: str, user: str) -> None:
         timer = self._typing_timers.pop((room, user), None)
@@ -483,10 +445,7 @@ class RoomHub:
 
     async def _resend_presence_state(self) -> None:
         for room in list(self.rooms):
-            try:
-                members = await self.presence.members(room)
-            except StoreError:
-                return  # down again; the next resync will do it
+            members = await self.presence.members(room)
             frame = frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]})
             for session in tuple(self.rooms.get(room, ())):
                 session.send(frame)

@@ -32,6 +32,9 @@ ExpiredHandler = Callable[[str, str], None]
 
 
 class PresenceStore(Protocol):
+    """What the hub needs. Implementations handed to the hub never raise StoreError (a store that
+    can fail goes behind services/fallback.py)."""
+
     async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
         """Record the connection in the room; True when the user is new to the room."""
 

@@ -191,8 +191,22 @@ async def refused_status(url: str, headers: dict[str, str] | None = None) -> tup
     raise AssertionError("upgrade was accepted")
 
 
+class _Addresses:
+    """WebSocket and HTTP base URLs of a gateway listening on 127.0.0.1:port."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 @dataclass
-class RunningGateway:
+class RunningGateway(_Addresses):
     """A gateway served in-process on a real port."""
 
     gateway: Gateway
@@ -202,14 +216,6 @@ class RunningGateway:
     @property
     def settings(self) -> Settings:
         return self.gateway.settings
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def client(self, sub: str = "alice", **kw: Any) -> Client:
         return await Client.connect(self.url, token(sub, **kw))
@@ -242,7 +248,7 @@ def free_port() -> int:
 
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(_Addresses):
     """`python server.py` as a real process; its JSON log lines are collected from stderr."""
 
     proc: subprocess.Popen[str]
@@ -261,14 +267,6 @@ class GatewayProcess:
             if isinstance(record, dict) and record.get("event") == event:
                 out.append(record)
         return out
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
