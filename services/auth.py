@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 import os
 import secrets
 import sys
@@ -23,6 +24,7 @@ import jwt
 from services.settings import ConfigError, Settings
 
 MIN_SECRET_BYTES = 32
+MAX_TOKEN_BYTES = 8192  # far above any real JWT; bounds what an unauthenticated client makes us parse
 
 
 class AuthError(Exception):
@@ -56,8 +58,23 @@ class TokenVerifier:
         return self._public_key
 
     def verify(self, token: str) -> Identity:
+        """The token's identity, or AuthError. Nothing else escapes, whatever the token holds: an
+        unauthenticated client must not be able to turn its token into a 500 (issue: nested JSON
+        raised RecursionError, `"exp": Infinity` OverflowError)."""
         if not token:
             raise AuthError("missing token")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError(f"token longer than {MAX_TOKEN_BYTES} bytes")
+        try:
+            return self._verify(token)
+        except AuthError:
+            raise
+        except (RecursionError, ValueError, OverflowError, TypeError, KeyError, AttributeError):
+            # Safety net: a library below us choked on hostile input (deep nesting, NaN,
+            # Infinity, odd types). That is a token we cannot use, not a server error.
+            raise AuthError("malformed token") from None
+
+    def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -103,7 +120,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
     if not isinstance(user, str) or not user or len(user) > 128:
         raise AuthError("token has no usable sub (or userId) claim")
     exp = claims.get("exp")
-    if not isinstance(exp, int | float):
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         raise AuthError("invalid exp claim")
     rooms_claim = claims.get("rooms")
     rooms: tuple[str, ...] | None = None

@@ -145,3 +145,62 @@ def test_mint_cli_without_secret_fails(capsys, monkeypatch):
     monkeypatch.delenv("JWT_DEV", raising=False)
     assert auth_main(["mint", "--sub", "a"]) == 2
     assert "JWT_DEV" in capsys.readouterr().err
+
+
+def _raw_token(header: str, claims: str, secret: str | None = SECRET) -> str:
+    """A token from raw JSON texts, signed when `secret` is given: JSON the encoder would not write."""
+    import hashlib
+    import hmac
+
+    def b64(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    signing_input = f"{b64(header)}.{b64(claims)}"
+    if secret is None:
+        return f"{signing_input}.AAAA"
+    sig = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+
+
+DEEP = "[" * 5000 + "]" * 5000
+HS = '{"alg":"HS256","typ":"JWT"}'
+HOSTILE_TOKENS = {
+    "nested-header": _raw_token('{"alg":"HS256","x":' + DEEP + "}", "{}", secret=None),
+    "nested-claims": _raw_token(HS, '{"sub":"a","exp":9999999999,"x":' + DEEP + "}"),
+    "exp-infinity": _raw_token(HS, '{"sub":"a","exp":Infinity}'),
+    "exp-nan": _raw_token(HS, '{"sub":"a","exp":NaN}'),
+    "iat-infinity": _raw_token(HS, '{"sub":"a","exp":9999999999,"iat":Infinity}'),
+    "nbf-minus-infinity": _raw_token(HS, '{"sub":"a","exp":9999999999,"nbf":-Infinity}'),
+    "exp-huge-int": _raw_token(HS, '{"sub":"a","exp":' + "9" * 400 + "}"),
+    "exp-string": _raw_token(HS, '{"sub":"a","exp":"tomorrow"}'),
+    "exp-bool": _raw_token(HS, '{"sub":"a","exp":true}'),
+    "sub-object": _raw_token(HS, '{"sub":{"id":1},"exp":9999999999}'),
+    "claims-a-list": _raw_token(HS, "[1,2,3]"),
+    "header-a-list": _raw_token("[1]", '{"sub":"a","exp":9999999999}', secret=None),
+    "alg-a-list": _raw_token('{"alg":["HS256"]}', '{"sub":"a","exp":9999999999}', secret=None),
+    "rooms-of-numbers": _raw_token(HS, '{"sub":"a","exp":9999999999,"rooms":[1,2]}'),
+    "oversized": _raw_token(HS, '{"sub":"a","exp":9999999999,"pad":"' + "x" * 20000 + '"}'),
+    "not-base64": "%%%.%%%.%%%",
+    "non-ascii": "ä.ö.ü",
+}
+
+
+@pytest.mark.gen_test(timeout=T)
+@pytest.mark.parametrize("case", sorted(HOSTILE_TOKENS))
+@pytest.mark.parametrize("where", ["query", "bearer"])
+async def test_hostile_tokens_are_401_json_never_500(gw, caplog, case, where):
+    """Whatever is wrong with a token (nesting, NaN/Infinity, size, types), it is a 401 with a JSON
+    body and no traceback in the log: no token is needed to reach this code."""
+    from urllib.parse import quote
+
+    tok = HOSTILE_TOKENS[case]
+    if where == "query":
+        status, body = await refused_status(f"{gw.url}?token={quote(tok)}")
+    else:
+        status, body = await refused_status(gw.url, headers={"Authorization": f"Bearer {tok}"})
+    assert status == 401, body
+    assert isinstance(body.get("error"), str) and body["error"]
+    assert not [r for r in caplog.records if r.levelno >= 40 or r.exc_info], "no error or traceback logged"
+    client = await Client.connect(gw.url, token("after"))  # the server is fine afterwards
+    client.send("ping")
+    await client.expect("pong")
