@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from asyncio import Future
 from collections.abc import Awaitable
 from typing import Any
 
@@ -13,9 +12,10 @@ import orjson
 from marshmallow import ValidationError
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol, _WebSocketParams
 
 from handlers.common import RedactedSummary
+from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
 from schemas.client import CLIENT_TYPES, EnvelopeSchema
 from services import frames
 from services.auth import AuthError, Identity
@@ -28,7 +28,6 @@ from services.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
 log = logging.getLogger("gateway.socket")
 
 # Errors caused by what the client sent; enough of them in a minute closes the socket with 1008.
-TEXT_OPCODE = 0x1
 ABUSE_CODES = frozenset({"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"})
 
 
@@ -75,6 +74,18 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
     def get_compression_options(self) -> dict[str, Any] | None:
         return None  # per-message deflate costs more CPU than chat frames save
 
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        """Tornado's protocol with the gateway's frame reader (handlers/protocol.py)."""
+        if self.request.headers.get("Sec-WebSocket-Version") not in ("7", "8", "13"):
+            return None
+        params = _WebSocketParams(
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            max_message_size=self.max_message_size,
+            compression_options=None,
+        )
+        return GatewayProtocol(self, params)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
@@ -105,6 +116,30 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self.gateway.hub.spawn(self.gateway.hub.disconnect(session))
 
     # -- frames ------------------------------------------------------------------------------
+
+    def on_control(self, opcode: int, data: bytes) -> None:
+        """Ping and pong frames cost what any frame costs: a token from the rate limit, and a
+        violation when there is none (issue: a ping flood starved every other client). A ping
+        that is over the limit gets no pong."""
+        session = self.session
+        if session is None or session.closed:
+            return
+        METRICS.frames_in.labels("ws_ping" if opcode == OP_PING else "ws_pong").inc()
+        if not session.rate.take():
+            METRICS.errors.labels("rate_limited").inc()
+            self._count_violation(session)
+            return
+        if opcode == OP_PING:
+            session.send_pong(data)
+
+    def fail(self, code: int, reason: str) -> None:
+        """A protocol error (1002, 1007, 1009): close with the code; the protocol lingers."""
+        session = self.session
+        log.info("protocol error", extra={"conn": session.conn_id if session else None, "code": code, "why": reason})
+        if session is not None and not session.closed:
+            session.close(code, reason, flush=False)
+        else:
+            self.close(code, reason)
 
     async def on_message(self, message: str | bytes) -> None:
         session = self.session
@@ -183,7 +218,11 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
     def _reply_error(self, session: Session, exc: ClientError, request_id: str | None) -> None:
         METRICS.errors.labels(exc.code).inc()
         session.send(frames.error(exc.code, exc.message, request_id, **exc.extra))
-        if exc.code in ABUSE_CODES and session.violations.add():
+        if exc.code in ABUSE_CODES:
+            self._count_violation(session)
+
+    def _count_violation(self, session: Session) -> None:
+        if session.violations.add():
             log.info("closing abusive connection", extra={"conn": session.conn_id, "user": session.user_id})
             session.close(CLOSE_POLICY, "too many invalid frames")
 
@@ -202,17 +241,18 @@ class _SocketTransport:
         Tornado's public write_message wraps every frame in a Task only to rename its exception;
         with one write per recipient per broadcast that Task was a third of the gateway's CPU
         (BENCHMARKS.md). So we make the call write_message makes, and get the stream's own future,
-        whose errors Tornado already marks as seen. Any other Tornado falls back to write_message."""
+        whose errors Tornado already marks as seen."""
+        return self._frame(OP_TEXT, data)
+
+    def pong(self, data: bytes) -> Awaitable[None]:
+        return self._frame(OP_PONG, data)
+
+    def _frame(self, opcode: int, data: bytes) -> Awaitable[None]:
         conn = self._handler.ws_connection
-        if conn is None or conn.is_closing():
+        if not isinstance(conn, GatewayProtocol) or conn.is_closing():
             raise WebSocketClosedError()
-        write_frame = getattr(conn, "_write_frame", None)
-        if write_frame is None or getattr(conn, "_compressor", None) is not None:
-            fut = self._handler.write_message(data, binary=False)
-            fut.add_done_callback(_retrieve)
-            return fut
         try:
-            result: Awaitable[None] = write_frame(True, TEXT_OPCODE, data)
+            result: Awaitable[None] = conn._write_frame(True, opcode, data)
         except StreamClosedError:
             raise WebSocketClosedError() from None
         return result
@@ -227,12 +267,6 @@ class _SocketTransport:
             self._handler.close(code, reason)
         except WebSocketClosedError:
             pass
-
-
-def _retrieve(fut: Future[None]) -> None:
-    """A write that failed because the peer left is expected; mark its error as seen."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _request_id(frame: dict[str, Any]) -> str | None:

@@ -2,7 +2,9 @@
 
 The queue is bounded in frames and bytes and drained by a single writer, which waits for each
 write to reach the socket. A client that does not read fills its own queue and is closed with
-4008; nobody else waits for it (centrifuge's per-client queue with a "slow" disconnect).
+4008; nobody else waits for it (centrifuge's per-client queue with a "slow" disconnect). Pongs
+share that queue and its bound: a client that floods pings and never reads is a slow consumer
+like any other (issue: pongs written straight to the stream grew memory without limit).
 """
 
 from __future__ import annotations
@@ -37,10 +39,25 @@ class Transport(Protocol):
     def write(self, data: bytes) -> Awaitable[None]:
         """Send one text frame; the awaitable resolves once it is handed to the OS."""
 
+    def pong(self, data: bytes) -> Awaitable[None]:
+        """Send one pong frame, like `write`."""
+
     def close(self, code: int, reason: str) -> None: ...
 
     def backed_up(self) -> bool:
         """True while earlier frames are still waiting for the OS to take them."""
+
+
+class Pong:
+    """A pong waiting in the outbound queue (the queue holds text frames as plain bytes)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data) + 2  # what it costs on the wire: header and payload
 
 
 class Session:
@@ -87,7 +104,7 @@ class Session:
         # while earlier ones still wait for their Kafka delivery report.
         self.last_publish: asyncio.Future[None] | None = None
         self.last_stage: asyncio.Future[None] | None = None
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[bytes | Pong] = collections.deque()
         self._queued_bytes = 0
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
@@ -115,9 +132,26 @@ class Session:
             if not self.transport.backed_up():
                 self._write(frame)
                 return True
-            self._writing = True
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
-        size = len(frame)
+            self._start_drain()
+        return self._enqueue(frame)
+
+    def send_pong(self, data: bytes) -> bool:
+        """Answer a ping through the same bounded path as every other frame."""
+        if self.closed:
+            return False
+        if not self._writing:
+            if not self.transport.backed_up():
+                self._write(Pong(data))
+                return True
+            self._start_drain()
+        return self._enqueue(Pong(data))
+
+    def _start_drain(self) -> None:
+        self._writing = True
+        self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _enqueue(self, item: bytes | Pong) -> bool:
+        size = len(item)
         if (
             len(self._queue) >= self.settings.outbound_queue_frames
             or self._queued_bytes + size > self.settings.outbound_queue_bytes
@@ -128,13 +162,16 @@ class Session:
             METRICS.queue_overflows.inc()
             self.close(CLOSE_SLOW, "slow consumer", flush=False)
             return False
-        self._queue.append(frame)
+        self._queue.append(item)
         self._queued_bytes += size
         return True
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, item: bytes | Pong) -> None:
         try:
-            self._last_write = self.transport.write(frame)
+            if isinstance(item, Pong):
+                self._last_write = self.transport.pong(item.data)
+            else:
+                self._last_write = self.transport.write(item)
         except Exception:  # closed under us; on_close does the clean-up
             self._last_write = None
 
@@ -147,9 +184,9 @@ class Session:
                     await pending
                 if not self._queue or (self.closed and self.close_code == CLOSE_SLOW):
                     break
-                frame = self._queue.popleft()
-                self._queued_bytes -= len(frame)
-                self._write(frame)
+                item = self._queue.popleft()
+                self._queued_bytes -= len(item)
+                self._write(item)
         except Exception:  # the socket went away under us; on_close does the rest
             self._queue.clear()
             self._queued_bytes = 0

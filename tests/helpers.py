@@ -329,9 +329,9 @@ class RawWebSocket:
     asked, so the server's writes back up as with a stalled mobile client; it also sends what a
     well-behaved library would refuse to (fuzzing). Use it off the event loop."""
 
-    def __init__(self, port: int, tok: str, path: str = "/") -> None:
+    def __init__(self, port: int, tok: str, path: str = "/", rcvbuf: int = 4096) -> None:
         self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(10)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
@@ -351,16 +351,7 @@ class RawWebSocket:
         self._buf = b""
 
     def _send(self, opcode: int, data: bytes) -> None:
-        mask = os.urandom(4)
-        n = len(data)
-        if n < 126:
-            header = bytes([0x80 | opcode, 0x80 | n])
-        elif n < 65536:
-            header = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack("!H", n)
-        else:
-            header = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self.sock.sendall(header + mask + masked)
+        self.sock.sendall(encode_frame(0x80 | opcode, data))
 
     def send_text(self, text: str) -> None:
         self._send(0x1, text.encode())
@@ -403,6 +394,25 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def encode_frame(first: int, data: bytes, masked: bool = True, length: int | None = None) -> bytes:
+    """One client frame: `first` is the FIN/RSV/opcode byte; `masked=False` and `length` (a
+    claimed payload length other than the real one) make frames a client library would refuse."""
+    n = len(data) if length is None else length
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        header = bytes([first, mask_bit | n])
+    elif n < 65536:
+        header = bytes([first, mask_bit | 126]) + struct.pack("!H", n)
+    else:
+        header = bytes([first, mask_bit | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return header + data
+    mask = os.urandom(4)
+    key = (mask * (len(data) // 4 + 1))[: len(data)]
+    body = (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(len(data), "big") if data else b""
+    return header + mask + body
 
 
 def _header_size(buf: bytes) -> int:
