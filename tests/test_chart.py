@@ -27,11 +27,13 @@ RELEASE = "rtg"
 NAMESPACE = "chat"
 HELM_TIMEOUT = 120
 
-# Every environment variable the app reads (DESIGN.md section 3 and 7) plus WORKERS, pinned to 1.
+# Every environment variable the chart may set: what the app reads (DESIGN.md section 3 and 7) plus WORKERS,
+# pinned to 1. JWT_DEV is the app's legacy alias of JWT_SECRET: the chart only sets JWT_SECRET.
 APP_ENV = frozenset(
     {
         "PORT",
-        "JWT_DEV",
+        "INTERNAL_PORT",
+        "JWT_SECRET",
         "JWT_PUBLIC_KEY",
         "JWT_ALGORITHMS",
         "JWT_AUDIENCE",
@@ -49,6 +51,7 @@ APP_ENV = frozenset(
         "KAFKA_TOPIC_MESSAGE_EVENTS",
         "KAFKA_TOPIC_ROOM_EVENTS",
         "ALLOWED_ORIGINS",
+        "TRUSTED_PROXIES",
         "ROOM_ACCESS",
         "MAX_CONTENT",
         "MAX_MESSAGE_BYTES",
@@ -56,6 +59,8 @@ APP_ENV = frozenset(
         "RATE_BURST",
         "MAX_ROOMS",
         "MAX_USER_CONNECTIONS",
+        "MAX_CONNECTIONS",
+        "MAX_CONNECTIONS_PER_IP",
         "TYPING_TTL",
         "PRESENCE_TTL",
         "DEDUPE_TTL",
@@ -66,7 +71,11 @@ APP_ENV = frozenset(
         "WORKERS",
     }
 )
-SECRET_ENV = frozenset({"JWT_DEV", "REDIS_PASSWORD"})
+SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD"})
+# The chart refuses to render without a JWT secret source; most tests use the throwaway opt-in.
+THROWAWAY = ("--set", "auth.generateSecret=true")
+# The only paths the Ingress may route: the WebSocket endpoints and the demo page (with its assets).
+PUBLIC_PATHS = [("/", "Exact"), ("/ws", "Exact"), ("/demo", "Prefix")]
 # CRDs have no bundled schema: checked by hand instead.
 CRD_KINDS = frozenset({"ServiceMonitor"})
 
@@ -134,12 +143,17 @@ Render = Callable[..., HelmRun]
 
 @pytest.fixture(scope="session")
 def render(helm: str) -> Render:
-    """`helm template` of the chart, memoised on its extra arguments (one render per values set)."""
+    """`helm template` of the chart, memoised on its extra arguments (one render per values set).
+
+    THROWAWAY (auth.generateSecret=true) comes first unless base=False: the chart's bare defaults do not
+    render. `--set` wins over `--values`, and a later `--set` over an earlier one.
+    """
     cache: dict[tuple[str, ...], HelmRun] = {}
 
-    def _render(*extra: str) -> HelmRun:
-        if extra not in cache:
-            cache[extra] = run_helm(
+    def _render(*extra: str, base: bool = True) -> HelmRun:
+        args = (*THROWAWAY, *extra) if base else extra
+        if args not in cache:
+            cache[args] = run_helm(
                 helm,
                 "template",
                 RELEASE,
@@ -148,9 +162,9 @@ def render(helm: str) -> Render:
                 NAMESPACE,
                 "--kube-version",
                 KUBE_VERSION,
-                *extra,
+                *args,
             )
-        return cache[extra]
+        return cache[args]
 
     return _render
 
@@ -257,6 +271,18 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def ingress_paths(ingress: Manifest) -> list[tuple[str, str]]:
+    return [(p["path"], p["pathType"]) for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+
+
+def service_port(service: Manifest, name: str) -> dict[str, Any] | None:
+    for p in service["spec"]["ports"]:
+        if p["name"] == name:
+            port: dict[str, Any] = p
+            return port
+    return None
+
+
 def port_number(c: dict[str, Any], port: int | str) -> int:
     if isinstance(port, int):
         return port
@@ -273,7 +299,8 @@ def port_number(c: dict[str, Any], port: int | str) -> int:
 
 
 def test_helm_lint_strict(helm: str, values_set: str) -> None:
-    result = run_helm(helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *VALUE_SETS[values_set])
+    values = VALUE_SETS[values_set]
+    result = run_helm(helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *THROWAWAY, *values)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
 
@@ -282,7 +309,7 @@ def test_renders_expected_kinds(manifests: list[Manifest], values_set: str) -> N
     kinds = sorted(d["kind"] for d in manifests)
     base = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
     if values_set == "defaults":
-        # The JWT secret is generated into the chart's Secret; nothing optional is on.
+        # The JWT secret is generated into the chart's Secret (THROWAWAY); nothing optional is on.
         assert kinds == sorted([*base, "Secret"])
     else:
         # existingSecret for both JWT_DEV and REDIS_PASSWORD: the chart renders no Secret.
@@ -326,7 +353,10 @@ def test_servicemonitor_by_hand(all_options: list[Manifest], all_options_values:
     assert selects(sm["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # /metrics is only served on INTERNAL_PORT: scrape the Service port that targets it.
+    assert endpoint["port"] == "internal"
+    internal = service_port(service, "internal")
+    assert internal is not None and internal["targetPort"] == "internal"
     assert endpoint["interval"] == sm_values["interval"]
     assert endpoint["scrapeTimeout"] == sm_values["scrapeTimeout"]
 
@@ -339,7 +369,7 @@ def test_servicemonitor_by_hand(all_options: list[Manifest], all_options_values:
 def test_probes_on_container_port(manifests: list[Manifest]) -> None:
     c = container(manifests)
     port = int(config_env(manifests)["PORT"])
-    assert [p["containerPort"] for p in c["ports"]] == [port]
+    assert port_number(c, "http") == port
     expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
     for probe_name, path in expected.items():
         probe = c.get(probe_name)
@@ -357,9 +387,60 @@ def test_env_names_come_from_configmap_and_secret(manifests: list[Manifest]) -> 
     # Secrets never sit in the ConfigMap; empty values are left out so app defaults apply.
     assert not (set(cm) & SECRET_ENV)
     assert all(v != "" for v in cm.values()), cm
-    assert {"PORT", "JWT_DEV", "DEMO", "DRAIN_DELAY", "DRAIN_WINDOW"} <= names
+    assert {"PORT", "INTERNAL_PORT", "JWT_SECRET", "DEMO", "DRAIN_DELAY", "DRAIN_WINDOW"} <= names
     assert cm["WORKERS"] == "1"
-    assert "valueFrom" in env_entries(manifests)["JWT_DEV"]
+    assert "valueFrom" in env_entries(manifests)["JWT_SECRET"]
+
+
+def test_jwt_secret_env_name(manifests: list[Manifest]) -> None:
+    # JWT_SECRET is the app's preferred name; JWT_DEV is only its legacy alias.
+    assert "JWT_SECRET" in env_entries(manifests)
+    assert "JWT_DEV" not in effective_env_names(manifests)
+
+
+def test_internal_port(manifests: list[Manifest]) -> None:
+    c = container(manifests)
+    cm = config_env(manifests)
+    internal = port_number(c, "internal")
+    assert int(cm["INTERNAL_PORT"]) == internal
+    assert internal != int(cm["PORT"])
+    assert sorted(p["name"] for p in c["ports"]) == ["http", "internal"]
+    service = one(manifests, "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    sp = service_port(service, "internal")
+    assert sp is not None and sp["targetPort"] == "internal"
+    http = service_port(service, "http")
+    assert http is not None and http["targetPort"] == "http"
+    assert sp["port"] != http["port"]
+
+
+def test_internal_port_values(all_options: list[Manifest], all_options_values: dict[str, Any]) -> None:
+    assert config_env(all_options)["INTERNAL_PORT"] == str(all_options_values["gateway"]["internalPort"])
+    sp = service_port(one(all_options, "Service"), "internal")
+    assert sp is not None and sp["port"] == all_options_values["service"]["internalPort"]
+
+
+def test_internal_port_stays_cluster_internal_with_load_balancer(render: Render) -> None:
+    docs = render("--set", "service.type=LoadBalancer", "--set", "metrics.serviceMonitor.enabled=true").manifests
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    main = services[f"{RELEASE}-realtime-gateway"]
+    assert main["spec"]["type"] == "LoadBalancer"
+    assert [p["name"] for p in main["spec"]["ports"]] == ["http"]
+    internal = services[f"{RELEASE}-realtime-gateway-internal"]
+    assert internal["spec"]["type"] == "ClusterIP"
+    assert [p["name"] for p in internal["spec"]["ports"]] == ["internal"]
+    assert selects(internal["spec"]["selector"], pod_labels(docs))
+    sm = one(docs, "ServiceMonitor")
+    assert selects(sm["spec"]["selector"]["matchLabels"], internal["metadata"]["labels"])
+    for d in docs:
+        if d["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+
+
+def test_internal_port_must_differ(render: Render) -> None:
+    result = render("--set", "gateway.internalPort=3000")
+    assert result.returncode != 0
+    assert "gateway.internalPort must differ from gateway.port" in result.stderr
 
 
 def test_default_env(defaults: list[Manifest]) -> None:
@@ -368,18 +449,23 @@ def test_default_env(defaults: list[Manifest]) -> None:
     assert cm["DEMO"] == "false"
     assert (cm["DRAIN_DELAY"], cm["DRAIN_WINDOW"]) == ("5", "20")
     # Single instance defaults: no Redis, no Kafka, so the app runs its in-process bus.
-    for absent in ("REDIS_HOST", "REDIS_PORT", "KAFKA_BROKER_URL", "ALLOWED_ORIGINS", "JWT_PUBLIC_KEY"):
+    assert cm["INTERNAL_PORT"] == "9090"
+    absent_by_default = ("REDIS_HOST", "REDIS_PORT", "KAFKA_BROKER_URL", "ALLOWED_ORIGINS", "JWT_PUBLIC_KEY")
+    for absent in (*absent_by_default, "TRUSTED_PROXIES", "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_IP"):
         assert absent not in cm
     assert "REDIS_PASSWORD" not in env_entries(defaults)
     assert one(defaults, "Deployment")["spec"]["replicas"] == 1
 
 
-def test_default_jwt_secret_is_generated_into_chart_secret(defaults: list[Manifest]) -> None:
-    ref = secret_ref(defaults, "JWT_DEV")
-    secret = named(defaults, "Secret", ref["name"])
-    assert secret is not None, "JWT_DEV points at a Secret the chart does not render"
+def test_generated_jwt_secret_is_opt_in(render: Render) -> None:
+    docs = render("--set", "auth.generateSecret=true", base=False).manifests
+    ref = secret_ref(docs, "JWT_SECRET")
+    assert ref["key"] == "JWT_SECRET"
+    secret = named(docs, "Secret", ref["name"])
+    assert secret is not None, "JWT_SECRET points at a Secret the chart does not render"
     value = base64.b64decode(secret["data"][ref["key"]]).decode()
     assert len(value) >= 32 and value.isalnum()
+    assert secret["metadata"]["annotations"]["realtime-gateway/generated"] == "JWT_SECRET"
 
 
 def test_all_options_env(all_options: list[Manifest], all_options_values: dict[str, Any]) -> None:
@@ -399,7 +485,10 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
     # Large numbers must not come out in float notation (1.048576e+06).
     assert cm["MAX_MESSAGE_BYTES"] == "1048576"
     assert cm["DEDUPE_TTL"] == "86400"
-    assert secret_ref(all_options, "JWT_DEV") == {"name": "gateway-jwt", "key": "hs256-secret"}
+    assert cm["TRUSTED_PROXIES"] == ",".join(v["gateway"]["trustedProxies"])
+    assert cm["MAX_CONNECTIONS"] == "20000"
+    assert cm["MAX_CONNECTIONS_PER_IP"] == "50"
+    assert secret_ref(all_options, "JWT_SECRET") == {"name": "gateway-jwt", "key": "hs256-secret"}
     assert secret_ref(all_options, "REDIS_PASSWORD") == {"name": "redis-auth", "key": "redis-password"}
     assert env_entries(all_options)["OTEL_SERVICE_NAME"]["value"] == "realtime-gateway"
 
@@ -481,7 +570,8 @@ def test_selectors_match_pods(manifests: list[Manifest]) -> None:
     assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
     service = one(manifests, "Service")
     assert selects(service["spec"]["selector"], labels)
-    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container(manifests)["ports"]}
+    container_ports = {p["name"] for p in container(manifests)["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
     assert selects(one(manifests, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
     spread = pod_spec(manifests)["topologySpreadConstraints"]
     by_host = [t for t in spread if t["topologyKey"] == "kubernetes.io/hostname"]
@@ -527,10 +617,39 @@ def test_ingress_websocket_annotations(all_options: list[Manifest]) -> None:
     assert ingress["spec"]["tls"] == [{"hosts": ["chat.example.com"], "secretName": "chat-example-com-tls"}]
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "chat.example.com"
-    backend = rule["http"]["paths"][0]["backend"]["service"]
     service = one(all_options, "Service")
-    assert backend["name"] == service["metadata"]["name"]
-    assert backend["port"]["number"] == service["spec"]["ports"][0]["port"]
+    http = service_port(service, "http")
+    assert http is not None
+    for path in rule["http"]["paths"]:
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        # The gateway port, never the internal one.
+        assert backend["port"]["number"] == http["port"]
+
+
+def test_ingress_routes_only_public_paths(all_options: list[Manifest], render: Render) -> None:
+    hosts = (
+        "--set",
+        "ingress.enabled=true",
+        "--set",
+        "ingress.hosts[0].host=a.example",
+        "--set",
+        "ingress.hosts[1].host=b.example",
+    )
+    for docs in (all_options, render(*hosts).manifests):
+        ingress = one(docs, "Ingress")
+        for rule in ingress["spec"]["rules"]:
+            assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == PUBLIC_PATHS, rule
+        paths = [path for path, _ in ingress_paths(ingress)]
+        assert not [p for p in paths if p.startswith(("/metrics", "/api"))]
+    assert len(one(render(*hosts).manifests, "Ingress")["spec"]["rules"]) == 2
+
+
+def test_ingress_paths_are_not_values(render: Render) -> None:
+    # hosts[].paths is gone: a catch-all or /metrics route can no longer be configured.
+    result = render("--set", "ingress.enabled=true", "--set", "ingress.hosts[0].paths[0].path=/metrics")
+    assert result.returncode != 0
+    assert "paths" in result.stderr
 
 
 def test_ingress_user_annotations_win(render: Render) -> None:
@@ -571,13 +690,27 @@ def test_hpa(all_options: list[Manifest], all_options_values: dict[str, Any]) ->
     assert "replicas" not in deployment["spec"]
 
 
+def test_hpa_ignores_replica_count(render: Render) -> None:
+    docs = render("--set", "autoscaling.enabled=true", "--set", "redis.host=redis", "--set", "replicaCount=5").manifests
+    assert "replicas" not in one(docs, "Deployment")["spec"]
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 2
+
+
 def test_network_policy(all_options: list[Manifest]) -> None:
     policy = one(all_options, "NetworkPolicy")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(all_options))
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    (rule,) = policy["spec"]["ingress"]
-    assert port_number(container(all_options), rule["ports"][0]["port"]) == 8080
-    assert len(rule["from"]) == 2
+    c = container(all_options)
+    gateway, internal = policy["spec"]["ingress"]
+    assert [port_number(c, p["port"]) for p in gateway["ports"]] == [8080]
+    assert [port_number(c, p["port"]) for p in internal["ports"]] == [9100]
+    # The ingress controller reaches the gateway port, Prometheus the internal one.
+    assert [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in gateway["from"]] == [
+        "ingress-nginx"
+    ]
+    assert [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in internal["from"]] == [
+        "monitoring"
+    ]
     dns_ports = {(p["port"], p["protocol"]) for p in policy["spec"]["egress"][0]["ports"]}
     assert dns_ports == {(53, "UDP"), (53, "TCP")}
 
@@ -607,16 +740,47 @@ def test_hpa_without_redis_fails(render: Render) -> None:
     assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
 
 
-def test_missing_jwt_secret_fails_when_generation_is_off(render: Render) -> None:
-    result = render("--set", "auth.generateSecret=false")
+def test_defaults_without_jwt_secret_fail(render: Render) -> None:
+    # No silent random secret: it would differ on every `helm template` and rotate every token.
+    result = render(base=False)
     assert result.returncode != 0
-    assert "no JWT secret" in result.stderr and "auth.existingSecret" in result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if "no JWT secret" in ln]
+    assert "auth.existingSecret" in line and "auth.jwtSecret" in line and "auth.generateSecret=true" in line
+
+
+def test_explicit_jwt_secret_renders(render: Render) -> None:
     given = "given-secret-given-secret-given-secret"
-    docs = render("--set", "auth.generateSecret=false", "--set", f"auth.jwtSecret={given}").manifests
-    ref = secret_ref(docs, "JWT_DEV")
+    docs = render("--set", f"auth.jwtSecret={given}", base=False).manifests
+    ref = secret_ref(docs, "JWT_SECRET")
     secret = named(docs, "Secret", ref["name"])
     assert secret is not None
     assert base64.b64decode(secret["data"][ref["key"]]).decode() == given
+    assert "annotations" not in secret["metadata"]
+    # Deterministic: the same values render the same Secret.
+    again = named(
+        render("--set", f"auth.jwtSecret={given}", "--set", "gateway.logLevel=info", base=False).manifests,
+        "Secret",
+        ref["name"],
+    )
+    assert again == secret
+
+
+def test_existing_jwt_secret_renders(render: Render) -> None:
+    docs = render("--set", "auth.existingSecret=gateway-jwt", base=False).manifests
+    assert secret_ref(docs, "JWT_SECRET") == {"name": "gateway-jwt", "key": "JWT_DEV"}
+    assert not of_kind(docs, "Secret")
+
+
+def test_network_policy_internal_port_follows_ingress_from(render: Render) -> None:
+    base = ("--set", "networkPolicy.enabled=true")
+    open_policy = one(render(*base).manifests, "NetworkPolicy")
+    # Nothing restricted: both ports are reachable from any source, as the gateway port always was.
+    assert [[p["port"] for p in r["ports"]] for r in open_policy["spec"]["ingress"]] == [["http"], ["internal"]]
+    assert all("from" not in r for r in open_policy["spec"]["ingress"])
+    peers = "networkPolicy.ingressFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring"
+    restricted = one(render(*base, "--set", peers).manifests, "NetworkPolicy")
+    gateway, internal = restricted["spec"]["ingress"]
+    assert gateway["from"] == internal["from"] and len(gateway["from"]) == 1
 
 
 def test_short_jwt_secret_fails(render: Render) -> None:
@@ -659,6 +823,7 @@ def render_notes(helm_bin: str, chart: Path, *extra: str) -> str:
         NAMESPACE,
         "--show-only",
         "templates/zz-notes-probe.yaml",
+        *THROWAWAY,
         *extra,
     )
     notes: str = one(result.manifests, "ConfigMap")["data"]["notes"]
@@ -671,9 +836,16 @@ def test_notes_say_how_to_connect(helm: str, notes_chart: Path) -> None:
     assert "ws://127.0.0.1:3000/" in notes
     assert "?token=" in notes and "Authorization: Bearer" in notes
     assert "/demo is disabled" in notes
-    assert "get secret rtg-realtime-gateway" in notes
+    assert "get secret rtg-realtime-gateway" in notes and "{.data.JWT_SECRET}" in notes
+    assert "internal port 9090" in notes
+    assert "replicaCount" not in notes
 
     notes = render_notes(helm, notes_chart, "--values", str(ALL_OPTIONS))
     assert "wss://chat.example.com/" in notes
     assert "https://chat.example.com/demo" in notes
     assert "Secret gateway-jwt" in notes
+    assert "Replicas come from the HPA" in notes and "replicaCount (1) is ignored" in notes
+    assert "trustedProxies is empty" not in notes
+
+    notes = render_notes(helm, notes_chart, "--set", "ingress.enabled=true")
+    assert "gateway.trustedProxies is empty" in notes

@@ -72,7 +72,8 @@ exponent (1048576, not 1.048576e+06), lists join with commas.
 
 {{/*
 Non-secret app settings as a dict of ENV -> value, exactly the names the app reads. Entries whose value is
-empty are left out (the app default applies), except PORT, DEMO, DRAIN_DELAY, DRAIN_WINDOW and WORKERS.
+empty are left out (the app default applies), except PORT, INTERNAL_PORT, DEMO, DRAIN_DELAY, DRAIN_WINDOW
+and WORKERS.
 */}}
 {{- define "rtg.configEnv" -}}
 {{- $v := .Values -}}
@@ -95,6 +96,7 @@ empty are left out (the app default applies), except PORT, DEMO, DRAIN_DELAY, DR
   "KAFKA_TOPIC_MESSAGE_EVENTS" $v.kafka.topics.messageEvents
   "KAFKA_TOPIC_ROOM_EVENTS" $v.kafka.topics.roomEvents
   "ALLOWED_ORIGINS" $g.allowedOrigins
+  "TRUSTED_PROXIES" $g.trustedProxies
   "LOG_LEVEL" $g.logLevel
   "MAX_CONTENT" $g.limits.maxContent
   "MAX_MESSAGE_BYTES" $g.limits.maxMessageBytes
@@ -102,12 +104,15 @@ empty are left out (the app default applies), except PORT, DEMO, DRAIN_DELAY, DR
   "RATE_BURST" $g.limits.rateBurst
   "MAX_ROOMS" $g.limits.maxRooms
   "MAX_USER_CONNECTIONS" $g.limits.maxUserConnections
+  "MAX_CONNECTIONS" $g.limits.maxConnections
+  "MAX_CONNECTIONS_PER_IP" $g.limits.maxConnectionsPerIp
   "TYPING_TTL" $g.ttl.typing
   "PRESENCE_TTL" $g.ttl.presence
   "DEDUPE_TTL" $g.ttl.dedupe
 -}}
 {{- $env := dict
   "PORT" (include "rtg.envString" $g.port)
+  "INTERNAL_PORT" (include "rtg.envString" $g.internalPort)
   "DEMO" (ternary "true" "false" (eq (toString $g.demo) "true"))
   "DRAIN_DELAY" (include "rtg.envString" $g.drainDelay)
   "DRAIN_WINDOW" (include "rtg.envString" $g.drainWindow)
@@ -122,16 +127,16 @@ empty are left out (the app default applies), except PORT, DEMO, DRAIN_DELAY, DR
 {{- toYaml $env -}}
 {{- end -}}
 
-{{/* Name of the Secret that holds JWT_DEV. */}}
+{{/* Name of the Secret that holds the HS256 secret (env JWT_SECRET). */}}
 {{- define "rtg.jwtSecretName" -}}
 {{- default (include "rtg.fullname" .) .Values.auth.existingSecret -}}
 {{- end -}}
 
 {{- define "rtg.jwtSecretKey" -}}
-{{- if .Values.auth.existingSecret -}}{{ .Values.auth.existingSecretKey }}{{- else -}}JWT_DEV{{- end -}}
+{{- if .Values.auth.existingSecret -}}{{ .Values.auth.existingSecretKey }}{{- else -}}JWT_SECRET{{- end -}}
 {{- end -}}
 
-{{/* True ("true") when the chart's own Secret must hold JWT_DEV. */}}
+{{/* True ("true") when the chart's own Secret must hold JWT_SECRET. */}}
 {{- define "rtg.chartManagesJwt" -}}
 {{- if not .Values.auth.existingSecret -}}true{{- end -}}
 {{- end -}}
@@ -149,18 +154,37 @@ empty are left out (the app default applies), except PORT, DEMO, DRAIN_DELAY, DR
 {{- if or .Values.redis.existingSecret .Values.redis.password -}}true{{- end -}}
 {{- end -}}
 
-{{/* The JWT_DEV value for the chart's Secret: given, or kept from the live Secret, or generated. */}}
+{{/*
+The JWT_SECRET value for the chart's Secret: given, or (auth.generateSecret) kept from the live Secret, or
+generated. Releases before the env rename stored it under key JWT_DEV: read that too so an upgrade keeps
+it. `lookup` returns nothing under `helm template`, so there a generated secret differs on every render.
+*/}}
 {{- define "rtg.jwtSecretValue" -}}
 {{- if .Values.auth.jwtSecret -}}
 {{- .Values.auth.jwtSecret -}}
 {{- else -}}
 {{- $live := lookup "v1" "Secret" .Release.Namespace (include "rtg.fullname" .) -}}
-{{- if and $live $live.data (hasKey $live.data "JWT_DEV") -}}
-{{- index $live.data "JWT_DEV" | b64dec -}}
+{{- $data := (and $live $live.data) | default (dict) -}}
+{{- if hasKey $data "JWT_SECRET" -}}
+{{- index $data "JWT_SECRET" | b64dec -}}
+{{- else if hasKey $data "JWT_DEV" -}}
+{{- index $data "JWT_DEV" | b64dec -}}
 {{- else -}}
 {{- randAlphaNum 48 -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+True ("true") when the internal port gets its own ClusterIP Service (<fullname>-internal): a NodePort or
+LoadBalancer Service would otherwise give /metrics and /api/* an address outside the cluster.
+*/}}
+{{- define "rtg.separateInternalService" -}}
+{{- if ne .Values.service.type "ClusterIP" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "rtg.internalServiceName" -}}
+{{- printf "%s-internal" (include "rtg.fullname" . | trunc 54 | trimSuffix "-") -}}
 {{- end -}}
 
 {{/* Minimum grace period: the pod must outlive the whole drain. */}}
@@ -193,10 +217,16 @@ empty are left out (the app default applies), except PORT, DEMO, DRAIN_DELAY, DR
 {{- fail (printf "autoscaling.minReplicas (%d) must be <= autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- end -}}
 {{- if and (not .Values.auth.existingSecret) (not .Values.auth.jwtSecret) (not .Values.auth.generateSecret) -}}
-{{- fail "no JWT secret: set auth.existingSecret (a Secret you manage, key auth.existingSecretKey), auth.jwtSecret, or auth.generateSecret=true" -}}
+{{- fail "no JWT secret: set auth.existingSecret (a Secret you manage, key auth.existingSecretKey) or auth.jwtSecret (at least 32 characters); auth.generateSecret=true generates a random one, for throwaway installs only (it changes on every helm template)" -}}
 {{- end -}}
 {{- if and .Values.auth.jwtSecret (not .Values.auth.existingSecret) (lt (len (toString .Values.auth.jwtSecret)) 32) -}}
 {{- fail "auth.jwtSecret must be at least 32 characters (the app refuses shorter HS256 secrets outside --dev)" -}}
+{{- end -}}
+{{- if eq (int .Values.gateway.internalPort) (int .Values.gateway.port) -}}
+{{- fail (printf "gateway.internalPort must differ from gateway.port (both %d): /metrics and /api/* are served only on the internal port, which must stay off the Ingress" (int .Values.gateway.port)) -}}
+{{- end -}}
+{{- if and (eq .Values.service.type "ClusterIP") (eq (int .Values.service.internalPort) (int .Values.service.port)) -}}
+{{- fail (printf "service.internalPort must differ from service.port (both %d)" (int .Values.service.port)) -}}
 {{- end -}}
 {{- $roomAccess := toString .Values.auth.roomAccess -}}
 {{- if not (has $roomAccess (list "" "open" "token")) -}}
