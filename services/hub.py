@@ -276,8 +276,13 @@ class RoomHub:
             await asyncio.wait([stage_prev])
         msg_id = uuid7()
         created = iso_now()
-        # Length-prefixed: user "a" with key "b:c" is not user "a:b" with key "c".
-        store_key = f"dk:{len(session.user_id)}:{session.user_id}:{dedupe_key}" if dedupe_key is not None else None
+        # Scope (sender, room, key): the same key in another room is another message. Length-prefixed:
+        # user "a" with key "b:c" is not user "a:b" with key "c".
+        store_key = (
+            f"dk:{len(session.user_id)}:{session.user_id}:{len(room)}:{room}:{dedupe_key}"
+            if dedupe_key is not None
+            else None
+        )
         if store_key is not None:
             first = await self._claim(store_key, room, dedupe_key)
             if first is not None:  # seen before: the same ack, no second broadcast

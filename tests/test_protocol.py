@@ -97,6 +97,24 @@ async def test_dedupe_returns_same_ack_without_second_delivery(gw):
 
 
 @pytest.mark.gen_test(timeout=T)
+async def test_dedupe_key_is_scoped_to_the_room(gw):
+    """The same dedupeKey from the same sender in another room is another message: delivered there,
+    acked with its own id and that room's roomId."""
+    alice, bob = await gw.client("alice"), await gw.client("bob")
+    for room in ("r1", "r2"):
+        await alice.join(room)
+        await bob.join(room)
+    alice.send("message", {"roomId": "r1", "content": "one", "dedupeKey": "k"})
+    first = (await alice.expect("ack"))["payload"]
+    assert (await bob.expect("message"))["payload"]["roomId"] == "r1"
+    alice.send("message", {"roomId": "r2", "content": "two", "dedupeKey": "k"})
+    second = (await alice.expect("ack"))["payload"]
+    assert second["roomId"] == "r2" and second["id"] != first["id"]
+    got = (await bob.expect("message"))["payload"]
+    assert got["roomId"] == "r2" and got["id"] == second["id"] and got["content"] == "two"
+
+
+@pytest.mark.gen_test(timeout=T)
 async def test_dedupe_across_connections_of_one_user(gw):
     a1, a2 = await gw.client("alice"), await gw.client("alice")
     await a1.join("r")
