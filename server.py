@@ -25,8 +25,10 @@ from tornado.netutil import bind_sockets
 from handlers.common import log_request
 from handlers.dev import DevTokenHandler
 from handlers.health import HealthHandler, ReadyHandler
+from handlers.http_server import ConnectionBook, GatewayHTTPServer
 from handlers.metrics import MetricsHandler
 from handlers.socket import GatewaySocket
+from services.admission import descriptor_budget
 from services.auth import check_secret, generate_secret, mint
 from services.gateway import Gateway, StartupError
 from services.ids import short_id
@@ -41,15 +43,16 @@ MAX_WORKER_RESTARTS = 100
 
 
 def make_app(gateway: Gateway) -> tornado.web.Application:
+    """The public port: WebSockets, probes, the demo page; /metrics too unless INTERNAL_PORT is set."""
     s = gateway.settings
     ctx = {"gateway": gateway}
     routes: list[Any] = [
         (r"/", GatewaySocket, ctx),
         (r"/ws", GatewaySocket, ctx),
-        (r"/healthz", HealthHandler),
-        (r"/readyz", ReadyHandler, ctx),
-        (r"/metrics", MetricsHandler),
+        *_probe_routes(gateway),
     ]
+    if s.internal_port is None:
+        routes.append((r"/metrics", MetricsHandler))
     if s.dev_tokens:
         routes.append((r"/dev/token", DevTokenHandler, ctx))
     if s.demo:
@@ -61,10 +64,47 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         websocket_ping_interval=s.ping_interval or None,
         websocket_ping_timeout=s.ping_timeout,
         websocket_max_message_size=s.max_message_bytes,
-        log_function=log_request,
-        serve_traceback=False,
-        compress_response=False,
+        **_APP_OPTIONS,
     )
+
+
+def make_internal_app(gateway: Gateway) -> tornado.web.Application:
+    """INTERNAL_PORT: what only the cluster should reach (docs/operations.md)."""
+    return tornado.web.Application([*_probe_routes(gateway), (r"/metrics", MetricsHandler)], **_APP_OPTIONS)
+
+
+def _probe_routes(gateway: Gateway) -> list[Any]:
+    return [(r"/healthz", HealthHandler), (r"/readyz", ReadyHandler, {"gateway": gateway})]
+
+
+_APP_OPTIONS: dict[str, Any] = {"log_function": log_request, "serve_traceback": False, "compress_response": False}
+
+
+def start_listening(
+    gateway: Gateway, sockets: list[socket.socket], internal_sockets: list[socket.socket] | None = None
+) -> list[HTTPServer]:
+    """HTTP servers on the bound sockets, sharing one descriptor budget (handlers/http_server.py)."""
+    s = gateway.settings
+    book = ConnectionBook(descriptor_budget())
+    if book.budget < s.max_connections:
+        log.warning(
+            "RLIMIT_NOFILE allows fewer connections than MAX_CONNECTIONS; raise the limit (ulimit -n)",
+            extra={"budget": book.budget, "max_connections": s.max_connections},
+        )
+    options: dict[str, Any] = {
+        "book": book,
+        "trusted": gateway.trusted,
+        "idle_connection_timeout": s.handshake_timeout,
+        "body_timeout": s.handshake_timeout,
+    }
+    public = GatewayHTTPServer(make_app(gateway), **options)
+    public.add_sockets(sockets)
+    servers: list[HTTPServer] = [public]
+    if internal_sockets:
+        internal = GatewayHTTPServer(make_internal_app(gateway), capped=False, **options)
+        internal.add_sockets(internal_sockets)
+        servers.append(internal)
+    return servers
 
 
 def prepare_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -78,7 +118,10 @@ def prepare_settings(argv: Sequence[str] | None = None) -> Settings:
 def announce_dev_token(settings: Settings, port: int) -> None:
     assert settings.jwt_secret is not None
     token = mint(settings.jwt_secret, "dev", ttl=DEV_TOKEN_TTL)
-    log.warning("JWT_DEV is not set: a random secret was generated for this run (dev mode only)")
+    log.warning(
+        "JWT_SECRET is not set: a random secret was generated for this run (dev mode only)",
+        extra={"host": settings.listen_host},
+    )
     print(
         f"\nDev token (sub=dev, valid 24 h):\n  {token}\nConnect: ws://127.0.0.1:{port}/?token={token}\n"
         f"Demo:    http://127.0.0.1:{port}/demo\nMore tokens: http://127.0.0.1:{port}/dev/token?sub=NAME\n",
@@ -86,22 +129,14 @@ def announce_dev_token(settings: Settings, port: int) -> None:
     )
 
 
-async def serve(settings: Settings, sockets: list[socket.socket], worker: int | None = None) -> int:
+async def serve(
+    settings: Settings,
+    sockets: list[socket.socket],
+    internal_sockets: list[socket.socket] | None = None,
+    worker: int | None = None,
+) -> int:
     gateway = Gateway(settings)
-    await gateway.start()
-    app = make_app(gateway)
-    server = HTTPServer(
-        app,
-        xheaders=True,
-        idle_connection_timeout=settings.handshake_timeout,
-        body_timeout=settings.handshake_timeout,
-    )
-    server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    log.info("listening", extra={"port": port, "redis": settings.redis_enabled, "kafka": settings.kafka_enabled})
-    if settings.generated_secret and worker in (None, 0):
-        announce_dev_token(settings, port)
-
+    await gateway.start()  # Ctrl-C while this waits for Redis: KeyboardInterrupt, exit 130 (main)
     stop = asyncio.Event()
     signals = 0
 
@@ -115,13 +150,29 @@ async def serve(settings: Settings, sockets: list[socket.socket], worker: int | 
         stop.set()
 
     loop = asyncio.get_running_loop()
+    # Installed before `listening` is logged: whoever waits for that line may signal at once.
     # A worker hears SIGINT through the supervisor (as SIGTERM), not from the terminal as well.
     for sig in (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    servers = start_listening(gateway, sockets, internal_sockets)
+    port = sockets[0].getsockname()[1]
+    extra: dict[str, Any] = {
+        "host": settings.listen_host,
+        "port": port,
+        "redis": settings.redis_enabled,
+        "kafka": settings.kafka_enabled,
+    }
+    if internal_sockets:
+        extra["internal_port"] = internal_sockets[0].getsockname()[1]
+    log.info("listening", extra=extra)
+    if settings.generated_secret and worker in (None, 0):
+        announce_dev_token(settings, port)
+
     await stop.wait()
     # Keep listening while draining: probes must see 503 and late upgrades get a clear 503.
     await gateway.drain()
-    server.stop()
+    for server in servers:
+        server.stop()
     await gateway.stop()
     log.info("stopped")
     return 0
@@ -203,18 +254,20 @@ def run_workers(count: int) -> int:
     raise SystemExit(exit_code)
 
 
+def _bind(settings: Settings, port: int) -> list[socket.socket]:
+    try:
+        return bind_sockets(port, settings.listen_host, reuse_port=settings.workers > 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.listen_host}:{port}: {exc.strerror}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = prepare_settings(argv)
-        sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.workers > 1)
+        sockets = _bind(settings, settings.port)
+        internal = _bind(settings, settings.internal_port) if settings.internal_port is not None else None
     except ConfigError as exc:
         print(f"server.py: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(
-            f"server.py: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
         return 2
     worker: int | None = None
     try:
@@ -235,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.replace(instance_id=instance)
         setup_logging(settings.log_level, instance)
         try:
-            return asyncio.run(serve(settings, sockets, worker))
+            return asyncio.run(serve(settings, sockets, internal, worker))
         except StartupError as exc:
             print(f"server.py: error: {exc}", file=sys.stderr)
             return 2

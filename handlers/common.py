@@ -38,7 +38,11 @@ def log_request(handler: RequestHandler) -> None:
     # component behind it (bus, Kafka, drain) has already logged once, not an error per probe.
     if (path in ("/healthz", "/metrics") and status < 400) or path == "/readyz":
         return
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    # 503 and 429 are refusals the gateway chose (draining, a connection limit), not faults.
+    if status < 400 or status in (429, 503):
+        level = logging.INFO
+    else:
+        level = logging.WARNING if status < 500 else logging.ERROR
     access_log.log(
         level,
         "http request",

@@ -1,8 +1,10 @@
 """/dev/token?sub=NAME: a token for trying the gateway. Routed only with the generated dev
-secret or --dev; in every other mode the path does not exist (404)."""
+secret or --dev; in every other mode the path does not exist (404). Answered to loopback clients
+only (403 otherwise): whoever can mint tokens can be anyone."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from handlers.common import JsonHandler
@@ -18,6 +20,9 @@ class DevTokenHandler(JsonHandler):
         self.gateway = gateway
 
     def get(self) -> None:
+        if not _loopback(self.request.remote_ip):
+            self.write_json(403, {"error": "/dev/token answers loopback clients only"})
+            return
         sub = self.get_query_argument("sub", "").strip()
         if not _NAME.match(sub):
             self.write_json(400, {"error": "sub must be 1-64 letters, digits or _ . @ -"})
@@ -27,3 +32,13 @@ class DevTokenHandler(JsonHandler):
         secret = self.gateway.settings.jwt_secret
         assert secret is not None
         self.write_json(200, {"token": mint(secret, sub, ttl=TTL, rooms=room_list), "sub": sub, "expiresIn": TTL})
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback

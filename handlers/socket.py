@@ -28,6 +28,10 @@ from services.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
 log = logging.getLogger("gateway.socket")
 
 # Errors caused by what the client sent; enough of them in a minute closes the socket with 1008.
+_REFUSALS = {
+    503: "server is at its connection limit; try another instance or later",
+    429: "too many connections from this address",
+}
 ABUSE_CODES = frozenset({"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"})
 
 
@@ -60,7 +64,16 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             log.info("upgrade refused", extra={"reason": str(exc), "remote": self.request.remote_ip})
             self._refuse(401, str(exc))
             return
-        await super().get(*args, **kwargs)
+        ip = self.request.remote_ip or ""
+        refusal = self.gateway.admission.admit(ip)
+        if refusal is not None:
+            METRICS.upgrades_refused.labels(str(refusal)).inc()
+            self._refuse(refusal, _REFUSALS[refusal])
+            return
+        try:
+            await super().get(*args, **kwargs)  # returns when the WebSocket is over
+        finally:
+            self.gateway.admission.release(ip)
 
     def _refuse(self, status: int, message: str) -> None:
         self.set_status(status)

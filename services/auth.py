@@ -2,7 +2,7 @@
 
     python -m services.auth mint --sub alice --rooms 'general,team-*' --ttl 3600
 
-signs with JWT_DEV (or --secret). Verification pins the algorithm list from settings, so
+signs with JWT_SECRET (or its alias JWT_DEV, or --secret). Verification pins the algorithm list from settings, so
 `alg: none` and algorithm confusion (an HS256 token signed with a public key) are refused.
 """
 
@@ -150,7 +150,7 @@ def check_secret(settings: Settings) -> None:
         return
     if len(secret.encode()) < MIN_SECRET_BYTES and not settings.dev:
         raise ConfigError(
-            f"JWT_DEV is shorter than {MIN_SECRET_BYTES} bytes; use a longer secret (or --dev for local use)"
+            f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a longer secret (or --dev for local use)"
         )
 
 
@@ -180,13 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--sub", required=True, help="user id")
     m.add_argument("--rooms", default=None, help="comma-separated room ids or globs for the rooms claim")
     m.add_argument("--ttl", type=int, default=3600, help="seconds until exp")
-    m.add_argument("--secret", default=None, help="signing secret (default: $JWT_DEV)")
+    m.add_argument("--secret", default=None, help="signing secret (default: $JWT_SECRET, else $JWT_DEV)")
     m.add_argument("--aud", default=None)
     m.add_argument("--iss", default=None)
     args = parser.parse_args(argv)
-    secret = args.secret or os.environ.get("JWT_DEV")
+    secret = args.secret or os.environ.get("JWT_SECRET") or os.environ.get("JWT_DEV")
     if not secret:
-        print("error: no secret: set JWT_DEV or pass --secret", file=sys.stderr)
+        print("error: no secret: set JWT_SECRET or pass --secret", file=sys.stderr)
         return 2
     rooms = [r.strip() for r in args.rooms.split(",") if r.strip()] if args.rooms else None
     extra: dict[str, Any] = {}

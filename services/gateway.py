@@ -10,6 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from schemas.client import payload_schemas
+from services.admission import Admission, TrustedProxies
 from services.auth import TokenVerifier
 from services.bus import Bus, BusError, MemoryBus, MemoryNetwork
 from services.dedupe import DedupeStore, MemoryDedupe
@@ -46,6 +47,8 @@ class Gateway:
         self.settings = settings
         self.instance_id = settings.instance_id or short_id()
         self.verifier = TokenVerifier(settings)
+        self.admission = Admission(settings.max_connections, settings.max_connections_per_ip)
+        self.trusted = TrustedProxies(settings.trusted_proxies)
         self.bus: Bus
         self.presence: PresenceStore
         self.dedupe: DedupeStore
@@ -157,7 +160,8 @@ class Gateway:
                 "window": self.settings.drain_window,
             },
         )
-        await asyncio.sleep(self.settings.drain_delay)
+        if self.sessions:  # nobody to hand over: Ctrl-C on an idle server stops at once
+            await asyncio.sleep(self.settings.drain_delay)
         sessions = [s for s in self.sessions if not s.closed]
         step = self.settings.drain_window / len(sessions) if sessions else 0.0
         for index, session in enumerate(sessions):

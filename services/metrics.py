@@ -18,6 +18,17 @@ class _Metrics:
         self.errors = Counter("gateway_errors_total", "Error frames sent, by code", ["code"])
         self.closes = Counter("gateway_closes_total", "Connections closed by the gateway, by code", ["code"])
         self.auth_failures = Counter("gateway_auth_failures_total", "Upgrades refused with 401")
+        self.upgrades_refused = Counter(
+            "gateway_upgrades_refused_total",
+            "Upgrades refused by a connection limit (503 MAX_CONNECTIONS, 429 MAX_CONNECTIONS_PER_IP)",
+            ["status"],
+        )
+        self.connections_shed = Counter(
+            "gateway_connections_shed_total", "Connections closed before their request, to stay within descriptors"
+        )
+        self.accept_pauses = Counter(
+            "gateway_accept_pauses_total", "Times accepting paused (descriptor budget reached or EMFILE)"
+        )
         self.messages = Counter("gateway_messages_total", "Client messages accepted and broadcast")
         self.deliveries = Counter("gateway_deliveries_total", "Frames queued to local sockets by fan-out")
         self.queue_overflows = Counter("gateway_outbound_overflows_total", "Slow consumers closed with 4008")

@@ -1,9 +1,11 @@
 """RedisDedupe: the dedupe store shared by every instance.
 
 Keys: `{REDIS_PREFIX}dedupe:{key}` strings with a PX expiry, where the hub's keys are
-`dk:{sender}:{roomId}:{dedupeKey}` (each name length-prefixed) (value "pending" or "{id} {createdAt}") and `id:{messageId}`.
+`dk:{sender}:{roomId}:{dedupeKey}` (names length-prefixed; value "pending" or "{id} {createdAt}")
+and `id:{messageId}`.
 `reserve` is one script call (SET NX, or the value already there), so of two instances that see
-the same (sender, room, dedupeKey) at once exactly one wins, and the other answers with the winner's ack.
+the same (sender, room, dedupeKey) at once exactly one wins, and the other answers with the
+winner's ack.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from services.admission import parse_networks
+
 
 class ConfigError(Exception):
     """Bad configuration: reported as one line on stderr and exit code 2."""
@@ -58,6 +60,12 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _cidrs(raw: str) -> tuple[str, ...]:
+    specs = _csv(raw)
+    parse_networks(specs)  # raises ValueError naming the bad entry
+    return specs
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -81,18 +89,35 @@ class Option:
     default: Any
     help: str
     is_switch: bool = False  # flag takes no value (--dev); its env var still takes true/false
+    aliases: tuple[str, ...] = ()  # older environment names, read when `env` is unset
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("port", "PORT", "--port", _int(0, 65535), 3000, "listen port (0 picks a free one)"),
-    Option("host", "HOST", "--host", _text, "0.0.0.0", "listen address"),
+    Option(
+        "host",
+        "HOST",
+        "--host",
+        _text,
+        None,
+        "listen address (default 0.0.0.0; 127.0.0.1 while the secret is generated for the run)",
+    ),
+    Option(
+        "internal_port",
+        "INTERNAL_PORT",
+        "--internal-port",
+        _int(0, 65535),
+        None,
+        "port serving /metrics (and /healthz, /readyz) only; set: /metrics is 404 on PORT",
+    ),
     Option(
         "jwt_secret",
-        "JWT_DEV",
+        "JWT_SECRET",
         "--jwt-secret",
         _text,
         None,
-        "HS256 secret; unset: a random secret for this run and a printed dev token",
+        "HS256 secret (JWT_DEV is an alias); unset: a random secret for this run and a printed dev token",
+        aliases=("JWT_DEV",),
     ),
     Option(
         "jwt_public_key",
@@ -254,6 +279,30 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_rooms", "MAX_ROOMS", "--max-rooms", _int(1), 100, "rooms per connection"),
     Option(
+        "max_connections",
+        "MAX_CONNECTIONS",
+        "--max-connections",
+        _int(1),
+        10000,
+        "open WebSockets per instance (HTTP 503 before the upgrade above it)",
+    ),
+    Option(
+        "max_connections_per_ip",
+        "MAX_CONNECTIONS_PER_IP",
+        "--max-connections-per-ip",
+        _int(1),
+        200,
+        "open WebSockets per client address (HTTP 429 above it)",
+    ),
+    Option(
+        "trusted_proxies",
+        "TRUSTED_PROXIES",
+        "--trusted-proxies",
+        _cidrs,
+        (),
+        "CIDRs whose X-Forwarded-For / X-Real-Ip are believed; unset: the peer address, always",
+    ),
+    Option(
         "max_user_connections",
         "MAX_USER_CONNECTIONS",
         "--max-user-connections",
@@ -342,7 +391,8 @@ OPTIONS: tuple[Option, ...] = (
 @dataclass(frozen=True)
 class Settings:
     port: int = 3000
-    host: str = "0.0.0.0"
+    host: str | None = None
+    internal_port: int | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256",)
@@ -375,6 +425,9 @@ class Settings:
     rate_burst: int = 40
     invalid_frame_limit: int = 30
     max_rooms: int = 100
+    max_connections: int = 10000
+    max_connections_per_ip: int = 200
+    trusted_proxies: tuple[str, ...] = ()
     max_user_connections: int = 20
     outbound_queue_frames: int = 1000
     outbound_queue_bytes: int = 4 * 1024 * 1024
@@ -388,7 +441,7 @@ class Settings:
     drain_window: float = 20.0
     log_level: str = "info"
     instance_id: str | None = None
-    # Set by server.py when JWT_DEV was not given: the secret was generated for this run.
+    # Set by server.py when JWT_SECRET (or JWT_DEV) was not given: the secret was generated for this run.
     generated_secret: bool = field(default=False, compare=False)
 
     @property
@@ -403,6 +456,14 @@ class Settings:
     def dev_tokens(self) -> bool:
         """/dev/token is served only with a generated secret or explicit --dev."""
         return self.dev or self.generated_secret
+
+    @property
+    def listen_host(self) -> str:
+        """HOST, else loopback while the secret is generated (a laptop default must not hand out
+        tokens to the network), else every interface."""
+        if self.host:
+            return self.host
+        return "127.0.0.1" if self.generated_secret else "0.0.0.0"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -444,8 +505,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
         raw = args.get(opt.name)
         source = opt.flag
         if raw is None:
-            raw = env.get(opt.env)
-            source = opt.env
+            source = next((name for name in (opt.env, *opt.aliases) if env.get(name) is not None), opt.env)
+            raw = env.get(source)
             if raw is not None and raw.strip() == "" and opt.default is None:
                 raw = None  # an empty env var means "unset" for optional strings
         if raw is None:
@@ -463,6 +524,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
 
 
 def _check(s: Settings) -> None:
+    if s.internal_port is not None and s.internal_port != 0 and s.internal_port == s.port:
+        raise ConfigError("INTERNAL_PORT must differ from PORT")
     if s.workers > 1 and not s.redis_enabled:
         raise ConfigError("WORKERS > 1 needs Redis: set REDIS_HOST (or --redis-host)")
     allowed = {

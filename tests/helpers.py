@@ -8,6 +8,7 @@ import base64
 import inspect
 import json
 import os
+import resource
 import signal
 import socket
 import struct
@@ -25,7 +26,7 @@ from tornado.netutil import bind_sockets
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from schemas.server import validate_server_frame
-from server import make_app
+from server import start_listening
 from services.auth import mint
 from services.bus import MemoryNetwork
 from services.dedupe import DedupeStore
@@ -210,8 +211,9 @@ class RunningGateway(_Addresses):
     """A gateway served in-process on a real port."""
 
     gateway: Gateway
-    server: HTTPServer
+    servers: list[HTTPServer]
     port: int
+    internal_port: int | None = None
 
     @property
     def settings(self) -> Settings:
@@ -221,7 +223,8 @@ class RunningGateway(_Addresses):
         return await Client.connect(self.url, token(sub, **kw))
 
     async def stop(self) -> None:
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
         for session in list(self.gateway.sessions):
             session.close(1001, "test over")
         await self.gateway.hub.settle(2.0)
@@ -236,9 +239,11 @@ async def start_gateway(
     gateway = Gateway(settings, network=network, dedupe=dedupe)
     await gateway.start()
     sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(make_app(gateway), idle_connection_timeout=settings.handshake_timeout)
-    server.add_sockets(sockets)
-    return RunningGateway(gateway, server, sockets[0].getsockname()[1])
+    internal = bind_sockets(0, "127.0.0.1") if settings.internal_port is not None else None
+    servers = start_listening(gateway, sockets, internal)
+    return RunningGateway(
+        gateway, servers, sockets[0].getsockname()[1], internal[0].getsockname()[1] if internal else None
+    )
 
 
 def free_port() -> int:
@@ -286,10 +291,12 @@ def spawn_server(
     wait_listening: bool = True,
     timeout: float = 20,
     collect: bool = False,
+    nofile: int | None = None,
 ) -> GatewayProcess:
     """Start server.py with `args`; returns once it logged `listening` (the port is read from it).
     With wait_listening=False it returns at once: stderr is then left to the caller, unless
-    `collect` asks for it to be gathered into `lines` (and `listening`/`port` set) in the background."""
+    `collect` asks for it to be gathered into `lines` (and `listening`/`port` set) in the background.
+    `nofile` sets the server's RLIMIT_NOFILE (soft and hard)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "REDIS_", "KAFKA_"))}
     full_env.update({"PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
@@ -300,6 +307,7 @@ def spawn_server(
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None,
     )
     gp = GatewayProcess(proc)
     if not wait_listening and not collect:

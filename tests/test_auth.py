@@ -133,7 +133,8 @@ async def test_origin_allowlist(make_gateway):
 
 
 def test_mint_cli_makes_a_token_the_gateway_accepts(capsys, monkeypatch):
-    monkeypatch.setenv("JWT_DEV", SECRET)
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.setenv("JWT_DEV", SECRET)  # the seed's name still works
     assert auth_main(["mint", "--sub", "alice", "--rooms", "general,team-*", "--ttl", "60"]) == 0
     tok = capsys.readouterr().out.strip()
     claims = jwt.decode(tok, SECRET, algorithms=["HS256"])
@@ -143,8 +144,9 @@ def test_mint_cli_makes_a_token_the_gateway_accepts(capsys, monkeypatch):
 
 def test_mint_cli_without_secret_fails(capsys, monkeypatch):
     monkeypatch.delenv("JWT_DEV", raising=False)
+    monkeypatch.delenv("JWT_SECRET", raising=False)
     assert auth_main(["mint", "--sub", "a"]) == 2
-    assert "JWT_DEV" in capsys.readouterr().err
+    assert "JWT_SECRET" in capsys.readouterr().err
 
 
 def _raw_token(header: str, claims: str, secret: str | None = SECRET) -> str:

@@ -577,7 +577,8 @@ async def test_stop_flushes_with_a_bound_and_reports_undelivered(gateways, caplo
     assert producer is not None
     await wait_for(lambda: producer.in_flight() == 1, what="the record to be queued")
     gateways.started.remove(gw)
-    gw.server.stop()
+    for server in gw.servers:
+        server.stop()
     started = time.monotonic()
     await gw.gateway.stop()
     assert time.monotonic() - started < 0.5 + 1.5, "flush not bounded by KAFKA_FLUSH_TIMEOUT"

@@ -76,10 +76,11 @@ def _get(url: str) -> tuple[int, dict[str, object] | str]:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_without_jwt_dev_a_dev_token_is_printed_and_dev_endpoint_served():
-    proc = spawn_server("--port", "0", "--host", "127.0.0.1")
+async def test_without_a_secret_a_dev_token_is_printed_and_dev_endpoint_served_on_loopback():
+    proc = spawn_server("--port", "0")  # no HOST: a generated secret binds loopback only
     try:
-        await wait_for(lambda: any("JWT_DEV is not set" in line for line in proc.lines), what="dev warning")
+        await wait_for(lambda: any("JWT_SECRET is not set" in line for line in proc.lines), what="dev warning")
+        assert proc.logged("listening")[0]["host"] == "127.0.0.1"
         loop = asyncio.get_running_loop()
         status, body = await loop.run_in_executor(None, _get, f"{proc.http}/dev/token?sub=tab1")
         assert status == 200 and isinstance(body, dict)
@@ -180,6 +181,8 @@ async def test_sigterm_drains_with_1012_and_exits_0():
         assert time.monotonic() - started < 1 + 2 + 3
         code = await loop.run_in_executor(None, proc.wait, 20)
         assert code == 0
+        refusals = [r for r in proc.logged("http request") if r.get("status") == 503]
+        assert refusals and all(r["level"] == "info" for r in refusals), "a drain refusal is not an error"
     finally:
         proc.kill()
 
@@ -198,5 +201,31 @@ async def test_second_signal_exits_at_once():
         code = await loop.run_in_executor(None, proc.wait, 10)
         assert code == 0
         assert time.monotonic() - started < 5  # far less than the 30 s drain delay
+    finally:
+        proc.kill()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_jwt_secret_is_the_secrets_name_and_an_explicit_host_is_kept():
+    proc = spawn_server("--port", "0", env={"JWT_SECRET": SECRET, "HOST": "127.0.0.2"})
+    try:
+        assert proc.logged("listening")[0]["host"] == "127.0.0.2"
+        assert not any("is not set" in line for line in proc.lines)
+        client = await Client.connect(f"ws://127.0.0.2:{proc.port}/", token("named"))
+        client.send("ping")
+        await client.expect("pong")
+        client.close()
+    finally:
+        proc.kill()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_ctrl_c_on_an_idle_server_skips_the_drain_delay():
+    proc = spawn_server("--port", "0", "--drain-delay", "30", env={"JWT_SECRET": SECRET})
+    loop = asyncio.get_running_loop()
+    try:
+        proc.signal(signal.SIGINT)
+        code = await loop.run_in_executor(None, proc.wait, 10)  # far less than the 30 s delay
+        assert code == 0
     finally:
         proc.kill()

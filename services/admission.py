@@ -1,0 +1,127 @@
+"""Who may open a socket, and who the client is: the decisions behind the listening side.
+
+- `TrustedProxies`: the client's address. X-Forwarded-For / X-Real-Ip are believed only from
+  peers inside TRUSTED_PROXIES (issue: any client could write the logged address).
+- `Admission`: open WebSockets per instance (MAX_CONNECTIONS, over it 503) and per client
+  address (MAX_CONNECTIONS_PER_IP, over it 429), counted from admission to close.
+- `DescriptorBudget`: how many TCP connections this process can hold and still have descriptors
+  left for health checks, Redis, Kafka and logs (RLIMIT_NOFILE less what is open at start and a
+  reserve). handlers/http_server.py sheds and pauses against it.
+
+Everything here is per instance: N workers or replicas allow N times the limits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import resource
+from collections.abc import Iterable
+
+log = logging.getLogger("gateway.admission")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+FD_RESERVE = 64  # descriptors kept for health checks, Redis and Kafka reconnects, log files
+
+
+def parse_networks(specs: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs (or bare addresses); ValueError names the first bad one."""
+    nets = []
+    for spec in specs:
+        try:
+            nets.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an address or CIDR: {spec!r}") from None
+    return tuple(nets)
+
+
+class TrustedProxies:
+    def __init__(self, specs: Iterable[str]) -> None:
+        self._nets = parse_networks(specs)
+
+    def __bool__(self) -> bool:
+        return bool(self._nets)
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._nets)
+
+    def client_ip(self, peer: str, forwarded_for: str | None, real_ip: str | None) -> str:
+        """The peer, unless it is a trusted proxy: then the nearest address in X-Forwarded-For that
+        is not a trusted proxy itself (read right to left, as each proxy appends), else X-Real-Ip.
+        A malformed entry ends the walk: nothing to its left can be believed."""
+        if not self._nets or not self.trusts(peer):
+            return peer
+        if forwarded_for:
+            client = peer
+            for hop in reversed(forwarded_for.split(",")):
+                hop = hop.strip()
+                if not _is_ip(hop):
+                    break
+                client = hop
+                if not self.trusts(hop):
+                    break
+            return client
+        if real_ip and _is_ip(real_ip.strip()):
+            return real_ip.strip()
+        return peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class Admission:
+    """Counts admitted WebSockets; `admit` answers None (welcome) or the refusal's HTTP status."""
+
+    def __init__(self, max_connections: int, max_per_ip: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self.total = 0
+        self._per_ip: dict[str, int] = {}
+
+    def admit(self, ip: str) -> int | None:
+        if self.total >= self.max_connections:
+            return 503
+        count = self._per_ip.get(ip, 0)
+        if count >= self.max_per_ip:
+            return 429
+        self._per_ip[ip] = count + 1
+        self.total += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        count = self._per_ip.get(ip, 0)
+        if count <= 1:
+            self._per_ip.pop(ip, None)
+        else:
+            self._per_ip[ip] = count - 1
+        self.total = max(self.total - 1, 0)
+
+
+def descriptor_budget(reserve: int = FD_RESERVE) -> int:
+    """Connections this process may hold: RLIMIT_NOFILE (raised to its hard limit first, as a
+    server should) less the descriptors open now and the reserve."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 32
+    return max(soft - in_use - reserve, 1)
