@@ -3,7 +3,7 @@
 # Realtime Gateway image: the one the Helm chart (charts/realtime-gateway) runs.
 #
 #   docker build -t realtime-gateway:0.1.0 .
-#   docker run --rm -p 3000:3000 -e JWT_DEV="$(openssl rand -hex 32)" realtime-gateway:0.1.0
+#   docker run --rm -p 3000:3000 -e JWT_SECRET="$(openssl rand -hex 32)" realtime-gateway:0.1.0
 #
 # Two stages: the builder turns requirements.txt into wheels (with a compiler at hand for any sdist);
 # the runtime image gets only an installed virtualenv and the app, no compiler, no pip cache, and runs
@@ -58,7 +58,6 @@ COPY requirements.txt server.py ./
 COPY handlers ./handlers
 COPY services ./services
 COPY schemas ./schemas
-COPY static ./static
 # Bytecode compiled at build time, since nothing may be written at runtime.
 RUN python -m compileall -q /app \
  && chmod -R a+rX /app

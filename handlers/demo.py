@@ -1,4 +1,6 @@
-"""/demo: the static chat page in static/ (plain HTML/CSS/JS, no build step).
+"""/demo: the static chat page in handlers/static/ (plain HTML/CSS/JS, no build step).
+
+The files live inside the package (installed as package data), so an installed gateway serves /demo too.
 
 Served with a strict Content-Security-Policy: the page only loads its own files and only talks to
 this gateway, so even a rendering bug could not run injected script.
@@ -11,7 +13,7 @@ from typing import Any
 
 from tornado.web import StaticFileHandler
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

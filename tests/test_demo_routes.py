@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import ROOT, SECRET, GatewayProcess, spawn_server
+from handlers.demo import STATIC_DIR
+from tests.helpers import SECRET, GatewayProcess, spawn_server
 
 LOCAL = ("--port", "0", "--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
 
@@ -78,11 +79,11 @@ def test_dev_token_is_404_with_a_configured_secret(servers):
 
 def test_page_never_builds_html_from_strings():
     """The page escapes user content by never parsing strings as HTML; CSP forbids inline code."""
-    with open(os.path.join(ROOT, "static", "demo.js"), encoding="utf-8") as fh:
+    with open(os.path.join(STATIC_DIR, "demo.js"), encoding="utf-8") as fh:
         script = fh.read()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink
-    with open(os.path.join(ROOT, "static", "index.html"), encoding="utf-8") as fh:
+    with open(os.path.join(STATIC_DIR, "index.html"), encoding="utf-8") as fh:
         page = fh.read()
     assert not re.search(r"<script(?![^>]*\bsrc=)", page), "no inline script"
     assert not re.search(r"\son[a-z]+=", page), "no inline event handlers"
