@@ -79,6 +79,12 @@ class FallbackPresence:
         except StoreError:
             pass
 
+    async def resync(self) -> None:
+        try:
+            await self.shared.resync()
+        except StoreError:
+            pass  # still failing: the periodic reconcile finishes the job later
+
     async def members(self, room: str) -> list[Member]:
         try:
             return await self.shared.members(room)

@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
+import orjson
+
 from services import frames
 from services.bus import Bus, BusError, BusEvent
 from services.dedupe import PENDING, DedupeStore
@@ -90,6 +92,7 @@ class RoomHub:
         self.rooms: dict[str, set[Session]] = {}
         self.users: dict[str, set[Session]] = {}
         self._subscribed: set[str] = set()
+        self._holds: dict[str, dict[Session, _JoinHold]] = {}  # room -> recent joiners (see join)
         self._channel_locks: dict[str, _ChannelLock] = {}
         self._typing_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -157,16 +160,23 @@ class RoomHub:
 
     async def join(self, session: Session, room: str, request_id: str | None, recovering: bool = False) -> None:
         """Join a room. A join with `since` (recovery) is answered `recovered: false` until this
-        gateway keeps room history: the client knows to fetch what it missed elsewhere."""
+        gateway keeps room history: the client knows to fetch what it missed elsewhere.
+
+        The reply and the snapshot come first: what the room delivers while the join is under
+        way (its subscription is live from the start) is held and sent after them, less the
+        presence frames the snapshot already says (issue: with several instances a joiner saw
+        others' `online` before its own `joined`, and again after its snapshot)."""
         ident = session.identity
         if self.settings.room_access == "token" and not ident.may_join(room):
             raise ClientError("forbidden_room", "this token does not allow joining the room", roomId=room)
+        hold: _JoinHold | None = None
         if room not in session.rooms:
             if len(session.rooms) >= self.settings.max_rooms:
                 raise ClientError(
                     "too_many_rooms", f"at most {self.settings.max_rooms} rooms per connection", roomId=room
                 )
             channel = room_channel(room)
+            hold = _JoinHold()
             async with self._lock(channel):
                 if channel not in self._subscribed:
                     try:
@@ -175,23 +185,42 @@ class RoomHub:
                         raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
                     self._subscribed.add(channel)
                 self.rooms.setdefault(room, set()).add(session)
+                self._holds.setdefault(room, {})[session] = hold
                 session.rooms.add(room)
                 METRICS.rooms.set(len(self.rooms))
-            now = time.time()
-            new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
-            members = await self.presence.members(room)
-            if new_user:
-                frame = frames.encode(
-                    "presence", {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
-                )
-                await self._broadcast(room, frame, exclude=session.conn_id)
+            try:
+                now = time.time()
+                new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+                members = await self.presence.members(room)
+                if new_user:
+                    frame = frames.encode(
+                        "presence", {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
+                    )
+                    await self._broadcast(room, frame, exclude=session.conn_id)
+            except BaseException:
+                self._release_hold(room, session, hold)
+                raise
+            if room not in session.rooms:
+                return  # removed from the room meanwhile (room_update removed/deleted was sent)
         else:
             members = await self.presence.members(room)
         joined: dict[str, Any] = {"roomId": room, "action": "joined"}
         if recovering:
             joined["recovered"] = False
+        snapshot = [m.as_json() for m in members]
         session.send(frames.encode("room_update", joined, request_id))
-        session.send(frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]}))
+        session.send(frames.encode("presence_state", {"roomId": room, "members": snapshot}))
+        if hold is not None:
+            for frame in hold.release(snapshot):
+                session.send(frame)
+            asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._release_hold, room, session, hold)
+
+    def _release_hold(self, room: str, session: Session, hold: _JoinHold) -> None:
+        holds = self._holds.get(room)
+        if holds is not None and holds.get(session) is hold:
+            del holds[session]
+            if not holds:
+                del self._holds[room]
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -202,6 +231,9 @@ class RoomHub:
     def _detach(self, session: Session, room: str) -> None:
         """The local, synchronous half of a leave: from here on the session gets nothing of the room."""
         session.rooms.discard(room)
+        holds = self._holds.get(room)
+        if holds is not None and holds.pop(session, None) is not None and not holds:
+            del self._holds[room]
         members = self.rooms.get(room)
         if members is not None:
             members.discard(session)
@@ -437,9 +469,26 @@ class RoomHub:
         members = self.rooms.get(room)
         if not members:
             return
+        holds = self._holds.get(room)  # looked up once per broadcast, not per recipient
+        if holds is not None:
+            self._deliver_with_holds(members, holds, frame, exclude)
+            return
         delivered = 0
         for session in tuple(members):
             if session.conn_id != exclude and session.send(frame):
+                delivered += 1
+        METRICS.deliveries.inc(delivered)
+
+    def _deliver_with_holds(
+        self, members: set[Session], holds: dict[Session, _JoinHold], frame: bytes, exclude: str | None
+    ) -> None:
+        presence = _presence_fields(frame)
+        delivered = 0
+        for session in tuple(members):
+            if session.conn_id == exclude:
+                continue
+            hold = holds.get(session)
+            if (hold is None or hold.admit(frame, presence)) and session.send(frame):
                 delivered += 1
         METRICS.deliveries.inc(delivered)
 
@@ -449,6 +498,7 @@ class RoomHub:
         self.spawn(self._resend_presence_state())
 
     async def _resend_presence_state(self) -> None:
+        await self.presence.resync()  # our own connections first, or the snapshot would lack them
         for room in list(self.rooms):
             members = await self.presence.members(room)
             frame = frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]})
@@ -543,3 +593,54 @@ class RoomHub:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
+
+
+_PRESENCE_PREFIX = b'{"type":"presence",'
+JOIN_FILTER_GRACE = 5.0  # seconds a joiner's snapshot keeps filtering late presence from other instances
+
+
+def _presence_fields(frame: bytes) -> tuple[str, str, str] | None:
+    """(userId, status, at) of a presence frame; None for any other frame."""
+    if not frame.startswith(_PRESENCE_PREFIX):
+        return None
+    payload = orjson.loads(frame)["payload"]
+    return str(payload.get("userId")), str(payload.get("status")), str(payload.get("at", ""))
+
+
+class _JoinHold:
+    """A joiner's view of one room while its join is under way, and for a grace after.
+
+    Until `release`, the room's frames are held, so the reply and the snapshot go first. Then, and
+    for JOIN_FILTER_GRACE more, a presence frame that the snapshot already reflects is dropped:
+    the same status for a user the snapshot lists with a `since` at or after the frame's `at`
+    (both stamped by the instance that made the change, so clocks do not matter), or offline for
+    a user it does not list. Once a user's frame got through, the user is no longer filtered."""
+
+    __slots__ = ("frames", "passed", "snapshot")
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[bytes, tuple[str, str, str] | None]] | None = []
+        self.snapshot: dict[str, tuple[str, str]] | None = None
+        self.passed: set[str] = set()
+
+    def admit(self, frame: bytes, presence: tuple[str, str, str] | None) -> bool:
+        """True: deliver now. False: held, or dropped as already known."""
+        if self.frames is not None:
+            self.frames.append((frame, presence))
+            return False
+        return presence is None or not self._known(presence)
+
+    def release(self, snapshot: list[dict[str, object]]) -> list[bytes]:
+        self.snapshot = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot}
+        held, self.frames = self.frames or [], None
+        return [frame for frame, presence in held if presence is None or not self._known(presence)]
+
+    def _known(self, presence: tuple[str, str, str]) -> bool:
+        user, status, at = presence
+        if user in self.passed or self.snapshot is None:
+            return False
+        listed = self.snapshot.get(user)
+        known = listed is None if status == OFFLINE else listed is not None and listed[0] == status and at <= listed[1]
+        if not known:
+            self.passed.add(user)
+        return known

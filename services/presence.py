@@ -47,6 +47,11 @@ class PresenceStore(Protocol):
 
     async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None: ...
 
+    async def resync(self) -> None:
+        """After an outage: make the shared store hold this instance's connections again, now,
+        so a snapshot read next includes them (issue: the snapshot after a Redis restart lacked
+        the receiving client's own user)."""
+
     async def close(self) -> None: ...
 
 
@@ -91,6 +96,9 @@ class MemoryPresence:
         if entry is not None and entry.status != status:
             entry.status = status
             entry.since = now
+
+    async def resync(self) -> None:
+        """One process: nothing can have been lost."""
 
     async def members(self, room: str) -> list[Member]:
         return [Member(u, e.status, e.since) for u, e in sorted(self._rooms.get(room, {}).items())]

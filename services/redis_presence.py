@@ -254,6 +254,10 @@ class RedisPresence:
         self._state.failed(exc)
         return StoreError(f"presence store unavailable: {describe(exc)}")
 
+    async def resync(self) -> None:
+        self._dirty = True
+        await self._keepalive()
+
     async def _keepalive(self) -> None:
         """Refresh the heartbeat; reconcile when Redis may have lost or kept what it should not."""
         try:

@@ -231,3 +231,37 @@ async def test_killed_subscriber_connection_is_rebuilt(pair: Pair) -> None:
     bob.send("message", {"roomId": "k", "content": "after kill"})
     got = await alice.expect("message")
     assert got["payload"]["content"] == "after kill"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_joins_reply_first_and_never_repeat_the_snapshot(pair: Pair) -> None:
+    """A joiner on one instance while another user joins the same room on the other, 18 times
+    (within the rate limit's burst):
+    the joiner's first frames of the room are its `joined` reply and its snapshot, and it never
+    gets an `online` for a user its snapshot already lists (nor misses one for a user it does not)."""
+    a, b = pair
+    joiner, other = await a.client("joiner"), await b.client("other")
+    for i in range(18):
+        room = f"race-{i}"
+        other.send("join", {"roomId": room})
+        joiner.send("join", {"roomId": room})
+        first = await joiner.recv()  # everything of earlier rooms was read up to their markers
+        assert first is not None and first["type"] == "room_update" and first["payload"]["action"] == "joined", first
+        state = await joiner.recv()
+        assert state is not None and state["type"] == "presence_state", state
+        listed = "other" in members(state)
+        await other.expect("presence_state", match=lambda f, r=room: f["payload"]["roomId"] == r)
+        other.send("message", {"roomId": room, "content": "marker"})  # everything before it has arrived
+        onlines = 0
+        while True:
+            frame = await joiner.recv()
+            assert frame is not None
+            if frame["type"] == "message" and frame["payload"]["roomId"] == room:
+                break
+            if frame["type"] == "presence" and frame["payload"]["roomId"] == room:
+                assert frame["payload"]["userId"] == "other" and frame["payload"]["status"] == "online", frame
+                onlines += 1
+        assert onlines == (0 if listed else 1), (i, listed, onlines)
+    joiner.close()
+    other.close()
+    await wait_for(lambda: not a.gateway.hub.rooms and not b.gateway.hub.rooms, what="both left every room")

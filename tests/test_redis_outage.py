@@ -179,3 +179,26 @@ async def test_unresponsive_redis_degrades_within_seconds_not_a_hang(
     alice.send("join", {"roomId": "new-room"}, request_id="j2")
     await alice.expect("room_update", match=lambda f: f.get("requestId") == "j2")
     assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_snapshot_after_redis_comes_back_empty_lists_the_instances_own_users(
+    pair: list[RunningGateway], private_redis: PrivateRedis
+) -> None:
+    """The presence_state every room gets after a bus resync is read only once the instance has
+    put its own connections back into the (empty) Redis: it lists the receiving client itself."""
+    a, b = pair
+    alice, bob = await a.client("alice"), await b.client("bob")
+    for c in (alice, bob):
+        await c.join("s")
+    private_redis.stop()
+
+    async def both(code: int) -> bool:
+        return [(await readyz(g))[0] for g in (a, b)] == [code, code]
+
+    await wait_for(lambda: both(503), what="readiness 503 on both instances")
+    private_redis.start()  # no persistence: Redis is back empty
+    await wait_for(lambda: both(200), timeout=RECOVERY_BOUND, what="both instances ready again")
+    for client, me in ((alice, "alice"), (bob, "bob")):
+        state = await client.expect("presence_state", match=lambda f: f["payload"]["roomId"] == "s")
+        assert me in {m["userId"] for m in state["payload"]["members"]}, state
