@@ -43,7 +43,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    PORT=3000
+    PORT=3000 \
+    HOST=0.0.0.0
+# HOST is explicit: a container is always reached over its network. Without JWT_SECRET the server
+# still generates a secret for the run, and /dev/token still answers loopback clients only.
 
 # Unprivileged user with a fixed uid/gid (the chart's runAsUser), no home, no login shell.
 RUN groupadd --system --gid 10001 app \
