@@ -46,6 +46,10 @@ def members(state: dict[str, Any]) -> dict[str, str]:
     return {m["userId"]: m["status"] for m in state["payload"]["members"]}
 
 
+def in_room(room: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda f: f["payload"]["roomId"] == room
+
+
 def presence_of(user: str, status: str) -> Callable[[dict[str, Any]], bool]:
     return lambda f: f["payload"]["userId"] == user and f["payload"]["status"] == status
 
@@ -250,7 +254,7 @@ async def test_concurrent_joins_reply_first_and_never_repeat_the_snapshot(pair: 
         state = await joiner.recv()
         assert state is not None and state["type"] == "presence_state", state
         listed = "other" in members(state)
-        await other.expect("presence_state", match=lambda f, r=room: f["payload"]["roomId"] == r)
+        await other.expect("presence_state", match=in_room(room))
         other.send("message", {"roomId": room, "content": "marker"})  # everything before it has arrived
         onlines = 0
         while True:
