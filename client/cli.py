@@ -21,9 +21,9 @@ import signal
 import sys
 import threading
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
@@ -147,6 +147,26 @@ def _install_stop(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+
+def explain(event: ErrorEvent) -> str:
+    """The error as a person reads it: message, code, and which field was wrong and why (a bare
+    "invalid join payload (validation_failed)" does not say what to fix)."""
+    text = f"{event.message} ({event.code})"
+    problems = list(_field_errors(event.details))
+    return f"{text}: {'; '.join(problems)}" if problems else text
+
+
+def _field_errors(details: Any, path: str = "") -> Iterator[str]:
+    """Flatten marshmallow's {field: [messages]} (nested for nested fields) into "field: message"."""
+    if isinstance(details, dict):
+        for key, value in details.items():
+            yield from _field_errors(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(details, list):
+        for item in details:
+            yield from _field_errors(item, path)
+    elif details is not None:
+        yield f"{path}: {details}" if path else str(details)
+
 async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> int:
     current = rooms[-1]
     stop = asyncio.Event()
@@ -171,7 +191,7 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
                 typing_sent.discard(room)
                 client.online(room)
         except GatewayError as exc:
-            term.problem(f"not sent: {exc.event.message} ({exc.code})")
+            term.problem(f"not sent: {explain(exc.event)}")
         except ClientError as exc:
             term.problem(f"not sent: {exc}")
 
@@ -211,7 +231,7 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
             else:
                 term.line(HELP)
         except GatewayError as exc:
-            term.problem(f"{exc.event.message} ({exc.code})")
+            term.problem(explain(exc.event))
         except ClientError as exc:
             term.problem(str(exc))
         return True
@@ -250,7 +270,7 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
             elif isinstance(event, Presence):
                 show_presence(event)
             elif isinstance(event, ErrorEvent) and event.request_id is None:
-                term.problem(f"{event.message} ({event.code})")
+                term.problem(explain(event))
             elif isinstance(event, Disconnected):
                 if event.will_reconnect:
                     what = "reconnect failed" if offline else "disconnected"
@@ -319,7 +339,7 @@ async def tail(client: GatewayClient, rooms: Sequence[str], count: int, term: Te
                 if not event.will_reconnect:
                     exit_code = 1
             elif isinstance(event, ErrorEvent):
-                print(f"tail: error: {event.message} ({event.code})", file=term.err, flush=True)
+                print(f"tail: error: {explain(event)}", file=term.err, flush=True)
         stop.set()
 
     task = asyncio.ensure_future(pump())
@@ -344,7 +364,7 @@ async def run(args: argparse.Namespace, environ: dict[str, str], term: Terminal)
             return await chat(client, args.room, term)
         return await tail(client, args.room, args.count, term)
     except GatewayError as exc:  # e.g. joining a room the token does not allow
-        term.problem(f"{exc.event.message} ({exc.code})")
+        term.problem(explain(exc.event))
         return 1
     except ClientError as exc:
         term.problem(str(exc))

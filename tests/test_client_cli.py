@@ -153,3 +153,14 @@ async def test_name_and_missing_token_are_reported_in_one_line(gw):
     refused = await Cli.start("chat", "--url", gw.url, "--token", "not-a-jwt", "--room", "general")
     assert await refused.exit_code() == 2
     await refused.line(r"^! token refused", stream="err")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_refused_join_says_which_field_is_wrong_and_why(gw):
+    chat = await Cli.start("chat", "--url", gw.url, "--token", token("typo"), "--room", "bad room")
+    try:
+        line = await chat.line(r"validation_failed", stream="err")
+        assert "roomId:" in line, line  # the field and marshmallow's reason, not just the code
+        assert await chat.exit_code() == 1
+    finally:
+        chat.kill()
