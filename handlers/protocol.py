@@ -27,6 +27,8 @@ from typing import Protocol, cast
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _WebSocketParams
 
+from services.session import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
+
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -34,10 +36,6 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 _KNOWN_OPCODES = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG})
-
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
 
 _SKIP_CHUNK = 64 * 1024
 

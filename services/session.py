@@ -23,6 +23,8 @@ from services.settings import Settings
 log = logging.getLogger("gateway.session")
 
 CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002  # a frame breaking RFC 6455 (unmasked, reserved bits, bad control frame)
+CLOSE_INVALID_DATA = 1007  # a text frame that is not UTF-8
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
