@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tornado import httputil
@@ -47,7 +47,7 @@ class ConnectionBook:
         self.budget = budget
         self.open = 0
         self.waiting: dict[IOStream, None] = {}  # insertion-ordered: oldest first
-        self._on_free: list[Any] = []
+        self._on_free: list[Callable[[], None]] = []
 
     def full(self) -> bool:
         return self.open >= self.budget
@@ -58,7 +58,7 @@ class ConnectionBook:
         for callback in self._on_free:
             callback()
 
-    def notify_on_free(self, callback: Any) -> None:
+    def notify_on_free(self, callback: Callable[[], None]) -> None:
         self._on_free.append(callback)
 
     def shed_oldest_waiting(self) -> bool:
@@ -102,7 +102,7 @@ class GatewayHTTPServer(HTTPServer):
 
     # -- accepting ---------------------------------------------------------------------------
 
-    def add_sockets(self, sockets: Any) -> None:
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
             self._watch(sock)

@@ -27,11 +27,12 @@ from services.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
 
 log = logging.getLogger("gateway.socket")
 
-# Errors caused by what the client sent; enough of them in a minute closes the socket with 1008.
+# What an upgrade refused by services/admission.py is told, by HTTP status.
 _REFUSALS = {
     503: "server is at its connection limit; try another instance or later",
     429: "too many connections from this address",
 }
+# Errors caused by what the client sent; enough of them in a minute closes the socket with 1008.
 ABUSE_CODES = frozenset({"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"})
 
 

@@ -24,7 +24,7 @@ from services.dedupe import PENDING, DedupeStore
 from services.ids import iso, iso_now, uuid7
 from services.metrics import METRICS
 from services.presence import OFFLINE, ONLINE, PresenceStore
-from services.session import CLOSE_TOO_MANY_CONNECTIONS, Session
+from services.session import CLOSE_SLOW, CLOSE_TOO_MANY_CONNECTIONS, Session
 from services.settings import Settings
 
 log = logging.getLogger("gateway.hub")
@@ -176,7 +176,7 @@ class RoomHub:
                     "too_many_rooms", f"at most {self.settings.max_rooms} rooms per connection", roomId=room
                 )
             channel = room_channel(room)
-            hold = _JoinHold()
+            hold = _JoinHold(self.settings.outbound_queue_frames)
             async with self._lock(channel):
                 if channel not in self._subscribed:
                     try:
@@ -488,8 +488,11 @@ class RoomHub:
             if session.conn_id == exclude:
                 continue
             hold = holds.get(session)
-            if (hold is None or hold.admit(frame, presence)) and session.send(frame):
-                delivered += 1
+            if hold is None or hold.admit(frame, presence):
+                if session.send(frame):
+                    delivered += 1
+            elif hold.overflowed:  # more held than its outbound queue may hold: a slow consumer
+                session.close(CLOSE_SLOW, "slow consumer", flush=False)
         METRICS.deliveries.inc(delivered)
 
     def _on_bus_resync(self) -> None:
@@ -614,19 +617,25 @@ class _JoinHold:
     for JOIN_FILTER_GRACE more, a presence frame that the snapshot already reflects is dropped:
     the same status for a user the snapshot lists with a `since` at or after the frame's `at`
     (both stamped by the instance that made the change, so clocks do not matter), or offline for
-    a user it does not list. Once a user's frame got through, the user is no longer filtered."""
+    a user it does not list. Once a user's frame got through, the user is no longer filtered.
+    Held frames count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`."""
 
-    __slots__ = ("frames", "passed", "snapshot")
+    __slots__ = ("frames", "limit", "overflowed", "passed", "snapshot")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.frames: list[tuple[bytes, tuple[str, str, str] | None]] | None = []
+        self.limit = limit
+        self.overflowed = False
         self.snapshot: dict[str, tuple[str, str]] | None = None
         self.passed: set[str] = set()
 
     def admit(self, frame: bytes, presence: tuple[str, str, str] | None) -> bool:
         """True: deliver now. False: held, or dropped as already known."""
         if self.frames is not None:
-            self.frames.append((frame, presence))
+            if len(self.frames) >= self.limit:
+                self.overflowed = True
+            else:
+                self.frames.append((frame, presence))
             return False
         return presence is None or not self._known(presence)
 

@@ -1,0 +1,53 @@
+"""_JoinHold, the pure logic behind "the join's reply comes first" (services/hub.py)."""
+
+from __future__ import annotations
+
+from services import frames
+from services.hub import _JoinHold, _presence_fields
+
+
+def presence(user: str, status: str, at: str) -> bytes:
+    return frames.encode("presence", {"roomId": "r", "userId": user, "status": status, "at": at})
+
+
+def message(text: str) -> bytes:
+    return frames.encode("message", {"roomId": "r", "content": text})
+
+
+T1, T2, T3 = "2026-01-01T00:00:01.000Z", "2026-01-01T00:00:02.000Z", "2026-01-01T00:00:03.000Z"
+SNAPSHOT: list[dict[str, object]] = [{"userId": "ann", "status": "online", "since": T2}]
+
+
+def test_held_until_release_then_what_the_snapshot_says_is_dropped():
+    hold = _JoinHold(100)
+    held = [
+        presence("ann", "online", T2),  # in the snapshot already
+        message("m1"),
+        presence("bob", "offline", T1),  # not listed: offline is known
+        presence("ann", "typing", T3),  # newer than the snapshot: news
+    ]
+    for frame in held:
+        assert hold.admit(frame, _presence_fields(frame)) is False
+    assert hold.release(SNAPSHOT) == [held[1], held[3]]
+
+
+def test_after_release_late_duplicates_are_dropped_and_news_passes():
+    hold = _JoinHold(100)
+    hold.release(SNAPSHOT)
+    late_dup = presence("ann", "online", T1)  # stamped before the snapshot's since
+    assert hold.admit(late_dup, _presence_fields(late_dup)) is False
+    msg = message("m")
+    assert hold.admit(msg, None) is True
+    news = presence("cat", "online", T3)
+    assert hold.admit(news, _presence_fields(news)) is True
+    gone = presence("cat", "offline", T3)  # cat got through once: no longer filtered
+    assert hold.admit(gone, _presence_fields(gone)) is True
+
+
+def test_more_held_than_the_outbound_bound_overflows():
+    hold = _JoinHold(2)
+    for i in range(3):
+        frame = message(str(i))
+        hold.admit(frame, None)
+    assert hold.overflowed
+    assert len(hold.release([])) == 2
