@@ -147,7 +147,6 @@ def _install_stop(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-
 def explain(event: ErrorEvent) -> str:
     """The error as a person reads it: message, code, and which field was wrong and why (a bare
     "invalid join payload (validation_failed)" does not say what to fix)."""
@@ -166,6 +165,7 @@ def _field_errors(details: Any, path: str = "") -> Iterator[str]:
             yield from _field_errors(item, path)
     elif details is not None:
         yield f"{path}: {details}" if path else str(details)
+
 
 async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> int:
     current = rooms[-1]
