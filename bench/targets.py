@@ -131,6 +131,10 @@ def _gateway(name: str, workdir: Path, secret: str, cpus: set[int] | None, extra
         "1000000",
         "--rate-burst",
         "1000000",
+        "--max-connections",
+        "100000",
+        "--max-connections-per-ip",  # every load client comes from 127.0.0.1
+        "100000",
         "--drain-delay",
         "0",
         "--drain-window",

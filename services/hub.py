@@ -213,7 +213,10 @@ class RoomHub:
         if hold is not None:
             for frame in hold.release(snapshot):
                 session.send(frame)
-            asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._release_hold, room, session, hold)
+            if hold.snapshot:  # keeps filtering late presence for a while (see _JoinHold)
+                asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._release_hold, room, session, hold)
+            else:
+                self._release_hold(room, session, hold)
 
     def _release_hold(self, room: str, session: Session, hold: _JoinHold) -> None:
         holds = self._holds.get(room)
@@ -599,7 +602,11 @@ class RoomHub:
 
 
 _PRESENCE_PREFIX = b'{"type":"presence",'
-JOIN_FILTER_GRACE = 5.0  # seconds a joiner's snapshot keeps filtering late presence from other instances
+JOIN_FILTER_GRACE = 2.0  # seconds a joiner's snapshot keeps filtering late presence from other instances
+# Above this many members a joiner keeps no snapshot after its join: holding one per joiner for the
+# grace made filling a room O(N^2) in memory. Large rooms get presence counts instead of per-user
+# frames (docs: large rooms), so there is little left to filter there.
+JOIN_FILTER_MAX_MEMBERS = 200
 
 
 def _presence_fields(frame: bytes) -> tuple[str, str, str] | None:
@@ -614,7 +621,8 @@ class _JoinHold:
     """A joiner's view of one room while its join is under way, and for a grace after.
 
     Until `release`, the room's frames are held, so the reply and the snapshot go first. Then, and
-    for JOIN_FILTER_GRACE more, a presence frame that the snapshot already reflects is dropped:
+    for JOIN_FILTER_GRACE more in a room of at most JOIN_FILTER_MAX_MEMBERS, a presence frame that
+    the snapshot already reflects is dropped:
     the same status for a user the snapshot lists with a `since` at or after the frame's `at`
     (both stamped by the instance that made the change, so clocks do not matter), or offline for
     a user it does not list. Once a user's frame got through, the user is no longer filtered.
@@ -640,9 +648,15 @@ class _JoinHold:
         return presence is None or not self._known(presence)
 
     def release(self, snapshot: list[dict[str, object]]) -> list[bytes]:
-        self.snapshot = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot}
+        """The held frames to send now; afterwards `snapshot` stays set only for a small room."""
         held, self.frames = self.frames or [], None
-        return [frame for frame, presence in held if presence is None or not self._known(presence)]
+        if not held and len(snapshot) > JOIN_FILTER_MAX_MEMBERS:
+            return []
+        self.snapshot = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot}
+        kept = [frame for frame, presence in held if presence is None or not self._known(presence)]
+        if len(snapshot) > JOIN_FILTER_MAX_MEMBERS:
+            self.snapshot = None
+        return kept
 
     def _known(self, presence: tuple[str, str, str]) -> bool:
         user, status, at = presence

@@ -51,3 +51,20 @@ def test_more_held_than_the_outbound_bound_overflows():
         hold.admit(frame, None)
     assert hold.overflowed
     assert len(hold.release([])) == 2
+
+
+def test_a_large_room_keeps_no_snapshot_after_the_join():
+    """Holding a member map per joiner for the grace made filling a big room O(N^2) in memory."""
+    from services.hub import JOIN_FILTER_MAX_MEMBERS
+
+    big: list[dict[str, object]] = [
+        {"userId": f"u{i}", "status": "online", "since": T1} for i in range(JOIN_FILTER_MAX_MEMBERS + 1)
+    ]
+    hold = _JoinHold(100)
+    dup = presence("u1", "online", T1)
+    hold.admit(dup, _presence_fields(dup))
+    assert hold.release(big) == []  # still filtered while it was held
+    assert hold.snapshot is None
+    small = _JoinHold(100)
+    small.release(big[:JOIN_FILTER_MAX_MEMBERS])
+    assert small.snapshot is not None
