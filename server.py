@@ -69,7 +69,8 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
 
 
 def make_internal_app(gateway: Gateway) -> tornado.web.Application:
-    """INTERNAL_PORT: what only the cluster should reach (docs/operations.md)."""
+    """INTERNAL_PORT: what only the cluster should reach (README.md, "Connection limits and the edges
+    of the network")."""
     return tornado.web.Application([*_probe_routes(gateway), (r"/metrics", MetricsHandler)], **_APP_OPTIONS)
 
 

@@ -1,7 +1,7 @@
 """GatewayProtocol: the server side of RFC 6455 frame reading, with the gateway's policies.
 
 Tornado's reader drops the TCP connection on every protocol error and leaves control frames
-outside the handler's reach. Hardening the edges (docs/protocol.md, "Close codes") needs more:
+outside the handler's reach. The gateway promises more (README.md, "Close codes"):
 
 - every protocol error is a close frame the client can read: 1002 (unmasked frame, reserved bits,
   bad control frame or fragment, unknown opcode), 1007 (invalid UTF-8 in a text frame), 1009 (a
