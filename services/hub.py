@@ -620,22 +620,21 @@ def _presence_fields(frame: bytes) -> tuple[str, str, str] | None:
 class _JoinHold:
     """A joiner's view of one room while its join is under way, and for a grace after.
 
-    Until `release`, the room's frames are held, so the reply and the snapshot go first. Then, and
-    for JOIN_FILTER_GRACE more in a room of at most JOIN_FILTER_MAX_MEMBERS, a presence frame that
-    the snapshot already reflects is dropped:
-    the same status for a user the snapshot lists with a `since` at or after the frame's `at`
-    (both stamped by the instance that made the change, so clocks do not matter), or offline for
-    a user it does not list. Once a user's frame got through, the user is no longer filtered.
-    Held frames count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`."""
+    Until `release`, the room's frames are held, so the reply and the snapshot go first; of the
+    held presence frames those the snapshot already reflects are dropped: the same status for a
+    user it lists with a `since` at or after the frame's `at` (both stamped by the instance that
+    made the change, so clocks do not matter), or offline for a user it does not list. In a room
+    of at most JOIN_FILTER_MAX_MEMBERS the first rule keeps filtering late frames from other
+    instances for JOIN_FILTER_GRACE, each listed user until news of them gets through. Held frames
+    count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`."""
 
-    __slots__ = ("frames", "limit", "overflowed", "passed", "snapshot")
+    __slots__ = ("frames", "limit", "overflowed", "snapshot")
 
     def __init__(self, limit: int) -> None:
         self.frames: list[tuple[bytes, tuple[str, str, str] | None]] | None = []
         self.limit = limit
         self.overflowed = False
-        self.snapshot: dict[str, tuple[str, str]] | None = None
-        self.passed: set[str] = set()
+        self.snapshot: dict[str, tuple[str, str]] | None = None  # listed user -> (status, since)
 
     def admit(self, frame: bytes, presence: tuple[str, str, str] | None) -> bool:
         """True: deliver now. False: held, or dropped as already known."""
@@ -645,25 +644,43 @@ class _JoinHold:
             else:
                 self.frames.append((frame, presence))
             return False
-        return presence is None or not self._known(presence)
+        return presence is None or not self._known_late(presence)
 
     def release(self, snapshot: list[dict[str, object]]) -> list[bytes]:
-        """The held frames to send now; afterwards `snapshot` stays set only for a small room."""
+        """The held frames to send now, less what the snapshot shows."""
         held, self.frames = self.frames or [], None
-        if not held and len(snapshot) > JOIN_FILTER_MAX_MEMBERS:
-            return []
-        self.snapshot = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot}
-        kept = [frame for frame, presence in held if presence is None or not self._known(presence)]
-        if len(snapshot) > JOIN_FILTER_MAX_MEMBERS:
+        small = len(snapshot) <= JOIN_FILTER_MAX_MEMBERS
+        users = {presence[0] for _, presence in held if presence is not None}
+        if users or small:
+            self.snapshot = {
+                str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot if small or m["userId"] in users
+            }
+        kept: list[bytes] = []
+        passed: set[str] = set()
+        for frame, presence in held:
+            if presence is not None and presence[0] not in passed:
+                user, status, at = presence
+                listed = self.snapshot.get(user) if self.snapshot is not None else None
+                if status == OFFLINE:
+                    known = listed is None
+                else:
+                    known = listed is not None and listed[0] == status and at <= listed[1]
+                if known:
+                    continue
+                passed.add(user)
+                if self.snapshot is not None:
+                    self.snapshot.pop(user, None)
+            kept.append(frame)
+        if not small:
             self.snapshot = None
         return kept
 
-    def _known(self, presence: tuple[str, str, str]) -> bool:
+    def _known_late(self, presence: tuple[str, str, str]) -> bool:
         user, status, at = presence
-        if user in self.passed or self.snapshot is None:
+        snapshot = self.snapshot
+        if snapshot is None or (listed := snapshot.get(user)) is None:
             return False
-        listed = self.snapshot.get(user)
-        known = listed is None if status == OFFLINE else listed is not None and listed[0] == status and at <= listed[1]
-        if not known:
-            self.passed.add(user)
-        return known
+        if status == listed[0] and at <= listed[1]:
+            return True
+        del snapshot[user]  # news of them: no longer filtered
+        return False

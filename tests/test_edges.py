@@ -36,6 +36,16 @@ def _read_close(raw: RawWebSocket, timeout: float = 10.0) -> int | None:
     return raw.read_until_close(timeout)
 
 
+def _close_code_after(port: int, sub: str, data: bytes) -> int | None:
+    """Send `data` on a fresh connection (a reset while sending raises), then read the close code."""
+    raw = RawWebSocket(port, token(sub), rcvbuf=65536)
+    try:
+        raw.sock.sendall(data)
+        return _read_close(raw)
+    finally:
+        raw.close()
+
+
 @pytest.mark.gen_test(timeout=T)
 @pytest.mark.parametrize("case", sorted(PROTOCOL_ERRORS))
 async def test_protocol_errors_close_with_a_readable_code(make_gateway, case):
@@ -62,33 +72,16 @@ async def test_oversized_frame_sent_whole_still_reads_1009(make_gateway):
     """A client that writes its whole oversized frame (as asyncio streams do) must read close 1009,
     not a connection reset: the server reads and drops the rest before closing."""
     gw = await make_gateway(max_message_bytes=1024)
-
-    def run() -> int | None:
-        raw = RawWebSocket(gw.port, token("big"), rcvbuf=65536)
-        payload = json.dumps({"type": "message", "payload": {"roomId": "r", "content": "x" * 16_000_000}})
-        raw.sock.sendall(encode_frame(0x81, payload.encode()))  # a reset would raise here
-        try:
-            return _read_close(raw)
-        finally:
-            raw.close()
-
-    assert await asyncio.to_thread(run) == 1009
+    payload = json.dumps({"type": "message", "payload": {"roomId": "r", "content": "x" * 16_000_000}})
+    assert await asyncio.to_thread(_close_code_after, gw.port, "big", encode_frame(0x81, payload.encode())) == 1009
 
 
 @pytest.mark.gen_test(timeout=T)
 async def test_oversized_frame_claiming_exabytes_costs_nothing(make_gateway):
     """A header that claims 2**62 bytes is refused at once, and nothing is buffered for it."""
     gw = await make_gateway(max_message_bytes=1024)
-
-    def run() -> int | None:
-        raw = RawWebSocket(gw.port, token("claims"), rcvbuf=65536)
-        raw.sock.sendall(encode_frame(0x81, b"x" * 100, length=2**62))
-        try:
-            return _read_close(raw)
-        finally:
-            raw.close()
-
-    assert await asyncio.to_thread(run) == 1009
+    claim = encode_frame(0x81, b"x" * 100, length=2**62)
+    assert await asyncio.to_thread(_close_code_after, gw.port, "claims", claim) == 1009
 
 
 @pytest.mark.gen_test(timeout=T)
