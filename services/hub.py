@@ -211,7 +211,7 @@ class RoomHub:
         session.send(frames.encode("room_update", joined, request_id))
         session.send(frames.encode("presence_state", {"roomId": room, "members": snapshot}))
         if hold is not None:
-            for frame in hold.release(snapshot):
+            for frame in hold.release(snapshot, time.time()):
                 session.send(frame)
             if hold.snapshot:  # keeps filtering late presence for a while (see _JoinHold)
                 asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._release_hold, room, session, hold)
@@ -625,7 +625,8 @@ class _JoinHold:
     user it lists with a `since` at or after the frame's `at` (both stamped by the instance that
     made the change, so clocks do not matter), or offline for a user it does not list. In a room
     of at most JOIN_FILTER_MAX_MEMBERS the first rule keeps filtering late frames from other
-    instances for JOIN_FILTER_GRACE, each listed user until news of them gets through. Held frames
+    instances for JOIN_FILTER_GRACE, for the listed users whose state changed in the last moments
+    (only their frames can still be in flight), each until news of them gets through. Held frames
     count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`."""
 
     __slots__ = ("frames", "limit", "overflowed", "snapshot")
@@ -646,33 +647,33 @@ class _JoinHold:
             return False
         return presence is None or not self._known_late(presence)
 
-    def release(self, snapshot: list[dict[str, object]]) -> list[bytes]:
-        """The held frames to send now, less what the snapshot shows."""
+    def release(self, snapshot: list[dict[str, object]], now: float) -> list[bytes]:
+        """The held frames to send now, less what the snapshot shows. Afterwards only the listed
+        users whose state changed lately are kept for the grace: older changes are not in flight."""
         held, self.frames = self.frames or [], None
-        small = len(snapshot) <= JOIN_FILTER_MAX_MEMBERS
         users = {presence[0] for _, presence in held if presence is not None}
-        if users or small:
-            self.snapshot = {
-                str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot if small or m["userId"] in users
-            }
+        listed = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot if m["userId"] in users}
         kept: list[bytes] = []
         passed: set[str] = set()
         for frame, presence in held:
             if presence is not None and presence[0] not in passed:
                 user, status, at = presence
-                listed = self.snapshot.get(user) if self.snapshot is not None else None
+                entry = listed.get(user)
                 if status == OFFLINE:
-                    known = listed is None
+                    known = entry is None
                 else:
-                    known = listed is not None and listed[0] == status and at <= listed[1]
+                    known = entry is not None and entry[0] == status and at <= entry[1]
                 if known:
                     continue
                 passed.add(user)
-                if self.snapshot is not None:
-                    self.snapshot.pop(user, None)
             kept.append(frame)
-        if not small:
-            self.snapshot = None
+        if len(snapshot) <= JOIN_FILTER_MAX_MEMBERS:
+            recent = iso(now - JOIN_FILTER_GRACE - 1.0)
+            self.snapshot = {
+                str(m["userId"]): (str(m["status"]), str(m["since"]))
+                for m in snapshot
+                if str(m["since"]) >= recent and m["userId"] not in passed
+            } or None
         return kept
 
     def _known_late(self, presence: tuple[str, str, str]) -> bool:

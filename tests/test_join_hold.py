@@ -15,6 +15,7 @@ def message(text: str) -> bytes:
 
 
 T1, T2, T3 = "2026-01-01T00:00:01.000Z", "2026-01-01T00:00:02.000Z", "2026-01-01T00:00:03.000Z"
+NOW = 1767225603.0  # 2026-01-01T00:00:03Z: T1 to T3 are recent changes
 SNAPSHOT: list[dict[str, object]] = [{"userId": "ann", "status": "online", "since": T2}]
 
 
@@ -28,12 +29,12 @@ def test_held_until_release_then_what_the_snapshot_says_is_dropped():
     ]
     for frame in held:
         assert hold.admit(frame, _presence_fields(frame)) is False
-    assert hold.release(SNAPSHOT) == [held[1], held[3]]
+    assert hold.release(SNAPSHOT, NOW) == [held[1], held[3]]
 
 
 def test_after_release_late_duplicates_are_dropped_and_news_passes():
     hold = _JoinHold(100)
-    hold.release(SNAPSHOT)
+    hold.release(SNAPSHOT, NOW)
     late_dup = presence("ann", "online", T1)  # stamped before the snapshot's since
     assert hold.admit(late_dup, _presence_fields(late_dup)) is False
     msg = message("m")
@@ -50,7 +51,7 @@ def test_more_held_than_the_outbound_bound_overflows():
         frame = message(str(i))
         hold.admit(frame, None)
     assert hold.overflowed
-    assert len(hold.release([])) == 2
+    assert len(hold.release([], NOW)) == 2
 
 
 def test_a_large_room_keeps_no_snapshot_after_the_join():
@@ -63,8 +64,15 @@ def test_a_large_room_keeps_no_snapshot_after_the_join():
     hold = _JoinHold(100)
     dup = presence("u1", "online", T1)
     hold.admit(dup, _presence_fields(dup))
-    assert hold.release(big) == []  # still filtered while it was held
+    assert hold.release(big, NOW) == []  # still filtered while it was held
     assert hold.snapshot is None
     small = _JoinHold(100)
-    small.release(big[:JOIN_FILTER_MAX_MEMBERS])
+    small.release(big[:JOIN_FILTER_MAX_MEMBERS], NOW)
     assert small.snapshot is not None
+
+
+def test_only_recent_changes_are_kept_after_the_join():
+    """A member whose state changed long ago has no frame in flight: nothing is kept for them."""
+    hold = _JoinHold(100)
+    hold.release(SNAPSHOT, NOW + 60)
+    assert hold.snapshot is None
