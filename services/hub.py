@@ -602,7 +602,7 @@ class RoomHub:
 
 
 _PRESENCE_PREFIX = b'{"type":"presence",'
-JOIN_FILTER_GRACE = 2.0  # seconds a joiner's snapshot keeps filtering late presence from other instances
+JOIN_FILTER_GRACE = 1.0  # seconds a joiner's snapshot keeps filtering late presence from other instances
 # Above this many members a joiner keeps no snapshot after its join: holding one per joiner for the
 # grace made filling a room O(N^2) in memory. Large rooms get presence counts instead of per-user
 # frames (docs: large rooms), so there is little left to filter there.
