@@ -155,11 +155,27 @@ class GatewayProtocol(WebSocketProtocol13):
             self._sink.on_control(opcode, data)
 
     def _client_closed(self, data: bytes) -> None:
+        """The client's close frame: echo its code (RFC 6455 §5.5.1) and close the stream; a
+        malformed one (1 byte, a code no endpoint may send, a reason that is not UTF-8) is
+        answered 1002 or 1007 instead."""
         self.client_terminated = True
-        if len(data) >= 2:
-            self.close_code = struct.unpack(">H", data[:2])[0]
-            self.close_reason = data[2:].decode("utf-8", "replace") or None
-        self.close(self.close_code)  # echoes the code (RFC 6455 §5.5.1) and closes the stream
+        problem: tuple[int, str] | None = None
+        if len(data) == 1:
+            problem = CLOSE_PROTOCOL_ERROR, "close frame payload of one byte"
+        elif len(data) >= 2:
+            code = struct.unpack(">H", data[:2])[0]
+            try:
+                reason = data[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                problem = CLOSE_INVALID_DATA, "close reason is not valid UTF-8"
+            else:
+                if not _sendable_close_code(code):
+                    problem = CLOSE_PROTOCOL_ERROR, f"close code {code} may not be sent"
+                self.close_code, self.close_reason = code, reason or None
+        if problem is not None and not self.server_terminated:
+            self._sink.fail(*problem)
+        else:  # our close frame went first (or it is valid): nothing more to say
+            self.close(None if problem is not None else self.close_code)
 
     async def _while_closing(self, opcode: int, masked: bool, length: int, control: bool) -> None:
         """We sent our close frame: wait for the client's, throwing everything else away."""
@@ -171,8 +187,16 @@ class GatewayProtocol(WebSocketProtocol13):
         await self._skip(length + (4 if masked else 0))
 
     async def _skip(self, count: int) -> None:
-        """Read and drop `count` bytes in bounded chunks (a 1009 frame may claim exabytes)."""
+        """Read and drop `count` bytes in bounded chunks (a 1009 frame may claim exabytes),
+        yielding to the loop after each chunk like after each frame."""
         while count > 0:
             chunk = await self.stream.read_bytes(min(count, _SKIP_CHUNK), partial=True)
             self._wire_bytes_in += len(chunk)
             count -= len(chunk)
+            await asyncio.sleep(0)
+
+
+def _sendable_close_code(code: int) -> bool:
+    """RFC 6455 §7.4: the codes an endpoint may put in a close frame (1005, 1006 and 1015 only
+    ever describe a connection; 1004 and 1016-2999 are reserved)."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999

@@ -53,32 +53,46 @@ class TrustedProxies:
         return any(ip in net for net in self._nets)
 
     def client_ip(self, peer: str, forwarded_for: str | None, real_ip: str | None) -> str:
-        """The peer, unless it is a trusted proxy: then the nearest address in X-Forwarded-For that
-        is not a trusted proxy itself (read right to left, as each proxy appends), else X-Real-Ip.
-        A malformed entry ends the walk: nothing to its left can be believed."""
+        """The peer, unless it is a trusted proxy: then X-Real-Ip (a proxy sets it, whatever the
+        client sent), else the nearest address in X-Forwarded-For that is not a trusted proxy
+        itself (read right to left, as each proxy appends). A malformed entry ends the walk:
+        nothing to its left can be believed. Addresses come back in canonical form."""
         if not self._nets or not self.trusts(peer):
             return peer
-        if forwarded_for:
-            client = peer
-            for hop in reversed(forwarded_for.split(",")):
-                hop = hop.strip()
-                if not _is_ip(hop):
-                    break
-                client = hop
-                if not self.trusts(hop):
-                    break
-            return client
-        if real_ip and _is_ip(real_ip.strip()):
-            return real_ip.strip()
-        return peer
+        if real_ip and (ip := _canonical(real_ip)) is not None:
+            return ip
+        client = peer
+        for hop in reversed((forwarded_for or "").split(",")):
+            ip = _canonical(hop)
+            if ip is None:
+                break
+            client = ip
+            if not self.trusts(ip):
+                break
+        return client
 
 
-def _is_ip(text: str) -> bool:
+def _canonical(text: str) -> str | None:
+    """The address in canonical form (an IPv4-mapped IPv6 address as IPv4); None if it is not one."""
     try:
-        ipaddress.ip_address(text)
+        ip = ipaddress.ip_address(text.strip())
     except ValueError:
-        return False
-    return True
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def address_bucket(ip: str) -> str:
+    """What MAX_CONNECTIONS_PER_IP counts by: the address, or its /64 for IPv6 (one host usually
+    has a whole /64, and would otherwise have an allowance per address)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return _canonical(ip) or ip
 
 
 class Admission:
@@ -93,19 +107,21 @@ class Admission:
     def admit(self, ip: str) -> int | None:
         if self.total >= self.max_connections:
             return 503
-        count = self._per_ip.get(ip, 0)
+        key = address_bucket(ip)
+        count = self._per_ip.get(key, 0)
         if count >= self.max_per_ip:
             return 429
-        self._per_ip[ip] = count + 1
+        self._per_ip[key] = count + 1
         self.total += 1
         return None
 
     def release(self, ip: str) -> None:
-        count = self._per_ip.get(ip, 0)
+        key = address_bucket(ip)
+        count = self._per_ip.get(key, 0)
         if count <= 1:
-            self._per_ip.pop(ip, None)
+            self._per_ip.pop(key, None)
         else:
-            self._per_ip[ip] = count - 1
+            self._per_ip[key] = count - 1
         self.total = max(self.total - 1, 0)
 
 

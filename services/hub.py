@@ -198,10 +198,11 @@ class RoomHub:
                     )
                     await self._broadcast(room, frame, exclude=session.conn_id)
             except BaseException:
-                self._release_hold(room, session, hold)
+                self._detach(session, room)  # drops the hold too; the store is told in the background
+                self.spawn(self._after_leave(session, room, announce=False))
                 raise
-            if room not in session.rooms:
-                return  # removed from the room meanwhile (room_update removed/deleted was sent)
+            if room not in session.rooms:  # removed meanwhile: it got room_update removed/deleted
+                raise ClientError("not_in_room", "removed from the room while joining", roomId=room)
         else:
             members = await self.presence.members(room)
         joined: dict[str, Any] = {"roomId": room, "action": "joined"}

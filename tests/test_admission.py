@@ -4,12 +4,14 @@ only for loopback clients."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.web import Application
 
-from services.admission import TrustedProxies
+from services.admission import Admission, TrustedProxies
 from tests.helpers import Client, refused_status, token, wait_for
 
 T = 20
@@ -80,15 +82,97 @@ async def test_spoofed_client_address_is_not_logged(make_gateway, caplog):
     assert remotes == ["127.0.0.1"]
 
 
-def test_client_ip_walks_forwarded_for_from_the_right():
+def test_client_ip_from_trusted_proxies_only():
     proxies = TrustedProxies(["10.0.0.0/8", "127.0.0.1"])
     assert proxies.client_ip("127.0.0.1", "1.2.3.4, 10.1.1.1", None) == "1.2.3.4"
     assert proxies.client_ip("127.0.0.1", "6.6.6.6, 1.2.3.4, 10.1.1.1", None) == "1.2.3.4"  # left of a client: forged
     assert proxies.client_ip("127.0.0.1", "junk, 10.1.1.1", None) == "10.1.1.1"
     assert proxies.client_ip("127.0.0.1", None, "1.2.3.4") == "1.2.3.4"
+    assert proxies.client_ip("127.0.0.1", "6.6.6.6", "1.2.3.4") == "1.2.3.4"  # the proxy's own header wins
     assert proxies.client_ip("8.8.8.8", "1.2.3.4", "1.2.3.4") == "8.8.8.8"  # not a proxy of ours
-    assert proxies.client_ip("::ffff:127.0.0.1", "1.2.3.4", None) == "1.2.3.4"
+    assert proxies.client_ip("::ffff:127.0.0.1", "::ffff:1.2.3.4", None) == "1.2.3.4"
     assert TrustedProxies([]).client_ip("127.0.0.1", "1.2.3.4", "1.2.3.4") == "127.0.0.1"
+
+
+def test_ipv6_clients_are_counted_per_64():
+    admission = Admission(max_connections=100, max_per_ip=2)
+    assert admission.admit("2001:db8:1:2::1") is None
+    assert admission.admit("2001:db8:1:2::ffff") is None
+    assert admission.admit("2001:db8:1:2:aaaa::3") == 429  # same /64
+    assert admission.admit("2001:db8:1:3::1") is None  # another /64
+    admission.release("2001:db8:1:2::1")
+    assert admission.admit("2001:db8:1:2::9") is None
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_forwarded_address_does_not_stick_to_a_kept_alive_connection(make_gateway):
+    """A proxy reuses its upstream connections: each request's client is resolved from the TCP peer
+    again, not from the address the previous request was forwarded for."""
+    import http.client
+
+    gw = await make_gateway(dev=True, trusted_proxies=("127.0.0.1/32",))
+
+    def two_requests() -> tuple[int, int]:
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+        try:
+            conn.request("GET", "/dev/token?sub=a", headers={"X-Forwarded-For": "203.0.113.9"})
+            first = conn.getresponse()
+            first.read()
+            conn.request("GET", "/dev/token?sub=b")  # the same connection, no forwarding header
+            second = conn.getresponse()
+            second.read()
+            return first.status, second.status
+        finally:
+            conn.close()
+
+    assert await asyncio.to_thread(two_requests) == (403, 200)
+
+
+def test_only_connections_idle_long_enough_are_shed():
+    import time
+
+    from handlers.http_server import SHED_AFTER, ConnectionBook
+
+    class Stream:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    book = ConnectionBook(budget=2)
+    old, fresh = Stream(), Stream()
+    book.waiting[old] = time.monotonic() - SHED_AFTER - 0.1  # type: ignore[index]
+    book.waiting[fresh] = time.monotonic()  # type: ignore[index]
+    assert book.shed_oldest_waiting() and old.closed
+    assert not book.shed_oldest_waiting() and not fresh.closed  # just accepted: it may yet speak
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_a_listener_paused_for_emfile_then_for_the_budget_resumes_when_a_connection_closes():
+    import socket
+
+    from handlers.http_server import ConnectionBook, GatewayHTTPServer
+
+    book = ConnectionBook(budget=1)
+    server = GatewayHTTPServer(Application(), book=book, trusted=TrustedProxies([]))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    server.add_sockets([listener])
+    try:
+        fd = listener.fileno()
+        server._backoff = 0.05  # as the EMFILE branch leaves it
+        server._pause(listener, "test: as after EMFILE", retry_in=0.05, timer_only=True)
+        book.open = 1  # meanwhile the budget filled (say, through the internal port)
+        client = socket.create_connection(listener.getsockname())  # makes the listener readable
+        await wait_for(lambda: fd in server._paused and fd not in server._timed, what="a budget pause")
+        book.budget = 10
+        book.closed(object())  # type: ignore[arg-type]  # a connection closed
+        await wait_for(lambda: fd not in server._paused and book.open == 1, what="accepting again")
+        client.close()
+    finally:
+        server.stop()
 
 
 @pytest.mark.gen_test(timeout=T)

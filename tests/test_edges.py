@@ -28,6 +28,11 @@ PROTOCOL_ERRORS = {
     "invalid-utf8": (encode_frame(0x81, b'{"type":"ping","payload":{"x":"\xff\xfe"}}'), 1007),
     "truncated-utf8": (encode_frame(0x81, "é".encode()[:1]), 1007),
     "unmasked-ping": (encode_frame(0x89, b"hi", masked=False), 1002),
+    "close-of-one-byte": (encode_frame(0x88, b"\x03"), 1002),
+    "close-code-1005": (encode_frame(0x88, struct.pack("!H", 1005)), 1002),
+    "close-code-999": (encode_frame(0x88, struct.pack("!H", 999)), 1002),
+    "close-reason-not-utf8": (encode_frame(0x88, struct.pack("!H", 1000) + b"\xff"), 1007),
+    "close-4000-is-echoed": (encode_frame(0x88, struct.pack("!H", 4000) + b"bye"), 4000),
 }
 
 
