@@ -30,11 +30,12 @@ from handlers.metrics import MetricsHandler
 from handlers.socket import GatewaySocket
 from services.admission import descriptor_budget
 from services.auth import check_secret, generate_secret, mint
-from services.gateway import Gateway, StartupError
+from services.errors import ConfigError, StartupError
+from services.gateway import Gateway
 from services.ids import short_id
 from services.logs import setup_logging
 from services.redis_common import wait_for_redis
-from services.settings import ConfigError, Settings, load_settings
+from services.settings import Settings, load_settings
 
 log = logging.getLogger("gateway.server")
 

@@ -18,9 +18,9 @@ from handlers.common import RedactedSummary
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
 from schemas.client import CLIENT_TYPES, EnvelopeSchema
 from services import frames
-from services.auth import AuthError, Identity
+from services.auth import Identity
+from services.errors import AuthError, ClientError
 from services.gateway import Gateway
-from services.hub import ClientError
 from services.ids import short_id
 from services.metrics import METRICS
 from services.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session

@@ -21,14 +21,11 @@ from typing import Any
 
 import jwt
 
-from services.settings import ConfigError, Settings
+from services.errors import AuthError, ConfigError
+from services.settings import Settings
 
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 8192  # far above any real JWT; bounds what an unauthenticated client makes us parse
-
-
-class AuthError(Exception):
-    """A token that cannot be accepted; the message is safe to show the client (no token in it)."""
 
 
 @dataclass(frozen=True)

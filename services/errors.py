@@ -1,10 +1,61 @@
-"""Errors shared by the backends, kept apart from any one implementation so the hub need not
-import Redis to recognise them."""
+"""Every exception the gateway raises on purpose, in one hierarchy (python-websockets style), so a
+reader finds them in one place and each boundary can catch exactly what it expects.
+
+    GatewayError
+    ├── ConfigError      bad configuration: one line on stderr, exit code 2 (server.py)
+    ├── StartupError     a configured dependency is unusable at start: exit code 2
+    ├── AuthError        a token that cannot be accepted: HTTP 401 (message safe to show, no token in it)
+    ├── ClientError      an expected refusal of a frame: an `error` frame, never a close
+    ├── IngestError      Kafka did not take a message: the sender gets `ingest_failed`
+    ├── BusError         the bus could not subscribe or publish (Redis unreachable)
+    ├── StoreError       a shared store (presence, dedupe) could not be reached
+    └── InvalidRecord    a Kafka record that cannot be delivered: logged, counted, skipped
+"""
 
 from __future__ import annotations
 
+from typing import Any
 
-class StoreError(Exception):
+
+class GatewayError(Exception):
+    """Base of the gateway's own exceptions."""
+
+
+class ConfigError(GatewayError):
+    """Bad configuration: reported as one line on stderr and exit code 2."""
+
+
+class StartupError(GatewayError):
+    """A dependency the configuration asks for is not usable at start (exit code 2)."""
+
+
+class AuthError(GatewayError):
+    """A token that cannot be accepted; the message is safe to show the client (no token in it)."""
+
+
+class ClientError(GatewayError):
+    """An expected refusal, answered with an `error` frame (never a close)."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+class IngestError(GatewayError):
+    """The message could not be made durable; the client gets ingest_failed."""
+
+
+class BusError(GatewayError):
+    """The bus could not subscribe or publish (Redis unreachable)."""
+
+
+class StoreError(GatewayError):
     """A shared store (presence, dedupe) could not be reached. The hub never sees it: the gateway
-    wraps the Redis stores in services/fallback.py, which answer from this instance instead (the
-    store logs once per change of state)."""
+    wraps the Redis stores in presence/fallback.py and dedupe/fallback.py, which answer from this
+    instance instead (the store logs once per change of state)."""
+
+
+class InvalidRecord(GatewayError):
+    """A Kafka record that cannot be delivered; the reason never contains the record's content."""

@@ -12,16 +12,20 @@ import redis.asyncio as aioredis
 from schemas.client import payload_schemas
 from services.admission import Admission, TrustedProxies
 from services.auth import TokenVerifier
-from services.bus import Bus, BusError, MemoryBus, MemoryNetwork
-from services.dedupe import DedupeStore, MemoryDedupe
-from services.errors import StoreError
-from services.fallback import FallbackDedupe, FallbackPresence
+from services.bus import Bus
+from services.bus.memory import MemoryBus, MemoryNetwork
+from services.dedupe import DedupeStore
+from services.dedupe.fallback import FallbackDedupe
+from services.dedupe.memory import MemoryDedupe
+from services.errors import BusError, StartupError, StoreError
 from services.hub import RoomHub
 from services.ids import short_id
-from services.kafka_consumer import KafkaEvents
-from services.kafka_producer import KafkaIngest
+from services.kafka.consumer import KafkaEvents
+from services.kafka.producer import KafkaIngest
 from services.metrics import METRICS
-from services.presence import MemoryPresence, PresenceStore
+from services.presence import PresenceStore
+from services.presence.fallback import FallbackPresence
+from services.presence.memory import MemoryPresence
 from services.redis_common import REDIS_ERRORS, Backoff, describe, make_client, unreachable
 from services.session import CLOSE_RESTART, FLUSH_GRACE, Session
 from services.settings import Settings
@@ -29,10 +33,6 @@ from services.settings import Settings
 log = logging.getLogger("gateway")
 
 _START_ERRORS: tuple[type[BaseException], ...] = (BusError, StoreError, TimeoutError, *REDIS_ERRORS)
-
-
-class StartupError(Exception):
-    """A dependency the configuration asks for is not usable at start (exit code 2)."""
 
 
 class Gateway:
@@ -72,9 +72,9 @@ class Gateway:
         s = self.settings
         if not s.redis_enabled:
             return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe()
-        from services.redis_bus import RedisBus
-        from services.redis_dedupe import RedisDedupe
-        from services.redis_presence import RedisPresence
+        from services.bus.redis import RedisBus
+        from services.dedupe.redis import RedisDedupe
+        from services.presence.redis import RedisPresence
 
         self.redis = make_client(s, self.instance_id)
         bus = RedisBus(self.instance_id, s, self.redis)

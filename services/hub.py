@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import orjson
 
 from services import frames
-from services.bus import Bus, BusError, BusEvent
+from services.bus import Bus, BusEvent
 from services.dedupe import PENDING, DedupeStore
+from services.errors import BusError, ClientError, IngestError
 from services.ids import iso, iso_now, uuid7
 from services.metrics import METRICS
 from services.presence import OFFLINE, ONLINE, PresenceStore
@@ -34,23 +35,9 @@ ACTION_REMOVE_USER = "remove_user"
 ACTION_DELETE_ROOM = "delete_room"
 
 
-class IngestError(Exception):
-    """The message could not be made durable; the client gets ingest_failed."""
-
-
 class Ingest(Protocol):
     async def ingest(self, message: dict[str, Any]) -> None:
         """Return once the message.ingest record is acknowledged by Kafka; raise IngestError otherwise."""
-
-
-class ClientError(Exception):
-    """An expected refusal, answered with an `error` frame (never a close)."""
-
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
 
 
 class _ChannelLock:

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from services.admission import parse_networks
-
-
-class ConfigError(Exception):
-    """Bad configuration: reported as one line on stderr and exit code 2."""
+from services.errors import ConfigError
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:

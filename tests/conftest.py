@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tornado.ioloop import IOLoop
 
-from services.bus import MemoryNetwork
+from services.bus.memory import MemoryNetwork
 from services.dedupe import DedupeStore
 from tests.helpers import RunningGateway, start_gateway, test_settings
 

@@ -28,7 +28,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from schemas.server import validate_server_frame
 from server import start_listening
 from services.auth import mint
-from services.bus import MemoryNetwork
+from services.bus.memory import MemoryNetwork
 from services.dedupe import DedupeStore
 from services.gateway import Gateway
 from services.settings import Settings

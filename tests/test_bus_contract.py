@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from tornado.ioloop import IOLoop
 
-from services.bus import Bus, BusEvent, MemoryBus, MemoryNetwork
-from services.redis_bus import RedisBus
+from services.bus import Bus, BusEvent
+from services.bus.memory import MemoryBus, MemoryNetwork
+from services.bus.redis import RedisBus
 from services.redis_common import make_client
 from tests.helpers import test_settings as settings_for
 from tests.helpers import wait_for

@@ -29,8 +29,9 @@ from prometheus_client import REGISTRY
 from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
 
-from services.bus import MemoryNetwork
-from services.dedupe import DedupeStore, MemoryDedupe
+from services.bus.memory import MemoryNetwork
+from services.dedupe import DedupeStore
+from services.dedupe.memory import MemoryDedupe
 from services.ids import iso_now, uuid7
 from tests.conftest import need_service
 from tests.helpers import (

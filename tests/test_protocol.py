@@ -414,7 +414,7 @@ class ScriptedIngest:
         delay, fail = self.script.get(message["content"], (0.0, False))
         await asyncio.sleep(delay)  # the simulated broker round trip
         if fail:
-            from services.hub import IngestError
+            from services.errors import IngestError
 
             raise IngestError("scripted failure")
 

@@ -13,8 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from tornado.ioloop import IOLoop
 
-from services.bus import BusError, BusEvent
-from services.redis_bus import RedisBus, decode_event, encode_event
+from services.bus import BusEvent
+from services.bus.redis import RedisBus, decode_event, encode_event
+from services.errors import BusError
 from services.redis_common import make_client
 from services.settings import Settings
 from tests.helpers import test_settings as settings_for

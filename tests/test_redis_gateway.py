@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from tornado.ioloop import IOLoop
 
-from services.redis_bus import RedisBus
+from services.bus.redis import RedisBus
 from tests.helpers import Client, RunningGateway, wait_for
 from tests.redis_support import (
     kill_client,

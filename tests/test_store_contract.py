@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from tornado.ioloop import IOLoop
 
-from services.dedupe import DedupeStore, MemoryDedupe
-from services.presence import MemoryPresence, PresenceStore
+from services.dedupe import DedupeStore
+from services.dedupe.memory import MemoryDedupe
+from services.dedupe.redis import RedisDedupe
+from services.presence import PresenceStore
+from services.presence.memory import MemoryPresence
+from services.presence.redis import RedisPresence
 from services.redis_common import make_client
-from services.redis_dedupe import RedisDedupe
-from services.redis_presence import RedisPresence
 from tests.helpers import test_settings as settings_for
 from tests.helpers import wait_for
 from tests.redis_support import redis_overrides, shared_redis_port, unique_prefix

@@ -36,8 +36,9 @@ from schemas.events import (
     EnvelopeSchema,
 )
 from services.dedupe import DedupeStore
+from services.errors import InvalidRecord
 from services.hub import RoomHub
-from services.kafka_common import StateLog, client_config, describe
+from services.kafka.common import StateLog, client_config, describe
 from services.metrics import METRICS
 from services.settings import Settings
 
@@ -53,10 +54,6 @@ DOWN = "down"
 CONNECTING = "connecting"
 
 Partition = tuple[str, int]
-
-
-class InvalidRecord(Exception):
-    """A record that cannot be delivered; the reason never contains the record's content."""
 
 
 class KafkaEvents:

@@ -32,7 +32,8 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.bus import BusError, BusEvent, EventHandler, ResyncHandler
+from services.bus import BusEvent, EventHandler, ResyncHandler
+from services.errors import BusError
 from services.metrics import METRICS
 from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, Backoff, connection_kwargs, describe
 from services.settings import Settings

@@ -23,8 +23,8 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.events import MESSAGE_INGEST
-from services.hub import IngestError
-from services.kafka_common import StateLog, client_config, describe, envelope
+from services.errors import IngestError
+from services.kafka.common import StateLog, client_config, describe, envelope
 from services.metrics import METRICS
 from services.settings import Settings
 

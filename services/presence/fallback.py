@@ -1,50 +1,12 @@
-"""Degraded mode for the shared stores: while Redis is unreachable, presence and dedupe narrow to
-this instance instead of refusing joins, presence changes and messages (DESIGN: "Redis outage:
-local delivery keeps working"). The Redis stores reconcile what they missed once Redis is back."""
+"""FallbackPresence: the shared store, mirrored by a local one that answers while Redis is
+unreachable, so joins and presence are not refused during an outage (README: "Scaling out"). The
+Redis store reconciles what it missed once Redis is back."""
 
 from __future__ import annotations
 
-from services.dedupe import DedupeStore, MemoryDedupe
 from services.errors import StoreError
-from services.presence import ExpiredHandler, Member, MemoryPresence, PresenceStore
-
-
-class FallbackDedupe:
-    """The shared store; during an outage a process-local one, so a retry on the same instance is
-    still recognised (a retry landing on another instance then may be delivered twice)."""
-
-    def __init__(self, shared: DedupeStore, local: DedupeStore | None = None) -> None:
-        self.shared = shared
-        self.local = local or MemoryDedupe(max_entries=100_000)
-
-    async def reserve(self, key: str, value: str, ttl: float) -> str | None:
-        try:
-            return await self.shared.reserve(key, value, ttl)
-        except StoreError:
-            return await self.local.reserve(key, value, ttl)
-
-    async def get(self, key: str) -> str | None:
-        try:
-            return await self.shared.get(key)
-        except StoreError:
-            return await self.local.get(key)
-
-    async def put(self, key: str, value: str, ttl: float) -> None:
-        try:
-            await self.shared.put(key, value, ttl)
-        except StoreError:
-            await self.local.put(key, value, ttl)
-
-    async def release(self, key: str) -> None:
-        await self.local.release(key)
-        try:
-            await self.shared.release(key)
-        except StoreError:
-            pass
-
-    async def close(self) -> None:
-        await self.local.close()
-        await self.shared.close()
+from services.presence import ExpiredHandler, Member, PresenceStore
+from services.presence.memory import MemoryPresence
 
 
 class FallbackPresence:

@@ -1,0 +1,55 @@
+"""Presence store: who is in a room, with which status, across every instance.
+
+A user is a member of a room while any of their connections (on any instance) is in it.
+The memory store (memory.py) serves one process; redis.py shares it through Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+@dataclass(slots=True)
+class Member:
+    user_id: str
+    status: str
+    since: float  # epoch seconds of the last status change
+
+    def as_json(self) -> dict[str, object]:
+        from services.ids import iso
+
+        return {"userId": self.user_id, "status": self.status, "since": iso(self.since)}
+
+
+# Called with (room, user): `on_expired` for users whose owning instance died (the hub announces
+# them offline), `on_restored` for users a store had lost and re-registered (announced online).
+ExpiredHandler = Callable[[str, str], None]
+
+
+class PresenceStore(Protocol):
+    """What the hub needs. Implementations handed to the hub never raise StoreError (a store that
+    can fail goes behind fallback.py)."""
+
+    async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
+        """Record the connection in the room; True when the user is new to the room."""
+
+    async def leave(self, room: str, user: str, conn_id: str) -> bool:
+        """Forget the connection; True when the user has no connection left in the room."""
+
+    async def set_status(self, room: str, user: str, status: str, now: float) -> None: ...
+
+    async def members(self, room: str) -> list[Member]: ...
+
+    async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None: ...
+
+    async def resync(self) -> None:
+        """After an outage: make the shared store hold this instance's connections again, now,
+        so a snapshot read next includes them (issue: the snapshot after a Redis restart lacked
+        the receiving client's own user)."""
+
+    async def close(self) -> None: ...
