@@ -7,7 +7,7 @@ per-message future, so one process can read ~10^5 frames/s). Talks to the orches
 lines: prints {"event": "ready"} once every connection is joined, then waits for `go` (or `quit`)
 on stdin, prints {"event": "done", ...} and waits for `quit`.
 
-One adapter per protocol: the gateway's (DESIGN.md section 4), Socket.IO v5 over Engine.IO v4
+One adapter per protocol: the gateway's (README.md, "Protocol"), Socket.IO v5 over Engine.IO v4
 (WebSocket transport only) and Centrifugo's JSON protocol. Deliveries are counted and timed the
 same way for all three: the content carries MARK, the send time in CLOCK_MONOTONIC ns and "|", and
 the subscriber finds it with a byte search instead of decoding the whole frame.
@@ -181,7 +181,7 @@ class Proto:
 
 
 class GatewayProto(Proto):
-    """DESIGN.md section 4: join -> room_update joined; message -> message to every member + ack."""
+    """README.md, "Protocol": join -> room_update joined; message -> message to every member + ack."""
 
     name = "gateway"
 

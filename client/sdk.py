@@ -1,4 +1,4 @@
-"""GatewayClient: an asyncio client for the Realtime Gateway protocol (DESIGN.md section 4).
+"""GatewayClient: an asyncio client for the Realtime Gateway protocol (README.md, "Protocol").
 
     async with GatewayClient("ws://127.0.0.1:3000/", token) as client:
         await client.join("general")

@@ -27,7 +27,7 @@ RELEASE = "rtg"
 NAMESPACE = "chat"
 HELM_TIMEOUT = 120
 
-# Every environment variable the chart may set: what the app reads (DESIGN.md section 3 and 7) plus WORKERS,
+# Every environment variable the chart may set: what the app reads (README.md, "Configuration") plus WORKERS,
 # pinned to 1. JWT_DEV is the app's legacy alias of JWT_SECRET: the chart only sets JWT_SECRET.
 APP_ENV = frozenset(
     {

@@ -1,4 +1,4 @@
-"""The WebSocket protocol of DESIGN.md section 4 over real sockets: every frame type, every
+"""The WebSocket protocol (README.md, "Protocol") over real sockets: every frame type, every
 error code the core can produce, requestId echo, presence and dedupe."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 // Realtime Gateway demo page: plain JavaScript, no build step, no dependencies.
 //
-// Speaks the protocol of DESIGN.md section 4 over one WebSocket. Every piece of text that came
+// Speaks the protocol of README.md ("Protocol") over one WebSocket. Every piece of text that came
 // from a user or the network is put in the page with textContent / text nodes, never as HTML.
 "use strict";
 

@@ -16,7 +16,7 @@ ENVELOPE_VERSION = 1
 
 
 def envelope(event_type: str, payload: dict[str, Any], source: str, occurred_at: str | None = None) -> dict[str, Any]:
-    """The one envelope every Kafka event has (DESIGN.md section 6)."""
+    """The one envelope every Kafka event has (docs/kafka.md)."""
     return {
         "eventId": uuid7(),
         "type": event_type,
