@@ -16,14 +16,15 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 from handlers.common import RedactedSummary
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
-from schemas.client import CLIENT_TYPES, EnvelopeSchema
+from schemas.client import EnvelopeSchema
 from services import frames
 from services.auth import Identity
 from services.errors import AuthError, ClientError
 from services.gateway import Gateway
 from services.ids import short_id
 from services.metrics import METRICS
-from services.session import CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Session
+from services.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
+from services.session import Session
 
 log = logging.getLogger("gateway.socket")
 
@@ -32,8 +33,6 @@ _REFUSALS = {
     503: "server is at its connection limit; try another instance or later",
     429: "too many connections from this address",
 }
-# Errors caused by what the client sent; enough of them in a minute closes the socket with 1008.
-ABUSE_CODES = frozenset({"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"})
 
 
 class GatewaySocket(WebSocketHandler, RedactedSummary):

@@ -12,8 +12,6 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from schemas.common import PRESENCE_STATUSES, attachments, room_id
 
-CLIENT_TYPES = ("join", "leave", "message", "presence", "ping")
-
 
 class _Payload(Schema):
     class Meta:

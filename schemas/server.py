@@ -6,32 +6,9 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, fields, validate
 
 from schemas.common import AttachmentSchema, attachments, room_id
+from services.protocol import ERROR_CODES, ROOM_ACTIONS, SERVER_TYPES
 
 ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
-SERVER_TYPES = (
-    "message",
-    "message_updated",
-    "message_deleted",
-    "ack",
-    "room_update",
-    "presence",
-    "presence_state",
-    "pong",
-    "error",
-)
-ERROR_CODES = (
-    "invalid_json",
-    "invalid_frame",
-    "unknown_type",
-    "validation_failed",
-    "not_in_room",
-    "forbidden_room",
-    "too_many_rooms",
-    "rate_limited",
-    "ingest_failed",
-    "internal",
-)
-ROOM_ACTIONS = ("joined", "left", "removed", "deleted", "updated")
 
 
 def _iso(**kw: object) -> fields.String:

@@ -26,8 +26,9 @@ from services.metrics import METRICS
 from services.presence import PresenceStore
 from services.presence.fallback import FallbackPresence
 from services.presence.memory import MemoryPresence
+from services.protocol import CLOSE_RESTART
 from services.redis_common import REDIS_ERRORS, Backoff, describe, make_client, unreachable
-from services.session import CLOSE_RESTART, FLUSH_GRACE, Session
+from services.session import FLUSH_GRACE, Session
 from services.settings import Settings
 
 log = logging.getLogger("gateway")

@@ -17,22 +17,11 @@ from typing import Protocol
 
 from services.auth import Identity
 from services.metrics import METRICS
+from services.protocol import CLOSE_NORMAL, CLOSE_SLOW
 from services.ratelimit import TokenBucket, ViolationWindow
 from services.settings import Settings
 
 log = logging.getLogger("gateway.session")
-
-CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002  # a frame breaking RFC 6455 (unmasked, reserved bits, bad control frame)
-CLOSE_INVALID_DATA = 1007  # a text frame that is not UTF-8
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_RESTART = 1012
-CLOSE_TOKEN_EXPIRED = 4001
-CLOSE_REVOKED = 4003
-CLOSE_SLOW = 4008
-CLOSE_TOO_MANY_CONNECTIONS = 4029
 
 FLUSH_GRACE = 2.0  # seconds queued frames may take to leave before a close goes ahead anyway
 
@@ -76,8 +65,6 @@ class Session:
         "closed",
         "conn_id",
         "identity",
-        "last_publish",
-        "last_stage",
         "rate",
         "rooms",
         "settings",
@@ -102,10 +89,6 @@ class Session:
         self.violations = ViolationWindow(settings.invalid_frame_limit)
         self.closed = False
         self.close_code: int | None = None
-        # Tail of this connection's message pipeline: keeps one sender's messages in order even
-        # while earlier ones still wait for their Kafka delivery report.
-        self.last_publish: asyncio.Future[None] | None = None
-        self.last_stage: asyncio.Future[None] | None = None
         self._queue: collections.deque[bytes | Pong] = collections.deque()
         self._queued_bytes = 0
         self._writing = False
@@ -118,10 +101,6 @@ class Session:
     @property
     def user_id(self) -> str:
         return self.identity.user_id
-
-    @property
-    def queued(self) -> tuple[int, int]:
-        return len(self._queue), self._queued_bytes
 
     def send(self, frame: bytes) -> bool:
         """Queue a frame; never blocks. False if the connection is closed or was just closed as slow.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from schemas.server import ERROR_CODES
-from services import session
+from services.protocol import CLOSE_CODES, ERROR_CODES
 from services.settings import OPTIONS
 from tests.helpers import ROOT
 
@@ -24,8 +23,7 @@ def test_every_setting_is_in_the_readme():
 def test_every_error_and_close_code_is_in_the_readme():
     text = readme()
     assert [c for c in ERROR_CODES if f"`{c}`" not in text] == []
-    codes = [v for k, v in vars(session).items() if k.startswith("CLOSE_") and isinstance(v, int)]
-    assert codes and [c for c in codes if f"| {c} |" not in text] == []
+    assert [c for c in CLOSE_CODES if f"| {c} |" not in text] == []
 
 
 def test_readme_shows_the_two_commands():

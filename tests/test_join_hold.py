@@ -1,9 +1,9 @@
-"""_JoinHold, the pure logic behind "the join's reply comes first" (services/hub.py)."""
+"""JoinHold, the pure logic behind "the join's reply comes first" (services/hub/joins.py)."""
 
 from __future__ import annotations
 
 from services import frames
-from services.hub import _JoinHold, _presence_fields
+from services.hub.joins import JoinHold, presence_fields
 
 
 def presence(user: str, status: str, at: str) -> bytes:
@@ -20,7 +20,7 @@ SNAPSHOT: list[dict[str, object]] = [{"userId": "ann", "status": "online", "sinc
 
 
 def test_held_until_release_then_what_the_snapshot_says_is_dropped():
-    hold = _JoinHold(100)
+    hold = JoinHold(100)
     held = [
         presence("ann", "online", T2),  # in the snapshot already
         message("m1"),
@@ -28,25 +28,25 @@ def test_held_until_release_then_what_the_snapshot_says_is_dropped():
         presence("ann", "typing", T3),  # newer than the snapshot: news
     ]
     for frame in held:
-        assert hold.admit(frame, _presence_fields(frame)) is False
+        assert hold.admit(frame, presence_fields(frame)) is False
     assert hold.release(SNAPSHOT, NOW) == [held[1], held[3]]
 
 
 def test_after_release_late_duplicates_are_dropped_and_news_passes():
-    hold = _JoinHold(100)
+    hold = JoinHold(100)
     hold.release(SNAPSHOT, NOW)
     late_dup = presence("ann", "online", T1)  # stamped before the snapshot's since
-    assert hold.admit(late_dup, _presence_fields(late_dup)) is False
+    assert hold.admit(late_dup, presence_fields(late_dup)) is False
     msg = message("m")
     assert hold.admit(msg, None) is True
     news = presence("cat", "online", T3)
-    assert hold.admit(news, _presence_fields(news)) is True
+    assert hold.admit(news, presence_fields(news)) is True
     gone = presence("cat", "offline", T3)  # cat got through once: no longer filtered
-    assert hold.admit(gone, _presence_fields(gone)) is True
+    assert hold.admit(gone, presence_fields(gone)) is True
 
 
 def test_more_held_than_the_outbound_bound_overflows():
-    hold = _JoinHold(2)
+    hold = JoinHold(2)
     for i in range(3):
         frame = message(str(i))
         hold.admit(frame, None)
@@ -56,23 +56,23 @@ def test_more_held_than_the_outbound_bound_overflows():
 
 def test_a_large_room_keeps_no_snapshot_after_the_join():
     """Holding a member map per joiner for the grace made filling a big room O(N^2) in memory."""
-    from services.hub import JOIN_FILTER_MAX_MEMBERS
+    from services.hub.joins import JOIN_FILTER_MAX_MEMBERS
 
     big: list[dict[str, object]] = [
         {"userId": f"u{i}", "status": "online", "since": T1} for i in range(JOIN_FILTER_MAX_MEMBERS + 1)
     ]
-    hold = _JoinHold(100)
+    hold = JoinHold(100)
     dup = presence("u1", "online", T1)
-    hold.admit(dup, _presence_fields(dup))
+    hold.admit(dup, presence_fields(dup))
     assert hold.release(big, NOW) == []  # still filtered while it was held
     assert hold.snapshot is None
-    small = _JoinHold(100)
+    small = JoinHold(100)
     small.release(big[:JOIN_FILTER_MAX_MEMBERS], NOW)
     assert small.snapshot is not None
 
 
 def test_only_recent_changes_are_kept_after_the_join():
     """A member whose state changed long ago has no frame in flight: nothing is kept for them."""
-    hold = _JoinHold(100)
+    hold = JoinHold(100)
     hold.release(SNAPSHOT, NOW + 60)
     assert hold.snapshot is None

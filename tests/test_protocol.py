@@ -422,7 +422,7 @@ class ScriptedIngest:
 @pytest.mark.gen_test(timeout=T)
 async def test_order_holds_when_reports_come_back_out_of_order_or_fail(gw):
     ingest = ScriptedIngest({"m0": (0.4, False), "m1": (0.0, True), "m2": (0.0, False), "m3": (0.1, False)})
-    gw.gateway.hub.ingest = ingest
+    gw.gateway.hub.messages.ingest = ingest
     alice, bob = await gw.client("alice"), await gw.client("bob")
     await alice.join("r")
     await bob.join("r")
@@ -444,12 +444,12 @@ async def test_rooms_and_channels_are_released_when_members_go(gw):
     for room in ("a", "b", "c"):
         await alice.join(room)
         await bob.join(room)
-    assert {"room:a", "room:b", "room:c"} <= hub.subscribed_channels
+    assert {"room:a", "room:b", "room:c"} <= hub.channels.keys
     alice.send("leave", {"roomId": "a"})
     await alice.expect("room_update", match=lambda f: f["payload"]["action"] == "left")
-    assert "room:a" in hub.subscribed_channels  # bob is still there
+    assert "room:a" in hub.channels.keys  # bob is still there
     alice.close()
     bob.close()
-    await wait_for(lambda: not hub.rooms and not hub.users and not hub.subscribed_channels, what="all released")
-    assert hub._channel_locks == {}
+    await wait_for(lambda: not hub.rooms and not hub.users and not hub.channels.keys, what="all released")
+    assert hub.channels.locks == {}
     assert gw.gateway.sessions == set()

@@ -164,7 +164,7 @@ async def test_room_is_subscribed_only_where_it_has_members(pair: Pair) -> None:
     alice = await a.client("alice")
     await alice.join("sparse")
     assert numsub(port, channel) == 1  # A only: B has no member
-    assert "room:sparse" not in b.gateway.hub.subscribed_channels
+    assert "room:sparse" not in b.gateway.hub.channels.keys
 
     bob = await b.client("bob")
     await bob.join("sparse")

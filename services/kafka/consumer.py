@@ -40,6 +40,7 @@ from services.errors import InvalidRecord
 from services.hub import RoomHub
 from services.kafka.common import StateLog, client_config, describe
 from services.metrics import METRICS
+from services.protocol import broadcast_id_key, event_key
 from services.settings import Settings
 
 log = logging.getLogger("gateway.kafka.consumer")
@@ -294,14 +295,14 @@ class KafkaEvents:
 
     async def _dispatch(self, event_id: str, event_type: str, payload: dict[str, Any]) -> None:
         ttl = self.settings.dedupe_ttl
-        event_key = f"ev:{event_id}"
-        if await self.dedupe.reserve(event_key, "1", ttl) is not None:
+        seen_key = event_key(event_id)
+        if await self.dedupe.reserve(seen_key, "1", ttl) is not None:
             METRICS.kafka_consumed.labels("duplicate").inc()
             return
         try:
             await self._deliver(event_type, payload)
         except BaseException:  # cancelled at shutdown too: the record will be redelivered
-            await self.dedupe.release(event_key)  # let a redelivery try again
+            await self.dedupe.release(seen_key)  # let a redelivery try again
             raise
         METRICS.kafka_consumed.labels(event_type).inc()
 
@@ -310,7 +311,7 @@ class KafkaEvents:
         if event_type == MESSAGE_CREATED:
             # This gateway (or another instance) may have broadcast it already: its own client's
             # message coming back from the persistence side, or a redelivered record.
-            id_key = f"id:{payload['id']}"
+            id_key = broadcast_id_key(payload["id"])
             if await self.dedupe.reserve(id_key, "1", self.settings.dedupe_ttl) is not None:
                 METRICS.kafka_consumed.labels("duplicate").inc()
                 return

@@ -1,0 +1,293 @@
+"""RoomHub: rooms -> local sessions, users -> local sessions, and the protocol's decisions.
+
+The hub knows nothing of Tornado: it gets Sessions and payloads already validated by the handler,
+and talks to the outside only through the Bus, PresenceStore, DedupeStore and Ingest interfaces.
+It routes; the pieces it routes through are its own modules:
+
+    channels.py   which bus channels are subscribed (per-channel counted locks)
+    fanout.py     a frame to the local members of a room, then one bus publish
+    joins.py      what a joiner is sent while its join is under way
+    messages.py   a client message through dedupe, Kafka and broadcast (durable ack)
+    ordering.py   one sender's messages in order
+    statuses.py   presence changes as frames, typing timers
+    tasks.py      background work, supervised
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from services import frames
+from services.bus import Bus, BusEvent
+from services.dedupe import DedupeStore
+from services.errors import BusError, ClientError
+from services.hub.channels import Subscriptions
+from services.hub.fanout import Fanout
+from services.hub.joins import Holds, JoinHold
+from services.hub.messages import Ingest, MessagePipeline
+from services.hub.ordering import SenderOrder
+from services.hub.statuses import Statuses
+from services.hub.tasks import TaskGroup
+from services.ids import iso, iso_now
+from services.metrics import METRICS
+from services.presence import OFFLINE, ONLINE, PresenceStore
+from services.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, room_channel, user_channel
+from services.session import Session
+from services.settings import Settings
+
+log = logging.getLogger("gateway.hub")
+
+# Bus actions: membership changes every instance applies to its own sessions.
+ACTION_REMOVE_USER = "remove_user"
+ACTION_DELETE_ROOM = "delete_room"
+
+
+class RoomHub:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        presence: PresenceStore,
+        dedupe: DedupeStore,
+        ingest: Ingest | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.presence = presence
+        self.instance_id = bus.instance_id
+        self.rooms: dict[str, set[Session]] = {}
+        self.users: dict[str, set[Session]] = {}
+        self.holds = Holds()
+        self._orders: dict[Session, SenderOrder] = {}
+        self.channels = Subscriptions(bus)
+        self.fanout = Fanout(bus, self.rooms, self.holds.by_room)
+        self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast)
+        self.tasks = TaskGroup()
+        self.statuses = Statuses(settings, presence, self.fanout, self.rooms, self.users, self.tasks.spawn)
+        self._user_retries = TaskGroup()  # apart from `tasks`: settle() does not wait for them
+        self._retrying: set[str] = set()  # users whose channel is being subscribed again
+
+    async def start(self) -> None:
+        await self.bus.start(self._on_bus_event, self._on_bus_resync)
+        await self.presence.start(self.statuses.expired, self.statuses.restored)
+
+    async def close(self) -> None:
+        self.statuses.close()
+        self.tasks.cancel()
+        self._user_retries.cancel()
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) for background work such as disconnect clean-up to finish."""
+        await self.tasks.settle(timeout)
+
+    def spawn(self, aw: Any) -> None:
+        self.tasks.spawn(aw)
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def connect(self, session: Session) -> bool:
+        """Register a new session; False (and close 4029) when the user has too many connections."""
+        user = session.user_id
+        mine = self.users.setdefault(user, set())
+        if len(mine) >= self.settings.max_user_connections:
+            if not mine:
+                del self.users[user]
+            session.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")
+            return False
+        mine.add(session)
+        self._orders[session] = SenderOrder()
+        METRICS.connections.inc()
+        try:
+            await self.channels.ensure(user_channel(user))
+        except BusError:  # bus down: keep trying in the background while the user is connected
+            if user not in self._retrying:
+                self._retrying.add(user)
+                self._user_retries.spawn(self._resubscribe_user(user))
+        return True
+
+    async def _resubscribe_user(self, user: str) -> None:
+        delay = 0.5
+        try:
+            while self.users.get(user):
+                await asyncio.sleep(delay)
+                if not self.users.get(user):
+                    return
+                try:
+                    await self.channels.ensure(user_channel(user))
+                    return
+                except BusError:
+                    delay = min(delay * 2, 10.0)
+        finally:
+            self._retrying.discard(user)
+
+    async def disconnect(self, session: Session) -> None:
+        user = session.user_id
+        mine = self.users.get(user)
+        if mine is None or session not in mine:
+            return
+        mine.discard(session)
+        self._orders.pop(session, None)
+        METRICS.connections.dec()
+        for room in list(session.rooms):
+            await self._leave(session, room)
+        if not mine:
+            del self.users[user]
+            await self.channels.drop_if_unused(user_channel(user), lambda: bool(self.users.get(user)))
+
+    # -- join / leave ------------------------------------------------------------------------
+
+    async def join(self, session: Session, room: str, request_id: str | None, recovering: bool = False) -> None:
+        """Join a room. A join with `since` (recovery) is answered `recovered: false` until this
+        gateway keeps room history: the client knows to fetch what it missed elsewhere.
+
+        The reply and the snapshot come first: what the room delivers while the join is under
+        way (its subscription is live from the start) is held and sent after them, less the
+        presence frames the snapshot already says (issue: with several instances a joiner saw
+        others' `online` before its own `joined`, and again after its snapshot)."""
+        if self.settings.room_access == "token" and not session.identity.may_join(room):
+            raise ClientError("forbidden_room", "this token does not allow joining the room", roomId=room)
+        hold: JoinHold | None = None
+        if room not in session.rooms:
+            if len(session.rooms) >= self.settings.max_rooms:
+                raise ClientError(
+                    "too_many_rooms", f"at most {self.settings.max_rooms} rooms per connection", roomId=room
+                )
+
+            def add_member() -> None:
+                nonlocal hold
+                self.rooms.setdefault(room, set()).add(session)
+                hold = self.holds.start(room, session, self.settings.outbound_queue_frames)
+                session.rooms.add(room)
+                METRICS.rooms.set(len(self.rooms))
+
+            try:
+                await self.channels.ensure(room_channel(room), then=add_member)
+            except BusError:
+                raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
+            try:
+                now = time.time()
+                new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
+                members = await self.presence.members(room)
+                if new_user:
+                    presence = {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
+                    await self.fanout.broadcast(room, frames.encode("presence", presence), exclude=session.conn_id)
+            except BaseException:
+                self._detach(session, room)  # drops the hold too; the store is told in the background
+                self.spawn(self._after_leave(session, room, announce=False))
+                raise
+            if room not in session.rooms:  # removed meanwhile: it got room_update removed/deleted
+                raise ClientError("not_in_room", "removed from the room while joining", roomId=room)
+        else:
+            members = await self.presence.members(room)
+        joined: dict[str, Any] = {"roomId": room, "action": "joined"}
+        if recovering:
+            joined["recovered"] = False
+        snapshot = [m.as_json() for m in members]
+        session.send(frames.encode("room_update", joined, request_id))
+        session.send(frames.encode("presence_state", {"roomId": room, "members": snapshot}))
+        if hold is not None:
+            self.holds.release(room, session, hold, snapshot, time.time())
+
+    async def leave(self, session: Session, room: str, request_id: str | None) -> None:
+        if room not in session.rooms:
+            raise ClientError("not_in_room", "not a member of this room", roomId=room)
+        await self._leave(session, room)
+        session.send(frames.encode("room_update", {"roomId": room, "action": "left"}, request_id))
+
+    def _detach(self, session: Session, room: str) -> None:
+        """The local, synchronous half of a leave: from here on the session gets nothing of the room."""
+        session.rooms.discard(room)
+        self.holds.drop(room, session)
+        members = self.rooms.get(room)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self.rooms[room]
+                METRICS.rooms.set(len(self.rooms))
+
+    async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
+        """Remove one session from a room; announce offline when it was the user's last connection."""
+        self._detach(session, room)
+        await self._after_leave(session, room, announce)
+
+    async def _after_leave(self, session: Session, room: str, announce: bool = True) -> None:
+        user = session.user_id
+        gone = await self.presence.leave(room, user, session.conn_id)
+        self.statuses.left(room, user, gone)
+        if gone and announce:
+            presence = {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
+            await self.fanout.broadcast(room, frames.encode("presence", presence))
+        await self.channels.drop_if_unused(room_channel(room), lambda: bool(self.rooms.get(room)))
+
+    # -- messages and presence ---------------------------------------------------------------
+
+    async def message(self, session: Session, payload: dict[str, Any], request_id: str | None) -> None:
+        room = payload["roomId"]
+        if room not in session.rooms:
+            raise ClientError(
+                "not_in_room", "join the room before sending to it", roomId=room, dedupeKey=payload.get("dedupeKey")
+            )
+        order = self._orders.get(session) or SenderOrder()  # a session gone meanwhile: order no longer matters
+        await self.messages.handle(session, order, payload, request_id)
+
+    async def set_presence(self, session: Session, room: str, status: str) -> None:
+        if room not in session.rooms:
+            raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
+        await self.statuses.set(room, session.user_id, status)
+
+    # -- events from elsewhere (Kafka consumer) ----------------------------------------------
+
+    async def deliver(self, room: str, frame_type: str, payload: dict[str, Any]) -> None:
+        """Bring a frame to every member of `room` on every instance."""
+        await self.fanout.broadcast(room, frames.encode(frame_type, payload))
+
+    async def remove_user(self, room: str, user: str) -> None:
+        await self._act(room, "removed", ACTION_REMOVE_USER, user)
+
+    async def delete_room(self, room: str) -> None:
+        await self._act(room, "deleted", ACTION_DELETE_ROOM, None)
+
+    async def _act(self, room: str, action: str, bus_action: str, user: str | None) -> None:
+        frame = frames.encode("room_update", {"roomId": room, "action": action})
+        event = BusEvent(frame=frame, origin=self.instance_id, action=bus_action, user=user)
+        self._apply_membership(room, event)
+        await self.fanout.publish(room_channel(room), event)
+
+    # -- the bus -----------------------------------------------------------------------------
+
+    def _on_bus_event(self, key: str, event: BusEvent) -> None:
+        """Another instance's event (the bus never hands us our own)."""
+        channel = self.channels.get(key)
+        if channel is None:
+            return  # unsubscribed meanwhile
+        if channel.kind is ChannelKind.USER:
+            if event.frame is not None:
+                for session in tuple(self.users.get(channel.name, ())):
+                    session.send(event.frame)
+        elif event.action is not None:
+            self._apply_membership(channel.name, event)
+        elif event.frame is not None:
+            self.fanout.deliver_local(channel.name, event.frame, event.exclude)
+
+    def _apply_membership(self, room: str, event: BusEvent) -> None:
+        deleting = event.action == ACTION_DELETE_ROOM
+        targets = [s for s in self.rooms.get(room, ()) if deleting or s.user_id == event.user]
+        for session in targets:
+            if event.frame is not None:
+                session.send(event.frame)
+            self._detach(session, room)  # at once: nothing more of the room reaches them
+        if targets:
+            # A deleted room needs no offline announcements: nobody is left to hear them.
+            self.spawn(self._forget_sessions(room, targets, announce=not deleting))
+
+    async def _forget_sessions(self, room: str, sessions: list[Session], announce: bool) -> None:
+        for session in sessions:
+            await self._after_leave(session, room, announce)
+
+    def _on_bus_resync(self) -> None:
+        """The bus is back after an outage: presence changes published meanwhile never reached us,
+        so every local member gets a fresh presence_state snapshot of each of its rooms."""
+        self.spawn(self.statuses.resend_snapshots())

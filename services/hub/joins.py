@@ -1,0 +1,129 @@
+"""JoinHold: what a joiner is sent while its join is under way, and just after (README.md,
+"Decisions"): the reply and the snapshot first, then the room's frames held meanwhile, less the
+presence the snapshot already shows."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from services.ids import iso
+from services.presence import OFFLINE
+from services.session import Session
+
+_PRESENCE_PREFIX = b'{"type":"presence",'
+JOIN_FILTER_GRACE = 1.0  # seconds a joiner's snapshot keeps filtering late presence from other instances
+# Above this many members a joiner keeps no snapshot after its join: holding one per joiner for the
+# grace made filling a room O(N^2) in memory.
+JOIN_FILTER_MAX_MEMBERS = 200
+
+
+def presence_fields(frame: bytes) -> tuple[str, str, str] | None:
+    """(userId, status, at) of a presence frame; None for any other frame."""
+    if not frame.startswith(_PRESENCE_PREFIX):
+        return None
+    payload = orjson.loads(frame)["payload"]
+    return str(payload.get("userId")), str(payload.get("status")), str(payload.get("at", ""))
+
+
+class JoinHold:
+    """A joiner's view of one room while its join is under way, and for a grace after.
+
+    Until `release`, the room's frames are held, so the reply and the snapshot go first; of the
+    held presence frames those the snapshot already reflects are dropped: the same status for a
+    user it lists with a `since` at or after the frame's `at` (both stamped by the instance that
+    made the change, so clocks do not matter), or offline for a user it does not list. In a room
+    of at most JOIN_FILTER_MAX_MEMBERS the first rule keeps filtering late frames from other
+    instances for JOIN_FILTER_GRACE, for the listed users whose state changed in the last moments
+    (only their frames can still be in flight), each until news of them gets through. Held frames
+    count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`."""
+
+    __slots__ = ("frames", "limit", "overflowed", "snapshot")
+
+    def __init__(self, limit: int) -> None:
+        self.frames: list[tuple[bytes, tuple[str, str, str] | None]] | None = []
+        self.limit = limit
+        self.overflowed = False
+        self.snapshot: dict[str, tuple[str, str]] | None = None  # listed user -> (status, since)
+
+    def admit(self, frame: bytes, presence: tuple[str, str, str] | None) -> bool:
+        """True: deliver now. False: held, or dropped as already known."""
+        if self.frames is not None:
+            if len(self.frames) >= self.limit:
+                self.overflowed = True
+            else:
+                self.frames.append((frame, presence))
+            return False
+        return presence is None or not self._known_late(presence)
+
+    def release(self, snapshot: list[dict[str, object]], now: float) -> list[bytes]:
+        """The held frames to send now, less what the snapshot shows. Afterwards only the listed
+        users whose state changed lately are kept for the grace: older changes are not in flight."""
+        held, self.frames = self.frames or [], None
+        users = {presence[0] for _, presence in held if presence is not None}
+        listed = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot if m["userId"] in users}
+        kept: list[bytes] = []
+        passed: set[str] = set()
+        for frame, presence in held:
+            if presence is not None and presence[0] not in passed:
+                user, status, at = presence
+                entry = listed.get(user)
+                if status == OFFLINE:
+                    known = entry is None
+                else:
+                    known = entry is not None and entry[0] == status and at <= entry[1]
+                if known:
+                    continue
+                passed.add(user)
+            kept.append(frame)
+        if len(snapshot) <= JOIN_FILTER_MAX_MEMBERS:
+            recent = iso(now - JOIN_FILTER_GRACE - 1.0)
+            self.snapshot = {
+                str(m["userId"]): (str(m["status"]), str(m["since"]))
+                for m in snapshot
+                if str(m["since"]) >= recent and m["userId"] not in passed
+            } or None
+        return kept
+
+    def _known_late(self, presence: tuple[str, str, str]) -> bool:
+        user, status, at = presence
+        snapshot = self.snapshot
+        if snapshot is None or (listed := snapshot.get(user)) is None:
+            return False
+        if status == listed[0] and at <= listed[1]:
+            return True
+        del snapshot[user]  # news of them: no longer filtered
+        return False
+
+
+class Holds:
+    """The JoinHolds of a hub, by room (what Fanout consults once per broadcast)."""
+
+    def __init__(self) -> None:
+        self.by_room: dict[str, dict[Session, JoinHold]] = {}
+
+    def start(self, room: str, session: Session, limit: int) -> JoinHold:
+        hold = self.by_room.setdefault(room, {})[session] = JoinHold(limit)
+        return hold
+
+    def release(
+        self, room: str, session: Session, hold: JoinHold, snapshot: list[dict[str, object]], now: float
+    ) -> None:
+        """Send what was held; keep filtering for the grace when the hold kept a snapshot."""
+        for frame in hold.release(snapshot, now):
+            session.send(frame)
+        if hold.snapshot:
+            asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._end, room, session, hold)
+        else:
+            self._end(room, session, hold)
+
+    def drop(self, room: str, session: Session) -> None:
+        holds = self.by_room.get(room)
+        if holds is not None and holds.pop(session, None) is not None and not holds:
+            del self.by_room[room]
+
+    def _end(self, room: str, session: Session, hold: JoinHold) -> None:
+        holds = self.by_room.get(room)
+        if holds is not None and holds.get(session) is hold:
+            self.drop(room, session)

@@ -1,0 +1,40 @@
+"""TaskGroup: background work of the hub (disconnect clean-up, announcements) that must not be
+garbage-collected half-way, must log its failure once, and can be awaited or cancelled at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+log = logging.getLogger("gateway.hub")
+
+
+class TaskGroup:
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, aw: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run in the background, keeping a reference and logging a failure (not a cancellation)."""
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    async def settle(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, for what is running now."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())

@@ -1,0 +1,104 @@
+"""The hub's small parts on their own (services/hub/): sender ordering, background tasks, channel
+subscriptions. Pure logic on the event loop, with the in-process bus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from services.bus.memory import MemoryBus
+from services.hub.channels import Subscriptions
+from services.hub.ordering import SenderOrder
+from services.hub.tasks import TaskGroup
+from services.protocol import room_channel
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_sender_order_keeps_both_stages_in_sending_order():
+    order = SenderOrder()
+    log: list[str] = []
+
+    async def message(name: str, produce_delay: float) -> None:
+        turn = order.turn()
+        try:
+            await turn.my_stage()
+            log.append(f"stage {name}")
+            turn.stage_done()
+            await asyncio.sleep(produce_delay)  # a Kafka delivery report: later ones may come first
+            await turn.my_publish()
+            log.append(f"publish {name}")
+        finally:
+            await turn.finish()
+
+    await asyncio.gather(message("a", 0.05), message("b", 0.0), message("c", 0.01))
+    assert log == ["stage a", "stage b", "stage c", "publish a", "publish b", "publish c"]
+    assert order.idle()
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_a_failing_message_still_releases_its_successors():
+    order = SenderOrder()
+
+    async def failing() -> None:
+        turn = order.turn()
+        try:
+            await turn.my_stage()
+            raise RuntimeError("ingest failed")
+        finally:
+            await turn.finish()
+
+    async def next_one() -> str:
+        turn = order.turn()
+        try:
+            await turn.my_stage()
+            turn.stage_done()
+            await turn.my_publish()
+            return "published"
+        finally:
+            await turn.finish()
+
+    first = asyncio.ensure_future(failing())
+    assert await asyncio.wait_for(next_one(), 1) == "published"
+    with pytest.raises(RuntimeError):
+        await first
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_task_group_logs_failures_and_settles(caplog):
+    caplog.set_level(logging.ERROR, logger="gateway.hub")
+    tasks = TaskGroup()
+
+    async def boom() -> None:
+        raise ValueError("x")
+
+    done = asyncio.Event()
+
+    async def fine() -> None:
+        done.set()
+
+    tasks.spawn(boom())
+    tasks.spawn(fine())
+    await tasks.settle(1.0)
+    assert done.is_set() and len(tasks) == 0
+    assert [r.getMessage() for r in caplog.records] == ["background task failed"]
+    sleeper = tasks.spawn(asyncio.sleep(10))
+    tasks.cancel()
+    await asyncio.wait([sleeper])
+    assert sleeper.cancelled()
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_subscriptions_subscribe_once_and_drop_only_when_unused():
+    bus = MemoryBus("i")
+    subs = Subscriptions(bus)
+    channel = room_channel("r")
+    members: list[str] = []
+    await asyncio.gather(subs.ensure(channel, then=lambda: members.append("a")), subs.ensure(channel))
+    assert subs.keys == {"room:r"} and subs.get("room:r") == channel and members == ["a"]
+    await subs.drop_if_unused(channel, in_use=lambda: True)
+    assert subs.keys == {"room:r"}
+    await subs.drop_if_unused(channel, in_use=lambda: False)
+    assert subs.keys == frozenset() and subs.get("room:r") is None
+    assert subs.locks == {}  # counted locks are gone once nobody holds or waits for them
