@@ -15,7 +15,7 @@ wrong loses or duplicates messages:
   (within DEDUPE_TTL; a single gateway without Redis forgets keys when it restarts);
 - a dropped socket is reopened with exponential backoff and jitter, and every room is joined again
   before queued sends go out;
-- close codes are honoured: 4001 asks for a new token, 1008/1009/4003/4029 are not retried.
+- close codes are honoured: 4001 asks for a new token, 1002/1007/1008/1009/4003/4029 are not retried.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ PresenceStatus = Literal["online", "typing", "idle"]
 CLOSE_TOKEN_EXPIRED = 4001
 # Close codes after which reconnecting cannot help (the same request would be refused again).
 FATAL_CLOSE_CODES: dict[int, str] = {
+    1002: "protocol error",
+    1007: "text that is not UTF-8",
     1008: "closed for repeated invalid frames",
     1009: "frame too big",
     4003: "connection revoked",

@@ -27,7 +27,7 @@ from typing import Protocol, cast
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _WebSocketParams
 
-from services.protocol import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
+from schemas.protocol import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1

@@ -17,13 +17,13 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 from handlers.common import RedactedSummary
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
 from schemas.client import EnvelopeSchema
+from schemas.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from services import frames
 from services.auth import Identity
 from services.errors import AuthError, ClientError
 from services.gateway import Gateway
 from services.ids import short_id
 from services.metrics import METRICS
-from services.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from services.session import Session
 
 log = logging.getLogger("gateway.socket")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, fields, validate
 
 from schemas.common import AttachmentSchema, attachments, room_id
-from services.protocol import ERROR_CODES, ROOM_ACTIONS, SERVER_TYPES
+from schemas.protocol import ERROR_CODES, ROOM_ACTIONS, SERVER_TYPES
 
 ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 

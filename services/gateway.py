@@ -10,6 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from schemas.client import payload_schemas
+from schemas.protocol import CLOSE_RESTART
 from services.admission import Admission, TrustedProxies
 from services.auth import TokenVerifier
 from services.bus import Bus
@@ -26,7 +27,6 @@ from services.metrics import METRICS
 from services.presence import PresenceStore
 from services.presence.fallback import FallbackPresence
 from services.presence.memory import MemoryPresence
-from services.protocol import CLOSE_RESTART
 from services.redis_common import REDIS_ERRORS, Backoff, describe, make_client, unreachable
 from services.session import FLUSH_GRACE, Session
 from services.settings import Settings

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from schemas.protocol import CLOSE_NORMAL, CLOSE_SLOW
 from services.auth import Identity
 from services.metrics import METRICS
-from services.protocol import CLOSE_NORMAL, CLOSE_SLOW
 from services.ratelimit import TokenBucket, ViolationWindow
 from services.settings import Settings
 

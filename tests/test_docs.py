@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from services.protocol import CLOSE_CODES, ERROR_CODES
+from schemas.protocol import CLOSE_CODES, ERROR_CODES
 from services.settings import OPTIONS
 from tests.helpers import ROOT
 

@@ -8,11 +8,11 @@ import logging
 
 import pytest
 
+from schemas.protocol import room_channel
 from services.bus.memory import MemoryBus
 from services.hub.channels import Subscriptions
 from services.hub.ordering import SenderOrder
 from services.hub.tasks import TaskGroup
-from services.protocol import room_channel
 
 
 @pytest.mark.gen_test(timeout=5)

@@ -20,7 +20,9 @@
   const CLOSES = {
     1000: ["Disconnected.", true],
     1001: ["The gateway went away.", true],
+    1002: ["The gateway could not read what this page sent.", false],
     1006: ["Connection lost.", true],
+    1007: ["The gateway received text that is not UTF-8.", false],
     1008: ["The gateway closed the connection after repeated invalid frames.", false],
     1009: ["A message was too big for the gateway.", false],
     1011: ["The gateway hit an internal error.", true],

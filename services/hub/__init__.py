@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Any
 
+from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, room_channel, user_channel
 from services import frames
 from services.bus import Bus, BusEvent
 from services.dedupe import DedupeStore
@@ -34,7 +35,6 @@ from services.hub.tasks import TaskGroup
 from services.ids import iso, iso_now
 from services.metrics import METRICS
 from services.presence import OFFLINE, ONLINE, PresenceStore
-from services.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, room_channel, user_channel
 from services.session import Session
 from services.settings import Settings
 

@@ -10,9 +10,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from schemas.protocol import Channel
 from services.bus import Bus
 from services.errors import BusError
-from services.protocol import Channel
 
 log = logging.getLogger("gateway.hub")
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 
+from schemas.protocol import CLOSE_SLOW, Channel, room_channel
 from services.bus import Bus, BusEvent
 from services.errors import BusError
 from services.hub.joins import JoinHold, presence_fields
 from services.metrics import METRICS
-from services.protocol import CLOSE_SLOW, Channel, room_channel
 from services.session import Session
 
 log = logging.getLogger("gateway.hub")

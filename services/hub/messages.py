@@ -14,13 +14,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from schemas.protocol import broadcast_id_key, dedupe_key
 from services import frames
 from services.dedupe import PENDING, DedupeStore
 from services.errors import ClientError, IngestError
 from services.hub.ordering import SenderOrder, Turn
 from services.ids import iso_now, uuid7
 from services.metrics import METRICS
-from services.protocol import broadcast_id_key, dedupe_key
 from services.session import Session
 from services.settings import Settings
 

@@ -35,12 +35,12 @@ from schemas.events import (
     ROOM_UPDATED,
     EnvelopeSchema,
 )
+from schemas.protocol import broadcast_id_key, event_key
 from services.dedupe import DedupeStore
 from services.errors import InvalidRecord
 from services.hub import RoomHub
 from services.kafka.common import StateLog, client_config, describe
 from services.metrics import METRICS
-from services.protocol import broadcast_id_key, event_key
 from services.settings import Settings
 
 log = logging.getLogger("gateway.kafka.consumer")
