@@ -6,6 +6,7 @@ import os
 
 from schemas.protocol import CLOSE_CODES, ERROR_CODES
 from services.settings import OPTIONS
+from services.settings.options import markdown_table
 from tests.helpers import ROOT
 
 
@@ -18,6 +19,11 @@ def test_every_setting_is_in_the_readme():
     text = readme()
     missing = [o.env for o in OPTIONS if f"`{o.env}`" not in text or f"`{o.flag}" not in text]
     assert not missing
+
+
+def test_the_readme_configuration_table_is_generated_from_the_settings():
+    """`python -m services.settings` prints it; paste it into the README when a setting changes."""
+    assert markdown_table(OPTIONS) in readme()
 
 
 def test_every_error_and_close_code_is_in_the_readme():

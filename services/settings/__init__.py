@@ -1,0 +1,160 @@
+"""Settings: every option is an environment variable and a command-line flag; the flag wins.
+
+One table, the `Settings` dataclass below: each field declares its default, parser and help once
+(services/settings/options.py derives the variable and flag names, argparse, the environment
+lookup and the README's configuration table from it), so an option cannot be half-added.
+`python -m services.settings` prints the README table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.errors import ConfigError
+from services.settings.options import (
+    boolean,
+    choice,
+    cidrs,
+    csv_list,
+    integer,
+    number,
+    options_of,
+    read_values,
+    setting,
+    text,
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = setting(3000, integer(0, 65535), "listen port (0 picks a free one)")
+    host: str | None = setting(
+        None, text, "listen address (default 0.0.0.0; 127.0.0.1 while the secret is generated for the run)"
+    )
+    internal_port: int | None = setting(
+        None, integer(0, 65535), "port serving /metrics (and /healthz, /readyz) only; set: /metrics is 404 on PORT"
+    )
+    jwt_secret: str | None = setting(
+        None,
+        text,
+        "HS256 secret (JWT_DEV is an alias); unset: a random secret for this run and a printed dev token",
+        aliases=("JWT_DEV",),
+    )
+    jwt_public_key: str | None = setting(None, text, "PEM public key (or @path to a PEM file) for RS256/ES256 tokens")
+    jwt_algorithms: tuple[str, ...] = setting(("HS256",), csv_list, "accepted token algorithms, comma-separated")
+    jwt_audience: str | None = setting(None, text, "required `aud` claim")
+    jwt_issuer: str | None = setting(None, text, "required `iss` claim")
+    jwt_leeway: int = setting(5, integer(0, 300), "seconds of clock skew on exp/nbf")
+    dev: bool = setting(False, boolean, "development mode: allow short secrets and serve /dev/token", is_switch=True)
+    demo: bool = setting(True, boolean, "serve the /demo page (--no-demo turns it off)")
+    redis_host: str | None = setting(
+        None, text, "Redis host; unset: in-process bus, presence and dedupe (one instance)"
+    )
+    redis_port: int = setting(6379, integer(1, 65535), "Redis port")
+    redis_password: str | None = setting(None, text, "Redis password")
+    redis_db: int = setting(0, integer(0, 1000), "Redis database number")
+    redis_prefix: str = setting("rt:", text, "prefix of every Redis key/channel")
+    redis_connect_timeout: float = setting(10.0, number(0.1), "seconds to reach Redis at start before exit 2")
+    wait_for_redis: bool = setting(False, boolean, "keep waiting for Redis at start instead of exiting", is_switch=True)
+    kafka_brokers: tuple[str, ...] = setting(
+        (), csv_list, "comma-separated Kafka brokers; unset: Kafka disabled", env="KAFKA_BROKER_URL"
+    )
+    kafka_client_id: str = setting("realtime-gateway", text, "Kafka client id")
+    kafka_group_id: str = setting("realtime-gateway", text, "consumer group shared by all instances")
+    kafka_topic_ingest: str = setting("chat.messages.ingest", text, "topic for message.ingest")
+    kafka_topic_message_events: str = setting("chat.messages.events", text, "topic of message.created/updated/deleted")
+    kafka_topic_room_events: str = setting("chat.rooms.events", text, "topic of room.updated/deleted/member_removed")
+    kafka_message_timeout: float = setting(
+        10.0, number(0.5), "seconds before an undelivered ingest record fails (ingest_failed)"
+    )
+    kafka_flush_timeout: float = setting(
+        5.0, number(0.0), "seconds the producer may flush on shutdown before undelivered records are dropped"
+    )
+    allowed_origins: tuple[str, ...] = setting((), csv_list, "comma-separated browser Origin allowlist; unset: any")
+    workers: int = setting(1, integer(1, 64), "processes sharing the port; >1 needs Redis")
+    room_access: str = setting(
+        "open", choice("open", "token"), "open: any room; token: only rooms matched by the token's `rooms` claim"
+    )
+    max_content: int = setting(4000, integer(1), "message content length, characters")
+    max_message_bytes: int = setting(65536, integer(256), "largest WebSocket frame accepted (close 1009 above it)")
+    rate_limit: float = setting(20.0, number(0.1), "client frames per second")
+    rate_burst: int = setting(40, integer(1), "client frames allowed in a burst")
+    invalid_frame_limit: int = setting(30, integer(1), "rejected frames per minute before close 1008")
+    max_rooms: int = setting(100, integer(1), "rooms per connection")
+    max_connections: int = setting(
+        10000, integer(1), "open WebSockets per instance (HTTP 503 before the upgrade above it)"
+    )
+    max_connections_per_ip: int = setting(200, integer(1), "open WebSockets per client address (HTTP 429 above it)")
+    trusted_proxies: tuple[str, ...] = setting(
+        (), cidrs, "CIDRs whose X-Forwarded-For / X-Real-Ip are believed; unset: the peer address, always"
+    )
+    max_user_connections: int = setting(20, integer(1), "connections per user (close 4029 above it)")
+    outbound_queue_frames: int = setting(1000, integer(1), "frames queued for one slow client before close 4008")
+    outbound_queue_bytes: int = setting(
+        4 * 1024 * 1024, integer(1024), "bytes queued for one slow client before close 4008"
+    )
+    typing_ttl: float = setting(6.0, number(0.1), "seconds before typing lapses to online")
+    presence_ttl: float = setting(30.0, number(1.0), "seconds a dead instance's users stay online")
+    dedupe_ttl: float = setting(86400.0, number(1.0), "seconds a dedupeKey is remembered")
+    ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings (0: off)")
+    ping_timeout: float = setting(20.0, number(1.0), "seconds without a pong before the socket is dropped")
+    handshake_timeout: float = setting(10.0, number(1.0), "seconds for a client to send its upgrade request")
+    drain_delay: float = setting(5.0, number(0.0), "seconds between SIGTERM (readiness 503) and closing sockets")
+    drain_window: float = setting(20.0, number(0.0), "seconds over which open sockets are closed with 1012")
+    log_level: str = setting("info", choice("debug", "info", "warning", "error"), "log level")
+    instance_id: str | None = setting(None, text, "instance id (default: random)")
+    # Set by server.py when JWT_SECRET (or JWT_DEV) was not given: the secret was generated for this run.
+    generated_secret: bool = field(default=False, compare=False)
+
+    @property
+    def redis_enabled(self) -> bool:
+        return bool(self.redis_host)
+
+    @property
+    def kafka_enabled(self) -> bool:
+        return bool(self.kafka_brokers)
+
+    @property
+    def dev_tokens(self) -> bool:
+        """/dev/token is served only with a generated secret or explicit --dev."""
+        return self.dev or self.generated_secret
+
+    @property
+    def listen_host(self) -> str:
+        """HOST, else loopback while the secret is generated (a laptop default must not hand out
+        tokens to the network), else every interface."""
+        if self.host:
+            return self.host
+        return "127.0.0.1" if self.generated_secret else "0.0.0.0"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+OPTIONS = options_of(Settings)
+_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags over environment over defaults; every value validated, errors as ConfigError."""
+    settings = Settings(**read_values(OPTIONS, argv, environ))
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if s.internal_port is not None and s.internal_port != 0 and s.internal_port == s.port:
+        raise ConfigError("INTERNAL_PORT must differ from PORT")
+    if s.workers > 1 and not s.redis_enabled:
+        raise ConfigError("WORKERS > 1 needs Redis: set REDIS_HOST (or --redis-host)")
+    for alg in s.jwt_algorithms:
+        if alg not in _ALGORITHMS:
+            raise ConfigError(f"invalid JWT_ALGORITHMS: unsupported algorithm {alg!r}")
+    if not s.jwt_algorithms:
+        raise ConfigError("invalid JWT_ALGORITHMS: empty")
+    asymmetric = [a for a in s.jwt_algorithms if not a.startswith("HS")]
+    if asymmetric and not s.jwt_public_key:
+        raise ConfigError(f"JWT_ALGORITHMS has {asymmetric[0]} but JWT_PUBLIC_KEY is not set")
