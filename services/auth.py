@@ -93,21 +93,25 @@ class TokenVerifier:
                 issuer=self._issuer,
                 options=options,
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthError("token not yet valid") from None
-        except jwt.InvalidSignatureError:
-            raise AuthError("invalid token signature") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(f"token is missing the {exc.claim} claim") from None
-        except jwt.InvalidAudienceError:
-            raise AuthError("invalid token audience") from None
-        except jwt.InvalidIssuerError:
-            raise AuthError("invalid token issuer") from None
-        except jwt.PyJWTError:
-            raise AuthError("invalid token") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError(_reason(exc)) from None
         return _identity(claims)
+
+
+# What a client is told for each of PyJWT's refusals (the first that matches; none holds the token).
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidSignatureError, "invalid token signature"),
+    (jwt.InvalidAudienceError, "invalid token audience"),
+    (jwt.InvalidIssuerError, "invalid token issuer"),
+)
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token is missing the {exc.claim} claim"
+    return next((reason for kind, reason in _REASONS if isinstance(exc, kind)), "invalid token")
 
 
 def _identity(claims: dict[str, Any]) -> Identity:
