@@ -27,7 +27,7 @@ from services.metrics import METRICS
 from services.presence import PresenceStore
 from services.presence.fallback import FallbackPresence
 from services.presence.memory import MemoryPresence
-from services.redis_common import REDIS_ERRORS, Backoff, describe, make_client, unreachable
+from services.redis_common import REDIS_ERRORS, make_client, until_redis_answers
 from services.session import FLUSH_GRACE, Session
 from services.settings import Settings
 
@@ -108,36 +108,16 @@ class Gateway:
             await self.hub.start()
             METRICS.bus_up.set(1)  # the in-process bus cannot be down
             return
-        s = self.settings
-        deadline = time.monotonic() + s.redis_connect_timeout
-        backoff = Backoff(0.1, 2.0)
-        waiting = False
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                if s.wait_for_redis:
-                    await self.hub.start()
-                else:
-                    await asyncio.wait_for(self.hub.start(), max(left, 0.01))
-                break
-            except _START_ERRORS as exc:
-                if isinstance(exc, TimeoutError):
-                    reason = "timed out"
-                else:
-                    reason = str(exc) if isinstance(exc, BusError | StoreError) else describe(exc)
-            if not s.wait_for_redis and time.monotonic() >= deadline:
-                await self.bus.close()  # nothing else holds a socket yet
-                await self.redis.aclose()
-                raise StartupError(unreachable(s, reason))
-            if s.wait_for_redis and not waiting:
-                waiting = True
-                log.warning("waiting for redis", extra={"host": s.redis_host, "port": s.redis_port, "error": reason})
-            delay = backoff.next()
-            if not s.wait_for_redis:
-                delay = min(delay, max(deadline - time.monotonic(), 0.0))
-            await asyncio.sleep(delay)
-        if waiting:
-            log.info("redis reachable", extra={"host": s.redis_host, "port": s.redis_port})
+
+        async def attempt(budget: float | None) -> None:
+            await (asyncio.wait_for(self.hub.start(), budget) if budget is not None else self.hub.start())
+
+        try:
+            await until_redis_answers(self.settings, log, attempt, _START_ERRORS)
+        except ConnectionError as exc:
+            await self.bus.close()  # nothing else holds a socket yet
+            await self.redis.aclose()
+            raise StartupError(str(exc)) from None
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {"bus": self.bus.ready(), "draining": self.draining}

@@ -1,10 +1,12 @@
-"""One JSON object per log line, and the redaction that keeps tokens out of every line."""
+"""One JSON object per log line, the redaction that keeps tokens out of every line, and StateLog:
+a component's health logged once per change of state, not once per failed call."""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+import threading
 import time
 from typing import Any
 
@@ -54,3 +56,46 @@ def setup_logging(level: str, instance_id: str) -> None:
     root.setLevel(level.upper())
     # Tornado's per-request access lines are replaced by handlers.common.log_request.
     logging.getLogger("tornado.access").setLevel(level.upper())
+
+
+class StateLog:
+    """A component's health as one word; a line `"{component} {state}"` is logged only when the word
+    changes, however many calls fail in between. Thread-safe (Kafka's poll threads use it).
+    `failed` and `ok` are the two-state form the Redis stores use."""
+
+    def __init__(self, logger: logging.Logger, component: str, initial: str = "ok") -> None:
+        self._log = logger
+        self._component = component
+        self._lock = threading.Lock()
+        self.state = initial
+        self.failures = 0
+        self._since = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self.state == "failing"
+
+    def set(self, state: str, level: int = logging.INFO, **extra: Any) -> bool:
+        """Move to `state`; True (and one log line) when it differs from the current one."""
+        with self._lock:
+            if state == self.state:
+                return False
+            previous, self.state = self.state, state
+        self._log.log(
+            level,
+            f"{self._component} {state}",
+            extra={"component": self._component.replace(" ", "_"), "state": state, "previous": previous, **extra},
+        )
+        return True
+
+    def failed(self, error: str, **extra: Any) -> None:
+        self.failures += 1
+        if not self.failing:
+            self._since = time.monotonic()
+            self.set("failing", logging.WARNING, error=error, **extra)
+
+    def ok(self, **extra: Any) -> None:
+        if self.failing:
+            seconds = round(time.monotonic() - self._since, 1)
+            self.set("recovered", failures=self.failures, seconds=seconds, **extra)
+            self.failures = 0

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -77,38 +78,6 @@ class Backoff:
         self.attempt = 0
 
 
-class StateLog:
-    """Logs a warning when something starts failing and an info line when it recovers: one line per
-    change of state, however many calls fail in between."""
-
-    def __init__(self, logger: logging.Logger, what: str) -> None:
-        self._log = logger
-        self._what = what
-        self.failing = False
-        self.failures = 0
-        self._since = 0.0
-
-    def failed(self, exc: BaseException, **extra: Any) -> None:
-        self.failures += 1
-        if not self.failing:
-            self.failing = True
-            self._since = time.monotonic()
-            self._log.warning(f"{self._what} failing", extra={"error": describe(exc), **extra})
-
-    def ok(self, **extra: Any) -> None:
-        if self.failing:
-            self.failing = False
-            self._log.info(
-                f"{self._what} recovered",
-                extra={
-                    "failures": self.failures,
-                    "seconds": round(time.monotonic() - self._since, 1),
-                    **extra,
-                },
-            )
-            self.failures = 0
-
-
 def unreachable(settings: Settings, reason: str) -> str:
     """The one line printed before exit 2 when Redis is not there at start."""
     return (
@@ -132,31 +101,41 @@ async def ping(settings: Settings, timeout: float) -> None:
 
 
 async def wait_for_redis(settings: Settings, logger: logging.Logger) -> None:
-    """At start: return once Redis answers. Without WAIT_FOR_REDIS give up after
-    REDIS_CONNECT_TIMEOUT with ConnectionError (exit 2); with it, wait forever, logging once."""
+    """At start: return once Redis answers a PING (server.py, before forking workers)."""
+    await until_redis_answers(
+        settings, logger, lambda budget: ping(settings, min(budget or COMMAND_TIMEOUT, COMMAND_TIMEOUT))
+    )
+
+
+async def until_redis_answers(
+    settings: Settings,
+    logger: logging.Logger,
+    attempt: Callable[[float | None], Awaitable[None]],
+    errors: tuple[type[BaseException], ...] = REDIS_ERRORS,
+) -> None:
+    """Retry `attempt(budget)` with backoff until it succeeds. Without WAIT_FOR_REDIS the budget is
+    what is left of REDIS_CONNECT_TIMEOUT, and ConnectionError (one line: exit 2) ends it; with it,
+    the budget is None and we wait forever, logging once that we do. `errors` are expected."""
     deadline = time.monotonic() + settings.redis_connect_timeout
     backoff = Backoff(0.1, 2.0)
-    waiting_logged = False
+    where = {"host": settings.redis_host, "port": settings.redis_port}
+    waiting = False
     while True:
         left = deadline - time.monotonic()
-        attempt = COMMAND_TIMEOUT if settings.wait_for_redis else max(0.05, min(left, COMMAND_TIMEOUT))
         try:
-            await ping(settings, attempt)
-            if waiting_logged:
-                logger.info("redis reachable", extra={"host": settings.redis_host, "port": settings.redis_port})
+            await attempt(None if settings.wait_for_redis else max(left, 0.05))
+            if waiting:
+                logger.info("redis reachable", extra=where)
             return
-        except REDIS_ERRORS as exc:
-            reason = describe(exc)
+        except errors as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else describe(exc)
         if not settings.wait_for_redis:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ConnectionError(unreachable(settings, reason))
             await asyncio.sleep(min(backoff.next(), left))
             continue
-        if not waiting_logged:
-            waiting_logged = True
-            logger.warning(
-                "waiting for redis",
-                extra={"host": settings.redis_host, "port": settings.redis_port, "error": reason},
-            )
+        if not waiting:
+            waiting = True
+            logger.warning("waiting for redis", extra={**where, "error": reason})
         await asyncio.sleep(backoff.next())

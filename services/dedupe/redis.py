@@ -15,7 +15,8 @@ import logging
 import redis.asyncio as aioredis
 
 from services.errors import StoreError
-from services.redis_common import REDIS_ERRORS, StateLog, describe
+from services.logs import StateLog
+from services.redis_common import REDIS_ERRORS, describe
 
 log = logging.getLogger("gateway.dedupe")
 
@@ -39,7 +40,7 @@ class RedisDedupe:
         self._state = StateLog(log, "redis dedupe")
 
     def _failed(self, exc: BaseException) -> StoreError:
-        self._state.failed(exc)
+        self._state.failed(describe(exc))
         return StoreError(f"dedupe store unavailable: {describe(exc)}")
 
     async def reserve(self, key: str, value: str, ttl: float) -> str | None:

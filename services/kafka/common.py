@@ -4,7 +4,6 @@ that reports a broker outage once per state change instead of once per failed co
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -51,30 +50,7 @@ def client_config(settings: Settings, role: str) -> dict[str, Any]:
     }
 
 
-class StateLog:
-    """A component's health as one word; a line is logged only when the word changes."""
-
-    def __init__(self, logger: logging.Logger, component: str, initial: str) -> None:
-        self._log = logger
-        self._component = component
-        self._lock = threading.Lock()
-        self.state = initial
-
-    def set(self, state: str, level: int = logging.INFO, **extra: Any) -> bool:
-        """Move to `state`; True (and one log line) when it differs from the current one."""
-        with self._lock:
-            if state == self.state:
-                return False
-            previous, self.state = self.state, state
-        self._log.log(
-            level,
-            f"kafka {self._component} {state}",
-            extra={"component": f"kafka_{self._component}", "state": state, "previous": previous, **extra},
-        )
-        return True
-
-
-def describe(exc: KafkaException) -> str:
+def describe_kafka(exc: KafkaException) -> str:
     """librdkafka's one-line reason, for logs and ingest_failed messages."""
     err = exc.args[0] if exc.args else None
     return err.str() if isinstance(err, KafkaError) else str(exc)

@@ -39,7 +39,8 @@ from schemas.protocol import broadcast_id_key, event_key
 from services.dedupe import DedupeStore
 from services.errors import InvalidRecord
 from services.hub import RoomHub
-from services.kafka.common import StateLog, client_config, describe
+from services.kafka.common import client_config, describe_kafka
+from services.logs import StateLog
 from services.metrics import METRICS
 from services.settings import Settings
 
@@ -63,7 +64,7 @@ class KafkaEvents:
         self.hub = hub
         self.dedupe = dedupe
         self.topics = [settings.kafka_topic_message_events, settings.kafka_topic_room_events]
-        self.health = StateLog(log, "consumer", CONNECTING)
+        self.health = StateLog(log, "kafka consumer", CONNECTING)
         self._envelope = EnvelopeSchema()
         self._payloads = {name: schema() for name, schema in CONSUMED.items()}
         self._consumer: Consumer | None = None
@@ -165,7 +166,7 @@ class KafkaEvents:
         try:
             consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in nxt.items()])
         except KafkaException as exc:  # partition revoked meanwhile: its new owner re-reads them
-            log.debug("offset store failed", extra={"error": describe(exc)})
+            log.debug("offset store failed", extra={"error": describe_kafka(exc)})
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Start each partition at its committed offset, or at the current end for a new group."""
@@ -181,7 +182,7 @@ class KafkaEvents:
                     continue
                 # Fall back to librdkafka's own (lazy) reset to latest: nothing committed is
                 # skipped, only the "latest" point may be a little later than this assignment.
-                log.warning("kafka offset look-up failed on assignment", extra={"error": describe(exc)})
+                log.warning("kafka offset look-up failed on assignment", extra={"error": describe_kafka(exc)})
                 starts = partitions
                 break
         consumer.assign(starts)
@@ -214,7 +215,7 @@ class KafkaEvents:
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
-                log.debug("commit on revoke failed", extra={"error": describe(exc)})
+                log.debug("commit on revoke failed", extra={"error": describe_kafka(exc)})
         log.info("kafka consumer revoked", extra={"partitions": len(partitions)})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -24,7 +24,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.events import MESSAGE_INGEST
 from services.errors import IngestError
-from services.kafka.common import StateLog, client_config, describe, envelope
+from services.kafka.common import client_config, describe_kafka, envelope
+from services.logs import StateLog
 from services.metrics import METRICS
 from services.settings import Settings
 
@@ -50,7 +51,7 @@ class KafkaIngest:
         self.settings = settings
         self.topic = settings.kafka_topic_ingest
         self.source = f"{settings.kafka_client_id}/{instance_id}"
-        self.health = StateLog(log, "producer", CONNECTING)
+        self.health = StateLog(log, "kafka producer", CONNECTING)
         self._producer: Producer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -109,7 +110,7 @@ class KafkaIngest:
             raise IngestError("Kafka producer queue is full") from None
         except KafkaException as exc:
             METRICS.kafka_produce_failures.inc()
-            raise IngestError(describe(exc)) from None
+            raise IngestError(describe_kafka(exc)) from None
         try:
             await asyncio.wait_for(done, self.settings.kafka_message_timeout + REPORT_GRACE)
         except TimeoutError:
@@ -145,7 +146,7 @@ class KafkaIngest:
         try:
             meta = producer.list_topics(self.topic, timeout=PROBE_TIMEOUT)
         except KafkaException as exc:
-            self.health.set(DOWN, logging.WARNING, error=describe(exc))
+            self.health.set(DOWN, logging.WARNING, error=describe_kafka(exc))
             return
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None:

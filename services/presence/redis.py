@@ -35,8 +35,9 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from services.errors import StoreError
+from services.logs import StateLog
 from services.presence import ONLINE, ExpiredHandler, Member
-from services.redis_common import REDIS_ERRORS, StateLog, describe
+from services.redis_common import REDIS_ERRORS, describe
 
 log = logging.getLogger("gateway.presence")
 
@@ -251,7 +252,7 @@ class RedisPresence:
     # -- keep-alive and reconciliation -------------------------------------------------------
 
     def _failed(self, exc: BaseException) -> StoreError:
-        self._state.failed(exc)
+        self._state.failed(describe(exc))
         return StoreError(f"presence store unavailable: {describe(exc)}")
 
     async def resync(self) -> None:
