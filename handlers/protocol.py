@@ -50,14 +50,35 @@ class FrameSink(Protocol):
         """A protocol error: close with `code` (the session records why)."""
 
 
+# What this module uses of Tornado that is not public API (tests/test_tornado_contract.py fails if
+# an upgrade changes it): WebSocketProtocol13._receive_frame (replaced), _read_bytes, _write_frame,
+# _run_callback, _received_pong, _message_bytes_in, _wire_bytes_in, params; _WebSocketParams;
+# tornado.util._websocket_mask. Nothing else in the project touches Tornado's private members.
+TORNADO_PRIVATE = (
+    "_receive_frame",
+    "_read_bytes",
+    "_write_frame",
+    "_run_callback",
+)
+
+
 class GatewayProtocol(WebSocketProtocol13):
-    """WebSocketProtocol13 with the frame reader replaced; writing, closing and keepalive pings
-    stay Tornado's."""
+    """WebSocketProtocol13 with the frame reader replaced; closing and keepalive pings stay
+    Tornado's."""
 
     def __init__(self, handler: WebSocketHandler, params: _WebSocketParams) -> None:
         super().__init__(handler, False, params)
         self._fragments: bytearray | None = None  # a fragmented message being read
         self._fragments_opcode = OP_TEXT
+
+    def send_frame(self, opcode: int, data: bytes) -> Awaitable[None]:
+        """Write one frame; the future resolves once the OS has it. Tornado's public
+        write_message wraps every frame in a Task only to rename its exception; with one write per
+        recipient per broadcast that Task was a third of the gateway's CPU (BENCHMARKS.md), so we
+        make the call write_message makes and return the stream's own future (whose errors Tornado
+        already marks as seen). Raises StreamClosedError."""
+        result: Awaitable[None] = self._write_frame(True, opcode, data)
+        return result
 
     async def _receive_frame(self) -> None:
         await self._next_frame()

@@ -249,12 +249,6 @@ class _SocketTransport:
         self._handler = handler
 
     def write(self, data: bytes) -> Awaitable[None]:
-        """Hand one text frame to the socket; the future resolves once the OS has it.
-
-        Tornado's public write_message wraps every frame in a Task only to rename its exception;
-        with one write per recipient per broadcast that Task was a third of the gateway's CPU
-        (BENCHMARKS.md). So we make the call write_message makes, and get the stream's own future,
-        whose errors Tornado already marks as seen."""
         return self._frame(OP_TEXT, data)
 
     def pong(self, data: bytes) -> Awaitable[None]:
@@ -265,10 +259,9 @@ class _SocketTransport:
         if not isinstance(conn, GatewayProtocol) or conn.is_closing():
             raise WebSocketClosedError()
         try:
-            result: Awaitable[None] = conn._write_frame(True, opcode, data)
+            return conn.send_frame(opcode, data)
         except StreamClosedError:
             raise WebSocketClosedError() from None
-        return result
 
     def backed_up(self) -> bool:
         conn = self._handler.ws_connection
