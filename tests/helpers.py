@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import itertools
 import json
 import os
 import resource
@@ -36,6 +37,7 @@ from services.settings import Settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 DEFAULT_TIMEOUT = 5.0
+_MARKERS = itertools.count(1)
 
 
 def token(sub: str, ttl: float = 3600, secret: str = SECRET, **kw: Any) -> str:
@@ -135,15 +137,38 @@ class Client:
         assert frame["payload"]["code"] == code, frame
         return frame
 
-    async def expect_nothing(
-        self, frame_type: str, within: float = 0.3, match: Callable[[dict[str, Any]], bool] | None = None
+    async def expect_absent(
+        self,
+        frame_type: str,
+        until: Callable[[dict[str, Any]], bool],
+        match: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        """Assert no frame of `frame_type` (matching `match`) arrives within `within` seconds."""
+        """Read up to a marker frame (`until`) and fail if a `frame_type` frame (matching `match`)
+        came before it. Proves absence without a timed window, when the marker is sent so that it
+        would follow the unwanted frame. Other frames read meanwhile stay for later reads."""
+        deadline = time.monotonic() + timeout
+        skipped: list[dict[str, Any]] = []
         try:
-            frame = await self.expect(frame_type, timeout=within, match=match)
-        except AssertionError:
-            return
-        raise AssertionError(f"unexpected {frame_type}: {frame!r}")
+            while True:
+                frame = await self.recv(max(deadline - time.monotonic(), 0.01))
+                assert frame is not None, f"closed before the marker; got {skipped!r}"
+                if until(frame):
+                    return
+                if frame["type"] == frame_type and (match is None or match(frame)):
+                    raise AssertionError(f"unexpected {frame_type} before the marker: {frame!r}")
+                skipped.append(frame)
+        finally:
+            self.backlog[:0] = skipped
+
+    async def none_before_pong(self, frame_type: str, match: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """No `frame_type` frame before the pong to a ping sent now: the server handles this
+        connection's frames in order, so whatever it queued for us before the ping comes first."""
+        marker = f"marker-{next(_MARKERS)}"
+        self.send("ping", request_id=marker)
+        await self.expect_absent(
+            frame_type, until=lambda f: f["type"] == "pong" and f.get("requestId") == marker, match=match
+        )
 
     async def join(self, room: str) -> dict[str, Any]:
         self.send("join", {"roomId": room})

@@ -73,8 +73,11 @@ async def test_messages_cross_instances_both_ways(pair: Pair) -> None:
     assert back["payload"]["content"] == "hi from B" and back["payload"]["senderId"] == "bob"
     # Exactly one copy each: the echo of an instance's own publish is dropped.
     await bob.expect("message", match=lambda f: f["payload"]["content"] == "hi from B")
-    await alice.expect_nothing("message", within=0.3)
-    await bob.expect_nothing("message", within=0.05)
+    bob.send("message", {"roomId": "lobby", "content": "marker"})  # one sender's messages stay in order
+    for client in (alice, bob):
+        await client.expect_absent(
+            "message", until=lambda f: f["payload"].get("content") == "marker", match=lambda f: f["type"] == "message"
+        )
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -100,7 +103,10 @@ async def test_presence_spans_instances(pair: Pair) -> None:
     state = await carol.join("room1")
     assert members(state) == {"alice": "online", "bob": "online", "carol": "online"}
     await alice.expect("presence", match=presence_of("carol", "online"))
-    await alice.expect_nothing("presence", within=0.2)  # neither bob online again nor bob offline
+    carol.send("presence", {"roomId": "room1", "status": "online"})  # a later presence frame: the marker
+    await alice.expect_absent(  # neither bob online again nor bob offline
+        "presence", until=presence_of("carol", "online"), match=lambda f: f["payload"]["userId"] == "bob"
+    )
 
     bob2.close()
     await alice.expect("presence", match=presence_of("bob", "offline"))
