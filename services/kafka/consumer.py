@@ -2,8 +2,9 @@
 
 All instances share one consumer group, so each record is consumed by one instance; that instance
 hands it to the RoomHub, which brings it to every instance through the bus. The poll loop runs in
-its own thread (from a one-thread executor) and passes each batch to the IOLoop; only once the
-IOLoop has handled the batch are its offsets stored for the next auto-commit (at-least-once).
+its own thread (from a one-thread executor) and passes each batch to the IOLoop, where events.py
+decides what each record becomes; only once the IOLoop has handled the batch are its offsets
+stored for the next auto-commit (at-least-once).
 A record seen twice (redelivery after a crash or rebalance) is suppressed by its eventId, and a
 message.created by its message id, in the dedupe store that Redis shares across instances.
 
@@ -23,23 +24,11 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from marshmallow import ValidationError
 
-from schemas.events import (
-    CONSUMED,
-    MEMBER_REMOVED,
-    MESSAGE_CREATED,
-    MESSAGE_DELETED,
-    MESSAGE_UPDATED,
-    ROOM_DELETED,
-    ROOM_UPDATED,
-    EnvelopeSchema,
-)
-from schemas.protocol import broadcast_id_key, event_key
 from services.dedupe import DedupeStore
-from services.errors import InvalidRecord
 from services.hub import RoomHub
 from services.kafka.common import client_config, describe_kafka
+from services.kafka.events import EventRouter
 from services.logs import StateLog
 from services.metrics import METRICS
 from services.settings import Settings
@@ -61,12 +50,9 @@ Partition = tuple[str, int]
 class KafkaEvents:
     def __init__(self, settings: Settings, hub: RoomHub, dedupe: DedupeStore) -> None:
         self.settings = settings
-        self.hub = hub
-        self.dedupe = dedupe
+        self.router = EventRouter(settings, hub, dedupe)
         self.topics = [settings.kafka_topic_message_events, settings.kafka_topic_room_events]
         self.health = StateLog(log, "kafka consumer", CONNECTING)
-        self._envelope = EnvelopeSchema()
-        self._payloads = {name: schema() for name, schema in CONSUMED.items()}
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
@@ -140,7 +126,7 @@ class KafkaEvents:
         """Run the batch on the IOLoop and wait for it; False if stopped before it finished."""
         items = [(r.topic(), r.partition(), r.offset(), r.value()) for r in batch]
         try:
-            done = asyncio.run_coroutine_threadsafe(self._handle(items), loop)
+            done = asyncio.run_coroutine_threadsafe(self.router.handle(items), loop)
         except RuntimeError:  # the loop is closing
             return False
         while True:
@@ -153,7 +139,7 @@ class KafkaEvents:
                     return False
             except concurrent.futures.CancelledError:
                 return False
-            except Exception:  # _handle catches per record; this would be a bug
+            except Exception:  # handle() catches per record; this would be a bug
                 log.exception("kafka hand-off failed")
                 return True
 
@@ -254,87 +240,6 @@ class KafkaEvents:
                     lag += part["consumer_lag"]
         METRICS.kafka_consumer_lag.set(lag)
 
-    # -- IOLoop ------------------------------------------------------------------------------
-
-    async def _handle(self, items: list[tuple[str, int, int, bytes | None]]) -> None:
-        """Deliver a batch in order. Invalid records are counted and skipped."""
-        for topic, partition, offset, value in items:
-            where = {"topic": topic, "partition": partition, "offset": offset}
-            try:
-                event_id, event_type, payload = self._parse(value)
-            except InvalidRecord as exc:
-                METRICS.kafka_invalid.inc()
-                log.warning("kafka record skipped", extra={**where, "reason": str(exc)})
-                continue
-            try:
-                await self._dispatch(event_id, event_type, payload)
-            except Exception:
-                log.exception("kafka event failed", extra={**where, "type": event_type})
-
-    def _parse(self, value: bytes | None) -> tuple[str, str, dict[str, Any]]:
-        if not value:
-            raise InvalidRecord("empty record")
-        try:
-            raw = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise InvalidRecord("not JSON") from None
-        if not isinstance(raw, dict):
-            raise InvalidRecord("not a JSON object")
-        try:
-            env = self._envelope.load(raw)
-        except ValidationError as exc:
-            raise InvalidRecord(f"envelope fails schema: {_fields(exc)}") from None
-        event_type: str = env["type"]
-        schema = self._payloads.get(event_type)
-        if schema is None:
-            raise InvalidRecord(f"unknown type {event_type[:64]!r}")
-        try:
-            payload: dict[str, Any] = schema.load(env["payload"])
-        except ValidationError as exc:
-            raise InvalidRecord(f"{event_type} payload fails schema: {_fields(exc)}") from None
-        return env["eventId"], event_type, payload
-
-    async def _dispatch(self, event_id: str, event_type: str, payload: dict[str, Any]) -> None:
-        ttl = self.settings.dedupe_ttl
-        seen_key = event_key(event_id)
-        if await self.dedupe.reserve(seen_key, "1", ttl) is not None:
-            METRICS.kafka_consumed.labels("duplicate").inc()
-            return
-        try:
-            await self._deliver(event_type, payload)
-        except BaseException:  # cancelled at shutdown too: the record will be redelivered
-            await self.dedupe.release(seen_key)  # let a redelivery try again
-            raise
-        METRICS.kafka_consumed.labels(event_type).inc()
-
-    async def _deliver(self, event_type: str, payload: dict[str, Any]) -> None:
-        room: str = payload["roomId"]
-        if event_type == MESSAGE_CREATED:
-            # This gateway (or another instance) may have broadcast it already: its own client's
-            # message coming back from the persistence side, or a redelivered record.
-            id_key = broadcast_id_key(payload["id"])
-            if await self.dedupe.reserve(id_key, "1", self.settings.dedupe_ttl) is not None:
-                METRICS.kafka_consumed.labels("duplicate").inc()
-                return
-            message = _present(payload)
-            message.setdefault("attachments", [])
-            try:
-                await self.hub.deliver(room, "message", message)
-            except BaseException:
-                await self.dedupe.release(id_key)
-                raise
-        elif event_type == MESSAGE_UPDATED:
-            await self.hub.deliver(room, "message_updated", _present(payload))
-        elif event_type == MESSAGE_DELETED:
-            await self.hub.deliver(room, "message_deleted", _present(payload))
-        elif event_type == ROOM_UPDATED:
-            changes = {k: v for k, v in payload.items() if k != "roomId"}
-            await self.hub.deliver(room, "room_update", {"roomId": room, "action": "updated", "changes": changes})
-        elif event_type == ROOM_DELETED:
-            await self.hub.delete_room(room)
-        elif event_type == MEMBER_REMOVED:
-            await self.hub.remove_user(room, payload["userId"])
-
     # -- shutdown ----------------------------------------------------------------------------
 
     async def stop(self) -> None:
@@ -379,14 +284,3 @@ async def _in_daemon_thread(fn: Callable[[], object], timeout: float) -> bool:
 def _resolve(finished: asyncio.Future[None]) -> None:
     if not finished.done():
         finished.set_result(None)
-
-
-def _present(payload: dict[str, Any]) -> dict[str, Any]:
-    """A frame payload: the schema's fields, without nulls (frames omit absent fields)."""
-    return {k: v for k, v in payload.items() if v is not None}
-
-
-def _fields(exc: ValidationError) -> str:
-    """Which fields failed, never their values (they may be message content)."""
-    messages = exc.messages
-    return ", ".join(sorted(str(k) for k in messages)) if isinstance(messages, dict) else "invalid"

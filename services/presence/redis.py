@@ -1,12 +1,5 @@
-"""RedisPresence: room membership and statuses shared by every instance through Redis.
-
-Keys (P = REDIS_PREFIX, default `rt:`):
-  P presence:room:{room}        hash  user -> "status\\x1fsince"     what presence_state lists
-  P presence:count:{room}       hash  user -> live connections        a user leaves when it hits 0
-  P presence:instance:{id}      set   "room\\x1fconn\\x1fuser"         connections owned by an instance
-  P presence:alive:{id}         string, PX = PRESENCE_TTL             the owner's heartbeat
-  P presence:instances          set   instance ids with registrations
-  P presence:sweep              string, short PX                      the sweeper's lock
+"""RedisPresence: room membership and statuses shared by every instance through Redis (its keys and
+Lua scripts: redis_scripts.py).
 
 Why: the owner refreshes one heartbeat key per PRESENCE_TTL/3 instead of one entry per connection,
 so keep-alive costs O(1) per instance. When an instance dies its heartbeat lapses; a sweep (every
@@ -15,11 +8,10 @@ decrements the per-user counts and reports the users that reached zero through `
 the hub announces offline on the room channel. Bound: PRESENCE_TTL + one sweep interval (plus one
 more in the worst case of lock timing), 40 s with the defaults.
 
-Every change is one Lua script, so a count never drifts: join tells whether the user is new,
-leave whether the user has gone. Each instance also keeps its own connections locally; whenever
-Redis may have diverged from that (a failed write, a lapsed heartbeat, a Redis restart that lost
-the data) the next refresh reconciles: missing connections are re-added (`on_restored` announces
-them online) and stale ones removed (`on_expired` announces them offline).
+Every change is one Lua script. Each instance also keeps its own connections locally; whenever Redis
+may have diverged from that (a failed write, a lapsed heartbeat, a Redis restart that lost the
+data) the next refresh reconciles: missing connections are re-added (`on_restored` announces them
+online) and stale ones removed (`on_expired` announces them offline).
 
 Lua scripts build room keys from the prefix, so this needs a single Redis (or Sentinel), not Cluster.
 """
@@ -37,78 +29,10 @@ import redis.asyncio as aioredis
 from services.errors import StoreError
 from services.logs import StateLog
 from services.presence import ONLINE, ExpiredHandler, Member
+from services.presence.redis_scripts import JOIN, LEAVE, PURGE, PURGE_CHUNK, REFRESH, SEP, STATUS, Keys
 from services.redis_common import REDIS_ERRORS, describe
 
 log = logging.getLogger("gateway.presence")
-
-SEP = "\x1f"
-PURGE_CHUNK = 500  # connections of a dead instance removed per script call (keeps Redis responsive)
-
-_JOIN = """
-redis.call('SADD', KEYS[4], ARGV[4])
-if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-if n == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-end
-if n == 1 then return 1 end
-return 0
-"""
-
-_LEAVE = """
-if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-if n <= 0 then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-_STATUS = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return 0 end
-if string.sub(cur, 1, #ARGV[2] + 1) == ARGV[2] .. '\\31' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"""
-
-_REFRESH = """
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-return existed
-"""
-
-# Returns {connections left, room1, user1, room2, user2, ...} for users who have gone; {-1} when
-# the instance turned out to be alive.
-_PURGE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
-local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
-local out = {0}
-for _, m in ipairs(members) do
-  local a = string.find(m, '\\31', 1, true)
-  local b = a and string.find(m, '\\31', a + 1, true)
-  if b then
-    local room = string.sub(m, 1, a - 1)
-    local user = string.sub(m, b + 1)
-    local base = ARGV[1] .. 'presence:room:' .. room
-    local count = ARGV[1] .. 'presence:count:' .. room
-    local n = redis.call('HINCRBY', count, user, -1)
-    if n <= 0 then
-      redis.call('HDEL', count, user)
-      redis.call('HDEL', base, user)
-      table.insert(out, room)
-      table.insert(out, user)
-    end
-  end
-end
-local left = redis.call('SCARD', KEYS[2])
-if left == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
-out[1] = left
-return out
-"""
 
 
 def _text(value: bytes | str) -> str:
@@ -133,15 +57,13 @@ class RedisPresence:
         self.ttl = ttl
         self.refresh_interval = ttl / 3
         self.sweep_interval = max(0.5, min(5.0, ttl / 6))
-        self._alive_key = f"{prefix}presence:alive:{instance_id}"
-        self._mine_key = f"{prefix}presence:instance:{instance_id}"
-        self._instances_key = f"{prefix}presence:instances"
-        self._lock_key = f"{prefix}presence:sweep"
-        self._join = client.register_script(_JOIN)
-        self._leave = client.register_script(_LEAVE)
-        self._status = client.register_script(_STATUS)
-        self._refresh = client.register_script(_REFRESH)
-        self._purge = client.register_script(_PURGE)
+        self._keys = Keys(prefix)
+        self._mine_key = self._keys.instance(instance_id)
+        self._join = client.register_script(JOIN)
+        self._leave = client.register_script(LEAVE)
+        self._status = client.register_script(STATUS)
+        self._refresh = client.register_script(REFRESH)
+        self._purge = client.register_script(PURGE)
         self._local: dict[str, tuple[str, str]] = {}  # member -> (room, user): what we own
         # Redis may disagree with _local: reconcile on the next refresh. True at start: a restart
         # under a fixed INSTANCE_ID finds its previous life's connections still registered.
@@ -151,11 +73,6 @@ class RedisPresence:
         self._on_restored: ExpiredHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._state = StateLog(log, "redis presence")
-
-    def _room_keys(self, room: str) -> tuple[str, str]:
-        # Fixed words before the room id: no room id (they may contain ':') can name another
-        # room's keys or the control keys below.
-        return f"{self._prefix}presence:room:{room}", f"{self._prefix}presence:count:{room}"
 
     @staticmethod
     def _member(room: str, user: str, conn_id: str) -> str:
@@ -178,11 +95,11 @@ class RedisPresence:
 
     async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
         member = self._member(room, user, conn_id)
-        users, counts = self._room_keys(room)
+        users, counts = self._keys.room(room)
         self._local[member] = (room, user)
         try:
             new = await self._join(
-                keys=[users, counts, self._mine_key, self._instances_key],
+                keys=[users, counts, self._mine_key, self._keys.instances],
                 args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
             )
         except REDIS_ERRORS as exc:
@@ -197,7 +114,7 @@ class RedisPresence:
         """If Redis cannot be told now, the next reconcile removes the connection and announces the
         user offline to the other instances then; StoreError tells the caller to decide locally."""
         member = self._member(room, user, conn_id)
-        users, counts = self._room_keys(room)
+        users, counts = self._keys.room(room)
         self._local.pop(member, None)
         try:
             gone = await self._leave(keys=[users, counts, self._mine_key], args=[user, member])
@@ -209,7 +126,7 @@ class RedisPresence:
         return bool(gone)
 
     async def set_status(self, room: str, user: str, status: str, now: float) -> None:
-        users, _ = self._room_keys(room)
+        users, _ = self._keys.room(room)
         try:
             await self._status(keys=[users], args=[user, status, f"{status}{SEP}{now!r}"])
         except REDIS_ERRORS as exc:
@@ -217,7 +134,7 @@ class RedisPresence:
         self._state.ok()
 
     async def members(self, room: str) -> list[Member]:
-        users, _ = self._room_keys(room)
+        users, _ = self._keys.room(room)
         try:
             raw = await cast("Awaitable[dict[bytes, bytes]]", self._client.hgetall(users))
         except REDIS_ERRORS as exc:
@@ -242,9 +159,9 @@ class RedisPresence:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         try:
-            await self._client.delete(self._alive_key)
+            await self._client.delete(self._keys.alive(self.instance_id))
             if not self._local:
-                await cast("Awaitable[int]", self._client.srem(self._instances_key, self.instance_id))
+                await cast("Awaitable[int]", self._client.srem(self._keys.instances, self.instance_id))
         except REDIS_ERRORS:
             pass  # the heartbeat lapses by itself
         self._local.clear()
@@ -263,7 +180,7 @@ class RedisPresence:
         """Refresh the heartbeat; reconcile when Redis may have lost or kept what it should not."""
         try:
             existed = await self._refresh(
-                keys=[self._alive_key, self._instances_key],
+                keys=[self._keys.alive(self.instance_id), self._keys.instances],
                 args=[self.instance_id, int(self.ttl * 1000)],
             )
         except REDIS_ERRORS as exc:
@@ -285,7 +202,7 @@ class RedisPresence:
             for member in remote - self._local.keys():
                 room, _, rest = member.partition(SEP)
                 _, _, user = rest.partition(SEP)
-                users, counts = self._room_keys(room)
+                users, counts = self._keys.room(room)
                 if await self._leave(keys=[users, counts, self._mine_key], args=[user, member]):
                     announced.add((room, user))
                     self._announce(self._on_expired, room, user)
@@ -293,9 +210,9 @@ class RedisPresence:
             for member, (room, user) in list(self._local.items()):
                 if member in remote or member not in self._local:
                     continue
-                users, counts = self._room_keys(room)
+                users, counts = self._keys.room(room)
                 new = await self._join(
-                    keys=[users, counts, self._mine_key, self._instances_key],
+                    keys=[users, counts, self._mine_key, self._keys.instances],
                     args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
                 )
                 restored += 1
@@ -305,7 +222,7 @@ class RedisPresence:
             # offline yet, so say it now unless the user is in the room through
             # another connection (here, re-added just above, or elsewhere).
             for room, user in lost - announced:
-                users, _ = self._room_keys(room)
+                users, _ = self._keys.room(room)
                 if not await cast("Awaitable[bool]", self._client.hexists(users, user)):
                     announced.add((room, user))
                     self._announce(self._on_expired, room, user)
@@ -341,15 +258,15 @@ class RedisPresence:
         if not self._can_announce():
             return 0  # another instance, or we once our bus is back
         lock_ms = max(100, int(self.sweep_interval * 900))
-        if not await self._client.set(self._lock_key, self.instance_id, nx=True, px=lock_ms):
+        if not await self._client.set(self._keys.sweep_lock, self.instance_id, nx=True, px=lock_ms):
             return 0
-        ids = [_text(i) for i in await cast("Awaitable[set[bytes]]", self._client.smembers(self._instances_key))]
+        ids = [_text(i) for i in await cast("Awaitable[set[bytes]]", self._client.smembers(self._keys.instances))]
         others = [i for i in ids if i != self.instance_id]
         if not others:
             return 0
         async with self._client.pipeline(transaction=False) as pipe:
             for other in others:
-                pipe.exists(f"{self._prefix}presence:alive:{other}")
+                pipe.exists(self._keys.alive(other))
             alive = await pipe.execute()
         announced = 0
         for other, is_alive in zip(others, alive, strict=True):
@@ -358,11 +275,7 @@ class RedisPresence:
         return announced
 
     async def _purge_instance(self, other: str) -> int:
-        keys = [
-            f"{self._prefix}presence:alive:{other}",
-            f"{self._prefix}presence:instance:{other}",
-            self._instances_key,
-        ]
+        keys = [self._keys.alive(other), self._keys.instance(other), self._keys.instances]
         announced = 0
         while True:
             out = await self._purge(keys=keys, args=[self._prefix, other, PURGE_CHUNK])

@@ -1,0 +1,109 @@
+"""The Redis layout of RedisPresence (redis.py): its keys, and its Lua scripts, one atomic step
+each, so a count never drifts: join says whether the user is new to the room, leave whether the
+user has gone.
+
+Keys (P = REDIS_PREFIX, default `rt:`):
+  P presence:room:{room}        hash  user -> "status\\x1fsince"     what presence_state lists
+  P presence:count:{room}       hash  user -> live connections        a user leaves when it hits 0
+  P presence:instance:{id}      set   "room\\x1fconn\\x1fuser"         connections owned by an instance
+  P presence:alive:{id}         string, PX = PRESENCE_TTL             the owner's heartbeat
+  P presence:instances          set   instance ids with registrations
+  P presence:sweep              string, short PX                      the sweeper's lock
+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEP = "\x1f"
+PURGE_CHUNK = 500  # connections of a dead instance removed per script call (keeps Redis responsive)
+
+JOIN = """
+redis.call('SADD', KEYS[4], ARGV[4])
+if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+if n == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+if n == 1 then return 1 end
+return 0
+"""
+
+LEAVE = """
+if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+STATUS = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+if string.sub(cur, 1, #ARGV[2] + 1) == ARGV[2] .. '\\31' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+REFRESH = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return existed
+"""
+
+# Returns {connections left, room1, user1, room2, user2, ...} for users who have gone; {-1} when
+# the instance turned out to be alive.
+PURGE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
+local out = {0}
+for _, m in ipairs(members) do
+  local a = string.find(m, '\\31', 1, true)
+  local b = a and string.find(m, '\\31', a + 1, true)
+  if b then
+    local room = string.sub(m, 1, a - 1)
+    local user = string.sub(m, b + 1)
+    local base = ARGV[1] .. 'presence:room:' .. room
+    local count = ARGV[1] .. 'presence:count:' .. room
+    local n = redis.call('HINCRBY', count, user, -1)
+    if n <= 0 then
+      redis.call('HDEL', count, user)
+      redis.call('HDEL', base, user)
+      table.insert(out, room)
+      table.insert(out, user)
+    end
+  end
+end
+local left = redis.call('SCARD', KEYS[2])
+if left == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+out[1] = left
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def room(self, room: str) -> tuple[str, str]:
+        """(users with their status, users with their live connection count) of a room."""
+        return f"{self.prefix}presence:room:{room}", f"{self.prefix}presence:count:{room}"
+
+    def alive(self, instance: str) -> str:
+        return f"{self.prefix}presence:alive:{instance}"
+
+    def instance(self, instance: str) -> str:
+        return f"{self.prefix}presence:instance:{instance}"
+
+    @property
+    def instances(self) -> str:
+        return f"{self.prefix}presence:instances"
+
+    @property
+    def sweep_lock(self) -> str:
+        return f"{self.prefix}presence:sweep"
