@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from tornado.ioloop import IOLoop
 
 from services.bus import BusEvent
-from services.bus.redis import RedisBus, decode_event, encode_event
+from services.bus.redis import RedisBus
+from services.bus.wire import decode_event, encode_event
 from services.errors import BusError
 from services.redis_common import make_client
 from services.settings import Settings
@@ -150,8 +151,9 @@ async def test_silently_dead_subscription_is_detected_and_rebuilt(
     await a.subscribe("room:quiet")
     # Redis drops every subscription of A's socket while the socket itself stays open: nothing
     # arrives any more and nothing reports an error. Only the probe can notice.
-    assert a._conn is not None
-    await a._conn.send_command("UNSUBSCRIBE")
+    sub = a._sub
+    assert sub is not None and sub._conn is not None
+    await sub._conn.send_command("UNSUBSCRIBE")
     await b.publish("room:quiet", BusEvent(frame=b"into the void", origin="T"))
 
     await wait_for(

@@ -1,7 +1,7 @@
 """RedisBus: the bus across instances, on Redis pub/sub (redis.asyncio, on the IOLoop).
 
-One subscriber socket per instance carries every SUBSCRIBE/UNSUBSCRIBE and every incoming event;
-publishes and probes go through the shared command pool, one PUBLISH (one round trip) per event
+One subscriber socket per instance (redis_subscriber.py) carries every SUBSCRIBE/UNSUBSCRIBE and every
+incoming event (wire.py); publishes and probes use the shared command pool: one PUBLISH per event,
 whatever the number of recipients. Channels are `{prefix}room:{id}` and `{prefix}user:{id}`.
 
 Why it is built this way:
@@ -23,45 +23,19 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from services.bus import BusEvent, EventHandler, ResyncHandler
+from services.bus.redis_subscriber import SubscriberSocket
+from services.bus.wire import decode_event, encode_event
 from services.errors import BusError
 from services.metrics import METRICS
-from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, Backoff, connection_kwargs, describe
+from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, Backoff, describe
 from services.settings import Settings
 
 log = logging.getLogger("gateway.bus")
-
-WIRE_VERSION = 1
-SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE when resubscribing many rooms at once
-YIELD_EVERY = 64  # events handled before giving the IOLoop a turn during a burst
-_SUBSCRIBE_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, BusError)
-
-
-def encode_event(event: BusEvent) -> bytes:
-    """`[version, origin, exclude, action, user]` as compact JSON, a newline, then the frame bytes
-    as they are: the frame is never parsed or re-encoded on its way through Redis."""
-    head = orjson.dumps([WIRE_VERSION, event.origin, event.exclude, event.action, event.user])
-    return head + b"\n" + (event.frame or b"")
-
-
-def decode_event(data: bytes) -> BusEvent:
-    head, sep, frame = data.partition(b"\n")
-    if not sep:
-        raise ValueError("no header separator")
-    fields = orjson.loads(head)
-    if not isinstance(fields, list) or len(fields) < 5 or fields[0] != WIRE_VERSION:
-        raise ValueError("unknown header")
-    origin, exclude, action, user = fields[1:5]
-    return BusEvent(frame=frame or None, origin=origin, exclude=exclude, action=action, user=user)
 
 
 class RedisBus:
@@ -88,15 +62,13 @@ class RedisBus:
         self._reconnect_cap = reconnect_cap
         self._handler: EventHandler | None = None
         self._on_resync: ResyncHandler | None = None
-        self._conn: Connection | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._sub: SubscriberSocket | None = None
         self._runner: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._rebuild = asyncio.Event()
         self._wanted: set[str] = set()  # the hub's channels: events are delivered for these only
         self._live: set[str] = set()  # subscribed on the current socket
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
-        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._up = False
         self._closing = False
@@ -126,18 +98,18 @@ class RedisBus:
         timer = self._unsub_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
-        conn = self._conn
-        if not self._up or conn is None:
+        sub = self._sub
+        if not self._up or sub is None:
             raise BusError("bus is down")
         self._wanted.add(channel)
         if channel in self._live:
             return  # still subscribed from before the grace: nothing to ask Redis
         try:
-            await self._subscribe_many(conn, [self._key(channel)])
+            await sub.subscribe([self._key(channel)])
         except BusError:
             self._wanted.discard(channel)
             raise
-        if conn is self._conn:
+        if sub is self._sub:
             self._live.add(channel)
 
     async def unsubscribe(self, channel: str) -> None:
@@ -172,8 +144,6 @@ class RedisBus:
             METRICS.bus_up.set(0)
         self._handler = None
 
-    # -- introspection (tests, metrics) ------------------------------------------------------
-
     @property
     def subscribed(self) -> frozenset[str]:
         """Channels subscribed on the Redis socket right now (wanted ones plus those in grace)."""
@@ -182,8 +152,7 @@ class RedisBus:
     # -- sending -----------------------------------------------------------------------------
 
     async def _send(self, key: str, payload: bytes) -> None:
-        """The one round trip of a publish. The history issue replaces this PUBLISH with a script
-        that appends to the room's stream and publishes in the same call."""
+        """The one round trip of a publish."""
         try:
             await self._client.publish(key, payload)
         except REDIS_ERRORS as exc:
@@ -195,25 +164,14 @@ class RedisBus:
     # -- the subscriber socket ---------------------------------------------------------------
 
     async def _connect(self) -> None:
-        """Open a subscriber socket, start its reader, subscribe the probe and every wanted channel."""
-        conn = Connection(
-            **connection_kwargs(self._settings),
-            socket_timeout=None,  # the reader blocks until an event; the probe watches liveness
-            socket_connect_timeout=self._timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"rtg-sub:{self.instance_id}",
-        )
-        try:
-            await asyncio.wait_for(conn.connect(), self._timeout * 2)  # type: ignore[no-untyped-call]
-        except REDIS_ERRORS as exc:
-            await _drop(conn)
-            raise BusError(describe(exc)) from None
-        self._conn = conn
+        """Open a subscriber socket, subscribe the probe and every wanted channel."""
+        sub = SubscriberSocket(self._settings, self.instance_id, self._timeout, self._on_message, self._unhealthy)
+        await sub.open()
+        self._sub = sub
         self._live = set()
-        self._reader = asyncio.create_task(self._read(conn))
         channels = sorted(self._wanted)
         try:
-            await self._subscribe_many(conn, [self._probe_channel.decode(), *map(self._key, channels)])
+            await sub.subscribe([self._probe_channel.decode(), *map(self._key, channels)])
         except BaseException:  # BusError, or cancelled by a start-up deadline: leave nothing open
             await self._teardown()
             raise
@@ -222,69 +180,18 @@ class RedisBus:
             await self.unsubscribe(channel)
         self._last_echo = time.monotonic()
 
-    async def _subscribe_many(self, conn: Connection, keys: Sequence[str]) -> None:
-        """SUBSCRIBE and wait for Redis to confirm every channel (the reader resolves the waits)."""
-        loop = asyncio.get_running_loop()
-        waits: list[tuple[bytes, asyncio.Future[None]]] = []
-        for key in keys:
-            fut: asyncio.Future[None] = loop.create_future()
-            raw = key.encode()
-            self._waiters.setdefault(raw, []).append(fut)
-            waits.append((raw, fut))
-        try:
-            for start in range(0, len(keys), SUBSCRIBE_CHUNK):
-                await asyncio.wait_for(
-                    conn.send_command("SUBSCRIBE", *keys[start : start + SUBSCRIBE_CHUNK]), self._timeout
-                )
-            await asyncio.wait_for(asyncio.gather(*(f for _, f in waits)), self._timeout)
-        except _SUBSCRIBE_ERRORS as exc:
-            if isinstance(exc, asyncio.TimeoutError):
-                self._rebuild.set()  # no confirmation in time: this socket is not healthy
-            raise BusError(f"subscribe failed: {describe(exc)}") from None
-        finally:
-            for raw, fut in waits:
-                pending = self._waiters.get(raw)
-                if pending is not None and fut in pending:
-                    pending.remove(fut)
-                    if not pending:
-                        del self._waiters[raw]
-
     def _unsubscribe_now(self, channel: str) -> None:
         self._unsub_timers.pop(channel, None)
         if channel in self._wanted or channel not in self._live:
             return
         self._live.discard(channel)
-        conn = self._conn
-        if conn is not None and self._up:
-            self._spawn(self._send_unsubscribe(conn, self._key(channel)))
+        sub = self._sub
+        if sub is not None and self._up:
+            self._spawn(sub.unsubscribe(self._key(channel)))
 
-    async def _send_unsubscribe(self, conn: Connection, key: str) -> None:
-        try:
-            await asyncio.wait_for(conn.send_command("UNSUBSCRIBE", key), self._timeout)
-        except REDIS_ERRORS:
-            if conn is self._conn:
-                self._rebuild.set()
-
-    async def _read(self, conn: Connection) -> None:
-        """The one subscriber coroutine: events, subscribe confirmations, probe echoes."""
-        handled = 0
-        try:
-            while True:
-                reply = await conn.read_response(disable_decoding=True)
-                if not isinstance(reply, list) or len(reply) < 2:
-                    continue
-                kind = reply[0]
-                if kind == b"message" and len(reply) == 3:
-                    self._on_message(reply[1], reply[2])
-                    handled += 1
-                    if handled % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                elif kind == b"subscribe":
-                    for fut in self._waiters.pop(reply[1], ()):
-                        if not fut.done():
-                            fut.set_result(None)
-        finally:
-            self._fail_waiters()
+    def _unhealthy(self, sub: SubscriberSocket) -> None:
+        if sub is self._sub:
+            self._rebuild.set()
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         if channel == self._probe_channel:
@@ -307,26 +214,11 @@ class RedisBus:
         except Exception:
             log.exception("bus event handler failed", extra={"channel": name})
 
-    def _fail_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for futs in waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_exception(BusError("subscriber connection lost"))
-
     async def _teardown(self) -> None:
-        reader, self._reader = self._reader, None
-        conn, self._conn = self._conn, None
+        sub, self._sub = self._sub, None
         self._live = set()
-        if reader is not None:
-            reader.cancel()
-            try:
-                await reader
-            except BaseException:  # cancelled, or the error that ended it
-                pass
-        self._fail_waiters()
-        if conn is not None:
-            await _drop(conn)
+        if sub is not None:
+            await sub.close()
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -334,7 +226,7 @@ class RedisBus:
         """Wait for the reader to die or the probe to call it dead; then reconnect with backoff."""
         backoff = Backoff(0.1, self._reconnect_cap)
         while not self._closing:
-            reader = self._reader
+            reader = self._sub.reader if self._sub is not None else None
             rebuild = asyncio.create_task(self._rebuild.wait())
             watched: set[asyncio.Future[Any]] = {rebuild}
             if reader is not None:
@@ -389,16 +281,10 @@ class RedisBus:
     def _set_up(self, first: bool) -> None:
         self._up = True
         METRICS.bus_up.set(1)
-        if first:
-            log.info("bus connected", extra={"channels": len(self._live)})
-        else:
-            log.info(
-                "bus reconnected",
-                extra={
-                    "channels": len(self._live),
-                    "down_seconds": round(time.monotonic() - self._down_since, 1),
-                },
-            )
+        extra: dict[str, float] = {"channels": len(self._live)}
+        if not first:
+            extra["down_seconds"] = round(time.monotonic() - self._down_since, 1)
+        log.info("bus connected" if first else "bus reconnected", extra=extra)
 
     def _set_down(self, reason: str) -> None:
         if self._up:
@@ -411,10 +297,3 @@ class RedisBus:
         task = asyncio.ensure_future(aw)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-async def _drop(conn: Connection) -> None:
-    try:
-        await conn.disconnect(nowait=True)
-    except REDIS_ERRORS:
-        pass
