@@ -168,75 +168,97 @@ def _field_errors(details: Any, path: str = "") -> Iterator[str]:
 
 
 async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> int:
-    current = rooms[-1]
-    stop = asyncio.Event()
-    _install_stop(stop)
-    sends: set[asyncio.Task[None]] = set()
-    typing_seen: set[tuple[str, str]] = set()
-    typing_sent: set[str] = set()  # rooms we said `typing` in: a message ends it
-    present: dict[str, set[str]] = {}  # room -> users we know are there (to announce joins)
-    exit_code = 0
+    return await Chat(client, term).run(rooms)
 
-    for room in rooms:
-        await client.join(room)
-    term.note(f"joined {', '.join('#' + r for r in rooms)}; sending to #{current}. /help for commands")
 
-    def label(room: str) -> str:
-        return f"#{room} " if len(client.rooms) > 1 else ""
+class Chat:
+    """The interactive chat: lines typed become messages or slash commands; events become lines."""
 
-    async def send(room: str, text: str) -> None:
+    def __init__(self, client: GatewayClient, term: Terminal) -> None:
+        self.client = client
+        self.term = term
+        self.current = ""
+        self.stop = asyncio.Event()
+        self.sends: set[asyncio.Task[None]] = set()
+        self.typing_seen: set[tuple[str, str]] = set()
+        self.typing_sent: set[str] = set()  # rooms we said `typing` in: a message ends it
+        self.present: dict[str, set[str]] = {}  # room -> users we know are there (to announce joins)
+        self.exit_code = 0
+
+    async def run(self, rooms: Sequence[str]) -> int:
+        self.current = rooms[-1]
+        _install_stop(self.stop)
+        for room in rooms:
+            await self.client.join(room)
+        joined = ", ".join("#" + r for r in rooms)
+        self.term.note(f"joined {joined}; sending to #{self.current}. /help for commands")
+        tasks = [asyncio.ensure_future(self.read_input()), asyncio.ensure_future(self.show_events())]
+        await self.stop.wait()
+        if self.sends:  # let messages typed just before /quit get their ack
+            await asyncio.wait(self.sends, timeout=10)
+        for task in tasks:
+            task.cancel()
+        return self.exit_code
+
+    def label(self, room: str) -> str:
+        return f"#{room} " if len(self.client.rooms) > 1 else ""
+
+    async def send(self, room: str, text: str) -> None:
         try:
-            await client.send(room, text)
-            if room in typing_sent:
-                typing_sent.discard(room)
-                client.online(room)
+            await self.client.send(room, text)
+            if room in self.typing_sent:
+                self.typing_sent.discard(room)
+                self.client.online(room)
         except GatewayError as exc:
-            term.problem(f"not sent: {explain(exc.event)}")
+            self.term.problem(f"not sent: {explain(exc.event)}")
         except ClientError as exc:
-            term.problem(f"not sent: {exc}")
+            self.term.problem(f"not sent: {exc}")
 
-    async def command(line: str) -> bool:
+    async def command(self, line: str) -> bool:
         """Run one slash command; False means quit."""
-        nonlocal current
         name, _, arg = line[1:].partition(" ")
         arg = arg.strip()
         try:
             if name in ("quit", "exit", "q"):
                 return False
-            if name == "join" and arg:
-                await client.join(arg)
-                current = arg
-                term.note(f"joined #{arg}; sending to #{arg}")
-            elif name == "leave":
-                room = arg or current
-                await client.leave(room)
-                term.note(f"left #{room}")
-                if room == current and client.rooms:
-                    current = client.rooms[-1]
-                    term.note(f"sending to #{current}")
-            elif name == "room" and arg:
-                if arg not in client.rooms:
-                    term.problem(f"not in #{arg}: /join {arg} first")
-                else:
-                    current = arg
-                    term.note(f"sending to #{current}")
-            elif name == "typing":
-                if client.typing(current):
-                    typing_sent.add(current)
-            elif name == "idle":
-                client.idle(current)
-            elif name == "who":
-                members = ", ".join(f"{m.user_id} ({m.status})" for m in client.members(current))
-                term.note(f"#{current}: {members or 'nobody'}")
-            else:
-                term.line(HELP)
+            await self._command(name, arg)
         except GatewayError as exc:
-            term.problem(explain(exc.event))
+            self.term.problem(explain(exc.event))
         except ClientError as exc:
-            term.problem(str(exc))
+            self.term.problem(str(exc))
         return True
 
-    async def read_input() -> None:
+    async def _command(self, name: str, arg: str) -> None:
+        client, term = self.client, self.term
+        if name == "join" and arg:
+            await client.join(arg)
+            self.current = arg
+            term.note(f"joined #{arg}; sending to #{arg}")
+        elif name == "leave":
+            room = arg or self.current
+            await client.leave(room)
+            term.note(f"left #{room}")
+            if room == self.current and client.rooms:
+                self.current = client.rooms[-1]
+                term.note(f"sending to #{self.current}")
+        elif name == "room" and arg:
+            if arg not in client.rooms:
+                term.problem(f"not in #{arg}: /join {arg} first")
+            else:
+                self.current = arg
+                term.note(f"sending to #{self.current}")
+        elif name == "typing":
+            if client.typing(self.current):
+                self.typing_sent.add(self.current)
+        elif name == "idle":
+            client.idle(self.current)
+        elif name == "who":
+            members = ", ".join(f"{m.user_id} ({m.status})" for m in client.members(self.current))
+            term.note(f"#{self.current}: {members or 'nobody'}")
+        else:
+            term.line(HELP)
+
+    async def read_input(self) -> None:
         lines: asyncio.Queue[str | None] = asyncio.Queue()
         _stdin_lines(asyncio.get_running_loop(), lines)
         while True:
@@ -246,75 +268,67 @@ async def chat(client: GatewayClient, rooms: Sequence[str], term: Terminal) -> i
             if not line.strip():
                 continue
             if line.startswith("/") and not line.startswith("//"):
-                if not await command(line):
+                if not await self.command(line):
                     break
                 continue
-            if not client.rooms:
-                term.problem("not in any room: /join ROOM first")
+            if not self.client.rooms:
+                self.term.problem("not in any room: /join ROOM first")
                 continue
             text = line[1:] if line.startswith("//") else line  # `//x` sends a literal `/x`
-            task = asyncio.ensure_future(send(current, text))
-            sends.add(task)
-            task.add_done_callback(sends.discard)
-        stop.set()
+            task = asyncio.ensure_future(self.send(self.current, text))
+            self.sends.add(task)
+            task.add_done_callback(self.sends.discard)
+        self.stop.set()
 
-    async def show_events() -> None:
-        nonlocal exit_code
+    async def show_events(self) -> None:
         offline = False
-        async for event in client:
+        term = self.term
+        async for event in self.client:
             if isinstance(event, Message):
-                typing_seen.discard((event.room_id, event.sender_id))
-                term.line(f"[{clock(event.created_at)}] {label(event.room_id)}{event.sender_id}: {event.content}")
+                self.typing_seen.discard((event.room_id, event.sender_id))
+                term.line(f"[{clock(event.created_at)}] {self.label(event.room_id)}{event.sender_id}: {event.content}")
             elif isinstance(event, PresenceState):
-                present[event.room_id] = {m.user_id for m in event.members}
+                self.present[event.room_id] = {m.user_id for m in event.members}
             elif isinstance(event, Presence):
-                show_presence(event)
+                self.show_presence(event)
             elif isinstance(event, ErrorEvent) and event.request_id is None:
                 term.problem(explain(event))
             elif isinstance(event, Disconnected):
                 if event.will_reconnect:
                     what = "reconnect failed" if offline else "disconnected"
                     term.note(f"{what} ({event.reason}); retrying in {event.retry_in:.1f}s")
-                elif not stop.is_set():
+                elif not self.stop.is_set():
                     term.problem(f"disconnected: {event.reason}")
-                    exit_code = 1
+                    self.exit_code = 1
                 offline = True
             elif isinstance(event, Connected) and event.reconnected:
                 offline = False
                 term.note(f"reconnected; back in {', '.join('#' + r for r in event.rooms) or 'no room'}")
-        stop.set()
+        self.stop.set()
 
-    def show_presence(event: Presence) -> None:
-        if event.user_id == client.user_id:
+    def show_presence(self, event: Presence) -> None:
+        if event.user_id == self.client.user_id:
             return  # our own typing/idle echoed back
         key = (event.room_id, event.user_id)
-        where = f" in #{event.room_id}" if len(client.rooms) > 1 else ""
-        here = present.setdefault(event.room_id, set())
+        where = f" in #{event.room_id}" if len(self.client.rooms) > 1 else ""
+        here = self.present.setdefault(event.room_id, set())
         if event.status == "offline":
             here.discard(event.user_id)
-            typing_seen.discard(key)
-            term.note(f"{event.user_id} left{where}")
+            self.typing_seen.discard(key)
+            self.term.note(f"{event.user_id} left{where}")
             return
         if event.user_id not in here:
             here.add(event.user_id)
-            term.note(f"{event.user_id} joined{where}")
+            self.term.note(f"{event.user_id} joined{where}")
         if event.status == "typing":
-            if key not in typing_seen:
-                typing_seen.add(key)
-                term.note(f"{event.user_id} is typing{where}")
+            if key not in self.typing_seen:
+                self.typing_seen.add(key)
+                self.term.note(f"{event.user_id} is typing{where}")
             return
-        typing_seen.discard(key)
+        self.typing_seen.discard(key)
         if event.status == "idle":
-            term.note(f"{event.user_id} is idle{where}")
+            self.term.note(f"{event.user_id} is idle{where}")
         # online: also what typing lapses to; not worth a line
-
-    tasks = [asyncio.ensure_future(read_input()), asyncio.ensure_future(show_events())]
-    await stop.wait()
-    if sends:  # let messages typed just before /quit get their ack
-        await asyncio.wait(sends, timeout=10)
-    for task in tasks:
-        task.cancel()
-    return exit_code
 
 
 async def tail(client: GatewayClient, rooms: Sequence[str], count: int, term: Terminal) -> int:

@@ -16,7 +16,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 from handlers.common import RedactedSummary
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
-from schemas.client import EnvelopeSchema
+from schemas.client import FrameSchema
 from schemas.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from services import frames
 from services.auth import Identity
@@ -42,7 +42,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._envelope = EnvelopeSchema()
+        self._frame_schema = FrameSchema()
         self._payloads = gateway.payload_schemas
         self._expiry: object | None = None
 
@@ -173,7 +173,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
                 raise ClientError("invalid_frame", "frame must be a JSON object")
             request_id = _request_id(frame)
             try:
-                envelope = self._envelope.load(frame)
+                envelope = self._frame_schema.load(frame)
             except ValidationError as exc:
                 raise ClientError("validation_failed", "invalid frame", details=exc.messages) from None
             frame_type = envelope["type"]

@@ -58,7 +58,7 @@ class PingSchema(_Payload):
     pass
 
 
-class EnvelopeSchema(Schema):
+class FrameSchema(Schema):
     """The outer frame. `type` is checked against CLIENT_TYPES by the caller (unknown_type)."""
 
     class Meta:
