@@ -132,23 +132,23 @@ async def test_dedupe_reserve_is_first_wins(dedupe: DedupeStore) -> None:
     assert await dedupe.reserve("dk:sam:k", "pending", 30) == "pending"
     await dedupe.put("dk:sam:k", "id-1 2026-01-01T00:00:00.000Z", 30)
     assert await dedupe.reserve("dk:sam:k", "pending", 30) == "id-1 2026-01-01T00:00:00.000Z"
-    assert await dedupe.get("dk:sam:k") == "id-1 2026-01-01T00:00:00.000Z"
     await dedupe.release("dk:sam:k")
-    assert await dedupe.get("dk:sam:k") is None
     assert await dedupe.reserve("dk:sam:k", "pending", 30) is None  # free again after release
 
 
 @pytest.mark.gen_test(timeout=15)
 async def test_dedupe_entries_expire(dedupe: DedupeStore) -> None:
     await dedupe.put("id:m1", "1", 0.2)
-    assert await dedupe.get("id:m1") == "1"
-    await wait_for(_gone(dedupe, "id:m1"), timeout=3, what="the entry to expire")
-    assert await dedupe.reserve("id:m1", "2", 30) is None
+    assert await dedupe.reserve("id:m1", "2", 30) == "1"  # still there: reserve answers its value
+    await wait_for(_reserved_anew(dedupe, "id:m1", "2"), timeout=3, what="the entry to expire")
+    assert await dedupe.reserve("id:m1", "3", 30) == "2"
 
 
-def _gone(store: DedupeStore, key: str) -> Callable[[], Awaitable[bool]]:
+def _reserved_anew(store: DedupeStore, key: str, value: str) -> Callable[[], Awaitable[bool]]:
+    """True once `key` had expired: the reserve then stores `value` and answers None."""
+
     async def check() -> bool:
-        return await store.get(key) is None
+        return await store.reserve(key, value, 30) is None
 
     return check
 

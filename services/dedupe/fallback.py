@@ -22,12 +22,6 @@ class FallbackDedupe:
         except StoreError:
             return await self.local.reserve(key, value, ttl)
 
-    async def get(self, key: str) -> str | None:
-        try:
-            return await self.shared.get(key)
-        except StoreError:
-            return await self.local.get(key)
-
     async def put(self, key: str, value: str, ttl: float) -> None:
         try:
             await self.shared.put(key, value, ttl)

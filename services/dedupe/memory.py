@@ -40,9 +40,6 @@ class MemoryDedupe:
         self._set(key, value, now + ttl)
         return None
 
-    async def get(self, key: str) -> str | None:
-        return self._live(key, time.monotonic())
-
     async def put(self, key: str, value: str, ttl: float) -> None:
         now = time.monotonic()
         self._sweep(now)

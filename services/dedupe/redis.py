@@ -51,14 +51,6 @@ class RedisDedupe:
         self._state.ok()
         return _text(existing)
 
-    async def get(self, key: str) -> str | None:
-        try:
-            value = await self._client.get(self._prefix + key)
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
-        self._state.ok()
-        return _text(value)
-
     async def put(self, key: str, value: str, ttl: float) -> None:
         try:
             await self._client.set(self._prefix + key, value, px=_ms(ttl))
