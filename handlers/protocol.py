@@ -53,7 +53,8 @@ class FrameSink(Protocol):
 # What this module uses of Tornado that is not public API (tests/test_tornado_contract.py fails if
 # an upgrade changes it): WebSocketProtocol13._receive_frame (replaced), _read_bytes, _write_frame,
 # _run_callback, _received_pong, _message_bytes_in, _wire_bytes_in, params; _WebSocketParams;
-# tornado.util._websocket_mask. Nothing else in the project touches Tornado's private members.
+# tornado.util._websocket_mask. The only other ones: handlers/http_server.py keeps TCPServer's
+# `_sockets` and `_handlers` (its own accept loop) and sets the request context's `remote_ip`.
 TORNADO_PRIVATE = (
     "_receive_frame",
     "_read_bytes",
@@ -65,6 +66,17 @@ TORNADO_PRIVATE = (
 class GatewayProtocol(WebSocketProtocol13):
     """WebSocketProtocol13 with the frame reader replaced; closing and keepalive pings stay
     Tornado's."""
+
+    @classmethod
+    def for_handler(cls, handler: WebSocketHandler) -> GatewayProtocol:
+        """The server side of `handler`'s connection (no compression: chat frames do not pay for it)."""
+        params = _WebSocketParams(
+            ping_interval=handler.ping_interval,
+            ping_timeout=handler.ping_timeout,
+            max_message_size=handler.max_message_size,
+            compression_options=None,
+        )
+        return cls(handler, params)
 
     def __init__(self, handler: WebSocketHandler, params: _WebSocketParams) -> None:
         super().__init__(handler, False, params)

@@ -12,7 +12,7 @@ import orjson
 from marshmallow import ValidationError
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol, _WebSocketParams
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from handlers.common import RedactedSummary
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
@@ -91,13 +91,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         """Tornado's protocol with the gateway's frame reader (handlers/protocol.py)."""
         if self.request.headers.get("Sec-WebSocket-Version") not in ("7", "8", "13"):
             return None
-        params = _WebSocketParams(
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            max_message_size=self.max_message_size,
-            compression_options=None,
-        )
-        return GatewayProtocol(self, params)
+        return GatewayProtocol.for_handler(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -36,3 +36,15 @@ def test_the_instance_attributes_we_use_are_set_by_the_constructor():
     for attribute in ("_message_bytes_in", "_wire_bytes_in", "_received_pong", "params"):
         assert hasattr(protocol, attribute), attribute
     assert tornado.version_info[:2] == (6, 5), "review handlers/protocol.py against the new Tornado"
+
+
+def test_the_accept_loop_finds_tcpservers_socket_tables():
+    """handlers/http_server.py registers its listening sockets where TCPServer.stop() looks."""
+    from tornado.httpserver import HTTPServer
+    from tornado.tcpserver import TCPServer
+    from tornado.web import Application
+
+    server = HTTPServer(Application())
+    assert isinstance(server._sockets, dict) and isinstance(server._handlers, dict)
+    stop = inspect.getsource(TCPServer.stop)
+    assert "self._handlers.pop(fd)()" in stop and "self._sockets.items()" in stop
