@@ -30,6 +30,7 @@ from services.settings.options import (
 
 @dataclass(frozen=True)
 class Settings:
+    # -- where it listens
     port: int = setting(3000, integer(0, 65535), "listen port (0 picks a free one)")
     host: str | None = setting(
         None, text, "listen address (default 0.0.0.0; 127.0.0.1 while the secret is generated for the run)"
@@ -37,6 +38,7 @@ class Settings:
     internal_port: int | None = setting(
         None, integer(0, 65535), "port serving /metrics (and /healthz, /readyz) only; set: /metrics is 404 on PORT"
     )
+    # -- tokens
     jwt_secret: str | None = setting(
         None,
         text,
@@ -48,8 +50,10 @@ class Settings:
     jwt_audience: str | None = setting(None, text, "required `aud` claim")
     jwt_issuer: str | None = setting(None, text, "required `iss` claim")
     jwt_leeway: int = setting(5, integer(0, 300), "seconds of clock skew on exp/nbf")
+    # -- trying it out
     dev: bool = setting(False, boolean, "development mode: allow short secrets and serve /dev/token", is_switch=True)
     demo: bool = setting(True, boolean, "serve the /demo page (--no-demo turns it off)")
+    # -- Redis
     redis_host: str | None = setting(
         None, text, "Redis host; unset: in-process bus, presence and dedupe (one instance)"
     )
@@ -57,8 +61,10 @@ class Settings:
     redis_password: str | None = setting(None, text, "Redis password")
     redis_db: int = setting(0, integer(0, 1000), "Redis database number")
     redis_prefix: str = setting("rt:", text, "prefix of every Redis key/channel")
+    # Redis not there at start: exit 2 after the timeout, or wait
     redis_connect_timeout: float = setting(10.0, number(0.1), "seconds to reach Redis at start before exit 2")
     wait_for_redis: bool = setting(False, boolean, "keep waiting for Redis at start instead of exiting", is_switch=True)
+    # -- Kafka
     kafka_brokers: tuple[str, ...] = setting(
         (), csv_list, "comma-separated Kafka brokers; unset: Kafka disabled", env="KAFKA_BROKER_URL"
     )
@@ -73,16 +79,19 @@ class Settings:
     kafka_flush_timeout: float = setting(
         5.0, number(0.0), "seconds the producer may flush on shutdown before undelivered records are dropped"
     )
+    # -- browsers, rooms, processes
     allowed_origins: tuple[str, ...] = setting((), csv_list, "comma-separated browser Origin allowlist; unset: any")
     workers: int = setting(1, integer(1, 64), "processes sharing the port; >1 needs Redis")
     room_access: str = setting(
         "open", choice("open", "token"), "open: any room; token: only rooms matched by the token's `rooms` claim"
     )
+    # -- frames of one connection
     max_content: int = setting(4000, integer(1), "message content length, characters")
     max_message_bytes: int = setting(65536, integer(256), "largest WebSocket frame accepted (close 1009 above it)")
     rate_limit: float = setting(20.0, number(0.1), "client frames per second")
     rate_burst: int = setting(40, integer(1), "client frames allowed in a burst")
     invalid_frame_limit: int = setting(30, integer(1), "rejected frames per minute before close 1008")
+    # -- connections
     max_rooms: int = setting(100, integer(1), "rooms per connection")
     max_connections: int = setting(
         10000, integer(1), "open WebSockets per instance (HTTP 503 before the upgrade above it)"
@@ -96,14 +105,18 @@ class Settings:
     outbound_queue_bytes: int = setting(
         4 * 1024 * 1024, integer(1024), "bytes queued for one slow client before close 4008"
     )
+    # -- presence and dedupe
     typing_ttl: float = setting(6.0, number(0.1), "seconds before typing lapses to online")
     presence_ttl: float = setting(30.0, number(1.0), "seconds a dead instance's users stay online")
     dedupe_ttl: float = setting(86400.0, number(1.0), "seconds a dedupeKey is remembered")
+    # -- keepalive and handshake
     ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings (0: off)")
     ping_timeout: float = setting(20.0, number(1.0), "seconds without a pong before the socket is dropped")
     handshake_timeout: float = setting(10.0, number(1.0), "seconds for a client to send its upgrade request")
+    # -- shutdown (README.md, "Drain on SIGTERM")
     drain_delay: float = setting(5.0, number(0.0), "seconds between SIGTERM (readiness 503) and closing sockets")
     drain_window: float = setting(20.0, number(0.0), "seconds over which open sockets are closed with 1012")
+    # -- operations
     log_level: str = setting("info", choice("debug", "info", "warning", "error"), "log level")
     instance_id: str | None = setting(None, text, "instance id (default: random)")
     # Set by server.py when JWT_SECRET (or JWT_DEV) was not given: the secret was generated for this run.
