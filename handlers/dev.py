@@ -4,10 +4,10 @@ only (403 otherwise): whoever can mint tokens can be anyone."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from handlers.common import JsonHandler
+from services.admission import parse_address
 from services.auth import mint
 from services.gateway import Gateway
 
@@ -35,10 +35,5 @@ class DevTokenHandler(JsonHandler):
 
 
 def _loopback(address: str | None) -> bool:
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    ip = parse_address(address)
+    return ip is not None and ip.is_loopback

@@ -126,9 +126,6 @@ class GatewayHTTPServer(HTTPServer):
         fd = sock.fileno()
         loop = IOLoop.current()
 
-        def on_readable(_fd: Any, _events: int) -> None:
-            self._accept_some(sock)
-
         def stop_watching() -> None:
             self._paused.pop(fd, None)
             try:
@@ -136,8 +133,11 @@ class GatewayHTTPServer(HTTPServer):
             except (KeyError, ValueError):
                 pass
 
-        loop.add_handler(sock, on_readable, IOLoop.READ)
+        self._listen(sock)
         self._handlers[fd] = stop_watching
+
+    def _listen(self, sock: socket.socket) -> None:
+        IOLoop.current().add_handler(sock, lambda _fd, _events: self._accept_some(sock), IOLoop.READ)
 
     def _accept_some(self, sock: socket.socket) -> None:
         for _ in range(_ACCEPTS_PER_TURN):
@@ -207,7 +207,7 @@ class GatewayHTTPServer(HTTPServer):
         self._timed.discard(fd)
         sock = self._paused.pop(fd, None)
         if sock is not None and fd in self._sockets:
-            IOLoop.current().add_handler(sock, lambda _fd, _ev: self._accept_some(sock), IOLoop.READ)
+            self._listen(sock)
 
     def _resume_after_close(self) -> None:
         """A descriptor was freed: a listener paused at the budget may accept again (one paused

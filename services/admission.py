@@ -44,13 +44,8 @@ class TrustedProxies:
         return bool(self._nets)
 
     def trusts(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._nets)
+        ip = parse_address(address)
+        return ip is not None and any(ip in net for net in self._nets)
 
     def client_ip(self, peer: str, forwarded_for: str | None, real_ip: str | None) -> str:
         """The peer, unless it is a trusted proxy: then X-Real-Ip (a proxy sets it, whatever the
@@ -72,27 +67,32 @@ class TrustedProxies:
         return client
 
 
-def _canonical(text: str) -> str | None:
-    """The address in canonical form (an IPv4-mapped IPv6 address as IPv4); None if it is not one."""
+def parse_address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, an IPv4-mapped IPv6 address as the IPv4 one (a dual-stack socket reports
+    `::ffff:a.b.c.d`); None if `text` is not an address."""
     try:
-        ip = ipaddress.ip_address(text.strip())
+        ip = ipaddress.ip_address((text or "").strip())
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+        return ip.ipv4_mapped
+    return ip
+
+
+def _canonical(text: str) -> str | None:
+    ip = parse_address(text)
+    return None if ip is None else str(ip)
 
 
 def address_bucket(ip: str) -> str:
     """What MAX_CONNECTIONS_PER_IP counts by: the address, or its /64 for IPv6 (one host usually
     has a whole /64, and would otherwise have an allowance per address)."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
+    addr = parse_address(ip)
+    if addr is None:
         return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is None:
+    if isinstance(addr, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return _canonical(ip) or ip
+    return str(addr)
 
 
 class Admission:

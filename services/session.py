@@ -102,8 +102,9 @@ class Session:
     def user_id(self) -> str:
         return self.identity.user_id
 
-    def send(self, frame: bytes) -> bool:
-        """Queue a frame; never blocks. False if the connection is closed or was just closed as slow.
+    def send(self, frame: bytes | Pong) -> bool:
+        """Queue a frame (a text frame's bytes, or a Pong); never blocks. False if the connection is
+        closed or was just closed as slow.
 
         While the socket keeps up, frames go straight to it; only when it is backed up do they wait
         in the bounded queue (so a burst that the kernel absorbs is not mistaken for slowness)."""
@@ -118,14 +119,7 @@ class Session:
 
     def send_pong(self, data: bytes) -> bool:
         """Answer a ping through the same bounded path as every other frame."""
-        if self.closed:
-            return False
-        if not self._writing:
-            if not self.transport.backed_up():
-                self._write(Pong(data))
-                return True
-            self._start_drain()
-        return self._enqueue(Pong(data))
+        return self.send(Pong(data))
 
     def _start_drain(self) -> None:
         self._writing = True

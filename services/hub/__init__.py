@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, room_channel, user_channel
@@ -83,7 +84,7 @@ class RoomHub:
         """Wait (bounded) for background work such as disconnect clean-up to finish."""
         await self.tasks.settle(timeout)
 
-    def spawn(self, aw: Any) -> None:
+    def spawn(self, aw: Awaitable[Any]) -> None:
         self.tasks.spawn(aw)
 
     # -- connections -------------------------------------------------------------------------

@@ -98,13 +98,13 @@ class MessagePipeline:
         session.send(frames.encode("ack", ack, request_id))
         METRICS.messages.inc()
 
-    async def _claim(self, key: str, room: str, dedupe_key: str | None) -> tuple[str, str] | None:
+    async def _claim(self, store_key: str, room: str, client_key: str | None) -> tuple[str, str] | None:
         """Reserve a dedupe key. None: ours to process. Else the first message's (id, createdAt),
         waiting while the first send is still in flight (its ingest may yet fail and free the key)."""
         hold_for = self.settings.kafka_message_timeout + 5
         deadline = time.monotonic() + hold_for
         while True:
-            existing = await self.dedupe.reserve(key, PENDING, hold_for)
+            existing = await self.dedupe.reserve(store_key, PENDING, hold_for)
             if existing is None:
                 return None
             if existing != PENDING:
@@ -115,6 +115,6 @@ class MessagePipeline:
                     "ingest_failed",
                     "an earlier send with this dedupeKey is still pending",
                     roomId=room,
-                    dedupeKey=dedupe_key,
+                    dedupeKey=client_key,
                 )
             await asyncio.sleep(0.05)
