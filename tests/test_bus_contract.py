@@ -14,7 +14,7 @@ from tornado.ioloop import IOLoop
 
 from services.bus import Bus, BusEvent
 from services.bus.memory import MemoryBus, MemoryNetwork
-from services.bus.redis import RedisBus
+from services.bus.redis import BusTimings, RedisBus
 from services.redis_common import make_client
 from tests.helpers import test_settings as settings_for
 from tests.helpers import wait_for
@@ -54,7 +54,7 @@ def make_bus(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[BusFac
         else:
             redis_client = make_client(settings, instance_id)
             clients.append(redis_client)
-            bus = RedisBus(instance_id, settings, redis_client, unsubscribe_grace=0.2)
+            bus = RedisBus(instance_id, settings, redis_client, BusTimings(unsubscribe_grace=0.2))
         recorder = Recorder()
         await bus.start(recorder)
         started.append(bus)

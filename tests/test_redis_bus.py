@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from tornado.ioloop import IOLoop
 
 from services.bus import BusEvent
-from services.bus.redis import RedisBus
+from services.bus.redis import BusTimings, RedisBus
 from services.bus.wire import decode_event, encode_event
 from services.errors import BusError
 from services.redis_common import make_client
@@ -93,7 +93,7 @@ async def test_published_payload_is_header_then_frame(shared_buses: Buses) -> No
 async def test_unsubscribe_grace_absorbs_churn(private_buses: Buses, private_redis: PrivateRedis) -> None:
     port = private_redis.port
     channel = private_buses.settings.redis_prefix + "room:churn"
-    bus, _ = await private_buses.start("G", unsubscribe_grace=0.5)
+    bus, _ = await private_buses.start("G", timings=BusTimings(unsubscribe_grace=0.5))
 
     def calls(command: str) -> int:
         return command_calls(port, command)
@@ -117,8 +117,8 @@ async def test_unsubscribe_grace_absorbs_churn(private_buses: Buses, private_red
 async def test_down_fails_fast_then_reconnects_and_resubscribes(
     private_buses: Buses, private_redis: PrivateRedis
 ) -> None:
-    a, got_a = await private_buses.start("A", reconnect_cap=0.5)
-    b, _ = await private_buses.start("B", reconnect_cap=0.5)
+    a, got_a = await private_buses.start("A", timings=BusTimings(reconnect_cap=0.5))
+    b, _ = await private_buses.start("B", timings=BusTimings(reconnect_cap=0.5))
     await a.subscribe("room:r")
     await a.subscribe("user:u")
 
@@ -146,7 +146,7 @@ async def test_silently_dead_subscription_is_detected_and_rebuilt(
     shared_buses: Buses, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.bus")
-    a, got_a = await shared_buses.start("S", probe_interval=0.1, probe_timeout=0.5)
+    a, got_a = await shared_buses.start("S", timings=BusTimings(probe_interval=0.1, probe_timeout=0.5))
     b, _ = await shared_buses.start("T")
     await a.subscribe("room:quiet")
     # Redis drops every subscription of A's socket while the socket itself stays open: nothing

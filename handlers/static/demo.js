@@ -16,22 +16,24 @@
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
 
-  // Close codes from the protocol: what to tell the user, and whether retrying can help.
-  const CLOSES = {
-    1000: ["Disconnected.", true],
-    1001: ["The gateway went away.", true],
-    1002: ["The gateway could not read what this page sent.", false],
-    1006: ["Connection lost.", true],
-    1007: ["The gateway received text that is not UTF-8.", false],
-    1008: ["The gateway closed the connection after repeated invalid frames.", false],
-    1009: ["A message was too big for the gateway.", false],
-    1011: ["The gateway hit an internal error.", true],
-    1012: ["The gateway is restarting.", true],
-    4001: ["Your token expired.", true],
-    4003: ["Your connection was revoked.", false],
-    4008: ["The connection fell too far behind.", true],
-    4029: ["Too many connections for this user: close some other tabs.", false],
+  // Close codes from the protocol (docs/protocol.md): what to tell the user, and the ones where retrying
+  // cannot help.
+  const CLOSE_TEXT = {
+    1000: "Disconnected.",
+    1001: "The gateway went away.",
+    1002: "The gateway could not read what this page sent.",
+    1006: "Connection lost.",
+    1007: "The gateway received text that is not UTF-8.",
+    1008: "The gateway closed the connection after repeated invalid frames.",
+    1009: "A message was too big for the gateway.",
+    1011: "The gateway hit an internal error.",
+    1012: "The gateway is restarting.",
+    4001: "Your token expired.",
+    4003: "Your connection was revoked.",
+    4008: "The connection fell too far behind.",
+    4029: "Too many connections for this user: close some other tabs.",
   };
+  const GIVE_UP_CLOSES = new Set([1002, 1007, 1008, 1009, 4003, 4029]);
   const ERROR_TEXT = {
     invalid_json: "The gateway could not read a frame",
     invalid_frame: "The gateway rejected a frame",
@@ -383,7 +385,8 @@
         return;
       }
       const code = opened ? ev.code : 1006;
-      const [text, retry] = CLOSES[code] || [`Connection closed (${code}).`, true];
+      const text = CLOSE_TEXT[code] || `Connection closed (${code}).`;
+      const retry = !GIVE_UP_CLOSES.has(code);
       if (code === 4001 && state.tokenMode === "pasted") {
         backToLogin("Your token expired: paste a new one.");
         return;

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -38,28 +39,31 @@ from services.settings import Settings
 log = logging.getLogger("gateway.bus")
 
 
+@dataclass(frozen=True)
+class BusTimings:
+    """Seconds the bus waits for things; tests shorten them."""
+
+    probe_interval: float = 1.0  # between probes of the subscriber socket
+    probe_timeout: float = 3.0  # without a probe's echo for this long, the socket is rebuilt
+    unsubscribe_grace: float = 2.0  # an emptied room's channel stays subscribed this long (join/leave churn)
+    reconnect_cap: float = 5.0  # longest pause between reconnection attempts
+
+
 class RedisBus:
     def __init__(
-        self,
-        instance_id: str,
-        settings: Settings,
-        client: aioredis.Redis,
-        *,
-        probe_interval: float = 1.0,
-        probe_timeout: float = 3.0,
-        unsubscribe_grace: float = 2.0,
-        reconnect_cap: float = 5.0,
+        self, instance_id: str, settings: Settings, client: aioredis.Redis, timings: BusTimings | None = None
     ) -> None:
+        timings = timings or BusTimings()
         self.instance_id = instance_id
         self._settings = settings
         self._client = client
         self._prefix = settings.redis_prefix
         self._timeout = COMMAND_TIMEOUT
         self._probe_channel = f"{self._prefix}probe:{instance_id}".encode()
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
-        self._grace = unsubscribe_grace
-        self._reconnect_cap = reconnect_cap
+        self._probe_interval = timings.probe_interval
+        self._probe_timeout = timings.probe_timeout
+        self._grace = timings.unsubscribe_grace
+        self._reconnect_cap = timings.reconnect_cap
         self._handler: EventHandler | None = None
         self._on_resync: ResyncHandler | None = None
         self._sub: SubscriberSocket | None = None

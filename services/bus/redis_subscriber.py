@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
@@ -33,24 +34,22 @@ class SubscriberSocket:
         on_message: Callable[[bytes, bytes], None],
         on_unhealthy: Callable[[SubscriberSocket], None],
     ) -> None:
-        self._settings = settings
-        self._instance_id = instance_id
+        self._connection_kwargs: dict[str, Any] = {
+            **connection_kwargs(settings),
+            "socket_timeout": None,  # the reader blocks until an event; the probe watches liveness
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": f"rtg-sub:{instance_id}",
+        }
         self._timeout = timeout
-        self._on_message = on_message
-        self._on_unhealthy = on_unhealthy
+        self._on_message, self._on_unhealthy = on_message, on_unhealthy
         self._conn: Connection | None = None
         self.reader: asyncio.Task[None] | None = None
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
 
     async def open(self) -> None:
         """Connect and start the reader; BusError when Redis cannot be reached."""
-        conn = Connection(
-            **connection_kwargs(self._settings),
-            socket_timeout=None,  # the reader blocks until an event; the probe watches liveness
-            socket_connect_timeout=self._timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"rtg-sub:{self._instance_id}",
-        )
+        conn = Connection(**self._connection_kwargs)
         try:
             await asyncio.wait_for(conn.connect(), self._timeout * 2)  # type: ignore[no-untyped-call]
         except REDIS_ERRORS as exc:

@@ -10,6 +10,7 @@ A `Turn` is one message's place in both queues.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 
 class SenderOrder:
@@ -30,22 +31,13 @@ class SenderOrder:
         return self._stage is None and self._publish is None
 
 
+@dataclass(slots=True, eq=False)
 class Turn:
-    __slots__ = ("_order", "_prev_publish", "_prev_stage", "published", "staged")
-
-    def __init__(
-        self,
-        order: SenderOrder,
-        prev_stage: asyncio.Future[None] | None,
-        prev_publish: asyncio.Future[None] | None,
-        staged: asyncio.Future[None],
-        published: asyncio.Future[None],
-    ) -> None:
-        self._order = order
-        self._prev_stage = prev_stage
-        self._prev_publish = prev_publish
-        self.staged = staged
-        self.published = published
+    _order: SenderOrder
+    _prev_stage: asyncio.Future[None] | None
+    _prev_publish: asyncio.Future[None] | None
+    staged: asyncio.Future[None]
+    published: asyncio.Future[None]
 
     async def my_stage(self) -> None:
         """Return once the previous message has left the stage step."""

@@ -14,8 +14,6 @@ Keys (P = REDIS_PREFIX, default `rt:`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 SEP = "\x1f"
 PURGE_CHUNK = 500  # connections of a dead instance removed per script call (keeps Redis responsive)
 
@@ -86,9 +84,13 @@ return out
 """
 
 
-@dataclass(frozen=True)
 class Keys:
-    prefix: str
+    """Every presence key, under the deployment's REDIS_PREFIX."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.instances = f"{prefix}presence:instances"
+        self.sweep_lock = f"{prefix}presence:sweep"
 
     def room(self, room: str) -> tuple[str, str]:
         """(users with their status, users with their live connection count) of a room."""
@@ -99,11 +101,3 @@ class Keys:
 
     def instance(self, instance: str) -> str:
         return f"{self.prefix}presence:instance:{instance}"
-
-    @property
-    def instances(self) -> str:
-        return f"{self.prefix}presence:instances"
-
-    @property
-    def sweep_lock(self) -> str:
-        return f"{self.prefix}presence:sweep"
