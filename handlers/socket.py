@@ -203,9 +203,11 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
                 self._guarded(session, hub.message(session, payload, request_id), request_id, payload.get("dedupeKey"))
             )
         elif frame_type == "join":
-            await hub.join(session, payload["roomId"], request_id, recovering="since" in payload)
+            await hub.join(session, payload["roomId"], request_id, payload.get("since"))
         elif frame_type == "leave":
             await hub.leave(session, payload["roomId"], request_id)
+        elif frame_type == "history":
+            await hub.history_of(session, payload["roomId"], payload["limit"], request_id)
         elif frame_type == "presence":
             await hub.set_presence(session, payload["roomId"], payload["status"])
         else:  # ping

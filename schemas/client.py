@@ -49,6 +49,11 @@ class MessageSchema(_Payload):
             raise ValidationError(f"content must be 1 to {self.max_content} characters")
 
 
+class HistorySchema(_Payload):
+    roomId = room_id()
+    limit = fields.Integer(strict=True, load_default=50, validate=validate.Range(min=1, max=100))
+
+
 class PresenceSchema(_Payload):
     roomId = room_id()
     status = fields.String(required=True, validate=validate.OneOf(PRESENCE_STATUSES))
@@ -76,5 +81,6 @@ def payload_schemas(max_content: int) -> dict[str, Schema]:
         "leave": LeaveSchema(),
         "message": MessageSchema(max_content=max_content),
         "presence": PresenceSchema(),
+        "history": HistorySchema(),
         "ping": PingSchema(),
     }

@@ -39,12 +39,16 @@ class MessageUpdatedOut(_Strict):
     content = fields.String()
     attachments = fields.List(fields.Nested(AttachmentSchema))
     updatedAt = fields.String()
+    offset = fields.Integer()
+    epoch = fields.String()
 
 
 class MessageDeletedOut(_Strict):
     id = fields.String(required=True)
     roomId = room_id()
     deletedAt = fields.String()
+    offset = fields.Integer()
+    epoch = fields.String()
 
 
 class AckOut(_Strict):
@@ -58,6 +62,8 @@ class RoomUpdateOut(_Strict):
     roomId = room_id()
     action = fields.String(required=True, validate=validate.OneOf(ROOM_ACTIONS))
     recovered = fields.Boolean()
+    offset = fields.Integer()
+    epoch = fields.String()
     changes = fields.Dict()
     reason = fields.String()
 
@@ -78,6 +84,18 @@ class MemberOut(_Strict):
 class PresenceStateOut(_Strict):
     roomId = room_id()
     members = fields.List(fields.Nested(MemberOut), required=True)
+
+
+class HistoryEntryOut(_Strict):
+    type = fields.String(required=True, validate=validate.OneOf(("message", "message_updated", "message_deleted")))
+    payload = fields.Dict(required=True)
+
+
+class HistoryOut(_Strict):
+    roomId = room_id()
+    offset = fields.Integer()
+    epoch = fields.String()
+    entries = fields.List(fields.Nested(HistoryEntryOut), required=True)
 
 
 class PongOut(_Strict):
@@ -106,6 +124,7 @@ PAYLOADS: dict[str, type[Schema]] = {
     "room_update": RoomUpdateOut,
     "presence": PresenceOut,
     "presence_state": PresenceStateOut,
+    "history": HistoryOut,
     "pong": PongOut,
     "error": ErrorOut,
 }

@@ -19,6 +19,8 @@ from services.dedupe import DedupeStore
 from services.dedupe.fallback import FallbackDedupe
 from services.dedupe.memory import MemoryDedupe
 from services.errors import BusError, StartupError, StoreError
+from services.history import History
+from services.history.memory import MemoryHistory
 from services.hub import RoomHub
 from services.ids import short_id
 from services.kafka.consumer import KafkaEvents
@@ -54,13 +56,22 @@ class Gateway:
         self.presence: PresenceStore
         self.dedupe: DedupeStore
         self.redis: aioredis.Redis | None = None
+        self.history: History | None = None
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
         self.payload_schemas = payload_schemas(settings.max_content)
         self.producer: KafkaIngest | None = None
         self.consumer: KafkaEvents | None = None
         if settings.kafka_enabled:
             self.producer = KafkaIngest(settings, self.instance_id)
-        self.hub = RoomHub(settings, self.bus, self.presence, self.dedupe, ingest=self.producer)
+        self.hub = RoomHub(
+            settings,
+            self.bus,
+            self.presence,
+            self.dedupe,
+            ingest=self.producer,
+            history=self.history,
+            history_publishes=self.redis is not None,
+        )
         if settings.kafka_enabled:
             self.consumer = KafkaEvents(settings, self.hub, self.dedupe)
         self.sessions: set[Session] = set()
@@ -72,14 +83,22 @@ class Gateway:
         """Memory backends for one process; Redis ones (one shared command pool) when REDIS_HOST is set."""
         s = self.settings
         if not s.redis_enabled:
+            if s.history_size:
+                self.history = MemoryHistory(s.history_size, s.history_ttl)
             return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe()
         from services.bus.redis import RedisBus
         from services.dedupe.redis import RedisDedupe
+        from services.history.redis import RedisHistory
         from services.presence.redis import RedisPresence
 
         self.redis = make_client(s, self.instance_id)
+
         bus = RedisBus(self.instance_id, s, self.redis)
         presence = RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl, bus.ready)
+        if s.history_size:
+            self.history = RedisHistory(
+                self.redis, s.redis_prefix, self.instance_id, s.history_size, s.history_ttl, bus.ready
+            )
         return bus, FallbackPresence(presence), FallbackDedupe(RedisDedupe(self.redis, s.redis_prefix))
 
     async def start(self) -> None:
@@ -167,5 +186,7 @@ class Gateway:
         await self.bus.close()
         await self.presence.close()
         await self.dedupe.close()
+        if self.history is not None:
+            await self.history.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -32,6 +32,11 @@ class _Metrics:
         self.messages = Counter("gateway_messages_total", "Client messages accepted and broadcast")
         self.deliveries = Counter("gateway_deliveries_total", "Frames queued to local sockets by fan-out")
         self.queue_overflows = Counter("gateway_outbound_overflows_total", "Slow consumers closed with 4008")
+        self.history_appends = Counter("gateway_history_appends_total", "Entries appended to room history")
+        self.recoveries = Counter(
+            "gateway_recoveries_total", "Joins with `since`, by outcome (recovered or not)", ["outcome"]
+        )
+        self.recovered_entries = Counter("gateway_recovered_entries_total", "Entries replayed to recovering joiners")
         self.bus_publish_failures = Counter("gateway_bus_publish_failures_total", "Bus publishes that failed")
         self.bus_publish_seconds = Histogram(
             "gateway_bus_publish_seconds",

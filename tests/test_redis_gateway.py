@@ -202,9 +202,16 @@ async def test_one_publish_per_event_whatever_the_audience(pair: Pair) -> None:
     for c in audience:
         await c.join("big")
     sent.clear()
+    appends = REGISTRY.get_sample_value("gateway_history_appends_total")
     sender.send("message", {"roomId": "big", "content": "to all"})
     for c in audience:
         await c.expect("message", match=lambda f: f["payload"]["content"] == "to all")
+    # A message is one history append, whose script also publishes it: no bus publish of its own.
+    assert REGISTRY.get_sample_value("gateway_history_appends_total") == (appends or 0) + 1
+    assert sent == []
+    sender.send("presence", {"roomId": "big", "status": "idle"})
+    for c in audience:
+        await c.expect("presence", match=lambda f: f["payload"]["status"] == "idle")
     assert sent == [a.settings.redis_prefix + "room:big"]
 
 

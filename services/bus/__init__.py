@@ -1,7 +1,9 @@
 """The bus: how one instance's room events reach every other instance.
 
 Deliberately tiny (centrifuge's Broker, broadcaster's backend). The hub delivers to its own
-sockets first and then publishes; a backend never hands an instance its own events back.
+sockets first and then publishes; a backend never hands an instance its own events back, except
+history entries published by the Redis history's script: every instance, the publishing one
+included, delivers those in the order Redis assigned their offsets.
 `MemoryBus` (memory.py) serves one process; `RedisBus` (redis.py) serves many.
 """
 
@@ -15,13 +17,16 @@ from typing import Protocol
 @dataclass(frozen=True, slots=True)
 class BusEvent:
     """One event for a channel. `frame` is the encoded server frame for the channel's sockets;
-    `action` asks every instance to change membership (e.g. remove a user from a room)."""
+    `action` asks every instance to change membership (e.g. remove a user from a room); `offset`
+    and `epoch` mark a history entry (its frame carries them too)."""
 
     frame: bytes | None = None
     origin: str = ""
     exclude: str | None = None  # connection id that must not receive the frame
     action: str | None = None
     user: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
 
 
 EventHandler = Callable[[str, BusEvent], None]

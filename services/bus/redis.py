@@ -49,6 +49,11 @@ class BusTimings:
     reconnect_cap: float = 5.0  # longest pause between reconnection attempts
 
 
+def bus_key(prefix: str, channel: str) -> str:
+    """The Redis channel of a bus channel (the history's script publishes entries on it)."""
+    return prefix + channel
+
+
 class RedisBus:
     def __init__(
         self, instance_id: str, settings: Settings, client: aioredis.Redis, timings: BusTimings | None = None
@@ -163,7 +168,7 @@ class RedisBus:
             raise BusError(describe(exc)) from None
 
     def _key(self, channel: str) -> str:
-        return self._prefix + channel
+        return bus_key(self._prefix, channel)
 
     # -- the subscriber socket ---------------------------------------------------------------
 
@@ -211,7 +216,7 @@ class RedisBus:
             if self._bad_events == 1 or self._bad_events % 1000 == 0:
                 log.warning("undecodable bus event", extra={"channel": name, "error": str(exc)})
             return
-        if event.origin == self.instance_id:
+        if event.origin == self.instance_id and event.offset is None:
             return  # our own echo: the hub delivered it locally before publishing
         try:
             self._handler(name, event)

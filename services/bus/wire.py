@@ -1,5 +1,12 @@
 """How a BusEvent travels through Redis: a compact JSON header, a newline, then the frame's bytes as
-they are (never parsed or re-encoded on the way)."""
+they are (never parsed or re-encoded on the way).
+
+    [version, origin, exclude, action, user]                  any event
+    [version, origin, exclude, action, user, offset, epoch]   a history entry (services/history)
+
+An entry's header is finished by the history's Redis script, which alone knows the offset:
+`entry_head` is the part before it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,11 @@ def encode_event(event: BusEvent) -> bytes:
     return head + b"\n" + (event.frame or b"")
 
 
+def entry_head(origin: str) -> bytes:
+    """The header of an entry up to its offset: the script appends `offset,"epoch"]`."""
+    return orjson.dumps([WIRE_VERSION, origin, None, None, None])[:-1] + b","
+
+
 def decode_event(data: bytes) -> BusEvent:
     head, sep, frame = data.partition(b"\n")
     if not sep:
@@ -24,4 +36,7 @@ def decode_event(data: bytes) -> BusEvent:
     if not isinstance(fields, list) or len(fields) < 5 or fields[0] != WIRE_VERSION:
         raise ValueError("unknown header")
     origin, exclude, action, user = fields[1:5]
-    return BusEvent(frame=frame or None, origin=origin, exclude=exclude, action=action, user=user)
+    offset, epoch = (fields[5], fields[6]) if len(fields) >= 7 else (None, None)
+    return BusEvent(
+        frame=frame or None, origin=origin, exclude=exclude, action=action, user=user, offset=offset, epoch=epoch
+    )

@@ -9,6 +9,7 @@ It routes; the pieces it routes through are its own modules:
     joins.py      what a joiner is sent while its join is under way
     messages.py   a client message through dedupe, Kafka and broadcast (durable ack)
     ordering.py   one sender's messages in order
+    recovery.py   a joiner's position in the room's history, and what it is replayed
     statuses.py   presence changes as frames, typing timers
     tasks.py      background work, supervised
 """
@@ -26,11 +27,13 @@ from services import frames
 from services.bus import Bus, BusEvent
 from services.dedupe import DedupeStore
 from services.errors import BusError, ClientError
+from services.history import ENTRY_TYPES, History, Position
 from services.hub.channels import Subscriptions
 from services.hub.fanout import Fanout
 from services.hub.joins import Holds, JoinHold
 from services.hub.messages import Ingest, MessagePipeline
 from services.hub.ordering import SenderOrder
+from services.hub.recovery import Recovery
 from services.hub.statuses import Statuses
 from services.hub.tasks import TaskGroup
 from services.ids import iso, iso_now
@@ -54,7 +57,10 @@ class RoomHub:
         presence: PresenceStore,
         dedupe: DedupeStore,
         ingest: Ingest | None = None,
+        history: History | None = None,
+        history_publishes: bool = False,
     ) -> None:
+        """`history_publishes`: the history's append also publishes the entry on the bus (Redis)."""
         self.settings = settings
         self.bus = bus
         self.presence = presence
@@ -64,8 +70,10 @@ class RoomHub:
         self.holds = Holds()
         self._orders: dict[Session, SenderOrder] = {}
         self.channels = Subscriptions(bus)
-        self.fanout = Fanout(bus, self.rooms, self.holds.by_room)
-        self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast)
+        self.history = history
+        self.fanout = Fanout(bus, self.rooms, self.holds.by_room, history, history_publishes)
+        self.recovery = Recovery(settings, history, self.fanout)
+        self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
         self.tasks = TaskGroup()
         self.statuses = Statuses(settings, presence, self.fanout, self.rooms, self.users, self.tasks.spawn)
         self._user_retries = TaskGroup()  # apart from `tasks`: settle() does not wait for them
@@ -74,6 +82,8 @@ class RoomHub:
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event, self._on_bus_resync)
         await self.presence.start(self.statuses.expired, self.statuses.restored)
+        if self.history is not None:
+            await self.history.start()
 
     async def close(self) -> None:
         self.statuses.close()
@@ -140,9 +150,11 @@ class RoomHub:
 
     # -- join / leave ------------------------------------------------------------------------
 
-    async def join(self, session: Session, room: str, request_id: str | None, recovering: bool = False) -> None:
-        """Join a room. A join with `since` (recovery) is answered `recovered: false` until this
-        gateway keeps room history: the client knows to fetch what it missed elsewhere.
+    async def join(
+        self, session: Session, room: str, request_id: str | None, since: dict[str, Any] | None = None
+    ) -> None:
+        """Join a room; with `since`, replay what the joiner missed when the history holds all of
+        it (recovery.py), right after the reply.
 
         The reply and the snapshot come first: what the room delivers while the join is under
         way (its subscription is live from the start) is held and sent after them, less the
@@ -151,7 +163,8 @@ class RoomHub:
         if self.settings.room_access == "token" and not session.identity.may_join(room):
             raise ClientError("forbidden_room", "this token does not allow joining the room", roomId=room)
         hold: JoinHold | None = None
-        if room not in session.rooms:
+        member_already = room in session.rooms
+        if not member_already:
             if len(session.rooms) >= self.settings.max_rooms:
                 raise ClientError(
                     "too_many_rooms", f"at most {self.settings.max_rooms} rooms per connection", roomId=room
@@ -183,14 +196,15 @@ class RoomHub:
                 raise ClientError("not_in_room", "removed from the room while joining", roomId=room)
         else:
             members = await self.presence.members(room)
-        joined: dict[str, Any] = {"roomId": room, "action": "joined"}
-        if recovering:
-            joined["recovered"] = False
+        answer = await self.recovery.join(room, since, member_already)
+        joined: dict[str, Any] = {"roomId": room, "action": "joined", **answer.fields}
         snapshot = [m.as_json() for m in members]
         session.send(frames.encode("room_update", joined, request_id))
+        for frame in answer.replay:
+            session.send(frame)
         session.send(frames.encode("presence_state", {"roomId": room, "members": snapshot}))
         if hold is not None:
-            self.holds.release(room, session, hold, snapshot, time.time())
+            self.holds.release(room, session, hold, snapshot, time.time(), answer.seen)
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -207,6 +221,7 @@ class RoomHub:
             members.discard(session)
             if not members:
                 del self.rooms[room]
+                self.fanout.forget(room)
                 METRICS.rooms.set(len(self.rooms))
 
     async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
@@ -234,6 +249,11 @@ class RoomHub:
         order = self._orders.get(session) or SenderOrder()  # a session gone meanwhile: order no longer matters
         await self.messages.handle(session, order, payload, request_id)
 
+    async def history_of(self, session: Session, room: str, limit: int, request_id: str | None) -> None:
+        if room not in session.rooms:
+            raise ClientError("not_in_room", "join the room before reading its history", roomId=room)
+        session.send(await self.recovery.history(room, limit, request_id))
+
     async def set_presence(self, session: Session, room: str, status: str) -> None:
         if room not in session.rooms:
             raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
@@ -242,8 +262,13 @@ class RoomHub:
     # -- events from elsewhere (Kafka consumer) ----------------------------------------------
 
     async def deliver(self, room: str, frame_type: str, payload: dict[str, Any]) -> None:
-        """Bring a frame to every member of `room` on every instance."""
-        await self.fanout.broadcast(room, frames.encode(frame_type, payload))
+        """Bring a frame to every member of `room` on every instance (an entry of its history when
+        it is a message, message_updated or message_deleted)."""
+        frame = frames.encode(frame_type, payload)
+        if frame_type in ENTRY_TYPES:
+            await self.fanout.broadcast_entry(room, frame)
+        else:
+            await self.fanout.broadcast(room, frame)
 
     async def remove_user(self, room: str, user: str) -> None:
         await self._act(room, "removed", ACTION_REMOVE_USER, user)
@@ -270,6 +295,8 @@ class RoomHub:
                     session.send(event.frame)
         elif event.action is not None:
             self._apply_membership(channel.name, event)
+        elif event.offset is not None and event.epoch is not None and event.frame is not None:
+            self.fanout.deliver_entry(channel.name, event.frame, Position(event.offset, event.epoch))
         elif event.frame is not None:
             self.fanout.deliver_local(channel.name, event.frame, event.exclude)
 
@@ -290,5 +317,7 @@ class RoomHub:
 
     def _on_bus_resync(self) -> None:
         """The bus is back after an outage: presence changes published meanwhile never reached us,
-        so every local member gets a fresh presence_state snapshot of each of its rooms."""
+        so every local member gets a fresh presence_state snapshot of each of its rooms, and the
+        history entries missed meanwhile."""
         self.spawn(self.statuses.resend_snapshots())
+        self.spawn(self.recovery.catch_up())

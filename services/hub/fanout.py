@@ -2,6 +2,13 @@
 
 The frame is encoded once by the caller; the same bytes go to every local socket (nothing per
 recipient but queueing them) and in one bus publish to the other instances.
+
+History entries (message, message_updated, message_deleted) first get their offset. In memory
+they are then delivered like any frame. With Redis, the history's script publishes them and
+every instance, this one included, delivers them as the bus brings them: in offset order, so a
+member never sees offset 6 before offset 5 published elsewhere (one round trip later for the
+publishing instance's members, measured in BENCHMARKS.md). Each room's last delivered position
+is kept while it has local members: an entry at or below it is not delivered twice.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import logging
 
 from schemas.protocol import CLOSE_SLOW, Channel, room_channel
 from services.bus import Bus, BusEvent
-from services.errors import BusError
+from services.errors import BusError, StoreError
+from services.history import History, Position
 from services.hub.joins import JoinHold, presence_fields
 from services.metrics import METRICS
 from services.session import Session
@@ -19,11 +27,52 @@ log = logging.getLogger("gateway.hub")
 
 
 class Fanout:
-    def __init__(self, bus: Bus, rooms: dict[str, set[Session]], holds: dict[str, dict[Session, JoinHold]]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        rooms: dict[str, set[Session]],
+        holds: dict[str, dict[Session, JoinHold]],
+        history: History | None = None,
+        history_publishes: bool = False,
+    ) -> None:
         self._bus = bus
         self._rooms = rooms  # the hub's: room -> local sessions
         self._holds = holds  # the hub's: room -> joiners whose frames are held or filtered
+        self._history = history
+        self._history_publishes = history_publishes  # Redis: the append script publishes the entry
+        self.positions: dict[str, Position] = {}  # room -> last entry delivered here
         self._publish_failing = False
+
+    async def broadcast_entry(self, room: str, frame: bytes) -> Position | None:
+        """An entry to the room on every instance; its position, or None when it has none (history
+        off, or unreachable: then this instance's members get it without one)."""
+        if self._history is None:
+            await self.broadcast(room, frame)
+            return None
+        try:
+            position, frame = await self._history.append(room, frame)
+        except StoreError:
+            await self.broadcast(room, frame)
+            return None
+        METRICS.history_appends.inc()
+        if not self._history_publishes:
+            self.deliver_entry(room, frame, position)
+            event = BusEvent(frame=frame, origin=self._bus.instance_id, offset=position.offset, epoch=position.epoch)
+            await self.publish(room_channel(room), event)
+        return position
+
+    def deliver_entry(self, room: str, frame: bytes, position: Position) -> None:
+        """An entry with its position to the local members, unless already delivered."""
+        last = self.positions.get(room)
+        if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
+            return
+        if room in self._rooms:
+            self.positions[room] = position
+        self.deliver_local(room, frame, None, position)
+
+    def forget(self, room: str) -> None:
+        """The room has no local member left."""
+        self.positions.pop(room, None)
 
     async def broadcast(self, room: str, frame: bytes, exclude: str | None = None) -> None:
         self.deliver_local(room, frame, exclude)
@@ -43,13 +92,13 @@ class Fanout:
             self._publish_failing = False
             log.info("bus publish recovered")
 
-    def deliver_local(self, room: str, frame: bytes, exclude: str | None) -> None:
+    def deliver_local(self, room: str, frame: bytes, exclude: str | None, position: Position | None = None) -> None:
         members = self._rooms.get(room)
         if not members:
             return
         holds = self._holds.get(room)  # looked up once per broadcast, not per recipient
         if holds is not None:
-            self._deliver_with_holds(members, holds, frame, exclude)
+            self._deliver_with_holds(members, holds, frame, exclude, position)
             return
         delivered = 0
         for session in tuple(members):
@@ -58,7 +107,12 @@ class Fanout:
         METRICS.deliveries.inc(delivered)
 
     def _deliver_with_holds(
-        self, members: set[Session], holds: dict[Session, JoinHold], frame: bytes, exclude: str | None
+        self,
+        members: set[Session],
+        holds: dict[Session, JoinHold],
+        frame: bytes,
+        exclude: str | None,
+        position: Position | None,
     ) -> None:
         presence = presence_fields(frame)
         delivered = 0
@@ -66,7 +120,7 @@ class Fanout:
             if session.conn_id == exclude:
                 continue
             hold = holds.get(session)
-            if hold is None or hold.admit(frame, presence):
+            if hold is None or hold.admit(frame, presence, position):
                 if session.send(frame):
                     delivered += 1
             elif hold.overflowed:  # more held than its outbound queue may hold: a slow consumer

@@ -8,6 +8,7 @@ import asyncio
 
 import orjson
 
+from services.history import Position
 from services.ids import iso
 from services.presence import OFFLINE
 from services.session import Session
@@ -27,6 +28,10 @@ def presence_fields(frame: bytes) -> tuple[str, str, str] | None:
     return str(payload.get("userId")), str(payload.get("status")), str(payload.get("at", ""))
 
 
+def _reached(position: Position | None, seen: Position | None) -> bool:
+    return position is not None and seen is not None and position.epoch == seen.epoch and position.offset <= seen.offset
+
+
 class JoinHold:
     """A joiner's view of one room while its join is under way, and for a grace after.
 
@@ -37,35 +42,40 @@ class JoinHold:
     of at most JOIN_FILTER_MAX_MEMBERS the first rule keeps filtering late frames from other
     instances for JOIN_FILTER_GRACE, for the listed users whose state changed in the last moments
     (only their frames can still be in flight), each until news of them gets through. Held frames
-    count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`."""
+    count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`. Held history entries
+    at or below the position the joiner was told (or replayed up to) are dropped at release: they
+    reached it from the history already."""
 
     __slots__ = ("frames", "limit", "overflowed", "snapshot")
 
     def __init__(self, limit: int) -> None:
-        self.frames: list[tuple[bytes, tuple[str, str, str] | None]] | None = []
+        self.frames: list[tuple[bytes, tuple[str, str, str] | None, Position | None]] | None = []
         self.limit = limit
         self.overflowed = False
         self.snapshot: dict[str, tuple[str, str]] | None = None  # listed user -> (status, since)
 
-    def admit(self, frame: bytes, presence: tuple[str, str, str] | None) -> bool:
+    def admit(self, frame: bytes, presence: tuple[str, str, str] | None, position: Position | None = None) -> bool:
         """True: deliver now. False: held, or dropped as already known."""
         if self.frames is not None:
             if len(self.frames) >= self.limit:
                 self.overflowed = True
             else:
-                self.frames.append((frame, presence))
+                self.frames.append((frame, presence, position))
             return False
         return presence is None or not self._known_late(presence)
 
-    def release(self, snapshot: list[dict[str, object]], now: float) -> list[bytes]:
-        """The held frames to send now, less what the snapshot shows. Afterwards only the listed
-        users whose state changed lately are kept for the grace: older changes are not in flight."""
+    def release(self, snapshot: list[dict[str, object]], now: float, seen: Position | None = None) -> list[bytes]:
+        """The held frames to send now, less what the snapshot shows and the entries up to `seen`.
+        Afterwards only the listed users whose state changed lately are kept for the grace: older
+        changes are not in flight."""
         held, self.frames = self.frames or [], None
-        users = {presence[0] for _, presence in held if presence is not None}
+        users = {presence[0] for _, presence, _ in held if presence is not None}
         listed = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot if m["userId"] in users}
         kept: list[bytes] = []
         passed: set[str] = set()
-        for frame, presence in held:
+        for frame, presence, position in held:
+            if _reached(position, seen):
+                continue  # the joiner has it from the history
             if presence is not None and presence[0] not in passed:
                 user, status, at = presence
                 entry = listed.get(user)
@@ -108,10 +118,16 @@ class Holds:
         return hold
 
     def release(
-        self, room: str, session: Session, hold: JoinHold, snapshot: list[dict[str, object]], now: float
+        self,
+        room: str,
+        session: Session,
+        hold: JoinHold,
+        snapshot: list[dict[str, object]],
+        now: float,
+        seen: Position | None = None,
     ) -> None:
         """Send what was held; keep filtering for the grace when the hold kept a snapshot."""
-        for frame in hold.release(snapshot, now):
+        for frame in hold.release(snapshot, now, seen):
             session.send(frame)
         if hold.snapshot:
             asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._end, room, session, hold)

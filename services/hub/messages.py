@@ -24,7 +24,7 @@ from services.metrics import METRICS
 from services.session import Session
 from services.settings import Settings
 
-Broadcast = Callable[[str, bytes], Awaitable[None]]
+Broadcast = Callable[[str, bytes], Awaitable[object]]
 
 
 class Ingest(Protocol):

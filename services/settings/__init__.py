@@ -109,6 +109,9 @@ class Settings:
     typing_ttl: float = setting(6.0, number(0.1), "seconds before typing lapses to online")
     presence_ttl: float = setting(30.0, number(1.0), "seconds a dead instance's users stay online")
     dedupe_ttl: float = setting(86400.0, number(1.0), "seconds a dedupeKey is remembered")
+    # -- history and recovery (README.md, "Recovery")
+    history_size: int = setting(1000, integer(0, 100000), "entries kept per room for recovery (0: history off)")
+    history_ttl: float = setting(600.0, number(1.0), "seconds an entry is kept after the room's last entry")
     # -- keepalive and handshake
     ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings (0: off)")
     ping_timeout: float = setting(20.0, number(1.0), "seconds without a pong before the socket is dropped")

@@ -1,0 +1,180 @@
+"""RedisHistory: one history per room shared by every instance.
+
+Keys (one hash tag per room, so both live in the room's slot):
+
+    {REDIS_PREFIX}history:{<room>}        stream of the room's entries, id `0-<offset>`, field f = frame;
+                                          MAXLEN HISTORY_SIZE, expires HISTORY_TTL after the last append
+    {REDIS_PREFIX}history:{<room>}:pos    hash epoch, offset; expires POSITION_TTL after the last append
+
+`append` is one script: the next offset, the frame with its position, XADD, and PUBLISH on the
+room's bus channel, so the order of the offsets is the order every instance receives the entries
+in. A missing position hash (flushed, or Redis restarted empty) starts a new epoch. When an append
+fails, the entry reached this instance's members only: the room is remembered, and its epoch is
+renewed by the next command that reaches Redis (`heal` after the bus is back), so a later
+recovery never skips that entry silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from schemas.protocol import room_channel
+from services.bus.redis import bus_key
+from services.bus.wire import entry_head
+from services.errors import StoreError
+from services.history import POSITION_TTL, Position, Recovery, recovery_check
+from services.logs import StateLog
+from services.redis_common import REDIS_ERRORS, describe
+
+log = logging.getLogger("gateway.history")
+
+# Shared head of both scripts: the room's epoch, renewed when missing or asked to (ARGV[1] = a
+# fresh epoch, ARGV[2] = "1" to renew, ARGV[3] = the position's TTL in ms).
+_EPOCH = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch or ARGV[2] == '1' then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+"""
+
+# ARGV[4] size, ARGV[5] entries' TTL ms, ARGV[6] channel, ARGV[7] entry head, ARGV[8] frame less "}}"
+_APPEND = (
+    _EPOCH
+    + """
+local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+local frame = ARGV[8] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}}'
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '0-' .. offset, 'f', frame)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[6], ARGV[7] .. offset .. ',"' .. epoch .. '"]\\n' .. frame)
+return {epoch, offset, frame}
+"""
+)
+
+# ARGV[4] "position", "since" or "latest", ARGV[5] since offset, ARGV[6] since epoch, ARGV[7] most entries.
+# Returns {epoch, offset, frames...}; for "since", frames only when every entry after it is held.
+_READ = (
+    _EPOCH
+    + """
+local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local out = {epoch, offset}
+if ARGV[4] == 'position' then return out end
+local most = tonumber(ARGV[7])
+if ARGV[4] == 'latest' then
+  local rev = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', most)
+  for i = #rev, 1, -1 do out[#out + 1] = rev[i][2][2] end
+  return out
+end
+local since = tonumber(ARGV[5])
+if ARGV[6] ~= epoch or since >= offset or offset - since > most then return out end
+local got = redis.call('XRANGE', KEYS[1], '0-' .. (since + 1), '0-' .. offset)
+if #got ~= offset - since then return out end
+for _, entry in ipairs(got) do out[#out + 1] = entry[2][2] end
+return out
+"""
+)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisHistory:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        instance_id: str,
+        size: int,
+        ttl: float,
+        bus_ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`bus_ready`: while the bus is down an append fails at once (its publish could not reach
+        anyone) instead of waiting for a command timeout per message."""
+        self._client = client
+        self._bus_ready = bus_ready
+        self._prefix = prefix
+        self._size = size
+        self._entries_ms = _ms(ttl)
+        self._position_ms = _ms(max(POSITION_TTL, ttl))
+        self._head = entry_head(instance_id)
+        self._append = client.register_script(_APPEND)
+        self._read = client.register_script(_READ)
+        self._lost: set[str] = set()  # rooms with an entry delivered here but never stored
+        self._state = StateLog(log, "redis history")
+
+    async def start(self) -> None:
+        pass
+
+    def _keys(self, room: str) -> list[str]:
+        stream = f"{self._prefix}history:{{{room}}}"
+        return [stream, stream + ":pos"]
+
+    def _epoch_args(self, room: str) -> list[Any]:
+        return [secrets.token_hex(6), "1" if room in self._lost else "0", self._position_ms]
+
+    async def _call(self, room: str, script: Any, args: list[Any]) -> list[Any]:
+        renewing = room in self._lost
+        try:
+            result = await script(keys=self._keys(room), args=[*self._epoch_args(room), *args])
+        except REDIS_ERRORS as exc:
+            self._state.failed(describe(exc))
+            raise StoreError(f"history unavailable: {describe(exc)}") from None
+        self._state.ok()
+        if renewing:
+            self._lost.discard(room)
+            log.info("history epoch renewed after entries were not stored", extra={"room": room})
+        return list(result)
+
+    async def append(self, room: str, frame: bytes) -> tuple[Position, bytes]:
+        channel = bus_key(self._prefix, room_channel(room).key)
+        args = [self._size, self._entries_ms, channel, self._head, frame[:-2]]
+        try:
+            if not self._bus_ready():
+                raise StoreError("history unavailable: the bus is down")
+            epoch, offset, full = await self._call(room, self._append, args)
+        except StoreError:
+            self._lost.add(room)
+            raise
+        return Position(int(offset), _text(epoch)), bytes(full)
+
+    async def position(self, room: str) -> Position:
+        epoch, offset, *_ = await self._call(room, self._read, ["position", 0, "", 0])
+        return Position(int(offset), _text(epoch))
+
+    async def recover(self, room: str, since: Position, limit: int) -> Recovery:
+        epoch, offset, *frames = await self._call(room, self._read, ["since", since.offset, since.epoch, limit])
+        current = Position(int(offset), _text(epoch))
+        verdict = recovery_check(since, current)
+        if verdict is not None:
+            return Recovery(current, [] if verdict else None)
+        return Recovery(current, [bytes(f) for f in frames] if frames else None)
+
+    async def latest(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
+        epoch, offset, *frames = await self._call(room, self._read, ["latest", 0, "", limit])
+        return Position(int(offset), _text(epoch)), [bytes(f) for f in frames]
+
+    async def heal(self) -> None:
+        """Renew the epoch of every room that lost an entry while Redis was unreachable."""
+        for room in list(self._lost):
+            try:
+                await self.position(room)
+            except StoreError:
+                return
+            await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        return None  # the shared client is closed by the gateway
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

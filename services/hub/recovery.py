@@ -1,0 +1,111 @@
+"""Recovery: what a joiner is told of a room's history, and what it is replayed (docs/protocol.md,
+"History and recovery").
+
+The joiner's subscription is live and its frames are held (joins.py) before the history is read,
+so every entry is either in what the history returns or among the held frames; the held ones at
+or below the position read are dropped at release: no gap and no duplicate at the seam.
+
+A replay must fit the joiner's outbound queue with room to spare, or the joiner would be closed
+4008 and come back asking for the same replay: above half its bound (frames or bytes) the answer
+is `recovered: false`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from services.errors import StoreError
+from services.history import History, Position, recovery_check
+from services.hub.fanout import Fanout
+from services.metrics import METRICS
+from services.settings import Settings
+
+log = logging.getLogger("gateway.hub")
+
+
+@dataclass
+class JoinAnswer:
+    """The fields the `joined` reply adds, the entries to replay after it, and the position the
+    held frames are filtered against."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    replay: list[bytes] = field(default_factory=list)
+    seen: Position | None = None
+
+
+class Recovery:
+    def __init__(self, settings: Settings, history: History | None, fanout: Fanout) -> None:
+        self._history = history
+        self._fanout = fanout
+        self._most_frames = max(0, min(settings.history_size, settings.outbound_queue_frames // 2))
+        self._most_bytes = settings.outbound_queue_bytes // 2
+
+    async def join(self, room: str, since: dict[str, Any] | None, member_already: bool) -> JoinAnswer:
+        answer = JoinAnswer()
+        if self._history is None:
+            if since is not None:
+                answer.fields["recovered"] = False
+            return answer
+        asked = Position(since["offset"], since["epoch"]) if since is not None else None
+        try:
+            if asked is None or member_already:
+                current = await self._history.position(room)
+                entries: list[bytes] | None = [] if asked is not None and recovery_check(asked, current) else None
+            else:
+                result = await self._history.recover(room, asked, self._most_frames)
+                current, entries = result.position, result.entries
+        except StoreError:
+            if asked is not None:  # the position is unknown: nothing can be promised
+                answer.fields["recovered"] = False
+                METRICS.recoveries.labels("not_recovered").inc()
+            return answer
+        answer.fields.update(offset=current.offset, epoch=current.epoch)
+        answer.seen = current
+        if asked is not None:
+            if entries is not None and sum(map(len, entries)) > self._most_bytes:
+                entries = None
+            answer.fields["recovered"] = entries is not None
+            METRICS.recoveries.labels("recovered" if entries is not None else "not_recovered").inc()
+            if entries:
+                answer.replay = entries
+                METRICS.recovered_entries.inc(len(entries))
+        return answer
+
+    async def history(self, room: str, limit: int, request_id: str | None) -> bytes:
+        """The `history` reply: the room's position and latest entries, oldest first. The stored
+        frames are `{type, payload}` already, so the reply is assembled without parsing them."""
+        payload: dict[str, Any] = {"roomId": room}
+        entries: list[bytes] = []
+        if self._history is not None:
+            position, entries = await self._history.latest(room, limit)
+            payload.update(offset=position.offset, epoch=position.epoch)
+        head = orjson.dumps({"type": "history", "payload": payload})[:-2]
+        tail = b"}" if request_id is None else b',"requestId":' + orjson.dumps(request_id) + b"}"
+        METRICS.frames_out.labels("history").inc()
+        return head + b',"entries":[' + b",".join(entries) + b"]}" + tail
+
+    async def catch_up(self) -> None:
+        """After the bus was away: the entries its local rooms missed meanwhile, from the history
+        (when it still holds them all), and the epochs of rooms whose entries were not stored."""
+        if self._history is None:
+            return
+        await self._history.heal()
+        for room, last in list(self._fanout.positions.items()):
+            try:
+                result = await self._history.recover(room, last, self._most_frames)
+            except StoreError:
+                return
+            for frame in result.entries or ():
+                position = _position_of(frame)
+                if position is not None:
+                    self._fanout.deliver_entry(room, frame, position)
+
+
+def _position_of(frame: bytes) -> Position | None:
+    payload = orjson.loads(frame).get("payload", {})
+    offset, epoch = payload.get("offset"), payload.get("epoch")
+    return Position(offset, epoch) if isinstance(offset, int) and isinstance(epoch, str) else None
