@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TextIO
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from client.events import Connected, Disconnected, ErrorEvent, Message, Presence, PresenceState
+from client.events import Connected, Disconnected, ErrorEvent, HistoryGap, Message, Presence, PresenceState
 from client.sdk import (
     AuthError,
     ClientError,
@@ -293,6 +293,8 @@ class Chat:
                 self.show_presence(event)
             elif isinstance(event, ErrorEvent) and event.request_id is None:
                 term.problem(explain(event))
+            elif isinstance(event, HistoryGap):
+                term.note(f"#{event.room_id}: messages sent while you were away could not be recovered")
             elif isinstance(event, Disconnected):
                 if event.will_reconnect:
                     what = "reconnect failed" if offline else "disconnected"

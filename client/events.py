@@ -15,6 +15,8 @@ __all__ = [
     "Disconnected",
     "ErrorEvent",
     "Event",
+    "History",
+    "HistoryGap",
     "Member",
     "Message",
     "MessageDeleted",
@@ -66,6 +68,8 @@ class Message:
     created_at: datetime
     attachments: tuple[Attachment, ...] = ()
     dedupe_key: str | None = None
+    offset: int | None = None  # the message's place in the room's history (None: history off)
+    epoch: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -76,6 +80,8 @@ class MessageUpdated:
     content: str | None = None
     attachments: tuple[Attachment, ...] | None = None
     updated_at: datetime | None = None
+    offset: int | None = None
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,8 @@ class MessageDeleted:
     id: str
     room_id: str
     deleted_at: datetime | None = None
+    offset: int | None = None
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,8 @@ class RoomUpdate:
     recovered: bool | None = None
     changes: dict[str, Any] | None = None
     request_id: str | None = None
+    offset: int | None = None  # on `joined`: the room's position in its history
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +147,28 @@ class ErrorEvent:
     dedupe_key: str | None = None
     details: Any = None
     request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The reply to history(): the room's position and its latest entries, oldest first."""
+
+    room_id: str
+    offset: int | None
+    epoch: str | None
+    entries: tuple[Message | MessageUpdated | MessageDeleted | Unknown, ...]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryGap:
+    """After a reconnect the gateway could not replay what this client missed in `room_id` (the
+    history no longer holds all of it, or its epoch changed): fetch it from the chat backend.
+    The room's new position is `offset` / `epoch`; live messages continue from there."""
+
+    room_id: str
+    offset: int | None
+    epoch: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +211,8 @@ Event = (
     | Presence
     | Pong
     | ErrorEvent
+    | History
+    | HistoryGap
     | Unknown
     | Connected
     | Disconnected
@@ -193,6 +227,11 @@ def _str(payload: dict[str, Any], key: str) -> str:
 def _opt_str(payload: dict[str, Any], key: str) -> str | None:
     value = payload.get(key)
     return value if isinstance(value, str) else None
+
+
+def _opt_int(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _attachments(value: object) -> tuple[Attachment, ...]:
@@ -232,6 +271,8 @@ def parse_event(frame: dict[str, Any]) -> Event:
             created_at=parse_time(p.get("createdAt")) or _EPOCH,
             attachments=_attachments(p.get("attachments")),
             dedupe_key=_opt_str(p, "dedupeKey"),
+            offset=_opt_int(p, "offset"),
+            epoch=_opt_str(p, "epoch"),
             raw=p,
         )
     if kind == "ack":
@@ -251,6 +292,8 @@ def parse_event(frame: dict[str, Any]) -> Event:
             recovered=recovered if isinstance(recovered, bool) else None,
             changes=changes if isinstance(changes, dict) else None,
             request_id=rid,
+            offset=_opt_int(p, "offset"),
+            epoch=_opt_str(p, "epoch"),
         )
     if kind == "presence_state":
         members = p.get("members")
@@ -276,9 +319,27 @@ def parse_event(frame: dict[str, Any]) -> Event:
             content=_opt_str(p, "content"),
             attachments=_attachments(p["attachments"]) if "attachments" in p else None,
             updated_at=parse_time(p.get("updatedAt")),
+            offset=_opt_int(p, "offset"),
+            epoch=_opt_str(p, "epoch"),
         )
     if kind == "message_deleted":
-        return MessageDeleted(id=_str(p, "id"), room_id=_str(p, "roomId"), deleted_at=parse_time(p.get("deletedAt")))
+        return MessageDeleted(
+            id=_str(p, "id"),
+            room_id=_str(p, "roomId"),
+            deleted_at=parse_time(p.get("deletedAt")),
+            offset=_opt_int(p, "offset"),
+            epoch=_opt_str(p, "epoch"),
+        )
+    if kind == "history":
+        entries = p.get("entries")
+        parsed = [parse_event(e) for e in (entries if isinstance(entries, list) else []) if isinstance(e, dict)]
+        return History(
+            room_id=_str(p, "roomId"),
+            offset=_opt_int(p, "offset"),
+            epoch=_opt_str(p, "epoch"),
+            entries=tuple(e for e in parsed if isinstance(e, Message | MessageUpdated | MessageDeleted | Unknown)),
+            request_id=rid,
+        )
     if kind == "pong":
         return Pong(request_id=rid)
     if kind == "error":

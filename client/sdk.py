@@ -45,7 +45,12 @@ from client.events import (
     Disconnected,
     ErrorEvent,
     Event,
+    History,
+    HistoryGap,
     Member,
+    Message,
+    MessageDeleted,
+    MessageUpdated,
     Pong,
     Presence,
     PresenceState,
@@ -129,7 +134,7 @@ class Backoff:
 
 @dataclass
 class _Request:
-    kind: str  # join | leave | message | ping
+    kind: str  # join | leave | message | ping | history
     frame: dict[str, Any]
     future: asyncio.Future[Any]
     room: str | None = None
@@ -179,6 +184,9 @@ class GatewayClient:
         self._final_error: ConnectionClosed | None = None
         self._rooms: dict[str, None] = {}  # ordered set of rooms to be in (re-joined on reconnect)
         self._members: dict[str, dict[str, Member]] = {}
+        # room -> (offset, epoch) of the last history entry seen: the re-join after a reconnect asks
+        # for what came after it (docs/protocol.md, "History and recovery").
+        self._positions: dict[str, tuple[int, str]] = {}
         self._pending: dict[str, _Request] = {}
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._dropped_events = 0
@@ -263,7 +271,18 @@ class GatewayClient:
     async def leave(self, room: str, timeout: float | None = None) -> RoomUpdate:
         self._rooms.pop(room, None)
         self._members.pop(room, None)
+        self._positions.pop(room, None)
         result: RoomUpdate = await self._request("leave", {"roomId": room}, room=room, timeout=timeout)
+        return result
+
+    def position(self, room: str) -> tuple[int, str] | None:
+        """(offset, epoch) of the last entry of `room` this client has seen, or of the room when
+        joined; None before that or with the gateway's history off."""
+        return self._positions.get(room)
+
+    async def history(self, room: str, limit: int = 50, timeout: float | None = None) -> History:
+        """The room's latest `limit` (1..100) entries, oldest first, and its position."""
+        result: History = await self._request("history", {"roomId": room, "limit": limit}, timeout=timeout)
         return result
 
     async def send(
@@ -513,9 +532,13 @@ class GatewayClient:
         request_id = f"{self._id_prefix}-{next(self._ids)}"
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_swallow)
+        payload: dict[str, Any] = {"roomId": room}
+        position = self._positions.get(room)
+        if position is not None:
+            payload["since"] = {"offset": position[0], "epoch": position[1]}
         req = _Request(
             "join",
-            {"type": "join", "payload": {"roomId": room}, "requestId": request_id},
+            {"type": "join", "payload": payload, "requestId": request_id},
             fut,
             room=room,
             internal=True,
@@ -549,6 +572,9 @@ class GatewayClient:
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         event = parse_event(frame)
+        if isinstance(event, Message | MessageUpdated | MessageDeleted) and not self._advance(event):
+            return  # seen already (a replay overlapping what arrived live)
+        gap = self._joined(event) if isinstance(event, RoomUpdate) and event.action == "joined" else None
         if isinstance(event, PresenceState):
             self._members[event.room_id] = {m.user_id: m for m in event.members}
         elif isinstance(event, Presence):
@@ -566,9 +592,29 @@ class GatewayClient:
         if req is not None and not req.future.done():
             if isinstance(event, ErrorEvent):
                 req.future.set_exception(GatewayError(event))
-            elif isinstance(event, Ack | RoomUpdate | Pong):
+            elif isinstance(event, Ack | RoomUpdate | Pong | History):
                 req.future.set_result(event)
         self._emit(event)
+        if gap is not None:
+            self._emit(gap)
+
+    def _advance(self, event: Message | MessageUpdated | MessageDeleted) -> bool:
+        """Move the room's position to this entry; False when it is at or before the position."""
+        if event.offset is None or event.epoch is None:
+            return True
+        known = self._positions.get(event.room_id)
+        if known is not None and known[1] == event.epoch and event.offset <= known[0]:
+            return False
+        self._positions[event.room_id] = (event.offset, event.epoch)
+        return True
+
+    def _joined(self, event: RoomUpdate) -> HistoryGap | None:
+        """A join's reply: recovered, the replayed entries follow and move the position; else the
+        position is the room's, and the application hears of the gap."""
+        if event.recovered is True or event.offset is None or event.epoch is None:
+            return None
+        self._positions[event.room_id] = (event.offset, event.epoch)
+        return HistoryGap(event.room_id, event.offset, event.epoch) if event.recovered is False else None
 
     def _finish(self, error: ConnectionClosed) -> None:
         if self._final_error is not None:

@@ -55,6 +55,8 @@ class Session:
     __slots__ = (
         "_closed_cb",
         "_last_write",
+        "_low_mark",
+        "_low_waiter",
         "_queue",
         "_queued_bytes",
         "_reason",
@@ -97,6 +99,8 @@ class Session:
         self._closed_cb = on_close
         self._reason = ""
         self._transport_closed = False
+        self._low_waiter: asyncio.Future[None] | None = None
+        self._low_mark = 0
 
     @property
     def user_id(self) -> str:
@@ -116,6 +120,23 @@ class Session:
                 return True
             self._start_drain()
         return self._enqueue(frame)
+
+    async def room_for(self, frames: int, nbytes: int) -> None:
+        """Return once the queue holds at most a quarter of its bound, so `frames` (of `nbytes`, at
+        most a quarter each) may follow: a long replay paced to the socket instead of closed 4008.
+        Returns at once when closed (send() then refuses)."""
+        bound_frames = self.settings.outbound_queue_frames
+        bound_bytes = self.settings.outbound_queue_bytes
+        if frames > bound_frames // 4 + 1 or nbytes > bound_bytes // 4 + 1:
+            raise ValueError("ask for at most a quarter of the bound at a time")
+        while (
+            not self.closed
+            and self._writing
+            and (len(self._queue) > bound_frames // 4 or self._queued_bytes > bound_bytes // 4)
+        ):
+            self._low_mark = bound_frames // 4
+            self._low_waiter = asyncio.get_running_loop().create_future()
+            await self._low_waiter
 
     def send_pong(self, data: bytes) -> bool:
         """Answer a ping through the same bounded path as every other frame."""
@@ -162,13 +183,21 @@ class Session:
                 item = self._queue.popleft()
                 self._queued_bytes -= len(item)
                 self._write(item)
+                if self._low_waiter is not None and len(self._queue) <= self._low_mark:
+                    self._wake_low()
         except Exception:  # the socket went away under us; on_close does the rest
             self._queue.clear()
             self._queued_bytes = 0
         finally:
             self._writing = False
+            self._wake_low()
             if self.closed and self.close_code is not None:
                 self._finish_close()
+
+    def _wake_low(self) -> None:
+        waiter, self._low_waiter = self._low_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self, code: int, reason: str, flush: bool = True) -> None:
         """Stop accepting frames and close. With `flush`, frames already queued (say, the error that
@@ -178,6 +207,7 @@ class Session:
         self.closed = True
         self.close_code = code
         self._reason = reason
+        self._wake_low()
         if self._closed_cb is not None:
             self._closed_cb(self, code)
         if not flush or not self._writing:

@@ -79,7 +79,10 @@ async def test_events_arrive_as_typed_objects(gw):
     bob = await sdk(gw.url, "bob")
     try:
         joined = await alice.join("general")
-        assert joined == RoomUpdate(room_id="general", action="joined", request_id=joined.request_id)
+        assert joined == RoomUpdate(
+            room_id="general", action="joined", request_id=joined.request_id, offset=0, epoch=joined.epoch
+        )
+        assert joined.epoch
         assert joined.request_id
         state = await expect_event(alice, PresenceState)
         assert [m.user_id for m in state.members] == ["alice"]

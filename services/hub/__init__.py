@@ -200,8 +200,7 @@ class RoomHub:
         joined: dict[str, Any] = {"roomId": room, "action": "joined", **answer.fields}
         snapshot = [m.as_json() for m in members]
         session.send(frames.encode("room_update", joined, request_id))
-        for frame in answer.replay:
-            session.send(frame)
+        await self.recovery.replay(session, answer.replay)
         session.send(frames.encode("presence_state", {"roomId": room, "members": snapshot}))
         if hold is not None:
             self.holds.release(room, session, hold, snapshot, time.time(), answer.seen)

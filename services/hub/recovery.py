@@ -5,9 +5,9 @@ The joiner's subscription is live and its frames are held (joins.py) before the 
 so every entry is either in what the history returns or among the held frames; the held ones at
 or below the position read are dropped at release: no gap and no duplicate at the seam.
 
-A replay must fit the joiner's outbound queue with room to spare, or the joiner would be closed
-4008 and come back asking for the same replay: above half its bound (frames or bytes) the answer
-is `recovered: false`.
+A replay may be longer than the joiner's outbound queue (a client closed 4008 missed at least a
+queue's worth): it is paced, a quarter of the bound at a time as the socket takes it, while the
+room's live frames wait in the joiner's hold (bounded like the queue).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from services.errors import StoreError
 from services.history import History, Position, recovery_check
 from services.hub.fanout import Fanout
 from services.metrics import METRICS
+from services.session import Session
 from services.settings import Settings
 
 log = logging.getLogger("gateway.hub")
@@ -41,8 +42,9 @@ class Recovery:
     def __init__(self, settings: Settings, history: History | None, fanout: Fanout) -> None:
         self._history = history
         self._fanout = fanout
-        self._most_frames = max(0, min(settings.history_size, settings.outbound_queue_frames // 2))
-        self._most_bytes = settings.outbound_queue_bytes // 2
+        self._most_frames = settings.history_size
+        self._chunk_frames = max(1, settings.outbound_queue_frames // 4)
+        self._chunk_bytes = max(1, settings.outbound_queue_bytes // 4)
 
     async def join(self, room: str, since: dict[str, Any] | None, member_already: bool) -> JoinAnswer:
         answer = JoinAnswer()
@@ -66,14 +68,30 @@ class Recovery:
         answer.fields.update(offset=current.offset, epoch=current.epoch)
         answer.seen = current
         if asked is not None:
-            if entries is not None and sum(map(len, entries)) > self._most_bytes:
-                entries = None
             answer.fields["recovered"] = entries is not None
             METRICS.recoveries.labels("recovered" if entries is not None else "not_recovered").inc()
             if entries:
                 answer.replay = entries
                 METRICS.recovered_entries.inc(len(entries))
         return answer
+
+    async def replay(self, session: Session, entries: list[bytes]) -> None:
+        """Send `entries` in order, paced to what the session's socket takes."""
+        chunk: list[bytes] = []
+        size = 0
+        for frame in entries:
+            if chunk and (len(chunk) >= self._chunk_frames or size + len(frame) > self._chunk_bytes):
+                await self._send_chunk(session, chunk, size)
+                chunk, size = [], 0
+            chunk.append(frame)
+            size += len(frame)
+        if chunk:
+            await self._send_chunk(session, chunk, size)
+
+    async def _send_chunk(self, session: Session, chunk: list[bytes], size: int) -> None:
+        await session.room_for(len(chunk), min(size, self._chunk_bytes))
+        for frame in chunk:
+            session.send(frame)
 
     async def history(self, room: str, limit: int, request_id: str | None) -> bytes:
         """The `history` reply: the room's position and latest entries, oldest first. The stored
