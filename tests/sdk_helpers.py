@@ -36,3 +36,24 @@ async def expect_event(
             seen.append(event)
     finally:
         await stream.aclose()
+
+
+async def events_until(
+    client: GatewayClient, kind: type[Any], match: Callable[[Any], bool] | None = None, timeout: float = 15.0
+) -> list[Event]:
+    """Every event up to and including the first of `kind` (matching `match`), in order."""
+    deadline = time.monotonic() + timeout
+    seen: list[Event] = []
+    stream = client.events()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                event = await asyncio.wait_for(stream.__anext__(), max(left, 0.001))
+            except TimeoutError:
+                raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {seen!r}") from None
+            seen.append(event)
+            if isinstance(event, kind) and (match is None or match(event)):
+                return seen
+    finally:
+        await stream.aclose()

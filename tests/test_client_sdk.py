@@ -20,6 +20,7 @@ from client import (
     Disconnected,
     GatewayClient,
     GatewayError,
+    HistoryGap,
     Member,
     Message,
     Presence,
@@ -35,7 +36,7 @@ from tests.helpers import (
     spawn_server,
     token,
 )
-from tests.sdk_helpers import expect_event
+from tests.sdk_helpers import events_until, expect_event
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 
@@ -284,6 +285,9 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
         await client.connect()
         await client.join("general")
         await client.join("random")
+        await client.send("general", "before the restart")
+        before = await expect_event(client, Message, lambda m: m.content == "before the restart")
+        assert client.position("general") == (1, before.epoch)
         server.signal(signal.SIGTERM)
         assert await loop.run_in_executor(None, server.wait, 15) == 0
         gone = await expect_event(client, Disconnected)
@@ -292,8 +296,15 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
 
         queued = asyncio.ensure_future(client.send("general", "typed while the server was down"))
         restarted = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
-        back = await expect_event(client, Connected, timeout=15)
+        seen = await events_until(client, Connected)
+        back = seen[-1]
+        assert isinstance(back, Connected)
         assert back.reconnected and back.rooms == ("general", "random")
+        # A new process has a new epoch: each re-join with `since` is answered `recovered: false`,
+        # which the application hears of, room by room.
+        gaps = [e for e in seen if isinstance(e, HistoryGap)]
+        assert sorted(g.room_id for g in gaps) == ["general", "random"]
+        assert gaps[0].epoch != before.epoch and client.position("general") == (0, gaps[0].epoch)
         ack = await asyncio.wait_for(queued, 10)
         assert ack.room_id == "general"
 
@@ -305,6 +316,48 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
         assert (got.sender_id, got.content) == ("bob", "welcome back")
         assert client.connections == 2
         bob.close()
+    finally:
+        await client.close()
+        server.kill()
+        if restarted is not None:
+            restarted.kill()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_recovers_what_it_missed_after_the_server_restarts_with_redis(make_gateway):
+    """The gateway process restarts while another instance keeps the room busy: the SDK re-joins
+    with its last position and gets exactly the missed messages, in order, with no HistoryGap."""
+    from tests.redis_support import redis_overrides, shared_redis_port, unique_prefix
+
+    redis_port, prefix = shared_redis_port(), unique_prefix()
+    other = await make_gateway(**redis_overrides(redis_port, prefix))
+    port = free_port()
+    args = ("--port", str(port), "--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
+    env = {"JWT_DEV": SECRET, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port), "REDIS_PREFIX": prefix}
+    loop = asyncio.get_running_loop()
+    server = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+    client = GatewayClient(f"ws://127.0.0.1:{port}/", token("alice"), backoff=Backoff(initial=0.2, maximum=1.0))
+    bob = await other.client("bob")
+    restarted = None
+    try:
+        await client.connect()
+        await client.join("r")
+        await bob.join("r")
+        bob.send("message", {"roomId": "r", "content": "seen"})
+        await expect_event(client, Message, lambda m: m.content == "seen")
+        server.signal(signal.SIGTERM)
+        assert await loop.run_in_executor(None, server.wait, 15) == 0
+        await expect_event(client, Disconnected)
+        for content in ("missed-1", "missed-2"):
+            bob.send("message", {"roomId": "r", "content": content}, request_id=content)
+            await bob.expect("ack", match=lambda f, rid=content: f.get("requestId") == rid)
+        restarted = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+        seen = await events_until(client, Message, lambda m: m.content == "missed-2")
+        assert [m.content for m in seen if isinstance(m, Message)] == ["missed-1", "missed-2"]
+        assert not [e for e in seen if isinstance(e, HistoryGap)]
+        assert [u.recovered for u in seen if isinstance(u, RoomUpdate)] == [True]
+        last = seen[-1]
+        assert isinstance(last, Message) and client.position("r") == (3, last.epoch)
     finally:
         await client.close()
         server.kill()

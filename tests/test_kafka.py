@@ -249,6 +249,14 @@ async def connect(gw: RunningGateway, user: str, *rooms: str) -> Client:
     return client
 
 
+def unplaced(payload: dict[str, Any]) -> dict[str, Any]:
+    """An entry's payload without its place in the room's history (which it must have)."""
+    rest = dict(payload)
+    offset, epoch = rest.pop("offset"), rest.pop("epoch")
+    assert isinstance(offset, int) and offset >= 1 and isinstance(epoch, str)
+    return rest
+
+
 def new_room() -> str:
     return f"room-{uuid.uuid4().hex[:8]}"
 
@@ -296,7 +304,7 @@ async def test_ingest_record_matches_ack(brokers, topics, gateways):
         "createdAt": ack["createdAt"],
         "dedupeKey": "dk-1",
     }
-    assert env["payload"] == broadcast  # what members got is exactly what was made durable
+    assert env["payload"] == unplaced(broadcast)  # what members got is what was made durable, placed in history
     assert counter("gateway_kafka_produce_seconds_count") == before_ok + 1
 
     # A retry with the same dedupeKey: the same ack, no second record, no second broadcast.
@@ -326,7 +334,7 @@ async def test_message_created_reaches_both_instances_once(brokers, topics, gate
     put(producer, topics.messages, room, event("message.created", {**msg, "futureField": {"x": 1}}))
     for client in (alice, bob, carol):
         got = await client.expect("message", timeout=10)
-        assert got["payload"] == msg  # unknown fields dropped, everything else as produced
+        assert unplaced(got["payload"]) == msg  # unknown fields dropped, everything else as produced
     marker = agent_message(room)  # the same partition (key = roomId): it comes after any second copy
     put(producer, topics.messages, room, event("message.created", marker))
     for client in (alice, bob, carol):
@@ -335,6 +343,33 @@ async def test_message_created_reaches_both_instances_once(brokers, topics, gate
             until=lambda f: f["type"] == "message" and f["payload"]["id"] == marker["id"],
             timeout=10,
         )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_kafka_messages_take_offsets_and_are_recovered(brokers, topics, gateways, producer):
+    gw = await gateways.start(**kafka_settings(brokers, topics))
+    await wait_ready(gw)
+    room = new_room()
+    alice, bob = await connect(gw, "alice", room), await connect(gw, "bob", room)
+    first = agent_message(room, content="first")
+    put(producer, topics.messages, room, event("message.created", first))
+    got = await alice.expect("message", timeout=10)
+    since = {"offset": got["payload"]["offset"], "epoch": got["payload"]["epoch"]}
+    alice.close()
+    missed = agent_message(room, content="while away")
+    put(producer, topics.messages, room, event("message.created", missed))
+    put(producer, topics.messages, room, event("message.deleted", {"id": first["id"], "roomId": room}))
+    await bob.expect("message_deleted", timeout=10)  # both are in the room's history now
+    back = await Client.connect(gw.url, token("alice"))
+    back.send("join", {"roomId": room, "since": since}, request_id="back")
+    joined = await back.expect("room_update", match=lambda f: f.get("requestId") == "back")
+    assert joined["payload"]["recovered"] is True
+    replayed = [await back.expect(kind) for kind in ("message", "message_deleted")]
+    assert [(f["type"], f["payload"]["offset"]) for f in replayed] == [
+        ("message", since["offset"] + 1),
+        ("message_deleted", since["offset"] + 2),
+    ]
+    assert unplaced(replayed[0]["payload"]) == missed
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -373,7 +408,7 @@ async def test_duplicates_are_not_redelivered(brokers, topics, gateways, produce
             edits.append(await bob.expect("message_updated", timeout=0.3))
         except AssertionError:
             break
-    assert [e["payload"] for e in edits] == [{"id": first["id"], "roomId": room, "content": "edited"}]
+    assert [unplaced(e["payload"]) for e in edits] == [{"id": first["id"], "roomId": room, "content": "edited"}]
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -401,7 +436,7 @@ async def test_invalid_records_are_skipped(brokers, topics, gateways, producer, 
     put(producer, topics.messages, room, event("message.created", valid))
 
     got = await bob.expect("message", timeout=10)
-    assert got["payload"] == valid
+    assert unplaced(got["payload"]) == valid
     await wait_for(lambda: counter("gateway_kafka_invalid_total") == before + 7, what="7 invalid records")
     skipped = [r for r in caplog.records if r.getMessage() == "kafka record skipped"]
     assert len(skipped) == 7
@@ -437,7 +472,7 @@ async def test_update_delete_and_room_updated_events(brokers, topics, gateways, 
     put(producer, topics.rooms, room, event("room.updated", {"roomId": room, "name": "Lobby", "topic": None}))
 
     upd = await bob.expect("message_updated", timeout=10)
-    assert upd["payload"] == {
+    assert unplaced(upd["payload"]) == {
         "id": msg_id,
         "roomId": room,
         "content": "fixed typo",
@@ -445,7 +480,7 @@ async def test_update_delete_and_room_updated_events(brokers, topics, gateways, 
         "updatedAt": "2026-01-02T03:04:05.678Z",
     }
     deleted = await bob.expect("message_deleted", timeout=10)
-    assert deleted["payload"] == {"id": msg_id, "roomId": room}
+    assert unplaced(deleted["payload"]) == {"id": msg_id, "roomId": room}
     changed = await bob.expect("room_update", timeout=10, match=lambda f: f["payload"]["action"] == "updated")
     assert changed["payload"] == {
         "roomId": room,
@@ -701,4 +736,4 @@ async def consumes_again(gw: RunningGateway, brokers: str, room: str, member: Cl
     msg = agent_message(room, content="welcome back")
     await in_thread(put, p, gw.settings.kafka_topic_message_events, room, event("message.created", msg))
     got = await member.expect("message", timeout=20, match=lambda f: f["payload"]["id"] == msg["id"])
-    assert got["payload"] == msg
+    assert unplaced(got["payload"]) == msg
