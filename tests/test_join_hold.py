@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services import frames
+from services.history import Position
 from services.hub.joins import JoinHold, presence_fields
 
 
@@ -76,3 +77,16 @@ def test_only_recent_changes_are_kept_after_the_join():
     hold = JoinHold(100)
     hold.release(SNAPSHOT, NOW + 60)
     assert hold.snapshot is None
+
+
+def test_entries_the_history_already_gave_are_dropped_held_or_late():
+    """The joiner was told position 5 (and replayed up to it): entries up to 5 are dropped whether
+    they were held or arrive after the release; 6, and any entry of a newer epoch, pass."""
+    hold = JoinHold(100)
+    early, six = message("5"), message("6")
+    assert hold.admit(early, None, Position(5, "e")) is False
+    assert hold.admit(six, None, Position(6, "e")) is False
+    assert hold.release([], NOW, seen=Position(5, "e")) == [six]
+    assert hold.admit(message("4"), None, Position(4, "e")) is False  # late on the bus
+    assert hold.admit(message("7"), None, Position(7, "e")) is True
+    assert hold.admit(message("new"), None, Position(1, "renewed")) is True

@@ -2,16 +2,15 @@
 
 One subscriber socket per instance (redis_subscriber.py) carries every SUBSCRIBE/UNSUBSCRIBE and every
 incoming event (wire.py); publishes and probes use the shared command pool: one PUBLISH per event,
-whatever the number of recipients. Channels are `{prefix}room:{id}` and `{prefix}user:{id}`.
+whatever the number of recipients.
 
 Why it is built this way:
 - `subscribe` returns only after Redis confirmed the SUBSCRIBE, so an event published anywhere
   afterwards reaches this instance (the hub answers `joined` only then).
 - `unsubscribe` stops delivery at once but sends UNSUBSCRIBE only after a short grace, so a room
   whose last member reconnects (page reload, network blip) does not flap its subscription.
-- Connection loss: local delivery goes on (the hub delivers locally first); publishes fail fast
-  while the subscriber is down; it reconnects with capped exponential backoff and resubscribes
-  every wanted channel before reporting ready again.
+- Connection loss: local delivery goes on; publishes fail fast while the subscriber is down; it
+  reconnects with capped exponential backoff and resubscribes every wanted channel before ready.
 - A subscription can also die silently (a proxy or a half-open TCP connection). Every instance
   publishes a probe to its own probe channel each `probe_interval`; without an echo for
   `probe_timeout` the subscriber is declared dead, readiness turns red and the socket is rebuilt.
@@ -30,7 +29,7 @@ import redis.asyncio as aioredis
 
 from services.bus import BusEvent, EventHandler, ResyncHandler
 from services.bus.redis_subscriber import SubscriberSocket
-from services.bus.wire import decode_event, encode_event
+from services.bus.wire import bus_key, decode_event, encode_event
 from services.errors import BusError
 from services.metrics import METRICS
 from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, Backoff, describe
@@ -49,26 +48,17 @@ class BusTimings:
     reconnect_cap: float = 5.0  # longest pause between reconnection attempts
 
 
-def bus_key(prefix: str, channel: str) -> str:
-    """The Redis channel of a bus channel (the history's script publishes entries on it)."""
-    return prefix + channel
-
-
 class RedisBus:
     def __init__(
         self, instance_id: str, settings: Settings, client: aioredis.Redis, timings: BusTimings | None = None
     ) -> None:
-        timings = timings or BusTimings()
         self.instance_id = instance_id
         self._settings = settings
         self._client = client
         self._prefix = settings.redis_prefix
         self._timeout = COMMAND_TIMEOUT
         self._probe_channel = f"{self._prefix}probe:{instance_id}".encode()
-        self._probe_interval = timings.probe_interval
-        self._probe_timeout = timings.probe_timeout
-        self._grace = timings.unsubscribe_grace
-        self._reconnect_cap = timings.reconnect_cap
+        self._timings = timings or BusTimings()
         self._handler: EventHandler | None = None
         self._on_resync: ResyncHandler | None = None
         self._sub: SubscriberSocket | None = None
@@ -125,7 +115,9 @@ class RedisBus:
         self._wanted.discard(channel)
         if channel in self._live and channel not in self._unsub_timers:
             loop = asyncio.get_running_loop()
-            self._unsub_timers[channel] = loop.call_later(self._grace, self._unsubscribe_now, channel)
+            self._unsub_timers[channel] = loop.call_later(
+                self._timings.unsubscribe_grace, self._unsubscribe_now, channel
+            )
 
     async def publish(self, channel: str, event: BusEvent) -> None:
         if not self._up:
@@ -233,7 +225,7 @@ class RedisBus:
 
     async def _supervise(self) -> None:
         """Wait for the reader to die or the probe to call it dead; then reconnect with backoff."""
-        backoff = Backoff(0.1, self._reconnect_cap)
+        backoff = Backoff(0.1, self._timings.reconnect_cap)
         while not self._closing:
             reader = self._sub.reader if self._sub is not None else None
             rebuild = asyncio.create_task(self._rebuild.wait())
@@ -276,15 +268,15 @@ class RedisBus:
     async def _probe_loop(self) -> None:
         nonce = os.urandom(4).hex().encode()
         while not self._closing:
-            await asyncio.sleep(self._probe_interval)
+            await asyncio.sleep(self._timings.probe_interval)
             if not self._up:
                 continue
             try:
                 await self._client.publish(self._probe_channel, nonce)
             except REDIS_ERRORS:
                 pass  # the missing echo below decides
-            if self._up and time.monotonic() - self._last_echo > self._probe_timeout:
-                log.warning("bus probe unanswered", extra={"seconds": self._probe_timeout})
+            if self._up and time.monotonic() - self._last_echo > self._timings.probe_timeout:
+                log.warning("bus probe unanswered", extra={"seconds": self._timings.probe_timeout})
                 self._rebuild.set()
 
     def _set_up(self, first: bool) -> None:

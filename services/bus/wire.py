@@ -17,6 +17,12 @@ from services.bus import BusEvent
 WIRE_VERSION = 1
 
 
+def bus_key(prefix: str, channel: str) -> str:
+    """The Redis channel of a bus channel: `{prefix}room:{id}`, `{prefix}user:{id}` (the history's
+    script publishes entries on it too)."""
+    return prefix + channel
+
+
 def encode_event(event: BusEvent) -> bytes:
     """`[version, origin, exclude, action, user]`, a newline, the frame."""
     head = orjson.dumps([WIRE_VERSION, event.origin, event.exclude, event.action, event.user])

@@ -25,8 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from schemas.protocol import room_channel
-from services.bus.redis import bus_key
-from services.bus.wire import entry_head
+from services.bus.wire import bus_key, entry_head
 from services.errors import StoreError
 from services.history import POSITION_TTL, Position, Recovery, recovery_check
 from services.logs import StateLog

@@ -16,7 +16,6 @@ It routes; the pieces it routes through are its own modules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -76,8 +75,6 @@ class RoomHub:
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
         self.tasks = TaskGroup()
         self.statuses = Statuses(settings, presence, self.fanout, self.rooms, self.users, self.tasks.spawn)
-        self._user_retries = TaskGroup()  # apart from `tasks`: settle() does not wait for them
-        self._retrying: set[str] = set()  # users whose channel is being subscribed again
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event, self._on_bus_resync)
@@ -88,7 +85,7 @@ class RoomHub:
     async def close(self) -> None:
         self.statuses.close()
         self.tasks.cancel()
-        self._user_retries.cancel()
+        self.channels.retries.cancel()
 
     async def settle(self, timeout: float = 5.0) -> None:
         """Wait (bounded) for background work such as disconnect clean-up to finish."""
@@ -111,28 +108,8 @@ class RoomHub:
         mine.add(session)
         self._orders[session] = SenderOrder()
         METRICS.connections.inc()
-        try:
-            await self.channels.ensure(user_channel(user))
-        except BusError:  # bus down: keep trying in the background while the user is connected
-            if user not in self._retrying:
-                self._retrying.add(user)
-                self._user_retries.spawn(self._resubscribe_user(user))
+        await self.channels.ensure_or_retry(user_channel(user), lambda: bool(self.users.get(user)))
         return True
-
-    async def _resubscribe_user(self, user: str) -> None:
-        delay = 0.5
-        try:
-            while self.users.get(user):
-                await asyncio.sleep(delay)
-                if not self.users.get(user):
-                    return
-                try:
-                    await self.channels.ensure(user_channel(user))
-                    return
-                except BusError:
-                    delay = min(delay * 2, 10.0)
-        finally:
-            self._retrying.discard(user)
 
     async def disconnect(self, session: Session) -> None:
         user = session.user_id
@@ -153,8 +130,7 @@ class RoomHub:
     async def join(
         self, session: Session, room: str, request_id: str | None, since: dict[str, Any] | None = None
     ) -> None:
-        """Join a room; with `since`, replay what the joiner missed when the history holds all of
-        it (recovery.py), right after the reply.
+        """Join a room; with `since`, replay what the joiner missed (recovery.py) after the reply.
 
         The reply and the snapshot come first: what the room delivers while the join is under
         way (its subscription is live from the start) is held and sent after them, less the
@@ -203,7 +179,8 @@ class RoomHub:
         await self.recovery.replay(session, answer.replay)
         session.send(frames.encode("presence_state", {"roomId": room, "members": snapshot}))
         if hold is not None:
-            self.holds.release(room, session, hold, snapshot, time.time(), answer.seen)
+            delivered = self.fanout.positions.get(room)
+            self.holds.release(room, session, hold, snapshot, time.time(), answer.seen, delivered)
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -284,7 +261,7 @@ class RoomHub:
     # -- the bus -----------------------------------------------------------------------------
 
     def _on_bus_event(self, key: str, event: BusEvent) -> None:
-        """Another instance's event (the bus never hands us our own)."""
+        """Another instance's event, or any instance's history entry (Redis history)."""
         channel = self.channels.get(key)
         if channel is None:
             return  # unsubscribed meanwhile

@@ -42,17 +42,21 @@ class JoinHold:
     of at most JOIN_FILTER_MAX_MEMBERS the first rule keeps filtering late frames from other
     instances for JOIN_FILTER_GRACE, for the listed users whose state changed in the last moments
     (only their frames can still be in flight), each until news of them gets through. Held frames
-    count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`. Held history entries
-    at or below the position the joiner was told (or replayed up to) are dropped at release: they
-    reached it from the history already."""
+    count like queued ones: more than OUTBOUND_QUEUE_FRAMES sets `overflowed`.
 
-    __slots__ = ("frames", "limit", "overflowed", "snapshot")
+    History entries at or below the position the joiner was told (`floor`: it has them from the
+    history) are dropped, held or late: the history's reply and the bus's events come over two
+    Redis connections, so an entry the history already counted can still be on its way on the
+    bus. Such a hold is kept for the grace unless the instance already delivered the floor."""
+
+    __slots__ = ("floor", "frames", "limit", "overflowed", "snapshot")
 
     def __init__(self, limit: int) -> None:
         self.frames: list[tuple[bytes, tuple[str, str, str] | None, Position | None]] | None = []
         self.limit = limit
         self.overflowed = False
         self.snapshot: dict[str, tuple[str, str]] | None = None  # listed user -> (status, since)
+        self.floor: Position | None = None
 
     def admit(self, frame: bytes, presence: tuple[str, str, str] | None, position: Position | None = None) -> bool:
         """True: deliver now. False: held, or dropped as already known."""
@@ -62,6 +66,8 @@ class JoinHold:
             else:
                 self.frames.append((frame, presence, position))
             return False
+        if _reached(position, self.floor):
+            return False
         return presence is None or not self._known_late(presence)
 
     def release(self, snapshot: list[dict[str, object]], now: float, seen: Position | None = None) -> list[bytes]:
@@ -69,13 +75,14 @@ class JoinHold:
         Afterwards only the listed users whose state changed lately are kept for the grace: older
         changes are not in flight."""
         held, self.frames = self.frames or [], None
+        self.floor = seen
         users = {presence[0] for _, presence, _ in held if presence is not None}
         listed = {str(m["userId"]): (str(m["status"]), str(m["since"])) for m in snapshot if m["userId"] in users}
         kept: list[bytes] = []
         passed: set[str] = set()
         for frame, presence, position in held:
             if _reached(position, seen):
-                continue  # the joiner has it from the history
+                continue
             if presence is not None and presence[0] not in passed:
                 user, status, at = presence
                 entry = listed.get(user)
@@ -125,11 +132,13 @@ class Holds:
         snapshot: list[dict[str, object]],
         now: float,
         seen: Position | None = None,
+        delivered: Position | None = None,
     ) -> None:
-        """Send what was held; keep filtering for the grace when the hold kept a snapshot."""
+        """Send what was held; keep filtering for the grace when the hold kept a snapshot, or when
+        entries up to `seen` may still arrive (this instance has `delivered` less so far)."""
         for frame in hold.release(snapshot, now, seen):
             session.send(frame)
-        if hold.snapshot:
+        if hold.snapshot or (seen is not None and not _reached(seen, delivered)):
             asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._end, room, session, hold)
         else:
             self._end(room, session, hold)
