@@ -1,0 +1,139 @@
+"""One contract for the room history, run against the memory one and the Redis one (real
+redis-server): offsets, positions, recovery, latest entries, bounds, and a new epoch when the
+history was lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tornado.ioloop import IOLoop
+
+from services import frames
+from services.errors import StoreError
+from services.history import History, Position, with_position
+from services.history.memory import MemoryHistory
+from services.history.redis import RedisHistory
+from services.redis_common import make_client
+from tests.helpers import test_settings as settings_for
+from tests.redis_support import client, redis_overrides, shared_redis_port, unique_prefix
+
+SIZE = 4
+
+
+class Histories:
+    """Makes histories of one kind; `fresh()` is the same deployment after losing its history."""
+
+    def __init__(self, kind: str, redis_client: Any) -> None:
+        self.kind = kind
+        self.redis_client = redis_client
+        self.prefix = unique_prefix()
+
+    def make(self, size: int = SIZE, bus_ready: bool = True) -> History:
+        if self.kind == "memory":
+            return MemoryHistory(size, ttl=600.0)
+        return RedisHistory(self.redis_client, self.prefix, "hist-test", size, 600.0, lambda: bus_ready)
+
+    def lose_everything(self) -> History:
+        if self.kind == "redis":
+            keys = client(shared_redis_port())
+            for key in keys.scan_iter(f"{self.prefix}*"):
+                keys.delete(key)
+            return self.make()
+        return self.make()  # a new process
+
+
+@pytest.fixture(params=["memory", "redis"])
+def histories(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[Histories]:
+    if request.param == "memory":
+        yield Histories("memory", None)
+        return
+    yield from _redis_histories(io_loop)
+
+
+@pytest.fixture
+def redis_histories(io_loop: IOLoop) -> Iterator[Histories]:
+    yield from _redis_histories(io_loop)
+
+
+def _redis_histories(io_loop: IOLoop) -> Iterator[Histories]:
+    redis_client = make_client(settings_for(**redis_overrides(shared_redis_port())), "hist-test")
+    yield Histories("redis", redis_client)
+    io_loop.run_sync(redis_client.aclose)
+
+
+def entry(text: str) -> bytes:
+    return frames.encode("message", {"roomId": "r", "content": text})
+
+
+def contents(entries: list[bytes] | None) -> list[str]:
+    import orjson
+
+    return [orjson.loads(e)["payload"]["content"] for e in entries or []]
+
+
+@pytest.mark.gen_test
+async def test_offsets_start_at_one_and_frames_carry_them(histories: Histories) -> None:
+    history = histories.make()
+    first = await history.position("r")
+    assert first.offset == 0 and first.epoch
+    placed = [await history.append("r", entry(t)) for t in ("a", "b", "c")]
+    assert [p.offset for p, _ in placed] == [1, 2, 3]
+    assert {p.epoch for p, _ in placed} == {first.epoch}
+    assert placed[1][1] == with_position(entry("b"), 2, first.epoch)
+    assert await history.position("r") == Position(3, first.epoch)
+    assert (await history.position("other")).offset == 0
+
+
+@pytest.mark.gen_test
+async def test_recover_replays_only_when_everything_after_since_is_held(histories: Histories) -> None:
+    history = histories.make()
+    for t in "abcdef":
+        await history.append("r", entry(t))
+    epoch = (await history.position("r")).epoch
+    assert contents((await history.recover("r", Position(3, epoch), 100)).entries) == ["d", "e", "f"]
+    assert (await history.recover("r", Position(6, epoch), 100)).entries == []  # nothing missed
+    assert contents((await history.recover("r", Position(2, epoch), 100)).entries) == ["c", "d", "e", "f"]
+    assert (await history.recover("r", Position(1, epoch), 100)).entries is None  # 2 is gone (SIZE 4)
+    assert (await history.recover("r", Position(3, epoch), 2)).entries is None  # over the limit
+    assert (await history.recover("r", Position(7, epoch), 100)).entries is None  # ahead
+    assert (await history.recover("r", Position(3, "other"), 100)).entries is None
+    assert (await history.recover("r", Position(3, epoch), 100)).position == Position(6, epoch)
+
+
+@pytest.mark.gen_test
+async def test_latest_is_oldest_first_and_bounded(histories: Histories) -> None:
+    history = histories.make()
+    assert (await history.latest("r", 10))[1] == []
+    for t in "abcdef":
+        await history.append("r", entry(t))
+    position, entries = await history.latest("r", 3)
+    assert position.offset == 6 and contents(entries) == ["d", "e", "f"]
+    assert contents((await history.latest("r", 50))[1]) == ["c", "d", "e", "f"]
+
+
+@pytest.mark.gen_test
+async def test_a_lost_history_has_a_new_epoch(histories: Histories) -> None:
+    history = histories.make()
+    await history.append("r", entry("a"))
+    before = await history.position("r")
+    after = histories.lose_everything()
+    now = await after.position("r")
+    assert now.epoch != before.epoch and now.offset == 0
+    assert (await after.recover("r", before, 100)).entries is None
+
+
+@pytest.mark.gen_test
+async def test_redis_renews_the_epoch_of_a_room_whose_entry_was_not_stored(redis_histories: Histories) -> None:
+    histories = redis_histories
+    history = histories.make()
+    await history.append("r", entry("a"))
+    before = await history.position("r")
+    down = histories.make(bus_ready=False)  # the same store while its bus is down
+    with pytest.raises(StoreError):
+        await down.append("r", entry("b"))
+    assert await history.position("r") == before  # others do not know yet
+    await down.heal()
+    renewed = await history.position("r")
+    assert renewed.epoch != before.epoch and renewed.offset == 0
