@@ -172,6 +172,8 @@ def test_page_reconnects_and_rejoins_after_a_restart(browser, open_page, servers
     queued = alice.locator('.msg[data-sender="alice"]', has_text="typed while the gateway was down")
     expect(queued).to_have_attribute("data-id", NON_EMPTY)  # the gateway's echo replaced the draft
     expect(alice.locator(".msg.pending")).to_have_count(0)
+    # A new process has a new history epoch: the page says it could not recover what it missed.
+    expect(alice.get_by_text("Messages sent while you were away could not be recovered.")).to_be_visible()
 
     bob = open_page(f"{first.http}/demo/")
     sign_in(bob, "bob")
@@ -180,6 +182,40 @@ def test_page_reconnects_and_rejoins_after_a_restart(browser, open_page, servers
     bob.get_by_label("Message", exact=True).press("Enter")
     expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text("welcome back")
     screenshot(alice, "demo-reconnected.png")
+
+
+def test_page_recovers_what_it_missed_while_its_gateway_restarted(browser, open_page, servers):
+    """Two gateways on one Redis: alice's restarts while bob (on the other) keeps talking; her
+    page re-joins with its last position and shows exactly what she missed."""
+    from tests.redis_support import shared_redis_port, unique_prefix
+
+    expect = playwright_api.expect
+    redis = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(shared_redis_port()), "REDIS_PREFIX": unique_prefix()}
+    env = {"JWT_SECRET": SECRET, **redis}
+    port = free_port()
+    args = ("--port", str(port), "--dev", *LOCAL)
+    servers.append(first := spawn_server(*args, env=env))
+    servers.append(other := spawn_server("--port", "0", "--dev", *LOCAL, env=env))
+    alice = open_page(f"{first.http}/demo/")
+    bob = open_page(f"{other.http}/demo/")
+    sign_in(alice, "alice")
+    sign_in(bob, "bob")
+    say = bob.get_by_label("Message", exact=True)
+    say.fill("before")
+    say.press("Enter")
+    expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text("before")
+
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    expect(alice.locator("#conn")).to_have_attribute("data-state", "waiting")
+    for text in ("missed one", "missed two"):
+        say.fill(text)
+        say.press("Enter")
+        expect(bob.locator(".msg.pending")).to_have_count(0)
+    servers.append(spawn_server(*args, env=env))
+    expect(alice.locator("#conn")).to_have_attribute("data-state", "open", timeout=20_000)
+    expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text(["before", "missed one", "missed two"])
+    expect(alice.get_by_text("could not be recovered")).to_have_count(0)
 
 
 def test_page_asks_for_a_token_when_dev_tokens_are_off(browser, open_page, servers):

@@ -131,7 +131,8 @@
                               "data-room": roomId });
       list.hidden = true;
       ui.panes.append(list);
-      r = { id: roomId, joined: false, wanted: true, list, members: new Map(), unread: 0, byId: new Map() };
+      // position: {offset, epoch} of the last history entry seen; a re-join asks for what followed.
+      r = { id: roomId, joined: false, wanted: true, list, members: new Map(), unread: 0, byId: new Map(), position: null };
       state.rooms.set(roomId, r);
     }
     return r;
@@ -361,7 +362,7 @@
       hideAlert();
       setConn("open", "Connected");
       for (const r of state.rooms.values()) {
-        if (r.wanted) request("join", { roomId: r.id });
+        if (r.wanted) request("join", r.position ? { roomId: r.id, since: r.position } : { roomId: r.id });
       }
       startPing();
     });
@@ -431,6 +432,7 @@
     if (req) state.pending.delete(frame.requestId);
     switch (frame.type) {
       case "message":
+        if (!advance(p)) break;
         showMessage(p);
         break;
       case "ack": {
@@ -476,10 +478,10 @@
         break;
       }
       case "message_updated":
-        updateMessage(p);
+        if (advance(p)) updateMessage(p);
         break;
       case "message_deleted":
-        deleteMessage(p);
+        if (advance(p)) deleteMessage(p);
         break;
       case "pong":
         clearTimeout(state.pongTimer);
@@ -492,12 +494,27 @@
     }
   }
 
+  // Moves the room's position to a history entry; false when the entry was seen already.
+  function advance(p) {
+    if (typeof p.offset !== "number") return true;
+    const r = room(p.roomId);
+    const at = r.position;
+    if (at && at.epoch === p.epoch && p.offset <= at.offset) return false;
+    r.position = { offset: p.offset, epoch: p.epoch };
+    return true;
+  }
+
   function onRoomUpdate(p) {
     const r = room(p.roomId);
     if (p.action === "joined") {
       const first = !r.joined && r.list.childElementCount === 0;
       r.joined = true;
       if (first) addNote(p.roomId, `You joined #${p.roomId}`);
+      // recovered: the missed entries follow and move the position; otherwise start from here.
+      if (p.recovered !== true && typeof p.offset === "number") r.position = { offset: p.offset, epoch: p.epoch };
+      if (p.recovered === false) {
+        addNote(p.roomId, "Messages sent while you were away could not be recovered.", true);
+      }
       flushOutbox(p.roomId);
     } else if (p.action === "left") {
       r.joined = false;
