@@ -64,6 +64,8 @@ APP_ENV = frozenset(
         "TYPING_TTL",
         "PRESENCE_TTL",
         "DEDUPE_TTL",
+        "HISTORY_SIZE",
+        "HISTORY_TTL",
         "LOG_LEVEL",
         "DRAIN_DELAY",
         "DRAIN_WINDOW",
@@ -485,6 +487,7 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
     # Large numbers must not come out in float notation (1.048576e+06).
     assert cm["MAX_MESSAGE_BYTES"] == "1048576"
     assert cm["DEDUPE_TTL"] == "86400"
+    assert (cm["HISTORY_SIZE"], cm["HISTORY_TTL"]) == ("5000", "1800")
     assert cm["TRUSTED_PROXIES"] == ",".join(v["gateway"]["trustedProxies"])
     assert cm["MAX_CONNECTIONS"] == "20000"
     assert cm["MAX_CONNECTIONS_PER_IP"] == "50"

@@ -109,6 +109,8 @@ and WORKERS.
   "TYPING_TTL" $g.ttl.typing
   "PRESENCE_TTL" $g.ttl.presence
   "DEDUPE_TTL" $g.ttl.dedupe
+  "HISTORY_SIZE" $g.history.size
+  "HISTORY_TTL" $g.history.ttl
 -}}
 {{- $env := dict
   "PORT" (include "rtg.envString" $g.port)
