@@ -29,7 +29,7 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
-class Recovery:
+class Replay:
     """What `since` asks for: `entries` (frames, in offset order) when every entry after it is
     held, None when it cannot be recovered."""
 
@@ -47,7 +47,7 @@ class History(Protocol):
 
     async def position(self, room: str) -> Position: ...
 
-    async def recover(self, room: str, since: Position, limit: int) -> Recovery:
+    async def recover(self, room: str, since: Position, limit: int) -> Replay:
         """The entries after `since` when all of them are held and at most `limit` (else None)."""
 
     async def latest(self, room: str, limit: int) -> tuple[Position, list[bytes]]:

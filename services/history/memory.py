@@ -8,7 +8,7 @@ import secrets
 import time
 from collections import deque
 
-from services.history import POSITION_TTL, Position, Recovery, recovery_check, with_position
+from services.history import POSITION_TTL, Position, Replay, recovery_check, with_position
 
 SWEEP_INTERVAL = 60.0  # seconds between sweeps of expired entries and forgotten rooms
 
@@ -52,17 +52,17 @@ class MemoryHistory:
         state = self._rooms.get(room)
         return Position(state.offset if state else 0, self._epoch)
 
-    async def recover(self, room: str, since: Position, limit: int) -> Recovery:
+    async def recover(self, room: str, since: Position, limit: int) -> Replay:
         current = await self.position(room)
         verdict = recovery_check(since, current)
         if verdict is not None:
-            return Recovery(current, [] if verdict else None)
+            return Replay(current, [] if verdict else None)
         state = self._rooms[room]
         self._expire(state, time.monotonic())
         wanted = current.offset - since.offset
         if wanted > limit or wanted > len(state.entries):
-            return Recovery(current, None)
-        return Recovery(current, [frame for _, frame in list(state.entries)[-wanted:]])
+            return Replay(current, None)
+        return Replay(current, [frame for _, frame in list(state.entries)[-wanted:]])
 
     async def latest(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
         current = await self.position(room)

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from schemas.protocol import room_channel
 from services.bus.wire import bus_key, entry_head
 from services.errors import StoreError
-from services.history import POSITION_TTL, Position, Recovery, recovery_check
+from services.history import POSITION_TTL, Position, Replay, recovery_check
 from services.logs import StateLog
 from services.redis_common import REDIS_ERRORS, describe
 
@@ -118,19 +118,21 @@ class RedisHistory:
         stream = f"{self._prefix}history:{{{room}}}"
         return [stream, stream + ":pos"]
 
-    def _epoch_args(self, room: str) -> list[Any]:
-        return [secrets.token_hex(6), "1" if room in self._lost else "0", self._position_ms]
-
     async def _call(self, room: str, script: Any, args: list[Any]) -> list[Any]:
+        # Only one call renews a lost room's epoch (the flag is taken here, given back on failure):
+        # several in flight would each start a new epoch.
         renewing = room in self._lost
+        self._lost.discard(room)
+        epoch_args = [secrets.token_hex(6), "1" if renewing else "0", self._position_ms]
         try:
-            result = await script(keys=self._keys(room), args=[*self._epoch_args(room), *args])
+            result = await script(keys=self._keys(room), args=[*epoch_args, *args])
         except REDIS_ERRORS as exc:
+            if renewing:
+                self._lost.add(room)
             self._state.failed(describe(exc))
             raise StoreError(f"history unavailable: {describe(exc)}") from None
         self._state.ok()
         if renewing:
-            self._lost.discard(room)
             log.info("history epoch renewed after entries were not stored", extra={"room": room})
         return list(result)
 
@@ -150,13 +152,13 @@ class RedisHistory:
         epoch, offset, *_ = await self._call(room, self._read, ["position", 0, "", 0])
         return Position(int(offset), _text(epoch))
 
-    async def recover(self, room: str, since: Position, limit: int) -> Recovery:
+    async def recover(self, room: str, since: Position, limit: int) -> Replay:
         epoch, offset, *frames = await self._call(room, self._read, ["since", since.offset, since.epoch, limit])
         current = Position(int(offset), _text(epoch))
         verdict = recovery_check(since, current)
         if verdict is not None:
-            return Recovery(current, [] if verdict else None)
-        return Recovery(current, [bytes(f) for f in frames] if frames else None)
+            return Replay(current, [] if verdict else None)
+        return Replay(current, [bytes(f) for f in frames] if frames else None)
 
     async def latest(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
         epoch, offset, *frames = await self._call(room, self._read, ["latest", 0, "", limit])
