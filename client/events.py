@@ -162,9 +162,10 @@ class History:
 
 @dataclass(frozen=True, slots=True)
 class HistoryGap:
-    """After a reconnect the gateway could not replay what this client missed in `room_id` (the
-    history no longer holds all of it, or its epoch changed): fetch it from the chat backend.
-    The room's new position is `offset` / `epoch`; live messages continue from there."""
+    """This client missed entries of `room_id` that the gateway could not replay: after a reconnect
+    (the history no longer holds all of them, or its epoch changed), or while connected (the
+    offsets skipped). Fetch them from the chat backend; live messages continue after `offset` /
+    `epoch` (None: the gateway could not tell where the room stands)."""
 
     room_id: str
     offset: int | None

@@ -572,9 +572,16 @@ class GatewayClient:
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         event = parse_event(frame)
-        if isinstance(event, Message | MessageUpdated | MessageDeleted) and not self._advance(event):
-            return  # seen already (a replay overlapping what arrived live)
-        gap = self._joined(event) if isinstance(event, RoomUpdate) and event.action == "joined" else None
+        gap: HistoryGap | None = None
+        if isinstance(event, Message | MessageUpdated | MessageDeleted):
+            seen, gap = self._advance(event)
+            if not seen:
+                return  # seen already (a replay overlapping what arrived live)
+            if gap is not None:
+                self._emit(gap)  # before the entry that revealed it
+                gap = None
+        elif isinstance(event, RoomUpdate) and event.action == "joined":
+            gap = self._joined(event)
         if isinstance(event, PresenceState):
             self._members[event.room_id] = {m.user_id: m for m in event.members}
         elif isinstance(event, Presence):
@@ -587,6 +594,7 @@ class GatewayClient:
             if event.request_id is None or event.action != "left":
                 self._rooms.pop(event.room_id, None)  # the gateway took us out: do not re-join
             self._members.pop(event.room_id, None)
+            self._positions.pop(event.room_id, None)
         request_id = frame.get("requestId")
         req = self._pending.get(request_id) if isinstance(request_id, str) else None
         if req is not None and not req.future.done():
@@ -598,23 +606,38 @@ class GatewayClient:
         if gap is not None:
             self._emit(gap)
 
-    def _advance(self, event: Message | MessageUpdated | MessageDeleted) -> bool:
-        """Move the room's position to this entry; False when it is at or before the position."""
-        if event.offset is None or event.epoch is None:
-            return True
+    def _advance(self, event: Message | MessageUpdated | MessageDeleted) -> tuple[bool, HistoryGap | None]:
+        """Move the room's position to this entry. (False, None): at or before the position, seen
+        already. A gap when the entry is not the next one: an offset skipped, or a new epoch."""
+        if event.offset is None or event.epoch is None or event.room_id not in self._rooms:
+            return True, None
         known = self._positions.get(event.room_id)
-        if known is not None and known[1] == event.epoch and event.offset <= known[0]:
-            return False
         self._positions[event.room_id] = (event.offset, event.epoch)
-        return True
+        if known is None:
+            return True, None
+        if known[1] == event.epoch:
+            if event.offset <= known[0]:
+                self._positions[event.room_id] = known
+                return False, None
+            if event.offset == known[0] + 1:
+                return True, None
+        return True, HistoryGap(event.room_id, event.offset - 1, event.epoch)
 
     def _joined(self, event: RoomUpdate) -> HistoryGap | None:
-        """A join's reply: recovered, the replayed entries follow and move the position; else the
-        position is the room's, and the application hears of the gap."""
-        if event.recovered is True or event.offset is None or event.epoch is None:
+        """A join's reply: recovered, the replayed entries follow and move the position; not
+        recovered, the position is the room's and the application hears of the gap. A repeated
+        join of a room being received keeps its position (live entries may still be on their way)."""
+        if event.recovered is True:
             return None
-        self._positions[event.room_id] = (event.offset, event.epoch)
-        return HistoryGap(event.room_id, event.offset, event.epoch) if event.recovered is False else None
+        if event.recovered is None:
+            if event.offset is not None and event.epoch is not None:
+                self._positions.setdefault(event.room_id, (event.offset, event.epoch))
+            return None
+        if event.offset is None or event.epoch is None:  # the gateway could not read the history
+            self._positions.pop(event.room_id, None)
+        else:
+            self._positions[event.room_id] = (event.offset, event.epoch)
+        return HistoryGap(event.room_id, event.offset, event.epoch)
 
     def _finish(self, error: ConnectionClosed) -> None:
         if self._final_error is not None:

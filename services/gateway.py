@@ -103,6 +103,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self._start_hub()
+        if self.history is not None:
+            await self.history.start()
         if self.producer is None or self.consumer is None:
             log.info("kafka disabled (KAFKA_BROKER_URL unset): messages are acked without ingest")
             return

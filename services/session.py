@@ -24,6 +24,7 @@ from services.settings import Settings
 log = logging.getLogger("gateway.session")
 
 FLUSH_GRACE = 2.0  # seconds queued frames may take to leave before a close goes ahead anyway
+REPLAY_STALL = 30.0  # seconds a paced replay waits for the socket to take a frame before closing 4008
 
 
 class Transport(Protocol):
@@ -124,7 +125,8 @@ class Session:
     async def room_for(self, frames: int, nbytes: int) -> None:
         """Return once the queue holds at most a quarter of its bound, so `frames` (of `nbytes`, at
         most a quarter each) may follow: a long replay paced to the socket instead of closed 4008.
-        Returns at once when closed (send() then refuses)."""
+        Returns at once when closed (send() then refuses). A socket that takes nothing for
+        REPLAY_STALL seconds meanwhile is a slow consumer: closed 4008."""
         bound_frames = self.settings.outbound_queue_frames
         bound_bytes = self.settings.outbound_queue_bytes
         if frames > bound_frames // 4 + 1 or nbytes > bound_bytes // 4 + 1:
@@ -135,8 +137,12 @@ class Session:
             and (len(self._queue) > bound_frames // 4 or self._queued_bytes > bound_bytes // 4)
         ):
             self._low_mark = bound_frames // 4
-            self._low_waiter = asyncio.get_running_loop().create_future()
-            await self._low_waiter
+            self._low_waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(waiter, REPLAY_STALL)
+            except TimeoutError:
+                METRICS.queue_overflows.inc()
+                self.close(CLOSE_SLOW, "slow consumer", flush=False)
 
     def send_pong(self, data: bytes) -> bool:
         """Answer a ping through the same bounded path as every other frame."""

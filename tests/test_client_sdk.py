@@ -406,3 +406,37 @@ def test_parse_event_never_raises_on_odd_frames(frame_type, payload, request_id)
         assert isinstance(event, Unknown) and event.type == "something_new"
     else:
         assert type(event).__name__ != "Unknown"
+
+
+@pytest.mark.gen_test
+async def test_positions_drop_repeats_and_report_gaps():
+    """The SDK's bookkeeping of room positions, fed frames directly (pure logic): repeats are
+    dropped, a skipped offset or a new epoch on a live entry is a HistoryGap before the entry."""
+    client = GatewayClient("ws://127.0.0.1:9/", "unused")
+    client._rooms["r"] = None
+
+    def feed(frame_type: str, **payload: Any) -> list[Any]:
+        client._dispatch({"type": frame_type, "payload": {"roomId": "r", **payload}})
+        out = []
+        while not client._events.empty():
+            out.append(client._events.get_nowait())
+        return out
+
+    def entry(offset: int, epoch: str = "e") -> dict[str, Any]:
+        fields = {"id": f"m{offset}", "senderType": "human", "senderId": "a", "content": "x"}
+        return {**fields, "createdAt": "2026-12-01T00:00:00.000Z", "offset": offset, "epoch": epoch}
+
+    assert [type(e) for e in feed("room_update", action="joined", offset=3, epoch="e")] == [RoomUpdate]
+    assert client.position("r") == (3, "e")
+    assert [type(e) for e in feed("message", **entry(4))] == [Message]
+    assert feed("message", **entry(4)) == []  # a repeat
+    jumped = feed("message", **entry(7))
+    assert [type(e) for e in jumped] == [HistoryGap, Message]
+    assert (jumped[0].offset, client.position("r")) == (6, (7, "e"))
+    assert [type(e) for e in feed("message", **entry(1, "renewed"))] == [HistoryGap, Message]
+    # Joining again while receiving keeps the position; a failed recovery without one forgets it.
+    feed("room_update", action="joined", offset=9, epoch="renewed")
+    assert client.position("r") == (1, "renewed")
+    gap = feed("room_update", action="joined", recovered=False)
+    assert [type(e) for e in gap] == [RoomUpdate, HistoryGap] and gap[1].offset is None
+    assert client.position("r") is None

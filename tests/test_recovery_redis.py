@@ -13,14 +13,19 @@ from typing import Any, cast
 import pytest
 from tornado.ioloop import IOLoop
 
+from services import frames
+from services.bus.wire import entry_head
+from services.history import redis as redis_history
 from tests.helpers import RawWebSocket, RunningGateway, token, wait_for
 from tests.recovery_support import in_room, messages, position, rejoin, say
 from tests.redis_support import (
     PrivateRedis,
     client,
+    kill_client,
     pause_all,
     redis_overrides,
     shared_redis_port,
+    subscriber_id,
     unique_prefix,
 )
 
@@ -125,6 +130,41 @@ async def test_rejoining_under_continuous_publishing_never_gaps_or_repeats(pair:
     assert offsets == list(range(start + 1, start + 1 + len(offsets)))
     assert len(offsets) > 40
     assert replayed > 0  # the drops did miss messages: the seams were exercised
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_an_instance_that_missed_entries_on_the_bus_reads_them_back(pair: Pair) -> None:
+    """B's subscriber socket dies and entries are published before it is back: B reads them from
+    the history after its resync, and its members get every offset once, in order."""
+    a, b = pair
+    alice, bob = await a.client("alice"), await b.client("bob")
+    await alice.join("r")
+    await bob.join("r")
+    await say(alice, "r", "first")
+    assert (await messages(bob, "r", 1))[0]["payload"]["offset"] == 1
+    port = shared_redis_port()
+    sub = subscriber_id(port, "rec-b")
+    assert sub is not None
+    # Blocking calls: the gateways (on this event loop) run again only after all of them. Another
+    # instance's appends, with the gateway's own script, while B is not subscribed.
+    assert kill_client(port, sub) == 1
+    prefix = b.settings.redis_prefix
+    stream = f"{prefix}history:{{r}}"
+    for text in ("missed-1", "missed-2", "missed-3"):
+        message = {"id": text, "roomId": "r", "senderType": "system", "senderId": "ops", "content": text}
+        frame = frames.encode("message", {**message, "attachments": [], "createdAt": "2026-12-01T00:00:00.000Z"})
+        args: list[Any] = [stream, stream + ":pos", "unused", "0", 86_400_000, 1000, 600_000]
+        args += [f"{prefix}room:r", entry_head("elsewhere"), frame[:-2]]
+        client(port).eval(redis_history._APPEND, 2, *args)
+    got = await messages(bob, "r", 3)
+    assert [(m["payload"]["content"], m["payload"]["offset"]) for m in got] == [
+        ("missed-1", 2),
+        ("missed-2", 3),
+        ("missed-3", 4),
+    ]
+    await say(alice, "r", "after")
+    assert (await messages(bob, "r", 1))[0]["payload"]["offset"] == 5
+    await bob.none_before_pong("message")
 
 
 @pytest.mark.gen_test(timeout=40)

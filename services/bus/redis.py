@@ -56,7 +56,6 @@ class RedisBus:
         self._settings = settings
         self._client = client
         self._prefix = settings.redis_prefix
-        self._timeout = COMMAND_TIMEOUT
         self._probe_channel = f"{self._prefix}probe:{instance_id}".encode()
         self._timings = timings or BusTimings()
         self._handler: EventHandler | None = None
@@ -166,7 +165,7 @@ class RedisBus:
 
     async def _connect(self) -> None:
         """Open a subscriber socket, subscribe the probe and every wanted channel."""
-        sub = SubscriberSocket(self._settings, self.instance_id, self._timeout, self._on_message, self._unhealthy)
+        sub = SubscriberSocket(self._settings, self.instance_id, COMMAND_TIMEOUT, self._on_message, self._unhealthy)
         await sub.open()
         self._sub = sub
         self._live = set()

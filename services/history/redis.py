@@ -83,6 +83,9 @@ return out
 )
 
 
+HEAL_INTERVAL = 1.0  # seconds between attempts to renew the epochs of rooms that lost an entry
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -109,6 +112,7 @@ class RedisHistory:
         self._append = client.register_script(_APPEND)
         self._read = client.register_script(_READ)
         self._lost: set[str] = set()  # rooms with an entry delivered here but never stored
+        self._healer: asyncio.Task[None] | None = None
         self._state = StateLog(log, "redis history")
 
     async def start(self) -> None:
@@ -128,7 +132,7 @@ class RedisHistory:
             result = await script(keys=self._keys(room), args=[*epoch_args, *args])
         except REDIS_ERRORS as exc:
             if renewing:
-                self._lost.add(room)
+                self._lose(room)
             self._state.failed(describe(exc))
             raise StoreError(f"history unavailable: {describe(exc)}") from None
         self._state.ok()
@@ -144,7 +148,7 @@ class RedisHistory:
                 raise StoreError("history unavailable: the bus is down")
             epoch, offset, full = await self._call(room, self._append, args)
         except StoreError:
-            self._lost.add(room)
+            self._lose(room)
             raise
         return Position(int(offset), _text(epoch)), bytes(full)
 
@@ -173,8 +177,21 @@ class RedisHistory:
                 return
             await asyncio.sleep(0)
 
+    def _lose(self, room: str) -> None:
+        """Remember the room, and keep trying to renew its epoch until Redis answers: the bus may
+        stay up (no resync to trigger `heal`) and this instance may never touch the room again."""
+        self._lost.add(room)
+        if self._healer is None or self._healer.done():
+            self._healer = asyncio.ensure_future(self._heal_until_done())
+
+    async def _heal_until_done(self) -> None:
+        while self._lost:
+            await asyncio.sleep(HEAL_INTERVAL)
+            await self.heal()
+
     async def close(self) -> None:
-        return None  # the shared client is closed by the gateway
+        if self._healer is not None:
+            self._healer.cancel()  # the shared client is closed by the gateway
 
 
 def _text(value: object) -> str:

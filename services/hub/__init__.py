@@ -69,18 +69,17 @@ class RoomHub:
         self.holds = Holds()
         self._orders: dict[Session, SenderOrder] = {}
         self.channels = Subscriptions(bus)
-        self.history = history
-        self.fanout = Fanout(bus, self.rooms, self.holds.by_room, history, history_publishes)
+        self.tasks = TaskGroup()
+        self.fanout = Fanout(
+            bus, self.rooms, self.holds.by_room, history, history_publishes, self.tasks.spawn, settings.history_size
+        )
         self.recovery = Recovery(settings, history, self.fanout)
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
-        self.tasks = TaskGroup()
         self.statuses = Statuses(settings, presence, self.fanout, self.rooms, self.users, self.tasks.spawn)
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event, self._on_bus_resync)
         await self.presence.start(self.statuses.expired, self.statuses.restored)
-        if self.history is not None:
-            await self.history.start()
 
     async def close(self) -> None:
         self.statuses.close()

@@ -8,12 +8,16 @@ they are then delivered like any frame. With Redis, the history's script publish
 every instance, this one included, delivers them as the bus brings them: in offset order, so a
 member never sees offset 6 before offset 5 published elsewhere (one round trip later for the
 publishing instance's members, measured in BENCHMARKS.md). Each room's last delivered position
-is kept while it has local members: an entry at or below it is not delivered twice.
+is kept while it has local members: an entry at or below it is not delivered twice, and one past
+the next offset means this instance missed entries (its subscription was down): the room's live
+entries are held while the missing ones are read from the history, then all go out in order.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from schemas.protocol import CLOSE_SLOW, Channel, room_channel
 from services.bus import Bus, BusEvent
@@ -34,13 +38,19 @@ class Fanout:
         holds: dict[str, dict[Session, JoinHold]],
         history: History | None = None,
         history_publishes: bool = False,
+        spawn: Callable[[Awaitable[Any]], Any] | None = None,
+        most: int = 0,
     ) -> None:
+        """`spawn` runs a gap's catch-up in the background; `most` entries are read for one."""
         self._bus = bus
         self._rooms = rooms  # the hub's: room -> local sessions
         self._holds = holds  # the hub's: room -> joiners whose frames are held or filtered
         self._history = history
         self._history_publishes = history_publishes  # Redis: the append script publishes the entry
         self.positions: dict[str, Position] = {}  # room -> last entry delivered here
+        self._spawn = spawn
+        self._most = most
+        self._filling: dict[str, list[tuple[bytes, Position]]] = {}  # room -> live entries held meanwhile
         self._publish_failing = False
 
     async def broadcast_entry(self, room: str, frame: bytes) -> Position | None:
@@ -61,14 +71,51 @@ class Fanout:
             await self.publish(room_channel(room), event)
         return position
 
-    def deliver_entry(self, room: str, frame: bytes, position: Position) -> None:
-        """An entry with its position to the local members, unless already delivered."""
-        last = self.positions.get(room)
-        if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
+    def deliver_entry(self, room: str, frame: bytes, position: Position, fill_gaps: bool = True) -> None:
+        """An entry with its position to the local members, unless already delivered; after a gap,
+        once the missing entries are back from the history (`fill_gaps`)."""
+        held = self._filling.get(room)
+        if held is not None:
+            held.append((frame, position))
             return
+        last = self.positions.get(room)
+        if last is not None and last.epoch == position.epoch:
+            if position.offset <= last.offset:
+                return
+            if fill_gaps and position.offset > last.offset + 1 and self._fill(room, last):
+                self._filling[room].append((frame, position))
+                return
         if room in self._rooms:
             self.positions[room] = position
         self.deliver_local(room, frame, None, position)
+
+    def catch_up(self) -> None:
+        """After the bus was away: every room with a known position reads what followed it."""
+        for room, last in list(self.positions.items()):
+            self._fill(room, last)
+
+    def _fill(self, room: str, last: Position) -> bool:
+        if self._history is None or self._spawn is None or not self._history_publishes or room in self._filling:
+            return False
+        self._filling[room] = []
+        self._spawn(self._read_missing(room, last))
+        return True
+
+    async def _read_missing(self, room: str, last: Position) -> None:
+        entries: list[bytes] = []
+        try:
+            if self._history is not None:
+                entries = (await self._history.recover(room, last, self._most)).entries or []
+        except StoreError:
+            pass  # not recoverable now: members see the offsets jump (docs/protocol.md)
+        finally:
+            held = self._filling.pop(room, [])
+        # The history's entries follow `last` one by one, in the epoch it had; what it could not give
+        # is a jump the members see, not a gap to fill again.
+        for index, frame in enumerate(entries):
+            self.deliver_entry(room, frame, Position(last.offset + 1 + index, last.epoch), fill_gaps=False)
+        for frame, position in held:
+            self.deliver_entry(room, frame, position, fill_gaps=False)
 
     def forget(self, room: str) -> None:
         """The room has no local member left."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from services.errors import StoreError
+from services.errors import ClientError, StoreError
 from services.history import History, Position, recovery_check
 from services.hub.fanout import Fanout
 from services.metrics import METRICS
@@ -99,7 +99,10 @@ class Recovery:
         payload: dict[str, Any] = {"roomId": room}
         entries: list[bytes] = []
         if self._history is not None:
-            position, entries = await self._history.latest(room, limit)
+            try:
+                position, entries = await self._history.latest(room, limit)
+            except StoreError:
+                raise ClientError("internal", "history unavailable, try again", roomId=room) from None
             payload.update(offset=position.offset, epoch=position.epoch)
         head = orjson.dumps({"type": "history", "payload": payload})[:-2]
         tail = b"}" if request_id is None else b',"requestId":' + orjson.dumps(request_id) + b"}"
@@ -107,23 +110,9 @@ class Recovery:
         return head + b',"entries":[' + b",".join(entries) + b"]}" + tail
 
     async def catch_up(self) -> None:
-        """After the bus was away: the entries its local rooms missed meanwhile, from the history
-        (when it still holds them all), and the epochs of rooms whose entries were not stored."""
+        """After the bus was away: renew the epochs of rooms whose entries were not stored, then
+        have every local room read the entries it missed meanwhile (fanout.py)."""
         if self._history is None:
             return
         await self._history.heal()
-        for room, last in list(self._fanout.positions.items()):
-            try:
-                result = await self._history.recover(room, last, self._most_frames)
-            except StoreError:
-                return
-            for frame in result.entries or ():
-                position = _position_of(frame)
-                if position is not None:
-                    self._fanout.deliver_entry(room, frame, position)
-
-
-def _position_of(frame: bytes) -> Position | None:
-    payload = orjson.loads(frame).get("payload", {})
-    offset, epoch = payload.get("offset"), payload.get("epoch")
-    return Position(offset, epoch) if isinstance(offset, int) and isinstance(epoch, str) else None
+        self._fanout.catch_up()
