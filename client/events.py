@@ -23,6 +23,7 @@ __all__ = [
     "MessageUpdated",
     "Pong",
     "Presence",
+    "PresenceCount",
     "PresenceState",
     "RoomUpdate",
     "Unknown",
@@ -122,8 +123,22 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class PresenceState:
+    """A page of a room's members, sorted by user id; `count` users in all; `next` is the cursor of
+    the following page (None on the last), for GatewayClient.presence_query."""
+
     room_id: str
     members: tuple[Member, ...]
+    count: int | None = None
+    next: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceCount:
+    """How many users a large room has (sent instead of per-user presence above the gateway's limit)."""
+
+    room_id: str
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +224,7 @@ Event = (
     | Ack
     | RoomUpdate
     | PresenceState
+    | PresenceCount
     | Presence
     | Pong
     | ErrorEvent
@@ -305,7 +321,12 @@ def parse_event(frame: dict[str, Any]) -> Event:
                 for m in (members if isinstance(members, list) else [])
                 if isinstance(m, dict)
             ),
+            count=_opt_int(p, "count"),
+            next=_opt_str(p, "next"),
+            request_id=rid,
         )
+    if kind == "presence_count":
+        return PresenceCount(room_id=_str(p, "roomId"), count=_opt_int(p, "count") or 0)
     if kind == "presence":
         return Presence(
             room_id=_str(p, "roomId"),

@@ -134,7 +134,7 @@ class Backoff:
 
 @dataclass
 class _Request:
-    kind: str  # join | leave | message | ping | history
+    kind: str  # join | leave | message | ping | history | presence_query
     frame: dict[str, Any]
     future: asyncio.Future[Any]
     room: str | None = None
@@ -250,7 +250,9 @@ class GatewayClient:
         return tuple(self._rooms)
 
     def members(self, room: str) -> tuple[Member, ...]:
-        """Who is in `room` right now, as last told by presence_state and presence events."""
+        """Who is in `room` right now, as last told by presence_state and presence events (in a room
+        of more than a page, the first page and who announced themselves since: page through the
+        rest with presence_query)."""
         return tuple(self._members.get(room, {}).values())
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -279,6 +281,12 @@ class GatewayClient:
         """(offset, epoch) of the last entry of `room` this client has seen, or of the room when
         joined; None before that or with the gateway's history off."""
         return self._positions.get(room)
+
+    async def presence_query(self, room: str, cursor: str | None = None, timeout: float | None = None) -> PresenceState:
+        """A page of the room's members (the first without `cursor`; then pass the page's `next`)."""
+        payload = {"roomId": room} if cursor is None else {"roomId": room, "cursor": cursor}
+        result: PresenceState = await self._request("presence_query", payload, timeout=timeout)
+        return result
 
     async def history(self, room: str, limit: int = 50, timeout: float | None = None) -> History:
         """The room's latest `limit` (1..100) entries, oldest first, and its position."""
@@ -582,7 +590,7 @@ class GatewayClient:
                 gap = None
         elif isinstance(event, RoomUpdate) and event.action == "joined":
             gap = self._joined(event)
-        if isinstance(event, PresenceState):
+        if isinstance(event, PresenceState) and event.request_id is None:
             self._members[event.room_id] = {m.user_id: m for m in event.members}
         elif isinstance(event, Presence):
             room = self._members.setdefault(event.room_id, {})
@@ -600,7 +608,7 @@ class GatewayClient:
         if req is not None and not req.future.done():
             if isinstance(event, ErrorEvent):
                 req.future.set_exception(GatewayError(event))
-            elif isinstance(event, Ack | RoomUpdate | Pong | History):
+            elif isinstance(event, Ack | RoomUpdate | Pong | History | PresenceState):
                 req.future.set_result(event)
         self._emit(event)
         if gap is not None:

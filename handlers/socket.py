@@ -206,6 +206,8 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             await hub.join(session, payload["roomId"], request_id, payload.get("since"))
         elif frame_type == "leave":
             await hub.leave(session, payload["roomId"], request_id)
+        elif frame_type == "presence_query":
+            await hub.presence_query(session, payload["roomId"], payload.get("cursor"), request_id)
         elif frame_type == "history":
             await hub.history_of(session, payload["roomId"], payload["limit"], request_id)
         elif frame_type == "presence":

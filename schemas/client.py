@@ -54,6 +54,11 @@ class HistorySchema(_Payload):
     limit = fields.Integer(strict=True, load_default=50, validate=validate.Range(min=1, max=100))
 
 
+class PresenceQuerySchema(_Payload):
+    roomId = room_id()
+    cursor = fields.String(validate=validate.Length(min=1, max=1024))
+
+
 class PresenceSchema(_Payload):
     roomId = room_id()
     status = fields.String(required=True, validate=validate.OneOf(PRESENCE_STATUSES))
@@ -82,5 +87,6 @@ def payload_schemas(max_content: int) -> dict[str, Schema]:
         "message": MessageSchema(max_content=max_content),
         "presence": PresenceSchema(),
         "history": HistorySchema(),
+        "presence_query": PresenceQuerySchema(),
         "ping": PingSchema(),
     }

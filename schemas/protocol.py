@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-CLIENT_TYPES = ("join", "leave", "message", "presence", "history", "ping")
+CLIENT_TYPES = ("join", "leave", "message", "presence", "presence_query", "history", "ping")
 SERVER_TYPES = (
     "message",
     "message_updated",
@@ -20,6 +20,7 @@ SERVER_TYPES = (
     "room_update",
     "presence",
     "presence_state",
+    "presence_count",
     "history",
     "pong",
     "error",

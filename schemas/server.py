@@ -83,7 +83,14 @@ class MemberOut(_Strict):
 
 class PresenceStateOut(_Strict):
     roomId = room_id()
+    count = fields.Integer(required=True, validate=validate.Range(min=0))
     members = fields.List(fields.Nested(MemberOut), required=True)
+    next = fields.String()
+
+
+class PresenceCountOut(_Strict):
+    roomId = room_id()
+    count = fields.Integer(required=True, validate=validate.Range(min=0))
 
 
 class HistoryEntryOut(_Strict):
@@ -124,6 +131,7 @@ PAYLOADS: dict[str, type[Schema]] = {
     "room_update": RoomUpdateOut,
     "presence": PresenceOut,
     "presence_state": PresenceStateOut,
+    "presence_count": PresenceCountOut,
     "history": HistoryOut,
     "pong": PongOut,
     "error": ErrorOut,

@@ -66,6 +66,9 @@ APP_ENV = frozenset(
         "DEDUPE_TTL",
         "HISTORY_SIZE",
         "HISTORY_TTL",
+        "PRESENCE_PAGE",
+        "PRESENCE_BROADCAST_LIMIT",
+        "PRESENCE_COUNT_INTERVAL",
         "LOG_LEVEL",
         "DRAIN_DELAY",
         "DRAIN_WINDOW",
@@ -488,6 +491,7 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
     assert cm["MAX_MESSAGE_BYTES"] == "1048576"
     assert cm["DEDUPE_TTL"] == "86400"
     assert (cm["HISTORY_SIZE"], cm["HISTORY_TTL"]) == ("5000", "1800")
+    assert (cm["PRESENCE_PAGE"], cm["PRESENCE_BROADCAST_LIMIT"], cm["PRESENCE_COUNT_INTERVAL"]) == ("50", "500", "5")
     assert cm["TRUSTED_PROXIES"] == ",".join(v["gateway"]["trustedProxies"])
     assert cm["MAX_CONNECTIONS"] == "20000"
     assert cm["MAX_CONNECTIONS_PER_IP"] == "50"

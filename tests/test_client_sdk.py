@@ -24,6 +24,7 @@ from client import (
     Member,
     Message,
     Presence,
+    PresenceCount,
     PresenceState,
     RoomUpdate,
     Unknown,
@@ -440,3 +441,21 @@ async def test_positions_drop_repeats_and_report_gaps():
     gap = feed("room_update", action="joined", recovered=False)
     assert [type(e) for e in gap] == [RoomUpdate, HistoryGap] and gap[1].offset is None
     assert client.position("r") is None
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_pages_of_members_and_counts_of_a_large_room(make_gateway):
+    gw = await make_gateway(presence_page=2, presence_broadcast_limit=3, presence_count_interval=0.2)
+    clients = [await sdk(gw.url, name) for name in ("dan", "ann", "cat", "bob")]
+    try:
+        for c in clients:
+            await c.join("big")
+        first = await clients[0].presence_query("big")
+        assert (first.count, [m.user_id for m in first.members]) == (4, ["ann", "bob"])
+        rest = await clients[0].presence_query("big", first.next)
+        assert ([m.user_id for m in rest.members], rest.next) == (["cat", "dan"], None)
+        counted = await expect_event(clients[0], PresenceCount)
+        assert counted == PresenceCount("big", 4)
+    finally:
+        for c in clients:
+            await c.close()

@@ -13,7 +13,7 @@ from tornado.ioloop import IOLoop
 from services.dedupe import DedupeStore
 from services.dedupe.memory import MemoryDedupe
 from services.dedupe.redis import RedisDedupe
-from services.presence import PresenceStore
+from services.presence import Member, PresenceStore
 from services.presence.memory import MemoryPresence
 from services.presence.redis import RedisPresence
 from services.redis_common import make_client
@@ -63,24 +63,47 @@ def make_presence(kind: str, redis_client: Any, io_loop: IOLoop) -> Iterator[Pre
         io_loop.run_sync(store.close)
 
 
+async def members(store: PresenceStore, room: str) -> list[Member]:
+    return (await store.page(room, None, 1000)).members
+
+
 @pytest.mark.gen_test(timeout=15)
 async def test_presence_counts_connections_per_user(make_presence: PresenceFactory) -> None:
     p, _ = await make_presence("i1")
-    assert await p.join("r", "ann", "c1", 100.0) is True
-    assert await p.join("r", "ann", "c2", 101.0) is False  # another connection: not new
-    assert await p.join("r", "ann", "c2", 102.0) is False  # the same again: idempotent
-    assert await p.join("r", "ben", "c3", 103.0) is True
-    assert await p.join("other", "ann", "c1", 104.0) is True  # rooms are separate
-    assert [(m.user_id, m.status, m.since) for m in await p.members("r")] == [
+    assert (await p.join("r", "ann", "c1", 100.0))[0] is True
+    assert (await p.join("r", "ann", "c2", 101.0))[0] is False  # another connection: not new
+    assert (await p.join("r", "ann", "c2", 102.0))[0] is False  # the same again: idempotent
+    assert (await p.join("r", "ben", "c3", 103.0))[0] is True
+    assert (await p.join("other", "ann", "c1", 104.0))[0] is True  # rooms are separate
+    assert [(m.user_id, m.status, m.since) for m in await members(p, "r")] == [
         ("ann", "online", 100.0),
         ("ben", "online", 103.0),
     ]
-    assert await p.leave("r", "ann", "c1") is False  # c2 still in
-    assert await p.leave("r", "ann", "c1") is False  # unknown connection: nothing happens
-    assert await p.leave("r", "ann", "c2") is True
-    assert [m.user_id for m in await p.members("r")] == ["ben"]
-    assert [m.user_id for m in await p.members("other")] == ["ann"]
-    assert await p.members("nobody-here") == []
+    assert (await p.leave("r", "ann", "c1"))[0] is False  # c2 still in
+    assert (await p.leave("r", "ann", "c1"))[0] is False  # unknown connection: nothing happens
+    assert (await p.leave("r", "ann", "c2"))[0] is True
+    assert [m.user_id for m in await members(p, "r")] == ["ben"]
+    assert [m.user_id for m in await members(p, "other")] == ["ann"]
+    assert await members(p, "nobody-here") == []
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_presence_pages_are_sorted_counted_and_continue_after_a_user(make_presence: PresenceFactory) -> None:
+    p, _ = await make_presence("i1")
+    users = [f"u{i:03d}" for i in range(25)]
+    for i, user in enumerate(reversed(users)):
+        assert await p.join("big", user, f"c-{user}", 100.0) == (True, i + 1)
+    assert await p.join("big", "u000", "c-extra", 101.0) == (False, 25)  # a second connection
+    first = await p.page("big", None, 10)
+    assert (first.count, [m.user_id for m in first.members], first.more) == (25, users[:10], True)
+    after = await p.page("big", first.members[-1].user_id, 10)
+    assert [m.user_id for m in after.members] == users[10:20]
+    last = await p.page("big", users[19], 10)
+    assert ([m.user_id for m in last.members], last.more) == (users[20:], False)
+    assert (await p.page("big", "u0105", 10)).members[0].user_id == "u011"  # after any string
+    assert await p.counts(["big", "nobody", "big"]) == [25, 0, 25]
+    assert await p.leave("big", "u003", "c-u003") == (True, 24)
+    assert await p.leave("big", "u000", "c-u000") == (False, 24)  # c-extra keeps u000 in
 
 
 @pytest.mark.gen_test(timeout=15)
@@ -90,7 +113,7 @@ async def test_presence_status_is_kept_per_user(make_presence: PresenceFactory) 
     await p.set_status("r", "ann", "typing", 105.0)
     await p.set_status("r", "ann", "typing", 106.0)  # unchanged status keeps its `since`
     await p.set_status("r", "ghost", "idle", 107.0)  # not a member: not created
-    assert [(m.user_id, m.status, m.since) for m in await p.members("r")] == [("ann", "typing", 105.0)]
+    assert [(m.user_id, m.status, m.since) for m in await members(p, "r")] == [("ann", "typing", 105.0)]
 
 
 @pytest.mark.gen_test(timeout=15)
@@ -98,12 +121,12 @@ async def test_presence_status_is_kept_per_user(make_presence: PresenceFactory) 
 async def test_presence_is_shared_between_instances(kind: str, make_presence: PresenceFactory) -> None:
     a, _ = await make_presence("ia")
     b, _ = await make_presence("ib")
-    assert await a.join("r", "ann", "ca", 100.0) is True
-    assert await b.join("r", "ann", "cb", 101.0) is False  # ann is in through instance a
+    assert (await a.join("r", "ann", "ca", 100.0))[0] is True
+    assert (await b.join("r", "ann", "cb", 101.0))[0] is False  # ann is in through instance a
     await b.set_status("r", "ann", "idle", 102.0)
-    assert [(m.user_id, m.status) for m in await a.members("r")] == [("ann", "idle")]
-    assert await a.leave("r", "ann", "ca") is False
-    assert await b.leave("r", "ann", "cb") is True
+    assert [(m.user_id, m.status) for m in await members(a, "r")] == [("ann", "idle")]
+    assert (await a.leave("r", "ann", "ca"))[0] is False
+    assert (await b.leave("r", "ann", "cb"))[0] is True
 
 
 @pytest.mark.gen_test(timeout=15)
@@ -118,7 +141,7 @@ async def test_restart_under_the_same_instance_id_expires_its_old_connections(
         task.cancel()
     new, expired = await make_presence("pod-1")  # back within PRESENCE_TTL, heartbeat still there
     await wait_for(lambda: expired == [("r", "ghost")], what="the old connection announced offline")
-    assert await new.members("r") == []
+    assert await members(new, "r") == []
 
 
 @pytest.fixture
@@ -158,7 +181,7 @@ async def test_room_ids_cannot_reach_other_rooms_or_control_keys(make_presence: 
     p, _ = await make_presence("iz")
     await p.join("secret", "ann", "c1", 100.0)
     for room in ("secret:n", "count:secret", "room:secret", "sweep", "instances", "alive:iz", "instance:iz"):
-        assert await p.join(room, "eve", f"c-{room}", 101.0) is True, room
-        assert [m.user_id for m in await p.members(room)] == ["eve"], room
-    assert [m.user_id for m in await p.members("secret")] == ["ann"]
-    assert await p.leave("secret", "ann", "c1") is True
+        assert (await p.join(room, "eve", f"c-{room}", 101.0))[0] is True, room
+        assert [m.user_id for m in await members(p, room)] == ["eve"], room
+    assert [m.user_id for m in await members(p, "secret")] == ["ann"]
+    assert (await p.leave("secret", "ann", "c1"))[0] is True

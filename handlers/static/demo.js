@@ -231,6 +231,11 @@
           el("span", { className: "name", text: userId === state.user ? `${userId} (you)` : userId }),
           el("span", { className: "status", text: m.status })));
       }
+      // A large room lists its first page only, and counts instead of announcing each member.
+      const online = [...r.members.values()].filter((m) => m.status !== "offline").length;
+      if (typeof r.count === "number" && r.count > online) {
+        items.push(el("li", { className: "more", text: `${r.count - online} more online` }));
+      }
     }
     ui.memberList.replaceChildren(...items);
     renderTyping();
@@ -450,8 +455,16 @@
       case "room_update":
         onRoomUpdate(p);
         break;
+      case "presence_count": {
+        const r = room(p.roomId);
+        r.count = p.count;
+        if (p.roomId === state.active) renderMembers();
+        break;
+      }
       case "presence_state": {
         const r = room(p.roomId);
+        if (frame.requestId) break; // a page asked for: this page keeps its first-page view
+        r.count = p.count;
         const seen = new Set();
         for (const m of p.members || []) {
           r.members.set(m.userId, { status: m.status, since: m.since });

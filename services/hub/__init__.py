@@ -1,8 +1,7 @@
 """RoomHub: rooms -> local sessions, users -> local sessions, and the protocol's decisions.
 
-The hub knows nothing of Tornado: it gets Sessions and payloads already validated by the handler,
-and talks to the outside only through the Bus, PresenceStore, DedupeStore and Ingest interfaces.
-It routes; the pieces it routes through are its own modules:
+The hub knows nothing of Tornado (it gets Sessions and validated payloads) and talks to the outside
+only through interfaces (bus, presence, dedupe, history, ingest). It routes through its own modules:
 
     channels.py   which bus channels are subscribed (per-channel counted locks)
     fanout.py     a frame to the local members of a room, then one bus publish
@@ -10,6 +9,7 @@ It routes; the pieces it routes through are its own modules:
     messages.py   a client message through dedupe, Kafka and broadcast (durable ack)
     ordering.py   one sender's messages in order
     recovery.py   a joiner's position in the room's history, and what it is replayed
+    roster.py     member pages and counts; per-user presence only in rooms up to the limit
     statuses.py   presence changes as frames, typing timers
     tasks.py      background work, supervised
 """
@@ -33,11 +33,11 @@ from services.hub.joins import Holds, JoinHold
 from services.hub.messages import Ingest, MessagePipeline
 from services.hub.ordering import SenderOrder
 from services.hub.recovery import Recovery
+from services.hub.roster import Roster
 from services.hub.statuses import Statuses
 from services.hub.tasks import TaskGroup
-from services.ids import iso, iso_now
 from services.metrics import METRICS
-from services.presence import OFFLINE, ONLINE, PresenceStore
+from services.presence import PresenceStore
 from services.session import Session
 from services.settings import Settings
 
@@ -75,14 +75,17 @@ class RoomHub:
         )
         self.recovery = Recovery(settings, history, self.fanout)
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
-        self.statuses = Statuses(settings, presence, self.fanout, self.rooms, self.users, self.tasks.spawn)
+        self.roster = Roster(settings, presence, self.fanout, self.rooms)
+        self.statuses = Statuses(settings, presence, self.roster, self.fanout, self.rooms, self.users, self.tasks.spawn)
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event, self._on_bus_resync)
         await self.presence.start(self.statuses.expired, self.statuses.restored)
+        self.roster.start()
 
     async def close(self) -> None:
         self.statuses.close()
+        self.roster.close()
         self.tasks.cancel()
         self.channels.retries.cancel()
 
@@ -157,12 +160,7 @@ class RoomHub:
             except BusError:
                 raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
             try:
-                now = time.time()
-                new_user = await self.presence.join(room, session.user_id, session.conn_id, now)
-                members = await self.presence.members(room)
-                if new_user:
-                    presence = {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
-                    await self.fanout.broadcast(room, frames.encode("presence", presence), exclude=session.conn_id)
+                first = await self.roster.enter(room, session, time.time())
             except BaseException:
                 self._detach(session, room)  # drops the hold too; the store is told in the background
                 self.spawn(self._after_leave(session, room, announce=False))
@@ -170,16 +168,16 @@ class RoomHub:
             if room not in session.rooms:  # removed meanwhile: it got room_update removed/deleted
                 raise ClientError("not_in_room", "removed from the room while joining", roomId=room)
         else:
-            members = await self.presence.members(room)
+            first = await self.roster.page(room)
         answer = await self.recovery.join(room, since, member_already)
         joined: dict[str, Any] = {"roomId": room, "action": "joined", **answer.fields}
-        snapshot = [m.as_json() for m in members]
         session.send(frames.encode("room_update", joined, request_id))
         await self.recovery.replay(session, answer.replay)
-        session.send(frames.encode("presence_state", {"roomId": room, "members": snapshot}))
+        session.send(self.roster.frame(room, first))
         if hold is not None:
+            snapshot = [m.as_json() for m in first.members]
             delivered = self.fanout.positions.get(room)
-            self.holds.release(room, session, hold, snapshot, time.time(), answer.seen, delivered)
+            self.holds.release(room, session, hold, snapshot, not first.more, answer.seen, delivered)
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -197,6 +195,7 @@ class RoomHub:
             if not members:
                 del self.rooms[room]
                 self.fanout.forget(room)
+                self.roster.forget(room)
                 METRICS.rooms.set(len(self.rooms))
 
     async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
@@ -206,11 +205,8 @@ class RoomHub:
 
     async def _after_leave(self, session: Session, room: str, announce: bool = True) -> None:
         user = session.user_id
-        gone = await self.presence.leave(room, user, session.conn_id)
+        gone = await self.roster.exit(room, user, session.conn_id, announce)
         self.statuses.left(room, user, gone)
-        if gone and announce:
-            presence = {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
-            await self.fanout.broadcast(room, frames.encode("presence", presence))
         await self.channels.drop_if_unused(room_channel(room), lambda: bool(self.rooms.get(room)))
 
     # -- messages and presence ---------------------------------------------------------------
@@ -228,6 +224,11 @@ class RoomHub:
         if room not in session.rooms:
             raise ClientError("not_in_room", "join the room before reading its history", roomId=room)
         session.send(await self.recovery.history(room, limit, request_id))
+
+    async def presence_query(self, session: Session, room: str, cursor: str | None, request_id: str | None) -> None:
+        if room not in session.rooms:
+            raise ClientError("not_in_room", "join the room before listing its members", roomId=room)
+        session.send(self.roster.frame(room, await self.roster.page(room, cursor), request_id))
 
     async def set_presence(self, session: Session, room: str, status: str) -> None:
         if room not in session.rooms:

@@ -5,6 +5,7 @@ presence the snapshot already shows."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 
@@ -70,8 +71,12 @@ class JoinHold:
             return False
         return presence is None or not self._known_late(presence)
 
-    def release(self, snapshot: list[dict[str, object]], now: float, seen: Position | None = None) -> list[bytes]:
+    def release(
+        self, snapshot: list[dict[str, object]], now: float, complete: bool = True, seen: Position | None = None
+    ) -> list[bytes]:
         """The held frames to send now, less what the snapshot shows and the entries up to `seen`.
+        `complete`: the snapshot lists the whole room (not a first page), so a user it does not
+        list is known to be offline.
         Afterwards only the listed users whose state changed lately are kept for the grace: older
         changes are not in flight."""
         held, self.frames = self.frames or [], None
@@ -87,7 +92,7 @@ class JoinHold:
                 user, status, at = presence
                 entry = listed.get(user)
                 if status == OFFLINE:
-                    known = entry is None
+                    known = entry is None and complete
                 else:
                     known = entry is not None and entry[0] == status and at <= entry[1]
                 if known:
@@ -130,13 +135,13 @@ class Holds:
         session: Session,
         hold: JoinHold,
         snapshot: list[dict[str, object]],
-        now: float,
+        complete: bool,
         seen: Position | None = None,
         delivered: Position | None = None,
     ) -> None:
         """Send what was held; keep filtering for the grace when the hold kept a snapshot, or when
         entries up to `seen` may still arrive (this instance has `delivered` less so far)."""
-        for frame in hold.release(snapshot, now, seen):
+        for frame in hold.release(snapshot, time.time(), complete, seen):
             session.send(frame)
         if hold.snapshot or (seen is not None and not _reached(seen, delivered)):
             asyncio.get_running_loop().call_later(JOIN_FILTER_GRACE, self._end, room, session, hold)

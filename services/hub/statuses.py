@@ -1,7 +1,8 @@
 """Statuses: presence changes as frames. A user's status in a room (online, typing, idle) is stored
 and announced to the room; `typing` lapses to `online` after TYPING_TTL unless repeated; users the
 store expired (a dead instance's) or restored (a Redis restart) are announced; after a bus outage
-every local room gets a fresh snapshot."""
+every local room gets a fresh snapshot. In a room above PRESENCE_BROADCAST_LIMIT statuses are
+stored but not announced (roster.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from services import frames
 from services.hub.fanout import Fanout
+from services.hub.roster import Roster
 from services.ids import iso, iso_now
 from services.presence import OFFLINE, ONLINE, PresenceStore
 from services.session import Session
@@ -23,6 +25,7 @@ class Statuses:
         self,
         settings: Settings,
         store: PresenceStore,
+        roster: Roster,
         fanout: Fanout,
         rooms: dict[str, set[Session]],
         users: dict[str, set[Session]],
@@ -30,6 +33,7 @@ class Statuses:
     ) -> None:
         self._settings = settings
         self._store = store
+        self._roster = roster
         self._fanout = fanout
         self._rooms = rooms  # the hub's: room -> local sessions
         self._users = users  # the hub's: user -> local sessions
@@ -46,8 +50,9 @@ class Statuses:
     async def publish(self, room: str, user: str, status: str) -> None:
         now = time.time()
         await self._store.set_status(room, user, status, now)
-        presence = {"roomId": room, "userId": user, "status": status, "at": iso(now)}
-        await self._fanout.broadcast(room, frames.encode("presence", presence))
+        if self._roster.announces(room):
+            presence = {"roomId": room, "userId": user, "status": status, "at": iso(now)}
+            await self._fanout.broadcast(room, frames.encode("presence", presence))
 
     def left(self, room: str, user: str, gone: bool) -> None:
         """A local connection of `user` left `room`; `gone`: the user has no connection left in it."""
@@ -83,8 +88,7 @@ class Statuses:
         meanwhile never reached us), read once our own connections are back in the store."""
         await self._store.resync()
         for room in list(self._rooms):
-            members = await self._store.members(room)
-            frame = frames.encode("presence_state", {"roomId": room, "members": [m.as_json() for m in members]})
+            frame = self._roster.frame(room, await self._roster.page(room))
             for session in tuple(self._rooms.get(room, ())):
                 session.send(frame)
 
@@ -97,5 +101,7 @@ class Statuses:
             self._spawn(self.publish(room, user, ONLINE))
 
     def _announce(self, room: str, user: str, status: str) -> None:
+        if not self._roster.announces(room):
+            return
         frame = frames.encode("presence", {"roomId": room, "userId": user, "status": status, "at": iso_now()})
         self._spawn(self._fanout.broadcast(room, frame))

@@ -1,7 +1,9 @@
 """Presence store: who is in a room, with which status, across every instance.
 
 A user is a member of a room while any of their connections (on any instance) is in it.
-The memory store (memory.py) serves one process; redis.py shares it through Redis.
+The memory store (memory.py) serves one process; redis.py shares it through Redis. Members are
+read a page at a time, sorted by user id, so a join costs the same in a room of ten or of ten
+thousand (docs/protocol.md, "Large rooms").
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ class Member:
         return {"userId": self.user_id, "status": self.status, "since": iso(self.since)}
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Up to a page of a room's members, sorted by user id, after some user id; `count` is how many
+    users the room has, `more` whether members follow the page."""
+
+    count: int
+    members: list[Member]
+    more: bool
+
+
 # Called with (room, user): `on_expired` for users whose owning instance died (the hub announces
 # them offline), `on_restored` for users a store had lost and re-registered (announced online).
 ExpiredHandler = Callable[[str, str], None]
@@ -35,15 +47,20 @@ class PresenceStore(Protocol):
     """What the hub needs. Implementations handed to the hub never raise StoreError (a store that
     can fail goes behind fallback.py)."""
 
-    async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
-        """Record the connection in the room; True when the user is new to the room."""
+    async def join(self, room: str, user: str, conn_id: str, now: float) -> tuple[bool, int]:
+        """Record the connection in the room: (the user is new to the room, users in the room)."""
 
-    async def leave(self, room: str, user: str, conn_id: str) -> bool:
-        """Forget the connection; True when the user has no connection left in the room."""
+    async def leave(self, room: str, user: str, conn_id: str) -> tuple[bool, int]:
+        """Forget the connection: (the user has no connection left in the room, users in it)."""
 
     async def set_status(self, room: str, user: str, status: str, now: float) -> None: ...
 
-    async def members(self, room: str) -> list[Member]: ...
+    async def page(self, room: str, after: str | None, limit: int) -> Page:
+        """The room's members with a user id greater than `after` (from the first without), at
+        most `limit` of them."""
+
+    async def counts(self, rooms: list[str]) -> list[int]:
+        """Users in each room (one round trip for all)."""
 
     async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None: ...
 

@@ -5,7 +5,7 @@ Redis store reconciles what it missed once Redis is back."""
 from __future__ import annotations
 
 from services.errors import StoreError
-from services.presence import ExpiredHandler, Member, PresenceStore
+from services.presence import ExpiredHandler, Page, PresenceStore
 from services.presence.memory import MemoryPresence
 
 
@@ -20,19 +20,19 @@ class FallbackPresence:
     async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None:
         await self.shared.start(on_expired, on_restored)
 
-    async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
-        new_here = await self.local.join(room, user, conn_id, now)
+    async def join(self, room: str, user: str, conn_id: str, now: float) -> tuple[bool, int]:
+        here = await self.local.join(room, user, conn_id, now)
         try:
             return await self.shared.join(room, user, conn_id, now)
         except StoreError:
-            return new_here
+            return here
 
-    async def leave(self, room: str, user: str, conn_id: str) -> bool:
-        gone_here = await self.local.leave(room, user, conn_id)
+    async def leave(self, room: str, user: str, conn_id: str) -> tuple[bool, int]:
+        here = await self.local.leave(room, user, conn_id)
         try:
             return await self.shared.leave(room, user, conn_id)
         except StoreError:
-            return gone_here
+            return here
 
     async def set_status(self, room: str, user: str, status: str, now: float) -> None:
         await self.local.set_status(room, user, status, now)
@@ -47,11 +47,17 @@ class FallbackPresence:
         except StoreError:
             pass  # still failing: the periodic reconcile finishes the job later
 
-    async def members(self, room: str) -> list[Member]:
+    async def page(self, room: str, after: str | None, limit: int) -> Page:
         try:
-            return await self.shared.members(room)
+            return await self.shared.page(room, after, limit)
         except StoreError:
-            return await self.local.members(room)
+            return await self.local.page(room, after, limit)
+
+    async def counts(self, rooms: list[str]) -> list[int]:
+        try:
+            return await self.shared.counts(rooms)
+        except StoreError:
+            return await self.local.counts(rooms)
 
     async def close(self) -> None:
         await self.local.close()

@@ -1,10 +1,12 @@
-"""MemoryPresence: who is in which room, for one process."""
+"""MemoryPresence: who is in which room, for one process. Each room keeps its user ids sorted
+(bisect), so a page is a slice and a join or leave is one binary search."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
-from services.presence import ONLINE, ExpiredHandler, Member
+from services.presence import ONLINE, ExpiredHandler, Member, Page
 
 
 @dataclass(slots=True)
@@ -14,37 +16,48 @@ class _Entry:
     conns: set[str] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class _Room:
+    users: dict[str, _Entry] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # user ids, sorted
+
+
 class MemoryPresence:
     def __init__(self) -> None:
-        self._rooms: dict[str, dict[str, _Entry]] = {}
+        self._rooms: dict[str, _Room] = {}
 
     async def start(self, on_expired: ExpiredHandler, on_restored: ExpiredHandler | None = None) -> None:
         return None  # one process: nothing can die without us, nothing is lost
 
-    async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
-        users = self._rooms.setdefault(room, {})
-        entry = users.get(user)
+    async def join(self, room: str, user: str, conn_id: str, now: float) -> tuple[bool, int]:
+        state = self._rooms.get(room)
+        if state is None:
+            state = self._rooms[room] = _Room()
+        entry = state.users.get(user)
         if entry is None:
-            users[user] = _Entry(ONLINE, now, {conn_id})
-            return True
+            state.users[user] = _Entry(ONLINE, now, {conn_id})
+            bisect.insort(state.order, user)
+            return True, len(state.order)
         entry.conns.add(conn_id)
-        return False
+        return False, len(state.order)
 
-    async def leave(self, room: str, user: str, conn_id: str) -> bool:
-        users = self._rooms.get(room)
-        entry = users.get(user) if users else None
-        if users is None or entry is None:
-            return False
+    async def leave(self, room: str, user: str, conn_id: str) -> tuple[bool, int]:
+        state = self._rooms.get(room)
+        entry = state.users.get(user) if state else None
+        if state is None or entry is None:
+            return False, len(state.order) if state else 0
         entry.conns.discard(conn_id)
         if entry.conns:
-            return False
-        del users[user]
-        if not users:
+            return False, len(state.order)
+        del state.users[user]
+        del state.order[bisect.bisect_left(state.order, user)]
+        if not state.users:
             del self._rooms[room]
-        return True
+        return True, len(state.order)
 
     async def set_status(self, room: str, user: str, status: str, now: float) -> None:
-        entry = self._rooms.get(room, {}).get(user)
+        state = self._rooms.get(room)
+        entry = state.users.get(user) if state else None
         if entry is not None and entry.status != status:
             entry.status = status
             entry.since = now
@@ -52,8 +65,17 @@ class MemoryPresence:
     async def resync(self) -> None:
         """One process: nothing can have been lost."""
 
-    async def members(self, room: str) -> list[Member]:
-        return [Member(u, e.status, e.since) for u, e in sorted(self._rooms.get(room, {}).items())]
+    async def page(self, room: str, after: str | None, limit: int) -> Page:
+        state = self._rooms.get(room)
+        if state is None:
+            return Page(0, [], False)
+        start = 0 if after is None else bisect.bisect_right(state.order, after)
+        ids = state.order[start : start + limit]
+        members = [Member(u, state.users[u].status, state.users[u].since) for u in ids]
+        return Page(len(state.order), members, start + limit < len(state.order))
+
+    async def counts(self, rooms: list[str]) -> list[int]:
+        return [len(self._rooms[r].order) if r in self._rooms else 0 for r in rooms]
 
     async def close(self) -> None:
         self._rooms.clear()

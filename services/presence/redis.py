@@ -28,8 +28,9 @@ import redis.asyncio as aioredis
 
 from services.errors import StoreError
 from services.logs import StateLog
-from services.presence import ONLINE, ExpiredHandler, Member
-from services.presence.redis_scripts import JOIN, LEAVE, PURGE, PURGE_CHUNK, REFRESH, SEP, STATUS, Keys
+from services.presence import ONLINE, ExpiredHandler, Member, Page
+from services.presence.redis_scripts import JOIN, LEAVE, PAGE, REFRESH, SEP, STATUS, Keys
+from services.presence.redis_sweep import Sweeper
 from services.redis_common import REDIS_ERRORS, describe
 
 log = logging.getLogger("gateway.presence")
@@ -56,14 +57,13 @@ class RedisPresence:
         self.instance_id = instance_id
         self.ttl = ttl
         self.refresh_interval = ttl / 3
-        self.sweep_interval = max(0.5, min(5.0, ttl / 6))
         self._keys = Keys(prefix)
         self._mine_key = self._keys.instance(instance_id)
         self._join = client.register_script(JOIN)
         self._leave = client.register_script(LEAVE)
         self._status = client.register_script(STATUS)
         self._refresh = client.register_script(REFRESH)
-        self._purge = client.register_script(PURGE)
+        self._page = client.register_script(PAGE)
         self._local: dict[str, tuple[str, str]] = {}  # member -> (room, user): what we own
         # Redis may disagree with _local: reconcile on the next refresh. True at start: a restart
         # under a fixed INSTANCE_ID finds its previous life's connections still registered.
@@ -72,6 +72,16 @@ class RedisPresence:
         self._on_expired: ExpiredHandler | None = None
         self._on_restored: ExpiredHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        interval = max(0.5, min(5.0, ttl / 6))
+        self.sweeper = Sweeper(
+            client,
+            self._keys,
+            instance_id,
+            interval,
+            can_announce,
+            lambda room, user: self._announce(self._on_expired, room, user),
+            self._failed,
+        )
         self._state = StateLog(log, "redis presence")
 
     @staticmethod
@@ -88,68 +98,80 @@ class RedisPresence:
         if self._tasks:
             return
         await self._keepalive()
-        self._tasks = [
-            asyncio.create_task(self._refresh_loop()),
-            asyncio.create_task(self._sweep_loop()),
-        ]
+        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self.sweeper.run())]
 
-    async def join(self, room: str, user: str, conn_id: str, now: float) -> bool:
+    async def join(self, room: str, user: str, conn_id: str, now: float) -> tuple[bool, int]:
         member = self._member(room, user, conn_id)
-        users, counts = self._keys.room(room)
         self._local[member] = (room, user)
         try:
-            new = await self._join(
-                keys=[users, counts, self._mine_key, self._keys.instances],
-                args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
-            )
+            new, count = await self._join_script(room, user, member, now)
         except REDIS_ERRORS as exc:
             # Kept in _local: the connection is in the room (served locally meanwhile), and the
             # reconcile after the outage registers it and announces it to the other instances.
             self._dirty = True
             raise self._failed(exc) from None
         self._state.ok()
-        return bool(new)
+        return bool(new), int(count)
 
-    async def leave(self, room: str, user: str, conn_id: str) -> bool:
+    async def leave(self, room: str, user: str, conn_id: str) -> tuple[bool, int]:
         """If Redis cannot be told now, the next reconcile removes the connection and announces the
         user offline to the other instances then; StoreError tells the caller to decide locally."""
         member = self._member(room, user, conn_id)
-        users, counts = self._keys.room(room)
         self._local.pop(member, None)
         try:
-            gone = await self._leave(keys=[users, counts, self._mine_key], args=[user, member])
+            gone, count = await self._leave_script(room, user, member)
         except REDIS_ERRORS as exc:
             self._dirty = True
             self._lost_leaves.add((room, user))
             raise self._failed(exc) from None
         self._state.ok()
-        return bool(gone)
+        return bool(gone), int(count)
+
+    async def _join_script(self, room: str, user: str, member: str, now: float) -> list[int]:
+        users, counts, order = self._keys.room(room)
+        keys = [users, counts, self._mine_key, self._keys.instances, order]
+        return list(await self._join(keys=keys, args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id]))
+
+    async def _leave_script(self, room: str, user: str, member: str) -> list[int]:
+        users, counts, order = self._keys.room(room)
+        return list(await self._leave(keys=[users, counts, self._mine_key, order], args=[user, member]))
 
     async def set_status(self, room: str, user: str, status: str, now: float) -> None:
-        users, _ = self._keys.room(room)
+        users, _, _ = self._keys.room(room)
         try:
             await self._status(keys=[users], args=[user, status, f"{status}{SEP}{now!r}"])
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         self._state.ok()
 
-    async def members(self, room: str) -> list[Member]:
-        users, _ = self._keys.room(room)
+    async def page(self, room: str, after: str | None, limit: int) -> Page:
+        _, _, order = self._keys.room(room)
+        users, _, _ = self._keys.room(room)
+        start = "-" if after is None else "(" + after
         try:
-            raw = await cast("Awaitable[dict[bytes, bytes]]", self._client.hgetall(users))
+            raw = await self._page(keys=[order, users], args=[start, limit + 1])
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         self._state.ok()
-        out: list[Member] = []
-        for key, value in raw.items():
-            status, _, since = _text(value).partition(SEP)
+        count, flat = int(raw[0]), [_text(x) for x in raw[1:]]
+        members: list[Member] = []
+        for user, value in zip(flat[0::2], flat[1::2], strict=True):
+            status, _, since = value.partition(SEP)
             try:
                 when = float(since)
             except ValueError:
                 when = 0.0
-            out.append(Member(_text(key), status or ONLINE, when))
-        out.sort(key=lambda m: m.user_id)
-        return out
+            members.append(Member(user, status or ONLINE, when))
+        return Page(count, members[:limit], len(members) > limit)
+
+    async def counts(self, rooms: list[str]) -> list[int]:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.zcard(self._keys.room(room)[2])
+                return [int(n) for n in await pipe.execute()]
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
 
     async def close(self) -> None:
         """Stop refreshing and drop the heartbeat. Connections still registered (none after a drain)
@@ -202,19 +224,14 @@ class RedisPresence:
             for member in remote - self._local.keys():
                 room, _, rest = member.partition(SEP)
                 _, _, user = rest.partition(SEP)
-                users, counts = self._keys.room(room)
-                if await self._leave(keys=[users, counts, self._mine_key], args=[user, member]):
+                if (await self._leave_script(room, user, member))[0]:
                     announced.add((room, user))
                     self._announce(self._on_expired, room, user)
             now = time.time()
             for member, (room, user) in list(self._local.items()):
                 if member in remote or member not in self._local:
                     continue
-                users, counts = self._keys.room(room)
-                new = await self._join(
-                    keys=[users, counts, self._mine_key, self._keys.instances],
-                    args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id],
-                )
+                new, _ = await self._join_script(room, user, member, now)
                 restored += 1
                 if new:
                     self._announce(self._on_restored, room, user)
@@ -222,7 +239,7 @@ class RedisPresence:
             # offline yet, so say it now unless the user is in the room through
             # another connection (here, re-added just above, or elsewhere).
             for room, user in lost - announced:
-                users, _ = self._keys.room(room)
+                users, _, _ = self._keys.room(room)
                 if not await cast("Awaitable[bool]", self._client.hexists(users, user)):
                     announced.add((room, user))
                     self._announce(self._on_expired, room, user)
@@ -241,54 +258,6 @@ class RedisPresence:
                 await self._keepalive()
             except StoreError:
                 pass  # logged once by the state log; retried every second
-
-    # -- sweeping dead instances -------------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            try:
-                await self.sweep()
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-
-    async def sweep(self) -> int:
-        """Take the sweep lock (one sweeper per interval fleet-wide) and purge instances whose
-        heartbeat lapsed. Returns how many users were announced offline."""
-        if not self._can_announce():
-            return 0  # another instance, or we once our bus is back
-        lock_ms = max(100, int(self.sweep_interval * 900))
-        if not await self._client.set(self._keys.sweep_lock, self.instance_id, nx=True, px=lock_ms):
-            return 0
-        ids = [_text(i) for i in await cast("Awaitable[set[bytes]]", self._client.smembers(self._keys.instances))]
-        others = [i for i in ids if i != self.instance_id]
-        if not others:
-            return 0
-        async with self._client.pipeline(transaction=False) as pipe:
-            for other in others:
-                pipe.exists(self._keys.alive(other))
-            alive = await pipe.execute()
-        announced = 0
-        for other, is_alive in zip(others, alive, strict=True):
-            if not is_alive:
-                announced += await self._purge_instance(other)
-        return announced
-
-    async def _purge_instance(self, other: str) -> int:
-        keys = [self._keys.alive(other), self._keys.instance(other), self._keys.instances]
-        announced = 0
-        while True:
-            out = await self._purge(keys=keys, args=[self._prefix, other, PURGE_CHUNK])
-            left = int(out[0])
-            pairs = [_text(x) for x in out[1:]]
-            for i in range(0, len(pairs) - 1, 2):
-                self._announce(self._on_expired, pairs[i], pairs[i + 1])
-                announced += 1
-            if left <= 0:
-                break
-        if announced:
-            log.info("presence of a dead instance expired", extra={"dead": other, "users": announced})
-        return announced
 
     def _announce(self, handler: ExpiredHandler | None, room: str, user: str) -> None:
         if handler is None:

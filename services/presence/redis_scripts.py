@@ -5,6 +5,8 @@ user has gone.
 Keys (P = REDIS_PREFIX, default `rt:`):
   P presence:room:{room}        hash  user -> "status\\x1fsince"     what presence_state lists
   P presence:count:{room}       hash  user -> live connections        a user leaves when it hits 0
+  P presence:order:{room}       zset  user, score 0                   the members in user id order
+                                                                       (pages: ZRANGEBYLEX; count: ZCARD)
   P presence:instance:{id}      set   "room\\x1fconn\\x1fuser"         connections owned by an instance
   P presence:alive:{id}         string, PX = PRESENCE_TTL             the owner's heartbeat
   P presence:instances          set   instance ids with registrations
@@ -17,26 +19,41 @@ from __future__ import annotations
 SEP = "\x1f"
 PURGE_CHUNK = 500  # connections of a dead instance removed per script call (keeps Redis responsive)
 
+# JOIN and LEAVE return {1 if the user is new / gone, users in the room}.
 JOIN = """
 redis.call('SADD', KEYS[4], ARGV[4])
-if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then return 0 end
+if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then return {0, redis.call('ZCARD', KEYS[5])} end
 local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 if n == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 end
-if n == 1 then return 1 end
-return 0
+redis.call('ZADD', KEYS[5], 0, ARGV[1])
+if n == 1 then return {1, redis.call('ZCARD', KEYS[5])} end
+return {0, redis.call('ZCARD', KEYS[5])}
 """
 
 LEAVE = """
-if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return 0 end
+if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return {0, redis.call('ZCARD', KEYS[4])} end
 local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
 if n <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return {1, redis.call('ZCARD', KEYS[4])}
 end
-return 0
+return {0, redis.call('ZCARD', KEYS[4])}
+"""
+
+# {users in the room, user1, "status\x1fsince"1, ...}: up to ARGV[2] members from ARGV[1] ("-", or
+# "(" and the user id to start after).
+PAGE = """
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {redis.call('ZCARD', KEYS[1])}
+for _, id in ipairs(ids) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
+end
+return out
 """
 
 STATUS = """
@@ -72,6 +89,7 @@ for _, m in ipairs(members) do
     if n <= 0 then
       redis.call('HDEL', count, user)
       redis.call('HDEL', base, user)
+      redis.call('ZREM', ARGV[1] .. 'presence:order:' .. room, user)
       table.insert(out, room)
       table.insert(out, user)
     end
@@ -92,9 +110,10 @@ class Keys:
         self.instances = f"{prefix}presence:instances"
         self.sweep_lock = f"{prefix}presence:sweep"
 
-    def room(self, room: str) -> tuple[str, str]:
-        """(users with their status, users with their live connection count) of a room."""
-        return f"{self.prefix}presence:room:{room}", f"{self.prefix}presence:count:{room}"
+    def room(self, room: str) -> tuple[str, str, str]:
+        """(users with their status, users with their live connection count, users in order)."""
+        p = self.prefix
+        return f"{p}presence:room:{room}", f"{p}presence:count:{room}", f"{p}presence:order:{room}"
 
     def alive(self, instance: str) -> str:
         return f"{self.prefix}presence:alive:{instance}"

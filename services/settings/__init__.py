@@ -109,6 +109,12 @@ class Settings:
     typing_ttl: float = setting(6.0, number(0.1), "seconds before typing lapses to online")
     presence_ttl: float = setting(30.0, number(1.0), "seconds a dead instance's users stay online")
     dedupe_ttl: float = setting(86400.0, number(1.0), "seconds a dedupeKey is remembered")
+    # -- large rooms (README.md, "Large rooms")
+    presence_page: int = setting(100, integer(1, 1000), "members per presence_state page")
+    presence_broadcast_limit: int = setting(
+        200, integer(0), "users in a room above which per-user presence frames give way to presence_count"
+    )
+    presence_count_interval: float = setting(2.0, number(0.1), "seconds between presence_count frames of a room")
     # -- history and recovery (README.md, "Recovery")
     history_size: int = setting(1000, integer(0, 100000), "entries kept per room for recovery (0: history off)")
     history_ttl: float = setting(600.0, number(1.0), "seconds an entry is kept after the room's last entry")

@@ -111,6 +111,9 @@ and WORKERS.
   "DEDUPE_TTL" $g.ttl.dedupe
   "HISTORY_SIZE" $g.history.size
   "HISTORY_TTL" $g.history.ttl
+  "PRESENCE_PAGE" $g.presence.page
+  "PRESENCE_BROADCAST_LIMIT" $g.presence.broadcastLimit
+  "PRESENCE_COUNT_INTERVAL" $g.presence.countInterval
 -}}
 {{- $env := dict
   "PORT" (include "rtg.envString" $g.port)
