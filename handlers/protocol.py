@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Protocol, cast
 
 from tornado.util import _websocket_mask
@@ -51,16 +51,42 @@ class FrameSink(Protocol):
 
 
 # What this module uses of Tornado that is not public API (tests/test_tornado_contract.py fails if
-# an upgrade changes it): WebSocketProtocol13._receive_frame (replaced), _read_bytes, _write_frame,
+# an upgrade changes it): WebSocketProtocol13._receive_frame (replaced), _read_bytes,
 # _run_callback, _received_pong, _message_bytes_in, _wire_bytes_in, params; _WebSocketParams;
 # tornado.util._websocket_mask. The only other ones: handlers/http_server.py keeps TCPServer's
 # `_sockets` and `_handlers` (its own accept loop) and sets the request context's `remote_ip`.
 TORNADO_PRIVATE = (
     "_receive_frame",
     "_read_bytes",
-    "_write_frame",
     "_run_callback",
 )
+
+
+_WIRE_CACHE: dict[int, tuple[bytes, bytes]] = {}  # id(payload) -> (payload, its frame)
+_WIRE_CACHE_SIZE = 64
+
+
+def wire_frame(opcode: int, data: bytes) -> bytes:
+    """A final, unmasked server frame. The frame of a payload seen lately is reused: a broadcast's
+    frame is built once and the same bytes go to every recipient (the cache holds the payload, so
+    an id is never taken for another object while its entry lives)."""
+    cached = _WIRE_CACHE.get(id(data)) if opcode == OP_TEXT else None
+    if cached is not None and cached[0] is data:
+        return cached[1]
+    n = len(data)
+    if n < 126:
+        head = bytes((0x80 | opcode, n))
+    elif n <= 0xFFFF:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    frame = head + data
+    if opcode != OP_TEXT:
+        return frame
+    if len(_WIRE_CACHE) >= _WIRE_CACHE_SIZE:
+        _WIRE_CACHE.clear()
+    _WIRE_CACHE[id(data)] = (data, frame)
+    return frame
 
 
 class GatewayProtocol(WebSocketProtocol13):
@@ -83,14 +109,12 @@ class GatewayProtocol(WebSocketProtocol13):
         self._fragments: bytearray | None = None  # a fragmented message being read
         self._fragments_opcode = OP_TEXT
 
-    def send_frame(self, opcode: int, data: bytes) -> Awaitable[None]:
-        """Write one frame; the future resolves once the OS has it. Tornado's public
-        write_message wraps every frame in a Task only to rename its exception; with one write per
-        recipient per broadcast that Task was a third of the gateway's CPU (BENCHMARKS.md), so we
-        make the call write_message makes and return the stream's own future (whose errors Tornado
-        already marks as seen). Raises StreamClosedError."""
-        result: Awaitable[None] = self._write_frame(True, opcode, data)
-        return result
+    def send_frames(self, frames: Iterable[tuple[int, bytes]]) -> Awaitable[None]:
+        """Write frames (opcode, payload) in one write; the future resolves once the OS has them.
+        Tornado's write_message wraps every frame in a Task only to rename its exception (a third
+        of the gateway's CPU once, BENCHMARKS.md) and writes each frame on its own: this returns
+        the stream's own future and makes one syscall for all. Raises StreamClosedError."""
+        return self.stream.write(b"".join([wire_frame(opcode, data) for opcode, data in frames]))
 
     async def _receive_frame(self) -> None:
         await self._next_frame()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from services.errors import AuthError, ClientError
 from services.gateway import Gateway
 from services.ids import short_id
 from services.metrics import METRICS
-from services.session import Session
+from services.session import Pong, Session
 
 log = logging.getLogger("gateway.socket")
 
@@ -239,25 +239,20 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
 
 
 class _SocketTransport:
-    """What a Session needs of the socket: write a text frame, close with a code."""
+    """What a Session needs of the socket: write frames, close with a code."""
 
     __slots__ = ("_handler",)
 
     def __init__(self, handler: WebSocketHandler) -> None:
         self._handler = handler
 
-    def write(self, data: bytes) -> Awaitable[None]:
-        return self._frame(OP_TEXT, data)
-
-    def pong(self, data: bytes) -> Awaitable[None]:
-        return self._frame(OP_PONG, data)
-
-    def _frame(self, opcode: int, data: bytes) -> Awaitable[None]:
+    def write(self, items: Sequence[bytes | Pong]) -> Awaitable[None]:
         conn = self._handler.ws_connection
         if not isinstance(conn, GatewayProtocol) or conn.is_closing():
             raise WebSocketClosedError()
+        frames = [(OP_PONG, item.data) if isinstance(item, Pong) else (OP_TEXT, item) for item in items]
         try:
-            return conn.send_frame(opcode, data)
+            return conn.send_frames(frames)
         except StreamClosedError:
             raise WebSocketClosedError() from None
 

@@ -1,10 +1,12 @@
 """One client connection as the services see it: identity, rooms, limits and the outbound queue.
 
-The queue is bounded in frames and bytes and drained by a single writer, which waits for each
-write to reach the socket. A client that does not read fills its own queue and is closed with
-4008; nobody else waits for it (centrifuge's per-client queue with a "slow" disconnect). Pongs
-share that queue and its bound: a client that floods pings and never reads is a slow consumer
-like any other (issue: pongs written straight to the stream grew memory without limit).
+Frames for a connection produced in one turn of the event loop leave in one write (one syscall),
+at the end of the turn. While the socket is backed up they wait instead in a queue bounded in
+frames and bytes, drained by a single writer that waits for each write to reach the socket. A
+client that does not read fills its own queue and is closed with 4008; nobody else waits for it
+(centrifuge's per-client queue with a "slow" disconnect). Pongs share that queue and its bound: a
+client that floods pings and never reads is a slow consumer like any other (issue: pongs written
+straight to the stream grew memory without limit).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from schemas.protocol import CLOSE_NORMAL, CLOSE_SLOW
@@ -23,16 +25,14 @@ from services.settings import Settings
 
 log = logging.getLogger("gateway.session")
 
+DRAIN_BATCH = 64  # queued frames written together once a backed-up socket takes data again
 FLUSH_GRACE = 2.0  # seconds queued frames may take to leave before a close goes ahead anyway
 REPLAY_STALL = 30.0  # seconds a paced replay waits for the socket to take a frame before closing 4008
 
 
 class Transport(Protocol):
-    def write(self, data: bytes) -> Awaitable[None]:
-        """Send one text frame; the awaitable resolves once it is handed to the OS."""
-
-    def pong(self, data: bytes) -> Awaitable[None]:
-        """Send one pong frame, like `write`."""
+    def write(self, items: Sequence[bytes | Pong]) -> Awaitable[None]:
+        """Send text frames (bytes) and pongs in one write; resolves once the OS has them all."""
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -54,6 +54,7 @@ class Pong:
 
 class Session:
     __slots__ = (
+        "_batch",
         "_closed_cb",
         "_last_write",
         "_low_mark",
@@ -92,6 +93,7 @@ class Session:
         self.violations = ViolationWindow(settings.invalid_frame_limit)
         self.closed = False
         self.close_code: int | None = None
+        self._batch: list[bytes | Pong] = []  # this turn's frames, written at its end
         self._queue: collections.deque[bytes | Pong] = collections.deque()
         self._queued_bytes = 0
         self._writing = False
@@ -111,16 +113,27 @@ class Session:
         """Queue a frame (a text frame's bytes, or a Pong); never blocks. False if the connection is
         closed or was just closed as slow.
 
-        While the socket keeps up, frames go straight to it; only when it is backed up do they wait
-        in the bounded queue (so a burst that the kernel absorbs is not mistaken for slowness)."""
+        While the socket keeps up, frames go to it at the end of this turn of the loop, together;
+        only when it is backed up do they wait in the bounded queue (so a burst that the kernel
+        absorbs is not mistaken for slowness)."""
         if self.closed:
             return False
         if not self._writing:
             if not self.transport.backed_up():
-                self._write(frame)
+                if not self._batch:
+                    _flusher().add(self)
+                self._batch.append(frame)
+                if len(self._batch) >= self.settings.outbound_queue_frames:
+                    self.flush()  # a turn that makes this many frames does not wait for its end
                 return True
             self._start_drain()
         return self._enqueue(frame)
+
+    def flush(self) -> None:
+        """Write this turn's frames now (the flusher calls it at the end of the turn)."""
+        batch, self._batch = self._batch, []
+        if batch and not self._transport_closed:
+            self._write(batch)
 
     async def room_for(self, frames: int, nbytes: int) -> None:
         """Return once the queue holds at most a quarter of its bound, so `frames` (of `nbytes`, at
@@ -168,12 +181,9 @@ class Session:
         self._queued_bytes += size
         return True
 
-    def _write(self, item: bytes | Pong) -> None:
+    def _write(self, items: Sequence[bytes | Pong]) -> None:
         try:
-            if isinstance(item, Pong):
-                self._last_write = self.transport.pong(item.data)
-            else:
-                self._last_write = self.transport.write(item)
+            self._last_write = self.transport.write(items)
         except Exception:  # closed under us; on_close does the clean-up
             self._last_write = None
 
@@ -186,9 +196,9 @@ class Session:
                     await pending
                 if not self._queue or (self.closed and self.close_code == CLOSE_SLOW):
                     break
-                item = self._queue.popleft()
-                self._queued_bytes -= len(item)
-                self._write(item)
+                items = [self._queue.popleft() for _ in range(min(len(self._queue), DRAIN_BATCH))]
+                self._queued_bytes -= sum(map(len, items))
+                self._write(items)
                 if self._low_waiter is not None and len(self._queue) <= self._low_mark:
                     self._wake_low()
         except Exception:  # the socket went away under us; on_close does the rest
@@ -214,6 +224,10 @@ class Session:
         self.close_code = code
         self._reason = reason
         self._wake_low()
+        if flush:
+            self.flush()  # this turn's frames (say, the error that explains the close) go first
+        else:
+            self._batch.clear()
         if self._closed_cb is not None:
             self._closed_cb(self, code)
         if not flush or not self._writing:
@@ -229,3 +243,33 @@ class Session:
         self._queue.clear()
         self._queued_bytes = 0
         self.transport.close(self.close_code or CLOSE_NORMAL, self._reason)
+
+
+class _Flusher:
+    """The sessions with frames from this turn of the loop; flushed once, at its end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._sessions: list[Session] = []
+
+    def add(self, session: Session) -> None:
+        if not self._sessions:
+            self.loop.call_soon(self._flush)
+        self._sessions.append(session)
+
+    def _flush(self) -> None:
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.flush()
+
+
+_FLUSHER: _Flusher | None = None
+
+
+def _flusher() -> _Flusher:
+    """The running loop's flusher (tests run one loop after another)."""
+    global _FLUSHER
+    loop = asyncio.get_running_loop()
+    if _FLUSHER is None or _FLUSHER.loop is not loop:
+        _FLUSHER = _Flusher(loop)
+    return _FLUSHER

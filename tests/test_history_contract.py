@@ -135,5 +135,6 @@ async def test_redis_renews_the_epoch_of_a_room_whose_entry_was_not_stored(redis
         await down.append("r", entry("b"))
     assert await history.position("r") == before  # others do not know yet
     await down.heal()
+    await down.close()  # stops its background renewal
     renewed = await history.position("r")
     assert renewed.epoch != before.epoch and renewed.offset == 0

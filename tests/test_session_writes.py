@@ -1,0 +1,120 @@
+"""The outbound path of a Session (services/session.py), pure logic over a recording transport: one
+write per connection per turn of the loop, the queue only while the socket is backed up, and the
+slow-consumer bound exact. The real socket path is exercised by every end-to-end test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+
+import pytest
+
+from schemas.protocol import CLOSE_SLOW
+from services.auth import Identity
+from services.session import Pong, Session
+from tests.helpers import test_settings as settings_for
+
+
+class Recorder:
+    """Records each write; `stall()` makes the socket back up until `resume()`."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[bytes | Pong]] = []
+        self.closed: tuple[int, str] | None = None
+        self._gate: asyncio.Future[None] | None = None
+
+    def write(self, items: Sequence[bytes | Pong]) -> Awaitable[None]:
+        self.writes.append(list(items))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._gate is None or self._gate.done():
+            fut.set_result(None)
+        else:
+            self._gate.add_done_callback(lambda _: _resolve(fut))
+        return fut
+
+    def backed_up(self) -> bool:
+        return self._gate is not None and not self._gate.done()
+
+    def stall(self) -> None:
+        self._gate = asyncio.get_running_loop().create_future()
+
+    def resume(self) -> None:
+        assert self._gate is not None
+        self._gate.set_result(None)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def session(transport: Recorder, **settings: object) -> Session:
+    return Session("c1", Identity("u", 4102444800.0, None), transport, settings_for(**settings))
+
+
+async def next_turns(n: int = 3) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.gen_test
+async def test_frames_of_one_turn_leave_in_one_write_in_order():
+    t = Recorder()
+    s = session(t)
+    assert s.send(b"a") and s.send(Pong(b"p")) and s.send(b"b")
+    assert t.writes == []  # not before the end of the turn
+    await next_turns()
+    assert len(t.writes) == 1
+    first = t.writes[0]
+    assert first[0] == b"a" and isinstance(first[1], Pong) and first[2] == b"b"
+    s.send(b"c")
+    await next_turns()
+    assert t.writes[1:] == [[b"c"]]
+
+
+@pytest.mark.gen_test
+async def test_a_close_writes_this_turns_frames_first_unless_slow():
+    t = Recorder()
+    s = session(t)
+    s.send(b"why")
+    s.close(4029, "too many")
+    assert t.writes == [[b"why"]] and t.closed == (4029, "too many")
+    t2 = Recorder()
+    s2 = session(t2)
+    s2.send(b"dropped")
+    s2.close(CLOSE_SLOW, "slow", flush=False)
+    await next_turns()
+    assert t2.writes == [] and t2.closed == (CLOSE_SLOW, "slow")
+
+
+@pytest.mark.gen_test
+async def test_backed_up_frames_wait_in_the_bounded_queue_and_leave_together():
+    t = Recorder()
+    s = session(t, outbound_queue_frames=5)
+    s.send(b"first")
+    await next_turns()
+    t.stall()
+    s.send(b"x")  # the earlier write is still in flight: this one waits
+    await next_turns()
+    assert t.writes[1:] == [[b"x"]]  # the writer took it; the socket has not yet
+    for i in range(4):
+        assert s.send(b"q%d" % i)  # queued behind it
+    t.resume()
+    await next_turns(6)
+    assert t.writes[2:] == [[b"q0", b"q1", b"q2", b"q3"]]  # the queue leaves in one write
+    assert t.closed is None
+
+
+@pytest.mark.gen_test
+async def test_one_frame_over_the_bound_is_a_slow_consumer():
+    t = Recorder()
+    s = session(t, outbound_queue_frames=3)
+    s.send(b"first")
+    await next_turns()
+    t.stall()
+    results = [s.send(b"%d" % i) for i in range(4)]
+    assert results == [True, True, True, False]
+    assert s.closed and s.close_code == CLOSE_SLOW
