@@ -16,7 +16,6 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 from handlers.common import RedactedSummary
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
-from schemas.client import FrameSchema
 from schemas.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from services import frames
 from services.auth import Identity
@@ -42,7 +41,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._frame_schema = FrameSchema()
+        self._frame_schema = gateway.frame_schema
         self._payloads = gateway.payload_schemas
         self._expiry: object | None = None
 

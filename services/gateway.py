@@ -9,7 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.client import payload_schemas
+from schemas.client import FrameSchema, payload_schemas
 from schemas.protocol import CLOSE_RESTART
 from services.admission import Admission, TrustedProxies
 from services.auth import TokenVerifier
@@ -59,6 +59,7 @@ class Gateway:
         self.history: History | None = None
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
         self.payload_schemas = payload_schemas(settings.max_content)
+        self.frame_schema = FrameSchema()  # one for all connections: a schema is reusable
         self.producer: KafkaIngest | None = None
         self.consumer: KafkaEvents | None = None
         if settings.kafka_enabled:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 
 class TokenBucket:
+    __slots__ = ("_at", "_clock", "_tokens", "burst", "rate")
+
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = float(burst)
@@ -26,17 +28,23 @@ class TokenBucket:
 
 
 class ViolationWindow:
-    """Counts rejected frames over the last `period` seconds; `add` says when the limit is passed."""
+    """Counts rejected frames over the last `period` seconds; `add` says when the limit is passed.
+    Most connections never send a bad frame: the window is made at the first."""
+
+    __slots__ = ("_clock", "_times", "limit", "period")
 
     def __init__(self, limit: int, period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.period = period
         self._clock = clock
-        self._times: collections.deque[float] = collections.deque()
+        self._times: collections.deque[float] | None = None
 
     def add(self) -> bool:
         now = self._clock()
-        self._times.append(now)
-        while self._times and self._times[0] <= now - self.period:
-            self._times.popleft()
-        return len(self._times) > self.limit
+        times = self._times
+        if times is None:
+            times = self._times = collections.deque()
+        times.append(now)
+        while times and times[0] <= now - self.period:
+            times.popleft()
+        return len(times) > self.limit

@@ -94,7 +94,7 @@ class Session:
         self.closed = False
         self.close_code: int | None = None
         self._batch: list[bytes | Pong] = []  # this turn's frames, written at its end
-        self._queue: collections.deque[bytes | Pong] = collections.deque()
+        self._queue: collections.deque[bytes | Pong] | None = None  # made when first needed
         self._queued_bytes = 0
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
@@ -147,7 +147,7 @@ class Session:
         while (
             not self.closed
             and self._writing
-            and (len(self._queue) > bound_frames // 4 or self._queued_bytes > bound_bytes // 4)
+            and (len(self._queue or ()) > bound_frames // 4 or self._queued_bytes > bound_bytes // 4)
         ):
             self._low_mark = bound_frames // 4
             self._low_waiter = waiter = asyncio.get_running_loop().create_future()
@@ -167,17 +167,20 @@ class Session:
 
     def _enqueue(self, item: bytes | Pong) -> bool:
         size = len(item)
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque()
         if (
-            len(self._queue) >= self.settings.outbound_queue_frames
+            len(queue) >= self.settings.outbound_queue_frames
             or self._queued_bytes + size > self.settings.outbound_queue_bytes
         ):
             log.warning(
-                "slow consumer closed", extra={"conn": self.conn_id, "user": self.user_id, "queued": len(self._queue)}
+                "slow consumer closed", extra={"conn": self.conn_id, "user": self.user_id, "queued": len(queue)}
             )
             METRICS.queue_overflows.inc()
             self.close(CLOSE_SLOW, "slow consumer", flush=False)
             return False
-        self._queue.append(item)
+        queue.append(item)
         self._queued_bytes += size
         return True
 
@@ -194,15 +197,16 @@ class Session:
                 pending = self._last_write
                 if pending is not None:
                     await pending
-                if not self._queue or (self.closed and self.close_code == CLOSE_SLOW):
+                queue = self._queue
+                if not queue or (self.closed and self.close_code == CLOSE_SLOW):
                     break
-                items = [self._queue.popleft() for _ in range(min(len(self._queue), DRAIN_BATCH))]
+                items = [queue.popleft() for _ in range(min(len(queue), DRAIN_BATCH))]
                 self._queued_bytes -= sum(map(len, items))
                 self._write(items)
-                if self._low_waiter is not None and len(self._queue) <= self._low_mark:
+                if self._low_waiter is not None and len(queue) <= self._low_mark:
                     self._wake_low()
         except Exception:  # the socket went away under us; on_close does the rest
-            self._queue.clear()
+            self._queue = None
             self._queued_bytes = 0
         finally:
             self._writing = False
@@ -240,7 +244,7 @@ class Session:
         if self._transport_closed:
             return
         self._transport_closed = True
-        self._queue.clear()
+        self._queue = None
         self._queued_bytes = 0
         self.transport.close(self.close_code or CLOSE_NORMAL, self._reason)
 
