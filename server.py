@@ -26,6 +26,7 @@ from handlers.common import log_request
 from handlers.dev import DevTokenHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.http_server import ConnectionBook, GatewayHTTPServer
+from handlers.keepalive import TimerWheel
 from handlers.metrics import MetricsHandler
 from handlers.socket import GatewaySocket
 from services.admission import descriptor_budget
@@ -47,9 +48,11 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
     """The public port: WebSockets, probes, the demo page; /metrics too unless INTERNAL_PORT is set."""
     s = gateway.settings
     ctx = {"gateway": gateway}
+    # One timer for every connection's keepalive and token expiry (Tornado's own pings are off).
+    sockets = {"gateway": gateway, "timers": TimerWheel(connection_tick(s))}
     routes: list[Any] = [
-        (r"/", GatewaySocket, ctx),
-        (r"/ws", GatewaySocket, ctx),
+        (r"/", GatewaySocket, sockets),
+        (r"/ws", GatewaySocket, sockets),
         *_probe_routes(gateway),
     ]
     if s.internal_port is None:
@@ -62,11 +65,15 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         routes.extend(demo_routes())
     return tornado.web.Application(
         routes,
-        websocket_ping_interval=s.ping_interval or None,
-        websocket_ping_timeout=s.ping_timeout,
         websocket_max_message_size=s.max_message_bytes,
         **_APP_OPTIONS,
     )
+
+
+def connection_tick(s: Settings) -> float:
+    """How late a connection's keepalive or expiry may run: 1 s, less for short intervals."""
+    shortest = min(x for x in (s.ping_interval, s.ping_timeout, 4.0) if x > 0)
+    return max(0.01, min(1.0, shortest / 4))
 
 
 def make_internal_app(gateway: Gateway) -> tornado.web.Application:

@@ -90,8 +90,8 @@ def wire_frame(opcode: int, data: bytes) -> bytes:
 
 
 class GatewayProtocol(WebSocketProtocol13):
-    """WebSocketProtocol13 with the frame reader replaced; closing and keepalive pings stay
-    Tornado's."""
+    """WebSocketProtocol13 with the frame reader replaced; closing stays Tornado's, keepalive timing
+    is the gateway's (one timer wheel for all connections)."""
 
     @classmethod
     def for_handler(cls, handler: WebSocketHandler) -> GatewayProtocol:
@@ -115,6 +115,15 @@ class GatewayProtocol(WebSocketProtocol13):
         of the gateway's CPU once, BENCHMARKS.md) and writes each frame on its own: this returns
         the stream's own future and makes one syscall for all. Raises StreamClosedError."""
         return self.stream.write(b"".join([wire_frame(opcode, data) for opcode, data in frames]))
+
+    def expect_pong(self) -> None:
+        """Send a keepalive ping (handlers/keepalive.py keeps time); pong_received() says if
+        a pong came after it."""
+        self._received_pong = False
+        self.write_ping(b"")
+
+    def pong_received(self) -> bool:
+        return self._received_pong
 
     async def _receive_frame(self) -> None:
         await self._next_frame()
@@ -207,7 +216,7 @@ class GatewayProtocol(WebSocketProtocol13):
             self._client_closed(data)
         elif opcode == OP_PING:
             self._sink.on_control(opcode, data)
-        else:  # pong: also what keeps Tornado's keepalive ping from timing out
+        else:  # pong: also what the keepalive waits for
             self._received_pong = True
             self._sink.on_control(opcode, data)
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 from marshmallow import ValidationError
-from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from handlers.common import RedactedSummary
+from handlers.keepalive import Deadline, TimerWheel
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
 from schemas.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from services import frames
@@ -39,11 +39,13 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
     identity: Identity | None = None
     session: Session | None = None
 
-    def initialize(self, gateway: Gateway) -> None:
+    def initialize(self, gateway: Gateway, timers: TimerWheel) -> None:
         self.gateway = gateway
+        self._timers = timers
         self._frame_schema = gateway.frame_schema
         self._payloads = gateway.payload_schemas
-        self._expiry: object | None = None
+        self._expiry: Deadline | None = None
+        self._keepalive: Deadline | None = None
 
     # -- handshake ---------------------------------------------------------------------------
 
@@ -103,17 +105,41 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self.gateway.sessions.add(self.session)
         if not await self.gateway.hub.connect(self.session):
             return
-        delay = self.identity.expires_at + self.gateway.settings.jwt_leeway - time.time()
-        self._expiry = IOLoop.current().call_later(max(delay, 0.0), self._token_expired)
+        settings = self.gateway.settings
+        delay = self.identity.expires_at + settings.jwt_leeway - time.time()
+        self._expiry = self._timers.after(delay, self._token_expired)
+        if settings.ping_interval > 0:
+            self._keepalive = self._timers.after(settings.ping_interval, self._ping)
         log.debug("connected", extra={"conn": self.session.conn_id, "user": self.session.user_id})
 
     def _token_expired(self) -> None:
         if self.session is not None:
             self.session.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
+    def _ping(self) -> None:
+        """Keepalive (PING_INTERVAL): a ping, and PING_TIMEOUT for a pong (a pong's arrival is
+        recorded by the frame reader), or the socket is dropped as dead."""
+        conn = self.ws_connection
+        if not isinstance(conn, GatewayProtocol) or conn.is_closing():
+            return
+        conn.expect_pong()
+        self._keepalive = self._timers.after(self.gateway.settings.ping_timeout, self._pong_due)
+
+    def _pong_due(self) -> None:
+        conn = self.ws_connection
+        if not isinstance(conn, GatewayProtocol) or conn.is_closing():
+            return
+        if not conn.pong_received():
+            log.info("ping timed out", extra={"conn": self.session.conn_id if self.session else None})
+            conn.close(reason="ping timed out")
+            return
+        interval = self.gateway.settings.ping_interval - self.gateway.settings.ping_timeout
+        self._keepalive = self._timers.after(interval, self._ping)
+
     def on_close(self) -> None:
-        if self._expiry is not None:
-            IOLoop.current().remove_timeout(self._expiry)
+        for deadline in (self._expiry, self._keepalive):
+            if deadline is not None:
+                deadline.cancel()
         session = self.session
         if session is None:
             return
