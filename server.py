@@ -170,6 +170,7 @@ async def serve(
         "port": port,
         "redis": settings.redis_enabled,
         "kafka": settings.kafka_enabled,
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
     }
     if internal_sockets:
         extra["internal_port"] = internal_sockets[0].getsockname()[1]
@@ -270,11 +271,22 @@ def _bind(settings: Settings, port: int) -> list[socket.socket]:
         raise ConfigError(f"cannot listen on {settings.listen_host}:{port}: {exc.strerror}") from None
 
 
+def use_uvloop() -> None:
+    """UVLOOP: the asyncio loops made from now on are uvloop's (Tornado runs on any asyncio loop)."""
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError("UVLOOP is set but uvloop is not installed: pip install 'realtime-gateway[uvloop]'") from None
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = prepare_settings(argv)
         sockets = _bind(settings, settings.port)
         internal = _bind(settings, settings.internal_port) if settings.internal_port is not None else None
+        if settings.uvloop:
+            use_uvloop()
     except ConfigError as exc:
         print(f"server.py: error: {exc}", file=sys.stderr)
         return 2

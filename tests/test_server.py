@@ -229,3 +229,23 @@ async def test_ctrl_c_on_an_idle_server_skips_the_drain_delay():
         assert code == 0
     finally:
         proc.kill()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_uvloop_runs_the_gateway_when_asked():
+    proc = spawn_server("--port", "0", "--host", "127.0.0.1", "--uvloop", env={"JWT_DEV": SECRET})
+    try:
+        assert [r["loop"] for r in proc.logged("listening")] == ["uvloop"]
+        alice = await Client.connect(f"ws://127.0.0.1:{proc.port}/", token("alice"))
+        await alice.join("r")
+        alice.send("message", {"roomId": "r", "content": "on uvloop"})
+        got = await alice.expect("message")
+        assert got["payload"]["content"] == "on uvloop"
+        alice.close()
+    finally:
+        proc.kill()
+    plain = spawn_server("--port", "0", "--host", "127.0.0.1", env={"JWT_DEV": SECRET})
+    try:
+        assert [r["loop"] for r in plain.logged("listening")] == ["asyncio"]
+    finally:
+        plain.kill()

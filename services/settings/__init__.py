@@ -126,6 +126,9 @@ class Settings:
     drain_delay: float = setting(5.0, number(0.0), "seconds between SIGTERM (readiness 503) and closing sockets")
     drain_window: float = setting(20.0, number(0.0), "seconds over which open sockets are closed with 1012")
     # -- operations
+    uvloop: bool = setting(
+        False, boolean, "run on uvloop (installed with the `uvloop` extra; measured in BENCHMARKS.md)", is_switch=True
+    )
     log_level: str = setting("info", choice("debug", "info", "warning", "error"), "log level")
     instance_id: str | None = setting(None, text, "instance id (default: random)")
     # Set by server.py when JWT_SECRET (or JWT_DEV) was not given: the secret was generated for this run.
