@@ -39,6 +39,21 @@ STEPS: list[tuple[str, str, list[str]]] = [
         ["--target", ALL, "--clients", "2000", "--rooms", "200", "--messages", "0"],
     ),
     (
+        "fill-500",
+        "fill: connect and join 500 users into one room (server CPU, wall time, memory)",
+        ["--target", ALL, "--clients", "500", "--messages", "0"],
+    ),
+    (
+        "fill-2000",
+        "fill: connect and join 2,000 users into one room",
+        ["--target", ALL, "--clients", "2000", "--messages", "0", "--client-procs", "2"],
+    ),
+    (
+        "fill-10000",
+        "fill: connect and join 10,000 users into one room (linear: 20x the fill of 500)",
+        ["--target", ALL, "--clients", "10000", "--messages", "0", "--client-procs", "2"],
+    ),
+    (
         "latency-fixed-rate",
         "one room of 500, 10 msg/s (5,000 deliveries/s offered), 128-byte content",
         ["--target", ALL, "--clients", "500", "--messages", "150", "--rate", "10", "--repeat", "3"],
