@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Sequence
 import pytest
 
 from schemas.protocol import CLOSE_SLOW
+from services import session as session_module
 from services.auth import Identity
 from services.session import Pong, Session
 from tests.helpers import test_settings as settings_for
+from tests.helpers import wait_for
 
 
 class Recorder:
@@ -70,9 +72,23 @@ async def test_frames_of_one_turn_leave_in_one_write_in_order():
     assert len(t.writes) == 1
     first = t.writes[0]
     assert first[0] == b"a" and isinstance(first[1], Pong) and first[2] == b"b"
-    s.send(b"c")
+
+
+@pytest.mark.gen_test
+async def test_right_after_a_write_frames_of_several_turns_gather_into_one(monkeypatch: pytest.MonkeyPatch):
+    """Busy (the last write was under COALESCE_DELAY ago): the next write waits that long, so a
+    full-speed stream of one frame per turn leaves in fewer writes."""
+    monkeypatch.setattr(session_module, "COALESCE_DELAY", 0.5)  # wide, so the test does not race it
+    t = Recorder()
+    s = session(t)
+    s.send(b"a")
     await next_turns()
-    assert t.writes[1:] == [[b"c"]]
+    assert t.writes == [[b"a"]]
+    s.send(b"b")
+    await next_turns()
+    s.send(b"c")  # a later turn
+    await wait_for(lambda: len(t.writes) == 2, timeout=2, what="the gathered write")
+    assert t.writes[1] == [b"b", b"c"]
 
 
 @pytest.mark.gen_test
