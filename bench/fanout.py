@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from array import array
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,7 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
             return res
         spy = start_profiler(server, opts)
         tracer = start_strace(server, opts)
+        writes0 = gateway_counters(server)
         cpu0, helper0, busy0 = loaded.cpu, server.helper_cpu(), system_busy()
         res["loadavg_before"] = loadavg()
         for c in children:
@@ -201,6 +203,9 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
             res["profile"] = stop_profiler(spy)
         if tracer is not None:
             res["syscalls"] = stop_strace(tracer)
+        writes1 = gateway_counters(server)
+        if writes0 is not None and writes1 is not None and writes1[1] > writes0[1]:
+            res["socket_writes_per_delivery"] = (writes1[0] - writes0[0]) / (writes1[1] - writes0[1])
         res["server_cpu_s"] = after.cpu - cpu0
         res["helper_cpu_s"] = server.helper_cpu() - helper0
         res["rss_after"] = after.rss
@@ -321,6 +326,26 @@ def profile_table(target: str, prof: dict[str, Any]) -> str:
 
 
 WRITE_CALLS = ("write", "writev", "sendto", "sendmsg", "sendmmsg")
+
+
+def gateway_counters(server: Server) -> tuple[float, float] | None:
+    """(socket writes, deliveries) from the gateway's /metrics: its own count of writes, which strace
+    cannot give without slowing the server out of the regime being measured."""
+    if server.proto != "gateway":
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("gateway_socket_writes_total", "gateway_deliveries_total"):
+            values[name] = float(value)
+    if len(values) != 2:
+        return None
+    return values["gateway_socket_writes_total"], values["gateway_deliveries_total"]
 
 
 def start_strace(server: Server, opts: argparse.Namespace) -> tuple[subprocess.Popen[bytes], Path] | None:
@@ -548,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in by_target[t]:
             if r.get("profile"):
                 print(profile_table(t, r["profile"]))
+            if r.get("socket_writes_per_delivery"):
+                per = r["socket_writes_per_delivery"]
+                print(f"\n{t}: {per:.3f} socket writes per delivery (the gateway's own count)")
             if r.get("syscalls") and r.get("received"):
                 total = sum(r["syscalls"].values())
                 print(

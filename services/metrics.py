@@ -31,6 +31,9 @@ class _Metrics:
         )
         self.messages = Counter("gateway_messages_total", "Client messages accepted and broadcast")
         self.deliveries = Counter("gateway_deliveries_total", "Frames queued to local sockets by fan-out")
+        self.socket_writes = Counter(
+            "gateway_socket_writes_total", "Writes to client sockets (one syscall each; several frames may share one)"
+        )
         self.queue_overflows = Counter("gateway_outbound_overflows_total", "Slow consumers closed with 4008")
         self.history_appends = Counter("gateway_history_appends_total", "Entries appended to room history")
         self.recoveries = Counter(

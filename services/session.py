@@ -25,7 +25,6 @@ from services.settings import Settings
 
 log = logging.getLogger("gateway.session")
 
-COALESCE_DELAY = 0.001  # seconds a busy gateway lets frames gather before writing them
 DRAIN_BATCH = 64  # queued frames written together once a backed-up socket takes data again
 FLUSH_GRACE = 2.0  # seconds queued frames may take to leave before a close goes ahead anyway
 REPLAY_STALL = 30.0  # seconds a paced replay waits for the socket to take a frame before closing 4008
@@ -186,6 +185,7 @@ class Session:
         return True
 
     def _write(self, items: Sequence[bytes | Pong]) -> None:
+        METRICS.socket_writes.inc()
         try:
             self._last_write = self.transport.write(items)
         except Exception:  # closed under us; on_close does the clean-up
@@ -251,28 +251,20 @@ class Session:
 
 
 class _Flusher:
-    """The sessions with frames waiting to be written, flushed together.
-
-    Idle, that is at the end of this turn of the loop. Busy (the last flush was less than
-    COALESCE_DELAY ago), the flush waits COALESCE_DELAY, so the frames of several turns (one
-    message each, at full speed) leave in one write per connection: fewer syscalls per delivery, for
-    at most that much latency, and only under load (BENCHMARKS.md, "Write coalescing")."""
+    """The sessions with frames from this turn of the loop; flushed once, at its end. (Waiting a few
+    turns more would gather more frames per write under load, but only by adding latency:
+    BENCHMARKS.md, "Write coalescing".)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._sessions: list[Session] = []
-        self._last = -1.0  # loop time of the last flush
 
     def add(self, session: Session) -> None:
         if not self._sessions:
-            if self.loop.time() - self._last < COALESCE_DELAY:
-                self.loop.call_later(COALESCE_DELAY, self._flush)
-            else:
-                self.loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self._sessions.append(session)
 
     def _flush(self) -> None:
-        self._last = self.loop.time()
         sessions, self._sessions = self._sessions, []
         for session in sessions:
             session.flush()
