@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import fanout
 from bench.common import CACHE, dumps, machine
 
-ALL = "gateway,socketio,centrifugo"
+ALL = "gateway,socketio,socketio-node,centrifugo"
 IDLE = ["--idle-wait", "15"]
 
 STEPS: list[tuple[str, str, list[str]]] = [

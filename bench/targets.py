@@ -5,6 +5,8 @@
   presence and dedupe); redis-server's CPU is counted as a helper.
 - socketio: python-socketio AsyncServer (ASGI) under uvicorn, memory manager, from the bench venv;
   `socketio-redis` is the same with AsyncRedisManager and a throwaway redis-server.
+- socketio-node: Socket.IO 4 on Node (bench/peers/socketio_node.js), installed from npm into
+  .cache/socketio-node on first use: the server a user would pick instead.
 - centrifugo: Centrifugo v6 built with `go install` into .cache/bin (or the binary named by
   $BENCH_CENTRIFUGO), memory engine.
 """
@@ -29,7 +31,9 @@ from bench.common import BENCH_PY, CACHE, GATEWAY_PY, ROOT, free_port, log, proc
 CENTRIFUGO_VERSION = "v6.9.1"
 # $BENCH_CENTRIFUGO: an already built binary (for example another worktree's .cache/bin/centrifugo).
 CENTRIFUGO_BIN = Path(os.environ.get("BENCH_CENTRIFUGO") or CACHE / "bin" / "centrifugo")
-TARGETS = ("gateway", "gateway-redis", "socketio", "socketio-redis", "centrifugo")
+TARGETS = ("gateway", "gateway-redis", "socketio", "socketio-redis", "socketio-node", "centrifugo")
+SOCKETIO_NODE_VERSION = "4.8.4"
+SOCKETIO_NODE_DIR = CACHE / "socketio-node"
 
 
 class TargetUnavailable(Exception):
@@ -104,6 +108,8 @@ def start(name: str, cpus: set[int] | None, gateway_args: list[str] | None = Non
         return _gateway(name, workdir, secret, cpus, gateway_args or [])
     if name in ("socketio", "socketio-redis"):
         return _socketio(name, workdir, secret, cpus)
+    if name == "socketio-node":
+        return _socketio_node(workdir, secret, cpus)
     if name == "centrifugo":
         return _centrifugo(workdir, secret, cpus)
     raise ValueError(name)
@@ -247,6 +253,60 @@ def _socketio(name: str, workdir: Path, secret: str, cpus: set[int] | None) -> S
     ).stdout.split()
     version = "python-socketio (uvicorn {}, websockets {})".format(*ver[-2:]) if len(ver) >= 2 else ""
     return Server(name, "socketio", proc, port, secret, workdir, version=version, helpers=helpers, cleanup=cleanup)
+
+
+def install_socketio_node() -> Path:
+    """`npm install socket.io` into .cache/socketio-node once; TargetUnavailable if it cannot."""
+    modules = SOCKETIO_NODE_DIR / "node_modules"
+    stamp = SOCKETIO_NODE_DIR / ".installed"
+    if stamp.exists() and stamp.read_text() == SOCKETIO_NODE_VERSION:
+        return modules
+    if not shutil.which("node") or not shutil.which("npm"):
+        raise TargetUnavailable("node and npm are needed for the Socket.IO (Node) peer")
+    SOCKETIO_NODE_DIR.mkdir(parents=True, exist_ok=True)
+    log(f"installing socket.io@{SOCKETIO_NODE_VERSION} from npm (first run only)")
+    res = subprocess.run(
+        [
+            "npm",
+            "install",
+            "--prefix",
+            str(SOCKETIO_NODE_DIR),
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            f"socket.io@{SOCKETIO_NODE_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        raise TargetUnavailable(f"npm install socket.io failed: {res.stderr[-300:]}")
+    stamp.write_text(SOCKETIO_NODE_VERSION)
+    return modules
+
+
+def _socketio_node(workdir: Path, secret: str, cpus: set[int] | None) -> Server:
+    """Socket.IO on Node (bench/peers/socketio_node.js): what a user would pick instead of the gateway."""
+    modules = install_socketio_node()
+    port = free_port()
+    env = {**os.environ, "BENCH_SECRET": secret, "PORT": str(port), "NODE_PATH": str(modules)}
+    logf = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
+    cmd = ["node", str(ROOT / "bench" / "peers" / "socketio_node.js")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_pin(cpus))
+    try:
+        wait_port(port, proc=proc)
+    except RuntimeError as exc:
+        raise TargetUnavailable(f"{exc}: {(workdir / 'server.log').read_text()[-500:]}") from None
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return Server(
+        "socketio-node",
+        "socketio",
+        proc,
+        port,
+        secret,
+        workdir,
+        version=f"socket.io {SOCKETIO_NODE_VERSION} (node {node})",
+    )
 
 
 def build_centrifugo() -> Path:
