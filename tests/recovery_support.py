@@ -45,3 +45,13 @@ async def messages(client: Client, room: str, count: int) -> list[dict[str, Any]
 
 def _replying_to(request_id: str) -> Callable[[dict[str, Any]], bool]:
     return lambda f: f.get("requestId") == request_id
+
+
+async def seen_then_gone(alice: Client, bob: Client, room: str) -> dict[str, Any]:
+    """alice and bob in `room`; bob says "seen", alice receives it and goes away: her last position."""
+    await alice.join(room)
+    await bob.join(room)
+    await say(bob, room, "seen")
+    last = position((await messages(alice, room, 1))[0])
+    alice.close()
+    return last

@@ -17,25 +17,7 @@ async def expect_event(
     timeout: float = 5.0,
 ) -> Any:
     """Consume events until one of `kind` (matching `match`) arrives; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    seen: list[Event] = []
-    stream = client.events()
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {seen!r}")
-            try:
-                event = await asyncio.wait_for(stream.__anext__(), left)
-            except TimeoutError:
-                raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {seen!r}") from None
-            except StopAsyncIteration:
-                raise AssertionError(f"event stream ended before {kind.__name__}; saw {seen!r}") from None
-            if isinstance(event, kind) and (match is None or match(event)):
-                return event
-            seen.append(event)
-    finally:
-        await stream.aclose()
+    return (await events_until(client, kind, match, timeout))[-1]
 
 
 async def events_until(

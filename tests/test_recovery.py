@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from tornado.ioloop import IOLoop
 
 from tests.helpers import RunningGateway
-from tests.recovery_support import in_room, messages, position, rejoin, say
+from tests.recovery_support import in_room, messages, position, rejoin, say, seen_then_gone
 
 T = 20
 
@@ -45,11 +45,7 @@ async def test_entries_take_consecutive_offsets_from_one(gw: RunningGateway) -> 
 @pytest.mark.gen_test(timeout=T)
 async def test_a_returning_client_gets_exactly_what_it_missed_then_live(gw: RunningGateway) -> None:
     alice, bob = await gw.client("alice"), await gw.client("bob")
-    await alice.join("r")
-    await bob.join("r")
-    await say(bob, "r", "seen")
-    last = position((await messages(alice, "r", 1))[0])
-    alice.close()
+    last = await seen_then_gone(alice, bob, "r")
     await say(bob, "r", "m1", "m2", "m3")
     replayed_before = sample("gateway_recovered_entries_total")
 
@@ -110,11 +106,7 @@ async def test_not_recovered_when_the_position_is_not_this_rooms(
 @pytest.mark.gen_test(timeout=T)
 async def test_not_recovered_when_more_was_missed_than_the_history_holds(small: RunningGateway) -> None:
     alice, bob = await small.client("alice"), await small.client("bob")
-    await alice.join("r")
-    await bob.join("r")
-    await say(bob, "r", "seen")
-    last = position((await messages(alice, "r", 1))[0])
-    alice.close()
+    last = await seen_then_gone(alice, bob, "r")
     await say(bob, "r", "1", "2", "3")  # exactly HISTORY_SIZE missed: still recoverable
     back = await small.client("alice")
     joined, between = await rejoin(back, "r", last)

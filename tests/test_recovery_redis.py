@@ -17,7 +17,7 @@ from services import frames
 from services.bus.wire import entry_head
 from services.history import redis as redis_history
 from tests.helpers import RawWebSocket, RunningGateway, token, wait_for
-from tests.recovery_support import in_room, messages, position, rejoin, say
+from tests.recovery_support import in_room, messages, position, rejoin, say, seen_then_gone
 from tests.redis_support import (
     PrivateRedis,
     client,
@@ -50,11 +50,7 @@ def pair(io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]]
 async def test_missed_messages_are_replayed_through_the_other_instance(pair: Pair) -> None:
     a, b = pair
     alice, bob = await a.client("alice"), await b.client("bob")
-    await alice.join("r")
-    await bob.join("r")
-    await say(bob, "r", "seen")
-    last = position((await messages(alice, "r", 1))[0])
-    alice.close()
+    last = await seen_then_gone(alice, bob, "r")
     await say(bob, "r", "m1", "m2")
     back = await b.client("alice")
     joined, between = await rejoin(back, "r", last)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -21,25 +22,18 @@ from services.redis_common import REDIS_ERRORS
 log = logging.getLogger("gateway.presence")
 
 
+@dataclass(eq=False)
 class Sweeper:
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        keys: Keys,
-        instance_id: str,
-        interval: float,
-        can_announce: Callable[[], bool],
-        expired: Callable[[str, str], None],
-        failed: Callable[[BaseException], StoreError],
-    ) -> None:
-        self._client = client
-        self._keys = keys
-        self.instance_id = instance_id
-        self.interval = interval
-        self._can_announce = can_announce
-        self._expired = expired  # (room, user) left with a dead instance
-        self._failed = failed  # logs the failure once per outage
-        self._purge = client.register_script(PURGE)
+    client: aioredis.Redis
+    keys: Keys
+    instance_id: str
+    interval: float
+    can_announce: Callable[[], bool]
+    expired: Callable[[str, str], None]  # (room, user) left with a dead instance
+    failed: Callable[[BaseException], StoreError]  # logs the failure once per outage
+
+    def __post_init__(self) -> None:
+        self._purge = self.client.register_script(PURGE)
 
     async def run(self) -> None:
         while True:
@@ -47,23 +41,23 @@ class Sweeper:
             try:
                 await self.sweep()
             except REDIS_ERRORS as exc:
-                self._failed(exc)
+                self.failed(exc)
 
     async def sweep(self) -> int:
         """Take the sweep lock and purge instances whose heartbeat lapsed. Returns how many users
         were announced offline."""
-        if not self._can_announce():
+        if not self.can_announce():
             return 0  # another instance, or we once our bus is back
         lock_ms = max(100, int(self.interval * 900))
-        if not await self._client.set(self._keys.sweep_lock, self.instance_id, nx=True, px=lock_ms):
+        if not await self.client.set(self.keys.sweep_lock, self.instance_id, nx=True, px=lock_ms):
             return 0
-        ids = [_text(i) for i in await cast("Awaitable[set[bytes]]", self._client.smembers(self._keys.instances))]
+        ids = [_text(i) for i in await cast("Awaitable[set[bytes]]", self.client.smembers(self.keys.instances))]
         others = [i for i in ids if i != self.instance_id]
         if not others:
             return 0
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self.client.pipeline(transaction=False) as pipe:
             for other in others:
-                pipe.exists(self._keys.alive(other))
+                pipe.exists(self.keys.alive(other))
             alive = await pipe.execute()
         announced = 0
         for other, is_alive in zip(others, alive, strict=True):
@@ -72,14 +66,14 @@ class Sweeper:
         return announced
 
     async def _purge_instance(self, other: str) -> int:
-        keys = [self._keys.alive(other), self._keys.instance(other), self._keys.instances]
+        keys = [self.keys.alive(other), self.keys.instance(other), self.keys.instances]
         announced = 0
         while True:
-            out = await self._purge(keys=keys, args=[self._keys.prefix, other, PURGE_CHUNK])
+            out = await self._purge(keys=keys, args=[self.keys.prefix, other, PURGE_CHUNK])
             left = int(out[0])
             pairs = [_text(x) for x in out[1:]]
             for i in range(0, len(pairs) - 1, 2):
-                self._expired(pairs[i], pairs[i + 1])
+                self.expired(pairs[i], pairs[i + 1])
                 announced += 1
             if left <= 0:
                 break
