@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench import fanout
-from bench.common import CACHE, dumps, machine
+from bench.common import CACHE, ROOT, dumps, ensure_bench_venv, machine
 
 ALL = "gateway,socketio,socketio-node,centrifugo"
 IDLE = ["--idle-wait", "15"]
@@ -108,6 +110,20 @@ STEPS: list[tuple[str, str, list[str]]] = [
 ]
 
 
+STORM_HEADER = (
+    "| offered joins/s | joins/s | server CPU µs/join | ping p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n"
+)
+
+# Steps of their own (not bench.fanout), run from the bench venv.
+OTHER_STEPS: list[tuple[str, str, list[str]]] = [
+    (
+        "join-storm",
+        "2,000 joins/s (with leaves) among 200 connections while a member's ping is timed (gateway only)",
+        ["-m", "bench.join_storm", "--rate", "2000", "--seconds", "10"],
+    ),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(CACHE / "bench-results" / time.strftime("%Y%m%d-%H%M%S")))
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, what, step in STEPS:
             print(f"{name}: {what}\n    python -m bench.fanout {' '.join(step)}")
+        for name, what, step in OTHER_STEPS:
+            print(f"{name}: {what}\n    python {' '.join(step)}")
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
             rc = fanout.main([*step, *extra])
         text = buf.getvalue().split("\n{", 1)[0]  # the tables; the JSON is in the file
         section = f"\n## {name}: {what}\n\n({time.monotonic() - t0:.0f} s, exit {rc})\n{text}\n"
+        print(section, flush=True)
+        with md.open("a") as fh:
+            fh.write(section)
+    for name, what, step in OTHER_STEPS:
+        if args.only is not None and name not in args.only:
+            continue
+        t0 = time.monotonic()
+        cmd = [str(ensure_bench_venv()), *step, "--json", str(out / f"{name}.json")]
+        res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        head = f"\n## {name}: {what}\n\n({time.monotonic() - t0:.0f} s, exit {res.returncode})\n\n"
+        section = head + STORM_HEADER + res.stdout + "\n"
         print(section, flush=True)
         with md.open("a") as fh:
             fh.write(section)
