@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import Protocol, cast
 
 from tornado.util import _websocket_mask
@@ -109,12 +109,12 @@ class GatewayProtocol(WebSocketProtocol13):
         self._fragments: bytearray | None = None  # a fragmented message being read
         self._fragments_opcode = OP_TEXT
 
-    def send_frames(self, frames: Iterable[tuple[int, bytes]]) -> Awaitable[None]:
-        """Write frames (opcode, payload) in one write; the future resolves once the OS has them.
-        Tornado's write_message wraps every frame in a Task only to rename its exception (a third
-        of the gateway's CPU once, BENCHMARKS.md) and writes each frame on its own: this returns
-        the stream's own future and makes one syscall for all. Raises StreamClosedError."""
-        return self.stream.write(b"".join([wire_frame(opcode, data) for opcode, data in frames]))
+    def send_wire(self, data: bytes) -> Awaitable[None]:
+        """Write frames already built (`wire_frame`, joined) in one write; the future resolves once
+        the OS has them. Tornado's write_message wraps every frame in a Task only to rename its
+        exception (a third of the gateway's CPU once, BENCHMARKS.md) and writes each frame on its
+        own: this returns the stream's own future, one syscall for all. Raises StreamClosedError."""
+        return self.stream.write(data)
 
     def expect_pong(self) -> None:
         """Send a keepalive ping (handlers/keepalive.py keeps time); pong_received() says if

@@ -15,7 +15,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 from handlers.common import RedactedSummary
 from handlers.keepalive import Deadline, TimerWheel
-from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol
+from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol, wire_frame
 from schemas.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED
 from services import frames
 from services.auth import Identity
@@ -275,9 +275,9 @@ class _SocketTransport:
         conn = self._handler.ws_connection
         if not isinstance(conn, GatewayProtocol) or conn.is_closing():
             raise WebSocketClosedError()
-        frames = [(OP_PONG, item.data) if isinstance(item, Pong) else (OP_TEXT, item) for item in items]
+        data = b"".join([wire_frame(OP_PONG, i.data) if isinstance(i, Pong) else wire_frame(OP_TEXT, i) for i in items])
         try:
-            return conn.send_frames(frames)
+            return conn.send_wire(data)
         except StreamClosedError:
             raise WebSocketClosedError() from None
 

@@ -71,7 +71,6 @@ class Gateway:
             self.dedupe,
             ingest=self.producer,
             history=self.history,
-            history_publishes=self.redis is not None,
         )
         if settings.kafka_enabled:
             self.consumer = KafkaEvents(settings, self.hub, self.dedupe)

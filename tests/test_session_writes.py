@@ -93,13 +93,20 @@ async def test_a_close_writes_this_turns_frames_first_unless_slow():
     assert t2.writes == [] and t2.closed == (CLOSE_SLOW, "slow")
 
 
-@pytest.mark.gen_test
-async def test_backed_up_frames_wait_in_the_bounded_queue_and_leave_together():
+async def backed_up(bound: int) -> tuple[Recorder, Session]:
+    """A session with a bound of `bound` frames whose first write went out and whose socket is now
+    backed up."""
     t = Recorder()
-    s = session(t, outbound_queue_frames=5)
+    s = session(t, outbound_queue_frames=bound)
     s.send(b"first")
     await next_turns()
     t.stall()
+    return t, s
+
+
+@pytest.mark.gen_test
+async def test_backed_up_frames_wait_in_the_bounded_queue_and_leave_together():
+    t, s = await backed_up(5)
     s.send(b"x")  # the earlier write is still in flight: this one waits
     await next_turns()
     assert t.writes[1:] == [[b"x"]]  # the writer took it; the socket has not yet
@@ -113,11 +120,7 @@ async def test_backed_up_frames_wait_in_the_bounded_queue_and_leave_together():
 
 @pytest.mark.gen_test
 async def test_one_frame_over_the_bound_is_a_slow_consumer():
-    t = Recorder()
-    s = session(t, outbound_queue_frames=3)
-    s.send(b"first")
-    await next_turns()
-    t.stall()
+    _, s = await backed_up(3)
     results = [s.send(b"%d" % i) for i in range(4)]
     assert results == [True, True, True, False]
     assert s.closed and s.close_code == CLOSE_SLOW

@@ -38,6 +38,10 @@ class Replay:
 
 
 class History(Protocol):
+    # True when `append` also publishes the entry to every instance, this one included (Redis):
+    # the hub then delivers entries as the bus brings them, never at once.
+    publishes: bool
+
     async def start(self) -> None: ...
 
     async def append(self, room: str, frame: bytes) -> tuple[Position, bytes]:

@@ -23,6 +23,8 @@ class _Room:
 
 
 class MemoryHistory:
+    publishes = False
+
     def __init__(self, size: int, ttl: float) -> None:
         self._size = size
         self._ttl = ttl

@@ -91,6 +91,8 @@ def _ms(seconds: float) -> int:
 
 
 class RedisHistory:
+    publishes = True
+
     def __init__(
         self,
         client: aioredis.Redis,

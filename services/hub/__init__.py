@@ -57,9 +57,7 @@ class RoomHub:
         dedupe: DedupeStore,
         ingest: Ingest | None = None,
         history: History | None = None,
-        history_publishes: bool = False,
     ) -> None:
-        """`history_publishes`: the history's append also publishes the entry on the bus (Redis)."""
         self.settings = settings
         self.bus = bus
         self.presence = presence
@@ -70,9 +68,7 @@ class RoomHub:
         self._orders: dict[Session, SenderOrder] = {}
         self.channels = Subscriptions(bus)
         self.tasks = TaskGroup()
-        self.fanout = Fanout(
-            bus, self.rooms, self.holds.by_room, history, history_publishes, self.tasks.spawn, settings.history_size
-        )
+        self.fanout = Fanout(bus, self.rooms, self.holds.by_room, history, self.tasks.spawn, settings.history_size)
         self.recovery = Recovery(settings, history, self.fanout)
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
         self.roster = Roster(settings, presence, self.fanout, self.rooms)

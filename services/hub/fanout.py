@@ -37,7 +37,6 @@ class Fanout:
         rooms: dict[str, set[Session]],
         holds: dict[str, dict[Session, JoinHold]],
         history: History | None = None,
-        history_publishes: bool = False,
         spawn: Callable[[Awaitable[Any]], Any] | None = None,
         most: int = 0,
     ) -> None:
@@ -46,7 +45,6 @@ class Fanout:
         self._rooms = rooms  # the hub's: room -> local sessions
         self._holds = holds  # the hub's: room -> joiners whose frames are held or filtered
         self._history = history
-        self._history_publishes = history_publishes  # Redis: the append script publishes the entry
         self.positions: dict[str, Position] = {}  # room -> last entry delivered here
         self._spawn = spawn
         self._most = most
@@ -65,7 +63,7 @@ class Fanout:
             await self.broadcast(room, frame)
             return None
         METRICS.history_appends.inc()
-        if not self._history_publishes:
+        if not self._history.publishes:
             self.deliver_entry(room, frame, position)
             event = BusEvent(frame=frame, origin=self._bus.instance_id, offset=position.offset, epoch=position.epoch)
             await self.publish(room_channel(room), event)
@@ -95,7 +93,7 @@ class Fanout:
             self._fill(room, last)
 
     def _fill(self, room: str, last: Position) -> bool:
-        if self._history is None or self._spawn is None or not self._history_publishes or room in self._filling:
+        if self._history is None or self._spawn is None or not self._history.publishes or room in self._filling:
             return False
         self._filling[room] = []
         self._spawn(self._read_missing(room, last))

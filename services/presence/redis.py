@@ -145,8 +145,7 @@ class RedisPresence:
         self._state.ok()
 
     async def page(self, room: str, after: str | None, limit: int) -> Page:
-        _, _, order = self._keys.room(room)
-        users, _, _ = self._keys.room(room)
+        users, _, order = self._keys.room(room)
         start = "-" if after is None else "(" + after
         try:
             raw = await self._page(keys=[order, users], args=[start, limit + 1])
