@@ -8,7 +8,7 @@ import inspect
 
 import tornado
 from tornado.util import _websocket_mask
-from tornado.websocket import WebSocketProtocol13, _WebSocketParams
+from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _WebSocketParams
 
 from handlers.protocol import TORNADO_PRIVATE
 
@@ -28,6 +28,8 @@ def test_the_private_members_we_use_are_there_with_their_signatures():
         "params",
     ]
     assert set(inspect.signature(_WebSocketParams).parameters) >= {"ping_interval", "ping_timeout", "max_message_size"}
+    assert list(inspect.signature(WebSocketHandler._detach_stream).parameters) == ["self"]
+    assert "_detach_stream()" in inspect.getsource(WebSocketProtocol13._accept_connection)
     assert _websocket_mask(b"\x01\x02\x03\x04", b"\x01\x02\x03\x04\x01") == b"\x00\x00\x00\x00\x00"
 
 
