@@ -5,6 +5,7 @@
 #   scripts/redis.sh start    start (or report) the server; its port is written to $REDIS_DIR/port
 #   scripts/redis.sh stop     shut it down and wait until it has exited
 #   scripts/redis.sh status   print running/stopped and the address (exit 0 running, 3 stopped)
+#   scripts/redis.sh install  only make sure redis-server and redis-cli are installed
 #
 # Environment:
 #   REDIS_DIR   runtime dir (default .cache/redis): port, redis.pid, redis.log.
@@ -112,5 +113,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  install) ensure_installed ;;
+  *) echo "usage: $0 start|stop|status|install" >&2; exit 2 ;;
 esac

@@ -7,8 +7,6 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from schemas.client import FrameSchema, payload_schemas
 from schemas.protocol import CLOSE_RESTART
 from services.admission import Admission, TrustedProxies
@@ -29,7 +27,7 @@ from services.metrics import METRICS
 from services.presence import PresenceStore
 from services.presence.fallback import FallbackPresence
 from services.presence.memory import MemoryPresence
-from services.redis_common import REDIS_ERRORS, make_client, until_redis_answers
+from services.redis_common import REDIS_ERRORS, RedisClient, make_client, until_redis_answers
 from services.session import FLUSH_GRACE, Session
 from services.settings import Settings
 
@@ -55,7 +53,7 @@ class Gateway:
         self.bus: Bus
         self.presence: PresenceStore
         self.dedupe: DedupeStore
-        self.redis: aioredis.Redis | None = None
+        self.redis: RedisClient | None = None
         self.history: History | None = None
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
         self.payload_schemas = payload_schemas(settings.max_content)

@@ -1,5 +1,5 @@
-"""What the Redis bus, presence and dedupe stores share: one command client, error types, and
-logging that speaks once per state change instead of once per failed call.
+"""What the Redis bus, presence, dedupe and history stores share: the command client (one Redis,
+or a Redis Cluster), how to log in (ACL, TLS), error types, and the start-up wait.
 
 Every command has a socket timeout and is retried at most once (for a pooled connection that went
 stale across a Redis restart), so a dead or unreachable Redis costs a caller a bounded wait, never
@@ -13,18 +13,27 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.settings import Settings
 
 # A Redis call that fails with one of these is "Redis unavailable", not a bug.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+# (A cluster client raises RedisClusterException, which is not a RedisError, when it has no map of
+# the slots, for example while a primary fails over.)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+# The command client of either mode. The stores use what both have: scripts, plain commands,
+# pipelines without transactions, `execute_command` for PUBLISH / SPUBLISH.
+RedisClient = aioredis.Redis | RedisCluster
 
 # Seconds for one command or one connect while running. Independent of REDIS_CONNECT_TIMEOUT,
 # which bounds the whole start-up wait (each attempt there is cut to what is left of it).
@@ -32,27 +41,68 @@ COMMAND_TIMEOUT = 2.0
 MAX_CONNECTIONS = 128  # command pool bound; beyond it a call fails fast instead of piling up
 
 
+def uses_tls(settings: Settings) -> bool:
+    """REDIS_TLS, or a CA given for it (a CA is only ever given to verify a TLS server)."""
+    return settings.redis_tls or settings.redis_tls_ca is not None
+
+
+def login_kwargs(settings: Settings) -> dict[str, Any]:
+    """How to log in and talk to any Redis node: ACL user and password, TLS with its CA. Shared by
+    the command clients (one Redis or a cluster) and the subscriber sockets."""
+    kwargs: dict[str, Any] = {"username": settings.redis_username, "password": settings.redis_password}
+    if uses_tls(settings):
+        kwargs["ssl_ca_certs"] = settings.redis_tls_ca
+        kwargs["ssl_cert_reqs"] = "required"
+    return kwargs
+
+
 def connection_kwargs(settings: Settings) -> dict[str, Any]:
-    """Where Redis is and how to log in; shared by the command pool and the subscriber."""
-    return {
-        "host": settings.redis_host,
-        "port": settings.redis_port,
-        "db": settings.redis_db,
-        "password": settings.redis_password,
-    }
+    """Where the one Redis is (REDIS_HOST mode) and how to log in."""
+    return {"host": settings.redis_host, "port": settings.redis_port, "db": settings.redis_db, **login_kwargs(settings)}
 
 
-def make_client(settings: Settings, instance_id: str) -> aioredis.Redis:
-    """The command pool for publishes, presence and dedupe (the subscriber has its own socket)."""
+def connection_class(settings: Settings) -> type[Connection]:
+    """One socket to one node (the subscriber's): TLS or plain."""
+    return SSLConnection if uses_tls(settings) else Connection
+
+
+def make_client(settings: Settings, instance_id: str) -> RedisClient:
+    """The command pool for publishes, presence, dedupe and history (subscribers have their own
+    sockets): a cluster client with REDIS_CLUSTER_NODES, else one Redis."""
     timeout = COMMAND_TIMEOUT
+    if settings.redis_cluster_nodes:
+        return make_cluster_client(settings, timeout, client_name=f"rtg:{instance_id}")
     return aioredis.Redis(
         **connection_kwargs(settings),
+        ssl=uses_tls(settings),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         max_connections=MAX_CONNECTIONS,
         client_name=f"rtg:{instance_id}",
     )
+
+
+def make_cluster_client(settings: Settings, timeout: float, client_name: str | None = None) -> RedisCluster:
+    """redis-py's cluster client: it maps slots to primaries from the seeds, follows MOVED, and
+    refreshes the map after a connection error (a failover). One retry, no backoff: a caller
+    waits a bounded time and the bus's own backoff paces reconnection."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in settings.redis_cluster_nodes],
+        **login_kwargs(settings),
+        ssl=uses_tls(settings),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        max_connections=MAX_CONNECTIONS,
+        client_name=client_name,
+    )
+
+
+def register(client: RedisClient, source: str) -> AsyncScript:
+    """A Lua script run by EVALSHA (loaded on a NOSCRIPT reply: on every primary of a cluster).
+    redis-py types `register_script` for one Redis only; the cluster client has the same method."""
+    return AsyncScript(cast("aioredis.Redis", client), source)
 
 
 def describe(exc: BaseException) -> str:
@@ -78,18 +128,34 @@ class Backoff:
         self.attempt = 0
 
 
+def where(settings: Settings) -> str:
+    """The Redis named in log lines and errors: host:port, or the cluster's seeds."""
+    if settings.redis_cluster_nodes:
+        return "cluster " + ",".join(f"{h}:{p}" for h, p in settings.redis_cluster_nodes)
+    return f"{settings.redis_host}:{settings.redis_port}"
+
+
 def unreachable(settings: Settings, reason: str) -> str:
     """The one line printed before exit 2 when Redis is not there at start."""
     return (
-        f"cannot reach Redis at {settings.redis_host}:{settings.redis_port} within "
+        f"cannot reach Redis at {where(settings)} within "
         f"{settings.redis_connect_timeout:g}s ({reason}); start it or pass --wait-for-redis"
     )
 
 
 async def ping(settings: Settings, timeout: float) -> None:
-    """One connect + PING with its own short-lived client; raises a REDIS_ERRORS member on failure."""
+    """One connect + PING (every primary of a cluster) with its own short-lived client; raises a
+    REDIS_ERRORS member on failure."""
+    if settings.redis_cluster_nodes:
+        cluster = make_cluster_client(settings, timeout)
+        try:
+            await asyncio.wait_for(cluster.ping(target_nodes=RedisCluster.PRIMARIES), timeout)
+        finally:
+            await cluster.aclose()
+        return
     client = aioredis.Redis(
         **connection_kwargs(settings),
+        ssl=uses_tls(settings),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
@@ -118,14 +184,14 @@ async def until_redis_answers(
     the budget is None and we wait forever, logging once that we do. `errors` are expected."""
     deadline = time.monotonic() + settings.redis_connect_timeout
     backoff = Backoff(0.1, 2.0)
-    where = {"host": settings.redis_host, "port": settings.redis_port}
+    redis_at = {"redis": where(settings)}
     waiting = False
     while True:
         left = deadline - time.monotonic()
         try:
             await attempt(None if settings.wait_for_redis else max(left, 0.05))
             if waiting:
-                logger.info("redis reachable", extra=where)
+                logger.info("redis reachable", extra=redis_at)
             return
         except errors as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else describe(exc)
@@ -137,5 +203,5 @@ async def until_redis_answers(
             continue
         if not waiting:
             waiting = True
-            logger.warning("waiting for redis", extra={**where, "error": reason})
+            logger.warning("waiting for redis", extra={**redis_at, "error": reason})
         await asyncio.sleep(backoff.next())

@@ -4,6 +4,9 @@ that scripts/test.sh sets (skipped when absent, failed when RTG_REQUIRE_SERVICES
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -53,6 +56,38 @@ def private_redis() -> Iterator[Any]:
     server.start()
     yield server
     server.stop()
+
+
+def start_cluster(folder: str) -> str:
+    """scripts/redis-cluster.sh in `folder`: 3 primaries and 3 replicas; returns the seeds."""
+    if shutil.which("redis-server") is None:
+        need_service("RTG_NO_SUCH_VARIABLE", "redis-server (for a Redis Cluster)")
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "redis-cluster.sh")
+    env = {**os.environ, "CLUSTER_DIR": folder}
+    subprocess.run([script, "start"], env=env, check=True, capture_output=True, timeout=60)
+    with open(os.path.join(folder, "nodes")) as f:
+        return f.read().strip()
+
+
+def stop_cluster(folder: str) -> None:
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "redis-cluster.sh")
+    subprocess.run([script, "stop"], env={**os.environ, "CLUSTER_DIR": folder}, check=False, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """The seeds of a Redis Cluster shared by the tests that need one: RTG_TEST_REDIS_CLUSTER, or one
+    started here on first use (and stopped at the end), so a run without cluster tests pays nothing."""
+    seeds = os.environ.get("RTG_TEST_REDIS_CLUSTER")
+    if seeds:
+        yield seeds
+        return
+    folder = tempfile.mkdtemp(prefix="rtg-cluster-")
+    try:
+        yield start_cluster(folder)
+    finally:
+        stop_cluster(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import time
 import uuid
 from typing import Any, cast
 
+import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from tests.conftest import need_service
 from tests.helpers import free_port
@@ -33,6 +35,30 @@ def redis_overrides(port: int, prefix: str | None = None, **extra: Any) -> dict[
     }
     out.update(extra)
     return out
+
+
+def cluster_overrides(seeds: str, prefix: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Settings for a gateway on the Redis Cluster whose seeds are `seeds` (host:port,...)."""
+    nodes = tuple((h, int(p)) for h, _, p in (s.rpartition(":") for s in seeds.split(",")))
+    out: dict[str, Any] = {
+        "redis_cluster_nodes": nodes,
+        "redis_prefix": prefix or unique_prefix(),
+        "redis_connect_timeout": 5.0,
+    }
+    out.update(extra)
+    return out
+
+
+def backend_overrides(kind: str, request: pytest.FixtureRequest, prefix: str | None = None) -> dict[str, Any]:
+    """Settings for the contract tests' Redis kinds: "redis" (the shared server) or "cluster"."""
+    if kind == "cluster":
+        return cluster_overrides(request.getfixturevalue("redis_cluster"), prefix)
+    return redis_overrides(shared_redis_port(), prefix)
+
+
+def cluster_client(seeds: str) -> RedisCluster:
+    host, _, port = seeds.split(",")[0].rpartition(":")
+    return RedisCluster(host=host, port=int(port), socket_timeout=5, decode_responses=True)
 
 
 def client(port: int) -> redis.Redis:
@@ -83,12 +109,15 @@ def command_calls(port: int, command: str) -> int:
 
 class PrivateRedis:
     """A redis-server of one test's own (on a free port), which the test may stop and restart
-    without touching the shared one."""
+    without touching the shared one. `args` are more redis-server options (TLS, ACL users), and
+    `probe` the client that can tell it has started (default: plain, no password)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: tuple[str, ...] = (), probe: redis.Redis | None = None) -> None:
         if shutil.which("redis-server") is None:
             need_service("RTG_NO_SUCH_VARIABLE", "redis-server")
         self.port = port or free_port()
+        self.args = args
+        self.probe = probe
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10) -> None:
@@ -105,12 +134,13 @@ class PrivateRedis:
                 "no",
                 "--daemonize",
                 "no",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        probe = client(self.port)
+        probe = self.probe or client(self.port)
         while True:
             try:
                 if probe.ping():

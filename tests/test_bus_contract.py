@@ -18,7 +18,7 @@ from services.bus.redis import BusTimings, RedisBus
 from services.redis_common import make_client
 from tests.helpers import test_settings as settings_for
 from tests.helpers import wait_for
-from tests.redis_support import redis_overrides, shared_redis_port
+from tests.redis_support import backend_overrides
 
 
 class Recorder:
@@ -38,14 +38,14 @@ class Recorder:
 BusFactory = Callable[[str], Awaitable[tuple[Bus, Recorder]]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_bus(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[BusFactory]:
     """`await make_bus(instance_id)` -> a started bus of the parametrized kind and what it received."""
     kind = request.param
     network = MemoryNetwork()
     started: list[Bus] = []
     clients: list[Any] = []
-    settings = settings_for(**redis_overrides(shared_redis_port())) if kind == "redis" else None
+    settings = settings_for(**backend_overrides(kind, request)) if kind != "memory" else None
 
     async def factory(instance_id: str) -> tuple[Bus, Recorder]:
         bus: Bus

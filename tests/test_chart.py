@@ -739,6 +739,36 @@ def test_replicas_with_redis_render(render: Render) -> None:
     assert config_env(docs)["REDIS_HOST"] == "redis.data.svc"
 
 
+def test_redis_cluster_acl_user_and_tls_with_a_ca_from_a_secret(render: Render) -> None:
+    docs = render(
+        "--set", "replicaCount=3",
+        "--set", "redis.clusterNodes={redis-0.redis:6379,redis-1.redis:6379}",
+        "--set", "redis.username=gateway", "--set", "redis.existingSecret=redis-auth",
+        "--set", "redis.tls.enabled=true", "--set", "redis.tls.caSecret=redis-ca",
+        "--set", "redis.tls.caSecretKey=ca.pem",
+    ).manifests  # fmt: skip
+    env = config_env(docs)
+    assert env["REDIS_CLUSTER_NODES"] == "redis-0.redis:6379,redis-1.redis:6379" and "REDIS_HOST" not in env
+    assert env["REDIS_USERNAME"] == "gateway" and env["REDIS_TLS"] == "true"
+    assert env["REDIS_TLS_CA"] == "/etc/realtime-gateway/redis-ca/ca.pem"
+    assert secret_ref(docs, "REDIS_PASSWORD")["name"] == "redis-auth"
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert mounts["redis-ca"]["mountPath"] == "/etc/realtime-gateway/redis-ca" and mounts["redis-ca"]["readOnly"]
+    assert volumes["redis-ca"]["secret"] == {"secretName": "redis-ca", "items": [{"key": "ca.pem", "path": "ca.pem"}]}
+    # TLS without a CA Secret: the image's system CAs, nothing mounted.
+    plain = render("--set", "redis.host=redis", "--set", "redis.tls.enabled=true").manifests
+    assert config_env(plain)["REDIS_TLS"] == "true" and "REDIS_TLS_CA" not in config_env(plain)
+    assert "redis-ca" not in {v["name"] for v in pod_spec(plain)["volumes"]}
+    assert "REDIS_TLS" not in config_env(render("--set", "redis.host=redis").manifests)
+
+
+def test_redis_host_and_cluster_nodes_together_fail(render: Render) -> None:
+    result = render("--set", "redis.host=redis", "--set", "redis.clusterNodes={a:1}")
+    assert result.returncode != 0
+    assert "redis.host and redis.clusterNodes are exclusive" in result.stderr
+
+
 def test_hpa_without_redis_fails(render: Render) -> None:
     result = render("--set", "autoscaling.enabled=true")
     assert result.returncode != 0

@@ -17,7 +17,7 @@ from services.history.memory import MemoryHistory
 from services.history.redis import RedisHistory
 from services.redis_common import make_client
 from tests.helpers import test_settings as settings_for
-from tests.redis_support import client, redis_overrides, shared_redis_port, unique_prefix
+from tests.redis_support import backend_overrides, client, cluster_client, shared_redis_port, unique_prefix
 
 SIZE = 4
 
@@ -25,8 +25,9 @@ SIZE = 4
 class Histories:
     """Makes histories of one kind; `fresh()` is the same deployment after losing its history."""
 
-    def __init__(self, kind: str, redis_client: Any) -> None:
+    def __init__(self, kind: str, redis_client: Any, seeds: str = "") -> None:
         self.kind = kind
+        self.seeds = seeds
         self.redis_client = redis_client
         self.prefix = unique_prefix()
 
@@ -36,30 +37,31 @@ class Histories:
         return RedisHistory(self.redis_client, self.prefix, "hist-test", size, 600.0, lambda: bus_ready)
 
     def lose_everything(self) -> History:
-        if self.kind == "redis":
-            keys = client(shared_redis_port())
+        if self.kind != "memory":
+            keys = cluster_client(self.seeds) if self.kind == "cluster" else client(shared_redis_port())
             for key in keys.scan_iter(f"{self.prefix}*"):
                 keys.delete(key)
             return self.make()
         return self.make()  # a new process
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def histories(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[Histories]:
     if request.param == "memory":
         yield Histories("memory", None)
         return
-    yield from _redis_histories(io_loop)
+    yield from _redis_histories(io_loop, request, request.param)
 
 
-@pytest.fixture
-def redis_histories(io_loop: IOLoop) -> Iterator[Histories]:
-    yield from _redis_histories(io_loop)
+@pytest.fixture(params=["redis", "cluster"])
+def redis_histories(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[Histories]:
+    yield from _redis_histories(io_loop, request, request.param)
 
 
-def _redis_histories(io_loop: IOLoop) -> Iterator[Histories]:
-    redis_client = make_client(settings_for(**redis_overrides(shared_redis_port())), "hist-test")
-    yield Histories("redis", redis_client)
+def _redis_histories(io_loop: IOLoop, request: pytest.FixtureRequest, kind: str) -> Iterator[Histories]:
+    redis_client = make_client(settings_for(**backend_overrides(kind, request)), "hist-test")
+    seeds = request.getfixturevalue("redis_cluster") if kind == "cluster" else ""
+    yield Histories(kind, redis_client, seeds)
     io_loop.run_sync(redis_client.aclose)
 
 

@@ -84,9 +84,8 @@ async def test_task_group_logs_failures_and_settles(caplog):
     assert done.is_set() and len(tasks) == 0
     assert [r.getMessage() for r in caplog.records] == ["background task failed"]
     sleeper = tasks.spawn(asyncio.sleep(10))
-    tasks.cancel()
-    await asyncio.wait([sleeper])
-    assert sleeper.cancelled()
+    await tasks.cancel()  # returns once the cancelled work has unwound
+    assert sleeper.cancelled() and len(tasks) == 0
 
 
 @pytest.mark.gen_test(timeout=5)

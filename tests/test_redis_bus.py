@@ -15,9 +15,10 @@ from tornado.ioloop import IOLoop
 
 from services.bus import BusEvent
 from services.bus.redis import BusTimings, RedisBus
+from services.bus.redis_subscriber import SubscriberSocket
 from services.bus.wire import decode_event, encode_event
 from services.errors import BusError
-from services.redis_common import make_client
+from services.redis_common import RedisClient, make_client
 from services.settings import Settings
 from tests.helpers import test_settings as settings_for
 from tests.helpers import wait_for
@@ -29,7 +30,7 @@ class Buses:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.started: list[tuple[RedisBus, aioredis.Redis]] = []
+        self.started: list[tuple[RedisBus, RedisClient]] = []
 
     async def start(self, instance_id: str, **kw: Any) -> tuple[RedisBus, list[tuple[str, BusEvent]]]:
         got: list[tuple[str, BusEvent]] = []
@@ -152,7 +153,7 @@ async def test_silently_dead_subscription_is_detected_and_rebuilt(
     # Redis drops every subscription of A's socket while the socket itself stays open: nothing
     # arrives any more and nothing reports an error. Only the probe can notice.
     sub = a._sub
-    assert sub is not None and sub._conn is not None
+    assert isinstance(sub, SubscriberSocket) and sub._conn is not None
     await sub._conn.send_command("UNSUBSCRIBE")
     await b.publish("room:quiet", BusEvent(frame=b"into the void", origin="T"))
 

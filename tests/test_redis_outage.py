@@ -132,7 +132,7 @@ async def test_redis_outage_and_recovery(
     # Redis came back empty (no persistence): each instance re-registers its members, and the
     # leave it could not store is announced now. An instance still reconnecting when that was
     # published hears of it through the presence_state snapshot every room gets after a resync.
-    users_key = a.settings.redis_prefix + "presence:room:o"
+    users_key = a.settings.redis_prefix + "presence:room:{o}"
     await wait_for(lambda: hkeys(private_redis.port, users_key) == {"alice", "bob", "dave"}, what="presence rebuilt")
     await sees_gone(bob, "o", "carol")
     erin = await b.client("erin")

@@ -92,7 +92,7 @@ async def test_killed_instance_users_go_offline_within_ttl(processes: list[Gatew
     carol = await Client.connect(survivor.url, token("carol"))
     state = await carol.join("k9")
     assert {m["userId"] for m in state["payload"]["members"]} == {"bob", "carol"}
-    assert not exists(port, f"{prefix}presence:instance:" + doomed_instance(doomed))
+    assert not exists(port, f"{prefix}presence:rooms:{{{doomed_instance(doomed)}}}")
 
 
 def doomed_instance(gp: GatewayProcess) -> str:
@@ -118,7 +118,9 @@ def test_workers_without_redis_is_one_line_and_exit_2() -> None:
     gp = spawn_server("--port", "0", "--jwt-secret", SECRET, "--workers", "2", wait_listening=False)
     _, err = gp.proc.communicate(timeout=20)
     assert gp.proc.returncode == 2
-    assert err.strip().splitlines() == ["server.py: error: WORKERS > 1 needs Redis: set REDIS_HOST (or --redis-host)"]
+    assert err.strip().splitlines() == [
+        "server.py: error: WORKERS > 1 needs Redis: set REDIS_HOST or REDIS_CLUSTER_NODES"
+    ]
 
 
 @pytest.mark.gen_test(timeout=40)
@@ -173,11 +175,7 @@ async def test_workers_share_the_port_and_messages_cross(processes: list[Gateway
     for i in range(60):
         c = await Client.connect(gp.url, token(f"u{i}"))
         await c.join(f"where-{i}")
-        owner = [
-            inst
-            for inst in instances
-            if any(m.startswith(f"where-{i}\x1f") for m in smembers(port, f"{prefix}presence:instance:{inst}"))
-        ]
+        owner = [inst for inst in instances if smembers(port, f"{prefix}presence:conns:{{where-{i}}}:{inst}")]
         assert len(owner) == 1
         by_instance.setdefault(owner[0], c)
         if len(by_instance) == 2:

@@ -19,20 +19,20 @@ from services.presence.redis import RedisPresence
 from services.redis_common import make_client
 from tests.helpers import test_settings as settings_for
 from tests.helpers import wait_for
-from tests.redis_support import redis_overrides, shared_redis_port, unique_prefix
+from tests.redis_support import backend_overrides, unique_prefix
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def redis_client(kind: str, io_loop: IOLoop) -> Iterator[Any]:
+def redis_client(kind: str, io_loop: IOLoop, request: pytest.FixtureRequest) -> Iterator[Any]:
     if kind == "memory":
         yield None
         return
-    settings = settings_for(**redis_overrides(shared_redis_port()))
+    settings = settings_for(**backend_overrides(kind, request))
     client = make_client(settings, "store-test")
     yield client
     io_loop.run_sync(client.aclose)

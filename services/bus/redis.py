@@ -1,8 +1,9 @@
 """RedisBus: the bus across instances, on Redis pub/sub (redis.asyncio, on the IOLoop).
 
-One subscriber socket per instance (redis_subscriber.py) carries every SUBSCRIBE/UNSUBSCRIBE and every
-incoming event (wire.py); publishes and probes use the shared command pool: one PUBLISH per event,
-whatever the number of recipients.
+One subscriber socket per instance (redis_subscriber.py), or with a Redis Cluster one per primary
+(redis_shards.py, sharded pub/sub), carries every subscription and every incoming event (wire.py);
+publishes and probes use the shared command client: one PUBLISH (SPUBLISH) per event, whatever the
+number of recipients.
 
 Why it is built this way:
 - `subscribe` returns only after Redis confirmed the SUBSCRIBE, so an event published anywhere
@@ -12,8 +13,9 @@ Why it is built this way:
 - Connection loss: local delivery goes on; publishes fail fast while the subscriber is down; it
   reconnects with capped exponential backoff and resubscribes every wanted channel before ready.
 - A subscription can also die silently (a proxy or a half-open TCP connection). Every instance
-  publishes a probe to its own probe channel each `probe_interval`; without an echo for
-  `probe_timeout` the subscriber is declared dead, readiness turns red and the socket is rebuilt.
+  publishes a probe to its own probe channel (one per primary of a cluster) each `probe_interval`;
+  without an echo for `probe_timeout` the subscriber is declared dead, readiness turns red and the
+  sockets are rebuilt (from a fresh slot map: how a failover is followed).
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from services.bus import BusEvent, EventHandler, ResyncHandler
+from services.bus.redis_shards import ShardedSubscribers, open_subscribers
 from services.bus.redis_subscriber import SubscriberSocket
-from services.bus.wire import bus_key, decode_event, encode_event
+from services.bus.wire import bus_channel, bus_key, decode_event, encode_event
 from services.errors import BusError
 from services.metrics import METRICS
-from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, Backoff, describe
+from services.redis_common import REDIS_ERRORS, Backoff, RedisClient, describe
 from services.settings import Settings
 
 log = logging.getLogger("gateway.bus")
@@ -50,17 +53,19 @@ class BusTimings:
 
 class RedisBus:
     def __init__(
-        self, instance_id: str, settings: Settings, client: aioredis.Redis, timings: BusTimings | None = None
+        self, instance_id: str, settings: Settings, client: RedisClient, timings: BusTimings | None = None
     ) -> None:
         self.instance_id = instance_id
         self._settings = settings
         self._client = client
         self._prefix = settings.redis_prefix
-        self._probe_channel = f"{self._prefix}probe:{instance_id}".encode()
+        self.sharded = isinstance(client, RedisCluster)
+        self._publish_command = "SPUBLISH" if self.sharded else "PUBLISH"
+        self._probes: dict[bytes, float] = {}  # probe channel -> when its echo last came back
         self._timings = timings or BusTimings()
         self._handler: EventHandler | None = None
         self._on_resync: ResyncHandler | None = None
-        self._sub: SubscriberSocket | None = None
+        self._sub: SubscriberSocket | ShardedSubscribers | None = None
         self._runner: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._rebuild = asyncio.Event()
@@ -70,9 +75,9 @@ class RedisBus:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._up = False
         self._closing = False
-        self._last_echo = 0.0
         self._down_since = 0.0
         self._bad_events = 0
+        self._nonce = os.urandom(4).hex().encode()
 
     # -- the Bus interface -------------------------------------------------------------------
 
@@ -154,31 +159,38 @@ class RedisBus:
     async def _send(self, key: str, payload: bytes) -> None:
         """The one round trip of a publish."""
         try:
-            await self._client.publish(key, payload)
+            await self._client.execute_command(self._publish_command, key, payload)
         except REDIS_ERRORS as exc:
             raise BusError(describe(exc)) from None
 
     def _key(self, channel: str) -> str:
-        return bus_key(self._prefix, channel)
+        return bus_key(self._prefix, channel, self.sharded)
+
+    @property
+    def subscribers(self) -> SubscriberSocket | ShardedSubscribers | None:
+        """The live subscriber socket(s) (tests and docs/scaling.md look at where channels went)."""
+        return self._sub
 
     # -- the subscriber socket ---------------------------------------------------------------
 
     async def _connect(self) -> None:
-        """Open a subscriber socket, subscribe the probe and every wanted channel."""
-        sub = SubscriberSocket(self._settings, self.instance_id, COMMAND_TIMEOUT, self._on_message, self._unhealthy)
-        await sub.open()
+        """Open the subscriber socket(s), subscribe the probe(s) and every wanted channel."""
+        sub, probes, first = await open_subscribers(
+            self._settings, self.instance_id, self._client, self._on_message, self._unhealthy
+        )
         self._sub = sub
         self._live = set()
         channels = sorted(self._wanted)
         try:
-            await sub.subscribe([self._probe_channel.decode(), *map(self._key, channels)])
+            await sub.subscribe([*first, *map(self._key, channels)])
         except BaseException:  # BusError, or cancelled by a start-up deadline: leave nothing open
             await self._teardown()
             raise
         self._live = set(channels)
         for channel in self._live - self._wanted:  # left while we were connecting
             await self.unsubscribe(channel)
-        self._last_echo = time.monotonic()
+        now = time.monotonic()
+        self._probes = {p.encode(): now for p in probes}
 
     def _unsubscribe_now(self, channel: str) -> None:
         self._unsub_timers.pop(channel, None)
@@ -194,10 +206,10 @@ class RedisBus:
             self._rebuild.set()
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
-        if channel == self._probe_channel:
-            self._last_echo = time.monotonic()
+        if channel in self._probes:
+            self._probes[channel] = time.monotonic()
             return
-        name = channel.decode("utf-8", "replace")[len(self._prefix) :]
+        name = bus_channel(self._prefix, channel, self.sharded)
         if name not in self._wanted or self._handler is None:
             return  # unsubscribed (in grace) or a stray subscription: no longer ours to deliver
         try:
@@ -265,16 +277,17 @@ class RedisBus:
                     log.exception("bus resync handler failed")
 
     async def _probe_loop(self) -> None:
-        nonce = os.urandom(4).hex().encode()
         while not self._closing:
             await asyncio.sleep(self._timings.probe_interval)
             if not self._up:
                 continue
-            try:
-                await self._client.publish(self._probe_channel, nonce)
-            except REDIS_ERRORS:
-                pass  # the missing echo below decides
-            if self._up and time.monotonic() - self._last_echo > self._timings.probe_timeout:
+            for probe in list(self._probes):
+                try:
+                    await self._client.execute_command(self._publish_command, probe, self._nonce)
+                except REDIS_ERRORS:
+                    pass  # the missing echo below decides
+            oldest = min(self._probes.values(), default=time.monotonic())
+            if self._up and time.monotonic() - oldest > self._timings.probe_timeout:
                 log.warning("bus probe unanswered", extra={"seconds": self._timings.probe_timeout})
                 self._rebuild.set()
 

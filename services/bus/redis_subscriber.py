@@ -1,7 +1,12 @@
-"""SubscriberSocket: the one Redis connection an instance subscribes on (redis.py decides what to
-subscribe; this only speaks to Redis). SUBSCRIBE returns once Redis confirmed every channel; one
-reader coroutine takes every reply off the socket and hands messages on; a subscribe that is not
-confirmed in time, or an UNSUBSCRIBE that fails, marks the socket unhealthy for its owner to rebuild."""
+"""SubscriberSocket: one Redis connection an instance subscribes on: the only one with one Redis,
+one per primary of a cluster (redis_shards.py). redis.py decides what to subscribe; this only
+speaks to Redis. SUBSCRIBE returns once Redis confirmed every channel; one reader coroutine takes
+every reply off the socket and hands messages on; a subscribe that is not confirmed in time, or an
+UNSUBSCRIBE that fails, marks the socket unhealthy for its owner to rebuild.
+
+Sharded (a cluster primary): SSUBSCRIBE / SUNSUBSCRIBE, one command per slot (Redis refuses a
+SSUBSCRIBE across slots), and a SUNSUBSCRIBE nobody asked for (Redis says so when a slot moved
+away) marks the socket unhealthy too: its channels must be subscribed where they live now."""
 
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ from typing import Any
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from services.errors import BusError
-from services.redis_common import REDIS_ERRORS, connection_kwargs, describe
+from services.redis_common import REDIS_ERRORS, connection_class, connection_kwargs, describe
 from services.settings import Settings
 
 log = logging.getLogger("gateway.bus")
@@ -33,23 +39,32 @@ class SubscriberSocket:
         timeout: float,
         on_message: Callable[[bytes, bytes], None],
         on_unhealthy: Callable[[SubscriberSocket], None],
+        node: tuple[str, int] | None = None,
     ) -> None:
+        """`node`: a cluster primary to subscribe on with sharded commands (default: REDIS_HOST)."""
+        where = connection_kwargs(settings)
+        if node is not None:
+            where = {**where, "host": node[0], "port": node[1], "db": 0}
+        self.sharded = node is not None
+        self._commands = ("SSUBSCRIBE", "SUNSUBSCRIBE") if self.sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
         self._connection_kwargs: dict[str, Any] = {
-            **connection_kwargs(settings),
+            **where,
             "socket_timeout": None,  # the reader blocks until an event; the probe watches liveness
             "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 0),
             "client_name": f"rtg-sub:{instance_id}",
         }
+        self._connection_class = connection_class(settings)
         self._timeout = timeout
         self._on_message, self._on_unhealthy = on_message, on_unhealthy
         self._conn: Connection | None = None
         self.reader: asyncio.Task[None] | None = None
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._leaving: set[bytes] = set()  # SUNSUBSCRIBEs asked for and not yet confirmed
 
     async def open(self) -> None:
         """Connect and start the reader; BusError when Redis cannot be reached."""
-        conn = Connection(**self._connection_kwargs)
+        conn = self._connection_class(**self._connection_kwargs)
         try:
             await asyncio.wait_for(conn.connect(), self._timeout * 2)  # type: ignore[no-untyped-call]
         except REDIS_ERRORS as exc:
@@ -71,10 +86,8 @@ class SubscriberSocket:
             self._waiters.setdefault(raw, []).append(fut)
             waits.append((raw, fut))
         try:
-            for start in range(0, len(keys), SUBSCRIBE_CHUNK):
-                await asyncio.wait_for(
-                    conn.send_command("SUBSCRIBE", *keys[start : start + SUBSCRIBE_CHUNK]), self._timeout
-                )
+            for batch in self._batches(keys):
+                await asyncio.wait_for(conn.send_command(self._commands[0], *batch), self._timeout)
             await asyncio.wait_for(asyncio.gather(*(f for _, f in waits)), self._timeout)
         except _SUBSCRIBE_ERRORS as exc:
             if isinstance(exc, asyncio.TimeoutError):
@@ -88,12 +101,22 @@ class SubscriberSocket:
                     if not pending:
                         del self._waiters[raw]
 
+    def _batches(self, keys: Sequence[str]) -> list[Sequence[str]]:
+        if not self.sharded:
+            return [keys[i : i + SUBSCRIBE_CHUNK] for i in range(0, len(keys), SUBSCRIBE_CHUNK)]
+        by_slot: dict[int, list[str]] = {}
+        for key in keys:
+            by_slot.setdefault(key_slot(key.encode()), []).append(key)
+        return list(by_slot.values())
+
     async def unsubscribe(self, key: str) -> None:
         conn = self._conn
         if conn is None:
             return
+        if self.sharded:
+            self._leaving.add(key.encode())
         try:
-            await asyncio.wait_for(conn.send_command("UNSUBSCRIBE", key), self._timeout)
+            await asyncio.wait_for(conn.send_command(self._commands[1], key), self._timeout)
         except REDIS_ERRORS:
             self._on_unhealthy(self)
 
@@ -119,15 +142,20 @@ class SubscriberSocket:
                 if not isinstance(reply, list) or len(reply) < 2:
                     continue
                 kind = reply[0]
-                if kind == b"message" and len(reply) == 3:
+                if (kind == b"message" or kind == b"smessage") and len(reply) == 3:
                     self._on_message(reply[1], reply[2])
                     handled += 1
                     if handled % YIELD_EVERY == 0:
                         await asyncio.sleep(0)
-                elif kind == b"subscribe":
+                elif kind == b"subscribe" or kind == b"ssubscribe":
                     for fut in self._waiters.pop(reply[1], ()):
                         if not fut.done():
                             fut.set_result(None)
+                elif kind == b"sunsubscribe" and reply[1] not in self._leaving:
+                    log.info("a slot moved: resubscribing", extra={"channel": reply[1].decode("utf-8", "replace")})
+                    self._on_unhealthy(self)
+                else:
+                    self._leaving.discard(reply[1])
         finally:
             self._fail_waiters()
 

@@ -17,10 +17,23 @@ from services.bus import BusEvent
 WIRE_VERSION = 1
 
 
-def bus_key(prefix: str, channel: str) -> str:
-    """The Redis channel of a bus channel: `{prefix}room:{id}`, `{prefix}user:{id}` (the history's
-    script publishes entries on it too)."""
-    return prefix + channel
+def bus_key(prefix: str, channel: str, sharded: bool = False) -> str:
+    """The Redis channel of a bus channel: `<prefix>room:<id>`, `<prefix>user:<id>` (the history's
+    script publishes entries on it too). Sharded (a cluster): `<prefix>room:{<id>}`, so a room's
+    channel lives in the slot of its history and presence keys, which share the hash tag {<id>}."""
+    if not sharded:
+        return prefix + channel
+    kind, _, name = channel.partition(":")
+    return f"{prefix}{kind}:{{{name}}}"
+
+
+def bus_channel(prefix: str, key: bytes, sharded: bool = False) -> str:
+    """The bus channel of a Redis channel (`bus_key` undone)."""
+    name = key.decode("utf-8", "replace")[len(prefix) :]
+    if not sharded:
+        return name
+    kind, _, tagged = name.partition(":")
+    return f"{kind}:{tagged[1:-1]}"
 
 
 def encode_event(event: BusEvent) -> bytes:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
-
 from services.errors import StoreError
 from services.logs import StateLog
-from services.redis_common import REDIS_ERRORS, describe
+from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
 
 log = logging.getLogger("gateway.dedupe")
 
@@ -33,10 +31,10 @@ def _ms(ttl: float) -> int:
 
 
 class RedisDedupe:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client = client
         self._prefix = prefix + "dedupe:"
-        self._reserve = client.register_script(_RESERVE)
+        self._reserve = register(client, _RESERVE)
         self._state = StateLog(log, "redis dedupe")
 
     def _failed(self, exc: BaseException) -> StoreError:

@@ -6,8 +6,8 @@ Keys (one hash tag per room, so both live in the room's slot):
                                           MAXLEN HISTORY_SIZE, expires HISTORY_TTL after the last append
     {REDIS_PREFIX}history:{<room>}:pos    hash epoch, offset; expires POSITION_TTL after the last append
 
-`append` is one script: the next offset, the frame with its position, XADD, and PUBLISH on the
-room's bus channel, so the order of the offsets is the order every instance receives the entries
+`append` is one script: the next offset, the frame with its position, XADD, and PUBLISH (SPUBLISH
+on a cluster) on the room's bus channel, so the order of the offsets is the order every instance receives the entries
 in. A missing position hash (flushed, or Redis restarted empty) starts a new epoch. When an append
 fails, the entry reached this instance's members only: the room is remembered, and its epoch is
 renewed by the next command that reaches Redis (`heal` after the bus is back), so a later
@@ -22,14 +22,14 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from schemas.protocol import room_channel
 from services.bus.wire import bus_key, entry_head
 from services.errors import StoreError
 from services.history import POSITION_TTL, Position, Replay, recovery_check
 from services.logs import StateLog
-from services.redis_common import REDIS_ERRORS, describe
+from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
 
 log = logging.getLogger("gateway.history")
 
@@ -45,7 +45,8 @@ if not epoch or ARGV[2] == '1' then
 end
 """
 
-# ARGV[4] size, ARGV[5] entries' TTL ms, ARGV[6] channel, ARGV[7] entry head, ARGV[8] frame less "}}"
+# ARGV[4] size, ARGV[5] entries' TTL ms, ARGV[6] channel, ARGV[7] entry head, ARGV[8] frame less "}}",
+# ARGV[9] PUBLISH, or SPUBLISH on a cluster (the room's channel is in the slot of KEYS: docs/scaling.md)
 _APPEND = (
     _EPOCH
     + """
@@ -54,7 +55,7 @@ local frame = ARGV[8] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}}
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '0-' .. offset, 'f', frame)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[6], ARGV[7] .. offset .. ',"' .. epoch .. '"]\\n' .. frame)
+redis.call(ARGV[9], ARGV[6], ARGV[7] .. offset .. ',"' .. epoch .. '"]\\n' .. frame)
 return {epoch, offset, frame}
 """
 )
@@ -95,7 +96,7 @@ class RedisHistory:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         instance_id: str,
         size: int,
@@ -111,8 +112,9 @@ class RedisHistory:
         self._entries_ms = _ms(ttl)
         self._position_ms = _ms(max(POSITION_TTL, ttl))
         self._head = entry_head(instance_id)
-        self._append = client.register_script(_APPEND)
-        self._read = client.register_script(_READ)
+        self._sharded = isinstance(client, RedisCluster)
+        self._append = register(client, _APPEND)
+        self._read = register(client, _READ)
         self._lost: set[str] = set()  # rooms with an entry delivered here but never stored
         self._healer: asyncio.Task[None] | None = None
         self._state = StateLog(log, "redis history")
@@ -143,8 +145,9 @@ class RedisHistory:
         return list(result)
 
     async def append(self, room: str, frame: bytes) -> tuple[Position, bytes]:
-        channel = bus_key(self._prefix, room_channel(room).key)
-        args = [self._size, self._entries_ms, channel, self._head, frame[:-2]]
+        channel = bus_key(self._prefix, room_channel(room).key, self._sharded)
+        publish = "SPUBLISH" if self._sharded else "PUBLISH"
+        args = [self._size, self._entries_ms, channel, self._head, frame[:-2], publish]
         try:
             if not self._bus_ready():
                 raise StoreError("history unavailable: the bus is down")

@@ -82,8 +82,8 @@ class RoomHub:
     async def close(self) -> None:
         self.statuses.close()
         self.roster.close()
-        self.tasks.cancel()
-        self.channels.retries.cancel()
+        await self.channels.retries.cancel()
+        await self.tasks.cancel()
 
     async def settle(self, timeout: float = 5.0) -> None:
         """Wait (bounded) for background work such as disconnect clean-up to finish."""

@@ -30,9 +30,14 @@ class TaskGroup:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
-    def cancel(self) -> None:
-        for task in list(self._tasks):
+    async def cancel(self, timeout: float = 1.0) -> None:
+        """Cancel what is running and give it `timeout` to unwind (a Redis call mid-connect must
+        close its socket while the loop still runs)."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -3,17 +3,16 @@ Lua scripts: redis_scripts.py).
 
 Why: the owner refreshes one heartbeat key per PRESENCE_TTL/3 instead of one entry per connection,
 so keep-alive costs O(1) per instance. When an instance dies its heartbeat lapses; a sweep (every
-few seconds, done by whichever instance takes the lock) pops the dead instance's connections,
-decrements the per-user counts and reports the users that reached zero through `on_expired`, which
-the hub announces offline on the room channel. Bound: PRESENCE_TTL + one sweep interval (plus one
-more in the worst case of lock timing), 40 s with the defaults.
+few seconds, done by whichever instance takes the lock) pops the dead instance's connections room
+by room (it lists the rooms it had), decrements the per-user counts and reports the users that
+reached zero through `on_expired`, which the hub announces offline on the room channel. Bound:
+PRESENCE_TTL + one sweep interval (plus one more in the worst case of lock timing), 40 s with the
+defaults. Each script touches one room's keys only, so the same code serves a Redis Cluster.
 
 Every change is one Lua script. Each instance also keeps its own connections locally; whenever Redis
 may have diverged from that (a failed write, a lapsed heartbeat, a Redis restart that lost the
 data) the next refresh reconciles: missing connections are re-added (`on_restored` announces them
 online) and stale ones removed (`on_expired` announces them offline).
-
-Lua scripts build room keys from the prefix, so this needs a single Redis (or Sentinel), not Cluster.
 """
 
 from __future__ import annotations
@@ -24,14 +23,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from services.errors import StoreError
 from services.logs import StateLog
 from services.presence import ONLINE, ExpiredHandler, Member, Page
-from services.presence.redis_scripts import JOIN, LEAVE, PAGE, REFRESH, SEP, STATUS, Keys
+from services.presence.redis_scripts import JOIN, LEAVE, PAGE, SEP, STATUS, Keys
 from services.presence.redis_sweep import Sweeper
-from services.redis_common import REDIS_ERRORS, describe
+from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
 
 log = logging.getLogger("gateway.presence")
 
@@ -40,10 +37,15 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def _remote(member: str) -> str:
+    """`room\x1fconn\x1fuser` -> `conn\x1fuser`, the member of the room's set in Redis."""
+    return member.partition(SEP)[2]
+
+
 class RedisPresence:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         instance_id: str,
         ttl: float,
@@ -58,13 +60,14 @@ class RedisPresence:
         self.ttl = ttl
         self.refresh_interval = ttl / 3
         self._keys = Keys(prefix)
-        self._mine_key = self._keys.instance(instance_id)
-        self._join = client.register_script(JOIN)
-        self._leave = client.register_script(LEAVE)
-        self._status = client.register_script(STATUS)
-        self._refresh = client.register_script(REFRESH)
-        self._page = client.register_script(PAGE)
+        self._rooms_key = self._keys.rooms(instance_id)
+        self._join = register(client, JOIN)
+        self._leave = register(client, LEAVE)
+        self._status = register(client, STATUS)
+        self._page = register(client, PAGE)
         self._local: dict[str, tuple[str, str]] = {}  # member -> (room, user): what we own
+        self._registered: set[str] = set()  # rooms written to our rooms key (a superset of where we are)
+        self._closed = False  # a socket that closes after us is decided locally (fallback.py)
         # Redis may disagree with _local: reconcile on the next refresh. True at start: a restart
         # under a fixed INSTANCE_ID finds its previous life's connections still registered.
         self._dirty = True
@@ -86,6 +89,7 @@ class RedisPresence:
 
     @staticmethod
     def _member(room: str, user: str, conn_id: str) -> str:
+        """Our local name of a connection in a room; in Redis it is `conn\x1fuser` in the room's set."""
         return f"{room}{SEP}{conn_id}{SEP}{user}"
 
     # -- the PresenceStore interface ---------------------------------------------------------
@@ -101,9 +105,12 @@ class RedisPresence:
         self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self.sweeper.run())]
 
     async def join(self, room: str, user: str, conn_id: str, now: float) -> tuple[bool, int]:
+        if self._closed:
+            raise StoreError("presence store closed")
         member = self._member(room, user, conn_id)
         self._local[member] = (room, user)
         try:
+            await self._register(room)
             new, count = await self._join_script(room, user, member, now)
         except REDIS_ERRORS as exc:
             # Kept in _local: the connection is in the room (served locally meanwhile), and the
@@ -116,6 +123,8 @@ class RedisPresence:
     async def leave(self, room: str, user: str, conn_id: str) -> tuple[bool, int]:
         """If Redis cannot be told now, the next reconcile removes the connection and announces the
         user offline to the other instances then; StoreError tells the caller to decide locally."""
+        if self._closed:
+            raise StoreError("presence store closed")
         member = self._member(room, user, conn_id)
         self._local.pop(member, None)
         try:
@@ -127,14 +136,25 @@ class RedisPresence:
         self._state.ok()
         return bool(gone), int(count)
 
+    async def _register(self, room: str) -> None:
+        """List the room under this instance before the first connection there is written, so a
+        sweep after our death finds it (the sweeper cannot list a room's connections by instance
+        across slots)."""
+        if room not in self._registered:
+            self._registered.add(room)
+            try:
+                await cast("Awaitable[int]", self._client.sadd(self._rooms_key, room))
+            except REDIS_ERRORS:
+                self._registered.discard(room)
+                raise
+
     async def _join_script(self, room: str, user: str, member: str, now: float) -> list[int]:
-        users, counts, order = self._keys.room(room)
-        keys = [users, counts, self._mine_key, self._keys.instances, order]
-        return list(await self._join(keys=keys, args=[user, member, f"{ONLINE}{SEP}{now!r}", self.instance_id]))
+        keys = self._keys.scripted(room, self.instance_id)
+        return list(await self._join(keys=keys, args=[user, _remote(member), f"{ONLINE}{SEP}{now!r}"]))
 
     async def _leave_script(self, room: str, user: str, member: str) -> list[int]:
-        users, counts, order = self._keys.room(room)
-        return list(await self._leave(keys=[users, counts, self._mine_key, order], args=[user, member]))
+        keys = self._keys.scripted(room, self.instance_id)
+        return list(await self._leave(keys=keys, args=[user, _remote(member)]))
 
     async def set_status(self, room: str, user: str, status: str, now: float) -> None:
         users, _, _ = self._keys.room(room)
@@ -175,6 +195,7 @@ class RedisPresence:
     async def close(self) -> None:
         """Stop refreshing and drop the heartbeat. Connections still registered (none after a drain)
         are then removed by another instance's sweep, which announces them offline."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -182,6 +203,7 @@ class RedisPresence:
         try:
             await self._client.delete(self._keys.alive(self.instance_id))
             if not self._local:
+                await self._client.delete(self._rooms_key)
                 await cast("Awaitable[int]", self._client.srem(self._keys.instances, self.instance_id))
         except REDIS_ERRORS:
             pass  # the heartbeat lapses by itself
@@ -200,17 +222,42 @@ class RedisPresence:
     async def _keepalive(self) -> None:
         """Refresh the heartbeat; reconcile when Redis may have lost or kept what it should not."""
         try:
-            existed = await self._refresh(
-                keys=[self._keys.alive(self.instance_id), self._keys.instances],
-                args=[self.instance_id, int(self.ttl * 1000)],
-            )
+            existed = await self._client.set(self._keys.alive(self.instance_id), "1", px=int(self.ttl * 1000), get=True)
+            await cast("Awaitable[int]", self._client.sadd(self._keys.instances, self.instance_id))
+            await self._prune()
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         self._state.ok()
-        if not existed and self._local:  # lapsed: a sweeper may have purged us
+        if existed is None and self._local:  # lapsed: a sweeper may have purged us
             self._dirty = True
         if self._dirty and self._can_announce():
             await self._reconcile()
+
+    async def _prune(self) -> None:
+        """Unlist the rooms we no longer have connections in (a room joined again meanwhile is
+        listed again: the SADD of its join may have raced our SREM)."""
+        stale = self._registered - self._rooms()
+        if not stale:
+            return
+        self._registered -= stale
+        await cast("Awaitable[int]", self._client.srem(self._rooms_key, *stale))
+        again = stale & self._rooms()
+        if again:
+            self._registered |= again
+            await cast("Awaitable[int]", self._client.sadd(self._rooms_key, *again))
+
+    def _rooms(self) -> set[str]:
+        return {room for room, _ in self._local.values()}
+
+    async def _remote_members(self) -> set[str]:
+        """Our connections as Redis has them, in every room listed under us or held here."""
+        listed = {_text(r) for r in await cast("Awaitable[set[bytes]]", self._client.smembers(self._rooms_key))}
+        out: set[str] = set()
+        for room in listed | self._rooms():
+            conns = await cast("Awaitable[set[bytes]]", self._client.smembers(self._keys.conns(room, self.instance_id)))
+            out.update(f"{room}{SEP}{_text(c)}" for c in conns)
+        self._registered |= listed
+        return out
 
     async def _reconcile(self) -> None:
         """Make Redis hold exactly our local connections, announcing whoever that changes."""
@@ -219,7 +266,7 @@ class RedisPresence:
         announced: set[tuple[str, str]] = set()  # announced offline
         restored = 0
         try:
-            remote = {_text(m) for m in await cast("Awaitable[set[bytes]]", self._client.smembers(self._mine_key))}
+            remote = await self._remote_members()
             for member in remote - self._local.keys():
                 room, _, rest = member.partition(SEP)
                 _, _, user = rest.partition(SEP)
@@ -230,6 +277,7 @@ class RedisPresence:
             for member, (room, user) in list(self._local.items()):
                 if member in remote or member not in self._local:
                     continue
+                await self._register(room)
                 new, _ = await self._join_script(room, user, member, now)
                 restored += 1
                 if new:

@@ -2,15 +2,17 @@
 each, so a count never drifts: join says whether the user is new to the room, leave whether the
 user has gone.
 
-Keys (P = REDIS_PREFIX, default `rt:`):
-  P presence:room:{room}        hash  user -> "status\\x1fsince"     what presence_state lists
-  P presence:count:{room}       hash  user -> live connections        a user leaves when it hits 0
-  P presence:order:{room}       zset  user, score 0                   the members in user id order
-                                                                       (pages: ZRANGEBYLEX; count: ZCARD)
-  P presence:instance:{id}      set   "room\\x1fconn\\x1fuser"         connections owned by an instance
-  P presence:alive:{id}         string, PX = PRESENCE_TTL             the owner's heartbeat
-  P presence:instances          set   instance ids with registrations
-  P presence:sweep              string, short PX                      the sweeper's lock
+Keys (P = REDIS_PREFIX, default `rt:`). A room's keys share the hash tag {room} and an instance's
+the tag {instance}, so every script touches one slot of a Redis Cluster (docs/scaling.md):
+  P presence:room:{room}              hash  user -> "status\x1fsince"   what presence_state lists
+  P presence:count:{room}             hash  user -> live connections      a user leaves when it hits 0
+  P presence:order:{room}             zset  user, score 0                 the members in user id order
+                                                                          (pages: ZRANGEBYLEX; count: ZCARD)
+  P presence:conns:{room}:instance    set   "conn\x1fuser"               an instance's connections there
+  P presence:rooms:{instance}         set   rooms the instance has (or lately had) connections in
+  P presence:alive:{instance}         string, PX = PRESENCE_TTL           the owner's heartbeat
+  P presence:instances                set   instance ids with registrations
+  P presence:sweep                    string, short PX                    the sweeper's lock
 
 """
 
@@ -20,28 +22,28 @@ SEP = "\x1f"
 PURGE_CHUNK = 500  # connections of a dead instance removed per script call (keeps Redis responsive)
 
 # JOIN and LEAVE return {1 if the user is new / gone, users in the room}.
+# KEYS: room, count, order, conns (of this instance); ARGV: user, "conn\x1fuser", "status\x1fsince".
 JOIN = """
-redis.call('SADD', KEYS[4], ARGV[4])
-if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then return {0, redis.call('ZCARD', KEYS[5])} end
+if redis.call('SADD', KEYS[4], ARGV[2]) == 0 then return {0, redis.call('ZCARD', KEYS[3])} end
 local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 if n == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 end
-redis.call('ZADD', KEYS[5], 0, ARGV[1])
-if n == 1 then return {1, redis.call('ZCARD', KEYS[5])} end
-return {0, redis.call('ZCARD', KEYS[5])}
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+if n == 1 then return {1, redis.call('ZCARD', KEYS[3])} end
+return {0, redis.call('ZCARD', KEYS[3])}
 """
 
 LEAVE = """
-if redis.call('SREM', KEYS[3], ARGV[2]) == 0 then return {0, redis.call('ZCARD', KEYS[4])} end
+if redis.call('SREM', KEYS[4], ARGV[2]) == 0 then return {0, redis.call('ZCARD', KEYS[3])} end
 local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
 if n <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  return {1, redis.call('ZCARD', KEYS[4])}
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {1, redis.call('ZCARD', KEYS[3])}
 end
-return {0, redis.call('ZCARD', KEYS[4])}
+return {0, redis.call('ZCARD', KEYS[3])}
 """
 
 # {users in the room, user1, "status\x1fsince"1, ...}: up to ARGV[2] members from ARGV[1] ("-", or
@@ -64,40 +66,25 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
-REFRESH = """
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-return existed
-"""
-
-# Returns {connections left, room1, user1, room2, user2, ...} for users who have gone; {-1} when
-# the instance turned out to be alive.
+# A dead instance's connections in one room, ARGV[1] at a time. KEYS: room, count, order, conns (of
+# the dead instance). Returns {connections of it left there, user1, user2, ...} for users who have gone.
 PURGE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
-local members = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
+local members = redis.call('SPOP', KEYS[4], tonumber(ARGV[1]))
 local out = {0}
 for _, m in ipairs(members) do
   local a = string.find(m, '\\31', 1, true)
-  local b = a and string.find(m, '\\31', a + 1, true)
-  if b then
-    local room = string.sub(m, 1, a - 1)
-    local user = string.sub(m, b + 1)
-    local base = ARGV[1] .. 'presence:room:' .. room
-    local count = ARGV[1] .. 'presence:count:' .. room
-    local n = redis.call('HINCRBY', count, user, -1)
+  if a then
+    local user = string.sub(m, a + 1)
+    local n = redis.call('HINCRBY', KEYS[2], user, -1)
     if n <= 0 then
-      redis.call('HDEL', count, user)
-      redis.call('HDEL', base, user)
-      redis.call('ZREM', ARGV[1] .. 'presence:order:' .. room, user)
-      table.insert(out, room)
+      redis.call('HDEL', KEYS[2], user)
+      redis.call('HDEL', KEYS[1], user)
+      redis.call('ZREM', KEYS[3], user)
       table.insert(out, user)
     end
   end
 end
-local left = redis.call('SCARD', KEYS[2])
-if left == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
-out[1] = left
+out[1] = redis.call('SCARD', KEYS[4])
 return out
 """
 
@@ -113,10 +100,17 @@ class Keys:
     def room(self, room: str) -> tuple[str, str, str]:
         """(users with their status, users with their live connection count, users in order)."""
         p = self.prefix
-        return f"{p}presence:room:{room}", f"{p}presence:count:{room}", f"{p}presence:order:{room}"
+        return f"{p}presence:room:{{{room}}}", f"{p}presence:count:{{{room}}}", f"{p}presence:order:{{{room}}}"
+
+    def conns(self, room: str, instance: str) -> str:
+        return f"{self.prefix}presence:conns:{{{room}}}:{instance}"
+
+    def scripted(self, room: str, instance: str) -> list[str]:
+        """The KEYS of JOIN, LEAVE and PURGE: room, count, order, the instance's connections there."""
+        return [*self.room(room), self.conns(room, instance)]
+
+    def rooms(self, instance: str) -> str:
+        return f"{self.prefix}presence:rooms:{{{instance}}}"
 
     def alive(self, instance: str) -> str:
-        return f"{self.prefix}presence:alive:{instance}"
-
-    def instance(self, instance: str) -> str:
-        return f"{self.prefix}presence:instance:{instance}"
+        return f"{self.prefix}presence:alive:{{{instance}}}"

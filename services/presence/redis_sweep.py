@@ -2,7 +2,11 @@
 presence store, and reports the users that left with them so the hub announces them offline.
 
 One sweeper per interval fleet-wide: whichever instance takes the sweep lock. A dead instance's
-connections are popped PURGE_CHUNK at a time, so Redis stays responsive however many it had.
+connections are popped room by room (the rooms it listed under its id), PURGE_CHUNK at a time, so
+Redis stays responsive however many it had; each call touches one room's slot (a cluster's too).
+Whether the instance is dead is read once before its purge, not inside each room's script: an
+instance that was only late finds its heartbeat gone at its next refresh and registers its
+connections again (redis.py, reconcile).
 """
 
 from __future__ import annotations
@@ -13,18 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from services.errors import StoreError
 from services.presence.redis_scripts import PURGE, PURGE_CHUNK, Keys
-from services.redis_common import REDIS_ERRORS
+from services.redis_common import REDIS_ERRORS, RedisClient, register
 
 log = logging.getLogger("gateway.presence")
 
 
 @dataclass(eq=False)
 class Sweeper:
-    client: aioredis.Redis
+    client: RedisClient
     keys: Keys
     instance_id: str
     interval: float
@@ -33,7 +35,7 @@ class Sweeper:
     failed: Callable[[BaseException], StoreError]  # logs the failure once per outage
 
     def __post_init__(self) -> None:
-        self._purge = self.client.register_script(PURGE)
+        self._purge = register(self.client, PURGE)
 
     async def run(self) -> None:
         while True:
@@ -66,17 +68,21 @@ class Sweeper:
         return announced
 
     async def _purge_instance(self, other: str) -> int:
-        keys = [self.keys.alive(other), self.keys.instance(other), self.keys.instances]
         announced = 0
-        while True:
-            out = await self._purge(keys=keys, args=[self.keys.prefix, other, PURGE_CHUNK])
-            left = int(out[0])
-            pairs = [_text(x) for x in out[1:]]
-            for i in range(0, len(pairs) - 1, 2):
-                self.expired(pairs[i], pairs[i + 1])
-                announced += 1
-            if left <= 0:
-                break
+        rooms_key = self.keys.rooms(other)
+        for raw in await cast("Awaitable[set[bytes]]", self.client.smembers(rooms_key)):
+            room = _text(raw)
+            keys = self.keys.scripted(room, other)
+            while True:
+                out = await self._purge(keys=keys, args=[PURGE_CHUNK])
+                for user in out[1:]:
+                    self.expired(room, _text(user))
+                    announced += 1
+                if int(out[0]) <= 0:
+                    break
+            await cast("Awaitable[int]", self.client.srem(rooms_key, room))
+        await self.client.delete(rooms_key)
+        await cast("Awaitable[int]", self.client.srem(self.keys.instances, other))
         if announced:
             log.info("presence of a dead instance expired", extra={"dead": other, "users": announced})
         return announced

@@ -9,6 +9,7 @@ lookup and the README's configuration table from it), so an option cannot be hal
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from services.settings.options import (
     choice,
     cidrs,
     csv_list,
+    host_ports,
     integer,
     number,
     options_of,
@@ -58,7 +60,15 @@ class Settings:
         None, text, "Redis host; unset: in-process bus, presence and dedupe (one instance)"
     )
     redis_port: int = setting(6379, integer(1, 65535), "Redis port")
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = setting(
+        (), host_ports, "Redis Cluster seed nodes, host:port comma-separated (instead of REDIS_HOST; docs/scaling.md)"
+    )
+    redis_username: str | None = setting(None, text, "Redis ACL user (with REDIS_PASSWORD)")
     redis_password: str | None = setting(None, text, "Redis password")
+    redis_tls: bool = setting(False, boolean, "connect to Redis over TLS", is_switch=True)
+    redis_tls_ca: str | None = setting(
+        None, text, "PEM file of the CA that signed Redis's certificate (default: the system's CAs)"
+    )
     redis_db: int = setting(0, integer(0, 1000), "Redis database number")
     redis_prefix: str = setting("rt:", text, "prefix of every Redis key/channel")
     # Redis not there at start: exit 2 after the timeout, or wait
@@ -136,7 +146,7 @@ class Settings:
 
     @property
     def redis_enabled(self) -> bool:
-        return bool(self.redis_host)
+        return bool(self.redis_host or self.redis_cluster_nodes)
 
     @property
     def kafka_enabled(self) -> bool:
@@ -174,7 +184,13 @@ def _check(s: Settings) -> None:
     if s.internal_port is not None and s.internal_port != 0 and s.internal_port == s.port:
         raise ConfigError("INTERNAL_PORT must differ from PORT")
     if s.workers > 1 and not s.redis_enabled:
-        raise ConfigError("WORKERS > 1 needs Redis: set REDIS_HOST (or --redis-host)")
+        raise ConfigError("WORKERS > 1 needs Redis: set REDIS_HOST or REDIS_CLUSTER_NODES")
+    if s.redis_host and s.redis_cluster_nodes:
+        raise ConfigError("REDIS_HOST and REDIS_CLUSTER_NODES are exclusive: set one")
+    if s.redis_cluster_nodes and s.redis_db != 0:
+        raise ConfigError("REDIS_DB must be 0 with REDIS_CLUSTER_NODES (a cluster has one database)")
+    if s.redis_tls_ca is not None and not os.path.isfile(s.redis_tls_ca):
+        raise ConfigError(f"REDIS_TLS_CA: no such file: {s.redis_tls_ca}")
     for alg in s.jwt_algorithms:
         if alg not in _ALGORITHMS:
             raise ConfigError(f"invalid JWT_ALGORITHMS: unsupported algorithm {alg!r}")

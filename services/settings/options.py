@@ -61,6 +61,20 @@ def cidrs(raw: str) -> tuple[str, ...]:
     return specs
 
 
+def host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (an IPv6 host in brackets: `[::1]:7000`)."""
+    out = []
+    for part in csv_list(raw):
+        host, sep, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {part!r}")
+        out.append((host, int(port)))
+    if not out:
+        raise ValueError("expected at least one host:port")
+    return tuple(out)
+
+
 def text(raw: str) -> str:
     return raw.strip()
 

@@ -1,0 +1,199 @@
+"""Two gateways on a real Redis Cluster (3 primaries, 3 replicas of redis-server, started by
+scripts/redis-cluster.sh): messages, presence, dedupe and recovery across them; rooms' channels are
+sharded channels spread over the primaries, one subscriber connection per primary; a primary
+killed with SIGKILL fails over to its replica and delivery resumes without a restart
+(docs/scaling.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
+
+import pytest
+import redis
+from tornado.httpclient import AsyncHTTPClient
+from tornado.ioloop import IOLoop
+
+from services.bus.redis import RedisBus
+from services.bus.redis_shards import ShardedSubscribers
+from tests.conftest import start_cluster, stop_cluster
+from tests.helpers import RunningGateway, wait_for
+from tests.redis_support import cluster_client, cluster_overrides, unique_prefix
+
+Pair = tuple[RunningGateway, RunningGateway]
+
+
+def _pair(make_gateway: Callable[..., Awaitable[RunningGateway]], io_loop: IOLoop, seeds: str) -> Pair:
+    prefix = unique_prefix()
+    a = io_loop.run_sync(lambda: make_gateway(**cluster_overrides(seeds, prefix, instance_id="cl-a")))
+    b = io_loop.run_sync(lambda: make_gateway(**cluster_overrides(seeds, prefix, instance_id="cl-b")))
+    return a, b
+
+
+@pytest.fixture
+def pair(io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]], redis_cluster: str) -> Pair:
+    return _pair(make_gateway, io_loop, redis_cluster)
+
+
+# redis-py's sync cluster client is untyped: these wrap what the tests ask of it.
+
+
+def primaries(seeds: str) -> list[tuple[str, int]]:
+    nodes = cluster_client(seeds).get_primaries()  # type: ignore[no-untyped-call]
+    return [(n.host, int(n.port)) for n in nodes]
+
+
+def owner(seeds: str, key: str) -> tuple[str, int]:
+    node = cluster_client(seeds).get_node_from_key(key)  # type: ignore[no-untyped-call]
+    return node.host, int(node.port)
+
+
+def pubsub(node: tuple[str, int], *args: str) -> list[str]:
+    return cast("list[str]", on_node(node).execute_command("PUBSUB", *args))  # type: ignore[no-untyped-call]
+
+
+def in_room(room: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda f: bool(f["payload"]["roomId"] == room)
+
+
+def on_node(node: tuple[str, int]) -> redis.Redis:
+    return redis.Redis(host=node[0], port=node[1], socket_timeout=5, decode_responses=True)
+
+
+async def readyz(gw: RunningGateway) -> int:
+    response = await AsyncHTTPClient().fetch(gw.http + "/readyz", raise_error=False, request_timeout=5)
+    return int(response.code)
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_messages_presence_dedupe_and_recovery_cross_instances(pair: Pair) -> None:
+    a, b = pair
+    assert isinstance(a.gateway.bus, RedisBus) and a.gateway.bus.sharded
+    alice, bob = await a.client("alice"), await b.client("bob")
+    await alice.join("deck")
+    state = await bob.join("deck")
+    assert state["payload"]["count"] == 2 and {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob"}
+
+    alice.send("message", {"roomId": "deck", "content": "one", "dedupeKey": "k1"}, request_id="m1")
+    got = await bob.expect("message")
+    first = await alice.expect("ack", match=lambda f: f.get("requestId") == "m1")
+    assert got["payload"]["content"] == "one" and got["payload"]["offset"] == 1
+    alice.send("message", {"roomId": "deck", "content": "one", "dedupeKey": "k1"}, request_id="m2")
+    again = await alice.expect("ack", match=lambda f: f.get("requestId") == "m2")
+    assert again["payload"]["id"] == first["payload"]["id"]  # the dedupe store is shared
+    epoch = got["payload"]["epoch"]
+
+    bob.close()  # bob drops; alice goes on talking on the other instance
+    alice.send("message", {"roomId": "deck", "content": "two"})
+    alice.send("message", {"roomId": "deck", "content": "three"})
+    await alice.expect("message", match=lambda f: f["payload"]["content"] == "three")
+    back = await b.client("bob")
+    back.send("join", {"roomId": "deck", "since": {"offset": 1, "epoch": epoch}})
+    joined = await back.expect("room_update")
+    assert joined["payload"]["recovered"] is True and joined["payload"]["offset"] == 3
+    replayed = [await back.expect("message") for _ in range(2)]
+    assert [m["payload"]["content"] for m in replayed] == ["two", "three"]
+
+    alice.send("leave", {"roomId": "deck"})
+    gone = await back.expect("presence", match=lambda f: f["payload"]["userId"] == "alice")
+    assert gone["payload"]["status"] == "offline"
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_rooms_are_sharded_channels_spread_over_the_primaries(pair: Pair, redis_cluster: str) -> None:
+    a, b = pair
+    prefix = a.settings.redis_prefix
+    clients = [await a.client(f"u{i}") for i in range(3)]
+    rooms = [f"spread-{i}" for i in range(30)]
+    for i, room in enumerate(rooms):
+        await clients[i % 3].join(room)
+
+    per_node: dict[tuple[str, int], int] = {}
+    channels: dict[tuple[str, int], int] = {}  # rooms and users: what instance A subscribed there
+    for node in primaries(redis_cluster):
+        rooms_here = pubsub(node, "SHARDCHANNELS", f"{prefix}room:*")
+        users_here = pubsub(node, "SHARDCHANNELS", f"{prefix}user:*")
+        classic = pubsub(node, "CHANNELS", f"{prefix}*")
+        assert classic == []  # nothing on classic pub/sub, which every node would carry
+        per_node[node] = len(rooms_here)
+        channels[node] = len(rooms_here) + len(users_here)
+        names = [c["name"] for c in cast("list[dict[str, Any]]", on_node(node).client_list())]
+        assert names.count("rtg-sub:cl-a") == 1 and names.count("rtg-sub:cl-b") == 1  # one per primary
+    assert sum(per_node.values()) == len(rooms)
+    assert sum(1 for n in per_node.values() if n) >= 2, per_node  # spread, not all on one node
+    subs = a.gateway.bus.subscribers  # type: ignore[attr-defined]
+    assert isinstance(subs, ShardedSubscribers)
+    assert sorted(subs.channels_per_primary().values()) == sorted(channels.values())
+
+    # A message in each room reaches a member on the other instance.
+    watcher = await b.client("watcher")
+    for room in rooms[:6]:
+        await watcher.join(room)
+    for i, room in enumerate(rooms[:6]):
+        clients[i % 3].send("message", {"roomId": room, "content": f"to {room}"})
+        got = await watcher.expect("message", match=in_room(room))
+        assert got["payload"]["content"] == f"to {room}"
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[str]:
+    """A cluster of this test's own: it kills one of its primaries."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    folder = tempfile.mkdtemp(prefix="rtg-failover-")
+    try:
+        yield start_cluster(folder)
+    finally:
+        stop_cluster(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_of(node: tuple[str, int]) -> int:
+    return int(cast("dict[str, Any]", on_node(node).info("server"))["process_id"])
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_killed_primary_fails_over_and_delivery_resumes(
+    own_cluster: str, make_gateway: Callable[..., Awaitable[RunningGateway]]
+) -> None:
+    """(`own_cluster` first: it is set up before the gateways and torn down after them.)"""
+    prefix = unique_prefix()
+    a = await make_gateway(**cluster_overrides(own_cluster, prefix, instance_id="fo-a"))
+    b = await make_gateway(**cluster_overrides(own_cluster, prefix, instance_id="fo-b"))
+    alice, bob = await a.client("alice"), await b.client("bob")
+    room = "failover"
+    victim = owner(own_cluster, f"{prefix}room:{{{room}}}")
+    await alice.join(room)
+    await bob.join(room)
+    alice.send("message", {"roomId": room, "content": "before"})
+    assert (await bob.expect("message"))["payload"]["content"] == "before"
+
+    os.kill(_pid_of(victim), signal.SIGKILL)
+    killed = time.monotonic()
+
+    async def both(code: int) -> bool:
+        return [await readyz(g) for g in (a, b)] == [code, code]
+
+    await wait_for(lambda: both(503), timeout=10, what="readiness 503 while the shard is unreachable")
+
+    async def delivered() -> bool:
+        """One message per try: true once bob gets one (a try during the failover may be lost)."""
+        marker = f"after-{time.monotonic():.3f}"
+        alice.send("message", {"roomId": room, "content": marker})
+        try:
+            await bob.expect("message", match=lambda f: f["payload"]["content"] == marker, timeout=1.0)
+        except AssertionError:
+            return False
+        return True
+
+    await wait_for(delivered, timeout=30, interval=0.2, what="delivery after the failover")
+    resumed = time.monotonic() - killed
+    await wait_for(lambda: both(200), timeout=20, what="readiness 200 again")
+    assert resumed < 20.0, f"delivery resumed {resumed:.1f}s after the primary died"
+    survivors = ",".join(s for s in own_cluster.split(",") if s != f"{victim[0]}:{victim[1]}")
+    assert owner(survivors, f"{prefix}room:{{{room}}}") != victim  # its replica serves the slot now
