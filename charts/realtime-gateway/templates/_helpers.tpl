@@ -87,6 +87,10 @@ and WORKERS.
   "ROOM_ACCESS" $v.auth.roomAccess
   "REDIS_HOST" $v.redis.host
   "REDIS_PORT" $v.redis.port
+  "REDIS_CLUSTER_NODES" $v.redis.clusterNodes
+  "REDIS_USERNAME" $v.redis.username
+  "REDIS_TLS" (ternary "true" "" (eq (toString $v.redis.tls.enabled) "true"))
+  "REDIS_TLS_CA" (ternary (printf "%s/%s" (include "rtg.redisCaDir" .) $v.redis.tls.caSecretKey) "" (and (eq (toString $v.redis.tls.enabled) "true") (ne $v.redis.tls.caSecret "")))
   "REDIS_PREFIX" $v.redis.prefix
   "REDIS_CONNECT_TIMEOUT" $v.redis.connectTimeout
   "KAFKA_BROKER_URL" $v.kafka.brokers
@@ -209,14 +213,23 @@ LoadBalancer Service would otherwise give /metrics and /api/* an address outside
 {{- end -}}
 {{- end -}}
 
+{{/* Where the Redis CA Secret is mounted. */}}
+{{- define "rtg.redisCaDir" -}}/etc/realtime-gateway/redis-ca{{- end -}}
+
 {{/* Configuration checks that make rendering fail with a message naming the problem. */}}
 {{- define "rtg.validate" -}}
-{{- $redis := .Values.redis.host -}}
+{{- $redis := or .Values.redis.host .Values.redis.clusterNodes -}}
+{{- if and .Values.redis.host .Values.redis.clusterNodes -}}
+{{- fail "redis.host and redis.clusterNodes are exclusive: one Redis, or a Redis Cluster (docs/scaling.md)" -}}
+{{- end -}}
+{{- if and .Values.redis.tls.caSecret (ne (toString .Values.redis.tls.enabled) "true") -}}
+{{- fail "redis.tls.caSecret is set but redis.tls.enabled is not: enable TLS to use the CA" -}}
+{{- end -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not $redis) -}}
-{{- fail (printf "replicaCount=%d requires redis.host: without Redis the in-process bus only reaches sockets of one pod, so messages would not fan out across replicas. Set redis.host or use replicaCount=1" (int .Values.replicaCount)) -}}
+{{- fail (printf "replicaCount=%d requires redis.host (or redis.clusterNodes): without Redis the in-process bus only reaches sockets of one pod, so messages would not fan out across replicas. Set redis.host or use replicaCount=1" (int .Values.replicaCount)) -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (not $redis) -}}
-{{- fail "autoscaling.enabled=true requires redis.host: the HPA runs several replicas and, without Redis, messages would not fan out across them. Set redis.host or disable autoscaling" -}}
+{{- fail "autoscaling.enabled=true requires redis.host (or redis.clusterNodes): the HPA runs several replicas and, without Redis, messages would not fan out across them. Set redis.host or disable autoscaling" -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail (printf "autoscaling.minReplicas (%d) must be <= autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
