@@ -110,12 +110,27 @@ class GatewayProtocol(WebSocketProtocol13):
         self._fragments: bytearray | None = None  # a fragmented message being read
         self._fragments_opcode = OP_TEXT
 
-    def send_wire(self, data: bytes) -> Awaitable[None]:
-        """Write frames already built (`wire_frame`, joined) in one write; the future resolves once
-        the OS has them. Tornado's write_message wraps every frame in a Task only to rename its
-        exception (a third of the gateway's CPU once, BENCHMARKS.md) and writes each frame on its
-        own: this returns the stream's own future, one syscall for all. Raises StreamClosedError."""
-        return self.stream.write(data)
+    def send_wire(self, data: bytes) -> Awaitable[None] | None:
+        """Write frames already built (`wire_frame`, joined) in one write. Tornado's write_message
+        wraps every frame in a Task only to rename its exception (a third of the gateway's CPU once,
+        BENCHMARKS.md) and writes each frame on its own. When the stream holds nothing unsent, the
+        bytes go straight to the socket: a write the kernel takes whole is done (None), with no
+        future made and resolved for it (a fifth of the CPU per delivery, BENCHMARKS.md). What the
+        kernel does not take goes to the stream, whose future resolves once the OS has it all, and
+        the stream is then `writing()`, which is what the session's bound counts from. Raises
+        StreamClosedError."""
+        stream = self.stream
+        if stream.writing() or stream.closed():
+            return stream.write(data)
+        try:
+            sent = stream.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # reset, broken pipe: the stream's own write fails and closes as it does
+            return stream.write(data)
+        if sent == len(data):
+            return None
+        return stream.write(memoryview(data)[sent:])
 
     def expect_pong(self) -> None:
         """Send a keepalive ping (handlers/keepalive.py keeps time); pong_received() says if

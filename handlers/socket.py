@@ -290,7 +290,7 @@ class _SocketTransport:
     def __init__(self, handler: WebSocketHandler) -> None:
         self._handler = handler
 
-    def write(self, items: Sequence[bytes | Pong]) -> Awaitable[None]:
+    def write(self, items: Sequence[bytes | Pong]) -> Awaitable[None] | None:
         conn = self._handler.ws_connection
         if not isinstance(conn, GatewayProtocol) or conn.is_closing():
             raise WebSocketClosedError()

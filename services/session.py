@@ -31,8 +31,9 @@ REPLAY_STALL = 30.0  # seconds a paced replay waits for the socket to take a fra
 
 
 class Transport(Protocol):
-    def write(self, items: Sequence[bytes | Pong]) -> Awaitable[None]:
-        """Send text frames (bytes) and pongs in one write; resolves once the OS has them all."""
+    def write(self, items: Sequence[bytes | Pong]) -> Awaitable[None] | None:
+        """Send text frames (bytes) and pongs in one write: None when the OS took them at once, else
+        an awaitable that resolves once it has them all."""
 
     def close(self, code: int, reason: str) -> None: ...
 
