@@ -4,6 +4,7 @@ subscriptions. Pure logic on the event loop, with the in-process bus."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 
 import pytest
@@ -85,7 +86,10 @@ async def test_task_group_logs_failures_and_settles(caplog):
     assert [r.getMessage() for r in caplog.records] == ["background task failed"]
     sleeper = tasks.spawn(asyncio.sleep(10))
     await tasks.cancel()  # returns once the cancelled work has unwound
-    assert sleeper.cancelled() and len(tasks) == 0
+    assert sleeper is not None and sleeper.cancelled() and len(tasks) == 0
+    late = fine()
+    assert tasks.spawn(late) is None and len(tasks) == 0  # after the shutdown nothing starts
+    assert inspect.getcoroutinestate(late) == inspect.CORO_CLOSED
 
 
 @pytest.mark.gen_test(timeout=5)

@@ -4,6 +4,7 @@ garbage-collected half-way, must log its failure once, and can be awaited or can
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -14,12 +15,19 @@ log = logging.getLogger("gateway.hub")
 class TaskGroup:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, aw: Awaitable[Any]) -> asyncio.Task[Any]:
-        """Run in the background, keeping a reference and logging a failure (not a cancellation)."""
+    def spawn(self, aw: Awaitable[Any]) -> asyncio.Task[Any] | None:
+        """Run in the background, keeping a reference and logging a failure (not a cancellation).
+        After `cancel` nothing starts: a socket whose close comes after the gateway stopped has no
+        store left to clean (its Redis client is closed), and the process is exiting."""
+        if self._closed:
+            if inspect.iscoroutine(aw):
+                aw.close()
+            return None
         task = asyncio.ensure_future(aw)
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -33,6 +41,7 @@ class TaskGroup:
     async def cancel(self, timeout: float = 1.0) -> None:
         """Cancel what is running and give it `timeout` to unwind (a Redis call mid-connect must
         close its socket while the loop still runs)."""
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
