@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -280,6 +281,15 @@ def use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def tune_gc(threshold: int) -> None:
+    """Python collects its youngest objects every 700 allocations by default, and older generations
+    after so many of those passes; with ten thousand connections each older pass walks millions of
+    objects. Filling a room of 10,000 spent 40% of its CPU there (BENCHMARKS.md, "Filling one room").
+    GC_THRESHOLD spaces the passes out; what start-up made is frozen out of them for good."""
+    gc.freeze()
+    gc.set_threshold(threshold, 10, 10)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = prepare_settings(argv)
@@ -308,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance = f"{instance}-{worker}"
         settings = settings.replace(instance_id=instance)
         setup_logging(settings.log_level, instance)
+        tune_gc(settings.gc_threshold)
         try:
             return asyncio.run(serve(settings, sockets, internal, worker))
         except StartupError as exc:

@@ -156,6 +156,8 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         idle = proc_sample(server.pid)
         res["rss_idle"] = idle.rss
         res["startup_cpu_s"] = idle.cpu
+        # A capacity or fill run (no messages) is profiled while the clients connect and join.
+        fill_spy = start_profiler(server, opts) if opts.messages == 0 else None
         # Subscribers, spread over client processes.
         procs = max(1, min(opts.client_procs, opts.clients))
         base, extra = divmod(opts.clients, procs)
@@ -184,6 +186,8 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         # Connect + authenticate + join, and what the server does because of joins (the gateway
         # broadcasts presence to the room on every join: O(N^2) frames for one room of N).
         res["setup_cpu_s"] = loaded.cpu - idle.cpu
+        if fill_spy is not None:
+            res["profile"] = stop_profiler(fill_spy)
         if pub is None:
             return res
         spy = start_profiler(server, opts)
@@ -525,7 +529,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--idle-load", type=float, default=0.3, help="quiet: other processes use fewer cores than this")
     p.add_argument("--gateway-arg", action="append", default=[], help="extra server.py argument (repeatable)")
-    p.add_argument("--profile", default="", help="py-spy the Python servers while publishing; stacks to DIR")
+    p.add_argument(
+        "--profile", default="", help="py-spy the Python servers while publishing (or joining, with --messages 0)"
+    )
     p.add_argument("--syscalls", action="store_true", help="count the server's write syscalls (strace -c)")
     p.add_argument("--json", default="", help="write all results (and the machine) to this file")
     p.add_argument("--keep", action="store_true", help="keep server/client logs under .cache/")

@@ -169,11 +169,16 @@ class RoomHub:
         joined: dict[str, Any] = {"roomId": room, "action": "joined", **answer.fields}
         session.send(frames.encode("room_update", joined, request_id))
         await self.recovery.replay(session, answer.replay)
-        session.send(self.roster.frame(room, first))
+        members = [m.as_json() for m in first.members]
+        session.send(self.roster.frame(room, first, members=members))
         if hold is not None:
-            snapshot = [m.as_json() for m in first.members]
+            # A room above PRESENCE_BROADCAST_LIMIT sends no per-user presence: nothing to filter
+            # with the snapshot (it was a fifth of the CPU of filling a big room, BENCHMARKS.md).
+            small = first.count <= self.roster.limit
             delivered = self.fanout.positions.get(room)
-            self.holds.release(room, session, hold, snapshot, not first.more, answer.seen, delivered)
+            self.holds.release(
+                room, session, hold, members if small else [], small and not first.more, answer.seen, delivered
+            )
 
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:

@@ -98,8 +98,12 @@ class Roster:
         after = decode_cursor(cursor) if cursor is not None else None
         return await self._store.page(room, after, self.page_size)
 
-    def frame(self, room: str, page: Page, request_id: str | None = None) -> bytes:
-        payload: dict[str, Any] = {"roomId": room, "count": page.count, "members": [m.as_json() for m in page.members]}
+    def frame(
+        self, room: str, page: Page, request_id: str | None = None, members: list[dict[str, object]] | None = None
+    ) -> bytes:
+        """`members`: the page's members as JSON, when the caller has them already."""
+        listed = members if members is not None else [m.as_json() for m in page.members]
+        payload: dict[str, Any] = {"roomId": room, "count": page.count, "members": listed}
         if page.more and page.members:
             payload["next"] = encode_cursor(page.members[-1].user_id)
         return frames.encode("presence_state", payload, request_id)

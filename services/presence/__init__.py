@@ -9,8 +9,10 @@ thousand (docs/protocol.md, "Large rooms").
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from services.ids import iso
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -21,11 +23,15 @@ class Member:
     user_id: str
     status: str
     since: float  # epoch seconds of the last status change
+    _json: dict[str, object] | None = field(default=None, compare=False, repr=False)
 
     def as_json(self) -> dict[str, object]:
-        from services.ids import iso
-
-        return {"userId": self.user_id, "status": self.status, "since": iso(self.since)}
+        """Made once per Member: the memory store hands out the same Member until the user's status
+        changes, so a room's first page is not formatted again for every join. Shared: not to be
+        changed by the caller."""
+        if self._json is None:
+            self._json = {"userId": self.user_id, "status": self.status, "since": iso(self.since)}
+        return self._json
 
 
 @dataclass(frozen=True, slots=True)

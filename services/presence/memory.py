@@ -14,6 +14,12 @@ class _Entry:
     status: str
     since: float
     conns: set[str] = field(default_factory=set)
+    member: Member | None = None  # what pages hand out, until the status changes
+
+    def as_member(self, user: str) -> Member:
+        if self.member is None:
+            self.member = Member(user, self.status, self.since)
+        return self.member
 
 
 @dataclass(slots=True)
@@ -61,6 +67,7 @@ class MemoryPresence:
         if entry is not None and entry.status != status:
             entry.status = status
             entry.since = now
+            entry.member = None
 
     async def resync(self) -> None:
         """One process: nothing can have been lost."""
@@ -71,7 +78,8 @@ class MemoryPresence:
             return Page(0, [], False)
         start = 0 if after is None else bisect.bisect_right(state.order, after)
         ids = state.order[start : start + limit]
-        members = [Member(u, state.users[u].status, state.users[u].since) for u in ids]
+        users = state.users
+        members = [users[u].as_member(u) for u in ids]
         return Page(len(state.order), members, start + limit < len(state.order))
 
     async def counts(self, rooms: list[str]) -> list[int]:

@@ -136,6 +136,11 @@ class Settings:
     drain_delay: float = setting(5.0, number(0.0), "seconds between SIGTERM (readiness 503) and closing sockets")
     drain_window: float = setting(20.0, number(0.0), "seconds over which open sockets are closed with 1012")
     # -- operations
+    gc_threshold: int = setting(
+        10000,
+        integer(0),
+        "allocations between the garbage collector's young passes (Python's own: 700; 0: no automatic collection)",
+    )
     uvloop: bool = setting(
         False, boolean, "run on uvloop (installed with the `uvloop` extra; measured in BENCHMARKS.md)", is_switch=True
     )
