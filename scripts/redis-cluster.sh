@@ -9,6 +9,10 @@
 # Environment:
 #   CLUSTER_DIR           runtime dir (default .cache/redis-cluster): nodes, one folder per node
 #   CLUSTER_NODE_TIMEOUT  ms before a silent primary is failed over (default 5000)
+#   CLUSTER_TLS_CERT, CLUSTER_TLS_KEY, CLUSTER_TLS_CA
+#                         PEM files: the nodes then speak TLS only (clients, cluster bus, replication)
+#   CLUSTER_USER, CLUSTER_PASSWORD
+#                         an ACL user for everything (replicas log in with it); the default user is off
 # `start` returns once every node reports cluster_state:ok and every replica has synced, so a
 # primary killed right after can fail over.
 set -euo pipefail
@@ -20,6 +24,19 @@ START_TIMEOUT=30
 STOP_TIMEOUT=10
 
 die() { echo "redis-cluster.sh: $*" >&2; exit 1; }
+
+CLI_ARGS=()
+NODE_ARGS=()
+if [[ -n "${CLUSTER_TLS_CERT:-}" ]]; then
+  CLI_ARGS+=(--tls --cacert "$CLUSTER_TLS_CA")
+  NODE_ARGS+=(--tls-cert-file "$CLUSTER_TLS_CERT" --tls-key-file "$CLUSTER_TLS_KEY"
+    --tls-ca-cert-file "$CLUSTER_TLS_CA" --tls-auth-clients no --tls-cluster yes --tls-replication yes)
+fi
+if [[ -n "${CLUSTER_USER:-}" ]]; then
+  CLI_ARGS+=(--user "$CLUSTER_USER" --pass "$CLUSTER_PASSWORD" --no-auth-warning)
+  NODE_ARGS+=(--user default off --user "$CLUSTER_USER" on ">$CLUSTER_PASSWORD" '~*' '&*' '+@all'
+    --masteruser "$CLUSTER_USER" --masterauth "$CLUSTER_PASSWORD")
+fi
 
 ports() { [[ -f "$DIR/nodes" ]] && tr ',' '\n' <"$DIR/nodes" | sed 's/.*://'; }
 
@@ -35,7 +52,7 @@ running() {
   return $any
 }
 
-cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
+cli() { redis-cli -h 127.0.0.1 -p "$1" "${CLI_ARGS[@]}" "${@:2}" 2>/dev/null; }
 
 # Six ports P whose cluster bus ports (P + 10000) are free too.
 pick_ports() {
@@ -78,7 +95,9 @@ start() {
   rm -rf "${DIR:?}"/[0-9]*
   for p in $picked; do
     mkdir -p "$DIR/$p"
-    redis-server --bind 127.0.0.1 --port "$p" --protected-mode yes \
+    local listen=(--port "$p")
+    [[ -n "${CLUSTER_TLS_CERT:-}" ]] && listen=(--port 0 --tls-port "$p")
+    redis-server --bind 127.0.0.1 "${listen[@]}" --protected-mode yes "${NODE_ARGS[@]}" \
       --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$NODE_TIMEOUT" \
       --save '' --appendonly no --repl-diskless-sync-delay 0 \
       --daemonize yes --dir "$DIR/$p" --pidfile "$DIR/$p/redis.pid" --logfile "$DIR/$p/redis.log" \
@@ -94,7 +113,7 @@ start() {
     done
   done
   # shellcheck disable=SC2046
-  redis-cli --cluster create $(tr ',' ' ' <"$DIR/nodes") --cluster-replicas 1 --cluster-yes \
+  timeout "$START_TIMEOUT" redis-cli "${CLI_ARGS[@]}" --cluster create $(tr ',' ' ' <"$DIR/nodes") --cluster-replicas 1 --cluster-yes \
     >"$DIR/create.log" 2>&1 || fail_start "redis-cli --cluster create failed (see $DIR/create.log)"
   for p in $picked; do
     until cli "$p" cluster info | grep -q '^cluster_state:ok'; do

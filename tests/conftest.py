@@ -58,20 +58,22 @@ def private_redis() -> Iterator[Any]:
     server.stop()
 
 
-def start_cluster(folder: str) -> str:
-    """scripts/redis-cluster.sh in `folder`: 3 primaries and 3 replicas; returns the seeds."""
+def start_cluster(folder: str, **env_extra: str) -> str:
+    """scripts/redis-cluster.sh in `folder`: 3 primaries and 3 replicas; returns the seeds.
+    `env_extra`: the script's TLS and ACL settings (CLUSTER_TLS_CERT=..., CLUSTER_USER=...)."""
     if shutil.which("redis-server") is None:
         need_service("RTG_NO_SUCH_VARIABLE", "redis-server (for a Redis Cluster)")
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "redis-cluster.sh")
-    env = {**os.environ, "CLUSTER_DIR": folder}
+    env = {**os.environ, "CLUSTER_DIR": folder, **env_extra}
     subprocess.run([script, "start"], env=env, check=True, capture_output=True, timeout=60)
     with open(os.path.join(folder, "nodes")) as f:
         return f.read().strip()
 
 
-def stop_cluster(folder: str) -> None:
+def stop_cluster(folder: str, **env_extra: str) -> None:
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "redis-cluster.sh")
-    subprocess.run([script, "stop"], env={**os.environ, "CLUSTER_DIR": folder}, check=False, timeout=60)
+    env = {**os.environ, "CLUSTER_DIR": folder, **env_extra}
+    subprocess.run([script, "stop"], env=env, check=False, timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from typing import Any, cast
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
+from redis.crc import key_slot
 from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
 
@@ -53,8 +55,12 @@ def owner(seeds: str, key: str) -> tuple[str, int]:
     return node.host, int(node.port)
 
 
-def pubsub(node: tuple[str, int], *args: str) -> list[str]:
-    return cast("list[str]", on_node(node).execute_command("PUBSUB", *args))  # type: ignore[no-untyped-call]
+def command(node: tuple[str, int], *args: str | int) -> Any:
+    return on_node(node).execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def pubsub(node: tuple[str, int], *args: str) -> list[Any]:
+    return cast("list[Any]", command(node, "PUBSUB", *args))
 
 
 def in_room(room: str) -> Callable[[dict[str, Any]], bool]:
@@ -138,6 +144,66 @@ async def test_rooms_are_sharded_channels_spread_over_the_primaries(pair: Pair, 
         clients[i % 3].send("message", {"roomId": room, "content": f"to {room}"})
         got = await watcher.expect("message", match=in_room(room))
         assert got["payload"]["content"] == f"to {room}"
+
+
+def move_slot(seeds: str, slot: int, to: tuple[str, int]) -> None:
+    """What `redis-cli --cluster reshard` does for one slot: mark it importing and migrating, move its
+    keys, then give it to the target on every primary."""
+    nodes = {n: str(command(n, "CLUSTER", "MYID")) for n in primaries(seeds)}
+    source = owner_of_slot(seeds, slot)
+    if source == to:
+        return
+    command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", nodes[source])
+    command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", nodes[to])
+    while keys := cast("list[str]", command(source, "CLUSTER", "GETKEYSINSLOT", slot, 100)):
+        command(source, "MIGRATE", to[0], to[1], "", 0, 5000, "KEYS", *keys)
+    for node in nodes:
+        command(node, "CLUSTER", "SETSLOT", slot, "NODE", nodes[to])
+
+
+def owner_of_slot(seeds: str, slot: int) -> tuple[str, int]:
+    for start, end, primary, *_ in cast("list[list[Any]]", command(primaries(seeds)[0], "CLUSTER", "SLOTS")):
+        if start <= slot <= end:
+            return str(primary[0]), int(primary[1])
+    raise AssertionError(f"slot {slot} has no owner")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_room_whose_slot_moves_keeps_delivering_and_recovering(pair: Pair, redis_cluster: str) -> None:
+    a, b = pair
+    prefix = a.settings.redis_prefix
+    room = "moving"
+    slot = key_slot(f"{prefix}room:{{{room}}}".encode())
+    alice, bob = await a.client("alice"), await b.client("bob")
+    await alice.join(room)
+    await bob.join(room)
+    alice.send("message", {"roomId": room, "content": "before the move"})
+    before = await bob.expect("message")
+    source = owner_of_slot(redis_cluster, slot)
+    target = next(n for n in primaries(redis_cluster) if n != source)
+
+    reconnects = REGISTRY.get_sample_value("gateway_bus_reconnects_total") or 0.0
+    move_slot(redis_cluster, slot, target)  # Redis tells both subscribers: sunsubscribe
+
+    def both_resubscribed() -> bool:
+        now = REGISTRY.get_sample_value("gateway_bus_reconnects_total") or 0.0
+        return now >= reconnects + 2 and a.gateway.bus.ready() and b.gateway.bus.ready()
+
+    await wait_for(both_resubscribed, timeout=20, what="both instances resubscribed where the slot lives now")
+    assert owner_of_slot(redis_cluster, slot) == target
+    assert int(pubsub(target, "SHARDNUMSUB", f"{prefix}room:{{{room}}}")[1]) == 2
+    alice.send("message", {"roomId": room, "content": "after the move"})
+    after = await bob.expect("message")
+    # The history moved with the slot (MIGRATE): same epoch, the next offset.
+    assert after["payload"]["epoch"] == before["payload"]["epoch"]
+    assert after["payload"]["offset"] == before["payload"]["offset"] + 1
+    carol = await b.client("carol")
+    carol.send(
+        "join", {"roomId": room, "since": {"offset": before["payload"]["offset"], "epoch": after["payload"]["epoch"]}}
+    )
+    joined = await carol.expect("room_update")
+    assert joined["payload"]["recovered"] is True
+    assert (await carol.expect("message"))["payload"]["content"] == "after the move"
 
 
 @pytest.fixture

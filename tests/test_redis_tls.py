@@ -1,6 +1,7 @@
 """Managed Redis asks for TLS and an ACL user: a real redis-server with TLS only (its certificate
-signed by a CA made in the test) and the default user switched off. Two gateways share it as the
-ACL user; a wrong password or an unknown CA is one line and exit 2 (README.md, "Configuration")."""
+signed by a CA made in the test) and the default user switched off, and a Redis Cluster set up the
+same way. Two gateways share each as the ACL user; a wrong password or an unknown CA is one line
+and exit 2 (README.md, "Configuration")."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 import redis
 from tornado.ioloop import IOLoop
 
+from tests.conftest import start_cluster, stop_cluster
 from tests.helpers import SECRET, RunningGateway, free_port, spawn_server
-from tests.redis_support import PrivateRedis, unique_prefix
+from tests.redis_support import PrivateRedis, cluster_overrides, unique_prefix
 from tests.tls_support import TlsFiles, make_ca_and_server_cert
 
 USER, PASSWORD = "gateway", "s3cret-for-tests"
@@ -105,6 +107,43 @@ async def test_two_gateways_share_a_tls_redis_as_an_acl_user(
     ours = [c for c in clients if c.get("name", "").startswith(("rtg:", "rtg-sub:"))]
     assert {c["name"] for c in ours} >= {"rtg:tls-a", "rtg-sub:tls-a", "rtg:tls-b", "rtg-sub:tls-b"}
     assert {c["user"] for c in ours} == {USER}
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[tuple[str, TlsFiles]]:
+    """A cluster speaking TLS only, with the ACL user and the default user off."""
+    files = make_ca_and_server_cert(tmp_path)
+    env = {
+        "CLUSTER_TLS_CERT": str(files.cert),
+        "CLUSTER_TLS_KEY": str(files.key),
+        "CLUSTER_TLS_CA": str(files.ca),
+        "CLUSTER_USER": USER,
+        "CLUSTER_PASSWORD": PASSWORD,
+    }
+    folder = str(tmp_path / "cluster")
+    try:
+        yield start_cluster(folder, **env), files
+    finally:
+        stop_cluster(folder, **env)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_gateways_share_a_tls_cluster_as_an_acl_user(
+    tls_cluster: tuple[str, TlsFiles], make_gateway: Callable[..., Awaitable[RunningGateway]]
+) -> None:
+    """(`tls_cluster` first: it is set up before the gateways and torn down after them.)"""
+    seeds, files = tls_cluster
+    prefix = unique_prefix()
+    login = {"redis_tls_ca": str(files.ca), "redis_username": USER, "redis_password": PASSWORD}
+    a = await make_gateway(**cluster_overrides(seeds, prefix, instance_id="tlc-a", **login))
+    b = await make_gateway(**cluster_overrides(seeds, prefix, instance_id="tlc-b", **login))
+    alice, bob = await a.client("alice"), await b.client("bob")
+    await alice.join("vault")
+    state = await bob.join("vault")
+    assert {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob"}
+    alice.send("message", {"roomId": "vault", "content": "over TLS, sharded"})
+    got = await bob.expect("message")
+    assert got["payload"]["content"] == "over TLS, sharded" and got["payload"]["offset"] == 1
 
 
 def _start_fails(server: TlsRedis, *extra: str) -> str:

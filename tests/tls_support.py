@@ -1,5 +1,6 @@
-"""A throwaway certificate authority for one test: a CA, and a server certificate it signs for
-127.0.0.1 (cryptography, which PyJWT[crypto] brings), written as PEM files."""
+"""A throwaway certificate authority for one test: a CA, and a certificate it signs for 127.0.0.1
+(cryptography, which PyJWT[crypto] brings), written as PEM files. The certificate serves as client
+too: the nodes of a TLS cluster present it to each other on the cluster bus and for replication."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def make_ca_and_server_cert(folder: Path, name: str = "test") -> TlsFiles:
         .not_valid_before(valid[0])
         .not_valid_after(valid[1])
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(folder / f"{name}-ca.pem", folder / f"{name}-cert.pem", folder / f"{name}-key.pem")
