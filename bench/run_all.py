@@ -121,6 +121,11 @@ OTHER_STEPS: list[tuple[str, str, list[str]]] = [
         "2,000 joins/s (with leaves) among 200 connections while a member's ping is timed (gateway only)",
         ["-m", "bench.join_storm", "--rate", "2000", "--seconds", "10"],
     ),
+    (
+        "redis-cluster",
+        "two gateways, cross-instance fan-out: one Redis vs a Redis Cluster of 3 primaries (docs/scaling.md)",
+        ["-m", "bench.cluster", "--rooms", "30", "--members", "10", "--rate", "300", "--seconds", "10"],
+    ),
 ]
 
 
