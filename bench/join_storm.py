@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     result["offered_rate"] = opts.rate
     result["command"] = "python -m bench.join_storm " + " ".join(sys.argv[1:] if argv is None else argv)
     log(orjson.dumps(result).decode())
+    print("| offered joins/s | joins/s | server CPU µs/join | ping p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|---|")
     print(
         f"| {result['offered_rate']:,.0f} | {result['joins_per_s']:,.0f} | {result['server_cpu_us_per_join']:,.0f} | "
         f"{result['ping_p50_ms']:.2f} | {result['ping_p99_ms']:.2f} | {result['ping_max_ms']:.2f} |"

@@ -110,10 +110,6 @@ STEPS: list[tuple[str, str, list[str]]] = [
 ]
 
 
-STORM_HEADER = (
-    "| offered joins/s | joins/s | server CPU µs/join | ping p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n"
-)
-
 # Steps of their own (not bench.fanout), run from the bench venv.
 OTHER_STEPS: list[tuple[str, str, list[str]]] = [
     (
@@ -169,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [str(ensure_bench_venv()), *step, "--json", str(out / f"{name}.json")]
         res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
         head = f"\n## {name}: {what}\n\n({time.monotonic() - t0:.0f} s, exit {res.returncode})\n\n"
-        section = head + STORM_HEADER + res.stdout + "\n"
+        section = head + res.stdout + "\n"  # each step prints its own tables
         print(section, flush=True)
         with md.open("a") as fh:
             fh.write(section)
