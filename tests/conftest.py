@@ -3,6 +3,7 @@ that scripts/test.sh sets (skipped when absent, failed when RTG_REQUIRE_SERVICES
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -76,6 +77,17 @@ def stop_cluster(folder: str, **env_extra: str) -> None:
     subprocess.run([script, "stop"], env=env, check=False, timeout=60)
 
 
+@contextlib.contextmanager
+def private_cluster(name: str, **env_extra: str) -> Iterator[str]:
+    """A cluster in a temporary folder for as long as the block runs; yields its seeds."""
+    folder = tempfile.mkdtemp(prefix=f"rtg-{name}-")
+    try:
+        yield start_cluster(folder, **env_extra)
+    finally:
+        stop_cluster(folder, **env_extra)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[str]:
     """The seeds of a Redis Cluster shared by the tests that need one: RTG_TEST_REDIS_CLUSTER, or one
@@ -84,12 +96,8 @@ def redis_cluster() -> Iterator[str]:
     if seeds:
         yield seeds
         return
-    folder = tempfile.mkdtemp(prefix="rtg-cluster-")
-    try:
-        yield start_cluster(folder)
-    finally:
-        stop_cluster(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+    with private_cluster("cluster") as started:
+        yield started
 
 
 @pytest.fixture

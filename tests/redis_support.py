@@ -14,7 +14,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from tests.conftest import need_service
-from tests.helpers import free_port
+from tests.helpers import SECRET, free_port
 
 
 def shared_redis_port() -> int:
@@ -59,6 +59,29 @@ def backend_overrides(kind: str, request: pytest.FixtureRequest, prefix: str | N
 def cluster_client(seeds: str) -> RedisCluster:
     host, _, port = seeds.split(",")[0].rpartition(":")
     return RedisCluster(host=host, port=int(port), socket_timeout=5, decode_responses=True)
+
+
+def server_args(redis_port: int, *extra: str, prefix: str | None = None) -> list[str]:
+    """`python server.py` arguments for a gateway process on the Redis at 127.0.0.1:`redis_port`."""
+    return [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--jwt-secret",
+        SECRET,
+        "--redis-host",
+        "127.0.0.1",
+        "--redis-port",
+        str(redis_port),
+        "--redis-prefix",
+        prefix or unique_prefix(),
+        "--drain-delay",
+        "0",
+        "--drain-window",
+        "0",
+        *extra,
+    ]
 
 
 def client(port: int) -> redis.Redis:

@@ -7,9 +7,7 @@ killed with SIGKILL fails over to its replica and delivery resumes without a res
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
@@ -23,7 +21,7 @@ from tornado.ioloop import IOLoop
 
 from services.bus.redis import RedisBus
 from services.bus.redis_shards import ShardedSubscribers
-from tests.conftest import start_cluster, stop_cluster
+from tests.conftest import private_cluster
 from tests.helpers import RunningGateway, wait_for
 from tests.redis_support import cluster_client, cluster_overrides, unique_prefix
 
@@ -209,14 +207,8 @@ async def test_a_room_whose_slot_moves_keeps_delivering_and_recovering(pair: Pai
 @pytest.fixture
 def own_cluster() -> Iterator[str]:
     """A cluster of this test's own: it kills one of its primaries."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
-    folder = tempfile.mkdtemp(prefix="rtg-failover-")
-    try:
-        yield start_cluster(folder)
-    finally:
-        stop_cluster(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+    with private_cluster("failover") as seeds:
+        yield seeds
 
 
 def _pid_of(node: tuple[str, int]) -> int:

@@ -13,32 +13,10 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.helpers import SECRET, Client, GatewayProcess, free_port, spawn_server, token, wait_for
-from tests.redis_support import PrivateRedis, exists, shared_redis_port, smembers, unique_prefix
+from tests.redis_support import PrivateRedis, exists, server_args, shared_redis_port, smembers, unique_prefix
 
 PRESENCE_TTL = 3.0
 SWEEP_INTERVAL = 0.5  # max(0.5, min(5, PRESENCE_TTL / 6))
-
-
-def server_args(redis_port: int, *extra: str, prefix: str | None = None) -> list[str]:
-    return [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--jwt-secret",
-        SECRET,
-        "--redis-host",
-        "127.0.0.1",
-        "--redis-port",
-        str(redis_port),
-        "--redis-prefix",
-        prefix or unique_prefix(),
-        "--drain-delay",
-        "0",
-        "--drain-window",
-        "0",
-        *extra,
-    ]
 
 
 @pytest.fixture

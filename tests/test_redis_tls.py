@@ -13,9 +13,9 @@ import pytest
 import redis
 from tornado.ioloop import IOLoop
 
-from tests.conftest import start_cluster, stop_cluster
+from tests.conftest import private_cluster
 from tests.helpers import SECRET, RunningGateway, free_port, spawn_server
-from tests.redis_support import PrivateRedis, cluster_overrides, unique_prefix
+from tests.redis_support import PrivateRedis, cluster_overrides, server_args, unique_prefix
 from tests.tls_support import TlsFiles, make_ca_and_server_cert
 
 USER, PASSWORD = "gateway", "s3cret-for-tests"
@@ -120,11 +120,8 @@ def tls_cluster(tmp_path: Path) -> Iterator[tuple[str, TlsFiles]]:
         "CLUSTER_USER": USER,
         "CLUSTER_PASSWORD": PASSWORD,
     }
-    folder = str(tmp_path / "cluster")
-    try:
-        yield start_cluster(folder, **env), files
-    finally:
-        stop_cluster(folder, **env)
+    with private_cluster("tls", **env) as seeds:
+        yield seeds, files
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -147,22 +144,7 @@ async def test_two_gateways_share_a_tls_cluster_as_an_acl_user(
 
 
 def _start_fails(server: TlsRedis, *extra: str) -> str:
-    gp = spawn_server(
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--jwt-secret",
-        SECRET,
-        "--redis-host",
-        "127.0.0.1",
-        "--redis-port",
-        str(server.tls_port),
-        "--redis-connect-timeout",
-        "1",
-        *extra,
-        wait_listening=False,
-    )
+    gp = spawn_server(*server_args(server.tls_port, "--redis-connect-timeout", "1", *extra), wait_listening=False)
     _, err = gp.proc.communicate(timeout=20)
     assert gp.proc.returncode == 2, err
     lines = err.strip().splitlines()
