@@ -21,7 +21,7 @@ from services import frames
 from services.auth import Identity
 from services.errors import AuthError, ClientError
 from services.gateway import Gateway
-from services.ids import short_id
+from services.ids import iso, short_id
 from services.metrics import METRICS
 from services.session import Pong, Session
 
@@ -45,6 +45,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self._frame_schema = gateway.frame_schema
         self._payloads = gateway.payload_schemas
         self._expiry: Deadline | None = None
+        self._notice: Deadline | None = None
         self._keepalive: Deadline | None = None
 
     # -- handshake ---------------------------------------------------------------------------
@@ -125,15 +126,50 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         if not await self.gateway.hub.connect(self.session):
             return
         settings = self.gateway.settings
-        delay = self.identity.expires_at + settings.jwt_leeway - time.time()
-        self._expiry = self._timers.after(delay, self._token_expired)
+        self._watch_token(self.identity)
         if settings.ping_interval > 0:
             self._keepalive = self._timers.after(settings.ping_interval, self._ping)
         log.debug("connected", extra={"conn": self.session.conn_id, "user": self.session.user_id})
 
+    def _watch_token(self, identity: Identity) -> None:
+        """token_expiring TOKEN_REFRESH_NOTICE seconds before exp (at once for a shorter-lived
+        token), 4001 at exp + JWT_LEEWAY; a refresh moves both."""
+        for deadline in (self._expiry, self._notice):
+            if deadline is not None:
+                deadline.cancel()
+        settings = self.gateway.settings
+        now = time.time()
+        self._expiry = self._timers.after(identity.expires_at + settings.jwt_leeway - now, self._token_expired)
+        notice = max(0.0, identity.expires_at - settings.token_refresh_notice - now)
+        self._notice = self._timers.after(notice, lambda: self._token_expiring(identity))
+
     def _token_expired(self) -> None:
         if self.session is not None:
             self.session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    def _token_expiring(self, identity: Identity) -> None:
+        if self.session is not None and self.session.identity is identity:
+            self.session.send(frames.encode("token_expiring", {"expiresAt": iso(identity.expires_at)}))
+
+    def _refresh(self, session: Session, token: str, request_id: str | None) -> None:
+        """`refresh {token}`: a token that verifies like a handshake's and names the same user
+        replaces the socket's; anything else is invalid_token and changes nothing (docs/protocol.md)."""
+        try:
+            identity = self.gateway.verifier.verify(token)
+        except AuthError as exc:
+            METRICS.token_refreshes.labels("invalid").inc()
+            raise ClientError("invalid_token", str(exc)) from None
+        if identity.user_id != session.user_id:
+            METRICS.token_refreshes.labels("other_user").inc()
+            raise ClientError("invalid_token", "the token names another user")
+        METRICS.token_refreshes.labels("ok").inc()
+        session.identity = self.identity = identity
+        self._watch_token(identity)
+        session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}, request_id))
+        if self.gateway.settings.room_access == "token":
+            for room in sorted(session.rooms):
+                if not identity.may_join(room):
+                    self.gateway.hub.remove_session(session, room)
 
     def _ping(self) -> None:
         """Keepalive (PING_INTERVAL): a ping, and PING_TIMEOUT for a pong (a pong's arrival is
@@ -156,7 +192,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self._keepalive = self._timers.after(interval, self._ping)
 
     def on_close(self) -> None:
-        for deadline in (self._expiry, self._keepalive):
+        for deadline in (self._expiry, self._notice, self._keepalive):
             if deadline is not None:
                 deadline.cancel()
         session = self.session
@@ -256,6 +292,8 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             await hub.history_of(session, payload["roomId"], payload["limit"], request_id)
         elif frame_type == "presence":
             await hub.set_presence(session, payload["roomId"], payload["status"])
+        elif frame_type == "refresh":
+            self._refresh(session, payload["token"], request_id)
         else:  # ping
             session.send(frames.encode("pong", {}, request_id))
 

@@ -64,6 +64,10 @@ class PresenceSchema(_Payload):
     status = fields.String(required=True, validate=validate.OneOf(PRESENCE_STATUSES))
 
 
+class RefreshSchema(_Payload):
+    token = fields.String(required=True, validate=validate.Length(min=1, max=8192))
+
+
 class PingSchema(_Payload):
     pass
 
@@ -88,5 +92,6 @@ def payload_schemas(max_content: int) -> dict[str, Schema]:
         "presence": PresenceSchema(),
         "history": HistorySchema(),
         "presence_query": PresenceQuerySchema(),
+        "refresh": RefreshSchema(),
         "ping": PingSchema(),
     }

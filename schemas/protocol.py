@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-CLIENT_TYPES = ("join", "leave", "message", "presence", "presence_query", "history", "ping")
+CLIENT_TYPES = ("join", "leave", "message", "presence", "presence_query", "history", "refresh", "ping")
 SERVER_TYPES = (
     "message",
     "message_updated",
@@ -22,6 +22,8 @@ SERVER_TYPES = (
     "presence_state",
     "presence_count",
     "history",
+    "token_expiring",
+    "refreshed",
     "pong",
     "error",
 )
@@ -35,6 +37,7 @@ ERROR_CODES = (
     "too_many_rooms",
     "rate_limited",
     "ingest_failed",
+    "invalid_token",
     "internal",
 )
 ROOM_ACTIONS = ("joined", "left", "removed", "deleted", "updated")

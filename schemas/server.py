@@ -117,6 +117,14 @@ class ErrorOut(_Strict):
     details = fields.Raw()
 
 
+class TokenExpiringOut(_Strict):
+    expiresAt = _iso(required=True)
+
+
+class RefreshedOut(_Strict):
+    expiresAt = _iso(required=True)
+
+
 class ServerFrame(_Strict):
     type = fields.String(required=True, validate=validate.OneOf(SERVER_TYPES))
     payload = fields.Dict(required=True)
@@ -133,6 +141,8 @@ PAYLOADS: dict[str, type[Schema]] = {
     "presence_state": PresenceStateOut,
     "presence_count": PresenceCountOut,
     "history": HistoryOut,
+    "token_expiring": TokenExpiringOut,
+    "refreshed": RefreshedOut,
     "pong": PongOut,
     "error": ErrorOut,
 }

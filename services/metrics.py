@@ -18,6 +18,9 @@ class _Metrics:
         self.errors = Counter("gateway_errors_total", "Error frames sent, by code", ["code"])
         self.closes = Counter("gateway_closes_total", "Connections closed by the gateway, by code", ["code"])
         self.auth_failures = Counter("gateway_auth_failures_total", "Upgrades refused with 401")
+        self.token_refreshes = Counter(
+            "gateway_token_refreshes_total", "In-band token refreshes by outcome: ok, invalid, other_user", ["outcome"]
+        )
         self.upgrades_refused = Counter(
             "gateway_upgrades_refused_total",
             "Upgrades refused by a connection limit (503 MAX_CONNECTIONS, 429 MAX_CONNECTIONS_PER_IP)",

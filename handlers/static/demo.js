@@ -44,6 +44,7 @@
     too_many_rooms: "Too many rooms",
     rate_limited: "Slow down: too many messages",
     ingest_failed: "The message could not be stored",
+    invalid_token: "The new token was refused",
     internal: "The gateway hit an internal error",
   };
 

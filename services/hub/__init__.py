@@ -247,6 +247,13 @@ class RoomHub:
         else:
             await self.fanout.broadcast(room, frame)
 
+    def remove_session(self, session: Session, room: str) -> None:
+        """One socket loses a room its token no longer allows (a refresh narrowed the `rooms` claim)."""
+        if room in session.rooms:
+            session.send(frames.encode("room_update", {"roomId": room, "action": "removed"}))
+            self._detach(session, room)
+            self.spawn(self._after_leave(session, room, announce=True))
+
     async def remove_user(self, room: str, user: str) -> None:
         await self._act(room, "removed", ACTION_REMOVE_USER, user)
 

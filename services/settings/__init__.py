@@ -52,6 +52,9 @@ class Settings:
     jwt_audience: str | None = setting(None, text, "required `aud` claim")
     jwt_issuer: str | None = setting(None, text, "required `iss` claim")
     jwt_leeway: int = setting(5, integer(0, 300), "seconds of clock skew on exp/nbf")
+    token_refresh_notice: float = setting(
+        60.0, number(0.0), "seconds before a token's exp that the socket is sent token_expiring (then `refresh`)"
+    )
     # -- trying it out
     dev: bool = setting(False, boolean, "development mode: allow short secrets and serve /dev/token", is_switch=True)
     demo: bool = setting(True, boolean, "serve the /demo page (--no-demo turns it off)")

@@ -84,6 +84,7 @@ and WORKERS.
   "JWT_AUDIENCE" $v.auth.audience
   "JWT_ISSUER" $v.auth.issuer
   "JWT_LEEWAY" $v.auth.leeway
+  "TOKEN_REFRESH_NOTICE" $v.auth.refreshNotice
   "ROOM_ACCESS" $v.auth.roomAccess
   "REDIS_HOST" $v.redis.host
   "REDIS_PORT" $v.redis.port
