@@ -25,7 +25,9 @@ __all__ = [
     "Presence",
     "PresenceCount",
     "PresenceState",
+    "Refreshed",
     "RoomUpdate",
+    "TokenExpiring",
     "Unknown",
     "parse_event",
     "parse_time",
@@ -155,6 +157,21 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenExpiring:
+    """The token expires at `expires_at`; the client refreshes through its token source, if any."""
+
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """The gateway took a new token: the socket now lives until `expires_at`."""
+
+    expires_at: datetime
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     code: str
     message: str
@@ -227,6 +244,8 @@ Event = (
     | PresenceCount
     | Presence
     | Pong
+    | TokenExpiring
+    | Refreshed
     | ErrorEvent
     | History
     | HistoryGap
@@ -364,6 +383,10 @@ def parse_event(frame: dict[str, Any]) -> Event:
         )
     if kind == "pong":
         return Pong(request_id=rid)
+    if kind == "token_expiring":
+        return TokenExpiring(expires_at=parse_time(p.get("expiresAt")) or _EPOCH)
+    if kind == "refreshed":
+        return Refreshed(expires_at=parse_time(p.get("expiresAt")) or _EPOCH, request_id=rid)
     if kind == "error":
         return ErrorEvent(
             code=_str(p, "code"),

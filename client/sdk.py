@@ -54,7 +54,9 @@ from client.events import (
     Pong,
     Presence,
     PresenceState,
+    Refreshed,
     RoomUpdate,
+    TokenExpiring,
     parse_event,
 )
 
@@ -147,8 +149,10 @@ class GatewayClient:
     """One logical connection to the gateway that survives drops.
 
     `token` is a string, or an async callable called before every connection attempt (so it can
-    cache, or mint a fresh token after close 4001). Events are queued for `events()` / `async for`
-    (one consumer); the newest `max_events` are kept if nobody reads them.
+    cache, or mint a fresh token after close 4001) and when the gateway says `token_expiring`: the
+    new token is sent in band (`refresh`), so the socket outlives the old one. Events are queued
+    for `events()` / `async for` (one consumer); the newest `max_events` are kept if nobody reads
+    them.
     """
 
     def __init__(
@@ -191,6 +195,7 @@ class GatewayClient:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._dropped_events = 0
         self._runner: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self._attempt = 0  # reconnect attempts since the last stable connection (drives backoff)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(3)
@@ -225,6 +230,8 @@ class GatewayClient:
                 await asyncio.wait_for(asyncio.shield(self._runner), 5.0)
             except TimeoutError:
                 self._runner.cancel()
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         self._finish(ConnectionClosed("client closed"))
 
     async def __aenter__(self) -> GatewayClient:
@@ -335,6 +342,24 @@ class GatewayClient:
 
     def online(self, room: str) -> bool:
         return self.set_presence(room, "online")
+
+    async def refresh(self, token: str | None = None) -> Refreshed:
+        """Hand the gateway a new token for this socket (default: the token source's next one).
+        GatewayError `invalid_token` when it is refused; the old token's deadline then stands."""
+        if token is None:
+            if isinstance(self._token, str):
+                raise ClientError("no token source to refresh from: pass a token")
+            token = await self._token()
+        result: Refreshed = await self._request("refresh", {"token": token})
+        return result
+
+    async def _refresh_from_source(self) -> None:
+        try:
+            await self.refresh()
+        except (GatewayError, ClientError, ConnectionClosed) as exc:  # the error event is emitted too
+            log.info("token refresh failed: %s", exc)
+        except Exception as exc:  # a failing token source must not kill the client silently
+            log.warning("token source failed during refresh: %s", exc)
 
     async def _request(
         self,
@@ -603,12 +628,15 @@ class GatewayClient:
                 self._rooms.pop(event.room_id, None)  # the gateway took us out: do not re-join
             self._members.pop(event.room_id, None)
             self._positions.pop(event.room_id, None)
+        refreshing = self._refreshing is not None and not self._refreshing.done()
+        if isinstance(event, TokenExpiring) and not isinstance(self._token, str) and not refreshing:
+            self._refreshing = asyncio.ensure_future(self._refresh_from_source())
         request_id = frame.get("requestId")
         req = self._pending.get(request_id) if isinstance(request_id, str) else None
         if req is not None and not req.future.done():
             if isinstance(event, ErrorEvent):
                 req.future.set_exception(GatewayError(event))
-            elif isinstance(event, Ack | RoomUpdate | Pong | History | PresenceState):
+            elif isinstance(event, Ack | RoomUpdate | Pong | History | PresenceState | Refreshed):
                 req.future.set_result(event)
         self._emit(event)
         if gap is not None:

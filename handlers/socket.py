@@ -141,15 +141,17 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         now = time.time()
         self._expiry = self._timers.after(identity.expires_at + settings.jwt_leeway - now, self._token_expired)
         notice = max(0.0, identity.expires_at - settings.token_refresh_notice - now)
-        self._notice = self._timers.after(notice, lambda: self._token_expiring(identity))
+        self._notice = self._timers.after(notice, self._token_expiring)
 
     def _token_expired(self) -> None:
         if self.session is not None:
             self.session.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
-    def _token_expiring(self, identity: Identity) -> None:
-        if self.session is not None and self.session.identity is identity:
-            self.session.send(frames.encode("token_expiring", {"expiresAt": iso(identity.expires_at)}))
+    def _token_expiring(self) -> None:
+        """(A refresh cancels the old token's notice: the session's identity is the one due.)"""
+        if self.session is not None:
+            expires = self.session.identity.expires_at
+            self.session.send(frames.encode("token_expiring", {"expiresAt": iso(expires)}))
 
     def _refresh(self, session: Session, token: str, request_id: str | None) -> None:
         """`refresh {token}`: a token that verifies like a handshake's and names the same user

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from client import (
     Connected,
     ConnectionClosed,
     Disconnected,
+    ErrorEvent,
     GatewayClient,
     GatewayError,
     HistoryGap,
@@ -26,7 +28,9 @@ from client import (
     Presence,
     PresenceCount,
     PresenceState,
+    Refreshed,
     RoomUpdate,
+    TokenExpiring,
     Unknown,
     parse_event,
 )
@@ -164,23 +168,57 @@ async def test_too_many_connections_is_not_retried(make_gateway):
 
 
 @pytest.mark.gen_test(timeout=15)
-async def test_expired_token_is_replaced_by_the_token_source(make_gateway):
-    gw = await make_gateway(jwt_leeway=0)
-    issued: list[int] = []
+async def test_the_token_source_refreshes_in_band_and_the_socket_outlives_the_first_token(make_gateway):
+    gw = await make_gateway(jwt_leeway=0, token_refresh_notice=2)
+    issued: list[str] = []
 
     async def fresh_token() -> str:
-        issued.append(1)
-        return token("alice", ttl=1 if len(issued) == 1 else 3600)
+        issued.append(token("alice", ttl=3 if not issued else 3600))
+        return issued[-1]
 
     client = GatewayClient(gw.url, fresh_token, backoff=FAST)
     await client.connect()
     try:
         await client.join("general")
+        expiring = await expect_event(client, TokenExpiring)
+        refreshed = await expect_event(client, Refreshed)
+        assert refreshed.expires_at > expiring.expires_at and len(issued) == 2
+        first_exp = expiring.expires_at.timestamp()
+        await asyncio.sleep(max(0.0, first_exp + 2.0 - time.time()))  # past the first token's deadline
+        bob = await gw.client("bob")
+        await bob.join("general")
+        bob.send("message", {"roomId": "general", "content": "still here?"})
+        assert (await expect_event(client, Message)).content == "still here?"
+        assert client.connections == 1  # the same socket: no 4001, no reconnect
+        bob.close()
+    finally:
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_a_refused_refresh_is_reported_and_the_source_serves_the_reconnect_after_4001(make_gateway):
+    gw = await make_gateway(jwt_leeway=0)
+    issued: list[int] = []
+
+    async def tokens() -> str:
+        issued.append(1)
+        if len(issued) == 1:
+            return token("alice", ttl=1)
+        if len(issued) == 2:  # the in-band refresh: a token the gateway refuses
+            return token("alice", ttl=3600, secret="y" * 40)
+        return token("alice", ttl=3600)
+
+    client = GatewayClient(gw.url, tokens, backoff=FAST)
+    await client.connect()
+    try:
+        await client.join("general")
+        refused = await expect_event(client, ErrorEvent)
+        assert refused.code == "invalid_token"
         gone = await expect_event(client, Disconnected)
         assert gone.code == 4001 and gone.will_reconnect
         back = await expect_event(client, Connected)
         assert back.reconnected and back.rooms == ("general",)
-        assert len(issued) == 2
+        assert len(issued) >= 3
         bob = await gw.client("bob")
         await bob.join("general")
         bob.send("message", {"roomId": "general", "content": "still here?"})

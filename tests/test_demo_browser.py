@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -216,6 +218,26 @@ def test_page_recovers_what_it_missed_while_its_gateway_restarted(browser, open_
     expect(alice.locator("#conn")).to_have_attribute("data-state", "open", timeout=20_000)
     expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text(["before", "missed one", "missed two"])
     expect(alice.get_by_text("could not be recovered")).to_have_count(0)
+
+
+def test_page_refreshes_its_dev_token_in_band(browser, open_page, servers):
+    """A notice longer than a dev token lives: token_expiring comes at once, and the page hands the
+    gateway a fresh /dev/token on the same socket (the gateway counts the accepted refresh)."""
+    expect = playwright_api.expect
+    servers.append(srv := spawn_server("--port", "0", "--token-refresh-notice", "1000000", *LOCAL))
+    page = open_page(f"{srv.http}/demo")
+    sign_in(page, "rita")
+
+    def refreshed() -> float:
+        text = urllib.request.urlopen(f"{srv.http}/metrics", timeout=5).read().decode()
+        found = re.search(r'^gateway_token_refreshes_total\{outcome="ok"\} (\S+)$', text, re.M)
+        return float(found[1]) if found else 0.0
+
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while refreshed() < 1 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert refreshed() >= 1, "the page never refreshed its token"
+    expect(page.locator("#conn")).to_have_attribute("data-state", "open")  # the same socket, still open
 
 
 def test_page_asks_for_a_token_when_dev_tokens_are_off(browser, open_page, servers):

@@ -327,6 +327,21 @@
     return { token: body.token };
   }
 
+  // A dev token is fetched again and handed over in band, so the chat outlives its token. A pasted
+  // token cannot be renewed here: the socket closes 4001 at its expiry, as the page then says.
+  async function refreshToken() {
+    if (state.tokenMode !== "dev") return;
+    try {
+      const got = await fetchDevToken(state.user);
+      if (got.token) {
+        state.token = got.token;
+        request("refresh", { token: got.token });
+      }
+    } catch (_) {
+      /* the next reconnect fetches a token again */
+    }
+  }
+
   function tokenSubject(token) {
     try {
       const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -500,6 +515,11 @@
       case "pong":
         clearTimeout(state.pongTimer);
         break;
+      case "token_expiring":
+        refreshToken();
+        break;
+      case "refreshed":
+        break; // the socket lives on with the new token
       case "error":
         onError(p, req);
         break;
