@@ -117,7 +117,7 @@ async def test_presence_status_is_kept_per_user(make_presence: PresenceFactory) 
 
 
 @pytest.mark.gen_test(timeout=15)
-@pytest.mark.parametrize("kind", ["redis"])  # the memory store is one process's own
+@pytest.mark.parametrize("kind", ["redis", "cluster"])  # the memory store is one process's own
 async def test_presence_is_shared_between_instances(kind: str, make_presence: PresenceFactory) -> None:
     a, _ = await make_presence("ia")
     b, _ = await make_presence("ib")
@@ -130,7 +130,7 @@ async def test_presence_is_shared_between_instances(kind: str, make_presence: Pr
 
 
 @pytest.mark.gen_test(timeout=15)
-@pytest.mark.parametrize("kind", ["redis"])  # nothing outlives a memory store
+@pytest.mark.parametrize("kind", ["redis", "cluster"])  # nothing outlives a memory store
 async def test_restart_under_the_same_instance_id_expires_its_old_connections(
     kind: str, make_presence: PresenceFactory
 ) -> None:
@@ -142,6 +142,30 @@ async def test_restart_under_the_same_instance_id_expires_its_old_connections(
     new, expired = await make_presence("pod-1")  # back within PRESENCE_TTL, heartbeat still there
     await wait_for(lambda: expired == [("r", "ghost")], what="the old connection announced offline")
     assert await members(new, "r") == []
+
+
+@pytest.mark.gen_test(timeout=20)
+@pytest.mark.parametrize("kind", ["redis", "cluster"])  # a memory store dies with its process
+async def test_a_dead_instances_connections_are_swept_room_by_room(kind: str, redis_client: Any) -> None:
+    prefix = unique_prefix()
+    dead = RedisPresence(redis_client, prefix, "dead", ttl=0.6)
+    await dead.start(lambda room, user: None)
+    await dead.join("r1", "ann", "c1", 1.0)
+    await dead.join("r2", "bob", "c2", 1.0)
+    await dead.join("r2", "ann", "c3", 1.0)
+    for task in dead._tasks:  # it crashes: its heartbeat lapses after 0.6 s
+        task.cancel()
+    expired: Expired = []
+    live = RedisPresence(redis_client, prefix, "live", ttl=0.6)
+    await live.start(lambda room, user: expired.append((room, user)))
+    try:
+        await live.join("r2", "cat", "c4", 2.0)
+        want = [("r1", "ann"), ("r2", "ann"), ("r2", "bob")]
+        await wait_for(lambda: sorted(expired) == want, timeout=10, what="the dead instance's users offline")
+        assert [m.user_id for m in await members(live, "r2")] == ["cat"]
+        assert await live.counts(["r1", "r2"]) == [0, 1]
+    finally:
+        await live.close()
 
 
 @pytest.fixture
