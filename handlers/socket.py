@@ -165,13 +165,10 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             METRICS.token_refreshes.labels("other_user").inc()
             raise ClientError("invalid_token", "the token names another user")
         METRICS.token_refreshes.labels("ok").inc()
-        session.identity = self.identity = identity
+        self.identity = identity
         self._watch_token(identity)
         session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}, request_id))
-        if self.gateway.settings.room_access == "token":
-            for room in sorted(session.rooms):
-                if not identity.may_join(room):
-                    self.gateway.hub.remove_session(session, room)
+        self.gateway.hub.reauthorize(session, identity)
 
     def _ping(self) -> None:
         """Keepalive (PING_INTERVAL): a ping, and PING_TIMEOUT for a pong (a pong's arrival is

@@ -28,16 +28,12 @@ from tests.redis_support import cluster_client, cluster_overrides, unique_prefix
 Pair = tuple[RunningGateway, RunningGateway]
 
 
-def _pair(make_gateway: Callable[..., Awaitable[RunningGateway]], io_loop: IOLoop, seeds: str) -> Pair:
-    prefix = unique_prefix()
-    a = io_loop.run_sync(lambda: make_gateway(**cluster_overrides(seeds, prefix, instance_id="cl-a")))
-    b = io_loop.run_sync(lambda: make_gateway(**cluster_overrides(seeds, prefix, instance_id="cl-b")))
-    return a, b
-
-
 @pytest.fixture
 def pair(io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]], redis_cluster: str) -> Pair:
-    return _pair(make_gateway, io_loop, redis_cluster)
+    prefix = unique_prefix()
+    a = io_loop.run_sync(lambda: make_gateway(**cluster_overrides(redis_cluster, prefix, instance_id="cl-a")))
+    b = io_loop.run_sync(lambda: make_gateway(**cluster_overrides(redis_cluster, prefix, instance_id="cl-b")))
+    return a, b
 
 
 # redis-py's sync cluster client is untyped: these wrap what the tests ask of it.

@@ -23,6 +23,7 @@ from typing import Any
 
 from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, room_channel, user_channel
 from services import frames
+from services.auth import Identity
 from services.bus import Bus, BusEvent
 from services.dedupe import DedupeStore
 from services.errors import BusError, ClientError
@@ -247,12 +248,17 @@ class RoomHub:
         else:
             await self.fanout.broadcast(room, frame)
 
-    def remove_session(self, session: Session, room: str) -> None:
-        """One socket loses a room its token no longer allows (a refresh narrowed the `rooms` claim)."""
-        if room in session.rooms:
-            session.send(frames.encode("room_update", {"roomId": room, "action": "removed"}))
-            self._detach(session, room)
-            self.spawn(self._after_leave(session, room, announce=True))
+    def reauthorize(self, session: Session, identity: Identity) -> None:
+        """A refreshed token replaces the socket's; with ROOM_ACCESS=token the rooms its `rooms` claim
+        no longer allows are left (`room_update removed`, offline to the others)."""
+        session.identity = identity
+        if self.settings.room_access != "token":
+            return
+        for room in sorted(session.rooms):
+            if not identity.may_join(room):
+                session.send(frames.encode("room_update", {"roomId": room, "action": "removed"}))
+                self._detach(session, room)
+                self.spawn(self._after_leave(session, room, announce=True))
 
     async def remove_user(self, room: str, user: str) -> None:
         await self._act(room, "removed", ACTION_REMOVE_USER, user)
