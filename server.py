@@ -23,6 +23,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from handlers.api import MAX_BODY_BYTES, api_routes
 from handlers.common import log_request
 from handlers.dev import DevTokenHandler
 from handlers.health import HealthHandler, ReadyHandler
@@ -46,7 +47,7 @@ MAX_WORKER_RESTARTS = 100
 
 
 def make_app(gateway: Gateway) -> tornado.web.Application:
-    """The public port: WebSockets, probes, the demo page; /metrics too unless INTERNAL_PORT is set."""
+    """The public port: WebSockets, probes, the demo page; /metrics and /api/* too unless INTERNAL_PORT is set."""
     s = gateway.settings
     ctx = {"gateway": gateway}
     # One timer for every connection's keepalive and token expiry (Tornado's own pings are off).
@@ -57,7 +58,7 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         *_probe_routes(gateway),
     ]
     if s.internal_port is None:
-        routes.append((r"/metrics", MetricsHandler))
+        routes += [(r"/metrics", MetricsHandler), *api_routes(gateway)]
     if s.dev_tokens:
         routes.append((r"/dev/token", DevTokenHandler, ctx))
     if s.demo:
@@ -80,7 +81,8 @@ def connection_tick(s: Settings) -> float:
 def make_internal_app(gateway: Gateway) -> tornado.web.Application:
     """INTERNAL_PORT: what only the cluster should reach (README.md, "Connection limits and the edges
     of the network")."""
-    return tornado.web.Application([*_probe_routes(gateway), (r"/metrics", MetricsHandler)], **_APP_OPTIONS)
+    routes = [*_probe_routes(gateway), (r"/metrics", MetricsHandler), *api_routes(gateway)]
+    return tornado.web.Application(routes, **_APP_OPTIONS)
 
 
 def _probe_routes(gateway: Gateway) -> list[Any]:
@@ -106,6 +108,7 @@ def start_listening(
         "trusted": gateway.trusted,
         "idle_connection_timeout": s.handshake_timeout,
         "body_timeout": s.handshake_timeout,
+        "max_body_size": MAX_BODY_BYTES,
     }
     public = GatewayHTTPServer(make_app(gateway), **options)
     public.add_sockets(sockets)

@@ -23,6 +23,7 @@ from services.errors import AuthError, ClientError
 from services.gateway import Gateway
 from services.ids import iso, short_id
 from services.metrics import METRICS
+from services.revocation import NOTHING
 from services.session import Pong, Session
 
 log = logging.getLogger("gateway.socket")
@@ -47,6 +48,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self._expiry: Deadline | None = None
         self._notice: Deadline | None = None
         self._keepalive: Deadline | None = None
+        self._revocations = NOTHING
 
     # -- handshake ---------------------------------------------------------------------------
 
@@ -65,6 +67,13 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             METRICS.auth_failures.inc()
             log.info("upgrade refused", extra={"reason": str(exc), "remote": self.request.remote_ip})
             self._refuse(401, str(exc))
+            return
+        self._revocations = await self.gateway.hub.control.load(self.identity.user_id)
+        if self._revocations.refuses(self.identity.issued_at):
+            METRICS.auth_failures.inc()
+            METRICS.revoked_upgrades.inc()
+            log.info("upgrade refused", extra={"reason": "token revoked", "remote": self.request.remote_ip})
+            self._refuse(401, "token revoked")
             return
         ip = self.request.remote_ip or ""
         refusal = self.gateway.admission.admit(ip)
@@ -123,7 +132,8 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             short_id(), self.identity, _SocketTransport(self), self.gateway.settings, on_close=_count_close
         )
         self.gateway.sessions.add(self.session)
-        if not await self.gateway.hub.connect(self.session):
+        revocations, self._revocations = self._revocations, NOTHING
+        if not await self.gateway.hub.connect(self.session, revocations):
             return
         settings = self.gateway.settings
         self._watch_token(self.identity)
@@ -153,9 +163,10 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             expires = self.session.identity.expires_at
             self.session.send(frames.encode("token_expiring", {"expiresAt": iso(expires)}))
 
-    def _refresh(self, session: Session, token: str, request_id: str | None) -> None:
-        """`refresh {token}`: a token that verifies like a handshake's and names the same user
-        replaces the socket's; anything else is invalid_token and changes nothing (docs/protocol.md)."""
+    async def _refresh(self, session: Session, token: str, request_id: str | None) -> None:
+        """`refresh {token}`: a token that verifies like a handshake's (revocations included) and
+        names the same user replaces the socket's; anything else is invalid_token and changes
+        nothing (docs/protocol.md)."""
         try:
             identity = self.gateway.verifier.verify(token)
         except AuthError as exc:
@@ -164,6 +175,11 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         if identity.user_id != session.user_id:
             METRICS.token_refreshes.labels("other_user").inc()
             raise ClientError("invalid_token", "the token names another user")
+        if (await self.gateway.hub.control.load(identity.user_id)).refuses(identity.issued_at):
+            METRICS.token_refreshes.labels("revoked").inc()
+            raise ClientError("invalid_token", "token revoked")
+        if session.closed:
+            return
         METRICS.token_refreshes.labels("ok").inc()
         self.identity = identity
         self._watch_token(identity)
@@ -292,7 +308,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         elif frame_type == "presence":
             await hub.set_presence(session, payload["roomId"], payload["status"])
         elif frame_type == "refresh":
-            self._refresh(session, payload["token"], request_id)
+            await self._refresh(session, payload["token"], request_id)
         else:  # ping
             session.send(frames.encode("pong", {}, request_id))
 

@@ -1,9 +1,12 @@
-"""Kafka events: one envelope `{eventId, type, version: 1, occurredAt, source, payload}`, key = roomId.
+"""Kafka events: one envelope `{eventId, type, version: 1, occurredAt, source, payload}`, key = roomId
+(userId for user and presence events).
 
 Consumed payloads ignore unknown fields (producers evolve); produced ones are built by the gateway.
 """
 
 from __future__ import annotations
+
+from datetime import UTC
 
 from marshmallow import EXCLUDE, INCLUDE, Schema, fields, validate
 
@@ -16,6 +19,19 @@ MESSAGE_DELETED = "message.deleted"
 ROOM_UPDATED = "room.updated"
 ROOM_DELETED = "room.deleted"
 MEMBER_REMOVED = "room.member_removed"
+USER_DISCONNECTED = "user.disconnected"
+USER_TOKENS_REVOKED = "user.tokens_revoked"
+USER_ONLINE = "user.online"
+USER_OFFLINE = "user.offline"
+
+
+def user_id() -> fields.String:
+    return fields.String(required=True, validate=validate.Length(min=1, max=128))
+
+
+def moment(required: bool = True) -> fields.AwareDateTime:
+    """An ISO-8601 time; one without a zone is UTC."""
+    return fields.AwareDateTime(required=required, default_timezone=UTC)
 
 
 class EnvelopeSchema(Schema):
@@ -75,7 +91,30 @@ class RoomDeletedPayload(_Payload):
 
 class MemberRemovedPayload(_Payload):
     roomId = room_id()
-    userId = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    userId = user_id()
+
+
+class UserDisconnectedPayload(_Payload):
+    userId = user_id()
+    reason = fields.String(validate=validate.Length(max=200))
+
+
+class TokensRevokedPayload(_Payload):
+    userId = user_id()
+    issuedBefore = moment()
+
+
+class UserOnlinePayload(_Payload):
+    """user.online (produced to KAFKA_TOPIC_PRESENCE_EVENTS)."""
+
+    userId = user_id()
+    at = fields.String(required=True)
+
+
+class UserOfflinePayload(UserOnlinePayload):
+    """user.offline: `lastSeenAt` is when the user's last socket closed, `at` when the grace ended."""
+
+    lastSeenAt = fields.String(required=True)
 
 
 CONSUMED: dict[str, type[Schema]] = {
@@ -85,4 +124,12 @@ CONSUMED: dict[str, type[Schema]] = {
     ROOM_UPDATED: RoomUpdatedPayload,
     ROOM_DELETED: RoomDeletedPayload,
     MEMBER_REMOVED: MemberRemovedPayload,
+    USER_DISCONNECTED: UserDisconnectedPayload,
+    USER_TOKENS_REVOKED: TokensRevokedPayload,
+}
+
+PRODUCED: dict[str, type[Schema]] = {
+    MESSAGE_INGEST: MessagePayload,
+    USER_ONLINE: UserOnlinePayload,
+    USER_OFFLINE: UserOfflinePayload,
 }

@@ -33,6 +33,7 @@ class Identity:
     user_id: str
     expires_at: float
     rooms: tuple[str, ...] | None  # None: the token has no `rooms` claim
+    issued_at: float | None = None  # `iat`; None: the token does not say (revocations then refuse it)
 
     def may_join(self, room_id: str) -> bool:
         if self.rooms is None:
@@ -131,7 +132,11 @@ def _identity(claims: dict[str, Any]) -> Identity:
         if not isinstance(rooms_claim, list) or not all(isinstance(r, str) for r in rooms_claim):
             raise AuthError("invalid rooms claim")
         rooms = tuple(rooms_claim)
-    return Identity(user_id=user, expires_at=float(exp), rooms=rooms)
+    iat = claims.get("iat")
+    issued_at = (
+        float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) and math.isfinite(iat) else None
+    )
+    return Identity(user_id=user, expires_at=float(exp), rooms=rooms, issued_at=issued_at)
 
 
 def _read_key(value: str) -> str:

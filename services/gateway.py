@@ -28,6 +28,8 @@ from services.presence import PresenceStore
 from services.presence.fallback import FallbackPresence
 from services.presence.memory import MemoryPresence
 from services.redis_common import REDIS_ERRORS, RedisClient, make_client, until_redis_answers
+from services.revocation import RevocationStore
+from services.revocation.memory import MemoryRevocations
 from services.session import FLUSH_GRACE, Session
 from services.settings import Settings
 
@@ -55,6 +57,7 @@ class Gateway:
         self.dedupe: DedupeStore
         self.redis: RedisClient | None = None
         self.history: History | None = None
+        self.revocations: RevocationStore = MemoryRevocations()
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
         self.payload_schemas = payload_schemas(settings.max_content)
         self.frame_schema = FrameSchema()  # one for all connections: a schema is reusable
@@ -69,6 +72,7 @@ class Gateway:
             self.dedupe,
             ingest=self.producer,
             history=self.history,
+            revocations=self.revocations,
         )
         if settings.kafka_enabled:
             self.consumer = KafkaEvents(settings, self.hub, self.dedupe)
@@ -88,8 +92,10 @@ class Gateway:
         from services.dedupe.redis import RedisDedupe
         from services.history.redis import RedisHistory
         from services.presence.redis import RedisPresence
+        from services.revocation.redis import RedisRevocations
 
         self.redis = make_client(s, self.instance_id)
+        self.revocations = RedisRevocations(self.redis, s.redis_prefix)
 
         bus = RedisBus(self.instance_id, s, self.redis)
         presence = RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl, bus.ready)
@@ -186,6 +192,7 @@ class Gateway:
         await self.bus.close()
         await self.presence.close()
         await self.dedupe.close()
+        await self.revocations.close()
         if self.history is not None:
             await self.history.close()
         if self.redis is not None:

@@ -19,7 +19,23 @@ class _Metrics:
         self.closes = Counter("gateway_closes_total", "Connections closed by the gateway, by code", ["code"])
         self.auth_failures = Counter("gateway_auth_failures_total", "Upgrades refused with 401")
         self.token_refreshes = Counter(
-            "gateway_token_refreshes_total", "In-band token refreshes by outcome: ok, invalid, other_user", ["outcome"]
+            "gateway_token_refreshes_total",
+            "In-band token refreshes by outcome: ok, invalid, other_user, revoked",
+            ["outcome"],
+        )
+        self.revocations = Counter(
+            "gateway_revocations_total",
+            "Control-plane actions taken here, by kind: disconnect, tokens (revoked), room (member removed)",
+            ["kind"],
+        )
+        self.revoked_upgrades = Counter(
+            "gateway_revoked_upgrades_total", "Upgrades refused with 401 for a revoked token (also in auth_failures)"
+        )
+        self.api_requests = Counter(
+            "gateway_api_requests_total", "Control API calls by endpoint and HTTP status", ["endpoint", "status"]
+        )
+        self.presence_events = Counter(
+            "gateway_presence_events_total", "user.online / user.offline records produced, by type", ["type"]
         )
         self.upgrades_refused = Counter(
             "gateway_upgrades_refused_total",

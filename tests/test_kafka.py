@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -40,6 +41,7 @@ from tests.helpers import (
     Client,
     RunningGateway,
     free_port,
+    refused_status,
     spawn_server,
     start_gateway,
     token,
@@ -61,10 +63,12 @@ class Topics:
     ingest: str
     messages: str
     rooms: str
+    users: str
+    presence: str
 
     @property
     def all(self) -> list[str]:
-        return [self.ingest, self.messages, self.rooms]
+        return [self.ingest, self.messages, self.rooms, self.users, self.presence]
 
 
 def create_topics(admin: AdminClient, names: list[str], partitions: int = 3) -> None:
@@ -103,7 +107,7 @@ def producer(brokers: str) -> Iterator[Producer]:
 @pytest.fixture
 def topics(admin: AdminClient) -> Iterator[Topics]:
     tag = uuid.uuid4().hex[:10]
-    names = Topics(f"t.{tag}.ingest", f"t.{tag}.messages", f"t.{tag}.rooms")
+    names = Topics(*(f"t.{tag}.{kind}" for kind in ("ingest", "messages", "rooms", "users", "presence")))
     create_topics(admin, names.all)
     yield names
     admin.delete_topics(names.all, operation_timeout=5)
@@ -122,6 +126,8 @@ def kafka_settings(brokers: str, topics: Topics | None = None, **extra: Any) -> 
             kafka_topic_ingest=topics.ingest,
             kafka_topic_message_events=topics.messages,
             kafka_topic_room_events=topics.rooms,
+            kafka_topic_user_events=topics.users,
+            kafka_topic_presence_events=topics.presence,
         )
     s.update(extra)
     return s
@@ -518,6 +524,41 @@ async def test_member_removed_leaves_room_but_keeps_socket(brokers, topics, gate
     await bob.expect("presence_state", match=lambda f: f["payload"]["roomId"] == other)
     bob.send("message", {"roomId": other, "content": "still here?"})
     assert (await alice1.expect("message", timeout=10))["payload"]["roomId"] == other
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_user_events_disconnect_and_revoke(brokers, topics, gateways, producer):
+    """user.disconnected and user.tokens_revoked from KAFKA_TOPIC_USER_EVENTS close the user's
+    sockets with 4003; after a revocation older tokens are refused (401), newer ones welcome; a
+    member_removed keeps older tokens out of the room."""
+    gw = await gateways.start(**kafka_settings(brokers, topics))
+    await wait_ready(gw)
+    room = new_room()
+    alice, bob = await connect(gw, "alice", room), await connect(gw, "bob", room)
+    put(producer, topics.users, "alice", event("user.disconnected", {"userId": "alice", "reason": "logged out"}))
+    assert await alice.wait_closed(timeout=10) == 4003 and alice.conn.close_reason == "logged out"
+
+    old = token("carol", iat=int(time.time()) - 30)
+    carol = await Client.connect(gw.url, old)
+    revoked_at = datetime.now(UTC).isoformat()
+    put(producer, topics.users, "carol", event("user.tokens_revoked", {"userId": "carol", "issuedBefore": revoked_at}))
+    assert await carol.wait_closed(timeout=10) == 4003
+    assert await refused_status(f"{gw.url}?token={old}") == (401, {"error": "token revoked"})
+    await Client.connect(gw.url, token("carol", iat=int(time.time()) + 2))
+
+    dave_old = token("dave", iat=int(time.time()) - 30)
+    dave = await Client.connect(gw.url, dave_old)
+    await dave.join(room)
+    put(producer, topics.rooms, room, event("room.member_removed", {"roomId": room, "userId": "dave"}))
+    await dave.expect("room_update", timeout=10, match=lambda f: f["payload"]["action"] == "removed")
+    dave.send("join", {"roomId": room})
+    await dave.expect_error("forbidden_room")
+    again = await Client.connect(gw.url, dave_old)
+    again.send("join", {"roomId": room})
+    await again.expect_error("forbidden_room")
+    await (await Client.connect(gw.url, token("dave", iat=int(time.time()) + 2))).join(room)
+    bob.send("ping", request_id="still")
+    await bob.expect("pong")
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -17,8 +17,9 @@ from typing import Protocol
 @dataclass(frozen=True, slots=True)
 class BusEvent:
     """One event for a channel. `frame` is the encoded server frame for the channel's sockets;
-    `action` asks every instance to change membership (e.g. remove a user from a room); `offset`
-    and `epoch` mark a history entry (its frame carries them too)."""
+    `action` asks every instance to act on its sessions (remove a user from a room, delete a room;
+    on a user's channel: disconnect, revoke, remove from `room` as of `at`); `offset` and `epoch`
+    mark a history entry (its frame carries them too)."""
 
     frame: bytes | None = None
     origin: str = ""
@@ -27,6 +28,9 @@ class BusEvent:
     user: str | None = None
     offset: int | None = None
     epoch: str | None = None
+    room: str | None = None
+    at: float | None = None  # a moment an action names (tokens issued before it are revoked)
+    reason: str | None = None  # a disconnect's, for the close frame
 
 
 EventHandler = Callable[[str, BusEvent], None]

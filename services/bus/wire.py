@@ -3,6 +3,7 @@ they are (never parsed or re-encoded on the way).
 
     [version, origin, exclude, action, user]                  any event
     [version, origin, exclude, action, user, offset, epoch]   a history entry (services/history)
+    [version, origin, exclude, action, user, null, null, room, at, reason]   a control-plane action
 
 An entry's header is finished by the history's Redis script, which alone knows the offset:
 `entry_head` is the part before it.
@@ -37,8 +38,11 @@ def bus_channel(prefix: str, key: bytes, sharded: bool = False) -> str:
 
 
 def encode_event(event: BusEvent) -> bytes:
-    """`[version, origin, exclude, action, user]`, a newline, the frame."""
-    head = orjson.dumps([WIRE_VERSION, event.origin, event.exclude, event.action, event.user])
+    """`[version, origin, exclude, action, user(, null, null, room, at, reason)]`, a newline, the frame."""
+    fields = [WIRE_VERSION, event.origin, event.exclude, event.action, event.user]
+    if event.room is not None or event.at is not None or event.reason is not None:
+        fields += [None, None, event.room, event.at, event.reason]
+    head = orjson.dumps(fields)
     return head + b"\n" + (event.frame or b"")
 
 
@@ -56,6 +60,16 @@ def decode_event(data: bytes) -> BusEvent:
         raise ValueError("unknown header")
     origin, exclude, action, user = fields[1:5]
     offset, epoch = (fields[5], fields[6]) if len(fields) >= 7 else (None, None)
+    room, at, reason = (fields[7], fields[8], fields[9]) if len(fields) >= 10 else (None, None, None)
     return BusEvent(
-        frame=frame or None, origin=origin, exclude=exclude, action=action, user=user, offset=offset, epoch=epoch
+        frame=frame or None,
+        origin=origin,
+        exclude=exclude,
+        action=action,
+        user=user,
+        offset=offset,
+        epoch=epoch,
+        room=room,
+        at=at,
+        reason=reason,
     )

@@ -4,6 +4,7 @@ The hub knows nothing of Tornado (it gets Sessions and validated payloads) and t
 only through interfaces (bus, presence, dedupe, history, ingest). It routes through its own modules:
 
     channels.py   which bus channels are subscribed (per-channel counted locks)
+    control.py    disconnect, revoke and remove a user, on every instance
     fanout.py     a frame to the local members of a room, then one bus publish
     joins.py      what a joiner is sent while its join is under way
     messages.py   a client message through dedupe, Kafka and broadcast (durable ack)
@@ -29,6 +30,7 @@ from services.dedupe import DedupeStore
 from services.errors import BusError, ClientError
 from services.history import ENTRY_TYPES, History, Position
 from services.hub.channels import Subscriptions
+from services.hub.control import Control
 from services.hub.fanout import Fanout
 from services.hub.joins import Holds, JoinHold
 from services.hub.messages import Ingest, MessagePipeline
@@ -39,13 +41,14 @@ from services.hub.statuses import Statuses
 from services.hub.tasks import TaskGroup
 from services.metrics import METRICS
 from services.presence import PresenceStore
+from services.revocation import NOTHING, Revocations, RevocationStore
+from services.revocation.memory import MemoryRevocations
 from services.session import Session
 from services.settings import Settings
 
 log = logging.getLogger("gateway.hub")
 
-# Bus actions: membership changes every instance applies to its own sessions.
-ACTION_REMOVE_USER = "remove_user"
+# A room's bus action: every instance takes its sessions out of the deleted room.
 ACTION_DELETE_ROOM = "delete_room"
 
 
@@ -58,6 +61,7 @@ class RoomHub:
         dedupe: DedupeStore,
         ingest: Ingest | None = None,
         history: History | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -74,6 +78,14 @@ class RoomHub:
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
         self.roster = Roster(settings, presence, self.fanout, self.rooms)
         self.statuses = Statuses(settings, presence, self.roster, self.fanout, self.rooms, self.users, self.tasks.spawn)
+        self.control = Control(
+            revocations or MemoryRevocations(),
+            settings.revocation_ttl,
+            self.instance_id,
+            self.users,
+            lambda user, event: self.fanout.publish(user_channel(user), event),
+            self._leave_all,
+        )
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event, self._on_bus_resync)
@@ -95,8 +107,9 @@ class RoomHub:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def connect(self, session: Session) -> bool:
-        """Register a new session; False (and close 4029) when the user has too many connections."""
+    async def connect(self, session: Session, revocations: Revocations = NOTHING) -> bool:
+        """Register a new session, with the records its handshake loaded (services/revocation);
+        False (and close 4029) when the user has too many connections."""
         user = session.user_id
         mine = self.users.setdefault(user, set())
         if len(mine) >= self.settings.max_user_connections:
@@ -105,6 +118,7 @@ class RoomHub:
             session.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")
             return False
         mine.add(session)
+        self.control.connected(user, revocations)
         self._orders[session] = SenderOrder()
         METRICS.connections.inc()
         await self.channels.ensure_or_retry(user_channel(user), lambda: bool(self.users.get(user)))
@@ -122,6 +136,7 @@ class RoomHub:
             await self._leave(session, room)
         if not mine:
             del self.users[user]
+            self.control.forget(user)
             await self.channels.drop_if_unused(user_channel(user), lambda: bool(self.users.get(user)))
 
     # -- join / leave ------------------------------------------------------------------------
@@ -137,6 +152,8 @@ class RoomHub:
         others' `online` before its own `joined`, and again after its snapshot)."""
         if self.settings.room_access == "token" and not session.identity.may_join(room):
             raise ClientError("forbidden_room", "this token does not allow joining the room", roomId=room)
+        if self.control.refuses_room(session.identity, room):
+            raise ClientError("forbidden_room", "removed from the room: a token issued since is needed", roomId=room)
         hold: JoinHold | None = None
         member_already = room in session.rooms
         if not member_already:
@@ -257,19 +274,15 @@ class RoomHub:
         for room in sorted(session.rooms):
             if not identity.may_join(room):
                 session.send(frames.encode("room_update", {"roomId": room, "action": "removed"}))
-                self._detach(session, room)
-                self.spawn(self._after_leave(session, room, announce=True))
+                self._leave_all(room, [session])
 
     async def remove_user(self, room: str, user: str) -> None:
-        await self._act(room, "removed", ACTION_REMOVE_USER, user)
+        await self.control.remove(room, user)
 
     async def delete_room(self, room: str) -> None:
-        await self._act(room, "deleted", ACTION_DELETE_ROOM, None)
-
-    async def _act(self, room: str, action: str, bus_action: str, user: str | None) -> None:
-        frame = frames.encode("room_update", {"roomId": room, "action": action})
-        event = BusEvent(frame=frame, origin=self.instance_id, action=bus_action, user=user)
-        self._apply_membership(room, event)
+        frame = frames.encode("room_update", {"roomId": room, "action": "deleted"})
+        event = BusEvent(frame=frame, origin=self.instance_id, action=ACTION_DELETE_ROOM)
+        self._delete_room(room, event)
         await self.fanout.publish(room_channel(room), event)
 
     # -- the bus -----------------------------------------------------------------------------
@@ -280,26 +293,33 @@ class RoomHub:
         if channel is None:
             return  # unsubscribed meanwhile
         if channel.kind is ChannelKind.USER:
-            if event.frame is not None:
+            if event.action is not None:
+                self.control.apply(channel.name, event)
+            elif event.frame is not None:
                 for session in tuple(self.users.get(channel.name, ())):
                     session.send(event.frame)
-        elif event.action is not None:
-            self._apply_membership(channel.name, event)
+        elif event.action == ACTION_DELETE_ROOM:
+            self._delete_room(channel.name, event)
         elif event.offset is not None and event.epoch is not None and event.frame is not None:
             self.fanout.deliver_entry(channel.name, event.frame, Position(event.offset, event.epoch))
         elif event.frame is not None:
             self.fanout.deliver_local(channel.name, event.frame, event.exclude)
 
-    def _apply_membership(self, room: str, event: BusEvent) -> None:
-        deleting = event.action == ACTION_DELETE_ROOM
-        targets = [s for s in self.rooms.get(room, ()) if deleting or s.user_id == event.user]
+    def _delete_room(self, room: str, event: BusEvent) -> None:
+        targets = list(self.rooms.get(room, ()))
         for session in targets:
             if event.frame is not None:
                 session.send(event.frame)
             self._detach(session, room)  # at once: nothing more of the room reaches them
         if targets:
             # A deleted room needs no offline announcements: nobody is left to hear them.
-            self.spawn(self._forget_sessions(room, targets, announce=not deleting))
+            self.spawn(self._forget_sessions(room, targets, announce=False))
+
+    def _leave_all(self, room: str, sessions: list[Session]) -> None:
+        """Sessions taken out of a room by the control plane; the others see them go offline."""
+        for session in sessions:
+            self._detach(session, room)
+        self.spawn(self._forget_sessions(room, sessions, announce=True))
 
     async def _forget_sessions(self, room: str, sessions: list[Session], announce: bool) -> None:
         for session in sessions:

@@ -18,13 +18,14 @@ from schemas.protocol import broadcast_id_key, dedupe_key
 from services import frames
 from services.dedupe import PENDING, DedupeStore
 from services.errors import ClientError, IngestError
+from services.history import Position
 from services.hub.ordering import SenderOrder, Turn
 from services.ids import iso_now, uuid7
 from services.metrics import METRICS
 from services.session import Session
 from services.settings import Settings
 
-Broadcast = Callable[[str, bytes], Awaitable[object]]
+Broadcast = Callable[[str, bytes], Awaitable[Position | None]]
 
 
 class Ingest(Protocol):
@@ -97,6 +98,22 @@ class MessagePipeline:
             ack["dedupeKey"] = key
         session.send(frames.encode("ack", ack, request_id))
         METRICS.messages.inc()
+
+    async def external(self, message: dict[str, Any]) -> tuple[bool, Position | None]:
+        """A complete message from elsewhere (a Kafka message.created, the control API) to its room,
+        once per id: this gateway may have broadcast it already (its own client's message coming
+        back from the persistence side, a redelivered record, a retried API call). (delivered, its
+        position in the room's history)."""
+        id_key = broadcast_id_key(message["id"])
+        if await self.dedupe.reserve(id_key, "1", self.settings.dedupe_ttl) is not None:
+            return False, None
+        message.setdefault("attachments", [])
+        try:
+            position = await self._broadcast(message["roomId"], frames.encode("message", message))
+        except BaseException:
+            await self.dedupe.release(id_key)
+            raise
+        return True, position
 
     async def _claim(self, store_key: str, room: str, client_key: str | None) -> tuple[str, str] | None:
         """Reserve a dedupe key. None: ours to process. Else the first message's (id, createdAt),

@@ -102,11 +102,15 @@ class Roster:
         self, room: str, page: Page, request_id: str | None = None, members: list[dict[str, object]] | None = None
     ) -> bytes:
         """`members`: the page's members as JSON, when the caller has them already."""
+        return frames.encode("presence_state", self.listing(room, page, members), request_id)
+
+    def listing(self, room: str, page: Page, members: list[dict[str, object]] | None = None) -> dict[str, Any]:
+        """`{roomId, count, members, next?}`: a presence_state's payload and the control API's answer."""
         listed = members if members is not None else [m.as_json() for m in page.members]
         payload: dict[str, Any] = {"roomId": room, "count": page.count, "members": listed}
         if page.more and page.members:
             payload["next"] = encode_cursor(page.members[-1].user_id)
-        return frames.encode("presence_state", payload, request_id)
+        return payload
 
     async def tick(self) -> None:
         """Read every local room's count; tell the members of large rooms what changed."""

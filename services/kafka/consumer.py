@@ -1,4 +1,4 @@
-"""KafkaEvents: message and room events from other services, delivered to the rooms' sockets.
+"""KafkaEvents: message, room and user events from other services, brought to the sockets.
 
 All instances share one consumer group, so each record is consumed by one instance; that instance
 hands it to the RoomHub, which brings it to every instance through the bus. The poll loop runs in
@@ -51,7 +51,11 @@ class KafkaEvents:
     def __init__(self, settings: Settings, hub: RoomHub, dedupe: DedupeStore) -> None:
         self.settings = settings
         self.router = EventRouter(settings, hub, dedupe)
-        self.topics = [settings.kafka_topic_message_events, settings.kafka_topic_room_events]
+        self.topics = [
+            settings.kafka_topic_message_events,
+            settings.kafka_topic_room_events,
+            settings.kafka_topic_user_events,
+        ]
         self.health = StateLog(log, "kafka consumer", CONNECTING)
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -19,9 +19,11 @@ from schemas.events import (
     MESSAGE_UPDATED,
     ROOM_DELETED,
     ROOM_UPDATED,
+    USER_DISCONNECTED,
+    USER_TOKENS_REVOKED,
     EnvelopeSchema,
 )
-from schemas.protocol import broadcast_id_key, event_key
+from schemas.protocol import event_key
 from services.dedupe import DedupeStore
 from services.errors import InvalidRecord
 from services.hub import RoomHub
@@ -91,21 +93,17 @@ class EventRouter:
         METRICS.kafka_consumed.labels(event_type).inc()
 
     async def _deliver(self, event_type: str, payload: dict[str, Any]) -> None:
+        if event_type == USER_DISCONNECTED:
+            await self.hub.control.disconnect(payload["userId"], payload.get("reason"))
+            return
+        if event_type == USER_TOKENS_REVOKED:
+            await self.hub.control.revoke(payload["userId"], payload["issuedBefore"].timestamp())
+            return
         room: str = payload["roomId"]
         if event_type == MESSAGE_CREATED:
-            # This gateway (or another instance) may have broadcast it already: its own client's
-            # message coming back from the persistence side, or a redelivered record.
-            id_key = broadcast_id_key(payload["id"])
-            if await self.dedupe.reserve(id_key, "1", self.settings.dedupe_ttl) is not None:
+            delivered, _ = await self.hub.messages.external(_present(payload))
+            if not delivered:
                 METRICS.kafka_consumed.labels("duplicate").inc()
-                return
-            message = _present(payload)
-            message.setdefault("attachments", [])
-            try:
-                await self.hub.deliver(room, "message", message)
-            except BaseException:
-                await self.dedupe.release(id_key)
-                raise
         elif event_type == MESSAGE_UPDATED:
             await self.hub.deliver(room, "message_updated", _present(payload))
         elif event_type == MESSAGE_DELETED:

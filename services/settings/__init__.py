@@ -38,7 +38,7 @@ class Settings:
         None, text, "listen address (default 0.0.0.0; 127.0.0.1 while the secret is generated for the run)"
     )
     internal_port: int | None = setting(
-        None, integer(0, 65535), "port serving /metrics (and /healthz, /readyz) only; set: /metrics is 404 on PORT"
+        None, integer(0, 65535), "port serving /metrics and /api/* (and /healthz, /readyz); set: those are 404 on PORT"
     )
     # -- tokens
     jwt_secret: str | None = setting(
@@ -54,6 +54,16 @@ class Settings:
     jwt_leeway: int = setting(5, integer(0, 300), "seconds of clock skew on exp/nbf")
     token_refresh_notice: float = setting(
         60.0, number(0.0), "seconds before a token's exp that the socket is sent token_expiring (then `refresh`)"
+    )
+    # -- control plane (docs/protocol.md, "Sessions")
+    api_key: str | None = setting(
+        None, text, "key of the HTTP control API (/api/*, header `Authorization: apikey KEY`); unset: /api/* is 404"
+    )
+    revocation_ttl: float = setting(
+        7 * 86400.0, number(1.0), "seconds a revocation or a room removal keeps refusing older tokens"
+    )
+    offline_grace: float = setting(
+        10.0, number(0.0), "seconds a user has no socket anywhere before user.offline is produced"
     )
     # -- trying it out
     dev: bool = setting(False, boolean, "development mode: allow short secrets and serve /dev/token", is_switch=True)
@@ -86,6 +96,12 @@ class Settings:
     kafka_topic_ingest: str = setting("chat.messages.ingest", text, "topic for message.ingest")
     kafka_topic_message_events: str = setting("chat.messages.events", text, "topic of message.created/updated/deleted")
     kafka_topic_room_events: str = setting("chat.rooms.events", text, "topic of room.updated/deleted/member_removed")
+    kafka_topic_user_events: str = setting(
+        "chat.users.events", text, "topic of user.disconnected/tokens_revoked (consumed)"
+    )
+    kafka_topic_presence_events: str = setting(
+        "chat.presence.events", text, "topic user.online/offline are produced to"
+    )
     kafka_message_timeout: float = setting(
         10.0, number(0.5), "seconds before an undelivered ingest record fails (ingest_failed)"
     )

@@ -1,0 +1,178 @@
+"""The HTTP control API (docs/protocol.md, "Control API"; docs/openapi.yaml): what a chat backend
+does to sockets it does not hold. Served on PORT, or only on INTERNAL_PORT when that is set.
+
+    POST /api/publish      a message to a room, on every instance
+    POST /api/disconnect   close every socket of a user with 4003
+    POST /api/revoke       refuse a user's tokens issued before a moment; close their sockets 4003
+    GET  /api/presence     who is online in a room, a page at a time
+
+Off (404) unless API_KEY is set; every call carries `Authorization: apikey <API_KEY>` (compared
+in constant time, else 401). JSON in and out; a body that fails its schema is a 400 naming each
+field. The hub does the work, on the same paths as the Kafka events.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from marshmallow import Schema, ValidationError
+
+from handlers.common import JsonHandler
+from schemas.api import DisconnectSchema, PresenceQueryArgs, RevokeSchema, publish_schema
+from services.errors import ClientError, StoreError
+from services.gateway import Gateway
+from services.ids import iso, iso_now, uuid7
+from services.metrics import METRICS
+
+# Bodies past this are refused by the HTTP server before they are read (server.py): a publish of
+# MAX_CONTENT characters with ten attachments fits many times over.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, details: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.details = details
+
+
+class ApiHandler(JsonHandler):
+    endpoint = "unknown"
+    gateway: Gateway
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def prepare(self) -> None:
+        key = self.gateway.settings.api_key
+        if key is None:
+            self.write_json(404, {"error": "not found: the control API is off (API_KEY unset)"})
+            return
+        scheme, _, given = (self.request.headers.get("Authorization") or "").strip().partition(" ")
+        if scheme.lower() != "apikey" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            self.write_json(401, {"error": "missing or wrong API key (Authorization: apikey <key>)"})
+
+    def on_finish(self) -> None:
+        METRICS.api_requests.labels(self.endpoint, str(self.get_status())).inc()
+
+    def body(self, schema: Schema) -> dict[str, Any]:
+        try:
+            raw = orjson.loads(self.request.body or b"null")
+        except orjson.JSONDecodeError:
+            raise _Refused(400, "body is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise _Refused(400, "body must be a JSON object")
+        return self.load(schema, raw)
+
+    @staticmethod
+    def load(schema: Schema, raw: dict[str, Any]) -> dict[str, Any]:
+        try:
+            loaded: dict[str, Any] = schema.load(raw)
+        except ValidationError as exc:
+            raise _Refused(400, "validation failed", exc.messages) from None
+        return loaded
+
+    async def answer(self, work: Any) -> None:
+        """Run a call's work; a refusal is its status with a JSON error, never a traceback."""
+        try:
+            self.write_json(200, await work)
+        except _Refused as exc:
+            body: dict[str, Any] = {"error": exc.error}
+            if exc.details is not None:
+                body["details"] = exc.details
+            self.write_json(exc.status, body)
+        except ClientError as exc:  # a cursor this gateway did not make
+            self.write_json(400, {"error": exc.message, "details": exc.extra.get("details", {})})
+        except StoreError as exc:
+            self.write_json(503, {"error": str(exc)})
+
+
+class PublishHandler(ApiHandler):
+    endpoint = "publish"
+
+    def initialize(self, gateway: Gateway) -> None:
+        super().initialize(gateway)
+        self._schema = publish_schema(gateway.settings.max_content)
+
+    async def post(self) -> None:
+        await self.answer(self._publish())
+
+    async def _publish(self) -> dict[str, Any]:
+        call = self.body(self._schema)
+        message = {"id": uuid7(), **call["message"], "roomId": call["roomId"]}
+        message.setdefault("createdAt", iso_now())
+        delivered, position = await self.gateway.hub.messages.external(message)
+        out: dict[str, Any] = {"id": message["id"]}
+        if not delivered:
+            out["duplicate"] = True
+        if position is not None:
+            out.update(offset=position.offset, epoch=position.epoch)
+        return out
+
+
+class DisconnectHandler(ApiHandler):
+    endpoint = "disconnect"
+    _schema = DisconnectSchema()
+
+    async def post(self) -> None:
+        await self.answer(self._disconnect())
+
+    async def _disconnect(self) -> dict[str, Any]:
+        call = self.body(self._schema)
+        await self.gateway.hub.control.disconnect(call["userId"], call.get("reason"))
+        return {"userId": call["userId"]}
+
+
+class RevokeHandler(ApiHandler):
+    endpoint = "revoke"
+    _schema = RevokeSchema()
+
+    async def post(self) -> None:
+        await self.answer(self._revoke())
+
+    async def _revoke(self) -> dict[str, Any]:
+        call = self.body(self._schema)
+        when: datetime | None = call.get("issuedBefore")
+        before = when.astimezone(UTC).timestamp() if when is not None else time.time()
+        await self.gateway.hub.control.revoke(call["userId"], before)
+        return {"userId": call["userId"], "issuedBefore": iso(before)}
+
+
+class PresenceHandler(ApiHandler):
+    endpoint = "presence"
+    _schema = PresenceQueryArgs()
+
+    async def get(self) -> None:
+        await self.answer(self._presence())
+
+    async def _presence(self) -> dict[str, Any]:
+        args = {name: values[-1].decode("utf-8", "replace") for name, values in self.request.query_arguments.items()}
+        call = self.load(self._schema, args)
+        hub = self.gateway.hub
+        room = call["roomId"]
+        return hub.roster.listing(room, await hub.roster.page(room, call.get("cursor")))
+
+
+class UnknownApiHandler(ApiHandler):
+    """Any other /api/ path: 404 in JSON (after the key check, so the API's shape is not probed)."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not self._finished:
+            self.write_json(404, {"error": "no such endpoint"})
+
+
+def api_routes(gateway: Gateway) -> list[Any]:
+    ctx = {"gateway": gateway}
+    return [
+        (r"/api/publish", PublishHandler, ctx),
+        (r"/api/disconnect", DisconnectHandler, ctx),
+        (r"/api/revoke", RevokeHandler, ctx),
+        (r"/api/presence", PresenceHandler, ctx),
+        (r"/api/.*", UnknownApiHandler, ctx),
+    ]

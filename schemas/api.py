@@ -1,0 +1,103 @@
+"""The HTTP control API's bodies (docs/protocol.md, "Control API"; docs/openapi.yaml is generated
+from these by `python -m schemas.openapi`).
+
+Requests are strict: an unknown field is a 400 naming it, so a typo (`userid`) is not silently a
+different call. Responses are what the handlers write; tests check them against these schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+
+from schemas.common import attachments, room_id
+from schemas.events import moment, user_id
+from schemas.server import MemberOut
+
+MAX_REASON = 200
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ApiMessageSchema(_Strict):
+    """A message from the backend (a bot, a system notice): delivered like a Kafka message.created."""
+
+    senderId = user_id()
+    senderType = fields.String(load_default="system", validate=validate.Length(min=1, max=32))
+    content = fields.String(required=True)
+    attachments = attachments()
+    id = fields.String(validate=validate.Length(min=1, max=128), metadata={"description": "default: a new UUIDv7"})
+
+    max_content = 4000  # MAX_CONTENT: publish_schema() makes the gateway's
+
+    @validates("content")
+    def _content_length(self, value: str, **_: Any) -> None:
+        if not 1 <= len(value) <= self.max_content:
+            raise ValidationError(f"content must be 1 to {self.max_content} characters")
+
+
+class PublishSchema(_Strict):
+    roomId = room_id()
+    message = fields.Nested(ApiMessageSchema, required=True)
+
+
+def publish_schema(max_content: int) -> PublishSchema:
+    """PublishSchema whose content limit is MAX_CONTENT, as for a client's message."""
+    inner = type("ApiMessageSchema", (ApiMessageSchema,), {"max_content": max_content})
+    outer = type("PublishSchema", (PublishSchema,), {"message": fields.Nested(inner, required=True)})
+    schema: PublishSchema = outer()
+    return schema
+
+
+class PublishedOut(_Strict):
+    id = fields.String(required=True)
+    offset = fields.Integer(metadata={"description": "the entry's place in the room's history (history on)"})
+    epoch = fields.String()
+    duplicate = fields.Boolean(metadata={"description": "true: a message with this id was delivered before"})
+
+
+class DisconnectSchema(_Strict):
+    userId = user_id()
+    reason = fields.String(
+        validate=validate.Length(max=MAX_REASON), metadata={"description": "sent in the close frame"}
+    )
+
+
+class DisconnectedOut(_Strict):
+    userId = fields.String(required=True)
+
+
+class RevokeSchema(_Strict):
+    userId = user_id()
+    issuedBefore = moment(required=False)
+
+
+class RevokedOut(_Strict):
+    userId = fields.String(required=True)
+    issuedBefore = fields.String(required=True)
+
+
+class PresenceQueryArgs(Schema):
+    """Query arguments: others (a cache-buster) are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    roomId = room_id()
+    cursor = fields.String(validate=validate.Length(min=1, max=1024))
+
+
+class PresencePageOut(_Strict):
+    roomId = room_id()
+    count = fields.Integer(required=True, validate=validate.Range(min=0))
+    members = fields.List(fields.Nested(MemberOut), required=True)
+    next = fields.String()
+
+
+class ApiErrorOut(Schema):
+    error = fields.String(required=True)
+    details = fields.Dict(metadata={"description": "field -> messages, for a body that failed validation"})
