@@ -20,10 +20,12 @@ from services.errors import BusError, StartupError, StoreError
 from services.history import History
 from services.history.memory import MemoryHistory
 from services.hub import RoomHub
-from services.ids import short_id
+from services.ids import iso, short_id
 from services.kafka.consumer import KafkaEvents
 from services.kafka.producer import KafkaIngest
 from services.metrics import METRICS
+from services.online import OnlineTracker
+from services.online.memory import MemoryOnline
 from services.presence import PresenceStore
 from services.presence.fallback import FallbackPresence
 from services.presence.memory import MemoryPresence
@@ -58,6 +60,7 @@ class Gateway:
         self.redis: RedisClient | None = None
         self.history: History | None = None
         self.revocations: RevocationStore = MemoryRevocations()
+        self.online: OnlineTracker | None = None  # presence events: only with Kafka
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
         self.payload_schemas = payload_schemas(settings.max_content)
         self.frame_schema = FrameSchema()  # one for all connections: a schema is reusable
@@ -65,6 +68,8 @@ class Gateway:
         self.consumer: KafkaEvents | None = None
         if settings.kafka_enabled:
             self.producer = KafkaIngest(settings, self.instance_id)
+            if self.online is None:
+                self.online = MemoryOnline(settings.offline_grace)
         self.hub = RoomHub(
             settings,
             self.bus,
@@ -73,6 +78,7 @@ class Gateway:
             ingest=self.producer,
             history=self.history,
             revocations=self.revocations,
+            online=self.online,
         )
         if settings.kafka_enabled:
             self.consumer = KafkaEvents(settings, self.hub, self.dedupe)
@@ -91,14 +97,18 @@ class Gateway:
         from services.bus.redis import RedisBus
         from services.dedupe.redis import RedisDedupe
         from services.history.redis import RedisHistory
+        from services.online.redis import RedisOnline
         from services.presence.redis import RedisPresence
         from services.revocation.redis import RedisRevocations
 
         self.redis = make_client(s, self.instance_id)
         self.revocations = RedisRevocations(self.redis, s.redis_prefix)
-
         bus = RedisBus(self.instance_id, s, self.redis)
         presence = RedisPresence(self.redis, s.redis_prefix, self.instance_id, s.presence_ttl, bus.ready)
+        if s.kafka_enabled:
+            online = RedisOnline(self.redis, s.redis_prefix, self.instance_id, s.offline_grace)
+            presence.sweeper.dead_hooks.append(online.purge_instance)
+            self.online = online
         if s.history_size:
             self.history = RedisHistory(
                 self.redis, s.redis_prefix, self.instance_id, s.history_size, s.history_ttl, bus.ready
@@ -116,6 +126,8 @@ class Gateway:
         # answers ingest_failed and stays unready until the broker is reachable.
         self.producer.start()
         self.consumer.start()
+        if self.online is not None:
+            await self.online.start(self._announce)
         log.info(
             "kafka enabled",
             extra={
@@ -125,6 +137,15 @@ class Gateway:
                 "event_topics": ",".join(self.consumer.topics),
             },
         )
+
+    def _announce(self, event_type: str, user: str, at: float, seen: float | None) -> None:
+        """A presence transition (services/online) as a record on KAFKA_TOPIC_PRESENCE_EVENTS."""
+        assert self.producer is not None
+        payload = {"userId": user, "at": iso(at)}
+        if seen is not None:
+            payload["lastSeenAt"] = iso(seen)
+        if self.producer.emit(self.settings.kafka_topic_presence_events, user, event_type, payload):
+            METRICS.presence_events.labels(event_type).inc()
 
     async def _start_hub(self) -> None:
         """Start the hub and its backends. With Redis: retry until REDIS_CONNECT_TIMEOUT, then
@@ -186,6 +207,8 @@ class Gateway:
         # Consumer first (no new events), then the producer's bounded flush, then the stores.
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.online is not None:
+            await self.online.close()  # its last records go before the producer's flush
         if self.producer is not None:
             await self.producer.stop(self.settings.kafka_flush_timeout)
         await self.hub.close()

@@ -653,7 +653,8 @@ async def test_stop_flushes_with_a_bound_and_reports_undelivered(gateways, caplo
     alice.send("message", {"roomId": "lobby", "content": "pending"})
     producer = gw.gateway.producer
     assert producer is not None
-    await wait_for(lambda: producer.in_flight() == 1, what="the record to be queued")
+    # alice's user.online (presence events) and the message
+    await wait_for(lambda: producer.in_flight() == 2, what="the records to be queued")
     gateways.started.remove(gw)
     for server in gw.servers:
         server.stop()
@@ -661,7 +662,7 @@ async def test_stop_flushes_with_a_bound_and_reports_undelivered(gateways, caplo
     await gw.gateway.stop()
     assert time.monotonic() - started < 0.5 + 1.5, "flush not bounded by KAFKA_FLUSH_TIMEOUT"
     reports = [r for r in caplog.records if r.getMessage() == "kafka producer stopped with undelivered records"]
-    assert len(reports) == 1 and reports[0].__dict__["undelivered"] == 1
+    assert len(reports) == 1 and reports[0].__dict__["undelivered"] == 2
     # The sender is not left hanging: the dropped record fails its ingest.
     await alice.expect_error("ingest_failed", timeout=2)
     alice.close()

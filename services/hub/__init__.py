@@ -40,6 +40,7 @@ from services.hub.roster import Roster
 from services.hub.statuses import Statuses
 from services.hub.tasks import TaskGroup
 from services.metrics import METRICS
+from services.online import OnlineTracker
 from services.presence import PresenceStore
 from services.revocation import NOTHING, Revocations, RevocationStore
 from services.revocation.memory import MemoryRevocations
@@ -62,11 +63,13 @@ class RoomHub:
         ingest: Ingest | None = None,
         history: History | None = None,
         revocations: RevocationStore | None = None,
+        online: OnlineTracker | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
         self.presence = presence
         self.instance_id = bus.instance_id
+        self.online = online  # told when a user's first local socket opens and its last closes
         self.rooms: dict[str, set[Session]] = {}
         self.users: dict[str, set[Session]] = {}
         self.holds = Holds()
@@ -118,6 +121,8 @@ class RoomHub:
             session.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")
             return False
         mine.add(session)
+        if len(mine) == 1 and self.online is not None:
+            self.online.opened(user)
         self.control.connected(user, revocations)
         self._orders[session] = SenderOrder()
         METRICS.connections.inc()
@@ -137,6 +142,8 @@ class RoomHub:
         if not mine:
             del self.users[user]
             self.control.forget(user)
+            if self.online is not None:
+                self.online.closed(user)
             await self.channels.drop_if_unused(user_channel(user), lambda: bool(self.users.get(user)))
 
     # -- join / leave ------------------------------------------------------------------------

@@ -121,6 +121,23 @@ class KafkaIngest:
             raise
         METRICS.kafka_produce_seconds.observe(time.monotonic() - started)
 
+    # -- events (IOLoop) --------------------------------------------------------------------
+
+    def emit(self, topic: str, key: str, event_type: str, payload: dict[str, Any]) -> bool:
+        """Produce one event without waiting for its report (presence events: nobody is waiting for
+        them). False when it could not even be queued; a failed delivery is counted."""
+        producer = self._producer
+        if producer is None or self._stopping.is_set():
+            return False
+        record = envelope(event_type, payload, self.source)
+        try:
+            producer.produce(topic, value=orjson.dumps(record), key=key.encode(), on_delivery=_count_failure)
+        except (BufferError, KafkaException) as exc:
+            METRICS.kafka_produce_failures.inc()
+            log.warning("kafka event not produced", extra={"type": event_type, "error": str(exc)})
+            return False
+        return True
+
     # -- poll thread -------------------------------------------------------------------------
 
     def _serve(self) -> None:
@@ -216,3 +233,10 @@ def _settle(done: asyncio.Future[None], err: KafkaError | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(IngestError(err.str()))
+
+
+def _count_failure(err: KafkaError | None, _msg: Message) -> None:
+    """Delivery report of an emitted event (poll thread): only failures matter."""
+    if err is not None:
+        METRICS.kafka_produce_failures.inc()
+        log.warning("kafka event not delivered", extra={"error": err.name()})

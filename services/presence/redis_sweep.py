@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from services.errors import StoreError
@@ -33,6 +33,8 @@ class Sweeper:
     can_announce: Callable[[], bool]
     expired: Callable[[str, str], None]  # (room, user) left with a dead instance
     failed: Callable[[BaseException], StoreError]  # logs the failure once per outage
+    # Others with per-instance state to clean up (services/online): called with a dead instance's id.
+    dead_hooks: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._purge = register(self.client, PURGE)
@@ -81,6 +83,8 @@ class Sweeper:
                 if int(out[0]) <= 0:
                     break
             await cast("Awaitable[int]", self.client.srem(rooms_key, room))
+        for hook in self.dead_hooks:
+            await hook(other)
         await self.client.delete(rooms_key)
         await cast("Awaitable[int]", self.client.srem(self.keys.instances, other))
         if announced:
