@@ -55,6 +55,11 @@ APP_ENV = frozenset(
         "KAFKA_TOPIC_INGEST",
         "KAFKA_TOPIC_MESSAGE_EVENTS",
         "KAFKA_TOPIC_ROOM_EVENTS",
+        "KAFKA_TOPIC_USER_EVENTS",
+        "KAFKA_TOPIC_PRESENCE_EVENTS",
+        "API_KEY",
+        "REVOCATION_TTL",
+        "OFFLINE_GRACE",
         "ALLOWED_ORIGINS",
         "TRUSTED_PROXIES",
         "ROOM_ACCESS",
@@ -81,7 +86,7 @@ APP_ENV = frozenset(
         "WORKERS",
     }
 )
-SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD"})
+SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD", "API_KEY"})
 # The chart refuses to render without a JWT secret source; most tests use the throwaway opt-in.
 THROWAWAY = ("--set", "auth.generateSecret=true")
 # The only paths the Ingress may route: the WebSocket endpoints and the demo page (with its assets).
@@ -502,6 +507,12 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
     assert cm["MAX_CONNECTIONS_PER_IP"] == "50"
     assert secret_ref(all_options, "JWT_SECRET") == {"name": "gateway-jwt", "key": "hs256-secret"}
     assert secret_ref(all_options, "REDIS_PASSWORD") == {"name": "redis-auth", "key": "redis-password"}
+    assert secret_ref(all_options, "API_KEY") == {"name": "gateway-api", "key": "api-key"}
+    assert (cm["REVOCATION_TTL"], cm["OFFLINE_GRACE"]) == ("86400", "15")
+    assert (cm["KAFKA_TOPIC_USER_EVENTS"], cm["KAFKA_TOPIC_PRESENCE_EVENTS"]) == (
+        "prod.chat.users.events",
+        "prod.chat.presence.events",
+    )
     assert env_entries(all_options)["OTEL_SERVICE_NAME"]["value"] == "realtime-gateway"
 
 
@@ -512,6 +523,16 @@ def test_chart_managed_redis_password(render: Render) -> None:
     assert secret is not None
     assert base64.b64decode(secret["data"][ref["key"]]).decode() == "s3cret"
     assert "s3cret" not in yaml.safe_dump(one(docs, "ConfigMap"))
+
+
+def test_chart_managed_api_key(render: Render) -> None:
+    assert "API_KEY" not in env_entries(render().manifests)  # no key: the control API is off
+    docs = render("--set", "controlApi.apiKey=k3y-for-the-api").manifests
+    ref = secret_ref(docs, "API_KEY")
+    secret = named(docs, "Secret", ref["name"])
+    assert secret is not None
+    assert base64.b64decode(secret["data"][ref["key"]]).decode() == "k3y-for-the-api"
+    assert "k3y-for-the-api" not in yaml.safe_dump(one(docs, "ConfigMap"))
 
 
 def test_grace_period_covers_drain(manifests: list[Manifest]) -> None:

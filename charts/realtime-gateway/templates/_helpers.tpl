@@ -86,6 +86,7 @@ and WORKERS.
   "JWT_LEEWAY" $v.auth.leeway
   "TOKEN_REFRESH_NOTICE" $v.auth.refreshNotice
   "ROOM_ACCESS" $v.auth.roomAccess
+  "REVOCATION_TTL" $v.controlApi.revocationTtl
   "REDIS_HOST" $v.redis.host
   "REDIS_PORT" $v.redis.port
   "REDIS_CLUSTER_NODES" $v.redis.clusterNodes
@@ -100,6 +101,8 @@ and WORKERS.
   "KAFKA_TOPIC_INGEST" $v.kafka.topics.ingest
   "KAFKA_TOPIC_MESSAGE_EVENTS" $v.kafka.topics.messageEvents
   "KAFKA_TOPIC_ROOM_EVENTS" $v.kafka.topics.roomEvents
+  "KAFKA_TOPIC_USER_EVENTS" $v.kafka.topics.userEvents
+  "KAFKA_TOPIC_PRESENCE_EVENTS" $v.kafka.topics.presenceEvents
   "ALLOWED_ORIGINS" $g.allowedOrigins
   "TRUSTED_PROXIES" $g.trustedProxies
   "LOG_LEVEL" $g.logLevel
@@ -114,6 +117,7 @@ and WORKERS.
   "TYPING_TTL" $g.ttl.typing
   "PRESENCE_TTL" $g.ttl.presence
   "DEDUPE_TTL" $g.ttl.dedupe
+  "OFFLINE_GRACE" $g.ttl.offlineGrace
   "HISTORY_SIZE" $g.history.size
   "HISTORY_TTL" $g.history.ttl
   "PRESENCE_PAGE" $g.presence.page
@@ -157,6 +161,19 @@ and WORKERS.
 
 {{- define "rtg.redisPasswordSecretKey" -}}
 {{- if .Values.redis.existingSecret -}}{{ .Values.redis.existingSecretPasswordKey }}{{- else -}}REDIS_PASSWORD{{- end -}}
+{{- end -}}
+
+{{/* API_KEY: from controlApi.existingSecret, else the chart's Secret (controlApi.apiKey); unset: API off. */}}
+{{- define "rtg.apiKeySecretName" -}}
+{{- default (include "rtg.fullname" .) .Values.controlApi.existingSecret -}}
+{{- end -}}
+
+{{- define "rtg.apiKeySecretKey" -}}
+{{- if .Values.controlApi.existingSecret -}}{{ .Values.controlApi.existingSecretKey }}{{- else -}}API_KEY{{- end -}}
+{{- end -}}
+
+{{- define "rtg.hasApiKey" -}}
+{{- if or .Values.controlApi.existingSecret .Values.controlApi.apiKey -}}true{{- end -}}
 {{- end -}}
 
 {{/* True when REDIS_PASSWORD is passed to the container at all. */}}
