@@ -63,7 +63,8 @@ class PublishedOut(_Strict):
 class DisconnectSchema(_Strict):
     userId = user_id()
     reason = fields.String(
-        validate=validate.Length(max=MAX_REASON), metadata={"description": "sent in the close frame"}
+        validate=validate.Length(max=MAX_REASON),
+        metadata={"description": "the close frame's reason (cut to 120 bytes)"},
     )
 
 

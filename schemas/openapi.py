@@ -1,0 +1,157 @@
+"""docs/openapi.yaml, the control API as OpenAPI 3.1, made from the schemas in schemas/api.py:
+
+    python -m schemas.openapi > docs/openapi.yaml
+
+tests/test_openapi.py fails when the committed file differs from what this prints, when the
+document does not validate, or when its paths are not exactly the routes handlers/api.py serves.
+Needs apispec (requirements-dev.txt); the gateway itself never imports this module.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from schemas import api
+
+VERSION = "1.0.0"
+
+_JSON = "application/json"
+_ERRORS = {
+    "401": "Missing or wrong API key.",
+    "404": "The control API is off (API_KEY unset), or no such endpoint.",
+}
+
+
+def _reply(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _operation(summary: str, description: str, answer: str, body: str | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": _reply(answer, "Done.")}
+    if body is not None or answer == "PresencePage":
+        responses["400"] = _reply("ApiError", "The body or the query failed validation: `details` names each field.")
+    responses.update({code: _reply("ApiError", text) for code, text in _ERRORS.items()})
+    if answer == "Revoked":
+        responses["503"] = _reply("ApiError", "Redis (the revocation store) is unreachable: nothing was revoked.")
+    op: dict[str, Any] = {"summary": summary, "description": description, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {_JSON: {"schema": body}}}
+    return op
+
+
+def document() -> dict[str, Any]:
+    from apispec import APISpec
+    from apispec.ext.marshmallow import MarshmallowPlugin
+
+    spec = APISpec(
+        title="Realtime Gateway control API",
+        version=VERSION,
+        openapi_version="3.1.0",
+        plugins=[MarshmallowPlugin()],
+        info={
+            "description": (
+                "What a chat backend does to sockets it does not hold (docs/protocol.md, 'Control API'). "
+                "Off unless API_KEY is set; served on INTERNAL_PORT only, when that is set."
+            )
+        },
+    )
+    spec.components.security_scheme(
+        "apiKey",
+        {"type": "apiKey", "in": "header", "name": "Authorization", "description": "`apikey <API_KEY>`"},
+    )
+    schemas = {
+        "PublishRequest": api.PublishSchema,
+        "Published": api.PublishedOut,
+        "DisconnectRequest": api.DisconnectSchema,
+        "Disconnected": api.DisconnectedOut,
+        "RevokeRequest": api.RevokeSchema,
+        "Revoked": api.RevokedOut,
+        "PresencePage": api.PresencePageOut,
+        "ApiError": api.ApiErrorOut,
+    }
+    for name, schema in schemas.items():
+        spec.components.schema(name, schema=schema)
+    spec.path(
+        path="/api/publish",
+        operations={
+            "post": _operation(
+                "A message to a room, on every instance",
+                "Delivered like a Kafka message.created: stored in the room's history (offset, epoch) "
+                "and delivered once per id. senderType defaults to system; id and createdAt are assigned "
+                "when missing. The same id again answers duplicate: true and delivers nothing.",
+                "Published",
+                "PublishRequest",
+            )
+        },
+    )
+    spec.path(
+        path="/api/disconnect",
+        operations={
+            "post": _operation(
+                "Close every socket of a user, on every instance, with 4003",
+                "The user may connect again with any valid token.",
+                "Disconnected",
+                "DisconnectRequest",
+            )
+        },
+    )
+    spec.path(
+        path="/api/revoke",
+        operations={
+            "post": _operation(
+                "Revoke a user's tokens issued before a moment",
+                "Tokens whose iat is earlier than issuedBefore (default: now) are refused at the handshake "
+                "(401) and at refresh (invalid_token) for REVOCATION_TTL; the sockets they opened are closed "
+                "with 4003 on every instance. A token without iat counts as older.",
+                "Revoked",
+                "RevokeRequest",
+            )
+        },
+    )
+    spec.path(
+        path="/api/presence",
+        operations={
+            "get": {
+                **_operation(
+                    "Who is online in a room, a page at a time",
+                    "Members sorted by userId, PRESENCE_PAGE at a time; `next` is the cursor of the next page.",
+                    "PresencePage",
+                ),
+                "parameters": [
+                    {"name": "roomId", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+            }
+        },
+    )
+    out = spec.to_dict()
+    out["security"] = [{"apiKey": []}]
+    _ecma_patterns(out)
+    return out
+
+
+def _ecma_patterns(node: Any) -> None:
+    """The schemas end patterns with Python's `\\Z` (no trailing newline); JSON Schema speaks
+    ECMA-262, whose `$` already means the very end."""
+    if isinstance(node, dict):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and pattern.endswith("\\Z"):
+            node["pattern"] = pattern[:-2] + "$"
+        for value in node.values():
+            _ecma_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _ecma_patterns(value)
+
+
+def render() -> str:
+    import yaml
+
+    header = "# Generated by `python -m schemas.openapi` from schemas/api.py: do not edit by hand.\n"
+    body: str = yaml.safe_dump(document(), sort_keys=False, width=110)
+    return header + body
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
