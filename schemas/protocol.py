@@ -88,7 +88,7 @@ CLOSE_CODES: dict[int, CloseCode] = {
         CloseCode(CLOSE_INTERNAL, "internal error", Retry.RECONNECT),
         CloseCode(CLOSE_RESTART, "the instance is restarting (drain)", Retry.RECONNECT),
         CloseCode(CLOSE_TOKEN_EXPIRED, "the token expired", Retry.REFRESH),
-        CloseCode(CLOSE_REVOKED, "the connection was revoked", Retry.GIVE_UP),
+        CloseCode(CLOSE_REVOKED, "revoked: the user was disconnected or the token revoked", Retry.GIVE_UP),
         CloseCode(CLOSE_SLOW, "slow consumer: the outbound queue passed its bound", Retry.RECONNECT),
         CloseCode(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user", Retry.GIVE_UP),
     )
