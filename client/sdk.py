@@ -32,7 +32,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
@@ -150,7 +150,8 @@ class GatewayClient:
 
     `token` is a string, or an async callable called before every connection attempt (so it can
     cache, or mint a fresh token after close 4001) and when the gateway says `token_expiring`: the
-    new token is sent in band (`refresh`), so the socket outlives the old one. Events are queued
+    new token is sent in band (`refresh`), so the socket outlives the old one. `token_provider=`
+    names the callable form (pass one or the other). Events are queued
     for `events()` / `async for` (one consumer); the newest `max_events` are kept if nobody reads
     them.
     """
@@ -158,8 +159,9 @@ class GatewayClient:
     def __init__(
         self,
         url: str,
-        token: TokenSource,
+        token: TokenSource | None = None,
         *,
+        token_provider: Callable[[], Awaitable[str]] | None = None,
         reconnect: bool = True,
         backoff: Backoff | None = None,
         max_attempts: int | None = None,
@@ -171,7 +173,9 @@ class GatewayClient:
         max_events: int = 10_000,
     ) -> None:
         self.url = url
-        self._token = token
+        if (token is None) == (token_provider is None):
+            raise ValueError("pass a token or a token_provider (one of them)")
+        self._token: TokenSource = token if token is not None else cast("Callable[[], Awaitable[str]]", token_provider)
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
         self.max_attempts = max_attempts

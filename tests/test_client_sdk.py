@@ -34,6 +34,7 @@ from client import (
     Unknown,
     parse_event,
 )
+from tests.control_support import API_KEY, api
 from tests.helpers import (
     SECRET,
     Client,
@@ -176,7 +177,9 @@ async def test_the_token_source_refreshes_in_band_and_the_socket_outlives_the_fi
         issued.append(token("alice", ttl=3 if not issued else 3600))
         return issued[-1]
 
-    client = GatewayClient(gw.url, fresh_token, backoff=FAST)
+    with pytest.raises(ValueError):
+        GatewayClient(gw.url, "a-token", token_provider=fresh_token)
+    client = GatewayClient(gw.url, token_provider=fresh_token, backoff=FAST)
     await client.connect()
     try:
         await client.join("general")
@@ -224,6 +227,27 @@ async def test_a_refused_refresh_is_reported_and_the_source_serves_the_reconnect
         bob.send("message", {"roomId": "general", "content": "still here?"})
         assert (await expect_event(client, Message)).content == "still here?"
         bob.close()
+    finally:
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_a_disconnect_by_the_control_plane_is_not_retried(make_gateway):
+    gw = await make_gateway(api_key=API_KEY)
+    calls: list[int] = []
+
+    async def tokens() -> str:
+        calls.append(1)
+        return token("alice")
+
+    client = GatewayClient(gw.url, token_provider=tokens, backoff=FAST)
+    await client.connect()
+    try:
+        status, _ = await api(gw.http, "/api/disconnect", {"userId": "alice", "reason": "signed out"})
+        assert status == 200
+        gone = await expect_event(client, Disconnected)
+        assert gone.code == 4003 and not gone.will_reconnect
+        assert calls == [1]  # no new connection attempt
     finally:
         await client.close()
 
