@@ -8,7 +8,7 @@ does to sockets it does not hold. Served on PORT, or only on INTERNAL_PORT when 
 
 Off (404) unless API_KEY is set; every call carries `Authorization: apikey <API_KEY>` (compared
 in constant time, else 401). JSON in and out; a body that fails its schema is a 400 naming each
-field. The hub does the work, on the same paths as the Kafka events.
+field (unknown fields are ignored). The hub does the work, on the same paths as the Kafka events.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ class PublishHandler(ApiHandler):
     async def _publish(self) -> dict[str, Any]:
         call = self.body(self._schema)
         message = {"id": uuid7(), **call["message"], "roomId": call["roomId"]}
-        message.setdefault("createdAt", iso_now())
+        created: datetime | None = message.get("createdAt")
+        message["createdAt"] = iso(created.timestamp()) if created is not None else iso_now()
         delivered, position = await self.gateway.hub.messages.external(message)
         out: dict[str, Any] = {"id": message["id"]}
         if not delivered:

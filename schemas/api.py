@@ -1,8 +1,9 @@
 """The HTTP control API's bodies (docs/protocol.md, "Control API"; docs/openapi.yaml is generated
 from these by `python -m schemas.openapi`).
 
-Requests are strict: an unknown field is a 400 naming it, so a typo (`userid`) is not silently a
-different call. Responses are what the handlers write; tests check them against these schemas.
+Unknown request fields are ignored, as in client frames and Kafka events (callers evolve; a missing
+required field is still a 400 naming it). Responses are what the handlers write; tests check real
+answers against these schemas through docs/openapi.yaml.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from schemas.server import MemberOut
 MAX_REASON = 200
 
 
-class _Strict(Schema):
+class _Request(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class _Answer(Schema):
     class Meta:
         unknown = RAISE
 
 
-class ApiMessageSchema(_Strict):
+class ApiMessageSchema(_Request):
     """A message from the backend (a bot, a system notice): delivered like a Kafka message.created."""
 
     senderId = user_id()
@@ -31,6 +37,7 @@ class ApiMessageSchema(_Strict):
     content = fields.String(required=True)
     attachments = attachments()
     id = fields.String(validate=validate.Length(min=1, max=128), metadata={"description": "default: a new UUIDv7"})
+    createdAt = moment(required=False, description="default: now; sent as ISO-8601 UTC with milliseconds")
 
     max_content = 4000  # MAX_CONTENT: publish_schema() makes the gateway's
 
@@ -40,7 +47,7 @@ class ApiMessageSchema(_Strict):
             raise ValidationError(f"content must be 1 to {self.max_content} characters")
 
 
-class PublishSchema(_Strict):
+class PublishSchema(_Request):
     roomId = room_id()
     message = fields.Nested(ApiMessageSchema, required=True)
 
@@ -53,14 +60,14 @@ def publish_schema(max_content: int) -> PublishSchema:
     return schema
 
 
-class PublishedOut(_Strict):
+class PublishedOut(_Answer):
     id = fields.String(required=True)
     offset = fields.Integer(metadata={"description": "the entry's place in the room's history (history on)"})
     epoch = fields.String()
     duplicate = fields.Boolean(metadata={"description": "true: a message with this id was delivered before"})
 
 
-class DisconnectSchema(_Strict):
+class DisconnectSchema(_Request):
     userId = user_id()
     reason = fields.String(
         validate=validate.Length(max=MAX_REASON),
@@ -68,31 +75,26 @@ class DisconnectSchema(_Strict):
     )
 
 
-class DisconnectedOut(_Strict):
+class DisconnectedOut(_Answer):
     userId = fields.String(required=True)
 
 
-class RevokeSchema(_Strict):
+class RevokeSchema(_Request):
     userId = user_id()
-    issuedBefore = moment(required=False)
+    issuedBefore = moment(required=False, description="default: now; ISO-8601, without a zone: UTC")
 
 
-class RevokedOut(_Strict):
+class RevokedOut(_Answer):
     userId = fields.String(required=True)
     issuedBefore = fields.String(required=True)
 
 
-class PresenceQueryArgs(Schema):
-    """Query arguments: others (a cache-buster) are ignored."""
-
-    class Meta:
-        unknown = EXCLUDE
-
+class PresenceQueryArgs(_Request):
     roomId = room_id()
     cursor = fields.String(validate=validate.Length(min=1, max=1024))
 
 
-class PresencePageOut(_Strict):
+class PresencePageOut(_Answer):
     roomId = room_id()
     count = fields.Integer(required=True, validate=validate.Range(min=0))
     members = fields.List(fields.Nested(MemberOut), required=True)

@@ -29,9 +29,9 @@ def user_id() -> fields.String:
     return fields.String(required=True, validate=validate.Length(min=1, max=128))
 
 
-def moment(required: bool = True) -> fields.AwareDateTime:
+def moment(required: bool = True, description: str = "ISO-8601; without a zone: UTC") -> fields.AwareDateTime:
     """An ISO-8601 time; one without a zone is UTC."""
-    return fields.AwareDateTime(required=required, default_timezone=UTC)
+    return fields.AwareDateTime(required=required, default_timezone=UTC, metadata={"description": description})
 
 
 class EnvelopeSchema(Schema):

@@ -60,8 +60,12 @@ async def test_bad_bodies_are_400_with_their_fields(make_gateway: Factory) -> No
         ("/api/publish", {"roomId": "bad room"}, {"roomId": ..., "message": ...}),
         ("/api/publish", {"roomId": "r", "message": {"content": ""}}, {"message": {"senderId": ..., "content": ...}}),
         ("/api/publish", {"roomId": "r", "message": {"senderId": "bot", "content": "x" * 11}}, {"message": ...}),
-        ("/api/publish", {"roomId": "r", "message": {"senderId": "b", "content": "hi"}, "extra": 1}, {"extra": ...}),
-        ("/api/disconnect", {"user": "alice"}, {"userId": ..., "user": ...}),
+        (
+            "/api/publish",
+            {"roomId": "r", "message": {"senderId": "b", "content": "hi", "createdAt": 5}},
+            {"message": ...},
+        ),
+        ("/api/disconnect", {"user": "alice"}, {"userId": ...}),
         ("/api/revoke", {"userId": "alice", "issuedBefore": "yesterday"}, {"issuedBefore": ...}),
         ("/api/presence", None, {"roomId": ...}),
         ("/api/presence?roomId=r&cursor=%21%21", None, {"cursor": ...}),
@@ -97,11 +101,13 @@ async def test_publish_reaches_the_room_once_per_id(make_gateway: Factory) -> No
     assert status == 200 and repeat == {"id": answer["id"], "duplicate": True}
     await alice.none_before_pong("message")
 
-    mine = {"id": "fixed-id-1", "senderId": "agent-7", "senderType": "agent", "content": "hello"}
-    status, answer = await api(gw.http, "/api/publish", {"roomId": "lobby", "message": mine})
+    mine = {"id": "fixed-id-1", "senderId": "agent-7", "senderType": "agent", "content": "hello", "x": 1}
+    mine["createdAt"] = "2026-03-04T05:06:07+02:00"  # an unknown field ("x") is ignored
+    status, answer = await api(gw.http, "/api/publish", {"roomId": "lobby", "message": mine, "trace": "t-1"})
     assert status == 200 and answer["id"] == "fixed-id-1" and answer["offset"] == 2
     got = (await alice.expect("message"))["payload"]
-    assert (got["id"], got["senderType"]) == ("fixed-id-1", "agent")
+    assert (got["id"], got["senderType"], got["createdAt"]) == ("fixed-id-1", "agent", "2026-03-04T03:06:07.000Z")
+    assert "x" not in got
 
 
 @pytest.mark.gen_test(timeout=20)

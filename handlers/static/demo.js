@@ -29,7 +29,7 @@
     1011: "The gateway hit an internal error.",
     1012: "The gateway is restarting.",
     4001: "Your token expired.",
-    4003: "Your connection was revoked.",
+    4003: "You were signed out by the server.",
     4008: "The connection fell too far behind.",
     4029: "Too many connections for this user: close some other tabs.",
   };
