@@ -23,7 +23,7 @@ from services.errors import AuthError, ClientError
 from services.gateway import Gateway
 from services.ids import iso, short_id
 from services.metrics import METRICS
-from services.revocation import NOTHING
+from services.revocation import NOTHING, Revocations
 from services.session import Pong, Session
 
 log = logging.getLogger("gateway.socket")
@@ -39,6 +39,10 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
     gateway: Gateway
     identity: Identity | None = None
     session: Session | None = None
+    # What the handshake found against the user (services/revocation), handed to the hub at open.
+    # Set on the instance only when there is something (rare): one more attribute on every
+    # handler grew each connection by 1.4 KiB (the instance dict's next size; BENCHMARKS.md).
+    _revocations: Revocations = NOTHING
 
     def initialize(self, gateway: Gateway, timers: TimerWheel) -> None:
         self.gateway = gateway
@@ -48,7 +52,6 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self._expiry: Deadline | None = None
         self._notice: Deadline | None = None
         self._keepalive: Deadline | None = None
-        self._revocations = NOTHING
 
     # -- handshake ---------------------------------------------------------------------------
 
@@ -68,13 +71,15 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             log.info("upgrade refused", extra={"reason": str(exc), "remote": self.request.remote_ip})
             self._refuse(401, str(exc))
             return
-        self._revocations = await self.gateway.hub.control.load(self.identity.user_id)
-        if self._revocations.refuses(self.identity.issued_at):
+        found = await self.gateway.hub.control.load(self.identity.user_id)
+        if found.refuses(self.identity.issued_at):
             METRICS.auth_failures.inc()
             METRICS.revoked_upgrades.inc()
             log.info("upgrade refused", extra={"reason": "token revoked", "remote": self.request.remote_ip})
             self._refuse(401, "token revoked")
             return
+        if found.before:
+            self._revocations = found
         ip = self.request.remote_ip or ""
         refusal = self.gateway.admission.admit(ip)
         if refusal is not None:
@@ -132,8 +137,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             short_id(), self.identity, _SocketTransport(self), self.gateway.settings, on_close=_count_close
         )
         self.gateway.sessions.add(self.session)
-        revocations, self._revocations = self._revocations, NOTHING
-        if not await self.gateway.hub.connect(self.session, revocations):
+        if not await self.gateway.hub.connect(self.session, self._revocations):
             return
         settings = self.gateway.settings
         self._watch_token(self.identity)
