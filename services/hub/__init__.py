@@ -261,7 +261,7 @@ class RoomHub:
             raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
         await self.statuses.set(room, session.user_id, status)
 
-    # -- events from elsewhere (Kafka consumer) ----------------------------------------------
+    # -- events from elsewhere (Kafka consumer, control API) ----------------------------------
 
     async def deliver(self, room: str, frame_type: str, payload: dict[str, Any]) -> None:
         """Bring a frame to every member of `room` on every instance (an entry of its history when
@@ -299,12 +299,8 @@ class RoomHub:
         channel = self.channels.get(key)
         if channel is None:
             return  # unsubscribed meanwhile
-        if channel.kind is ChannelKind.USER:
-            if event.action is not None:
-                self.control.apply(channel.name, event)
-            elif event.frame is not None:
-                for session in tuple(self.users.get(channel.name, ())):
-                    session.send(event.frame)
+        if channel.kind is ChannelKind.USER:  # the control plane's actions on one user
+            self.control.apply(channel.name, event)
         elif event.action == ACTION_DELETE_ROOM:
             self._delete_room(channel.name, event)
         elif event.offset is not None and event.epoch is not None and event.frame is not None:
