@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate, validates
 
-from schemas.common import attachments, room_id
+from schemas.common import attachments, check_content, room_id
 from schemas.events import moment, user_id
-from schemas.server import MemberOut
+from schemas.server import PresenceStateOut
 
 MAX_REASON = 200
 
@@ -43,8 +43,7 @@ class ApiMessageSchema(_Request):
 
     @validates("content")
     def _content_length(self, value: str, **_: Any) -> None:
-        if not 1 <= len(value) <= self.max_content:
-            raise ValidationError(f"content must be 1 to {self.max_content} characters")
+        check_content(value, self.max_content)
 
 
 class PublishSchema(_Request):
@@ -94,11 +93,8 @@ class PresenceQueryArgs(_Request):
     cursor = fields.String(validate=validate.Length(min=1, max=1024))
 
 
-class PresencePageOut(_Answer):
-    roomId = room_id()
-    count = fields.Integer(required=True, validate=validate.Range(min=0))
-    members = fields.List(fields.Nested(MemberOut), required=True)
-    next = fields.String()
+class PresencePageOut(PresenceStateOut):
+    """GET /api/presence: a presence_state's payload."""
 
 
 class ApiErrorOut(Schema):

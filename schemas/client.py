@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+from marshmallow import EXCLUDE, Schema, fields, validate, validates
 
-from schemas.common import PRESENCE_STATUSES, attachments, room_id
+from schemas.common import PRESENCE_STATUSES, attachments, check_content, room_id
 
 
 class _Payload(Schema):
@@ -44,9 +44,7 @@ class MessageSchema(_Payload):
 
     @validates("content")
     def _content_length(self, value: str, **_: Any) -> None:
-        # len() counts code points, which is what MAX_CONTENT promises.
-        if not 1 <= len(value) <= self.max_content:
-            raise ValidationError(f"content must be 1 to {self.max_content} characters")
+        check_content(value, self.max_content)
 
 
 class HistorySchema(_Payload):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z"  # \Z: no trailing newline
 ROOM_ID_MESSAGE = "roomId must be 1-128 characters: letters, digits, and _ . : - (not first)"
@@ -26,3 +26,10 @@ class AttachmentSchema(Schema):
 
 def attachments() -> fields.List:
     return fields.List(fields.Nested(AttachmentSchema), validate=validate.Length(max=MAX_ATTACHMENTS))
+
+
+def check_content(value: str, most: int) -> None:
+    """A message's content: 1 to MAX_CONTENT characters. len() counts code points, which is what
+    MAX_CONTENT promises (client messages and the control API's publish alike)."""
+    if not 1 <= len(value) <= most:
+        raise ValidationError(f"content must be 1 to {most} characters")

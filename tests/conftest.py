@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,7 +17,7 @@ from tornado.ioloop import IOLoop
 
 from services.bus.memory import MemoryNetwork
 from services.dedupe import DedupeStore
-from tests.helpers import RunningGateway, start_gateway, test_settings
+from tests.helpers import GatewayProcess, RunningGateway, start_gateway, test_settings
 
 
 def need_service(env_name: str, what: str) -> str:
@@ -104,3 +105,18 @@ def redis_cluster() -> Iterator[str]:
 def gw(io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]]) -> RunningGateway:
     running: RunningGateway = io_loop.run_sync(make_gateway)
     return running
+
+
+@pytest.fixture
+def processes() -> Iterator[list[GatewayProcess]]:
+    """Gateway processes a test started; stopped with SIGTERM (then SIGKILL) afterwards."""
+    started: list[GatewayProcess] = []
+    yield started
+    for gp in started:
+        if gp.proc.poll() is None:
+            gp.signal(signal.SIGTERM)
+    for gp in started:
+        try:
+            gp.wait(15)
+        except Exception:
+            gp.kill()

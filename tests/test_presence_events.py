@@ -183,15 +183,6 @@ async def test_two_instances_one_record_per_transition(redis_pair: tuple[Running
     await records.until(is_("user.online", "alice"), start=start)
 
 
-@pytest.fixture
-def processes() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gp in started:
-        if gp.proc.poll() is None:
-            gp.kill()
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_a_survivor_says_offline_for_a_killed_instance(
     make_gateway: Factory, brokers: str, topic: str, records: Records, processes: list[GatewayProcess]

@@ -7,7 +7,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -17,21 +16,6 @@ from tests.redis_support import PrivateRedis, exists, server_args, shared_redis_
 
 PRESENCE_TTL = 3.0
 SWEEP_INTERVAL = 0.5  # max(0.5, min(5, PRESENCE_TTL / 6))
-
-
-@pytest.fixture
-def processes() -> Iterator[list[GatewayProcess]]:
-    """Processes a test started; stopped with SIGTERM (then SIGKILL) afterwards."""
-    started: list[GatewayProcess] = []
-    yield started
-    for gp in started:
-        if gp.proc.poll() is None:
-            gp.signal(signal.SIGTERM)
-    for gp in started:
-        try:
-            gp.wait(15)
-        except Exception:
-            gp.kill()
 
 
 async def exited(gp: GatewayProcess, timeout: float = 15) -> int:
