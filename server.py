@@ -24,7 +24,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from handlers.api import MAX_BODY_BYTES, api_routes
-from handlers.common import log_request
+from handlers.common import NotFoundHandler, log_request
 from handlers.dev import DevTokenHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.http_server import ConnectionBook, GatewayHTTPServer
@@ -89,7 +89,12 @@ def _probe_routes(gateway: Gateway) -> list[Any]:
     return [(r"/healthz", HealthHandler), (r"/readyz", ReadyHandler, {"gateway": gateway})]
 
 
-_APP_OPTIONS: dict[str, Any] = {"log_function": log_request, "serve_traceback": False, "compress_response": False}
+_APP_OPTIONS: dict[str, Any] = {
+    "log_function": log_request,
+    "serve_traceback": False,
+    "compress_response": False,
+    "default_handler_class": NotFoundHandler,
+}
 
 
 def start_listening(

@@ -54,3 +54,10 @@ def log_request(handler: RequestHandler) -> None:
             "remote": handler.request.remote_ip,
         },
     )
+
+
+class NotFoundHandler(JsonHandler):
+    """Every path nobody serves: 404 in JSON like every other answer (the application's default)."""
+
+    def prepare(self) -> None:
+        self.write_json(404, {"error": "not found"})

@@ -217,7 +217,7 @@ async def test_a_removal_is_not_undone_by_a_reconnect(make_gateway: Factory) -> 
 async def test_with_an_internal_port_the_api_is_only_there(make_gateway: Factory) -> None:
     gw = await make_gateway(api_key=API_KEY, internal_port=0)
     assert gw.internal_port is not None
-    status, _ = await api(gw.http, "/api/disconnect", {"userId": "alice"})
-    assert status == 404
+    status, answer = await api(gw.http, "/api/disconnect", {"userId": "alice"})
+    assert (status, answer) == (404, {"error": "not found"})
     status, answer = await api(f"http://127.0.0.1:{gw.internal_port}", "/api/disconnect", {"userId": "alice"})
     assert status == 200 and answer == {"userId": "alice"}
