@@ -22,8 +22,8 @@ import orjson
 from marshmallow import Schema, ValidationError
 
 from handlers.common import JsonHandler
-from schemas.api import DisconnectSchema, PresenceQueryArgs, RevokeSchema, publish_schema
-from services.errors import ClientError, StoreError
+from schemas.api import DisconnectSchema, PresenceQueryArgs, PublishSchema, RevokeSchema, publish_schema
+from services.errors import BusError, ClientError, StoreError
 from services.gateway import Gateway
 from services.ids import iso, iso_now, uuid7
 from services.metrics import METRICS
@@ -88,16 +88,18 @@ class ApiHandler(JsonHandler):
             self.write_json(exc.status, body)
         except ClientError as exc:  # a cursor this gateway did not make
             self.write_json(400, {"error": exc.message, "details": exc.extra.get("details", {})})
-        except StoreError as exc:
-            self.write_json(503, {"error": str(exc)})
+        except StoreError as exc:  # a revocation whose sockets were closed, but not remembered
+            self.write_json(503, {"error": f"{exc}: the user's sockets were closed; retry to refuse older tokens"})
+        except BusError as exc:  # this instance acted; the others could not be told
+            self.write_json(503, {"error": f"not every instance was reached: {exc}; retry"})
 
 
 class PublishHandler(ApiHandler):
     endpoint = "publish"
 
-    def initialize(self, gateway: Gateway) -> None:
+    def initialize(self, gateway: Gateway, schema: PublishSchema) -> None:  # type: ignore[override]
         super().initialize(gateway)
-        self._schema = publish_schema(gateway.settings.max_content)
+        self._schema = schema  # made once per server: a handler is made per request
 
     async def post(self) -> None:
         await self.answer(self._publish())
@@ -170,8 +172,9 @@ class UnknownApiHandler(ApiHandler):
 
 def api_routes(gateway: Gateway) -> list[Any]:
     ctx = {"gateway": gateway}
+    max_content = gateway.settings.max_content if gateway is not None else 4000
     return [
-        (r"/api/publish", PublishHandler, ctx),
+        (r"/api/publish", PublishHandler, {**ctx, "schema": publish_schema(max_content)}),
         (r"/api/disconnect", DisconnectHandler, ctx),
         (r"/api/revoke", RevokeHandler, ctx),
         (r"/api/presence", PresenceHandler, ctx),

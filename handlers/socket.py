@@ -71,15 +71,6 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             log.info("upgrade refused", extra={"reason": str(exc), "remote": self.request.remote_ip})
             self._refuse(401, str(exc))
             return
-        found = await self.gateway.hub.control.load(self.identity.user_id)
-        if found.refuses(self.identity.issued_at):
-            METRICS.auth_failures.inc()
-            METRICS.revoked_upgrades.inc()
-            log.info("upgrade refused", extra={"reason": "token revoked", "remote": self.request.remote_ip})
-            self._refuse(401, "token revoked")
-            return
-        if found.before:
-            self._revocations = found
         ip = self.request.remote_ip or ""
         refusal = self.gateway.admission.admit(ip)
         if refusal is not None:
@@ -87,6 +78,15 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             self._refuse(refusal, _REFUSALS[refusal])
             return
         try:
+            found = await self.gateway.hub.control.load(self.identity.user_id)
+            if found.refuses(self.identity.issued_at):
+                METRICS.auth_failures.inc()
+                METRICS.revoked_upgrades.inc()
+                log.info("upgrade refused", extra={"reason": "token revoked", "remote": ip})
+                self._refuse(401, "token revoked")
+                return
+            if found.before:
+                self._revocations = found
             await super().get(*args, **kwargs)  # returns when the WebSocket is over
         finally:
             self.gateway.admission.release(ip)
@@ -137,7 +137,9 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             short_id(), self.identity, _SocketTransport(self), self.gateway.settings, on_close=_count_close
         )
         self.gateway.sessions.add(self.session)
-        if not await self.gateway.hub.connect(self.session, self._revocations):
+        # Control-plane actions that arrived since this request began apply to it (hub/control.py).
+        since = time.time() - self.request.request_time()
+        if not await self.gateway.hub.connect(self.session, self._revocations, since):
             return
         settings = self.gateway.settings
         self._watch_token(self.identity)

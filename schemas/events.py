@@ -127,9 +127,3 @@ CONSUMED: dict[str, type[Schema]] = {
     USER_DISCONNECTED: UserDisconnectedPayload,
     USER_TOKENS_REVOKED: TokensRevokedPayload,
 }
-
-PRODUCED: dict[str, type[Schema]] = {
-    MESSAGE_INGEST: MessagePayload,
-    USER_ONLINE: UserOnlinePayload,
-    USER_OFFLINE: UserOfflinePayload,
-}

@@ -32,8 +32,12 @@ def _operation(summary: str, description: str, answer: str, body: str | None = N
     if body is not None or answer == "PresencePage":
         responses["400"] = _reply("ApiError", "The body or the query failed validation: `details` names each field.")
     responses.update({code: _reply("ApiError", text) for code, text in _ERRORS.items()})
-    if answer == "Revoked":
-        responses["503"] = _reply("ApiError", "Redis (the revocation store) is unreachable: nothing was revoked.")
+    if answer in ("Revoked", "Disconnected"):
+        responses["503"] = _reply(
+            "ApiError",
+            "Redis is unreachable: the sockets this instance could reach were closed, but the action did not "
+            "reach every instance, or (revoke) was not stored for later handshakes. Retry.",
+        )
     op: dict[str, Any] = {"summary": summary, "description": description, "responses": responses}
     if body is not None:
         op["requestBody"] = {"required": True, "content": {_JSON: {"schema": body}}}

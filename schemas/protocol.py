@@ -100,12 +100,12 @@ CLOSE_CODES: dict[int, CloseCode] = {
 
 class ChannelKind(Enum):
     ROOM = "room"
-    USER = "user"
+    CONTROL = "control"
 
 
 @dataclass(frozen=True, slots=True)
 class Channel:
-    """A bus channel: a room's events, or a user's (every socket of the user). `key` is what the
+    """A bus channel: a room's events, or the control plane's (every instance). `key` is what the
     bus carries; the hub keeps the Channel it subscribed, so nothing is parsed back from a key."""
 
     kind: ChannelKind
@@ -120,8 +120,10 @@ def room_channel(room: str) -> Channel:
     return Channel(ChannelKind.ROOM, room)
 
 
-def user_channel(user: str) -> Channel:
-    return Channel(ChannelKind.USER, user)
+def control_channel() -> Channel:
+    """The control plane's actions on users (disconnect, revoke, remove from a room): every instance
+    listens from start to stop, so none misses one while a socket of the user is being opened."""
+    return Channel(ChannelKind.CONTROL, "all")
 
 
 # -- store keys ----------------------------------------------------------------------------------

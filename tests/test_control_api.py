@@ -14,6 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from schemas.api import DisconnectedOut, PresencePageOut, PublishedOut, RevokedOut
+from services.errors import ConfigError
+from services.settings import load_settings
 from tests.control_support import API_KEY, api, later
 from tests.helpers import SECRET, Client, RunningGateway, refused_status, token
 
@@ -221,3 +223,25 @@ async def test_with_an_internal_port_the_api_is_only_there(make_gateway: Factory
     assert (status, answer) == (404, {"error": "not found"})
     status, answer = await api(f"http://127.0.0.1:{gw.internal_port}", "/api/disconnect", {"userId": "alice"})
     assert status == 200 and answer == {"userId": "alice"}
+
+
+def test_an_empty_api_key_is_refused_at_start() -> None:
+    """`--api-key ""` would turn the API on with a key that `Authorization: apikey` matches."""
+    with pytest.raises(ConfigError, match="API_KEY is empty"):
+        load_settings(["--api-key", ""], environ={})
+    assert load_settings([], environ={"API_KEY": ""}).api_key is None  # an empty variable is unset
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_token_of_the_revocations_second_counts_as_older(make_gateway: Factory) -> None:
+    """`iat` has whole seconds and the comparison is strict (docs/protocol.md, "Sessions"): a token
+    of second T is refused by a revocation at T.5, one of T+1 is not."""
+    gw = await make_gateway(api_key=API_KEY)
+    second = int(time.time()) - 1
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S.500Z", time.gmtime(second))
+    status, answer = await api(gw.http, "/api/revoke", {"userId": "alice", "issuedBefore": moment})
+    assert (status, answer["issuedBefore"]) == (200, moment)
+    assert (await refused_status(f"{gw.url}?token={token('alice', iat=second)}"))[0] == 401
+    newer = await Client.connect(gw.url, token("alice", iat=second + 1))
+    newer.send("ping", request_id="in")
+    await newer.expect("pong")

@@ -13,7 +13,7 @@ from tornado.ioloop import IOLoop
 
 from tests.control_support import API_KEY, api, later
 from tests.helpers import Client, RunningGateway, refused_status, token
-from tests.redis_support import backend_overrides, unique_prefix
+from tests.redis_support import backend_overrides, redis_overrides, unique_prefix
 
 Pair = tuple[RunningGateway, RunningGateway]
 
@@ -79,3 +79,17 @@ async def test_a_removal_holds_on_every_instance(pair: Pair) -> None:
         await client.expect_error("forbidden_room")
     fresh = await Client.connect(b.url, token("alice", iat=later()))
     await fresh.join("team")
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_revoke_during_a_redis_outage_closes_the_sockets_and_says_503(make_gateway, private_redis) -> None:
+    """The revocation cannot be stored: the sockets are still closed, and the caller is told to retry
+    (answered 503), rather than a 200 for a revocation no later handshake would see."""
+    gw = await make_gateway(**redis_overrides(private_redis.port), api_key=API_KEY)
+    alice = await Client.connect(gw.url, token("alice", iat=int(time.time()) - 30))
+    bob = await gw.client("bob")
+    private_redis.stop()
+    status, answer = await api(gw.http, "/api/revoke", {"userId": "alice"})
+    assert status == 503 and "retry" in answer["error"], answer
+    assert await alice.wait_closed() == 4003
+    await still_open(bob)

@@ -1,19 +1,28 @@
 """The hub's small parts on their own (services/hub/): sender ordering, background tasks, channel
-subscriptions. Pure logic on the event loop, with the in-process bus."""
+subscriptions, the control plane's actions on sockets being opened. Pure logic on the event loop,
+with the in-process bus."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
+import time
 
 import pytest
 
 from schemas.protocol import room_channel
+from services.auth import Identity
+from services.bus import BusEvent
 from services.bus.memory import MemoryBus
 from services.hub.channels import Subscriptions
+from services.hub.control import Control
 from services.hub.ordering import SenderOrder
 from services.hub.tasks import TaskGroup
+from services.revocation import NOTHING
+from services.revocation.memory import MemoryRevocations
+from services.session import Session
+from tests.helpers import test_settings as settings_for
 
 
 @pytest.mark.gen_test(timeout=5)
@@ -105,3 +114,66 @@ async def test_subscriptions_subscribe_once_and_drop_only_when_unused():
     await subs.drop_if_unused(channel, in_use=lambda: False)
     assert subs.keys == frozenset() and subs.get("room:r") is None
     assert subs.locks == {}  # counted locks are gone once nobody holds or waits for them
+
+
+class _Socket:
+    """What a Session needs of a socket, recording nothing: these tests read the session's state."""
+
+    def write(self, items: object) -> None:
+        return None
+
+    def backed_up(self) -> bool:
+        return False
+
+    def close(self, code: int, reason: str) -> None:
+        return None
+
+
+def _control(users: dict[str, set[Session]]) -> tuple[Control, list[BusEvent]]:
+    published: list[BusEvent] = []
+
+    async def publish(event: BusEvent) -> None:
+        published.append(event)
+
+    return Control(MemoryRevocations(), 60.0, "i1", users, publish, lambda room, sessions: None), published
+
+
+def _session(user: str, issued_at: float) -> Session:
+    return Session(f"c-{user}", Identity(user, time.time() + 3600, None, issued_at), _Socket(), settings_for())
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_an_action_that_arrives_during_a_handshake_reaches_the_new_socket():
+    """Issue: a revocation published between a socket's handshake check and its registration left
+    the socket open until exp."""
+    users: dict[str, set[Session]] = {}
+    control, _ = _control(users)
+    handshake_began = time.time()
+    revoked_at = time.time() + 0.001
+    control.apply(BusEvent(origin="other", action="revoke", user="alice", at=revoked_at))
+    late = _session("alice", issued_at=revoked_at - 10)
+    users["alice"] = {late}
+    control.connected(late, NOTHING, since=handshake_began)
+    assert late.closed and late.close_code == 4003
+
+    after = time.time()  # a handshake that began after the action: its load saw the stored record
+    newer = _session("bob", issued_at=after)
+    control.apply(BusEvent(origin="other", action="disconnect", user="bob", reason="bye"))
+    users["bob"] = {newer}
+    control.connected(newer, NOTHING, since=time.time() + 1)
+    assert not newer.closed
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_a_removal_heard_during_a_handshake_keeps_the_old_token_out_of_the_room():
+    users: dict[str, set[Session]] = {}
+    control, published = _control(users)
+    began = time.time()
+    await control.remove("team", "carol")  # nobody of carol's here yet: stored and published
+    assert [e.action for e in published] == ["remove_user"]
+    joining = _session("carol", issued_at=began - 5)
+    users["carol"] = {joining}
+    control.connected(joining, NOTHING, since=began)
+    assert control.refuses_room(joining.identity, "team")
+    assert not control.refuses_room(joining.identity, "lobby")
+    assert not control.refuses_room(Identity("carol", time.time() + 60, None, time.time() + 1), "team")

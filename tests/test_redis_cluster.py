@@ -114,14 +114,14 @@ async def test_rooms_are_sharded_channels_spread_over_the_primaries(pair: Pair, 
         await clients[i % 3].join(room)
 
     per_node: dict[tuple[str, int], int] = {}
-    channels: dict[tuple[str, int], int] = {}  # rooms and users: what instance A subscribed there
+    channels: dict[tuple[str, int], int] = {}  # rooms and the control channel: what A subscribed there
     for node in primaries(redis_cluster):
         rooms_here = pubsub(node, "SHARDCHANNELS", f"{prefix}room:*")
-        users_here = pubsub(node, "SHARDCHANNELS", f"{prefix}user:*")
+        control_here = pubsub(node, "SHARDCHANNELS", f"{prefix}control:*")
         classic = pubsub(node, "CHANNELS", f"{prefix}*")
         assert classic == []  # nothing on classic pub/sub, which every node would carry
         per_node[node] = len(rooms_here)
-        channels[node] = len(rooms_here) + len(users_here)
+        channels[node] = len(rooms_here) + len(control_here)
         names = [c["name"] for c in cast("list[dict[str, Any]]", on_node(node).client_list())]
         assert names.count("rtg-sub:cl-a") == 1 and names.count("rtg-sub:cl-b") == 1  # one per primary
     assert sum(per_node.values()) == len(rooms)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, room_channel, user_channel
+from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, control_channel, room_channel
 from services import frames
 from services.auth import Identity
 from services.bus import Bus, BusEvent
@@ -86,19 +86,19 @@ class RoomHub:
             settings.revocation_ttl,
             self.instance_id,
             self.users,
-            lambda user, event: self.fanout.publish(user_channel(user), event),
+            lambda event: self.bus.publish(control_channel().key, event),
             self._leave_all,
         )
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event, self._on_bus_resync)
+        await self.channels.ensure(control_channel())
         await self.presence.start(self.statuses.expired, self.statuses.restored)
         self.roster.start()
 
     async def close(self) -> None:
         self.statuses.close()
         self.roster.close()
-        await self.channels.retries.cancel()
         await self.tasks.cancel()
 
     async def settle(self, timeout: float = 5.0) -> None:
@@ -110,9 +110,9 @@ class RoomHub:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def connect(self, session: Session, revocations: Revocations = NOTHING) -> bool:
-        """Register a new session, with the records its handshake loaded (services/revocation);
-        False (and close 4029) when the user has too many connections."""
+    async def connect(self, session: Session, revocations: Revocations = NOTHING, since: float | None = None) -> bool:
+        """Register a new session, with the records its handshake (begun at `since`, Unix time)
+        loaded (services/revocation); False (and close 4029) when the user has too many connections."""
         user = session.user_id
         mine = self.users.setdefault(user, set())
         if len(mine) >= self.settings.max_user_connections:
@@ -123,10 +123,9 @@ class RoomHub:
         mine.add(session)
         if len(mine) == 1 and self.online is not None:
             self.online.opened(user)
-        self.control.connected(user, revocations)
         self._orders[session] = SenderOrder()
         METRICS.connections.inc()
-        await self.channels.ensure_or_retry(user_channel(user), lambda: bool(self.users.get(user)))
+        self.control.connected(session, revocations, since)
         return True
 
     async def disconnect(self, session: Session) -> None:
@@ -144,7 +143,6 @@ class RoomHub:
             self.control.forget(user)
             if self.online is not None:
                 self.online.closed(user)
-            await self.channels.drop_if_unused(user_channel(user), lambda: bool(self.users.get(user)))
 
     # -- join / leave ------------------------------------------------------------------------
 
@@ -299,10 +297,12 @@ class RoomHub:
         channel = self.channels.get(key)
         if channel is None:
             return  # unsubscribed meanwhile
-        if channel.kind is ChannelKind.USER:  # the control plane's actions on one user
-            self.control.apply(channel.name, event)
-        elif event.action == ACTION_DELETE_ROOM:
-            self._delete_room(channel.name, event)
+        if channel.kind is ChannelKind.CONTROL:
+            self.control.apply(event)
+        elif event.action is not None:
+            if event.action == ACTION_DELETE_ROOM:
+                self._delete_room(channel.name, event)
+            # (an action this version does not know, from a newer instance: nothing to do)
         elif event.offset is not None and event.epoch is not None and event.frame is not None:
             self.fanout.deliver_entry(channel.name, event.frame, Position(event.offset, event.epoch))
         elif event.frame is not None:

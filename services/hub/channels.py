@@ -1,8 +1,7 @@
 """Subscriptions: which bus channels this instance listens to. A room's channel is subscribed when
 its first local member joins and dropped when the last one leaves; one lock per channel, counted,
 so a subscribe and an unsubscribe of one channel never interleave and the lock disappears exactly
-when nobody holds or waits for it. A user's channel that cannot be subscribed while the bus is
-down is retried in the background for as long as the user stays connected."""
+when nobody holds or waits for it."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 from schemas.protocol import Channel
 from services.bus import Bus
 from services.errors import BusError
-from services.hub.tasks import TaskGroup
 
 log = logging.getLogger("gateway.hub")
 
@@ -32,8 +30,6 @@ class Subscriptions:
         self._bus = bus
         self._live: dict[str, Channel] = {}  # bus key -> the channel it was subscribed as
         self.locks: dict[str, _Lock] = {}
-        self.retries = TaskGroup()  # apart from the hub's tasks: settle() does not wait for them
-        self._retrying: set[str] = set()
 
     def get(self, key: str) -> Channel | None:
         """The channel subscribed under a bus key (None once unsubscribed)."""
@@ -67,30 +63,6 @@ class Subscriptions:
                 self._live[channel.key] = channel
             if then is not None:
                 then()
-
-    async def ensure_or_retry(self, channel: Channel, wanted: Callable[[], bool]) -> None:
-        """`ensure`; when the bus is down, keep trying in the background while `wanted()`."""
-        try:
-            await self.ensure(channel)
-        except BusError:
-            if channel.key not in self._retrying:
-                self._retrying.add(channel.key)
-                self.retries.spawn(self._retry(channel, wanted))
-
-    async def _retry(self, channel: Channel, wanted: Callable[[], bool]) -> None:
-        delay = 0.5
-        try:
-            while wanted():
-                await asyncio.sleep(delay)
-                if not wanted():
-                    return
-                try:
-                    await self.ensure(channel)
-                    return
-                except BusError:
-                    delay = min(delay * 2, 10.0)
-        finally:
-            self._retrying.discard(channel.key)
 
     async def drop_if_unused(self, channel: Channel, in_use: Callable[[], bool]) -> None:
         async with self.locked(channel):

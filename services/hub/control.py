@@ -6,13 +6,17 @@
     remove       the user out of a room, and its older tokens kept out of it (room.member_removed)
 
 Each is stored first (revoke, remove), applied to this instance's sessions, then published on the
-user's bus channel: exactly the instances holding a socket of the user are subscribed to it. The
-records in force for users with local sockets are kept here, kept current by those events, so a
-join asks no store.
+control channel, which every instance listens to from start to stop. The records in force for
+users with local sockets are kept here, kept current by those events, so a join asks no store.
+
+A socket being opened is checked against the store at its handshake, and registered with the hub
+a moment later: an action that arrived between the two is kept here for RECENT seconds and applied
+to it when it registers (issue: a revocation published in that gap left the socket open until exp).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +35,9 @@ log = logging.getLogger("gateway.control")
 ACTION_DISCONNECT = "disconnect"
 ACTION_REVOKE = "revoke"
 ACTION_REMOVE_USER = "remove_user"
+ACTIONS = frozenset({ACTION_DISCONNECT, ACTION_REVOKE, ACTION_REMOVE_USER})
 MAX_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
+RECENT = 60.0  # seconds an action is kept for sockets whose handshake began before it arrived
 
 
 class Control:
@@ -41,11 +47,12 @@ class Control:
         ttl: float,
         instance_id: str,
         users: dict[str, set[Session]],
-        publish: Callable[[str, BusEvent], Awaitable[None]],
+        publish: Callable[[BusEvent], Awaitable[None]],
         leave: Callable[[str, list[Session]], None],
     ) -> None:
-        """`users` is the hub's (user -> local sessions); `publish(user, event)` goes on the user's
-        channel; `leave(room, sessions)` takes sessions out of a room, announced to the others."""
+        """`users` is the hub's (user -> local sessions); `publish(event)` puts an action on the
+        control channel (raises BusError); `leave(room, sessions)` takes sessions out of a room,
+        announced to the others."""
         self.store = store
         self._ttl = ttl
         self._instance = instance_id
@@ -53,6 +60,8 @@ class Control:
         self._publish = publish
         self._leave = leave
         self.known: dict[str, Revocations] = {}  # only users with local sockets and a record
+        self._recent: collections.deque[tuple[float, BusEvent]] = collections.deque()  # (arrived, action)
+        self._recent_by_user: dict[str, list[tuple[float, BusEvent]]] = {}
 
     # -- what a token may do -------------------------------------------------------------------
 
@@ -67,12 +76,20 @@ class Control:
             found.add(key, moment)
         return found
 
-    def connected(self, user: str, found: Revocations) -> None:
-        """A socket of `user` opened with what its handshake loaded."""
+    def connected(self, session: Session, found: Revocations, since: float | None) -> None:
+        """A socket of the user registered, with what its handshake (begun at `since`) loaded; the
+        actions that arrived since are applied to it (none without `since`)."""
+        user = session.user_id
         if found.before:
             mine = self.known.setdefault(user, Revocations())
             for key, moment in found.before.items():
                 mine.add(key, moment)
+        if since is None:
+            return
+        for arrived, event in self._recent_by_user.get(user, ()):
+            if arrived >= since:
+                self._note(user, event)
+                self._apply_to([session], event)
 
     def forget(self, user: str) -> None:
         """The user's last local socket closed."""
@@ -84,48 +101,75 @@ class Control:
     # -- the control plane's actions -----------------------------------------------------------
 
     async def disconnect(self, user: str, reason: str | None = None) -> None:
+        """Raises BusError when the other instances could not be told (this one's sockets are closed)."""
         METRICS.revocations.labels("disconnect").inc()
-        event = BusEvent(origin=self._instance, action=ACTION_DISCONNECT, user=user, reason=_reason(reason))
-        await self._act(user, event)
+        await self._act(BusEvent(origin=self._instance, action=ACTION_DISCONNECT, user=user, reason=_reason(reason)))
 
     async def revoke(self, user: str, issued_before: float) -> None:
-        """Raises StoreError when the revocation could not be stored (nothing was done)."""
-        await self.store.add(user, TOKENS, issued_before, self._ttl)
+        """Stored, then applied everywhere. The sockets are closed even when the store fails; then
+        StoreError says the revocation is not remembered for later handshakes."""
+        failed: StoreError | None = None
+        try:
+            await self.store.add(user, TOKENS, issued_before, self._ttl)
+        except StoreError as exc:
+            failed = exc
         METRICS.revocations.labels("tokens").inc()
-        await self._act(user, BusEvent(origin=self._instance, action=ACTION_REVOKE, user=user, at=issued_before))
+        await self._act(BusEvent(origin=self._instance, action=ACTION_REVOKE, user=user, at=issued_before))
+        if failed is not None:
+            raise failed
 
     async def remove(self, room: str, user: str) -> None:
         """The room's sockets of `user` leave it (room_update removed); older tokens may not join it
-        again. Stored first; if the store fails, the sockets still leave (the removal is logged as
-        not remembered)."""
+        again. Like revoke: applied even when the store fails, then StoreError."""
         now = time.time()
+        failed: StoreError | None = None
         try:
             await self.store.add(user, room, now, self._ttl)
-        except StoreError:
-            log.warning("room removal not remembered: the store is unavailable", extra={"room": room})
+        except StoreError as exc:
+            failed = exc
         METRICS.revocations.labels("room").inc()
         frame = frames.encode("room_update", {"roomId": room, "action": "removed"})
-        event = BusEvent(frame=frame, origin=self._instance, action=ACTION_REMOVE_USER, user=user, room=room, at=now)
-        await self._act(user, event)
+        await self._act(
+            BusEvent(frame=frame, origin=self._instance, action=ACTION_REMOVE_USER, user=user, room=room, at=now)
+        )
+        if failed is not None:
+            raise failed
 
-    async def _act(self, user: str, event: BusEvent) -> None:
-        self.apply(user, event)
-        await self._publish(user, event)
+    async def _act(self, event: BusEvent) -> None:
+        self.apply(event)
+        await self._publish(event)
 
-    def apply(self, user: str, event: BusEvent) -> None:
-        """An action on `user` (from here or another instance) applied to the local sessions."""
+    def apply(self, event: BusEvent) -> None:
+        """An action (from here or another instance) applied to the local sessions of its user, and
+        kept a while for sockets still being opened."""
+        user = event.user
+        if user is None or event.action not in ACTIONS:
+            return
+        self._remember_recent(time.time(), user, event)
         sessions = list(self._users.get(user, ()))
+        if sessions:
+            self._note(user, event)
+            self._apply_to(sessions, event)
+
+    def _note(self, user: str, event: BusEvent) -> None:
+        """A revocation or a removal joins the records kept for the user's local sockets."""
+        if event.at is None:
+            return
+        if event.action == ACTION_REVOKE:
+            self.known.setdefault(user, Revocations()).add(TOKENS, event.at)
+        elif event.action == ACTION_REMOVE_USER and event.room is not None:
+            self.known.setdefault(user, Revocations()).add(event.room, event.at)
+
+    def _apply_to(self, sessions: list[Session], event: BusEvent) -> None:
         if event.action == ACTION_DISCONNECT:
             for session in sessions:
                 session.close(CLOSE_REVOKED, event.reason or "disconnected")
         elif event.action == ACTION_REVOKE and event.at is not None:
-            self._remember(user, TOKENS, event.at)
             revoked = Revocations({TOKENS: event.at})
             for session in sessions:
                 if revoked.refuses(session.identity.issued_at):
                     session.close(CLOSE_REVOKED, "token revoked")
-        elif event.action == ACTION_REMOVE_USER and event.room is not None and event.at is not None:
-            self._remember(user, event.room, event.at)
+        elif event.action == ACTION_REMOVE_USER and event.room is not None:
             inside = [s for s in sessions if event.room in s.rooms]
             for session in inside:
                 if event.frame is not None:
@@ -133,9 +177,16 @@ class Control:
             if inside:
                 self._leave(event.room, inside)
 
-    def _remember(self, user: str, key: str, moment: float) -> None:
-        if user in self._users:
-            self.known.setdefault(user, Revocations()).add(key, moment)
+    def _remember_recent(self, now: float, user: str, event: BusEvent) -> None:
+        while self._recent and self._recent[0][0] < now - RECENT:
+            _, old = self._recent.popleft()
+            entries = self._recent_by_user.get(old.user or "")
+            if entries:
+                entries.pop(0)
+                if not entries:
+                    del self._recent_by_user[old.user or ""]
+        self._recent.append((now, event))
+        self._recent_by_user.setdefault(user, []).append((now, event))
 
 
 def _reason(reason: str | None) -> str:

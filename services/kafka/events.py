@@ -25,7 +25,7 @@ from schemas.events import (
 )
 from schemas.protocol import event_key
 from services.dedupe import DedupeStore
-from services.errors import InvalidRecord, StoreError
+from services.errors import BusError, InvalidRecord, StoreError
 from services.hub import RoomHub
 from services.metrics import METRICS
 from services.settings import Settings
@@ -53,7 +53,7 @@ class EventRouter:
                 continue
             try:
                 await self._dispatch(event_id, event_type, payload)
-            except StoreError as exc:  # an outage, already logged by its store: no traceback
+            except (StoreError, BusError) as exc:  # an outage, logged where it is seen: no traceback
                 log.warning("kafka event failed", extra={**where, "type": event_type, "error": str(exc)})
             except Exception:
                 log.exception("kafka event failed", extra={**where, "type": event_type})

@@ -32,7 +32,8 @@ from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
 log = logging.getLogger("gateway.online")
 
 POLL_INTERVAL = 1.0  # seconds between looks at online:due (how late past the grace offline may be)
-SETTLE_BATCH = 100
+SETTLE_BATCH = 100  # users settled per round trip; rounds repeat while they come back full
+RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # seconds between attempts to tell Redis, through an outage
 KEEP_OFFLINE_MS = 24 * 3600 * 1000  # an "off" state is forgotten after a day (then a socket is online anew)
 
 # Lua helper: does the hash still have an instance flag?
@@ -55,7 +56,8 @@ redis.call('HSET', KEYS[1], 'state', 'on')
 return 1
 """
 
-# KEYS[1] user hash; ARGV[1] instance field, ARGV[2] now, ARGV[3] due. The due time, or nil.
+# KEYS[1] user hash; ARGV[1] instance field, ARGV[2] now, ARGV[3] due. The due time, or nil. Also
+# purges a dead instance's flag; a due set before (say, by that instance) is kept.
 _CLOSE = (
     _ANY_INSTANCE
     + """
@@ -67,9 +69,6 @@ end
 return redis.call('HGET', KEYS[1], 'due')
 """
 )
-
-# A dead instance's flag: like CLOSE, but a due set before (by the dead instance) is kept.
-_PURGE = _CLOSE
 
 # KEYS[1] user hash; ARGV[1] now, ARGV[2] ms to keep "off". {0}: nothing to do, {1, due}: not
 # yet, {2, seen}: this caller produces user.offline.
@@ -98,7 +97,6 @@ class RedisOnline:
         self._grace = grace
         self._open = register(client, _OPEN)
         self._close = register(client, _CLOSE)
-        self._purge = register(client, _PURGE)
         self._settle = register(client, _SETTLE)
         self._announce: Announce | None = None
         self._want: dict[str, bool] = {}  # user -> has a local socket (what Redis should say)
@@ -106,6 +104,7 @@ class RedisOnline:
         self._busy: set[str] = set()  # users whose worker is running
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._closing = False
         self._state = StateLog(log, "redis online")
 
     def _by(self, instance: str) -> str:
@@ -135,12 +134,21 @@ class RedisOnline:
             task.add_done_callback(self._tasks.discard)
 
     async def _apply(self, user: str) -> None:
+        """Until Redis says what this instance holds for `user` (retried with backoff through an
+        outage: a flag left behind would keep the user online for ever; the scripts can run twice)."""
+        delay = RETRY_FIRST
         try:
             while (want := self._want.get(user, False)) != self._told.get(user, False):
-                await (self._opened(user) if want else self._closed(user))
+                try:
+                    await (self._opened(user) if want else self._closed(user))
+                except REDIS_ERRORS as exc:
+                    self._state.failed(describe(exc))
+                    if self._closing:
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
                 self._told[user] = want
-        except REDIS_ERRORS as exc:
-            self._state.failed(describe(exc))
         finally:
             self._busy.discard(user)
             if not self._want.get(user, False):
@@ -170,21 +178,28 @@ class RedisOnline:
                 await self.settle_due()
             except REDIS_ERRORS as exc:
                 self._state.failed(describe(exc))
+            except Exception:  # safety net: a bug here must not end every offline record
+                log.exception("settling due offline records failed")
 
     async def settle_due(self) -> None:
-        """Produce user.offline for every user whose grace ended; each record by one instance."""
-        now = time.time()
-        raw = await self._client.zrangebyscore(self._due_key, "-inf", now, start=0, num=SETTLE_BATCH)
-        for member in raw:
-            user = _text(member)
-            out: list[Any] = await self._settle(keys=[self._user(user)], args=[_num(now), KEEP_OFFLINE_MS])
-            if int(out[0]) == 1:  # the due moved (a later close): look again then
-                await self._client.zadd(self._due_key, {user: float(out[1])})
-                continue
-            await cast("Awaitable[int]", self._client.zrem(self._due_key, user))
-            if int(out[0]) == 2:
-                self._emit(OFFLINE, user, now, float(out[1]))
-        self._state.ok()
+        """Produce user.offline for every user whose grace ended; each record by one instance. A
+        user is claimed from `online:due` first (ZREM answers 1 to one instance), so a due added
+        again meanwhile by another instance's close is never removed by a late claim."""
+        while True:
+            now = time.time()
+            raw = await self._client.zrangebyscore(self._due_key, "-inf", now, start=0, num=SETTLE_BATCH)
+            for member in raw:
+                user = _text(member)
+                if not await cast("Awaitable[int]", self._client.zrem(self._due_key, user)):
+                    continue  # another instance claimed it
+                out: list[Any] = await self._settle(keys=[self._user(user)], args=[_num(now), KEEP_OFFLINE_MS])
+                if int(out[0]) == 1:  # the due moved (a later close): look again then
+                    await self._client.zadd(self._due_key, {user: float(out[1])})
+                elif int(out[0]) == 2:
+                    self._emit(OFFLINE, user, now, float(out[1]))
+            self._state.ok()
+            if len(raw) < SETTLE_BATCH:
+                return
 
     async def purge_instance(self, instance: str) -> None:
         """A dead instance's users (the presence sweeper found it dead): their flags go, and the
@@ -194,7 +209,7 @@ class RedisOnline:
         field = f"i:{instance}"
         for member in await cast("Awaitable[set[bytes]]", self._client.smembers(key)):
             user = _text(member)
-            due = await self._purge(keys=[self._user(user)], args=[field, _num(now), _num(now + self._grace)])
+            due = await self._close(keys=[self._user(user)], args=[field, _num(now), _num(now + self._grace)])
             if due is not None:
                 await self._client.zadd(self._due_key, {user: float(due)})
         await self._client.delete(key)
@@ -204,6 +219,7 @@ class RedisOnline:
             self._announce(event_type, user, at, seen)
 
     async def close(self) -> None:
+        self._closing = True
         if self._poller is not None:
             self._poller.cancel()
         if self._tasks:  # the drain's last closes reach Redis, so another instance settles them

@@ -84,7 +84,12 @@ class Sweeper:
                     break
             await cast("Awaitable[int]", self.client.srem(rooms_key, room))
         for hook in self.dead_hooks:
-            await hook(other)
+            try:
+                await hook(other)
+            except REDIS_ERRORS:
+                raise
+            except Exception:  # safety net: another's clean-up must not stop ours
+                log.exception("dead-instance hook failed", extra={"dead": other})
         await self.client.delete(rooms_key)
         await cast("Awaitable[int]", self.client.srem(self.keys.instances, other))
         if announced:

@@ -207,6 +207,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
 def _check(s: Settings) -> None:
     if s.internal_port is not None and s.internal_port != 0 and s.internal_port == s.port:
         raise ConfigError("INTERNAL_PORT must differ from PORT")
+    if s.api_key is not None and not s.api_key:
+        raise ConfigError("API_KEY is empty: set a key, or leave it unset to keep the control API off")
     if s.workers > 1 and not s.redis_enabled:
         raise ConfigError("WORKERS > 1 needs Redis: set REDIS_HOST or REDIS_CLUSTER_NODES")
     if s.redis_host and s.redis_cluster_nodes:
