@@ -78,18 +78,25 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             self._refuse(refusal, _REFUSALS[refusal])
             return
         try:
-            found = await self.gateway.hub.control.load(self.identity.user_id)
-            if found.refuses(self.identity.issued_at):
-                METRICS.auth_failures.inc()
-                METRICS.revoked_upgrades.inc()
-                log.info("upgrade refused", extra={"reason": "token revoked", "remote": ip})
+            if await self._revoked(self.identity):
                 self._refuse(401, "token revoked")
                 return
-            if found.before:
-                self._revocations = found
             await super().get(*args, **kwargs)  # returns when the WebSocket is over
         finally:
             self.gateway.admission.release(ip)
+
+    async def _revoked(self, identity: Identity) -> bool:
+        """Is the token revoked (services/revocation)? What was found is kept for the hub only when
+        there is something: `get` lives as long as the socket, and so would its locals."""
+        found = await self.gateway.hub.control.load(identity.user_id)
+        if found.refuses(identity.issued_at):
+            METRICS.auth_failures.inc()
+            METRICS.revoked_upgrades.inc()
+            log.info("upgrade refused", extra={"reason": "token revoked", "remote": self.request.remote_ip})
+            return True
+        if found.before:
+            self._revocations = found
+        return False
 
     def _refuse(self, status: int, message: str) -> None:
         self.set_status(status)
