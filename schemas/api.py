@@ -37,7 +37,9 @@ class ApiMessageSchema(_Request):
     content = fields.String(required=True)
     attachments = attachments()
     id = fields.String(validate=validate.Length(min=1, max=128), metadata={"description": "default: a new UUIDv7"})
-    createdAt = moment(required=False, description="default: now; sent as ISO-8601 UTC with milliseconds")
+    createdAt = moment(
+        required=False, description="default: now; ISO-8601 or Unix seconds, sent as ISO-8601 UTC with milliseconds"
+    )
 
     max_content = 4000  # MAX_CONTENT: publish_schema() makes the gateway's
 
@@ -80,7 +82,7 @@ class DisconnectedOut(_Answer):
 
 class RevokeSchema(_Request):
     userId = user_id()
-    issuedBefore = moment(required=False, description="default: now; ISO-8601, without a zone: UTC")
+    issuedBefore = moment(required=False, description="default: now; ISO-8601 (without a zone: UTC) or Unix seconds")
 
 
 class RevokedOut(_Answer):

@@ -6,9 +6,11 @@ Consumed payloads ignore unknown fields (producers evolve); produced ones are bu
 
 from __future__ import annotations
 
-from datetime import UTC
+import math
+from datetime import UTC, datetime
+from typing import Any
 
-from marshmallow import EXCLUDE, INCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.common import attachments, room_id
 
@@ -29,9 +31,23 @@ def user_id() -> fields.String:
     return fields.String(required=True, validate=validate.Length(min=1, max=128))
 
 
-def moment(required: bool = True, description: str = "ISO-8601; without a zone: UTC") -> fields.AwareDateTime:
-    """An ISO-8601 time; one without a zone is UTC."""
-    return fields.AwareDateTime(required=required, default_timezone=UTC, metadata={"description": description})
+class Moment(fields.AwareDateTime):
+    """An ISO-8601 time (one without a zone is UTC), or a number of Unix seconds like a JWT's `iat`."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                if math.isfinite(value):
+                    return datetime.fromtimestamp(value, UTC)
+            except (OverflowError, OSError, ValueError):
+                pass
+            raise ValidationError("Not a valid time: an ISO-8601 string or Unix seconds.")
+        when: datetime = super()._deserialize(value, attr, data, **kwargs)
+        return when
+
+
+def moment(required: bool = True, description: str = "ISO-8601 (without a zone: UTC) or Unix seconds") -> Moment:
+    return Moment(required=required, default_timezone=UTC, metadata={"description": description})
 
 
 class EnvelopeSchema(Schema):

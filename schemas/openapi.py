@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from schemas import api
+from schemas.events import Moment
 
 VERSION = "1.0.0"
 
@@ -48,11 +49,12 @@ def document() -> dict[str, Any]:
     from apispec import APISpec
     from apispec.ext.marshmallow import MarshmallowPlugin
 
+    plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Realtime Gateway control API",
         version=VERSION,
         openapi_version="3.1.0",
-        plugins=[MarshmallowPlugin()],
+        plugins=[plugin],
         info={
             "description": (
                 "What a chat backend does to sockets it does not hold (docs/protocol.md, 'Control API'). "
@@ -60,6 +62,8 @@ def document() -> dict[str, Any]:
             )
         },
     )
+    assert plugin.converter is not None
+    plugin.converter.add_attribute_function(_moment_types)  # type: ignore[no-untyped-call]
     spec.components.security_scheme(
         "apiKey",
         {"type": "apiKey", "in": "header", "name": "Authorization", "description": "`apikey <API_KEY>`"},
@@ -133,6 +137,11 @@ def document() -> dict[str, Any]:
     out["security"] = [{"apiKey": []}]
     _ecma_patterns(out)
     return out
+
+
+def _moment_types(_converter: Any, field: Any, **_: Any) -> dict[str, Any]:
+    """A Moment takes an ISO-8601 string or Unix seconds (schemas/events.py)."""
+    return {"type": ["string", "number"]} if isinstance(field, Moment) else {}
 
 
 def _ecma_patterns(node: Any) -> None:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from schemas.protocol import control_channel
 from tests.helpers import Client, token, wait_for
 
 T = 15
@@ -440,6 +441,8 @@ async def test_rooms_and_channels_are_released_when_members_go(gw):
     assert "room:a" in hub.channels.keys  # bob is still there
     alice.close()
     bob.close()
-    await wait_for(lambda: not hub.rooms and not hub.users and not hub.channels.keys, what="all released")
+    # Only the control channel stays: every instance hears it from start to stop.
+    left = {control_channel().key}
+    await wait_for(lambda: not hub.rooms and not hub.users and hub.channels.keys == left, what="all released")
     assert hub.channels.locks == {}
     assert gw.gateway.sessions == set()
