@@ -28,7 +28,7 @@ from tornado.ioloop import IOLoop
 from schemas.events import EnvelopeSchema, UserOfflinePayload, UserOnlinePayload
 from tests.conftest import need_service
 from tests.helpers import Client, GatewayProcess, RunningGateway, spawn_server, token
-from tests.redis_support import redis_overrides, server_args, shared_redis_port, unique_prefix
+from tests.redis_support import backend_overrides, redis_overrides, server_args, shared_redis_port, unique_prefix
 
 GRACE = 1.0  # OFFLINE_GRACE in these tests
 Factory = Callable[..., Awaitable[RunningGateway]]
@@ -155,9 +155,12 @@ async def test_a_reconnect_within_the_grace_is_silent(
     assert records.of("alice") == ["user.online"]
 
 
-@pytest.fixture
-def redis_pair(io_loop: IOLoop, make_gateway: Factory, brokers: str, topic: str) -> tuple[RunningGateway, ...]:
-    settings = {**redis_overrides(shared_redis_port(), unique_prefix()), **kafka(brokers, topic)}
+@pytest.fixture(params=["redis", "cluster"])
+def redis_pair(
+    request: pytest.FixtureRequest, io_loop: IOLoop, make_gateway: Factory, brokers: str, topic: str
+) -> tuple[RunningGateway, ...]:
+    """Two instances on one Redis, or on the Redis Cluster (each user's state is one key there)."""
+    settings = {**backend_overrides(request.param, request, unique_prefix()), **kafka(brokers, topic)}
     return tuple(io_loop.run_sync(lambda i=i: make_gateway(**settings, instance_id=f"gw-{i}")) for i in "ab")
 
 
