@@ -23,6 +23,7 @@ from services.revocation import NOTHING
 from services.revocation.memory import MemoryRevocations
 from services.session import Session
 from tests.helpers import test_settings as settings_for
+from tests.helpers import wait_for
 
 
 @pytest.mark.gen_test(timeout=5)
@@ -129,13 +130,13 @@ class _Socket:
         return None
 
 
-def _control(users: dict[str, set[Session]]) -> tuple[Control, list[BusEvent]]:
+def _control(users: dict[str, set[Session]], ttl: float = 60.0) -> tuple[Control, list[BusEvent]]:
     published: list[BusEvent] = []
 
     async def publish(event: BusEvent) -> None:
         published.append(event)
 
-    return Control(MemoryRevocations(), 60.0, "i1", users, publish, lambda room, sessions: None), published
+    return Control(MemoryRevocations(), ttl, "i1", users, publish, lambda room, sessions: None), published
 
 
 def _session(user: str, issued_at: float) -> Session:
@@ -177,3 +178,15 @@ async def test_a_removal_heard_during_a_handshake_keeps_the_old_token_out_of_the
     assert control.refuses_room(joining.identity, "team")
     assert not control.refuses_room(joining.identity, "lobby")
     assert not control.refuses_room(Identity("carol", time.time() + 60, None, time.time() + 1), "team")
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_records_kept_for_local_sockets_lapse_with_revocation_ttl():
+    """A socket that outlives REVOCATION_TTL (refreshing its token) is not kept out of a room for ever."""
+    users: dict[str, set[Session]] = {}
+    control, _ = _control(users, ttl=0.3)
+    dave = _session("dave", issued_at=time.time() - 5)
+    users["dave"] = {dave}
+    await control.remove("team", "dave")
+    assert control.refuses_room(dave.identity, "team")
+    await wait_for(lambda: not control.refuses_room(dave.identity, "team"), timeout=3, what="the record to lapse")

@@ -27,7 +27,7 @@ from services.auth import Identity
 from services.bus import BusEvent
 from services.errors import StoreError
 from services.metrics import METRICS
-from services.revocation import NOTHING, TOKENS, Revocations, RevocationStore
+from services.revocation import NOTHING, TOKENS, Revocations, RevocationStore, older
 from services.session import Session
 
 log = logging.getLogger("gateway.control")
@@ -72,8 +72,8 @@ class Control:
             found = await self.store.load(user)
         except StoreError:
             found = Revocations()
-        for key, moment in self.known.get(user, NOTHING).before.items():
-            found.add(key, moment)
+        for key, (moment, expires) in self.known.get(user, NOTHING).before.items():
+            found.add(key, moment, expires)
         return found
 
     def connected(self, session: Session, found: Revocations, since: float | None) -> None:
@@ -82,8 +82,8 @@ class Control:
         user = session.user_id
         if found.before:
             mine = self.known.setdefault(user, Revocations())
-            for key, moment in found.before.items():
-                mine.add(key, moment)
+            for key, (moment, expires) in found.before.items():
+                mine.add(key, moment, expires)
         if since is None:
             return
         for arrived, event in self._recent_by_user.get(user, ()):
@@ -155,19 +155,19 @@ class Control:
         """A revocation or a removal joins the records kept for the user's local sockets."""
         if event.at is None:
             return
+        expires = time.time() + self._ttl  # REVOCATION_TTL, the same on every instance
         if event.action == ACTION_REVOKE:
-            self.known.setdefault(user, Revocations()).add(TOKENS, event.at)
+            self.known.setdefault(user, Revocations()).add(TOKENS, event.at, expires)
         elif event.action == ACTION_REMOVE_USER and event.room is not None:
-            self.known.setdefault(user, Revocations()).add(event.room, event.at)
+            self.known.setdefault(user, Revocations()).add(event.room, event.at, expires)
 
     def _apply_to(self, sessions: list[Session], event: BusEvent) -> None:
         if event.action == ACTION_DISCONNECT:
             for session in sessions:
                 session.close(CLOSE_REVOKED, event.reason or "disconnected")
         elif event.action == ACTION_REVOKE and event.at is not None:
-            revoked = Revocations({TOKENS: event.at})
             for session in sessions:
-                if revoked.refuses(session.identity.issued_at):
+                if older(session.identity.issued_at, event.at):
                     session.close(CLOSE_REVOKED, "token revoked")
         elif event.action == ACTION_REMOVE_USER and event.room is not None:
             inside = [s for s in sessions if event.room in s.rooms]

@@ -16,6 +16,8 @@ store round trip. `MemoryRevocations` (memory.py) serves one process; `RedisRevo
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,31 +26,37 @@ TOKENS = "*"  # the record key of "tokens issued before"; a room removal's key i
 
 @dataclass(slots=True)
 class Revocations:
-    """One user's records in force: record key (TOKENS or a room id) -> the moment before which
-    tokens are refused (Unix seconds)."""
+    """One user's records: record key (TOKENS or a room id) -> (the moment before which tokens are
+    refused, when the record lapses), Unix seconds. A lapsed record refuses nothing."""
 
-    before: dict[str, float] = field(default_factory=dict)
+    before: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def refuses(self, issued_at: float | None) -> bool:
         """Is a token issued at `issued_at` revoked?"""
-        return _older(issued_at, self.before.get(TOKENS))
+        return self._refuses(TOKENS, issued_at)
 
     def refuses_room(self, room: str, issued_at: float | None) -> bool:
         """May a token issued at `issued_at` not join `room` (its user was removed from it)?"""
-        return _older(issued_at, self.before.get(room))
+        return self._refuses(room, issued_at)
 
-    def add(self, key: str, moment: float) -> None:
-        """Keep the later moment: a revocation never narrows an earlier, wider one."""
-        if moment > self.before.get(key, float("-inf")):
-            self.before[key] = moment
+    def _refuses(self, key: str, issued_at: float | None) -> bool:
+        record = self.before.get(key)
+        return record is not None and record[1] > time.time() and older(issued_at, record[0])
+
+    def add(self, key: str, moment: float, expires: float = math.inf) -> None:
+        """Keep the later moment and the later lapse: a revocation never narrows an earlier one."""
+        old = self.before.get(key)
+        if old is None:
+            self.before[key] = (moment, expires)
+        else:
+            self.before[key] = (max(moment, old[0]), max(expires, old[1]))
 
 
 NOTHING = Revocations()  # shared by users with no record: never mutated (callers copy before adding)
 
 
-def _older(issued_at: float | None, moment: float | None) -> bool:
-    if moment is None:
-        return False
+def older(issued_at: float | None, moment: float) -> bool:
+    """Was a token issued at `issued_at` issued before `moment`? One without `iat` counts as older."""
     return issued_at is None or issued_at < moment
 
 

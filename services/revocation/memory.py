@@ -25,7 +25,7 @@ class MemoryRevocations:
         if records:
             for key, (moment, expires) in records.items():
                 if expires > now:
-                    found.add(key, moment)
+                    found.add(key, moment, expires)
         return found
 
     async def add(self, user: str, key: str, moment: float, ttl: float) -> None:

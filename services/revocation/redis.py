@@ -66,7 +66,7 @@ class RedisRevocations:
             except ValueError:
                 continue  # not ours
             if expires > now:
-                found.add(key.decode("utf-8", "replace"), moment)
+                found.add(key.decode("utf-8", "replace"), moment, expires)
         return found
 
     async def add(self, user: str, key: str, moment: float, ttl: float) -> None:
