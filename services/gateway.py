@@ -108,6 +108,7 @@ class Gateway:
         if s.kafka_enabled:
             online = RedisOnline(self.redis, s.redis_prefix, self.instance_id, s.offline_grace)
             presence.sweeper.dead_hooks.append(online.purge_instance)
+            presence.lapsed_hooks.append(online.reassert)
             self.online = online
         if s.history_size:
             self.history = RedisHistory(

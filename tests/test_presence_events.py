@@ -27,8 +27,9 @@ from tornado.ioloop import IOLoop
 
 from schemas.events import EnvelopeSchema, UserOfflinePayload, UserOnlinePayload
 from tests.conftest import need_service
-from tests.helpers import Client, GatewayProcess, RunningGateway, spawn_server, token
+from tests.helpers import Client, GatewayProcess, RunningGateway, spawn_server, token, wait_for
 from tests.redis_support import backend_overrides, redis_overrides, server_args, shared_redis_port, unique_prefix
+from tests.redis_support import client as redis_client
 
 GRACE = 1.0  # OFFLINE_GRACE in these tests
 Factory = Callable[..., Awaitable[RunningGateway]]
@@ -212,3 +213,21 @@ async def test_a_survivor_says_offline_for_a_killed_instance(
     assert time.monotonic() - killed < ttl + 2 * 0.5 + GRACE + 1.0 + 3.0  # TTL, sweeps, grace, poll, slack
     await marker(survivor.url, records)
     assert records.of("alice") == ["user.online", "user.offline"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_instance_taken_for_dead_writes_its_users_again(make_gateway: Factory, brokers: str, topic: str):
+    """Late, not dead: a sweeper purged the instance's flags while its heartbeat had lapsed. At its
+    next heartbeat it says again who is connected, so its users do not stay half-gone."""
+    port, prefix = shared_redis_port(), unique_prefix()
+    gw = await make_gateway(
+        **redis_overrides(port, prefix, presence_ttl=1.5), **kafka(brokers, topic), instance_id="late"
+    )
+    await gw.client("alice")
+    r = redis_client(port)
+    state = f"{prefix}online:{{alice}}"
+    await wait_for(lambda: r.hexists(state, "i:late"), what="alice's flag")
+    r.delete(f"{prefix}presence:alive:{{late}}")  # what a sweeper sees and does
+    r.hdel(state, "i:late")
+    await wait_for(lambda: r.hexists(state, "i:late"), timeout=10, what="the flag written again")
+    assert r.hget(state, "state") == "on"

@@ -169,6 +169,16 @@ class RedisOnline:
         await cast("Awaitable[int]", self._client.srem(self._mine, user))
         self._state.ok()
 
+    def reassert(self) -> None:
+        """Our heartbeat had lapsed, so a sweeper may have taken this instance for dead and purged
+        its flags (it was only late): tell Redis again which users have a socket here. A user the
+        sweep made offline meanwhile is online again (a record); one whose offline was only due is
+        not (no record)."""
+        for user, want in list(self._want.items()):
+            if want:
+                self._told[user] = False
+                self._set(user, True)
+
     # -- offline records ---------------------------------------------------------------------
 
     async def _poll_forever(self) -> None:

@@ -75,6 +75,10 @@ class RedisPresence:
         self._on_expired: ExpiredHandler | None = None
         self._on_restored: ExpiredHandler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Others with per-instance state in Redis (services/online), told when our heartbeat had
+        # lapsed: a sweeper may have purged it, and it must be written again.
+        self.lapsed_hooks: list[Callable[[], None]] = []
+        self._beating = False
         interval = max(0.5, min(5.0, ttl / 6))
         self.sweeper = Sweeper(
             client,
@@ -228,7 +232,11 @@ class RedisPresence:
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         self._state.ok()
-        if existed is None and self._local:  # lapsed: a sweeper may have purged us
+        if existed is None and self._beating:  # lapsed: a sweeper may have purged us
+            for hook in self.lapsed_hooks:
+                hook()
+        self._beating = True
+        if existed is None and self._local:
             self._dirty = True
         if self._dirty and self._can_announce():
             await self._reconcile()
