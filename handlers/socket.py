@@ -197,7 +197,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self.identity = identity
         self._watch_token(identity)
         session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}, request_id))
-        self.gateway.hub.reauthorize(session, identity)
+        self.gateway.hub.control.reauthorize(session, identity)
 
     def _ping(self) -> None:
         """Keepalive (PING_INTERVAL): a ping, and PING_TIMEOUT for a pong (a pong's arrival is

@@ -199,7 +199,7 @@ async def test_a_removal_is_not_undone_by_a_reconnect(make_gateway: Factory) -> 
     old = token("alice", iat=int(time.time()) - 5)
     alice, elsewhere = await Client.connect(gw.url, old), await Client.connect(gw.url, old)
     await alice.join("r")
-    await gw.gateway.hub.remove_user("r", "alice")
+    await gw.gateway.hub.control.remove("r", "alice")
     assert (await alice.expect("room_update", match=lambda f: f["payload"]["action"] == "removed"))["payload"] == {
         "roomId": "r",
         "action": "removed",

@@ -72,7 +72,7 @@ async def test_a_removal_holds_on_every_instance(pair: Pair) -> None:
     inside = await Client.connect(a.url, old)
     await inside.join("team")
     outside = await Client.connect(b.url, old)  # not in the room: its instance is not subscribed to it
-    await a.gateway.hub.remove_user("team", "alice")
+    await a.gateway.hub.control.remove("team", "alice")
     await inside.expect("room_update", match=lambda f: f["payload"]["action"] == "removed")
     for client in (outside, inside, await Client.connect(b.url, old)):
         client.send("join", {"roomId": "team"})

@@ -136,7 +136,8 @@ def _control(users: dict[str, set[Session]], ttl: float = 60.0) -> tuple[Control
     async def publish(event: BusEvent) -> None:
         published.append(event)
 
-    return Control(MemoryRevocations(), ttl, "i1", users, publish, lambda room, sessions: None), published
+    settings = settings_for(revocation_ttl=ttl)
+    return Control(MemoryRevocations(), settings, "i1", users, publish, lambda room, sessions: None), published
 
 
 def _session(user: str, issued_at: float) -> Session:

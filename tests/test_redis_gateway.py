@@ -219,7 +219,7 @@ async def test_one_publish_per_event_whatever_the_audience(pair: Pair) -> None:
 async def test_member_removal_crosses_instances(pair: Pair) -> None:
     a = pair[0]
     alice, bob = await alice_and_bob(pair, "r")
-    await a.gateway.hub.remove_user("r", "bob")
+    await a.gateway.hub.control.remove("r", "bob")
     removed = await bob.expect("room_update", match=lambda f: f["payload"]["action"] == "removed")
     assert removed["payload"]["roomId"] == "r"
     await alice.expect("presence", match=presence_of("bob", "offline"))

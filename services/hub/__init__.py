@@ -4,7 +4,7 @@ The hub knows nothing of Tornado (it gets Sessions and validated payloads) and t
 only through interfaces (bus, presence, dedupe, history, ingest). It routes through its own modules:
 
     channels.py   which bus channels are subscribed (per-channel counted locks)
-    control.py    disconnect, revoke and remove a user, on every instance
+    control.py    what a user's tokens allow; disconnect, revoke and remove a user on every instance
     fanout.py     a frame to the local members of a room, then one bus publish
     joins.py      what a joiner is sent while its join is under way
     messages.py   a client message through dedupe, Kafka and broadcast (durable ack)
@@ -24,7 +24,6 @@ from typing import Any
 
 from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, control_channel, room_channel
 from services import frames
-from services.auth import Identity
 from services.bus import Bus, BusEvent
 from services.dedupe import DedupeStore
 from services.errors import BusError, ClientError
@@ -83,7 +82,7 @@ class RoomHub:
         self.statuses = Statuses(settings, presence, self.roster, self.fanout, self.rooms, self.users, self.tasks.spawn)
         self.control = Control(
             revocations or MemoryRevocations(),
-            settings.revocation_ttl,
+            settings,
             self.instance_id,
             self.users,
             lambda event: self.bus.publish(control_channel().key, event),
@@ -269,20 +268,6 @@ class RoomHub:
             await self.fanout.broadcast_entry(room, frame)
         else:
             await self.fanout.broadcast(room, frame)
-
-    def reauthorize(self, session: Session, identity: Identity) -> None:
-        """A refreshed token replaces the socket's; with ROOM_ACCESS=token the rooms its `rooms` claim
-        no longer allows are left (`room_update removed`, offline to the others)."""
-        session.identity = identity
-        if self.settings.room_access != "token":
-            return
-        for room in sorted(session.rooms):
-            if not identity.may_join(room):
-                session.send(frames.encode("room_update", {"roomId": room, "action": "removed"}))
-                self._leave_all(room, [session])
-
-    async def remove_user(self, room: str, user: str) -> None:
-        await self.control.remove(room, user)
 
     async def delete_room(self, room: str) -> None:
         frame = frames.encode("room_update", {"roomId": room, "action": "deleted"})

@@ -1,5 +1,6 @@
-"""Control: what the control plane does to one user's sessions, on every instance (docs/protocol.md,
-"Sessions"). One implementation each, for the HTTP control API and the Kafka events alike:
+"""Control: what a user's tokens allow, and what the control plane does to one user's sessions on
+every instance (docs/protocol.md, "Sessions"). One implementation each, for the HTTP control API and
+the Kafka events alike:
 
     disconnect   every socket of the user closed with 4003 (they may come back with any valid token)
     revoke       the user's tokens issued before a moment refused (store), their sockets closed 4003
@@ -29,6 +30,7 @@ from services.errors import StoreError
 from services.metrics import METRICS
 from services.revocation import NOTHING, TOKENS, Revocations, RevocationStore, older
 from services.session import Session
+from services.settings import Settings
 
 log = logging.getLogger("gateway.control")
 
@@ -44,7 +46,7 @@ class Control:
     def __init__(
         self,
         store: RevocationStore,
-        ttl: float,
+        settings: Settings,
         instance_id: str,
         users: dict[str, set[Session]],
         publish: Callable[[BusEvent], Awaitable[None]],
@@ -54,7 +56,8 @@ class Control:
         control channel (raises BusError); `leave(room, sessions)` takes sessions out of a room,
         announced to the others."""
         self.store = store
-        self._ttl = ttl
+        self._ttl = settings.revocation_ttl
+        self._room_access = settings.room_access
         self._instance = instance_id
         self._users = users
         self._publish = publish
@@ -97,6 +100,17 @@ class Control:
 
     def refuses_room(self, identity: Identity, room: str) -> bool:
         return self.known.get(identity.user_id, NOTHING).refuses_room(room, identity.issued_at)
+
+    def reauthorize(self, session: Session, identity: Identity) -> None:
+        """A refreshed token replaces the socket's; with ROOM_ACCESS=token the rooms its `rooms` claim
+        no longer allows are left (`room_update removed`, offline to the others)."""
+        session.identity = identity
+        if self._room_access != "token":
+            return
+        for room in sorted(session.rooms):
+            if not identity.may_join(room):
+                session.send(frames.encode("room_update", {"roomId": room, "action": "removed"}))
+                self._leave(room, [session])
 
     # -- the control plane's actions -----------------------------------------------------------
 

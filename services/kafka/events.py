@@ -116,7 +116,7 @@ class EventRouter:
         elif event_type == ROOM_DELETED:
             await self.hub.delete_room(room)
         elif event_type == MEMBER_REMOVED:
-            await self.hub.remove_user(room, payload["userId"])
+            await self.hub.control.remove(room, payload["userId"])
 
 
 def _present(payload: dict[str, Any]) -> dict[str, Any]:
