@@ -122,30 +122,27 @@ class Control:
     async def revoke(self, user: str, issued_before: float) -> None:
         """Stored, then applied everywhere. The sockets are closed even when the store fails; then
         StoreError says the revocation is not remembered for later handshakes."""
-        failed: StoreError | None = None
-        try:
-            await self.store.add(user, TOKENS, issued_before, self._ttl)
-        except StoreError as exc:
-            failed = exc
         METRICS.revocations.labels("tokens").inc()
-        await self._act(BusEvent(origin=self._instance, action=ACTION_REVOKE, user=user, at=issued_before))
-        if failed is not None:
-            raise failed
+        event = BusEvent(origin=self._instance, action=ACTION_REVOKE, user=user, at=issued_before)
+        await self._store_and_act(user, TOKENS, event)
 
     async def remove(self, room: str, user: str) -> None:
         """The room's sockets of `user` leave it (room_update removed); older tokens may not join it
         again. Like revoke: applied even when the store fails, then StoreError."""
-        now = time.time()
-        failed: StoreError | None = None
-        try:
-            await self.store.add(user, room, now, self._ttl)
-        except StoreError as exc:
-            failed = exc
         METRICS.revocations.labels("room").inc()
         frame = frames.encode("room_update", {"roomId": room, "action": "removed"})
-        await self._act(
-            BusEvent(frame=frame, origin=self._instance, action=ACTION_REMOVE_USER, user=user, room=room, at=now)
-        )
+        now = time.time()
+        event = BusEvent(frame=frame, origin=self._instance, action=ACTION_REMOVE_USER, user=user, room=room, at=now)
+        await self._store_and_act(user, room, event)
+
+    async def _store_and_act(self, user: str, key: str, event: BusEvent) -> None:
+        assert event.at is not None
+        failed: StoreError | None = None
+        try:
+            await self.store.add(user, key, event.at, self._ttl)
+        except StoreError as exc:
+            failed = exc
+        await self._act(event)
         if failed is not None:
             raise failed
 
