@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,7 +78,7 @@ class ApiHandler(JsonHandler):
             raise _Refused(400, "validation failed", exc.messages) from None
         return loaded
 
-    async def answer(self, work: Any) -> None:
+    async def answer(self, work: Awaitable[dict[str, Any]]) -> None:
         """Run a call's work; a refusal is its status with a JSON error, never a traceback."""
         try:
             self.write_json(200, await work)
