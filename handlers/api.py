@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +42,11 @@ class _Refused(Exception):
 
 
 class ApiHandler(JsonHandler):
+    """One endpoint: `schema` loads the call (the JSON body of a POST, the query of a GET) and `act`
+    does it; a subclass names the method it serves as `post = ApiHandler.call` (or `get`)."""
+
     endpoint = "unknown"
+    schema: Schema
     gateway: Gateway
 
     def initialize(self, gateway: Gateway) -> None:
@@ -61,27 +64,18 @@ class ApiHandler(JsonHandler):
     def on_finish(self) -> None:
         METRICS.api_requests.labels(self.endpoint, str(self.get_status())).inc()
 
-    def body(self, schema: Schema) -> dict[str, Any]:
-        try:
-            raw = orjson.loads(self.request.body or b"null")
-        except orjson.JSONDecodeError:
-            raise _Refused(400, "body is not valid JSON") from None
-        if not isinstance(raw, dict):
-            raise _Refused(400, "body must be a JSON object")
-        return self.load(schema, raw)
+    async def act(self, call: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
 
-    @staticmethod
-    def load(schema: Schema, raw: dict[str, Any]) -> dict[str, Any]:
+    async def call(self) -> None:
+        """Load, act, answer; a refusal is its status with a JSON error, never a traceback."""
         try:
-            loaded: dict[str, Any] = schema.load(raw)
-        except ValidationError as exc:
-            raise _Refused(400, "validation failed", exc.messages) from None
-        return loaded
-
-    async def answer(self, work: Awaitable[dict[str, Any]]) -> None:
-        """Run a call's work; a refusal is its status with a JSON error, never a traceback."""
-        try:
-            self.write_json(200, await work)
+            raw = self._query() if self.request.method == "GET" else self._body()
+            try:
+                loaded: dict[str, Any] = self.schema.load(raw)
+            except ValidationError as exc:
+                raise _Refused(400, "validation failed", exc.messages) from None
+            self.write_json(200, await self.act(loaded))
         except _Refused as exc:
             body: dict[str, Any] = {"error": exc.error}
             if exc.details is not None:
@@ -94,19 +88,28 @@ class ApiHandler(JsonHandler):
         except BusError as exc:  # this instance acted; the others could not be told
             self.write_json(503, {"error": f"not every instance was reached: {exc}; retry"})
 
+    def _body(self) -> dict[str, Any]:
+        try:
+            raw = orjson.loads(self.request.body or b"null")
+        except orjson.JSONDecodeError:
+            raise _Refused(400, "body is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise _Refused(400, "body must be a JSON object")
+        return raw
+
+    def _query(self) -> dict[str, Any]:
+        return {name: values[-1].decode("utf-8", "replace") for name, values in self.request.query_arguments.items()}
+
 
 class PublishHandler(ApiHandler):
     endpoint = "publish"
+    post = ApiHandler.call
 
     def initialize(self, gateway: Gateway, schema: PublishSchema) -> None:  # type: ignore[override]
         super().initialize(gateway)
-        self._schema = schema  # made once per server: a handler is made per request
+        self.schema = schema  # made once per server (MAX_CONTENT): a handler is made per request
 
-    async def post(self) -> None:
-        await self.answer(self._publish())
-
-    async def _publish(self) -> dict[str, Any]:
-        call = self.body(self._schema)
+    async def act(self, call: dict[str, Any]) -> dict[str, Any]:
         message = {"id": uuid7(), **call["message"], "roomId": call["roomId"]}
         created: datetime | None = message.get("createdAt")
         message["createdAt"] = iso(created.timestamp()) if created is not None else iso_now()
@@ -121,26 +124,20 @@ class PublishHandler(ApiHandler):
 
 class DisconnectHandler(ApiHandler):
     endpoint = "disconnect"
-    _schema = DisconnectSchema()
+    schema = DisconnectSchema()
+    post = ApiHandler.call
 
-    async def post(self) -> None:
-        await self.answer(self._disconnect())
-
-    async def _disconnect(self) -> dict[str, Any]:
-        call = self.body(self._schema)
+    async def act(self, call: dict[str, Any]) -> dict[str, Any]:
         await self.gateway.hub.control.disconnect(call["userId"], call.get("reason"))
         return {"userId": call["userId"]}
 
 
 class RevokeHandler(ApiHandler):
     endpoint = "revoke"
-    _schema = RevokeSchema()
+    schema = RevokeSchema()
+    post = ApiHandler.call
 
-    async def post(self) -> None:
-        await self.answer(self._revoke())
-
-    async def _revoke(self) -> dict[str, Any]:
-        call = self.body(self._schema)
+    async def act(self, call: dict[str, Any]) -> dict[str, Any]:
         when: datetime | None = call.get("issuedBefore")
         before = when.astimezone(UTC).timestamp() if when is not None else time.time()
         await self.gateway.hub.control.revoke(call["userId"], before)
@@ -149,17 +146,12 @@ class RevokeHandler(ApiHandler):
 
 class PresenceHandler(ApiHandler):
     endpoint = "presence"
-    _schema = PresenceQueryArgs()
+    schema = PresenceQueryArgs()
+    get = ApiHandler.call
 
-    async def get(self) -> None:
-        await self.answer(self._presence())
-
-    async def _presence(self) -> dict[str, Any]:
-        args = {name: values[-1].decode("utf-8", "replace") for name, values in self.request.query_arguments.items()}
-        call = self.load(self._schema, args)
-        hub = self.gateway.hub
-        room = call["roomId"]
-        return hub.roster.listing(room, await hub.roster.page(room, call.get("cursor")))
+    async def act(self, call: dict[str, Any]) -> dict[str, Any]:
+        roster, room = self.gateway.hub.roster, call["roomId"]
+        return roster.listing(room, await roster.page(room, call.get("cursor")))
 
 
 class UnknownApiHandler(ApiHandler):

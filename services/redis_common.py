@@ -24,6 +24,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
+from services.errors import StoreError
+from services.logs import StateLog
 from services.settings import Settings
 
 # A Redis call that fails with one of these is "Redis unavailable", not a bug.
@@ -109,6 +111,19 @@ def describe(exc: BaseException) -> str:
     """A one-line reason for logs and errors (no traceback: these failures are expected)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text and text[0] else type(exc).__name__
+
+
+class StoreHealth(StateLog):
+    """A Redis store's health (`redis {what} failing` / `recovered`, one line per change), and the
+    StoreError its callers catch: the same three lines every store wrote for itself."""
+
+    def __init__(self, logger: logging.Logger, what: str, error: str) -> None:
+        super().__init__(logger, f"redis {what}")
+        self._error = error
+
+    def unavailable(self, exc: BaseException) -> StoreError:
+        self.failed(describe(exc))
+        return StoreError(f"{self._error} unavailable: {describe(exc)}")
 
 
 class Backoff:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from services.errors import StoreError
-from services.logs import StateLog
-from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
+from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register
 
 log = logging.getLogger("gateway.dedupe")
 
@@ -35,17 +33,13 @@ class RedisDedupe:
         self._client = client
         self._prefix = prefix + "dedupe:"
         self._reserve = register(client, _RESERVE)
-        self._state = StateLog(log, "redis dedupe")
-
-    def _failed(self, exc: BaseException) -> StoreError:
-        self._state.failed(describe(exc))
-        return StoreError(f"dedupe store unavailable: {describe(exc)}")
+        self._state = StoreHealth(log, "dedupe", "dedupe store")
 
     async def reserve(self, key: str, value: str, ttl: float) -> str | None:
         try:
             existing = await self._reserve(keys=[self._prefix + key], args=[value, _ms(ttl)])
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
         return _text(existing)
 
@@ -53,14 +47,14 @@ class RedisDedupe:
         try:
             await self._client.set(self._prefix + key, value, px=_ms(ttl))
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
 
     async def release(self, key: str) -> None:
         try:
             await self._client.delete(self._prefix + key)
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
 
     async def close(self) -> None:

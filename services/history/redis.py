@@ -28,8 +28,7 @@ from schemas.protocol import room_channel
 from services.bus.wire import bus_key, entry_head
 from services.errors import StoreError
 from services.history import POSITION_TTL, Position, Replay, recovery_check
-from services.logs import StateLog
-from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
+from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register
 
 log = logging.getLogger("gateway.history")
 
@@ -117,7 +116,7 @@ class RedisHistory:
         self._read = register(client, _READ)
         self._lost: set[str] = set()  # rooms with an entry delivered here but never stored
         self._healer: asyncio.Task[None] | None = None
-        self._state = StateLog(log, "redis history")
+        self._state = StoreHealth(log, "history", "history")
 
     async def start(self) -> None:
         pass
@@ -137,8 +136,7 @@ class RedisHistory:
         except REDIS_ERRORS as exc:
             if renewing:
                 self._lose(room)
-            self._state.failed(describe(exc))
-            raise StoreError(f"history unavailable: {describe(exc)}") from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
         if renewing:
             log.info("history epoch renewed after entries were not stored", extra={"room": room})

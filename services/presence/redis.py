@@ -24,11 +24,10 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from services.errors import StoreError
-from services.logs import StateLog
 from services.presence import ONLINE, ExpiredHandler, Member, Page
 from services.presence.redis_scripts import JOIN, LEAVE, PAGE, SEP, STATUS, Keys
 from services.presence.redis_sweep import Sweeper
-from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
+from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register
 
 log = logging.getLogger("gateway.presence")
 
@@ -80,6 +79,7 @@ class RedisPresence:
         self.lapsed_hooks: list[Callable[[], None]] = []
         self._beating = False
         interval = max(0.5, min(5.0, ttl / 6))
+        self._state = StoreHealth(log, "presence", "presence store")
         self.sweeper = Sweeper(
             client,
             self._keys,
@@ -87,9 +87,8 @@ class RedisPresence:
             interval,
             can_announce,
             lambda room, user: self._announce(self._on_expired, room, user),
-            self._failed,
+            self._state.unavailable,
         )
-        self._state = StateLog(log, "redis presence")
 
     @staticmethod
     def _member(room: str, user: str, conn_id: str) -> str:
@@ -120,7 +119,7 @@ class RedisPresence:
             # Kept in _local: the connection is in the room (served locally meanwhile), and the
             # reconcile after the outage registers it and announces it to the other instances.
             self._dirty = True
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
         return bool(new), int(count)
 
@@ -136,7 +135,7 @@ class RedisPresence:
         except REDIS_ERRORS as exc:
             self._dirty = True
             self._lost_leaves.add((room, user))
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
         return bool(gone), int(count)
 
@@ -165,7 +164,7 @@ class RedisPresence:
         try:
             await self._status(keys=[users], args=[user, status, f"{status}{SEP}{now!r}"])
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
 
     async def page(self, room: str, after: str | None, limit: int) -> Page:
@@ -174,7 +173,7 @@ class RedisPresence:
         try:
             raw = await self._page(keys=[order, users], args=[start, limit + 1])
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
         count, flat = int(raw[0]), [_text(x) for x in raw[1:]]
         members: list[Member] = []
@@ -194,7 +193,7 @@ class RedisPresence:
                     pipe.zcard(self._keys.room(room)[2])
                 return [int(n) for n in await pipe.execute()]
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
 
     async def close(self) -> None:
         """Stop refreshing and drop the heartbeat. Connections still registered (none after a drain)
@@ -215,10 +214,6 @@ class RedisPresence:
 
     # -- keep-alive and reconciliation -------------------------------------------------------
 
-    def _failed(self, exc: BaseException) -> StoreError:
-        self._state.failed(describe(exc))
-        return StoreError(f"presence store unavailable: {describe(exc)}")
-
     async def resync(self) -> None:
         self._dirty = True
         await self._keepalive()
@@ -230,7 +225,7 @@ class RedisPresence:
             await cast("Awaitable[int]", self._client.sadd(self._keys.instances, self.instance_id))
             await self._prune()
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
         if existed is None and self._beating:  # lapsed: a sweeper may have purged us
             for hook in self.lapsed_hooks:
@@ -301,7 +296,7 @@ class RedisPresence:
         except REDIS_ERRORS as exc:
             self._dirty = True
             self._lost_leaves |= lost
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         if announced or restored:
             log.info("presence reconciled", extra={"offline": len(announced), "restored": restored})
 

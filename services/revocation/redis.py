@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from services.errors import StoreError
-from services.logs import StateLog
-from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
+from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register
 from services.revocation import Revocations
 
 log = logging.getLogger("gateway.revocation")
@@ -46,17 +44,13 @@ class RedisRevocations:
         self._client = client
         self._prefix = prefix + "revoked:"
         self._add = register(client, _ADD)
-        self._state = StateLog(log, "redis revocations")
-
-    def _failed(self, exc: BaseException) -> StoreError:
-        self._state.failed(describe(exc))
-        return StoreError(f"revocation store unavailable: {describe(exc)}")
+        self._state = StoreHealth(log, "revocations", "revocation store")
 
     async def load(self, user: str) -> Revocations:
         try:
             raw = await self._client.hgetall(self._prefix + user)  # type: ignore[misc]
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
         now = time.time()
         found = Revocations()
@@ -75,7 +69,7 @@ class RedisRevocations:
         try:
             await self._add(keys=[self._prefix + user], args=args)
         except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
+            raise self._state.unavailable(exc) from None
         self._state.ok()
 
     async def close(self) -> None:
