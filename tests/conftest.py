@@ -48,6 +48,12 @@ def make_gateway(io_loop: IOLoop) -> Iterator[Callable[..., Awaitable[RunningGat
         io_loop.run_sync(running.stop, timeout=10)
 
 
+@pytest.fixture(scope="session")
+def brokers() -> str:
+    """The shared Kafka broker (RTG_TEST_KAFKA_BROKERS, started by scripts/test.sh)."""
+    return need_service("RTG_TEST_KAFKA_BROKERS", "Kafka")
+
+
 @pytest.fixture
 def private_redis() -> Iterator[Any]:
     """A redis-server of the test's own on a free port (tests.redis_support.PrivateRedis), which the

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado.httpclient import HTTPClientError, HTTPRequest
+from prometheus_client import REGISTRY
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -48,6 +49,17 @@ def test_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"port": 0, "host": "127.0.0.1", "jwt_secret": SECRET, "instance_id": "test"}
     base.update(overrides)
     return Settings(**base)
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric of this process's gateways, as /metrics would say it (0 before its first count)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def readyz(http: str) -> tuple[int, dict[str, Any]]:
+    """/readyz of the gateway at `http` (its base URL): status and JSON body."""
+    response = await AsyncHTTPClient().fetch(f"{http}/readyz", raise_error=False, request_timeout=5)
+    return response.code, json.loads(response.body)
 
 
 async def wait_for(

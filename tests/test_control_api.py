@@ -11,13 +11,13 @@ from typing import Any
 
 import jwt
 import pytest
-from prometheus_client import REGISTRY
 
 from schemas.api import DisconnectedOut, PresencePageOut, PublishedOut, RevokedOut
 from services.errors import ConfigError
+from services.ids import iso
 from services.settings import load_settings
 from tests.control_support import API_KEY, api, later
-from tests.helpers import SECRET, Client, RunningGateway, refused_status, token
+from tests.helpers import SECRET, Client, RunningGateway, refused_status, sample, token
 
 Factory = Callable[..., Awaitable[RunningGateway]]
 ENDPOINTS: list[tuple[str, dict[str, Any] | None]] = [
@@ -26,10 +26,6 @@ ENDPOINTS: list[tuple[str, dict[str, Any] | None]] = [
     ("/api/revoke", {}),
     ("/api/presence?roomId=r", None),
 ]
-
-
-def api_calls(endpoint: str, status: int) -> float:
-    return REGISTRY.get_sample_value("gateway_api_requests_total", {"endpoint": endpoint, "status": str(status)}) or 0
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -43,7 +39,7 @@ async def test_the_api_is_off_without_a_key(make_gateway: Factory) -> None:
 @pytest.mark.gen_test(timeout=20)
 async def test_a_missing_or_wrong_key_is_401(make_gateway: Factory) -> None:
     gw = await make_gateway(api_key=API_KEY)
-    before = api_calls("disconnect", 401)
+    before = sample("gateway_api_requests_total", endpoint="disconnect", status="401")
     for path, body in ENDPOINTS:
         for key in (None, "wrong", API_KEY + "x", API_KEY[:-1]):
             status, answer = await api(gw.http, path, body, key=key)
@@ -52,7 +48,7 @@ async def test_a_missing_or_wrong_key_is_401(make_gateway: Factory) -> None:
     assert status == 401  # the API's shape is not told to a caller without the key
     status, answer = await api(gw.http, "/api/nothing-here", {})
     assert status == 404 and answer["error"] == "no such endpoint"
-    assert api_calls("disconnect", 401) == before + 4
+    assert sample("gateway_api_requests_total", endpoint="disconnect", status="401") == before + 4
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -185,8 +181,7 @@ async def test_revoke_with_an_explicit_moment(make_gateway: Factory) -> None:
         status, answer = await api(gw.http, "/api/revoke", {"userId": "alice", "issuedBefore": bad})
         assert status == 400 and "issuedBefore" in answer["details"], bad
     status, answer = await api(gw.http, "/api/revoke", {"userId": "alice", "issuedBefore": moment})  # Unix seconds
-    iso_moment = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(moment))
-    assert status == 200 and answer["issuedBefore"] == iso_moment
+    assert status == 200 and answer["issuedBefore"] == iso(moment)
     assert await before.wait_closed() == 4003
     after.send("ping", request_id="still")
     await after.expect("pong")

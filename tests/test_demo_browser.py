@@ -237,7 +237,7 @@ def test_page_refreshes_its_dev_token_in_band(browser, open_page, servers):
     while refreshed() < 1 and time.monotonic() < deadline:
         page.wait_for_timeout(50)
     assert refreshed() >= 1, "the page never refreshed its token"
-    expect(page.locator("#conn")).to_have_attribute("data-state", "open")  # the same socket, still open
+    expect(page.locator("#conn")).to_have_attribute("data-state", "open")  # and the socket is still open
 
 
 def test_page_asks_for_a_token_when_dev_tokens_are_off(browser, open_page, servers):

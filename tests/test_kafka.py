@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
-from prometheus_client import REGISTRY
+from confluent_kafka.admin import AdminClient
 from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
 
@@ -41,7 +40,9 @@ from tests.helpers import (
     Client,
     RunningGateway,
     free_port,
+    readyz,
     refused_status,
+    sample,
     spawn_server,
     start_gateway,
     token,
@@ -50,45 +51,13 @@ from tests.helpers import (
 from tests.helpers import (
     test_settings as gateway_settings,
 )
+from tests.kafka_support import Topics, create_topics, kafka_settings
 
 ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 READY_TIMEOUT = 30.0  # a consumer group join on a fresh single-node broker takes a few seconds
 
 
 # -- broker plumbing ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Topics:
-    ingest: str
-    messages: str
-    rooms: str
-    users: str
-    presence: str
-
-    @property
-    def all(self) -> list[str]:
-        return [self.ingest, self.messages, self.rooms, self.users, self.presence]
-
-
-def create_topics(admin: AdminClient, names: list[str], partitions: int = 3) -> None:
-    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names], operation_timeout=15)
-    for fut in futures.values():
-        fut.result(timeout=20)
-    deadline = time.monotonic() + 15
-    while True:  # wait for leaders, so the first produce does not race the controller
-        md = admin.list_topics(timeout=5).topics
-        if all(
-            n in md and md[n].error is None and all(p.leader >= 0 for p in md[n].partitions.values()) for n in names
-        ):
-            return
-        assert time.monotonic() < deadline, f"topics {names} have no leaders"
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def brokers() -> str:
-    return need_service("RTG_TEST_KAFKA_BROKERS", "Kafka")
 
 
 @pytest.fixture(scope="module")
@@ -111,26 +80,6 @@ def topics(admin: AdminClient) -> Iterator[Topics]:
     create_topics(admin, names.all)
     yield names
     admin.delete_topics(names.all, operation_timeout=5)
-
-
-def kafka_settings(brokers: str, topics: Topics | None = None, **extra: Any) -> dict[str, Any]:
-    """Settings overrides for a gateway on `brokers`, with a consumer group of its own test."""
-    s: dict[str, Any] = {
-        "kafka_brokers": (brokers,),
-        "kafka_group_id": f"test-{uuid.uuid4().hex[:10]}",
-        "kafka_message_timeout": 5.0,
-        "kafka_flush_timeout": 2.0,
-    }
-    if topics is not None:
-        s.update(
-            kafka_topic_ingest=topics.ingest,
-            kafka_topic_message_events=topics.messages,
-            kafka_topic_room_events=topics.rooms,
-            kafka_topic_user_events=topics.users,
-            kafka_topic_presence_events=topics.presence,
-        )
-    s.update(extra)
-    return s
 
 
 def event(event_type: str, payload: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
@@ -204,11 +153,6 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-async def readyz(http: str) -> tuple[int, dict[str, Any]]:
-    resp = await AsyncHTTPClient().fetch(f"{http}/readyz", raise_error=False, request_timeout=5)
-    return resp.code, json.loads(resp.body)
-
-
 async def wait_ready(*gws: RunningGateway, timeout: float = READY_TIMEOUT) -> None:
     for gw in gws:
 
@@ -216,10 +160,6 @@ async def wait_ready(*gws: RunningGateway, timeout: float = READY_TIMEOUT) -> No
             return (await readyz(gw.http))[0] == 200
 
         await wait_for(ready, timeout, interval=0.1, what=f"{gw.gateway.instance_id} /readyz 200")
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @dataclass
@@ -286,7 +226,7 @@ async def test_ingest_record_matches_ack(brokers, topics, gateways):
         "attachments": [{"url": "https://example.test/a.png", "type": "image/png"}],
         "dedupeKey": "dk-1",
     }
-    before_ok = counter("gateway_kafka_produce_seconds_count")
+    before_ok = sample("gateway_kafka_produce_seconds_count")
     alice.send("message", sent, request_id="r1")
     ack = (await alice.expect("ack", timeout=10))["payload"]
     broadcast = (await bob.expect("message", timeout=10))["payload"]
@@ -311,7 +251,7 @@ async def test_ingest_record_matches_ack(brokers, topics, gateways):
         "dedupeKey": "dk-1",
     }
     assert env["payload"] == unplaced(broadcast)  # what members got is what was made durable, placed in history
-    assert counter("gateway_kafka_produce_seconds_count") == before_ok + 1
+    assert sample("gateway_kafka_produce_seconds_count") == before_ok + 1
 
     # A retry with the same dedupeKey: the same ack, no second record, no second broadcast.
     alice.send("message", sent, request_id="r2")
@@ -424,7 +364,7 @@ async def test_invalid_records_are_skipped(brokers, topics, gateways, producer, 
     await wait_ready(gw)
     room = new_room()
     bob = await connect(gw, "bob", room)
-    before = counter("gateway_kafka_invalid_total")
+    before = sample("gateway_kafka_invalid_total")
 
     secret = "s3cret-content"
     bad_payload = agent_message("not a room!", content=secret)
@@ -443,7 +383,7 @@ async def test_invalid_records_are_skipped(brokers, topics, gateways, producer, 
 
     got = await bob.expect("message", timeout=10)
     assert unplaced(got["payload"]) == valid
-    await wait_for(lambda: counter("gateway_kafka_invalid_total") == before + 7, what="7 invalid records")
+    await wait_for(lambda: sample("gateway_kafka_invalid_total") == before + 7, what="7 invalid records")
     skipped = [r for r in caplog.records if r.getMessage() == "kafka record skipped"]
     assert len(skipped) == 7
     assert {r.__dict__["reason"].split(" ")[0] for r in skipped} >= {"not", "envelope", "unknown"}

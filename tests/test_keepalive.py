@@ -9,11 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from prometheus_client import REGISTRY
 from tornado.ioloop import IOLoop
 
 from handlers.keepalive import TimerWheel
-from tests.helpers import RawWebSocket, RunningGateway, token, wait_for
+from tests.helpers import RawWebSocket, RunningGateway, sample, token, wait_for
 
 FAST = {"ping_interval": 0.3, "ping_timeout": 0.3}
 
@@ -46,11 +45,11 @@ async def test_a_peer_that_never_answers_pings_is_dropped(gw: RunningGateway) ->
 
 @pytest.mark.gen_test(timeout=20)
 async def test_a_peer_that_answers_pings_stays(gw: RunningGateway) -> None:
-    pongs = REGISTRY.get_sample_value("gateway_frames_in_total", {"type": "ws_pong"}) or 0.0
+    pongs = sample("gateway_frames_in_total", type="ws_pong")
     alive = await gw.client("alive")  # Tornado's client answers pings
 
     def answered(n: int) -> bool:
-        return (REGISTRY.get_sample_value("gateway_frames_in_total", {"type": "ws_pong"}) or 0.0) >= pongs + n
+        return sample("gateway_frames_in_total", type="ws_pong") >= pongs + n
 
     await wait_for(lambda: answered(3), timeout=10, what="three keepalive rounds answered")
     alive.send("ping", request_id="still-here")  # and the socket is still served

@@ -7,10 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from tornado.ioloop import IOLoop
 
-from tests.helpers import Client, RunningGateway
+from tests.helpers import Client, RunningGateway, sample
 from tests.redis_support import redis_overrides, shared_redis_port, unique_prefix
 
 T = 30
@@ -147,11 +146,11 @@ async def test_filling_a_room_costs_linear_deliveries(make_gateway: Callable[...
     """Filling a room of N sends each joiner one page and announces only the first
     PRESENCE_BROADCAST_LIMIT joins: deliveries grow with N, not N^2."""
     gw = await make_gateway(presence_page=10, presence_broadcast_limit=10, presence_count_interval=60.0)
-    before = REGISTRY.get_sample_value("gateway_deliveries_total") or 0.0
+    before = sample("gateway_deliveries_total")
     n = 120
     for i in range(n):
         await joined(gw, f"f{i:03d}", "fill")
-    deliveries = (REGISTRY.get_sample_value("gateway_deliveries_total") or 0.0) - before
+    deliveries = sample("gateway_deliveries_total") - before
     assert deliveries <= 10 * 10  # per-user online frames, all before the limit (N^2/2 would be 7,140)
 
 

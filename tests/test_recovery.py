@@ -7,17 +7,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from tornado.ioloop import IOLoop
 
-from tests.helpers import RunningGateway
+from tests.helpers import RunningGateway, sample
 from tests.recovery_support import in_room, messages, position, rejoin, say, seen_then_gone
 
 T = 20
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture

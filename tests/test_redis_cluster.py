@@ -14,15 +14,13 @@ from typing import Any, cast
 
 import pytest
 import redis
-from prometheus_client import REGISTRY
 from redis.crc import key_slot
-from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
 
 from services.bus.redis import RedisBus
 from services.bus.redis_shards import ShardedSubscribers
 from tests.conftest import private_cluster
-from tests.helpers import RunningGateway, wait_for
+from tests.helpers import RunningGateway, readyz, sample, wait_for
 from tests.redis_support import cluster_client, cluster_overrides, unique_prefix
 
 Pair = tuple[RunningGateway, RunningGateway]
@@ -63,11 +61,6 @@ def in_room(room: str) -> Callable[[dict[str, Any]], bool]:
 
 def on_node(node: tuple[str, int]) -> redis.Redis:
     return redis.Redis(host=node[0], port=node[1], socket_timeout=5, decode_responses=True)
-
-
-async def readyz(gw: RunningGateway) -> int:
-    response = await AsyncHTTPClient().fetch(gw.http + "/readyz", raise_error=False, request_timeout=5)
-    return int(response.code)
 
 
 @pytest.mark.gen_test(timeout=40)
@@ -176,11 +169,11 @@ async def test_a_room_whose_slot_moves_keeps_delivering_and_recovering(pair: Pai
     source = owner_of_slot(redis_cluster, slot)
     target = next(n for n in primaries(redis_cluster) if n != source)
 
-    reconnects = REGISTRY.get_sample_value("gateway_bus_reconnects_total") or 0.0
+    reconnects = sample("gateway_bus_reconnects_total")
     move_slot(redis_cluster, slot, target)  # Redis tells both subscribers: sunsubscribe
 
     def both_resubscribed() -> bool:
-        now = REGISTRY.get_sample_value("gateway_bus_reconnects_total") or 0.0
+        now = sample("gateway_bus_reconnects_total")
         return now >= reconnects + 2 and a.gateway.bus.ready() and b.gateway.bus.ready()
 
     await wait_for(both_resubscribed, timeout=20, what="both instances resubscribed where the slot lives now")
@@ -231,7 +224,7 @@ async def test_a_killed_primary_fails_over_and_delivery_resumes(
     killed = time.monotonic()
 
     async def both(code: int) -> bool:
-        return [await readyz(g) for g in (a, b)] == [code, code]
+        return [(await readyz(g.http))[0] for g in (a, b)] == [code, code]
 
     await wait_for(lambda: both(503), timeout=10, what="readiness 503 while the shard is unreachable")
 
@@ -245,9 +238,9 @@ async def test_a_killed_primary_fails_over_and_delivery_resumes(
             return False
         return True
 
-    await wait_for(delivered, timeout=30, interval=0.2, what="delivery after the failover")
-    resumed = time.monotonic() - killed
+    # DESIGN: delivery resumes within 20 s of the primary's death (cluster-node-timeout 5 s).
+    left = 20.0 - (time.monotonic() - killed)
+    await wait_for(delivered, timeout=left, interval=0.2, what="delivery within 20 s of the primary's death")
     await wait_for(lambda: both(200), timeout=20, what="readiness 200 again")
-    assert resumed < 20.0, f"delivery resumed {resumed:.1f}s after the primary died"
     survivors = ",".join(s for s in own_cluster.split(",") if s != f"{victim[0]}:{victim[1]}")
     assert owner(survivors, f"{prefix}room:{{{room}}}") != victim  # its replica serves the slot now

@@ -5,18 +5,15 @@ within 20 s of Redis coming back both instances deliver across again with presen
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
-from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
 
-from tests.helpers import Client, RunningGateway, wait_for
+from tests.helpers import Client, RunningGateway, readyz, sample, wait_for
 from tests.redis_support import PrivateRedis, hkeys, pause_all, redis_overrides
 
 OUTAGE_SECONDS = 5.0
@@ -29,11 +26,6 @@ def pair(
 ) -> list[RunningGateway]:
     common = redis_overrides(private_redis.port, presence_ttl=3.0)
     return [io_loop.run_sync(lambda n=name: make_gateway(**common, instance_id=n)) for name in ("out-a", "out-b")]
-
-
-async def readyz(gw: RunningGateway) -> tuple[int, dict[str, Any]]:
-    response = await AsyncHTTPClient().fetch(gw.http + "/readyz", raise_error=False, request_timeout=5)
-    return response.code, json.loads(response.body)
 
 
 def presence_of(user: str, status: str) -> Callable[[dict[str, Any]], bool]:
@@ -54,10 +46,6 @@ async def sees_gone(c: Client, room: str, user: str, timeout: float = 5.0) -> No
             return
 
 
-def metric(name: str) -> float:
-    return REGISTRY.get_sample_value(name) or 0.0
-
-
 @pytest.mark.gen_test(timeout=60)
 async def test_redis_outage_and_recovery(
     pair: list[RunningGateway], private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
@@ -70,18 +58,18 @@ async def test_redis_outage_and_recovery(
         await c.join("o")
     alice.send("message", {"roomId": "o", "content": "before"})
     assert (await bob.expect("message"))["payload"]["content"] == "before"
-    reconnects = metric("gateway_bus_reconnects_total")
-    publish_failures = metric("gateway_bus_publish_failures_total")
+    reconnects = sample("gateway_bus_reconnects_total")
+    publish_failures = sample("gateway_bus_publish_failures_total")
     caplog.clear()
 
     private_redis.stop()
     stopped = time.monotonic()
 
     async def both(code: int) -> bool:
-        return [(await readyz(g))[0] for g in (a, b)] == [code, code]
+        return [(await readyz(g.http))[0] for g in (a, b)] == [code, code]
 
     await wait_for(lambda: both(503), what="readiness 503 on both instances")
-    _, body = await readyz(a)
+    _, body = await readyz(a.http)
     assert body["instance"] == "out-a" and body["checks"]["bus"] is False
 
     # Local delivery goes on: carol is on A with alice.
@@ -139,8 +127,8 @@ async def test_redis_outage_and_recovery(
     state = await erin.join("o")
     assert {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob", "dave", "erin"}
 
-    assert metric("gateway_bus_reconnects_total") >= reconnects + 2
-    assert metric("gateway_bus_publish_failures_total") >= publish_failures + 1
+    assert sample("gateway_bus_reconnects_total") >= reconnects + 2
+    assert sample("gateway_bus_publish_failures_total") >= publish_failures + 1
     # Expected failures are logged once per change of state, without tracebacks.
     assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
     down = [r for r in caplog.records if r.getMessage() == "bus down, reconnecting"]
@@ -201,7 +189,7 @@ async def test_snapshot_after_redis_comes_back_empty_lists_the_instances_own_use
     private_redis.stop()
 
     async def both(code: int) -> bool:
-        return [(await readyz(g))[0] for g in (a, b)] == [code, code]
+        return [(await readyz(g.http))[0] for g in (a, b)] == [code, code]
 
     await wait_for(lambda: both(503), what="readiness 503 on both instances")
     private_redis.start()  # no persistence: Redis is back empty
