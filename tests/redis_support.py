@@ -84,8 +84,8 @@ def server_args(redis_port: int, *extra: str, prefix: str | None = None) -> list
     ]
 
 
-def client(port: int) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
+def client(port: int, host: str = "127.0.0.1") -> redis.Redis:
+    return redis.Redis(host=host, port=port, socket_timeout=5, decode_responses=True)
 
 
 # Typed reads for assertions (redis-py types its sync commands as `Awaitable[T] | T`).

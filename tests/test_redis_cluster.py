@@ -21,7 +21,8 @@ from services.bus.redis import RedisBus
 from services.bus.redis_shards import ShardedSubscribers
 from tests.conftest import private_cluster
 from tests.helpers import RunningGateway, readyz, sample, wait_for
-from tests.redis_support import cluster_client, cluster_overrides, unique_prefix
+from tests.recovery_support import in_room
+from tests.redis_support import client, cluster_client, cluster_overrides, unique_prefix
 
 Pair = tuple[RunningGateway, RunningGateway]
 
@@ -55,12 +56,8 @@ def pubsub(node: tuple[str, int], *args: str) -> list[Any]:
     return cast("list[Any]", command(node, "PUBSUB", *args))
 
 
-def in_room(room: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda f: bool(f["payload"]["roomId"] == room)
-
-
 def on_node(node: tuple[str, int]) -> redis.Redis:
-    return redis.Redis(host=node[0], port=node[1], socket_timeout=5, decode_responses=True)
+    return client(node[1], node[0])
 
 
 @pytest.mark.gen_test(timeout=40)

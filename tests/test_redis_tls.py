@@ -14,7 +14,7 @@ import redis
 from tornado.ioloop import IOLoop
 
 from tests.conftest import private_cluster
-from tests.helpers import SECRET, RunningGateway, free_port, spawn_server
+from tests.helpers import RunningGateway, free_port, spawn_server
 from tests.redis_support import PrivateRedis, cluster_overrides, server_args, unique_prefix
 from tests.tls_support import TlsFiles, make_ca_and_server_cert
 
@@ -163,24 +163,3 @@ def test_a_wrong_password_an_unknown_ca_or_no_tls_is_one_line_and_exit_2(tls_red
     line = _start_fails(tls_redis, *login, "--redis-password", PASSWORD)  # plain TCP to a TLS port
     assert line.startswith("server.py: error: cannot reach Redis at 127.0.0.1:"), line
     assert PASSWORD not in line
-
-
-def test_a_missing_ca_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    missing = str(tmp_path / "nope.pem")
-    gp = spawn_server(
-        "--port", "0", "--jwt-secret", SECRET, "--redis-host", "127.0.0.1", "--redis-tls-ca", missing,
-        wait_listening=False,
-    )  # fmt: skip
-    _, err = gp.proc.communicate(timeout=20)
-    assert gp.proc.returncode == 2
-    assert err.strip().splitlines() == [f"server.py: error: REDIS_TLS_CA: no such file: {tmp_path / 'nope.pem'}"]
-
-
-def test_redis_host_and_cluster_nodes_together_is_one_line_and_exit_2() -> None:
-    gp = spawn_server(
-        "--port", "0", "--jwt-secret", SECRET, "--redis-host", "127.0.0.1", "--redis-cluster-nodes", "127.0.0.1:7000",
-        wait_listening=False,
-    )  # fmt: skip
-    _, err = gp.proc.communicate(timeout=20)
-    assert gp.proc.returncode == 2
-    assert err.strip().splitlines() == ["server.py: error: REDIS_HOST and REDIS_CLUSTER_NODES are exclusive: set one"]

@@ -40,6 +40,17 @@ def run_bad(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["--room-access", "maybe"], {}, "ROOM-ACCESS".lower()),
         ([], {"RATE_LIMIT": "-1"}, "RATE_LIMIT"),
         (["--jwt-algorithms", "RS256"], {}, "JWT_PUBLIC_KEY"),
+        (
+            ["--redis-host", "127.0.0.1", "--redis-tls-ca", "/nonexistent/ca.pem"],
+            {},
+            "server.py: error: REDIS_TLS_CA: no such file: /nonexistent/ca.pem",
+        ),
+        (
+            ["--redis-host", "127.0.0.1", "--redis-cluster-nodes", "127.0.0.1:7000"],
+            {},
+            "server.py: error: REDIS_HOST and REDIS_CLUSTER_NODES are exclusive: set one",
+        ),
+        (["--api-key", ""], {}, "API_KEY is empty"),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(args, env, needle):
