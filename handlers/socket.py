@@ -146,7 +146,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         self.gateway.sessions.add(self.session)
         # Control-plane actions that arrived since this request began apply to it (hub/control.py).
         since = time.time() - self.request.request_time()
-        if not await self.gateway.hub.connect(self.session, self._revocations, since):
+        if not self.gateway.hub.connect(self.session, self._revocations, since):
             return
         settings = self.gateway.settings
         self._watch_token(self.identity)

@@ -107,6 +107,11 @@ def register(client: RedisClient, source: str) -> AsyncScript:
     return AsyncScript(cast("aioredis.Redis", client), source)
 
 
+def text(value: bytes | str) -> str:
+    """A reply as a str (the clients do not decode replies: frames stay bytes)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason for logs and errors (no traceback: these failures are expected)."""
     text = str(exc).strip().splitlines()

@@ -137,7 +137,7 @@ def _control(users: dict[str, set[Session]], ttl: float = 60.0) -> tuple[Control
         published.append(event)
 
     settings = settings_for(revocation_ttl=ttl)
-    return Control(MemoryRevocations(), settings, "i1", users, publish, lambda room, sessions: None), published
+    return Control(MemoryRevocations(), settings, "i1", users, publish, lambda room, sessions, frame: None), published
 
 
 def _session(user: str, issued_at: float) -> Session:

@@ -28,7 +28,7 @@ from schemas.protocol import room_channel
 from services.bus.wire import bus_key, entry_head
 from services.errors import StoreError
 from services.history import POSITION_TTL, Position, Replay, recovery_check
-from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register
+from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register, text
 
 log = logging.getLogger("gateway.history")
 
@@ -153,15 +153,15 @@ class RedisHistory:
         except StoreError:
             self._lose(room)
             raise
-        return Position(int(offset), _text(epoch)), bytes(full)
+        return Position(int(offset), text(epoch)), bytes(full)
 
     async def position(self, room: str) -> Position:
         epoch, offset, *_ = await self._call(room, self._read, ["position", 0, "", 0])
-        return Position(int(offset), _text(epoch))
+        return Position(int(offset), text(epoch))
 
     async def recover(self, room: str, since: Position, limit: int) -> Replay:
         epoch, offset, *frames = await self._call(room, self._read, ["since", since.offset, since.epoch, limit])
-        current = Position(int(offset), _text(epoch))
+        current = Position(int(offset), text(epoch))
         verdict = recovery_check(since, current)
         if verdict is not None:
             return Replay(current, [] if verdict else None)
@@ -169,7 +169,7 @@ class RedisHistory:
 
     async def latest(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
         epoch, offset, *frames = await self._call(room, self._read, ["latest", 0, "", limit])
-        return Position(int(offset), _text(epoch)), [bytes(f) for f in frames]
+        return Position(int(offset), text(epoch)), [bytes(f) for f in frames]
 
     async def heal(self) -> None:
         """Renew the epoch of every room that lost an entry while Redis was unreachable."""
@@ -195,7 +195,3 @@ class RedisHistory:
     async def close(self) -> None:
         if self._healer is not None:
             self._healer.cancel()  # the shared client is closed by the gateway
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -86,7 +86,7 @@ class RoomHub:
             self.instance_id,
             self.users,
             lambda event: self.bus.publish(control_channel().key, event),
-            self._leave_all,
+            lambda room, sessions, frame: self._remove_from(room, sessions, frame, announce=True),
         )
 
     async def start(self) -> None:
@@ -109,7 +109,7 @@ class RoomHub:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def connect(self, session: Session, revocations: Revocations = NOTHING, since: float | None = None) -> bool:
+    def connect(self, session: Session, revocations: Revocations = NOTHING, since: float | None = None) -> bool:
         """Register a new session, with the records its handshake (begun at `since`, Unix time)
         loaded (services/revocation); False (and close 4029) when the user has too many connections."""
         user = session.user_id
@@ -272,7 +272,7 @@ class RoomHub:
     async def delete_room(self, room: str) -> None:
         frame = frames.encode("room_update", {"roomId": room, "action": "deleted"})
         event = BusEvent(frame=frame, origin=self.instance_id, action=ACTION_DELETE_ROOM)
-        self._delete_room(room, event)
+        self._remove_from(room, list(self.rooms.get(room, ())), frame, announce=False)
         await self.fanout.publish(room_channel(room), event)
 
     # -- the bus -----------------------------------------------------------------------------
@@ -286,28 +286,24 @@ class RoomHub:
             self.control.apply(event)
         elif event.action is not None:
             if event.action == ACTION_DELETE_ROOM:
-                self._delete_room(channel.name, event)
+                # A deleted room needs no offline announcements: nobody is left to hear them.
+                self._remove_from(channel.name, list(self.rooms.get(channel.name, ())), event.frame, announce=False)
             # (an action this version does not know, from a newer instance: nothing to do)
         elif event.offset is not None and event.epoch is not None and event.frame is not None:
             self.fanout.deliver_entry(channel.name, event.frame, Position(event.offset, event.epoch))
         elif event.frame is not None:
             self.fanout.deliver_local(channel.name, event.frame, event.exclude)
 
-    def _delete_room(self, room: str, event: BusEvent) -> None:
-        targets = list(self.rooms.get(room, ()))
-        for session in targets:
-            if event.frame is not None:
-                session.send(event.frame)
-            self._detach(session, room)  # at once: nothing more of the room reaches them
-        if targets:
-            # A deleted room needs no offline announcements: nobody is left to hear them.
-            self.spawn(self._forget_sessions(room, targets, announce=False))
-
-    def _leave_all(self, room: str, sessions: list[Session]) -> None:
-        """Sessions taken out of a room by the control plane; the others see them go offline."""
+    def _remove_from(self, room: str, sessions: list[Session], frame: bytes | None, announce: bool) -> None:
+        """Sessions taken out of a room by an event (room.deleted, a removal, a narrowed token): told
+        with `frame`, detached at once (nothing more of the room reaches them), forgotten by the
+        stores in the background (and, with `announce`, offline to the others)."""
         for session in sessions:
+            if frame is not None:
+                session.send(frame)
             self._detach(session, room)
-        self.spawn(self._forget_sessions(room, sessions, announce=True))
+        if sessions:
+            self.spawn(self._forget_sessions(room, sessions, announce))
 
     async def _forget_sessions(self, room: str, sessions: list[Session], announce: bool) -> None:
         for session in sessions:

@@ -50,11 +50,11 @@ class Control:
         instance_id: str,
         users: dict[str, set[Session]],
         publish: Callable[[BusEvent], Awaitable[None]],
-        leave: Callable[[str, list[Session]], None],
+        leave: Callable[[str, list[Session], bytes], None],
     ) -> None:
         """`users` is the hub's (user -> local sessions); `publish(event)` puts an action on the
-        control channel (raises BusError); `leave(room, sessions)` takes sessions out of a room,
-        announced to the others."""
+        control channel (raises BusError); `leave(room, sessions, frame)` tells sessions `frame` and
+        takes them out of a room, announced to the others."""
         self.store = store
         self._ttl = settings.revocation_ttl
         self._room_access = settings.room_access
@@ -75,8 +75,7 @@ class Control:
             found = await self.store.load(user)
         except StoreError:
             found = Revocations()
-        for key, (moment, expires) in self.known.get(user, NOTHING).before.items():
-            found.add(key, moment, expires)
+        found.merge(self.known.get(user, NOTHING))
         return found
 
     def connected(self, session: Session, found: Revocations, since: float | None) -> None:
@@ -84,9 +83,7 @@ class Control:
         actions that arrived since are applied to it (none without `since`)."""
         user = session.user_id
         if found.before:
-            mine = self.known.setdefault(user, Revocations())
-            for key, (moment, expires) in found.before.items():
-                mine.add(key, moment, expires)
+            self.known.setdefault(user, Revocations()).merge(found)
         if since is None:
             return
         for arrived, event in self._recent_by_user.get(user, ()):
@@ -109,8 +106,7 @@ class Control:
             return
         for room in sorted(session.rooms):
             if not identity.may_join(room):
-                session.send(frames.encode("room_update", {"roomId": room, "action": "removed"}))
-                self._leave(room, [session])
+                self._leave(room, [session], _removed(room))
 
     # -- the control plane's actions -----------------------------------------------------------
 
@@ -130,7 +126,7 @@ class Control:
         """The room's sockets of `user` leave it (room_update removed); older tokens may not join it
         again. Like revoke: applied even when the store fails, then StoreError."""
         METRICS.revocations.labels("room").inc()
-        frame = frames.encode("room_update", {"roomId": room, "action": "removed"})
+        frame = _removed(room)
         now = time.time()
         event = BusEvent(frame=frame, origin=self._instance, action=ACTION_REMOVE_USER, user=user, room=room, at=now)
         await self._store_and_act(user, room, event)
@@ -182,11 +178,8 @@ class Control:
                     session.close(CLOSE_REVOKED, "token revoked")
         elif event.action == ACTION_REMOVE_USER and event.room is not None:
             inside = [s for s in sessions if event.room in s.rooms]
-            for session in inside:
-                if event.frame is not None:
-                    session.send(event.frame)
             if inside:
-                self._leave(event.room, inside)
+                self._leave(event.room, inside, event.frame or _removed(event.room))
 
     def _remember_recent(self, now: float, user: str, event: BusEvent) -> None:
         while self._recent and self._recent[0][0] < now - RECENT:
@@ -198,6 +191,10 @@ class Control:
                     del self._recent_by_user[old.user or ""]
         self._recent.append((now, event))
         self._recent_by_user.setdefault(user, []).append((now, event))
+
+
+def _removed(room: str) -> bytes:
+    return frames.encode("room_update", {"roomId": room, "action": "removed"})
 
 
 def _reason(reason: str | None) -> str:

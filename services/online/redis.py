@@ -27,13 +27,12 @@ from typing import Any, cast
 
 from services.logs import StateLog
 from services.online import OFFLINE, ONLINE, Announce
-from services.redis_common import REDIS_ERRORS, RedisClient, describe, register
+from services.redis_common import REDIS_ERRORS, Backoff, RedisClient, describe, register, text
 
 log = logging.getLogger("gateway.online")
 
 POLL_INTERVAL = 1.0  # seconds between looks at online:due (how late past the grace offline may be)
 SETTLE_BATCH = 100  # users settled per round trip; rounds repeat while they come back full
-RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # seconds between attempts to tell Redis, through an outage
 KEEP_OFFLINE_MS = 24 * 3600 * 1000  # an "off" state is forgotten after a day (then a socket is online anew)
 
 # Lua helper: does the hash still have an instance flag?
@@ -136,7 +135,7 @@ class RedisOnline:
     async def _apply(self, user: str) -> None:
         """Until Redis says what this instance holds for `user` (retried with backoff through an
         outage: a flag left behind would keep the user online for ever; the scripts can run twice)."""
-        delay = RETRY_FIRST
+        backoff = Backoff(0.5, 10.0)  # seconds between attempts to tell Redis, through an outage
         try:
             while (want := self._want.get(user, False)) != self._told.get(user, False):
                 try:
@@ -145,8 +144,7 @@ class RedisOnline:
                     self._state.failed(describe(exc))
                     if self._closing:
                         return
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    await asyncio.sleep(backoff.next())
                     continue
                 self._told[user] = want
         finally:
@@ -199,7 +197,7 @@ class RedisOnline:
             now = time.time()
             raw = await self._client.zrangebyscore(self._due_key, "-inf", now, start=0, num=SETTLE_BATCH)
             for member in raw:
-                user = _text(member)
+                user = text(member)
                 if not await cast("Awaitable[int]", self._client.zrem(self._due_key, user)):
                     continue  # another instance claimed it
                 out: list[Any] = await self._settle(keys=[self._user(user)], args=[_num(now), KEEP_OFFLINE_MS])
@@ -218,7 +216,7 @@ class RedisOnline:
         now = time.time()
         field = f"i:{instance}"
         for member in await cast("Awaitable[set[bytes]]", self._client.smembers(key)):
-            user = _text(member)
+            user = text(member)
             due = await self._close(keys=[self._user(user)], args=[field, _num(now), _num(now + self._grace)])
             if due is not None:
                 await self._client.zadd(self._due_key, {user: float(due)})
@@ -238,7 +236,3 @@ class RedisOnline:
 
 def _num(value: float) -> str:
     return f"{value:.3f}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -27,13 +27,9 @@ from services.errors import StoreError
 from services.presence import ONLINE, ExpiredHandler, Member, Page
 from services.presence.redis_scripts import JOIN, LEAVE, PAGE, SEP, STATUS, Keys
 from services.presence.redis_sweep import Sweeper
-from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register
+from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register, text
 
 log = logging.getLogger("gateway.presence")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _remote(member: str) -> str:
@@ -175,7 +171,7 @@ class RedisPresence:
         except REDIS_ERRORS as exc:
             raise self._state.unavailable(exc) from None
         self._state.ok()
-        count, flat = int(raw[0]), [_text(x) for x in raw[1:]]
+        count, flat = int(raw[0]), [text(x) for x in raw[1:]]
         members: list[Member] = []
         for user, value in zip(flat[0::2], flat[1::2], strict=True):
             status, _, since = value.partition(SEP)
@@ -254,11 +250,11 @@ class RedisPresence:
 
     async def _remote_members(self) -> set[str]:
         """Our connections as Redis has them, in every room listed under us or held here."""
-        listed = {_text(r) for r in await cast("Awaitable[set[bytes]]", self._client.smembers(self._rooms_key))}
+        listed = {text(r) for r in await cast("Awaitable[set[bytes]]", self._client.smembers(self._rooms_key))}
         out: set[str] = set()
         for room in listed | self._rooms():
             conns = await cast("Awaitable[set[bytes]]", self._client.smembers(self._keys.conns(room, self.instance_id)))
-            out.update(f"{room}{SEP}{_text(c)}" for c in conns)
+            out.update(f"{room}{SEP}{text(c)}" for c in conns)
         self._registered |= listed
         return out
 

@@ -19,7 +19,7 @@ from typing import cast
 
 from services.errors import StoreError
 from services.presence.redis_scripts import PURGE, PURGE_CHUNK, Keys
-from services.redis_common import REDIS_ERRORS, RedisClient, register
+from services.redis_common import REDIS_ERRORS, RedisClient, register, text
 
 log = logging.getLogger("gateway.presence")
 
@@ -55,7 +55,7 @@ class Sweeper:
         lock_ms = max(100, int(self.interval * 900))
         if not await self.client.set(self.keys.sweep_lock, self.instance_id, nx=True, px=lock_ms):
             return 0
-        ids = [_text(i) for i in await cast("Awaitable[set[bytes]]", self.client.smembers(self.keys.instances))]
+        ids = [text(i) for i in await cast("Awaitable[set[bytes]]", self.client.smembers(self.keys.instances))]
         others = [i for i in ids if i != self.instance_id]
         if not others:
             return 0
@@ -73,12 +73,12 @@ class Sweeper:
         announced = 0
         rooms_key = self.keys.rooms(other)
         for raw in await cast("Awaitable[set[bytes]]", self.client.smembers(rooms_key)):
-            room = _text(raw)
+            room = text(raw)
             keys = self.keys.scripted(room, other)
             while True:
                 out = await self._purge(keys=keys, args=[PURGE_CHUNK])
                 for user in out[1:]:
-                    self.expired(room, _text(user))
+                    self.expired(room, text(user))
                     announced += 1
                 if int(out[0]) <= 0:
                     break
@@ -95,7 +95,3 @@ class Sweeper:
         if announced:
             log.info("presence of a dead instance expired", extra={"dead": other, "users": announced})
         return announced
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

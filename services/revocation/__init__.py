@@ -16,7 +16,6 @@ store round trip. `MemoryRevocations` (memory.py) serves one process; `RedisRevo
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -43,13 +42,17 @@ class Revocations:
         record = self.before.get(key)
         return record is not None and record[1] > time.time() and older(issued_at, record[0])
 
-    def add(self, key: str, moment: float, expires: float = math.inf) -> None:
+    def add(self, key: str, moment: float, expires: float) -> None:
         """Keep the later moment and the later lapse: a revocation never narrows an earlier one."""
         old = self.before.get(key)
         if old is None:
             self.before[key] = (moment, expires)
         else:
             self.before[key] = (max(moment, old[0]), max(expires, old[1]))
+
+    def merge(self, other: Revocations) -> None:
+        for key, (moment, expires) in other.before.items():
+            self.add(key, moment, expires)
 
 
 NOTHING = Revocations()  # shared by users with no record: never mutated (callers copy before adding)
