@@ -72,7 +72,7 @@ class ShardedSubscribers:
                 await sock.open()
                 self._sockets[node.name] = sock
                 assert sock.reader is not None
-                sock.reader.add_done_callback(lambda _: self._socket_unhealthy(None))
+                sock.reader.add_done_callback(self._socket_stopped)
                 key = probe_key(self._settings.redis_prefix, self._instance_id, self._owned_by(node))
                 await sock.subscribe([key])
                 self.probe_keys.append(key)
@@ -110,8 +110,19 @@ class ShardedSubscribers:
             await sock.unsubscribe(key)
 
     def _socket_unhealthy(self, _: SubscriberSocket | None) -> None:
+        self._stop(None)
+
+    def _socket_stopped(self, reader: asyncio.Future[None]) -> None:
+        """A primary's socket stopped reading: the set stops, with its reason (the bus logs it)."""
+        self._stop(None if reader.cancelled() else reader.exception())
+
+    def _stop(self, exc: BaseException | None) -> None:
+        """`reader` (what the bus watches, as it watches one socket) ends, with the first cause."""
         if self.reader is not None and not self.reader.done():
-            self.reader.set_result(None)
+            if exc is None:
+                self.reader.set_result(None)
+            else:
+                self.reader.set_exception(exc)
         self._on_unhealthy(self)
 
     async def close(self) -> None:
@@ -119,8 +130,11 @@ class ShardedSubscribers:
         self._where.clear()
         for sock in sockets:
             await sock.close()
-        if self.reader is not None and not self.reader.done():
-            self.reader.cancel()
+        if self.reader is not None:
+            if not self.reader.done():
+                self.reader.cancel()
+            elif not self.reader.cancelled():
+                self.reader.exception()  # read by the bus already, or not wanted any more
 
     def channels_per_primary(self) -> dict[str, int]:
         """How many channels each primary carries for this instance (metrics and tests)."""
