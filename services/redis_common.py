@@ -74,14 +74,20 @@ def make_client(settings: Settings, instance_id: str) -> RedisClient:
     timeout = COMMAND_TIMEOUT
     if settings.redis_cluster_nodes:
         return make_cluster_client(settings, timeout, client_name=f"rtg:{instance_id}")
+    return single_client(
+        settings, timeout, retries=1, max_connections=MAX_CONNECTIONS, client_name=f"rtg:{instance_id}"
+    )
+
+
+def single_client(settings: Settings, timeout: float, retries: int, **extra: Any) -> aioredis.Redis:
+    """A client of the one Redis (REDIS_HOST mode); `retries` for a pooled connection gone stale."""
     return aioredis.Redis(
         **connection_kwargs(settings),
         ssl=uses_tls(settings),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        max_connections=MAX_CONNECTIONS,
-        client_name=f"rtg:{instance_id}",
+        retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+        **extra,
     )
 
 
@@ -173,13 +179,7 @@ async def ping(settings: Settings, timeout: float) -> None:
         finally:
             await cluster.aclose()
         return
-    client = aioredis.Redis(
-        **connection_kwargs(settings),
-        ssl=uses_tls(settings),
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    client = single_client(settings, timeout, retries=0)
     try:
         await asyncio.wait_for(client.ping(), timeout)
     finally:
