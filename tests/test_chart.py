@@ -327,8 +327,10 @@ def test_renders_expected_kinds(manifests: list[Manifest], values_set: str) -> N
         # The JWT secret is generated into the chart's Secret (THROWAWAY); nothing optional is on.
         assert kinds == sorted([*base, "Secret"])
     else:
-        # existingSecret for both JWT_DEV and REDIS_PASSWORD: the chart renders no Secret.
-        assert kinds == sorted([*base, "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "ServiceMonitor"])
+        # existingSecret for both JWT_DEV and REDIS_PASSWORD: the chart renders no Secret. The second
+        # ConfigMap holds the Grafana dashboard.
+        extra = ["ConfigMap", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "ServiceMonitor"]
+        assert kinds == sorted([*base, *extra])
     for d in manifests:
         assert d["metadata"]["name"].startswith(RELEASE)
         assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
