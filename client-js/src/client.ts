@@ -1,0 +1,626 @@
+/**
+ * GatewayClient: one logical connection to a Realtime Gateway that survives drops (docs/client.md).
+ *
+ *     const client = new GatewayClient("wss://chat.example.com/ws", { getToken: fetchToken });
+ *     client.on("message", (m) => console.log(m.senderId, m.content));
+ *     await client.connect();
+ *     await client.join("general");
+ *     await client.send("general", "hello");
+ *
+ * What it does so that an application does not have to:
+ * - replies are matched to requests by `requestId`: each request is a promise of its reply frame,
+ *   rejected with RequestError when the gateway answers `error`;
+ * - a dropped socket is reopened with exponential backoff and jitter; every room is joined again
+ *   with `since` set to the last entry seen, so the gateway replays what was missed, and a
+ *   `recovery` event says whether it could (`recovered: false`: fetch the gap elsewhere);
+ * - sends made while disconnected wait in a bounded buffer (BufferFull past `maxBuffered`); every
+ *   send carries a dedupeKey, and one that was in flight when the socket dropped is sent again with
+ *   the same key, so the gateway acks and delivers it once;
+ * - `token_expiring` asks `getToken` for a new token and hands it over in band (`refresh`);
+ * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up.
+ *
+ * Limits: one client is one socket; events are delivered synchronously to listeners, in order.
+ */
+
+import { Backoff, type BackoffOptions } from "./backoff.js";
+import { Emitter } from "./emitter.js";
+import { BufferFull, ClientClosed, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
+import type {
+  Ack,
+  Attachment,
+  ErrorPayload,
+  Frame,
+  History,
+  Position,
+  PresenceState,
+  PresenceStatus,
+  Refreshed,
+  RoomUpdate,
+  ServerPayloads,
+} from "./frames.js";
+import { type CloseAction, closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
+
+/** The part of the standard WebSocket the client uses, so a browser's, Node's (22+, or 20 with
+ * --experimental-websocket) or the `ws` package's all fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export type TokenProvider = () => string | Promise<string>;
+
+export interface ClientOptions {
+  /** A fixed token. With it, a 4001 (token expired) is final: prefer `getToken`. */
+  token?: string;
+  /** Called before every connection attempt and on `token_expiring`; may fetch a fresh token. */
+  getToken?: TokenProvider;
+  /** The WebSocket class (default: the global one). */
+  WebSocket?: WebSocketConstructor;
+  backoff?: BackoffOptions;
+  /** Reconnect attempts in a row before giving up (default: never give up). */
+  maxAttempts?: number;
+  /** How long a request waits for its reply, in ms (default 30000). */
+  timeoutMs?: number;
+  /** Requests held while disconnected, at most (default 100); more reject with BufferFull. */
+  maxBuffered?: number;
+  /** An application ping every this many ms (default 25000; 0: never). */
+  pingIntervalMs?: number;
+  /** No frame at all within this long after a ping: the socket is dead, reconnect (default 10000). */
+  pongTimeoutMs?: number;
+  /** A connection that lasted this long resets the backoff (default 5000). */
+  stableAfterMs?: number;
+}
+
+export type ClientState = "idle" | "connecting" | "open" | "waiting" | "closed";
+
+export interface Disconnected {
+  /** The close code (1006 when the connection dropped or the upgrade was refused). */
+  code: number;
+  reason: string;
+  action: CloseAction;
+  willReconnect: boolean;
+  /** When reconnecting: the wait before the next attempt. */
+  delayMs?: number;
+}
+
+export interface Recovery {
+  roomId: string;
+  /** false: entries after the last one seen are lost to this socket; the position is the room's now. */
+  recovered: boolean;
+  offset?: number;
+  epoch?: string;
+}
+
+/** Every event: one per server frame type (its payload), and the client's own. */
+export interface ClientEvents extends ServerPayloads {
+  /** Every server frame as received (with its requestId), before its typed event. */
+  frame: Frame;
+  connecting: { attempt: number };
+  /** Open, with every room joined again (`reconnected`: not the first connection). */
+  connected: { reconnected: boolean; rooms: string[] };
+  disconnected: Disconnected;
+  /** A re-join with `since` was answered. */
+  recovery: Recovery;
+  /** getToken failed, or the gateway refused the new token; the old one stands until its expiry. */
+  refresh_failed: { error: unknown };
+  /** The client stopped for good: close() was called or a close code said to give up. */
+  closed: { code?: number; reason: string };
+}
+
+export interface SendOptions {
+  attachments?: Attachment[];
+  /** Default: a new random key. Reuse a key to retry a send safely. */
+  dedupeKey?: string;
+  timeoutMs?: number;
+}
+
+type ReplyType = "room_update" | "ack" | "pong" | "history" | "presence_state" | "refreshed";
+
+const REPLIES: Record<string, ReplyType> = {
+  join: "room_update",
+  leave: "room_update",
+  message: "ack",
+  ping: "pong",
+  history: "history",
+  presence_query: "presence_state",
+  refresh: "refreshed",
+};
+
+// Sent again on the next socket when the reply did not come: these are safe to repeat.
+const RESENT = new Set(["join", "leave", "message"]);
+const OPEN = 1;
+
+interface Pending {
+  id: string;
+  type: string;
+  frame: Frame<Record<string, unknown>>;
+  roomId: string | undefined;
+  dedupeKey: string | undefined;
+  sentOn: WebSocketLike | null;
+  reply: Promise<unknown>;
+  resolve: (value: never) => void;
+  reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+export class GatewayClient extends Emitter<ClientEvents> {
+  readonly url: string;
+  /** The token's subject (`sub`, else `userId`), read without verifying, once a token is known. */
+  userId: string | undefined;
+  /** Sockets opened so far (0: the gateway was never reached, or refused every attempt). */
+  connections = 0;
+
+  private readonly options: Required<Omit<ClientOptions, "token" | "getToken" | "WebSocket" | "backoff" | "maxAttempts">>;
+  private readonly maxAttempts: number;
+  private readonly backoff: Backoff;
+  private readonly WebSocketClass: WebSocketConstructor;
+  private readonly tokenSource: string | TokenProvider;
+  private current: ClientState = "idle";
+  private ws: WebSocketLike | null = null;
+  private ready = false;
+  private readonly rooms = new Map<string, Position | null>();
+  private readonly pending = new Map<string, Pending>();
+  private attempt = 0;
+  private tries = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private pongTimer: ReturnType<typeof setTimeout> | undefined;
+  private refreshing = false;
+  private seq = 0;
+  private readonly prefix = randomHex(6);
+  private started: Promise<void> | null = null;
+  private settleStart: { resolve: () => void; reject: (error: Error) => void } | null = null;
+
+  constructor(url: string, options: ClientOptions) {
+    super();
+    if ((options.token === undefined) === (options.getToken === undefined)) {
+      throw new TypeError("pass a token or getToken (one of them)");
+    }
+    const WebSocketClass = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (WebSocketClass === undefined) {
+      throw new TypeError("no WebSocket here: pass options.WebSocket, or use Node 22+ (20: --experimental-websocket)");
+    }
+    this.url = url;
+    this.WebSocketClass = WebSocketClass;
+    this.tokenSource = options.token ?? (options.getToken as TokenProvider);
+    this.backoff = new Backoff(options.backoff);
+    this.maxAttempts = options.maxAttempts ?? Infinity;
+    this.options = {
+      timeoutMs: options.timeoutMs ?? 30_000,
+      maxBuffered: options.maxBuffered ?? 100,
+      pingIntervalMs: options.pingIntervalMs ?? 25_000,
+      pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
+      stableAfterMs: options.stableAfterMs ?? 5_000,
+    };
+  }
+
+  // -- lifecycle ---------------------------------------------------------------------------
+
+  /** "open" once a socket is up and every room joined again; "waiting" between attempts. */
+  get state(): ClientState {
+    return this.current;
+  }
+
+  /** Rooms this client is in, or will be in again after a reconnect. */
+  get roomIds(): string[] {
+    return [...this.rooms.keys()];
+  }
+
+  /** The last history entry seen in `roomId` (what a re-join asks to follow), if any. */
+  position(roomId: string): Position | undefined {
+    return this.rooms.get(roomId) ?? undefined;
+  }
+
+  /** Opens the connection; resolves once it is open, rejects with ClientClosed if the client gives
+   * up before that. Drops after it are retried in the background (watch `disconnected`). */
+  connect(): Promise<void> {
+    if (this.started !== null) return this.started;
+    this.started = new Promise<void>((resolve, reject) => {
+      this.settleStart = { resolve, reject };
+    });
+    void this.open();
+    return this.started;
+  }
+
+  /** Closes the socket (1000) and stops; pending requests reject with ClientClosed. */
+  close(): void {
+    if (this.current === "closed") return;
+    const ws = this.ws;
+    this.finish(new ClientClosed("client closed", 1000));
+    ws?.close(1000, "client closed");
+  }
+
+  // -- requests ------------------------------------------------------------------------------
+
+  /** Joins `roomId`; it is joined again after every reconnect until leave(). */
+  async join(roomId: string, options: { timeoutMs?: number } = {}): Promise<RoomUpdate> {
+    if (!this.rooms.has(roomId)) this.rooms.set(roomId, null);
+    try {
+      return await this.request<RoomUpdate>("join", { roomId }, options.timeoutMs);
+    } catch (err) {
+      if (err instanceof RequestError) this.rooms.delete(roomId);
+      throw err;
+    }
+  }
+
+  async leave(roomId: string, options: { timeoutMs?: number } = {}): Promise<RoomUpdate> {
+    this.rooms.delete(roomId);
+    if (this.ws === null) return { roomId, action: "left" }; // the next socket will not join it
+    return this.request<RoomUpdate>("leave", { roomId }, options.timeoutMs);
+  }
+
+  /** Sends a message; resolves with its ack. Buffered while disconnected and resent after a drop
+   * with the same dedupeKey until acked or `timeoutMs` passes. */
+  send(roomId: string, content: string, options: SendOptions = {}): Promise<Ack> {
+    const payload: Record<string, unknown> = { roomId, content, dedupeKey: options.dedupeKey ?? newKey() };
+    if (options.attachments !== undefined && options.attachments.length > 0) payload["attachments"] = options.attachments;
+    return this.request<Ack>("message", payload, options.timeoutMs);
+  }
+
+  /** The room's latest `limit` (1..100) entries, oldest first. */
+  history(roomId: string, limit = 50): Promise<History> {
+    return this.request<History>("history", { roomId, limit });
+  }
+
+  /** A page of the room's members: the first without `cursor`, then pass the page's `next`. */
+  presenceQuery(roomId: string, cursor?: string): Promise<PresenceState> {
+    return this.request<PresenceState>("presence_query", cursor === undefined ? { roomId } : { roomId, cursor });
+  }
+
+  /** Hands the gateway a new token for this socket (default: getToken's next one). */
+  async refresh(token?: string): Promise<Refreshed> {
+    const next = token ?? (typeof this.tokenSource === "string" ? undefined : await this.tokenSource());
+    if (next === undefined) throw new TypeError("no getToken to refresh from: pass a token");
+    this.userId = tokenSubject(next) ?? this.userId;
+    return this.request<Refreshed>("refresh", { token: next });
+  }
+
+  /** Round trip of an application ping, in ms. */
+  async ping(): Promise<number> {
+    const start = Date.now();
+    await this.request("ping", {});
+    return Date.now() - start;
+  }
+
+  /** Says online, typing or idle in a room. Not buffered (a stale `typing` is worse than none):
+   * false when there is no open socket. */
+  setPresence(roomId: string, status: Exclude<PresenceStatus, "offline">): boolean {
+    if (!this.ready || this.ws === null) return false;
+    return write(this.ws, { type: "presence", payload: { roomId, status } });
+  }
+
+  private request<T>(type: string, payload: Record<string, unknown>, timeoutMs?: number): Promise<T> {
+    if (this.current === "closed") return Promise.reject(new ClientClosed("client closed"));
+    if (!this.ready && this.buffered() >= this.options.maxBuffered) {
+      return Promise.reject(new BufferFull(`disconnected, and ${this.options.maxBuffered} requests are waiting`));
+    }
+    const entry = this.enqueue(type, payload, timeoutMs);
+    if (this.ready && this.ws !== null) this.transmit(this.ws, entry);
+    return entry.reply as Promise<T>;
+  }
+
+  /** A request waiting for its reply; written by the caller (now, or after the next resume). */
+  private enqueue(type: string, payload: Record<string, unknown>, timeoutMs?: number): Pending {
+    this.seq += 1;
+    const id = `${this.prefix}-${this.seq}`;
+    const dedupeKey = typeof payload["dedupeKey"] === "string" ? payload["dedupeKey"] : undefined;
+    const limit = timeoutMs ?? this.options.timeoutMs;
+    let resolve!: (value: never) => void;
+    let reject!: (error: Error) => void;
+    const reply = new Promise<never>((ok, fail) => {
+      resolve = ok;
+      reject = fail;
+    });
+    const entry: Pending = {
+      id,
+      type,
+      frame: { type, payload, requestId: id },
+      roomId: typeof payload["roomId"] === "string" ? payload["roomId"] : undefined,
+      dedupeKey,
+      sentOn: null,
+      reply,
+      resolve,
+      reject,
+      timer: setTimeout(() => {
+        this.pending.delete(id);
+        reject(new RequestTimeout(`no reply to ${type} within ${limit} ms`, dedupeKey));
+      }, limit),
+    };
+    this.pending.set(id, entry);
+    return entry;
+  }
+
+  private buffered(): number {
+    let count = 0;
+    for (const entry of this.pending.values()) if (entry.sentOn === null) count += 1;
+    return count;
+  }
+
+  private transmit(ws: WebSocketLike, entry: Pending): void {
+    if (write(ws, entry.frame)) entry.sentOn = ws;
+  }
+
+  private settle(entry: Pending, outcome: { value: unknown } | { error: Error }): void {
+    clearTimeout(entry.timer);
+    this.pending.delete(entry.id);
+    if ("value" in outcome) entry.resolve(outcome.value as never);
+    else entry.reject(outcome.error);
+  }
+
+  // -- connection ----------------------------------------------------------------------------
+
+  private async open(): Promise<void> {
+    if (this.current === "closed") return;
+    this.current = "connecting";
+    this.emit("connecting", { attempt: this.tries });
+    let token: string;
+    try {
+      token = typeof this.tokenSource === "string" ? this.tokenSource : await this.tokenSource();
+    } catch (error) {
+      this.retry(1006, `getToken failed: ${error instanceof Error ? error.message : String(error)}`);
+      return;
+    }
+    if (this.current !== "connecting") return; // closed meanwhile
+    this.userId = tokenSubject(token) ?? this.userId;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WebSocketClass(withToken(this.url, token));
+    } catch (error) {
+      this.finish(new ClientClosed(`bad URL ${this.url}: ${error instanceof Error ? error.message : String(error)}`));
+      return;
+    }
+    this.ws = ws;
+    let openedAt = 0;
+    ws.onopen = () => {
+      openedAt = Date.now();
+      this.connections += 1;
+      void this.resume(ws);
+    };
+    ws.onmessage = (event) => this.receive(ws, event.data);
+    const ended = (code: number, reason: string): void => {
+      if (this.ws !== ws) return;
+      this.dropped(ws);
+      if (this.current === "closed") return;
+      if (openedAt > 0 && Date.now() - openedAt >= this.options.stableAfterMs) this.attempt = 0;
+      const fallback = CLOSE_CODES[code]?.reason ?? (openedAt > 0 ? "connection lost" : "could not connect");
+      this.retry(code, reason || fallback);
+    };
+    ws.onclose = (event) => ended(openedAt > 0 ? event.code : 1006, event.reason);
+    // Before the open, an error is the end of the attempt: some WebSockets (Node 20's) never send
+    // the close that should follow. After it, the close event comes and says why.
+    ws.onerror = () => {
+      if (openedAt > 0) return;
+      ended(1006, "");
+      try {
+        ws.close();
+      } catch {
+        // not open yet: nothing to close
+      }
+    };
+  }
+
+  /** After an open: join every room again (with `since`), then send what waited. */
+  private async resume(ws: WebSocketLike): Promise<void> {
+    const reconnected = this.connections > 1;
+    for (const entry of [...this.pending.values()]) {
+      if (entry.type === "leave" && entry.sentOn === null) this.settle(entry, { value: { roomId: entry.roomId, action: "left" } });
+    }
+    const joins: Promise<unknown>[] = [];
+    for (const roomId of [...this.rooms.keys()]) {
+      const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
+      const entry = asked ?? this.rejoin(roomId);
+      this.transmit(ws, entry);
+      joins.push(entry.reply);
+    }
+    await Promise.allSettled(joins);
+    if (this.ws !== ws || this.current === "closed") return; // dropped again meanwhile: the next open resumes
+    this.ready = true;
+    this.current = "open";
+    this.tries = 0;
+    this.startPing(ws);
+    for (const entry of [...this.pending.values()]) if (entry.sentOn !== ws) this.transmit(ws, entry);
+    this.emit("connected", { reconnected, rooms: this.roomIds });
+    this.settleStart?.resolve();
+    this.settleStart = null;
+  }
+
+  private rejoin(roomId: string): Pending {
+    const since = this.rooms.get(roomId);
+    const entry = this.enqueue("join", since ? { roomId, since: { offset: since.offset, epoch: since.epoch } } : { roomId });
+    entry.reply.catch((error: unknown) => {
+      if (error instanceof RequestError) this.rooms.delete(roomId); // e.g. the token no longer allows it
+    });
+    return entry;
+  }
+
+  private dropped(ws: WebSocketLike): void {
+    this.ws = null;
+    this.ready = false;
+    this.stopPing();
+    for (const entry of [...this.pending.values()]) {
+      if (entry.sentOn !== ws) continue;
+      if (RESENT.has(entry.type)) entry.sentOn = null;
+      else this.settle(entry, { error: new ConnectionLost(`the connection dropped before the reply to ${entry.type}`) });
+    }
+  }
+
+  private retry(code: number, reason: string): void {
+    let action = closeAction(code);
+    if (action === "refresh" && typeof this.tokenSource === "string") action = "give_up"; // nobody to ask for a new token
+    if (action === "give_up" || this.tries >= this.maxAttempts) {
+      const why = action === "give_up" ? reason : `gave up after ${this.tries} attempts: ${reason}`;
+      this.emit("disconnected", { code, reason: why, action, willReconnect: false });
+      this.finish(new ClientClosed(why, code));
+      return;
+    }
+    const delayMs = this.backoff.delay(this.attempt);
+    this.attempt += 1;
+    this.tries += 1;
+    this.current = "waiting";
+    this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
+    this.retryTimer = setTimeout(() => void this.open(), delayMs);
+  }
+
+  /** Skips the wait: try to connect now (a "Retry now" button). */
+  retryNow(): void {
+    if (this.current !== "waiting") return;
+    clearTimeout(this.retryTimer);
+    this.attempt = 0;
+    void this.open();
+  }
+
+  private finish(error: ClientClosed): void {
+    if (this.current === "closed") return;
+    this.current = "closed";
+    this.ready = false;
+    clearTimeout(this.retryTimer);
+    this.stopPing();
+    const ws = this.ws;
+    this.ws = null;
+    if (ws !== null) ws.onclose = null;
+    for (const entry of [...this.pending.values()]) this.settle(entry, { error });
+    this.settleStart?.reject(error);
+    this.settleStart = null;
+    this.emit("closed", error.code === undefined ? { reason: error.message } : { code: error.code, reason: error.message });
+  }
+
+  private startPing(ws: WebSocketLike): void {
+    this.stopPing();
+    if (this.options.pingIntervalMs <= 0) return;
+    this.pingTimer = setInterval(() => {
+      if (this.ws !== ws) return;
+      this.request("ping", {}).catch(() => {});
+      clearTimeout(this.pongTimer);
+      // Nothing back at all: the connection is dead without a close (a laptop asleep, a NAT that forgot us).
+      this.pongTimer = setTimeout(() => ws.close(4000, "no pong"), this.options.pongTimeoutMs);
+    }, this.options.pingIntervalMs);
+  }
+
+  private stopPing(): void {
+    clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
+  }
+
+  // -- frames --------------------------------------------------------------------------------
+
+  private receive(ws: WebSocketLike, data: unknown): void {
+    if (this.ws !== ws || typeof data !== "string") return; // the protocol is text only
+    clearTimeout(this.pongTimer);
+    let frame: Frame;
+    try {
+      frame = JSON.parse(data) as Frame;
+    } catch {
+      return;
+    }
+    if (frame === null || typeof frame !== "object" || typeof frame.type !== "string") return;
+    const payload = (frame.payload ?? {}) as Record<string, unknown>;
+    if (isEntry(frame.type) && !this.advance(payload)) return; // seen already: a replay overlapping live traffic
+    if (frame.type === "room_update") this.roomUpdate(payload as unknown as RoomUpdate, frame.requestId);
+    if (frame.type === "token_expiring") void this.refreshFromSource();
+    this.emit("frame", frame);
+    if (SERVER_TYPE_SET.has(frame.type)) this.emit(frame.type as keyof ServerPayloads, payload as never);
+    const entry = frame.requestId === undefined ? undefined : this.pending.get(frame.requestId);
+    if (entry === undefined) return;
+    if (frame.type === "error") this.settle(entry, { error: new RequestError(payload as unknown as ErrorPayload) });
+    else if (REPLIES[entry.type] === frame.type) this.settle(entry, { value: payload });
+  }
+
+  /** Moves the room's position to this entry; false when it is at or before the position. */
+  private advance(payload: Record<string, unknown>): boolean {
+    const { roomId, offset, epoch } = payload;
+    if (typeof roomId !== "string" || typeof offset !== "number" || typeof epoch !== "string") return true;
+    if (!this.rooms.has(roomId)) return true;
+    const known = this.rooms.get(roomId);
+    if (known && known.epoch === epoch && offset <= known.offset) return false;
+    this.rooms.set(roomId, { offset, epoch });
+    return true;
+  }
+
+  private roomUpdate(update: RoomUpdate, requestId: string | undefined): void {
+    const { roomId } = update;
+    if (update.action === "joined") {
+      if (!this.rooms.has(roomId)) return;
+      const here = typeof update.offset === "number" && typeof update.epoch === "string";
+      const position = here ? { offset: update.offset as number, epoch: update.epoch as string } : null;
+      if (update.recovered === undefined) {
+        if (this.rooms.get(roomId) == null) this.rooms.set(roomId, position);
+        return;
+      }
+      // recovered: the replayed entries follow and move the position; not: start from the room's.
+      if (!update.recovered) this.rooms.set(roomId, position);
+      const recovery: Recovery = { roomId, recovered: update.recovered };
+      if (position !== null) Object.assign(recovery, position);
+      this.emit("recovery", recovery);
+    } else if (update.action === "removed" || update.action === "deleted" || (update.action === "left" && requestId === undefined)) {
+      this.rooms.delete(roomId); // the gateway took us out: do not join again
+    }
+  }
+
+  private async refreshFromSource(): Promise<void> {
+    if (typeof this.tokenSource === "string" || this.refreshing) return;
+    this.refreshing = true;
+    try {
+      await this.refresh();
+    } catch (error) {
+      this.emit("refresh_failed", { error });
+    } finally {
+      this.refreshing = false;
+    }
+  }
+}
+
+const SERVER_TYPE_SET: ReadonlySet<string> = new Set(SERVER_TYPES);
+
+function isEntry(type: string): boolean {
+  return type === "message" || type === "message_updated" || type === "message_deleted";
+}
+
+function write(ws: WebSocketLike, frame: Frame): boolean {
+  if (ws.readyState !== OPEN) return false;
+  try {
+    ws.send(JSON.stringify(frame));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Browsers cannot set headers on a WebSocket, so the token goes in the query (the gateway keeps
+ * it out of its logs). */
+function withToken(url: string, token: string): string {
+  const parsed = new URL(url);
+  parsed.searchParams.set("token", token);
+  return parsed.toString();
+}
+
+/** The user id the gateway will see (`sub`, else `userId`), read without verifying. */
+export function tokenSubject(token: string): string | undefined {
+  try {
+    const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(part + "=".repeat((4 - (part.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes)) as Record<string, unknown>;
+    for (const key of ["sub", "userId"]) if (typeof claims[key] === "string") return claims[key] as string;
+  } catch {
+    // not a JWT: the gateway will say so
+  }
+  return undefined;
+}
+
+function newKey(): string {
+  const crypto = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  // randomUUID exists only in secure contexts (https, localhost); elsewhere a random hex key does.
+  return crypto?.randomUUID?.() ?? randomHex(32);
+}
+
+function randomHex(length: number): string {
+  let out = "";
+  while (out.length < length) out += Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
+  return out.slice(0, length);
+}

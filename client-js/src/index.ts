@@ -1,0 +1,31 @@
+/** @realtime-gateway/client: the typed JavaScript client of Realtime Gateway (docs/client.md). */
+
+export { Backoff, type BackoffOptions } from "./backoff.js";
+export {
+  GatewayClient,
+  tokenSubject,
+  type ClientEvents,
+  type ClientOptions,
+  type ClientState,
+  type Disconnected,
+  type Recovery,
+  type SendOptions,
+  type TokenProvider,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./client.js";
+export { Emitter, type Listener } from "./emitter.js";
+export { BufferFull, ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
+export type * from "./frames.js";
+export {
+  CLIENT_TYPES,
+  CLOSE_CODES,
+  ERROR_CODES,
+  SERVER_TYPES,
+  closeAction,
+  type ClientType,
+  type CloseAction,
+  type CloseCode,
+  type ErrorCode,
+  type ServerType,
+} from "./protocol.js";

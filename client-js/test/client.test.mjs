@@ -1,0 +1,196 @@
+// GatewayClient against real gateways over real sockets (docs/client.md).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { BufferFull, ClientClosed, GatewayClient, RequestError } from "../dist/index.js";
+import { freePort, mint, nextEvent, record, redisFor, startGateway, waitFor } from "./support.mjs";
+
+function connectAs(t, gw, user, options = {}) {
+  const client = new GatewayClient(gw.url, { token: mint(user), backoff: { initialMs: 50, maxMs: 300 }, ...options });
+  t.after(() => client.close());
+  return client;
+}
+
+test("requests resolve with their replies and every frame arrives as a typed event", async (t) => {
+  const gw = await startGateway(t);
+  const alice = connectAs(t, gw, "alice");
+  const bob = connectAs(t, gw, "bob");
+  await Promise.all([alice.connect(), bob.connect()]);
+  assert.equal(alice.userId, "alice");
+  assert.equal(alice.state, "open");
+
+  const joined = await alice.join("general");
+  assert.deepEqual([joined.roomId, joined.action, joined.offset], ["general", "joined", 0]);
+  const seenByAlice = nextEvent(alice, "presence", (p) => p.userId === "bob" && p.status === "online");
+  const state = nextEvent(bob, "presence_state", (s) => s.roomId === "general");
+  await bob.join("general");
+  assert.equal((await state).count, 2);
+  await seenByAlice;
+
+  const frames = record(bob, "frame");
+  const delivered = nextEvent(bob, "message", (m) => m.content === "hello");
+  const ack = await alice.send("general", "hello", { dedupeKey: "k-1" });
+  assert.equal(ack.dedupeKey, "k-1");
+  const message = await delivered;
+  assert.deepEqual([message.id, message.senderId, message.offset, message.epoch], [ack.id, "alice", 1, joined.epoch]);
+  assert.ok(frames.some((f) => f.type === "message" && f.payload.id === ack.id), "the raw frame is an event too");
+
+  const history = await bob.history("general", 10);
+  assert.deepEqual(history.entries.map((e) => e.payload.content), ["hello"]);
+  const page = await bob.presenceQuery("general");
+  assert.deepEqual(page.members.map((m) => m.userId), ["alice", "bob"]);
+  assert.ok((await alice.ping()) >= 0);
+  assert.deepEqual(bob.position("general"), { offset: 1, epoch: joined.epoch });
+
+  // The gateway's refusal rejects the request's own promise, with its code and details.
+  await assert.rejects(alice.history("elsewhere"), (err) => err instanceof RequestError && err.code === "not_in_room");
+  await assert.rejects(alice.send("general", ""), (err) => err instanceof RequestError && err.code === "validation_failed" && "content" in err.details);
+  const left = await bob.leave("general");
+  assert.equal(left.action, "left");
+  assert.deepEqual(bob.roomIds, []);
+});
+
+test("a send repeated with its dedupeKey is acked with the same id and delivered once", async (t) => {
+  const gw = await startGateway(t);
+  const alice = connectAs(t, gw, "alice");
+  const bob = connectAs(t, gw, "bob");
+  await Promise.all([alice.connect(), bob.connect()]);
+  await alice.join("r");
+  await bob.join("r");
+  const got = record(bob, "message");
+  const first = await alice.send("r", "once", { dedupeKey: "same" });
+  const again = await alice.send("r", "once", { dedupeKey: "same" });
+  assert.equal(again.id, first.id);
+  await alice.send("r", "marker");
+  await waitFor(() => got.some((m) => m.content === "marker"), "the marker");
+  assert.deepEqual(got.map((m) => m.content), ["once", "marker"]);
+});
+
+test("after a restart it reconnects with backoff, joins again and sends what waited", async (t) => {
+  const port = await freePort();
+  const first = await startGateway(t, { port });
+  const alice = connectAs(t, first, "alice");
+  await alice.connect();
+  await alice.join("general");
+  const dropped = nextEvent(alice, "disconnected");
+  assert.equal(await first.stop(), 0);
+  const drop = await dropped;
+  assert.deepEqual([drop.code, drop.action, drop.willReconnect], [1012, "retry", true]);
+  assert.ok(drop.delayMs >= 0 && drop.delayMs <= 300);
+
+  const recovery = nextEvent(alice, "recovery");
+  const back = nextEvent(alice, "connected");
+  const echo = nextEvent(alice, "message", (m) => m.content === "typed while down");
+  const ack = alice.send("general", "typed while down"); // buffered until the room is joined again
+  await startGateway(t, { port });
+  assert.deepEqual(await back, { reconnected: true, rooms: ["general"] });
+  // A new process has a new history: the client says what it could not recover.
+  const lost = await recovery;
+  assert.equal(lost.recovered, false);
+  assert.equal((await ack).id, (await echo).id);
+  assert.equal(alice.connections, 2);
+});
+
+test("while disconnected the outgoing buffer is bounded; close() rejects what waited", async (t) => {
+  const port = await freePort();
+  const gw = await startGateway(t, { port });
+  const alice = connectAs(t, gw, "alice", { maxBuffered: 2 });
+  await alice.connect();
+  await alice.join("r");
+  const dropped = nextEvent(alice, "disconnected");
+  await gw.stop();
+  await dropped;
+  const waiting = [alice.send("r", "one"), alice.send("r", "two")];
+  await assert.rejects(alice.send("r", "three"), BufferFull);
+  alice.close();
+  for (const send of waiting) await assert.rejects(send, (err) => err instanceof ClientClosed && err.message === "client closed");
+  assert.equal(alice.state, "closed");
+});
+
+test("on another instance over Redis it re-joins with `since` and gets exactly what it missed", async (t) => {
+  const redis = await redisFor(t);
+  if (redis === null) return;
+  const env = { REDIS_HOST: "127.0.0.1", REDIS_PORT: String(redis.port), REDIS_PREFIX: redis.prefix };
+  const port = await freePort();
+  const first = await startGateway(t, { port, env });
+  const other = await startGateway(t, { env });
+  const alice = connectAs(t, first, "alice");
+  const bob = connectAs(t, other, "bob");
+  await Promise.all([alice.connect(), bob.connect()]);
+  await alice.join("general");
+  await bob.join("general");
+  const got = record(alice, "message");
+  await bob.send("general", "before");
+  await waitFor(() => got.length === 1, "the first message");
+
+  const dropped = nextEvent(alice, "disconnected");
+  await first.stop();
+  await dropped;
+  await bob.send("general", "missed one");
+  await bob.send("general", "missed two");
+  const recovery = nextEvent(alice, "recovery");
+  await startGateway(t, { port, env }); // a new process: another instance, the same Redis
+  const recovered = await recovery;
+  assert.equal(recovered.recovered, true);
+  await waitFor(() => got.length === 3, "the missed messages");
+  await bob.send("general", "after");
+  await waitFor(() => got.length === 4, "the live message");
+  assert.deepEqual(got.map((m) => m.content), ["before", "missed one", "missed two", "after"]);
+  assert.deepEqual(got.map((m) => m.offset), [1, 2, 3, 4]);
+});
+
+test("token_expiring asks getToken for a new token and refreshes in band", async (t) => {
+  const gw = await startGateway(t, { args: ["--token-refresh-notice", "1000000"] });
+  let calls = 0;
+  const client = new GatewayClient(gw.url, { getToken: async () => (calls += 1, mint("rita")) });
+  t.after(() => client.close());
+  const refreshed = nextEvent(client, "refreshed");
+  await client.connect();
+  const { expiresAt } = await refreshed;
+  assert.match(expiresAt, /^\d{4}-\d\d-\d\dT/);
+  assert.equal(calls, 2, "one token to connect, one to refresh");
+  assert.equal(client.state, "open");
+});
+
+test("a refused refresh is reported, and the socket stays", async (t) => {
+  const gw = await startGateway(t, { args: ["--token-refresh-notice", "1000000"] });
+  let calls = 0;
+  const client = new GatewayClient(gw.url, { getToken: () => (calls += 1) === 1 ? mint("rita") : mint("somebody-else") });
+  t.after(() => client.close());
+  const failed = nextEvent(client, "refresh_failed");
+  await client.connect();
+  const { error } = await failed;
+  assert.ok(error instanceof RequestError && error.code === "invalid_token", String(error));
+  assert.equal(await client.ping().then(() => client.state), "open");
+});
+
+test("close 4001 with a fixed token is final: nobody can hand over a new one", async (t) => {
+  const gw = await startGateway(t, { env: { JWT_LEEWAY: "0" }, args: ["--token-refresh-notice", "0"] });
+  const client = new GatewayClient(gw.url, { token: mint("tom", { ttl: 2 }) });
+  t.after(() => client.close());
+  const closed = nextEvent(client, "closed");
+  await client.connect();
+  const end = await closed;
+  assert.equal(end.code, 4001);
+  assert.equal(client.state, "closed");
+  await assert.rejects(client.join("r"), ClientClosed);
+});
+
+test("close 4003 (the control plane disconnected the user) is not retried", async (t) => {
+  const gw = await startGateway(t, { env: { API_KEY: "js-test-key" } });
+  const client = connectAs(t, gw, "mallory");
+  await client.connect();
+  await client.join("r");
+  const closed = nextEvent(client, "closed");
+  const disconnected = nextEvent(client, "disconnected");
+  const response = await fetch(`${gw.http}/api/disconnect`, {
+    method: "POST",
+    headers: { Authorization: "apikey js-test-key", "Content-Type": "application/json" },
+    body: JSON.stringify({ userId: "mallory", reason: "banned" }),
+  });
+  assert.equal(response.status, 200);
+  const drop = await disconnected;
+  assert.deepEqual([drop.code, drop.action, drop.willReconnect], [4003, "give_up", false]);
+  assert.equal((await closed).code, 4003);
+  assert.equal(client.connections, 1);
+});
