@@ -63,7 +63,7 @@ def document() -> dict[str, Any]:
         },
     )
     assert plugin.converter is not None
-    plugin.converter.add_attribute_function(_moment_types)  # type: ignore[no-untyped-call]
+    plugin.converter.add_attribute_function(moment_types)  # type: ignore[no-untyped-call]
     spec.components.security_scheme(
         "apiKey",
         {"type": "apiKey", "in": "header", "name": "Authorization", "description": "`apikey <API_KEY>`"},
@@ -135,16 +135,16 @@ def document() -> dict[str, Any]:
     )
     out = spec.to_dict()
     out["security"] = [{"apiKey": []}]
-    _ecma_patterns(out)
+    ecma_patterns(out)
     return out
 
 
-def _moment_types(_converter: Any, field: Any, **_: Any) -> dict[str, Any]:
+def moment_types(_converter: Any, field: Any, **_: Any) -> dict[str, Any]:
     """A Moment takes an ISO-8601 string or Unix seconds (schemas/events.py)."""
     return {"type": ["string", "number"]} if isinstance(field, Moment) else {}
 
 
-def _ecma_patterns(node: Any) -> None:
+def ecma_patterns(node: Any) -> None:
     """The schemas end patterns with Python's `\\Z` (no trailing newline); JSON Schema speaks
     ECMA-262, whose `$` already means the very end."""
     if isinstance(node, dict):
@@ -152,10 +152,10 @@ def _ecma_patterns(node: Any) -> None:
         if isinstance(pattern, str) and pattern.endswith("\\Z"):
             node["pattern"] = pattern[:-2] + "$"
         for value in node.values():
-            _ecma_patterns(value)
+            ecma_patterns(value)
     elif isinstance(node, list):
         for value in node:
-            _ecma_patterns(value)
+            ecma_patterns(value)
 
 
 def render() -> str:

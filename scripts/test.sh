@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole suite against real services: Redis and Kafka started from this project's own
-# scripts, helm and Chromium installed if missing. Everything started here is stopped on exit.
+# scripts; helm, Chromium and the npm folders installed if missing. Everything started here is
+# stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -15,6 +16,7 @@ scripts/redis.sh start
 scripts/kafka.sh start
 scripts/helm.sh ensure
 scripts/chromium.sh ensure
+scripts/node.sh ensure
 
 export RTG_TEST_REDIS_PORT="$(cat .cache/redis/port)"
 export RTG_TEST_KAFKA_BROKERS="$(cat .cache/kafka/run/brokers)"
@@ -24,6 +26,9 @@ export RTG_REQUIRE_SERVICES=1
 echo "== lint"
 $BIN/ruff check .
 $BIN/mypy .
+
+echo "== JavaScript client (client-js: node --test against real gateways)"
+(cd client-js && npm test --silent)
 
 echo "== tests"
 mkdir -p artifacts
