@@ -5,6 +5,9 @@
 #
 #   scripts/node.sh ensure    npm ci where node_modules is missing or older than the lockfile,
 #                             then build client-js (dist/)
+#   scripts/node.sh demo      ensure, then copy the built client into handlers/static/client/, the
+#                             copy the /demo page loads (committed: the gateway runs without Node);
+#                             tests/test_demo_routes.py fails when it differs from the build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export npm_config_cache="$PWD/.cache/npm" npm_config_audit=false npm_config_fund=false npm_config_update_notifier=false
@@ -25,7 +28,15 @@ ensure() {
   (cd client-js && npm run --silent build)
 }
 
+demo() {
+  ensure
+  rm -rf handlers/static/client
+  mkdir -p handlers/static/client
+  cp client-js/dist/*.js handlers/static/client/
+}
+
 case "${1:-}" in
   ensure) ensure ;;
-  *) echo "usage: $0 ensure" >&2; exit 2 ;;
+  demo) demo ;;
+  *) echo "usage: $0 ensure|demo" >&2; exit 2 ;;
 esac

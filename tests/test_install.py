@@ -168,9 +168,14 @@ def test_packages_import_from_the_installed_copy(installed):
     assert [f for f in files if not f.startswith(installed.site_packages + os.sep)] == []
 
 
+def _files(folder: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, names in os.walk(folder) for f in names)
+
+
 def test_demo_files_are_package_data(installed):
-    source = sorted(os.listdir(os.path.join(ROOT, "handlers", "static")))
-    assert source and sorted(os.listdir(os.path.join(installed.site_packages, "handlers", "static"))) == source
+    source = _files(os.path.join(ROOT, "handlers", "static"))
+    assert "client/index.js" in source  # the built JavaScript client the page imports
+    assert _files(os.path.join(installed.site_packages, "handlers", "static")) == source
 
 
 def test_installed_gateway_serves_the_demo_and_stops_on_sigterm(installed):
@@ -209,8 +214,9 @@ def test_installed_gateway_serves_the_demo_and_stops_on_sigterm(installed):
             assert res.headers["Content-Type"].startswith("text/html")
             page = res.read().decode()
         assert "<html" in page.lower() and "demo.js" in page
-        with urllib.request.urlopen(f"http://127.0.0.1:{port[0]}/demo/demo.js", timeout=5) as res:
-            assert res.status == 200
+        for asset in ("demo.js", "client/index.js"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port[0]}/demo/{asset}", timeout=5) as res:
+                assert res.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, "".join(lines[-20:])
     finally:

@@ -1,5 +1,6 @@
-"""The protocol's names are written once (schemas/protocol.py); the Python SDK and the demo page
-carry their own copies (they ship without the server) and must agree with it."""
+"""The protocol's names are written once (schemas/protocol.py); the Python SDK, the JavaScript
+client (client-js/src/protocol.ts) and the demo page carry their own copies (they ship without the
+server) and must agree with it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import re
 
 from client import sdk
 from handlers.demo import STATIC_DIR
-from schemas.protocol import CLOSE_CODES, CLOSE_TOKEN_EXPIRED, ERROR_CODES, Retry
+from schemas.protocol import CLIENT_TYPES, CLOSE_CODES, CLOSE_TOKEN_EXPIRED, ERROR_CODES, SERVER_TYPES, Retry
+from tests.helpers import ROOT
+
+JS_ACTIONS = {Retry.RECONNECT: "retry", Retry.REFRESH: "refresh", Retry.GIVE_UP: "give_up"}
 
 
 def demo_js() -> str:
@@ -25,12 +29,28 @@ def test_the_sdk_gives_up_exactly_where_the_protocol_says_so():
 
 def test_the_demo_page_knows_every_close_and_error_code():
     block = re.search(r"const CLOSE_TEXT = \{(.*?)\};", demo_js(), re.S)
-    give_up = re.search(r"const GIVE_UP_CLOSES = new Set\(\[(.*?)\]\);", demo_js())
-    assert block is not None and give_up is not None
+    assert block is not None
     texts = {int(code) for code in re.findall(r"(\d{4}): \"", block[1])}
     assert texts >= set(CLOSE_CODES), f"demo.js has no text for close {set(CLOSE_CODES) - texts}"
-    page_gives_up = {int(code) for code in re.findall(r"\d{4}", give_up[1])}
-    assert page_gives_up == {code for code, close in CLOSE_CODES.items() if close.retry is Retry.GIVE_UP}
     errors = re.search(r"const ERROR_TEXT = \{(.*?)\};", demo_js(), re.S)
     assert errors is not None
     assert set(re.findall(r"(\w+): \"", errors[1])) == set(ERROR_CODES)
+
+
+def test_the_javascript_client_has_the_protocols_names_and_close_actions():
+    with open(os.path.join(ROOT, "client-js", "src", "protocol.ts"), encoding="utf-8") as fh:
+        source = fh.read()
+
+    def names(constant: str) -> tuple[str, ...]:
+        found = re.search(rf"export const {constant} = \[(.*?)\] as const;", source, re.S)
+        assert found is not None, constant
+        return tuple(re.findall(r'"(\w+)"', found[1]))
+
+    assert names("CLIENT_TYPES") == CLIENT_TYPES
+    assert names("SERVER_TYPES") == SERVER_TYPES
+    assert names("ERROR_CODES") == ERROR_CODES
+    table = re.search(r"export const CLOSE_CODES[^=]*= \{(.*?)\n\};", source, re.S)
+    assert table is not None
+    rows = re.findall(r'(\d{4}): \{ reason: "[^"]*", action: "(\w+)" \}', table[1])
+    actions = {int(code): action for code, action in rows}
+    assert actions == {code: JS_ACTIONS[close.retry] for code, close in CLOSE_CODES.items()}

@@ -1,827 +1,684 @@
-// Realtime Gateway demo page: plain JavaScript, no build step, no dependencies.
-//
-// Speaks the protocol of README.md ("Protocol") over one WebSocket. Every piece of text that came
-// from a user or the network is put in the page with textContent / text nodes, never as HTML.
-"use strict";
+// Realtime Gateway demo page: the DOM side of a chat, on the project's JavaScript client
+// (client-js, built into ./client/ by `scripts/node.sh demo`). The client speaks the protocol
+// (docs/protocol.md): replies, reconnects, re-joins with recovery, refresh, the outgoing buffer.
+// Every piece of text that came from a user or the network is put in the page with textContent /
+// text nodes, never as HTML.
+import { BufferFull, GatewayClient, RequestError } from "./client/index.js";
 
-(() => {
-  const NAME_RE = /^[A-Za-z0-9_.@-]{1,64}$/;
-  const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
-  const TYPING_EVERY_MS = 2500; // re-send `typing` while typing; the gateway lapses it after TYPING_TTL (6 s)
-  const params = new URLSearchParams(location.search);
-  // ?idle=SECONDS shortens the one minute without keyboard or pointer activity that makes us idle.
-  const IDLE_AFTER_MS = Number(params.get("idle")) > 0 ? Number(params.get("idle")) * 1000 : 60000;
-  const PING_EVERY_MS = 25000;
-  const PONG_WITHIN_MS = 10000;
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 15000;
+const NAME_RE = /^[A-Za-z0-9_.@-]{1,64}$/;
+const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+const TYPING_EVERY_MS = 2500; // re-send `typing` while typing; the gateway lapses it after TYPING_TTL (6 s)
+const params = new URLSearchParams(location.search);
+// ?idle=SECONDS shortens the one minute without keyboard or pointer activity that makes us idle.
+const IDLE_AFTER_MS = Number(params.get("idle")) > 0 ? Number(params.get("idle")) * 1000 : 60000;
+const REPLY_WITHIN_MS = 120000; // a message typed offline waits this long for the gateway to come back
 
-  // Close codes from the protocol (docs/protocol.md): what to tell the user, and the ones where retrying
-  // cannot help.
-  const CLOSE_TEXT = {
-    1000: "Disconnected.",
-    1001: "The gateway went away.",
-    1002: "The gateway could not read what this page sent.",
-    1006: "Connection lost.",
-    1007: "The gateway received text that is not UTF-8.",
-    1008: "The gateway closed the connection after repeated invalid frames.",
-    1009: "A message was too big for the gateway.",
-    1011: "The gateway hit an internal error.",
-    1012: "The gateway is restarting.",
-    4001: "Your token expired.",
-    4003: "You were signed out by the server.",
-    4008: "The connection fell too far behind.",
-    4029: "Too many connections for this user: close some other tabs.",
-  };
-  const GIVE_UP_CLOSES = new Set([1002, 1007, 1008, 1009, 4003, 4029]);
-  const ERROR_TEXT = {
-    invalid_json: "The gateway could not read a frame",
-    invalid_frame: "The gateway rejected a frame",
-    unknown_type: "The gateway does not know that request",
-    validation_failed: "Not accepted",
-    not_in_room: "You are not in that room",
-    forbidden_room: "Your token does not allow that room",
-    too_many_rooms: "Too many rooms",
-    rate_limited: "Slow down: too many messages",
-    ingest_failed: "The message could not be stored",
-    invalid_token: "The new token was refused",
-    internal: "The gateway hit an internal error",
-  };
+// Close codes from the protocol (docs/protocol.md): what to tell the user. Whether to retry is the
+// client's to decide (closeAction in client-js).
+const CLOSE_TEXT = {
+  1000: "Disconnected.",
+  1001: "The gateway went away.",
+  1002: "The gateway could not read what this page sent.",
+  1006: "Connection lost.",
+  1007: "The gateway received text that is not UTF-8.",
+  1008: "The gateway closed the connection after repeated invalid frames.",
+  1009: "A message was too big for the gateway.",
+  1011: "The gateway hit an internal error.",
+  1012: "The gateway is restarting.",
+  4001: "Your token expired.",
+  4003: "You were signed out by the server.",
+  4008: "The connection fell too far behind.",
+  4029: "Too many connections for this user: close some other tabs.",
+};
+const ERROR_TEXT = {
+  invalid_json: "The gateway could not read a frame",
+  invalid_frame: "The gateway rejected a frame",
+  unknown_type: "The gateway does not know that request",
+  validation_failed: "Not accepted",
+  not_in_room: "You are not in that room",
+  forbidden_room: "Your token does not allow that room",
+  too_many_rooms: "Too many rooms",
+  rate_limited: "Slow down: too many messages",
+  ingest_failed: "The message could not be stored",
+  invalid_token: "The new token was refused",
+  internal: "The gateway hit an internal error",
+};
 
-  const $ = (id) => document.getElementById(id);
-  const ui = {
-    conn: $("conn"), connText: $("conn-text"), retryNow: $("retry-now"),
-    me: $("me"), meName: $("me-name"), signOut: $("sign-out"),
-    alert: $("alert"), alertText: $("alert-text"), alertClose: $("alert-close"),
-    login: $("login"), loginForm: $("login-form"), name: $("name"), nameField: $("name-field"),
-    firstRoom: $("first-room"), tokenField: $("token-field"), token: $("token"),
-    toggleToken: $("toggle-token"), loginError: $("login-error"), loginSubmit: $("login-submit"),
-    chat: $("chat"), roomList: $("room-list"), joinForm: $("join-form"), joinRoom: $("join-room"),
-    roomTitle: $("room-title"), panes: $("message-panes"), typing: $("typing"),
-    composer: $("composer"), message: $("message"), send: $("send"), memberList: $("member-list"),
-  };
+const $ = (id) => document.getElementById(id);
+const ui = {
+  conn: $("conn"), connText: $("conn-text"), retryNow: $("retry-now"),
+  me: $("me"), meName: $("me-name"), signOut: $("sign-out"),
+  alert: $("alert"), alertText: $("alert-text"), alertClose: $("alert-close"),
+  login: $("login"), loginForm: $("login-form"), name: $("name"), nameField: $("name-field"),
+  firstRoom: $("first-room"), tokenField: $("token-field"), token: $("token"),
+  toggleToken: $("toggle-token"), loginError: $("login-error"), loginSubmit: $("login-submit"),
+  chat: $("chat"), roomList: $("room-list"), joinForm: $("join-form"), joinRoom: $("join-room"),
+  roomTitle: $("room-title"), panes: $("message-panes"), typing: $("typing"),
+  composer: $("composer"), message: $("message"), send: $("send"), memberList: $("member-list"),
+};
 
-  const state = {
-    user: null,          // our user id (the token's sub)
-    token: null,
-    devTokens: true,     // false once /dev/token answered 404: the user pastes tokens
-    tokenMode: "dev",    // "dev": fetched from /dev/token; "pasted"
-    ws: null,
-    everOpened: false,   // has any socket of this session opened (then drops are retried)
-    attempt: 0,
-    retryTimer: null,
-    pingTimer: null,
-    pongTimer: null,
-    rooms: new Map(),    // roomId -> Room
-    active: null,
-    seq: 0,
-    pending: new Map(),  // requestId -> {kind, roomId, dedupeKey?}
-    outbox: new Map(),   // dedupeKey -> {roomId, content, requestId, li}
-    lastTyping: 0,
-    idle: false,
-    idleTimer: null,
-    stopped: true,
-  };
+const state = {
+  user: null,          // our user id (the token's sub)
+  devTokens: true,     // false once /dev/token answered 404: the user pastes tokens
+  tokenMode: "dev",    // "dev": fetched from /dev/token; "pasted"
+  client: null,        // the GatewayClient of this sign-in
+  attempt: 0,          // reconnect attempts since the last open
+  rooms: new Map(),    // roomId -> Room
+  active: null,
+  outbox: new Map(),   // dedupeKey -> {li}: our messages not yet echoed or acked
+  lastTyping: 0,
+  idle: false,
+  idleTimer: null,
+};
 
-  // ---- DOM helpers: text only ------------------------------------------------------------
+// ---- DOM helpers: text only ------------------------------------------------------------
 
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props || {})) {
-      if (value === undefined || value === null) continue;
-      if (key === "className") node.className = value;
-      else if (key === "text") node.textContent = value;
-      else if (key.startsWith("data-") || key.startsWith("aria-") || key === "title" || key === "datetime" ||
-               key === "type" || key === "role") node.setAttribute(key, String(value));
-      else throw new Error(`el(): unsupported property ${key}`); // no event handlers or HTML from data
-    }
-    for (const child of children) {
-      if (child === null || child === undefined) continue;
-      node.append(typeof child === "string" ? document.createTextNode(child) : child);
-    }
-    return node;
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null) continue;
+    if (key === "className") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-") || key === "title" || key === "datetime" ||
+             key === "type" || key === "role") node.setAttribute(key, String(value));
+    else throw new Error(`el(): unsupported property ${key}`); // no event handlers or HTML from data
   }
-
-  function clock(iso) {
-    const d = iso ? new Date(iso) : new Date();
-    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(typeof child === "string" ? document.createTextNode(child) : child);
   }
+  return node;
+}
 
-  function showAlert(text) {
-    ui.alertText.textContent = text;
-    ui.alert.hidden = false;
+function clock(iso) {
+  const d = iso ? new Date(iso) : new Date();
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function showAlert(text) {
+  ui.alertText.textContent = text;
+  ui.alert.hidden = false;
+}
+
+function hideAlert() {
+  ui.alert.hidden = true;
+  ui.alertText.textContent = "";
+}
+
+function setConn(stateName, text) {
+  ui.conn.dataset.state = stateName;
+  ui.connText.textContent = text;
+  ui.retryNow.hidden = stateName !== "waiting";
+}
+
+// ---- rooms, messages, members ----------------------------------------------------------
+
+function room(roomId) {
+  let r = state.rooms.get(roomId);
+  if (!r) {
+    const list = el("ol", { className: "messages", role: "log", "aria-label": `Messages in #${roomId}`,
+                            "data-room": roomId });
+    list.hidden = true;
+    ui.panes.append(list);
+    r = { id: roomId, joined: false, wanted: true, list, members: new Map(), unread: 0, byId: new Map() };
+    state.rooms.set(roomId, r);
   }
+  return r;
+}
 
-  function hideAlert() {
-    ui.alert.hidden = true;
-    ui.alertText.textContent = "";
+function scrollDown(list) {
+  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  return () => { if (nearBottom) list.scrollTop = list.scrollHeight; };
+}
+
+function addNote(roomId, text, bad) {
+  const r = room(roomId);
+  const keep = scrollDown(r.list);
+  r.list.append(el("li", { className: bad ? "note bad" : "note", text }));
+  keep();
+}
+
+function renderAttachments(attachments) {
+  if (!attachments || !attachments.length) return null;
+  const list = el("ul", { className: "attachments" });
+  for (const a of attachments) {
+    // Shown as text, not as a link: a demo must not turn strangers' URLs into clickable things.
+    list.append(el("li", { text: `${a.name || a.type || "attachment"}: ${a.url}` }));
   }
+  return list;
+}
 
-  function setConn(stateName, text) {
-    ui.conn.dataset.state = stateName;
-    ui.connText.textContent = text;
-    ui.retryNow.hidden = stateName !== "waiting";
+function messageItem(msg, extraClass) {
+  const mine = msg.senderId === state.user;
+  const li = el("li", { className: `msg${mine ? " mine" : ""}${extraClass ? " " + extraClass : ""}`,
+                        "data-id": msg.id || undefined, "data-sender": msg.senderId });
+  const time = el("time", { datetime: msg.createdAt || undefined,
+                            title: msg.createdAt ? new Date(msg.createdAt).toLocaleString() : undefined,
+                            text: msg.createdAt ? clock(msg.createdAt) : "" });
+  const meta = el("div", { className: "meta" },
+    el("span", { className: "sender", text: msg.senderId }),
+    msg.senderType && msg.senderType !== "human" ? el("span", { className: "kind", text: msg.senderType }) : null,
+    time,
+    el("span", { className: "state", text: "" }));
+  li.append(meta, el("div", { className: "body", text: msg.content }));
+  const files = renderAttachments(msg.attachments);
+  if (files) li.append(files);
+  return li;
+}
+
+function showMessage(msg) {
+  const r = room(msg.roomId);
+  if (r.byId.has(msg.id)) return; // already shown (e.g. delivered again after a reconnect)
+  const keep = scrollDown(r.list);
+  const queued = msg.dedupeKey && msg.senderId === state.user ? state.outbox.get(msg.dedupeKey) : null;
+  const li = messageItem(msg);
+  if (queued && queued.li.isConnected) {
+    queued.li.replaceWith(li); // our own message came back: it is sent
+    state.outbox.delete(msg.dedupeKey);
+  } else {
+    r.list.append(li);
   }
-
-  // ---- rooms, messages, members ----------------------------------------------------------
-
-  function room(roomId) {
-    let r = state.rooms.get(roomId);
-    if (!r) {
-      const list = el("ol", { className: "messages", role: "log", "aria-label": `Messages in #${roomId}`,
-                              "data-room": roomId });
-      list.hidden = true;
-      ui.panes.append(list);
-      // position: {offset, epoch} of the last history entry seen; a re-join asks for what followed.
-      r = { id: roomId, joined: false, wanted: true, list, members: new Map(), unread: 0, byId: new Map(), position: null };
-      state.rooms.set(roomId, r);
-    }
-    return r;
-  }
-
-  function scrollDown(list) {
-    const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-    return () => { if (nearBottom) list.scrollTop = list.scrollHeight; };
-  }
-
-  function addNote(roomId, text, bad) {
-    const r = room(roomId);
-    const keep = scrollDown(r.list);
-    r.list.append(el("li", { className: bad ? "note bad" : "note", text }));
-    keep();
-  }
-
-  function renderAttachments(attachments) {
-    if (!attachments || !attachments.length) return null;
-    const list = el("ul", { className: "attachments" });
-    for (const a of attachments) {
-      // Shown as text, not as a link: a demo must not turn strangers' URLs into clickable things.
-      list.append(el("li", { text: `${a.name || a.type || "attachment"}: ${a.url}` }));
-    }
-    return list;
-  }
-
-  function messageItem(msg, extraClass) {
-    const mine = msg.senderId === state.user;
-    const li = el("li", { className: `msg${mine ? " mine" : ""}${extraClass ? " " + extraClass : ""}`,
-                          "data-id": msg.id || undefined, "data-sender": msg.senderId });
-    const time = el("time", { datetime: msg.createdAt || undefined,
-                              title: msg.createdAt ? new Date(msg.createdAt).toLocaleString() : undefined,
-                              text: msg.createdAt ? clock(msg.createdAt) : "" });
-    const meta = el("div", { className: "meta" },
-      el("span", { className: "sender", text: msg.senderId }),
-      msg.senderType && msg.senderType !== "human" ? el("span", { className: "kind", text: msg.senderType }) : null,
-      time,
-      el("span", { className: "state", text: "" }));
-    li.append(meta, el("div", { className: "body", text: msg.content }));
-    const files = renderAttachments(msg.attachments);
-    if (files) li.append(files);
-    return li;
-  }
-
-  function showMessage(msg) {
-    const r = room(msg.roomId);
-    if (r.byId.has(msg.id)) return; // already shown (e.g. delivered again after a reconnect)
-    const keep = scrollDown(r.list);
-    const queued = msg.dedupeKey && msg.senderId === state.user ? state.outbox.get(msg.dedupeKey) : null;
-    const li = messageItem(msg);
-    if (queued && queued.li.isConnected) {
-      queued.li.replaceWith(li); // our own message came back: it is sent
-      state.outbox.delete(msg.dedupeKey);
-    } else {
-      r.list.append(li);
-    }
-    r.byId.set(msg.id, li);
-    keep();
-    if (msg.roomId !== state.active) {
-      r.unread += 1;
-      renderRooms();
-    }
-  }
-
-  function updateMessage(p) {
-    const li = room(p.roomId).byId.get(p.id);
-    if (!li) return;
-    if (typeof p.content === "string") {
-      li.querySelector(".body").textContent = p.content;
-      li.querySelector(".state").textContent = "(edited)";
-    }
-  }
-
-  function deleteMessage(p) {
-    const li = room(p.roomId).byId.get(p.id);
-    if (!li) return;
-    const body = li.querySelector(".body");
-    body.textContent = "message deleted";
-    body.classList.add("deleted");
-    const files = li.querySelector(".attachments");
-    if (files) files.remove();
-  }
-
-  const STATUS_ORDER = { typing: 0, online: 1, idle: 2, offline: 3 };
-
-  function renderMembers() {
-    const r = state.rooms.get(state.active);
-    const items = [];
-    if (r) {
-      const members = [...r.members.entries()].sort((a, b) =>
-        (STATUS_ORDER[a[1].status] ?? 9) - (STATUS_ORDER[b[1].status] ?? 9) || a[0].localeCompare(b[0]));
-      for (const [userId, m] of members) {
-        items.push(el("li", { "data-user": userId, "data-status": m.status },
-          el("span", { className: "dot", "aria-hidden": "true" }),
-          el("span", { className: "name", text: userId === state.user ? `${userId} (you)` : userId }),
-          el("span", { className: "status", text: m.status })));
-      }
-      // A large room lists its first page only, and counts instead of announcing each member.
-      const online = [...r.members.values()].filter((m) => m.status !== "offline").length;
-      if (typeof r.count === "number" && r.count > online) {
-        items.push(el("li", { className: "more", text: `${r.count - online} more online` }));
-      }
-    }
-    ui.memberList.replaceChildren(...items);
-    renderTyping();
-  }
-
-  function renderTyping() {
-    const r = state.rooms.get(state.active);
-    const names = r ? [...r.members.entries()]
-      .filter(([userId, m]) => m.status === "typing" && userId !== state.user).map(([userId]) => userId) : [];
-    let text = "";
-    if (names.length === 1) text = `${names[0]} is typing…`;
-    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
-    else if (names.length > 2) text = "Several people are typing…";
-    ui.typing.textContent = text;
-  }
-
-  function renderRooms() {
-    const items = [];
-    for (const r of state.rooms.values()) {
-      const current = r.id === state.active;
-      const label = el("button", { type: "button", className: "room-button", text: `#${r.id}`,
-                                   "aria-label": `Open #${r.id}${r.unread ? `, ${r.unread} unread` : ""}` });
-      label.addEventListener("click", () => activate(r.id));
-      const li = el("li", { "aria-current": current ? "true" : "false", "data-room": r.id,
-                            className: r.wanted ? "" : "gone" },
-        label,
-        r.unread ? el("span", { className: "badge", text: String(r.unread), "aria-hidden": "true" }) : null);
-      const verb = r.wanted ? "Leave" : "Close";
-      const leave = el("button", { type: "button", className: "icon", text: "×", "aria-label": `${verb} #${r.id}`,
-                                   title: `${verb} #${r.id}` });
-      leave.addEventListener("click", () => leaveRoom(r.id));
-      li.append(leave);
-      items.push(li);
-    }
-    ui.roomList.replaceChildren(...items);
-  }
-
-  function activate(roomId) {
-    const r = room(roomId);
-    state.active = roomId;
-    r.unread = 0;
-    for (const other of state.rooms.values()) other.list.hidden = other.id !== roomId;
-    ui.roomTitle.textContent = `#${roomId}`;
-    ui.message.placeholder = `Message #${roomId}`;
+  r.byId.set(msg.id, li);
+  keep();
+  if (msg.roomId !== state.active) {
+    r.unread += 1;
     renderRooms();
-    renderMembers();
-    r.list.scrollTop = r.list.scrollHeight;
-    ui.message.focus();
   }
+}
 
-  // ---- socket ----------------------------------------------------------------------------
-
-  function nextId() {
-    state.seq += 1;
-    return `r${state.seq}`;
+function updateMessage(p) {
+  const li = room(p.roomId).byId.get(p.id);
+  if (!li) return;
+  if (typeof p.content === "string") {
+    li.querySelector(".body").textContent = p.content;
+    li.querySelector(".state").textContent = "(edited)";
   }
+}
 
-  function newDedupeKey() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+function deleteMessage(p) {
+  const li = room(p.roomId).byId.get(p.id);
+  if (!li) return;
+  const body = li.querySelector(".body");
+  body.textContent = "message deleted";
+  body.classList.add("deleted");
+  const files = li.querySelector(".attachments");
+  if (files) files.remove();
+}
+
+const STATUS_ORDER = { typing: 0, online: 1, idle: 2, offline: 3 };
+
+function renderMembers() {
+  const r = state.rooms.get(state.active);
+  const items = [];
+  if (r) {
+    const members = [...r.members.entries()].sort((a, b) =>
+      (STATUS_ORDER[a[1].status] ?? 9) - (STATUS_ORDER[b[1].status] ?? 9) || a[0].localeCompare(b[0]));
+    for (const [userId, m] of members) {
+      items.push(el("li", { "data-user": userId, "data-status": m.status },
+        el("span", { className: "dot", "aria-hidden": "true" }),
+        el("span", { className: "name", text: userId === state.user ? `${userId} (you)` : userId }),
+        el("span", { className: "status", text: m.status })));
+    }
+    // A large room lists its first page only, and counts instead of announcing each member.
+    const online = [...r.members.values()].filter((m) => m.status !== "offline").length;
+    if (typeof r.count === "number" && r.count > online) {
+      items.push(el("li", { className: "more", text: `${r.count - online} more online` }));
+    }
   }
+  ui.memberList.replaceChildren(...items);
+  renderTyping();
+}
 
-  function isOpen() {
-    return state.ws && state.ws.readyState === WebSocket.OPEN;
+function renderTyping() {
+  const r = state.rooms.get(state.active);
+  const names = r ? [...r.members.entries()]
+    .filter(([userId, m]) => m.status === "typing" && userId !== state.user).map(([userId]) => userId) : [];
+  let text = "";
+  if (names.length === 1) text = `${names[0]} is typing…`;
+  else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+  else if (names.length > 2) text = "Several people are typing…";
+  ui.typing.textContent = text;
+}
+
+function renderRooms() {
+  const items = [];
+  for (const r of state.rooms.values()) {
+    const current = r.id === state.active;
+    const label = el("button", { type: "button", className: "room-button", text: `#${r.id}`,
+                                 "aria-label": `Open #${r.id}${r.unread ? `, ${r.unread} unread` : ""}` });
+    label.addEventListener("click", () => activate(r.id));
+    const li = el("li", { "aria-current": current ? "true" : "false", "data-room": r.id,
+                          className: r.wanted ? "" : "gone" },
+      label,
+      r.unread ? el("span", { className: "badge", text: String(r.unread), "aria-hidden": "true" }) : null);
+    const verb = r.wanted ? "Leave" : "Close";
+    const leave = el("button", { type: "button", className: "icon", text: "×", "aria-label": `${verb} #${r.id}`,
+                                 title: `${verb} #${r.id}` });
+    leave.addEventListener("click", () => leaveRoom(r.id));
+    li.append(leave);
+    items.push(li);
   }
+  ui.roomList.replaceChildren(...items);
+}
 
-  function sendFrame(type, payload, requestId) {
-    if (!isOpen()) return false;
-    const frame = { type, payload };
-    if (requestId) frame.requestId = requestId;
-    state.ws.send(JSON.stringify(frame));
-    return true;
-  }
+function activate(roomId) {
+  const r = room(roomId);
+  state.active = roomId;
+  r.unread = 0;
+  for (const other of state.rooms.values()) other.list.hidden = other.id !== roomId;
+  ui.roomTitle.textContent = `#${roomId}`;
+  ui.message.placeholder = `Message #${roomId}`;
+  renderRooms();
+  renderMembers();
+  r.list.scrollTop = r.list.scrollHeight;
+  ui.message.focus();
+}
 
-  function request(type, payload, extra) {
-    const requestId = nextId();
-    state.pending.set(requestId, Object.assign({ kind: type, roomId: payload.roomId }, extra || {}));
-    if (!sendFrame(type, payload, requestId)) state.pending.delete(requestId);
-    return requestId;
-  }
+// ---- the client ------------------------------------------------------------------------
 
-  async function fetchDevToken(name) {
-    const res = await fetch(`/dev/token?sub=${encodeURIComponent(name)}`, { cache: "no-store" });
-    if (res.status === 404) return { missing: true };
-    let body = {};
-    try { body = await res.json(); } catch (_) { /* not JSON */ }
-    if (!res.ok) throw new Error(body.error || `GET /dev/token failed (HTTP ${res.status})`);
-    return { token: body.token };
-  }
+function isOpen() {
+  return state.client !== null && state.client.state === "open";
+}
 
-  // A dev token is fetched again and handed over in band, so the chat outlives its token. A pasted
-  // token cannot be renewed here: the socket closes 4001 at its expiry, as the page then says.
-  async function refreshToken() {
-    if (state.tokenMode !== "dev") return;
-    try {
+function newDedupeKey() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
+async function fetchDevToken(name) {
+  const res = await fetch(`/dev/token?sub=${encodeURIComponent(name)}`, { cache: "no-store" });
+  if (res.status === 404) return { missing: true };
+  let body = {};
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok) throw new Error(body.error || `GET /dev/token failed (HTTP ${res.status})`);
+  return { token: body.token };
+}
+
+// Dev mode: every connection attempt and every token_expiring gets a fresh /dev/token (a
+// restarted dev gateway has a new secret). A pasted token is used as it is: at its expiry the
+// socket closes 4001 and the page asks for a new one.
+function tokenSource(token, mode) {
+  if (mode !== "dev") return { token };
+  let first = token;
+  return {
+    getToken: async () => {
+      if (first) {
+        const t = first;
+        first = null;
+        return t;
+      }
       const got = await fetchDevToken(state.user);
-      if (got.token) {
-        state.token = got.token;
-        request("refresh", { token: got.token });
-      }
-    } catch (_) {
-      /* the next reconnect fetches a token again */
+      if (!got.token) throw new Error("the gateway stopped handing out dev tokens");
+      return got.token;
+    },
+  };
+}
+
+function tokenSubject(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
+    return typeof claims.sub === "string" ? claims.sub : (typeof claims.userId === "string" ? claims.userId : null);
+  } catch (_) {
+    return null;
+  }
+}
+
+function socketUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
+function connect(token, mode) {
+  const client = new GatewayClient(socketUrl(), { ...tokenSource(token, mode), timeoutMs: REPLY_WITHIN_MS });
+  state.client = client;
+  const mine = (listener) => (event) => { if (state.client === client) listener(event); };
+  client.on("connecting", mine(() => setConn("connecting", client.connections ? "Reconnecting…" : "Connecting…")));
+  client.on("connected", mine(() => {
+    state.attempt = 0;
+    hideAlert();
+    setConn("open", "Connected");
+  }));
+  client.on("disconnected", mine(onDisconnected));
+  client.on("recovery", mine((r) => {
+    if (!r.recovered) addNote(r.roomId, "Messages sent while you were away could not be recovered.", true);
+  }));
+  client.on("message", mine(showMessage));
+  client.on("message_updated", mine(updateMessage));
+  client.on("message_deleted", mine(deleteMessage));
+  client.on("room_update", mine(onRoomUpdate));
+  client.on("presence_count", mine(onPresenceCount));
+  client.on("presence_state", mine(onPresenceState));
+  client.on("presence", mine(onPresence));
+  // Errors that answer a request reject its promise (handled there); the others are shown here.
+  client.on("frame", mine((frame) => { if (frame.type === "error" && !frame.requestId) showError(frame.payload); }));
+  client.connect().catch(() => { /* the disconnected event said why */ });
+}
+
+function onDisconnected(d) {
+  const client = state.client;
+  if (client.connections === 0) {
+    // Never got in: most likely the token was refused (the browser hides the HTTP 401).
+    backToLogin(state.tokenMode === "pasted"
+      ? "The gateway refused the connection: check the token (and that it is not expired)."
+      : "Could not connect to the gateway.");
+    return;
+  }
+  if (d.code === 4001 && state.tokenMode === "pasted") {
+    backToLogin("Your token expired: paste a new one.");
+    return;
+  }
+  const text = CLOSE_TEXT[d.code] || `Connection closed (${d.code}).`;
+  if (!d.willReconnect) {
+    setConn("failed", "Disconnected");
+    showAlert(`${text} (close ${d.code})`);
+    return;
+  }
+  state.attempt += 1;
+  const seconds = Math.max(1, Math.round(d.delayMs / 1000));
+  setConn("waiting", `${text} Reconnecting in ${seconds} s (attempt ${state.attempt})…`);
+}
+
+function onPresenceCount(p) {
+  const r = room(p.roomId);
+  r.count = p.count;
+  if (p.roomId === state.active) renderMembers();
+}
+
+function onPresenceState(p) {
+  const r = room(p.roomId);
+  r.count = p.count;
+  const seen = new Set();
+  for (const m of p.members || []) {
+    r.members.set(m.userId, { status: m.status, since: m.since });
+    seen.add(m.userId);
+  }
+  for (const [userId, m] of r.members) {
+    if (!seen.has(userId)) m.status = "offline"; // left while we were away: keep them, greyed
+  }
+  if (p.roomId === state.active) renderMembers();
+}
+
+function onPresence(p) {
+  const r = room(p.roomId);
+  const before = r.members.get(p.userId);
+  r.members.set(p.userId, { status: p.status, since: p.at });
+  if (p.userId !== state.user) {
+    if (p.status === "online" && (!before || before.status === "offline")) {
+      addNote(p.roomId, `${p.userId} joined`);
+    } else if (p.status === "offline") {
+      addNote(p.roomId, `${p.userId} left`);
     }
   }
+  if (p.roomId === state.active) renderMembers();
+}
 
-  function tokenSubject(token) {
-    try {
-      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      const claims = JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
-      return typeof claims.sub === "string" ? claims.sub : (typeof claims.userId === "string" ? claims.userId : null);
-    } catch (_) {
-      return null;
-    }
+function onRoomUpdate(p) {
+  const r = room(p.roomId);
+  if (p.action === "joined") {
+    const first = !r.joined && r.list.childElementCount === 0;
+    r.joined = true;
+    if (first) addNote(p.roomId, `You joined #${p.roomId}`);
+  } else if (p.action === "left") {
+    r.joined = false;
+  } else if (p.action === "removed" || p.action === "deleted") {
+    r.joined = false;
+    r.wanted = false;
+    r.members.clear();
+    addNote(p.roomId, p.action === "deleted" ? "This room was deleted." : "You were removed from this room.", true);
+  } else if (p.action === "updated") {
+    addNote(p.roomId, "Room details were updated.");
   }
+  renderRooms();
+  if (p.roomId === state.active) renderMembers();
+}
 
-  function socketUrl(token) {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/ws?token=${encodeURIComponent(token)}`;
+function showError(p) {
+  const label = ERROR_TEXT[p.code] || "Error";
+  let text = `${label}: ${p.message}`;
+  if (p.details && typeof p.details === "object") {
+    const fields = Object.entries(p.details).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(" ") : JSON.stringify(v)}`);
+    if (fields.length) text += ` (${fields.join("; ")})`;
   }
+  showAlert(text);
+}
 
-  async function connect() {
-    clearTimeout(state.retryTimer);
-    state.retryTimer = null;
-    if (state.stopped) return;
-    setConn("connecting", state.everOpened ? "Reconnecting…" : "Connecting…");
-    if (state.tokenMode === "dev" && state.everOpened) {
-      // A dev gateway makes a new secret on every start: ask again so a restart does not lock us out.
-      try {
-        const got = await fetchDevToken(state.user);
-        if (got.token) state.token = got.token;
-      } catch (_) {
-        scheduleReconnect("The gateway is not reachable.");
-        return;
-      }
-    }
-    if (state.stopped) return;
-    let opened = false;
-    const ws = new WebSocket(socketUrl(state.token));
-    state.ws = ws;
-    ws.addEventListener("open", () => {
-      opened = true;
-      state.everOpened = true;
-      state.attempt = 0;
-      hideAlert();
-      setConn("open", "Connected");
-      for (const r of state.rooms.values()) {
-        if (r.wanted) request("join", r.position ? { roomId: r.id, since: r.position } : { roomId: r.id });
-      }
-      startPing();
-    });
-    ws.addEventListener("message", (ev) => {
-      let frame;
-      try { frame = JSON.parse(ev.data); } catch (_) { return; }
-      if (frame && typeof frame === "object") onFrame(frame);
-    });
-    ws.addEventListener("close", (ev) => {
-      if (state.ws !== ws) return;
-      state.ws = null;
-      stopPing();
-      for (const r of state.rooms.values()) r.joined = false;
-      state.pending.clear();
-      if (state.stopped) return;
-      if (!opened && !state.everOpened) {
-        // Never got in: most likely the token was refused (the browser hides the HTTP 401).
-        backToLogin(state.tokenMode === "pasted"
-          ? "The gateway refused the connection: check the token (and that it is not expired)."
-          : "Could not connect to the gateway.");
-        return;
-      }
-      const code = opened ? ev.code : 1006;
-      const text = CLOSE_TEXT[code] || `Connection closed (${code}).`;
-      const retry = !GIVE_UP_CLOSES.has(code);
-      if (code === 4001 && state.tokenMode === "pasted") {
-        backToLogin("Your token expired: paste a new one.");
-        return;
-      }
-      if (!retry) {
-        setConn("failed", "Disconnected");
-        showAlert(`${text} (close ${code})`);
-        return;
-      }
-      scheduleReconnect(text);
-    });
-  }
+// ---- user actions ----------------------------------------------------------------------
 
-  function scheduleReconnect(reason) {
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
-    const delay = Math.round(base * (0.5 + Math.random() * 0.5));
-    state.attempt += 1;
-    const seconds = Math.max(1, Math.round(delay / 1000));
-    setConn("waiting", `${reason} Reconnecting in ${seconds} s (attempt ${state.attempt})…`);
-    state.retryTimer = setTimeout(connect, delay);
-  }
-
-  function startPing() {
-    stopPing();
-    state.pingTimer = setInterval(() => {
-      if (!isOpen()) return;
-      request("ping", {});
-      clearTimeout(state.pongTimer);
-      // No answer: the connection is dead without a close (laptop asleep, NAT dropped it).
-      state.pongTimer = setTimeout(() => { if (state.ws) state.ws.close(4000, "no pong"); }, PONG_WITHIN_MS);
-    }, PING_EVERY_MS);
-  }
-
-  function stopPing() {
-    clearInterval(state.pingTimer);
-    clearTimeout(state.pongTimer);
-  }
-
-  function onFrame(frame) {
-    const p = frame.payload || {};
-    const req = frame.requestId ? state.pending.get(frame.requestId) : null;
-    if (req) state.pending.delete(frame.requestId);
-    switch (frame.type) {
-      case "message":
-        if (!advance(p)) break;
-        showMessage(p);
-        break;
-      case "ack": {
-        // Our own message normally came back (and left the outbox) just before its ack. Still
-        // queued means the echo was missed, e.g. a duplicate answered from the dedupe store.
-        const queued = p.dedupeKey ? state.outbox.get(p.dedupeKey) : null;
-        if (queued) {
-          queued.li.classList.remove("pending");
-          queued.li.querySelector(".state").textContent = "";
-          queued.li.querySelector("time").textContent = clock(p.createdAt);
-          state.outbox.delete(p.dedupeKey);
-        }
-        break;
-      }
-      case "room_update":
-        onRoomUpdate(p);
-        break;
-      case "presence_count": {
-        const r = room(p.roomId);
-        r.count = p.count;
-        if (p.roomId === state.active) renderMembers();
-        break;
-      }
-      case "presence_state": {
-        const r = room(p.roomId);
-        if (frame.requestId) break; // a page asked for: this page keeps its first-page view
-        r.count = p.count;
-        const seen = new Set();
-        for (const m of p.members || []) {
-          r.members.set(m.userId, { status: m.status, since: m.since });
-          seen.add(m.userId);
-        }
-        for (const [userId, m] of r.members) {
-          if (!seen.has(userId)) m.status = "offline"; // left while we were away: keep them, greyed
-        }
-        if (p.roomId === state.active) renderMembers();
-        break;
-      }
-      case "presence": {
-        const r = room(p.roomId);
-        const before = r.members.get(p.userId);
-        r.members.set(p.userId, { status: p.status, since: p.at });
-        if (p.userId !== state.user) {
-          if (p.status === "online" && (!before || before.status === "offline")) {
-            addNote(p.roomId, `${p.userId} joined`);
-          } else if (p.status === "offline") {
-            addNote(p.roomId, `${p.userId} left`);
-          }
-        }
-        if (p.roomId === state.active) renderMembers();
-        break;
-      }
-      case "message_updated":
-        if (advance(p)) updateMessage(p);
-        break;
-      case "message_deleted":
-        if (advance(p)) deleteMessage(p);
-        break;
-      case "pong":
-        clearTimeout(state.pongTimer);
-        break;
-      case "token_expiring":
-        refreshToken();
-        break;
-      case "refreshed":
-        break; // the socket lives on with the new token
-      case "error":
-        onError(p, req);
-        break;
-      default:
-        break; // a newer gateway's frame: ignore
-    }
-  }
-
-  // Moves the room's position to a history entry; false when the entry was seen already.
-  function advance(p) {
-    if (typeof p.offset !== "number") return true;
-    const r = room(p.roomId);
-    const at = r.position;
-    if (at && at.epoch === p.epoch && p.offset <= at.offset) return false;
-    r.position = { offset: p.offset, epoch: p.epoch };
-    return true;
-  }
-
-  function onRoomUpdate(p) {
-    const r = room(p.roomId);
-    if (p.action === "joined") {
-      const first = !r.joined && r.list.childElementCount === 0;
-      r.joined = true;
-      if (first) addNote(p.roomId, `You joined #${p.roomId}`);
-      // recovered: the missed entries follow and move the position; otherwise start from here.
-      if (p.recovered !== true && typeof p.offset === "number") r.position = { offset: p.offset, epoch: p.epoch };
-      if (p.recovered === false) {
-        addNote(p.roomId, "Messages sent while you were away could not be recovered.", true);
-      }
-      flushOutbox(p.roomId);
-    } else if (p.action === "left") {
-      r.joined = false;
-    } else if (p.action === "removed" || p.action === "deleted") {
-      r.joined = false;
-      r.wanted = false;
-      r.members.clear();
-      addNote(p.roomId, p.action === "deleted" ? "This room was deleted." : "You were removed from this room.", true);
-    } else if (p.action === "updated") {
-      addNote(p.roomId, "Room details were updated.");
-    }
+function joinRoom(roomId) {
+  const r = room(roomId);
+  r.wanted = true;
+  renderRooms();
+  activate(roomId);
+  state.client.join(roomId).catch((err) => {
+    if (!(err instanceof RequestError)) return; // the client closed: the page says why
+    r.wanted = false;
     renderRooms();
-    if (p.roomId === state.active) renderMembers();
-  }
+    showError(err.payload);
+  });
+}
 
-  function onError(p, req) {
-    const label = ERROR_TEXT[p.code] || "Error";
-    let text = `${label}: ${p.message}`;
-    if (p.details && typeof p.details === "object") {
-      const fields = Object.entries(p.details).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(" ") : JSON.stringify(v)}`);
-      if (fields.length) text += ` (${fields.join("; ")})`;
+function leaveRoom(roomId) {
+  const r = state.rooms.get(roomId);
+  if (!r) return;
+  state.client.leave(roomId).catch(() => { /* closed meanwhile: nothing to leave */ });
+  r.list.remove();
+  state.rooms.delete(roomId);
+  if (state.active === roomId) {
+    const next = state.rooms.keys().next();
+    if (next.done) {
+      state.active = null;
+      ui.roomTitle.textContent = "No room";
+      renderRooms();
+      renderMembers();
+    } else {
+      activate(next.value);
     }
-    const key = p.dedupeKey || (req && req.dedupeKey);
-    const queued = key ? state.outbox.get(key) : null;
+  } else {
+    renderRooms();
+  }
+}
+
+// The message shows at once as "sending…"; the gateway's echo replaces it (showMessage). Typed
+// while disconnected, it waits in the client's buffer and goes out after the re-join, with the
+// dedupeKey it was given here, so a resend is never shown twice.
+function sendMessage(content) {
+  const roomId = state.active;
+  if (!roomId) return;
+  const dedupeKey = newDedupeKey();
+  const li = messageItem({ senderId: state.user, content, createdAt: null, roomId }, "pending");
+  li.querySelector(".state").textContent = "sending…";
+  const r = room(roomId);
+  r.list.append(li);
+  r.list.scrollTop = r.list.scrollHeight;
+  state.outbox.set(dedupeKey, { li });
+  state.client.send(roomId, content, { dedupeKey }).then((ack) => {
+    // Normally the echo came first and replaced the draft; still here means it was missed
+    // (e.g. a duplicate answered from the dedupe store).
+    const queued = state.outbox.get(dedupeKey);
+    if (!queued) return;
+    queued.li.classList.remove("pending");
+    queued.li.querySelector(".state").textContent = "";
+    queued.li.querySelector("time").textContent = clock(ack.createdAt);
+    state.outbox.delete(dedupeKey);
+  }, (err) => {
+    const queued = state.outbox.get(dedupeKey);
     if (queued) {
       queued.li.classList.remove("pending");
       queued.li.classList.add("failed");
       queued.li.querySelector(".state").textContent = "not sent";
-      state.outbox.delete(key);
+      state.outbox.delete(dedupeKey);
     }
-    if (req && req.kind === "join") {
-      const r = room(p.roomId || req.roomId);
-      r.wanted = false;
-      renderRooms();
-    }
-    showAlert(text);
-  }
+    if (err instanceof RequestError) showError(err.payload);
+    else if (err instanceof BufferFull) showAlert("Too many messages are waiting for the connection: try again once it is back.");
+  });
+  state.lastTyping = 0;
+  state.client.setPresence(roomId, "online"); // stop showing us as typing
+}
 
-  // ---- user actions ----------------------------------------------------------------------
-
-  function joinRoom(roomId) {
-    const r = room(roomId);
-    r.wanted = true;
-    renderRooms();
-    activate(roomId);
-    if (isOpen()) request("join", { roomId });
-  }
-
-  function leaveRoom(roomId) {
-    const r = state.rooms.get(roomId);
-    if (!r) return;
-    if (isOpen() && r.joined) request("leave", { roomId });
-    r.list.remove();
-    state.rooms.delete(roomId);
-    if (state.active === roomId) {
-      const next = state.rooms.keys().next();
-      if (next.done) {
-        state.active = null;
-        ui.roomTitle.textContent = "No room";
-        renderRooms();
-        renderMembers();
-      } else {
-        activate(next.value);
-      }
-    } else {
-      renderRooms();
-    }
-  }
-
-  function sendMessage(content) {
-    const roomId = state.active;
-    if (!roomId) return;
-    const dedupeKey = newDedupeKey();
-    const li = messageItem({ senderId: state.user, content, createdAt: null, roomId }, "pending");
-    li.querySelector(".state").textContent = "sending…";
-    const r = room(roomId);
-    const keep = scrollDown(r.list);
-    r.list.append(li);
-    keep();
-    r.list.scrollTop = r.list.scrollHeight;
-    state.outbox.set(dedupeKey, { roomId, content, li, requestId: null });
-    if (r.joined) transmit(dedupeKey);
-    // else: sent by flushOutbox once the room is joined (after a reconnect); same dedupeKey.
+function onTypingInput() {
+  if (!state.active || !isOpen()) return;
+  const now = Date.now();
+  if (ui.message.value === "") {
+    if (state.lastTyping) state.client.setPresence(state.active, "online");
     state.lastTyping = 0;
-    sendFrame("presence", { roomId, status: "online" }); // stop showing us as typing
+    return;
   }
-
-  function transmit(dedupeKey) {
-    const item = state.outbox.get(dedupeKey);
-    if (!item) return;
-    item.requestId = request("message", { roomId: item.roomId, content: item.content, dedupeKey },
-                             { dedupeKey });
+  if (now - state.lastTyping >= TYPING_EVERY_MS) {
+    state.lastTyping = now;
+    state.client.setPresence(state.active, "typing");
   }
+}
 
-  function flushOutbox(roomId) {
-    // Messages typed while disconnected, or sent but never answered: the gateway drops duplicates.
-    for (const [key, item] of state.outbox) {
-      if (item.roomId === roomId) transmit(key);
-    }
+function noteActivity() {
+  if (state.idle && isOpen()) {
+    for (const r of state.rooms.values()) if (r.joined) state.client.setPresence(r.id, "online");
   }
+  state.idle = false;
+  clearTimeout(state.idleTimer);
+  state.idleTimer = setTimeout(goIdle, IDLE_AFTER_MS);
+}
 
-  function onTypingInput() {
-    if (!state.active || !isOpen()) return;
-    const now = Date.now();
-    if (ui.message.value === "") {
-      if (state.lastTyping) sendFrame("presence", { roomId: state.active, status: "online" });
-      state.lastTyping = 0;
+function goIdle() {
+  if (!isOpen()) return;
+  state.idle = true;
+  for (const r of state.rooms.values()) if (r.joined) state.client.setPresence(r.id, "idle");
+}
+
+// ---- login -----------------------------------------------------------------------------
+
+function showTokenField(show) {
+  ui.tokenField.hidden = !show;
+  ui.nameField.hidden = show;
+  ui.toggleToken.setAttribute("aria-expanded", String(show));
+  ui.toggleToken.textContent = show ? "Use a name instead" : "Use a token instead";
+  ui.toggleToken.hidden = show && !state.devTokens;
+  (show ? ui.token : ui.name).focus();
+}
+
+function loginError(text) {
+  ui.loginError.textContent = text;
+  ui.loginError.hidden = !text;
+}
+
+function backToLogin(text) {
+  stop();
+  ui.chat.hidden = true;
+  ui.me.hidden = true;
+  ui.login.hidden = false;
+  setConn("idle", "Not connected");
+  if (state.tokenMode === "pasted") showTokenField(true);
+  loginError(text || "");
+  ui.loginSubmit.disabled = false;
+}
+
+function stop() {
+  const client = state.client;
+  state.client = null; // its last events are ignored from here on
+  if (client) client.close();
+}
+
+async function onLogin(ev) {
+  ev.preventDefault();
+  loginError("");
+  const firstRoom = ui.firstRoom.value.trim();
+  if (!ROOM_RE.test(firstRoom)) {
+    loginError("Room: use 1-128 letters, digits and _ . : - (not first).");
+    ui.firstRoom.focus();
+    return;
+  }
+  let token;
+  let user;
+  let mode;
+  if (!ui.tokenField.hidden) {
+    token = ui.token.value.trim();
+    user = tokenSubject(token);
+    if (!user) {
+      loginError("That does not look like a JWT with a sub claim.");
+      ui.token.focus();
       return;
     }
-    if (now - state.lastTyping >= TYPING_EVERY_MS) {
-      state.lastTyping = now;
-      sendFrame("presence", { roomId: state.active, status: "typing" });
-    }
-  }
-
-  function noteActivity() {
-    if (state.idle && isOpen()) {
-      for (const r of state.rooms.values()) if (r.joined) sendFrame("presence", { roomId: r.id, status: "online" });
-    }
-    state.idle = false;
-    clearTimeout(state.idleTimer);
-    state.idleTimer = setTimeout(goIdle, IDLE_AFTER_MS);
-  }
-
-  function goIdle() {
-    if (!isOpen()) return;
-    state.idle = true;
-    for (const r of state.rooms.values()) if (r.joined) sendFrame("presence", { roomId: r.id, status: "idle" });
-  }
-
-  // ---- login -----------------------------------------------------------------------------
-
-  function showTokenField(show) {
-    ui.tokenField.hidden = !show;
-    ui.nameField.hidden = show;
-    ui.toggleToken.setAttribute("aria-expanded", String(show));
-    ui.toggleToken.textContent = show ? "Use a name instead" : "Use a token instead";
-    ui.toggleToken.hidden = show && !state.devTokens;
-    (show ? ui.token : ui.name).focus();
-  }
-
-  function loginError(text) {
-    ui.loginError.textContent = text;
-    ui.loginError.hidden = !text;
-  }
-
-  function backToLogin(text) {
-    stop();
-    ui.chat.hidden = true;
-    ui.me.hidden = true;
-    ui.login.hidden = false;
-    setConn("idle", "Not connected");
-    if (state.tokenMode === "pasted") showTokenField(true);
-    loginError(text || "");
-    ui.loginSubmit.disabled = false;
-  }
-
-  function stop() {
-    state.stopped = true;
-    clearTimeout(state.retryTimer);
-    stopPing();
-    if (state.ws) {
-      const ws = state.ws;
-      state.ws = null;
-      ws.close(1000, "signed out");
-    }
-  }
-
-  async function onLogin(ev) {
-    ev.preventDefault();
-    loginError("");
-    const firstRoom = ui.firstRoom.value.trim();
-    if (!ROOM_RE.test(firstRoom)) {
-      loginError("Room: use 1-128 letters, digits and _ . : - (not first).");
-      ui.firstRoom.focus();
+    mode = "pasted";
+  } else {
+    const name = ui.name.value.trim();
+    if (!NAME_RE.test(name)) {
+      loginError("Name: use 1-64 letters, digits or _ . @ -");
+      ui.name.focus();
       return;
     }
-    let token;
-    let user;
-    let mode;
-    if (!ui.tokenField.hidden) {
-      token = ui.token.value.trim();
-      user = tokenSubject(token);
-      if (!user) {
-        loginError("That does not look like a JWT with a sub claim.");
-        ui.token.focus();
-        return;
-      }
-      mode = "pasted";
-    } else {
-      const name = ui.name.value.trim();
-      if (!NAME_RE.test(name)) {
-        loginError("Name: use 1-64 letters, digits or _ . @ -");
-        ui.name.focus();
-        return;
-      }
-      ui.loginSubmit.disabled = true;
-      try {
-        const got = await fetchDevToken(name);
-        if (got.missing) {
-          state.devTokens = false;
-          showTokenField(true);
-          loginError("This gateway does not hand out dev tokens (it runs with a configured secret). Paste a token.");
-          ui.loginSubmit.disabled = false;
-          return;
-        }
-        token = got.token;
-      } catch (err) {
-        loginError(`Could not get a token: ${err.message}`);
+    ui.loginSubmit.disabled = true;
+    try {
+      const got = await fetchDevToken(name);
+      if (got.missing) {
+        state.devTokens = false;
+        showTokenField(true);
+        loginError("This gateway does not hand out dev tokens (it runs with a configured secret). Paste a token.");
         ui.loginSubmit.disabled = false;
         return;
       }
-      user = name;
-      mode = "dev";
-    }
-    start(user, token, mode, firstRoom);
-  }
-
-  function start(user, token, mode, firstRoom) {
-    state.user = user;
-    state.token = token;
-    state.tokenMode = mode;
-    state.everOpened = false;
-    state.attempt = 0;
-    state.stopped = false;
-    for (const r of state.rooms.values()) r.list.remove();
-    state.rooms.clear();
-    state.outbox.clear();
-    state.pending.clear();
-    ui.meName.textContent = user;
-    ui.me.hidden = false;
-    ui.login.hidden = true;
-    ui.chat.hidden = false;
-    ui.loginSubmit.disabled = false;
-    joinRoom(firstRoom);
-    noteActivity();
-    connect();
-  }
-
-  // ---- wiring ----------------------------------------------------------------------------
-
-  ui.loginForm.addEventListener("submit", onLogin);
-  ui.toggleToken.addEventListener("click", () => showTokenField(ui.tokenField.hidden));
-  ui.alertClose.addEventListener("click", hideAlert);
-  ui.retryNow.addEventListener("click", () => { state.attempt = 0; connect(); });
-  ui.signOut.addEventListener("click", () => {
-    state.tokenMode = state.devTokens ? "dev" : "pasted";
-    backToLogin("");
-    showTokenField(!state.devTokens);
-  });
-  ui.joinForm.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    const roomId = ui.joinRoom.value.trim();
-    if (!ROOM_RE.test(roomId)) {
-      showAlert("Room names use 1-128 letters, digits and _ . : - (not first).");
+      token = got.token;
+    } catch (err) {
+      loginError(`Could not get a token: ${err.message}`);
+      ui.loginSubmit.disabled = false;
       return;
     }
-    ui.joinRoom.value = "";
-    joinRoom(roomId);
-  });
-  ui.composer.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    const content = ui.message.value;
-    if (!content.trim()) return;
-    ui.message.value = "";
-    sendMessage(content);
-  });
-  ui.message.addEventListener("input", onTypingInput);
-  for (const type of ["keydown", "pointerdown", "pointermove", "focus"]) {
-    window.addEventListener(type, noteActivity, { passive: true });
+    user = name;
+    mode = "dev";
   }
+  start(user, token, mode, firstRoom);
+}
 
-  if (params.get("name")) ui.name.value = params.get("name");
-  if (params.get("room")) ui.firstRoom.value = params.get("room");
-  ui.name.focus();
-})();
+function start(user, token, mode, firstRoom) {
+  stop();
+  state.user = user;
+  state.tokenMode = mode;
+  state.attempt = 0;
+  for (const r of state.rooms.values()) r.list.remove();
+  state.rooms.clear();
+  state.outbox.clear();
+  ui.meName.textContent = user;
+  ui.me.hidden = false;
+  ui.login.hidden = true;
+  ui.chat.hidden = false;
+  ui.loginSubmit.disabled = false;
+  connect(token, mode);
+  joinRoom(firstRoom); // waits in the client until the socket is open
+  noteActivity();
+}
+
+// ---- wiring ----------------------------------------------------------------------------
+
+ui.loginForm.addEventListener("submit", onLogin);
+ui.toggleToken.addEventListener("click", () => showTokenField(ui.tokenField.hidden));
+ui.alertClose.addEventListener("click", hideAlert);
+ui.retryNow.addEventListener("click", () => { if (state.client) state.client.retryNow(); });
+ui.signOut.addEventListener("click", () => {
+  state.tokenMode = state.devTokens ? "dev" : "pasted";
+  backToLogin("");
+  showTokenField(!state.devTokens);
+});
+ui.joinForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const roomId = ui.joinRoom.value.trim();
+  if (!ROOM_RE.test(roomId)) {
+    showAlert("Room names use 1-128 letters, digits and _ . : - (not first).");
+    return;
+  }
+  ui.joinRoom.value = "";
+  joinRoom(roomId);
+});
+ui.composer.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const content = ui.message.value;
+  if (!content.trim()) return;
+  ui.message.value = "";
+  sendMessage(content);
+});
+ui.message.addEventListener("input", onTypingInput);
+for (const type of ["keydown", "pointerdown", "pointermove", "focus"]) {
+  window.addEventListener(type, noteActivity, { passive: true });
+}
+
+if (params.get("name")) ui.name.value = params.get("name");
+if (params.get("room")) ui.firstRoom.value = params.get("room");
+ui.name.focus();

@@ -1,0 +1,536 @@
+/**
+ * GatewayClient: one logical connection to a Realtime Gateway that survives drops (docs/client.md).
+ *
+ *     const client = new GatewayClient("wss://chat.example.com/ws", { getToken: fetchToken });
+ *     client.on("message", (m) => console.log(m.senderId, m.content));
+ *     await client.connect();
+ *     await client.join("general");
+ *     await client.send("general", "hello");
+ *
+ * What it does so that an application does not have to:
+ * - replies are matched to requests by `requestId`: each request is a promise of its reply frame,
+ *   rejected with RequestError when the gateway answers `error`;
+ * - a dropped socket is reopened with exponential backoff and jitter; every room is joined again
+ *   with `since` set to the last entry seen, so the gateway replays what was missed, and a
+ *   `recovery` event says whether it could (`recovered: false`: fetch the gap elsewhere);
+ * - sends made while disconnected wait in a bounded buffer (BufferFull past `maxBuffered`); every
+ *   send carries a dedupeKey, and one that was in flight when the socket dropped is sent again with
+ *   the same key, so the gateway acks and delivers it once;
+ * - `token_expiring` asks `getToken` for a new token and hands it over in band (`refresh`);
+ * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up.
+ *
+ * Limits: one client is one socket; events are delivered synchronously to listeners, in order.
+ */
+import { Backoff } from "./backoff.js";
+import { Emitter } from "./emitter.js";
+import { BufferFull, ClientClosed, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
+import { closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
+const REPLIES = {
+    join: "room_update",
+    leave: "room_update",
+    message: "ack",
+    ping: "pong",
+    history: "history",
+    presence_query: "presence_state",
+    refresh: "refreshed",
+};
+// Sent again on the next socket when the reply did not come: these are safe to repeat.
+const RESENT = new Set(["join", "leave", "message"]);
+const OPEN = 1;
+export class GatewayClient extends Emitter {
+    url;
+    /** The token's subject (`sub`, else `userId`), read without verifying, once a token is known. */
+    userId;
+    /** Sockets opened so far (0: the gateway was never reached, or refused every attempt). */
+    connections = 0;
+    options;
+    maxAttempts;
+    backoff;
+    WebSocketClass;
+    tokenSource;
+    current = "idle";
+    ws = null;
+    ready = false;
+    rooms = new Map();
+    pending = new Map();
+    attempt = 0;
+    tries = 0;
+    retryTimer;
+    pingTimer;
+    pongTimer;
+    refreshing = false;
+    seq = 0;
+    prefix = randomHex(6);
+    started = null;
+    settleStart = null;
+    constructor(url, options) {
+        super();
+        if ((options.token === undefined) === (options.getToken === undefined)) {
+            throw new TypeError("pass a token or getToken (one of them)");
+        }
+        const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
+        if (WebSocketClass === undefined) {
+            throw new TypeError("no WebSocket here: pass options.WebSocket, or use Node 22+ (20: --experimental-websocket)");
+        }
+        this.url = url;
+        this.WebSocketClass = WebSocketClass;
+        this.tokenSource = options.token ?? options.getToken;
+        this.backoff = new Backoff(options.backoff);
+        this.maxAttempts = options.maxAttempts ?? Infinity;
+        this.options = {
+            timeoutMs: options.timeoutMs ?? 30_000,
+            maxBuffered: options.maxBuffered ?? 100,
+            pingIntervalMs: options.pingIntervalMs ?? 25_000,
+            pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
+            stableAfterMs: options.stableAfterMs ?? 5_000,
+        };
+    }
+    // -- lifecycle ---------------------------------------------------------------------------
+    /** "open" once a socket is up and every room joined again; "waiting" between attempts. */
+    get state() {
+        return this.current;
+    }
+    /** Rooms this client is in, or will be in again after a reconnect. */
+    get roomIds() {
+        return [...this.rooms.keys()];
+    }
+    /** The last history entry seen in `roomId` (what a re-join asks to follow), if any. */
+    position(roomId) {
+        return this.rooms.get(roomId) ?? undefined;
+    }
+    /** Opens the connection; resolves once it is open, rejects with ClientClosed if the client gives
+     * up before that. Drops after it are retried in the background (watch `disconnected`). */
+    connect() {
+        if (this.started !== null)
+            return this.started;
+        this.started = new Promise((resolve, reject) => {
+            this.settleStart = { resolve, reject };
+        });
+        void this.open();
+        return this.started;
+    }
+    /** Closes the socket (1000) and stops; pending requests reject with ClientClosed. */
+    close() {
+        if (this.current === "closed")
+            return;
+        const ws = this.ws;
+        this.finish(new ClientClosed("client closed", 1000));
+        ws?.close(1000, "client closed");
+    }
+    // -- requests ------------------------------------------------------------------------------
+    /** Joins `roomId`; it is joined again after every reconnect until leave(). */
+    async join(roomId, options = {}) {
+        if (!this.rooms.has(roomId))
+            this.rooms.set(roomId, null);
+        try {
+            return await this.request("join", { roomId }, options.timeoutMs);
+        }
+        catch (err) {
+            if (err instanceof RequestError)
+                this.rooms.delete(roomId);
+            throw err;
+        }
+    }
+    async leave(roomId, options = {}) {
+        this.rooms.delete(roomId);
+        if (this.ws === null)
+            return { roomId, action: "left" }; // the next socket will not join it
+        return this.request("leave", { roomId }, options.timeoutMs);
+    }
+    /** Sends a message; resolves with its ack. Buffered while disconnected and resent after a drop
+     * with the same dedupeKey until acked or `timeoutMs` passes. */
+    send(roomId, content, options = {}) {
+        const payload = { roomId, content, dedupeKey: options.dedupeKey ?? newKey() };
+        if (options.attachments !== undefined && options.attachments.length > 0)
+            payload["attachments"] = options.attachments;
+        return this.request("message", payload, options.timeoutMs);
+    }
+    /** The room's latest `limit` (1..100) entries, oldest first. */
+    history(roomId, limit = 50) {
+        return this.request("history", { roomId, limit });
+    }
+    /** A page of the room's members: the first without `cursor`, then pass the page's `next`. */
+    presenceQuery(roomId, cursor) {
+        return this.request("presence_query", cursor === undefined ? { roomId } : { roomId, cursor });
+    }
+    /** Hands the gateway a new token for this socket (default: getToken's next one). */
+    async refresh(token) {
+        const next = token ?? (typeof this.tokenSource === "string" ? undefined : await this.tokenSource());
+        if (next === undefined)
+            throw new TypeError("no getToken to refresh from: pass a token");
+        this.userId = tokenSubject(next) ?? this.userId;
+        return this.request("refresh", { token: next });
+    }
+    /** Round trip of an application ping, in ms. */
+    async ping() {
+        const start = Date.now();
+        await this.request("ping", {});
+        return Date.now() - start;
+    }
+    /** Says online, typing or idle in a room. Not buffered (a stale `typing` is worse than none):
+     * false when there is no open socket. */
+    setPresence(roomId, status) {
+        if (!this.ready || this.ws === null)
+            return false;
+        return write(this.ws, { type: "presence", payload: { roomId, status } });
+    }
+    request(type, payload, timeoutMs) {
+        if (this.current === "closed")
+            return Promise.reject(new ClientClosed("client closed"));
+        if (!this.ready && this.buffered() >= this.options.maxBuffered) {
+            return Promise.reject(new BufferFull(`disconnected, and ${this.options.maxBuffered} requests are waiting`));
+        }
+        const entry = this.enqueue(type, payload, timeoutMs);
+        if (this.ready && this.ws !== null)
+            this.transmit(this.ws, entry);
+        return entry.reply;
+    }
+    /** A request waiting for its reply; written by the caller (now, or after the next resume). */
+    enqueue(type, payload, timeoutMs) {
+        this.seq += 1;
+        const id = `${this.prefix}-${this.seq}`;
+        const dedupeKey = typeof payload["dedupeKey"] === "string" ? payload["dedupeKey"] : undefined;
+        const limit = timeoutMs ?? this.options.timeoutMs;
+        let resolve;
+        let reject;
+        const reply = new Promise((ok, fail) => {
+            resolve = ok;
+            reject = fail;
+        });
+        const entry = {
+            id,
+            type,
+            frame: { type, payload, requestId: id },
+            roomId: typeof payload["roomId"] === "string" ? payload["roomId"] : undefined,
+            dedupeKey,
+            sentOn: null,
+            reply,
+            resolve,
+            reject,
+            timer: setTimeout(() => {
+                this.pending.delete(id);
+                reject(new RequestTimeout(`no reply to ${type} within ${limit} ms`, dedupeKey));
+            }, limit),
+        };
+        this.pending.set(id, entry);
+        return entry;
+    }
+    buffered() {
+        let count = 0;
+        for (const entry of this.pending.values())
+            if (entry.sentOn === null)
+                count += 1;
+        return count;
+    }
+    transmit(ws, entry) {
+        if (write(ws, entry.frame))
+            entry.sentOn = ws;
+    }
+    settle(entry, outcome) {
+        clearTimeout(entry.timer);
+        this.pending.delete(entry.id);
+        if ("value" in outcome)
+            entry.resolve(outcome.value);
+        else
+            entry.reject(outcome.error);
+    }
+    // -- connection ----------------------------------------------------------------------------
+    async open() {
+        if (this.current === "closed")
+            return;
+        this.current = "connecting";
+        this.emit("connecting", { attempt: this.tries });
+        let token;
+        try {
+            token = typeof this.tokenSource === "string" ? this.tokenSource : await this.tokenSource();
+        }
+        catch (error) {
+            this.retry(1006, `getToken failed: ${error instanceof Error ? error.message : String(error)}`);
+            return;
+        }
+        if (this.current !== "connecting")
+            return; // closed meanwhile
+        this.userId = tokenSubject(token) ?? this.userId;
+        let ws;
+        try {
+            ws = new this.WebSocketClass(withToken(this.url, token));
+        }
+        catch (error) {
+            this.finish(new ClientClosed(`bad URL ${this.url}: ${error instanceof Error ? error.message : String(error)}`));
+            return;
+        }
+        this.ws = ws;
+        let openedAt = 0;
+        ws.onopen = () => {
+            openedAt = Date.now();
+            this.connections += 1;
+            void this.resume(ws);
+        };
+        ws.onmessage = (event) => this.receive(ws, event.data);
+        const ended = (code, reason) => {
+            if (this.ws !== ws)
+                return;
+            this.dropped(ws);
+            if (this.current === "closed")
+                return;
+            if (openedAt > 0 && Date.now() - openedAt >= this.options.stableAfterMs)
+                this.attempt = 0;
+            const fallback = CLOSE_CODES[code]?.reason ?? (openedAt > 0 ? "connection lost" : "could not connect");
+            this.retry(code, reason || fallback);
+        };
+        ws.onclose = (event) => ended(openedAt > 0 ? event.code : 1006, event.reason);
+        // Before the open, an error is the end of the attempt: some WebSockets (Node 20's) never send
+        // the close that should follow. After it, the close event comes and says why.
+        ws.onerror = () => {
+            if (openedAt > 0)
+                return;
+            ended(1006, "");
+            try {
+                ws.close();
+            }
+            catch {
+                // not open yet: nothing to close
+            }
+        };
+    }
+    /** After an open: join every room again (with `since`), then send what waited. */
+    async resume(ws) {
+        const reconnected = this.connections > 1;
+        for (const entry of [...this.pending.values()]) {
+            if (entry.type === "leave" && entry.sentOn === null)
+                this.settle(entry, { value: { roomId: entry.roomId, action: "left" } });
+        }
+        const joins = [];
+        for (const roomId of [...this.rooms.keys()]) {
+            const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
+            const entry = asked ?? this.rejoin(roomId);
+            this.transmit(ws, entry);
+            joins.push(entry.reply);
+        }
+        await Promise.allSettled(joins);
+        if (this.ws !== ws || this.current === "closed")
+            return; // dropped again meanwhile: the next open resumes
+        this.ready = true;
+        this.current = "open";
+        this.tries = 0;
+        this.startPing(ws);
+        for (const entry of [...this.pending.values()])
+            if (entry.sentOn !== ws)
+                this.transmit(ws, entry);
+        this.emit("connected", { reconnected, rooms: this.roomIds });
+        this.settleStart?.resolve();
+        this.settleStart = null;
+    }
+    rejoin(roomId) {
+        const since = this.rooms.get(roomId);
+        const entry = this.enqueue("join", since ? { roomId, since: { offset: since.offset, epoch: since.epoch } } : { roomId });
+        entry.reply.catch((error) => {
+            if (error instanceof RequestError)
+                this.rooms.delete(roomId); // e.g. the token no longer allows it
+        });
+        return entry;
+    }
+    dropped(ws) {
+        this.ws = null;
+        this.ready = false;
+        this.stopPing();
+        for (const entry of [...this.pending.values()]) {
+            if (entry.sentOn !== ws)
+                continue;
+            if (RESENT.has(entry.type))
+                entry.sentOn = null;
+            else
+                this.settle(entry, { error: new ConnectionLost(`the connection dropped before the reply to ${entry.type}`) });
+        }
+    }
+    retry(code, reason) {
+        let action = closeAction(code);
+        if (action === "refresh" && typeof this.tokenSource === "string")
+            action = "give_up"; // nobody to ask for a new token
+        if (action === "give_up" || this.tries >= this.maxAttempts) {
+            const why = action === "give_up" ? reason : `gave up after ${this.tries} attempts: ${reason}`;
+            this.emit("disconnected", { code, reason: why, action, willReconnect: false });
+            this.finish(new ClientClosed(why, code));
+            return;
+        }
+        const delayMs = this.backoff.delay(this.attempt);
+        this.attempt += 1;
+        this.tries += 1;
+        this.current = "waiting";
+        this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
+        this.retryTimer = setTimeout(() => void this.open(), delayMs);
+    }
+    /** Skips the wait: try to connect now (a "Retry now" button). */
+    retryNow() {
+        if (this.current !== "waiting")
+            return;
+        clearTimeout(this.retryTimer);
+        this.attempt = 0;
+        void this.open();
+    }
+    finish(error) {
+        if (this.current === "closed")
+            return;
+        this.current = "closed";
+        this.ready = false;
+        clearTimeout(this.retryTimer);
+        this.stopPing();
+        const ws = this.ws;
+        this.ws = null;
+        if (ws !== null)
+            ws.onclose = null;
+        for (const entry of [...this.pending.values()])
+            this.settle(entry, { error });
+        this.settleStart?.reject(error);
+        this.settleStart = null;
+        this.emit("closed", error.code === undefined ? { reason: error.message } : { code: error.code, reason: error.message });
+    }
+    startPing(ws) {
+        this.stopPing();
+        if (this.options.pingIntervalMs <= 0)
+            return;
+        this.pingTimer = setInterval(() => {
+            if (this.ws !== ws)
+                return;
+            this.request("ping", {}).catch(() => { });
+            clearTimeout(this.pongTimer);
+            // Nothing back at all: the connection is dead without a close (a laptop asleep, a NAT that forgot us).
+            this.pongTimer = setTimeout(() => ws.close(4000, "no pong"), this.options.pongTimeoutMs);
+        }, this.options.pingIntervalMs);
+    }
+    stopPing() {
+        clearInterval(this.pingTimer);
+        clearTimeout(this.pongTimer);
+    }
+    // -- frames --------------------------------------------------------------------------------
+    receive(ws, data) {
+        if (this.ws !== ws || typeof data !== "string")
+            return; // the protocol is text only
+        clearTimeout(this.pongTimer);
+        let frame;
+        try {
+            frame = JSON.parse(data);
+        }
+        catch {
+            return;
+        }
+        if (frame === null || typeof frame !== "object" || typeof frame.type !== "string")
+            return;
+        const payload = (frame.payload ?? {});
+        if (isEntry(frame.type) && !this.advance(payload))
+            return; // seen already: a replay overlapping live traffic
+        if (frame.type === "room_update")
+            this.roomUpdate(payload, frame.requestId);
+        if (frame.type === "token_expiring")
+            void this.refreshFromSource();
+        this.emit("frame", frame);
+        if (SERVER_TYPE_SET.has(frame.type))
+            this.emit(frame.type, payload);
+        const entry = frame.requestId === undefined ? undefined : this.pending.get(frame.requestId);
+        if (entry === undefined)
+            return;
+        if (frame.type === "error")
+            this.settle(entry, { error: new RequestError(payload) });
+        else if (REPLIES[entry.type] === frame.type)
+            this.settle(entry, { value: payload });
+    }
+    /** Moves the room's position to this entry; false when it is at or before the position. */
+    advance(payload) {
+        const { roomId, offset, epoch } = payload;
+        if (typeof roomId !== "string" || typeof offset !== "number" || typeof epoch !== "string")
+            return true;
+        if (!this.rooms.has(roomId))
+            return true;
+        const known = this.rooms.get(roomId);
+        if (known && known.epoch === epoch && offset <= known.offset)
+            return false;
+        this.rooms.set(roomId, { offset, epoch });
+        return true;
+    }
+    roomUpdate(update, requestId) {
+        const { roomId } = update;
+        if (update.action === "joined") {
+            if (!this.rooms.has(roomId))
+                return;
+            const here = typeof update.offset === "number" && typeof update.epoch === "string";
+            const position = here ? { offset: update.offset, epoch: update.epoch } : null;
+            if (update.recovered === undefined) {
+                if (this.rooms.get(roomId) == null)
+                    this.rooms.set(roomId, position);
+                return;
+            }
+            // recovered: the replayed entries follow and move the position; not: start from the room's.
+            if (!update.recovered)
+                this.rooms.set(roomId, position);
+            const recovery = { roomId, recovered: update.recovered };
+            if (position !== null)
+                Object.assign(recovery, position);
+            this.emit("recovery", recovery);
+        }
+        else if (update.action === "removed" || update.action === "deleted" || (update.action === "left" && requestId === undefined)) {
+            this.rooms.delete(roomId); // the gateway took us out: do not join again
+        }
+    }
+    async refreshFromSource() {
+        if (typeof this.tokenSource === "string" || this.refreshing)
+            return;
+        this.refreshing = true;
+        try {
+            await this.refresh();
+        }
+        catch (error) {
+            this.emit("refresh_failed", { error });
+        }
+        finally {
+            this.refreshing = false;
+        }
+    }
+}
+const SERVER_TYPE_SET = new Set(SERVER_TYPES);
+function isEntry(type) {
+    return type === "message" || type === "message_updated" || type === "message_deleted";
+}
+function write(ws, frame) {
+    if (ws.readyState !== OPEN)
+        return false;
+    try {
+        ws.send(JSON.stringify(frame));
+        return true;
+    }
+    catch {
+        return false;
+    }
+}
+/** Browsers cannot set headers on a WebSocket, so the token goes in the query (the gateway keeps
+ * it out of its logs). */
+function withToken(url, token) {
+    const parsed = new URL(url);
+    parsed.searchParams.set("token", token);
+    return parsed.toString();
+}
+/** The user id the gateway will see (`sub`, else `userId`), read without verifying. */
+export function tokenSubject(token) {
+    try {
+        const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
+        const bytes = Uint8Array.from(atob(part + "=".repeat((4 - (part.length % 4)) % 4)), (c) => c.charCodeAt(0));
+        const claims = JSON.parse(new TextDecoder().decode(bytes));
+        for (const key of ["sub", "userId"])
+            if (typeof claims[key] === "string")
+                return claims[key];
+    }
+    catch {
+        // not a JWT: the gateway will say so
+    }
+    return undefined;
+}
+function newKey() {
+    const crypto = globalThis.crypto;
+    // randomUUID exists only in secure contexts (https, localhost); elsewhere a random hex key does.
+    return crypto?.randomUUID?.() ?? randomHex(32);
+}
+function randomHex(length) {
+    let out = "";
+    while (out.length < length)
+        out += Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
+    return out.slice(0, length);
+}
