@@ -24,7 +24,7 @@
 
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { Emitter } from "./emitter.js";
-import { BufferFull, ClientClosed, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
+import { BufferFull, ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
 import type {
   Ack,
   Attachment,
@@ -46,36 +46,53 @@ export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  // Handler parameters are `any` so that the DOM's own WebSocket (whose handlers take Event,
+  // MessageEvent, CloseEvent) is assignable; the client reads only `data`, `code` and `reason`.
+  /* eslint-disable @typescript-eslint/no-explicit-any */
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
 }
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 export type TokenProvider = () => string | Promise<string>;
 
-export interface ClientOptions {
-  /** A fixed token. With it, a 4001 (token expired) is final: prefer `getToken`. */
-  token?: string;
-  /** Called before every connection attempt and on `token_expiring`; may fetch a fresh token. */
-  getToken?: TokenProvider;
+/** Where tokens come from: exactly one of `token` and `getToken`. */
+export type TokenOptions =
+  | {
+      /** A fixed token. With it, an expired token (4001) is final: prefer `getToken`. */
+      token: string;
+      getToken?: undefined;
+    }
+  | {
+      /** Called before every connection attempt and on `token_expiring`; may fetch a fresh token. */
+      getToken: TokenProvider;
+      token?: undefined;
+    };
+
+export type ClientOptions = TokenOptions & {
   /** The WebSocket class (default: the global one). */
-  WebSocket?: WebSocketConstructor;
-  backoff?: BackoffOptions;
+  WebSocket?: WebSocketConstructor | undefined;
+  backoff?: BackoffOptions | undefined;
   /** Reconnect attempts in a row before giving up (default: never give up). */
-  maxAttempts?: number;
+  maxAttempts?: number | undefined;
   /** How long a request waits for its reply, in ms (default 30000). */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Requests held while disconnected, at most (default 100); more reject with BufferFull. */
-  maxBuffered?: number;
+  maxBuffered?: number | undefined;
   /** An application ping every this many ms (default 25000; 0: never). */
-  pingIntervalMs?: number;
-  /** No frame at all within this long after a ping: the socket is dead, reconnect (default 10000). */
-  pongTimeoutMs?: number;
+  pingIntervalMs?: number | undefined;
+  /** No frame at all within this long after a ping: the socket is dead, replace it (default 10000). */
+  pongTimeoutMs?: number | undefined;
   /** A connection that lasted this long resets the backoff (default 5000). */
-  stableAfterMs?: number;
+  stableAfterMs?: number | undefined;
+};
+
+/** Per request: how long to wait for the reply (default: the client's `timeoutMs`). */
+export interface RequestOptions {
+  timeoutMs?: number | undefined;
 }
 
 export type ClientState = "idle" | "connecting" | "open" | "waiting" | "closed";
@@ -106,7 +123,7 @@ export interface ClientEvents extends ServerPayloads {
   /** Open, with every room joined again (`reconnected`: not the first connection). */
   connected: { reconnected: boolean; rooms: string[] };
   disconnected: Disconnected;
-  /** A re-join with `since` was answered. */
+  /** A re-join with `since` was answered, or an entry revealed a gap (recovered: false). */
   recovery: Recovery;
   /** getToken failed, or the gateway refused the new token; the old one stands until its expiry. */
   refresh_failed: { error: unknown };
@@ -114,11 +131,10 @@ export interface ClientEvents extends ServerPayloads {
   closed: { code?: number; reason: string };
 }
 
-export interface SendOptions {
-  attachments?: Attachment[];
+export interface SendOptions extends RequestOptions {
+  attachments?: Attachment[] | undefined;
   /** Default: a new random key. Reuse a key to retry a send safely. */
-  dedupeKey?: string;
-  timeoutMs?: number;
+  dedupeKey?: string | undefined;
 }
 
 type ReplyType = "room_update" | "ack" | "pong" | "history" | "presence_state" | "refreshed";
@@ -157,13 +173,14 @@ export class GatewayClient extends Emitter<ClientEvents> {
   /** Sockets opened so far (0: the gateway was never reached, or refused every attempt). */
   connections = 0;
 
-  private readonly options: Required<Omit<ClientOptions, "token" | "getToken" | "WebSocket" | "backoff" | "maxAttempts">>;
+  private readonly options: { timeoutMs: number; maxBuffered: number; pingIntervalMs: number; pongTimeoutMs: number; stableAfterMs: number };
   private readonly maxAttempts: number;
   private readonly backoff: Backoff;
   private readonly WebSocketClass: WebSocketConstructor;
   private readonly tokenSource: string | TokenProvider;
   private current: ClientState = "idle";
   private ws: WebSocketLike | null = null;
+  private openedAt = 0; // when this.ws opened (0: not yet)
   private ready = false;
   private readonly rooms = new Map<string, Position | null>();
   private readonly pending = new Map<string, Pending>();
@@ -240,20 +257,33 @@ export class GatewayClient extends Emitter<ClientEvents> {
   // -- requests ------------------------------------------------------------------------------
 
   /** Joins `roomId`; it is joined again after every reconnect until leave(). */
-  async join(roomId: string, options: { timeoutMs?: number } = {}): Promise<RoomUpdate> {
-    if (!this.rooms.has(roomId)) this.rooms.set(roomId, null);
+  async join(roomId: string, options: RequestOptions = {}): Promise<RoomUpdate> {
+    const added = !this.rooms.has(roomId);
+    if (added) this.rooms.set(roomId, null);
     try {
       return await this.request<RoomUpdate>("join", { roomId }, options.timeoutMs);
     } catch (err) {
-      if (err instanceof RequestError) this.rooms.delete(roomId);
+      // Refused: not a room to join again. (A refused repeat, say rate_limited, keeps the room.)
+      if (err instanceof RequestError && added) this.rooms.delete(roomId);
       throw err;
     }
   }
 
-  async leave(roomId: string, options: { timeoutMs?: number } = {}): Promise<RoomUpdate> {
+  async leave(roomId: string, options: RequestOptions = {}): Promise<RoomUpdate> {
+    if (this.current === "closed") throw new ClientClosed("client closed");
     this.rooms.delete(roomId);
+    this.dropJoins(roomId);
     if (this.ws === null) return { roomId, action: "left" }; // the next socket will not join it
     return this.request<RoomUpdate>("leave", { roomId }, options.timeoutMs);
+  }
+
+  /** Joins of `roomId` not written yet (or lost with a socket) must not go out once it was left. */
+  private dropJoins(roomId: string): void {
+    for (const entry of [...this.pending.values()]) {
+      if (entry.type === "join" && entry.roomId === roomId && entry.sentOn === null) {
+        this.settle(entry, { error: new ClientError(`left ${roomId} before the join was answered`) });
+      }
+    }
   }
 
   /** Sends a message; resolves with its ack. Buffered while disconnected and resent after a drop
@@ -265,27 +295,27 @@ export class GatewayClient extends Emitter<ClientEvents> {
   }
 
   /** The room's latest `limit` (1..100) entries, oldest first. */
-  history(roomId: string, limit = 50): Promise<History> {
-    return this.request<History>("history", { roomId, limit });
+  history(roomId: string, limit = 50, options: RequestOptions = {}): Promise<History> {
+    return this.request<History>("history", { roomId, limit }, options.timeoutMs);
   }
 
   /** A page of the room's members: the first without `cursor`, then pass the page's `next`. */
-  presenceQuery(roomId: string, cursor?: string): Promise<PresenceState> {
-    return this.request<PresenceState>("presence_query", cursor === undefined ? { roomId } : { roomId, cursor });
+  presenceQuery(roomId: string, cursor?: string, options: RequestOptions = {}): Promise<PresenceState> {
+    const payload = cursor === undefined ? { roomId } : { roomId, cursor };
+    return this.request<PresenceState>("presence_query", payload, options.timeoutMs);
   }
 
   /** Hands the gateway a new token for this socket (default: getToken's next one). */
-  async refresh(token?: string): Promise<Refreshed> {
+  async refresh(token?: string, options: RequestOptions = {}): Promise<Refreshed> {
     const next = token ?? (typeof this.tokenSource === "string" ? undefined : await this.tokenSource());
     if (next === undefined) throw new TypeError("no getToken to refresh from: pass a token");
-    this.userId = tokenSubject(next) ?? this.userId;
-    return this.request<Refreshed>("refresh", { token: next });
+    return this.request<Refreshed>("refresh", { token: next }, options.timeoutMs);
   }
 
   /** Round trip of an application ping, in ms. */
-  async ping(): Promise<number> {
+  async ping(options: RequestOptions = {}): Promise<number> {
     const start = Date.now();
-    await this.request("ping", {});
+    await this.request("ping", {}, options.timeoutMs);
     return Date.now() - start;
   }
 
@@ -364,46 +394,56 @@ export class GatewayClient extends Emitter<ClientEvents> {
     try {
       token = typeof this.tokenSource === "string" ? this.tokenSource : await this.tokenSource();
     } catch (error) {
-      this.retry(1006, `getToken failed: ${error instanceof Error ? error.message : String(error)}`);
+      if (this.current === "connecting") this.retry(1006, `getToken failed: ${messageOf(error)}`);
       return;
     }
     if (this.current !== "connecting") return; // closed meanwhile
+    if (typeof this.tokenSource === "string" && expired(token)) {
+      // A fixed token past its exp would be refused at every attempt (a 401 the browser hides).
+      this.emit("disconnected", { code: 4001, reason: "the token expired", action: "give_up", willReconnect: false });
+      this.finish(new ClientClosed("the token expired: connect with a new one", 4001));
+      return;
+    }
     this.userId = tokenSubject(token) ?? this.userId;
     let ws: WebSocketLike;
     try {
       ws = new this.WebSocketClass(withToken(this.url, token));
     } catch (error) {
-      this.finish(new ClientClosed(`bad URL ${this.url}: ${error instanceof Error ? error.message : String(error)}`));
+      this.finish(new ClientClosed(`bad URL ${this.url}: ${messageOf(error)}`));
       return;
     }
     this.ws = ws;
-    let openedAt = 0;
+    this.openedAt = 0;
     ws.onopen = () => {
-      openedAt = Date.now();
+      if (this.ws !== ws) return;
+      this.openedAt = Date.now();
       this.connections += 1;
       void this.resume(ws);
     };
-    ws.onmessage = (event) => this.receive(ws, event.data);
-    const ended = (code: number, reason: string): void => {
-      if (this.ws !== ws) return;
-      this.dropped(ws);
-      if (this.current === "closed") return;
-      if (openedAt > 0 && Date.now() - openedAt >= this.options.stableAfterMs) this.attempt = 0;
-      const fallback = CLOSE_CODES[code]?.reason ?? (openedAt > 0 ? "connection lost" : "could not connect");
-      this.retry(code, reason || fallback);
-    };
-    ws.onclose = (event) => ended(openedAt > 0 ? event.code : 1006, event.reason);
+    ws.onmessage = (event: { data: unknown }) => this.receive(ws, event.data);
+    ws.onclose = (event: { code: number; reason: string }) => this.end(ws, this.openedAt > 0 ? event.code : 1006, event.reason);
     // Before the open, an error is the end of the attempt: some WebSockets (Node 20's) never send
     // the close that should follow. After it, the close event comes and says why.
     ws.onerror = () => {
-      if (openedAt > 0) return;
-      ended(1006, "");
-      try {
-        ws.close();
-      } catch {
-        // not open yet: nothing to close
-      }
+      if (this.ws === ws && this.openedAt === 0) this.end(ws, 1006, "");
     };
+  }
+
+  /** The end of `ws` (closed, failed, or given up on): what was in flight waits for the next
+   * socket, which is opened after the backoff, unless the close code says to give up. */
+  private end(ws: WebSocketLike, code: number, reason: string): void {
+    if (this.ws !== ws) return;
+    const openedAt = this.openedAt;
+    this.dropped(ws);
+    try {
+      ws.close(); // no-op when already closed; releases a socket that is only presumed dead
+    } catch {
+      // not open yet: nothing to close
+    }
+    if (this.current === "closed") return;
+    if (openedAt > 0 && Date.now() - openedAt >= this.options.stableAfterMs) this.attempt = 0;
+    const fallback = CLOSE_CODES[code]?.reason ?? (openedAt > 0 ? "connection lost" : "could not connect");
+    this.retry(code, reason || fallback);
   }
 
   /** After an open: join every room again (with `since`), then send what waited. */
@@ -412,10 +452,15 @@ export class GatewayClient extends Emitter<ClientEvents> {
     for (const entry of [...this.pending.values()]) {
       if (entry.type === "leave" && entry.sentOn === null) this.settle(entry, { value: { roomId: entry.roomId, action: "left" } });
     }
+    for (const entry of [...this.pending.values()]) {
+      if (entry.type === "join" && entry.roomId !== undefined && !this.rooms.has(entry.roomId)) this.dropJoins(entry.roomId);
+    }
     const joins: Promise<unknown>[] = [];
     for (const roomId of [...this.rooms.keys()]) {
       const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
       const entry = asked ?? this.rejoin(roomId);
+      const since = this.rooms.get(roomId);
+      if (since) entry.frame.payload["since"] = { offset: since.offset, epoch: since.epoch };
       this.transmit(ws, entry);
       joins.push(entry.reply);
     }
@@ -432,8 +477,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   }
 
   private rejoin(roomId: string): Pending {
-    const since = this.rooms.get(roomId);
-    const entry = this.enqueue("join", since ? { roomId, since: { offset: since.offset, epoch: since.epoch } } : { roomId });
+    const entry = this.enqueue("join", { roomId });
     entry.reply.catch((error: unknown) => {
       if (error instanceof RequestError) this.rooms.delete(roomId); // e.g. the token no longer allows it
     });
@@ -452,6 +496,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   }
 
   private retry(code: number, reason: string): void {
+    if (this.current === "closed") return;
     let action = closeAction(code);
     if (action === "refresh" && typeof this.tokenSource === "string") action = "give_up"; // nobody to ask for a new token
     if (action === "give_up" || this.tries >= this.maxAttempts) {
@@ -464,8 +509,9 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.attempt += 1;
     this.tries += 1;
     this.current = "waiting";
-    this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
+    // The timer first: a listener may call close(), which must find it to clear.
     this.retryTimer = setTimeout(() => void this.open(), delayMs);
+    this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
   }
 
   /** Skips the wait: try to connect now (a "Retry now" button). */
@@ -498,8 +544,9 @@ export class GatewayClient extends Emitter<ClientEvents> {
       if (this.ws !== ws) return;
       this.request("ping", {}).catch(() => {});
       clearTimeout(this.pongTimer);
-      // Nothing back at all: the connection is dead without a close (a laptop asleep, a NAT that forgot us).
-      this.pongTimer = setTimeout(() => ws.close(4000, "no pong"), this.options.pongTimeoutMs);
+      // Nothing back at all: the connection is dead without a close (a laptop asleep, a NAT that
+      // forgot us). Its closing handshake would never finish either, so it is replaced at once.
+      this.pongTimer = setTimeout(() => this.end(ws, 1006, "no pong"), this.options.pongTimeoutMs);
     }, this.options.pingIntervalMs);
   }
 
@@ -532,7 +579,9 @@ export class GatewayClient extends Emitter<ClientEvents> {
     else if (REPLIES[entry.type] === frame.type) this.settle(entry, { value: payload });
   }
 
-  /** Moves the room's position to this entry; false when it is at or before the position. */
+  /** Moves the room's position to this entry; false when it is at or before the position. An
+   * entry that is not the next one (an offset skipped, or a new epoch) reveals a loss: `recovery`
+   * says so before the entry is delivered. */
   private advance(payload: Record<string, unknown>): boolean {
     const { roomId, offset, epoch } = payload;
     if (typeof roomId !== "string" || typeof offset !== "number" || typeof epoch !== "string") return true;
@@ -540,6 +589,9 @@ export class GatewayClient extends Emitter<ClientEvents> {
     const known = this.rooms.get(roomId);
     if (known && known.epoch === epoch && offset <= known.offset) return false;
     this.rooms.set(roomId, { offset, epoch });
+    if (known && (known.epoch !== epoch || offset !== known.offset + 1)) {
+      this.emit("recovery", { roomId, recovered: false, offset: offset - 1, epoch });
+    }
     return true;
   }
 
@@ -602,15 +654,30 @@ function withToken(url: string, token: string): string {
 
 /** The user id the gateway will see (`sub`, else `userId`), read without verifying. */
 export function tokenSubject(token: string): string | undefined {
+  const found = claims(token);
+  for (const key of ["sub", "userId"]) if (typeof found?.[key] === "string") return found[key] as string;
+  return undefined;
+}
+
+/** A JWT's claims, read without verifying (only the gateway can verify). */
+function claims(token: string): Record<string, unknown> | undefined {
   try {
     const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
     const bytes = Uint8Array.from(atob(part + "=".repeat((4 - (part.length % 4)) % 4)), (c) => c.charCodeAt(0));
-    const claims = JSON.parse(new TextDecoder().decode(bytes)) as Record<string, unknown>;
-    for (const key of ["sub", "userId"]) if (typeof claims[key] === "string") return claims[key] as string;
+    const parsed: unknown = JSON.parse(new TextDecoder().decode(bytes));
+    return parsed !== null && typeof parsed === "object" ? (parsed as Record<string, unknown>) : undefined;
   } catch {
-    // not a JWT: the gateway will say so
+    return undefined; // not a JWT: the gateway will say so
   }
-  return undefined;
+}
+
+function expired(token: string): boolean {
+  const exp = claims(token)?.["exp"];
+  return typeof exp === "number" && exp * 1000 < Date.now();
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 function newKey(): string {

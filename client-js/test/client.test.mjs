@@ -194,3 +194,32 @@ test("close 4003 (the control plane disconnected the user) is not retried", asyn
   assert.equal((await closed).code, 4003);
   assert.equal(client.connections, 1);
 });
+
+test("a socket that goes silent is replaced after the pong timeout", async (t) => {
+  // A server that completes the upgrade and then never answers anything: a dead link without a close.
+  const { createServer } = await import("node:http");
+  const { createHash } = await import("node:crypto");
+  const sockets = new Set();
+  const silent = createServer();
+  silent.on("upgrade", (req, socket) => {
+    sockets.add(socket);
+    const accept = createHash("sha1").update(`${req.headers["sec-websocket-key"]}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest("base64");
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+  });
+  await new Promise((ok) => silent.listen(0, "127.0.0.1", ok));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    silent.close();
+  });
+  const client = new GatewayClient(`ws://127.0.0.1:${silent.address().port}/ws`, {
+    token: mint("u"),
+    pingIntervalMs: 200,
+    pongTimeoutMs: 200,
+    backoff: { initialMs: 50, maxMs: 50 },
+  });
+  t.after(() => client.close());
+  await client.connect();
+  const drop = await nextEvent(client, "disconnected");
+  assert.deepEqual([drop.code, drop.reason, drop.willReconnect], [1006, "no pong", true]);
+  await waitFor(() => client.connections === 2, "a new socket");
+});

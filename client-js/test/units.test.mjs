@@ -140,3 +140,145 @@ test("maxAttempts ends the retries with a closed event", async (t) => {
   assert.deepEqual(drops, [true, true, true, false]);
   assert.equal(client.connections, 0);
 });
+
+/** Resolves after every timer due within `ms` has fired: a marker that proves a shorter timer did not. */
+const marker = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+function scripted(t, options = {}) {
+  ScriptedSocket.made = [];
+  const client = new GatewayClient("ws://gateway.test/ws", {
+    token: mint("u"),
+    WebSocket: ScriptedSocket,
+    backoff: { initialMs: 1, maxMs: 5 },
+    pingIntervalMs: 0,
+    ...options,
+  });
+  t.after(() => client.close());
+  return client;
+}
+
+const joinedReply = (sent, offset, epoch, extra = {}) => ({
+  type: "room_update",
+  payload: { roomId: sent.payload.roomId, action: "joined", offset, epoch, ...extra },
+  requestId: sent.requestId,
+});
+
+const entry = (roomId, id, offset, epoch) => ({
+  type: "message",
+  payload: { id, roomId, senderType: "human", senderId: "x", content: id, attachments: [], createdAt: "2026-01-01T00:00:00.000Z", offset, epoch },
+});
+
+test("close() while getToken is pending stops the client for good", async (t) => {
+  ScriptedSocket.made = [];
+  let fail;
+  let calls = 0;
+  const client = new GatewayClient("ws://gateway.test/ws", {
+    getToken: () => ((calls += 1) === 1 ? mint("u") : new Promise((_, reject) => (fail = reject))),
+    WebSocket: ScriptedSocket,
+    backoff: { initialMs: 1, maxMs: 1 },
+    pingIntervalMs: 0,
+  });
+  await client.connect();
+  ScriptedSocket.made[0].serverClose(1012);
+  await waitFor(() => fail !== undefined, "the second getToken call");
+  client.close();
+  fail(new Error("token service down"));
+  await marker(20);
+  assert.equal(client.state, "closed");
+  assert.equal(ScriptedSocket.made.length, 1, "no socket after close()");
+});
+
+test("a listener that closes on `disconnected` leaves no retry timer behind", async (t) => {
+  const client = scripted(t, { backoff: { initialMs: 5, maxMs: 5, jitter: 0 } });
+  await client.connect();
+  client.on("disconnected", () => client.close());
+  ScriptedSocket.made[0].serverClose(1012);
+  await marker(30);
+  assert.equal(ScriptedSocket.made.length, 1);
+  assert.equal(client.state, "closed");
+});
+
+test("a room left while disconnected is not joined by the next socket", async (t) => {
+  const client = scripted(t);
+  await client.connect();
+  const first = ScriptedSocket.made[0];
+  first.serverClose(1012);
+  const join = assert.rejects(client.join("secret"), /left secret before the join was answered/); // buffered
+  const left = await client.leave("secret");
+  assert.equal(left.action, "left");
+  await join;
+  await waitFor(() => client.state === "open", "the next socket");
+  assert.deepEqual(ScriptedSocket.made[1].sent, [], "nothing about the room went out");
+  assert.deepEqual(client.roomIds, []);
+});
+
+test("a join in flight at a drop, then a leave, is not sent again", async (t) => {
+  const client = scripted(t);
+  await client.connect();
+  const join = assert.rejects(client.join("secret"), /left secret/);
+  assert.equal(ScriptedSocket.made[0].sent[0].type, "join");
+  ScriptedSocket.made[0].serverClose(1012);
+  await client.leave("secret");
+  await waitFor(() => client.state === "open", "the next socket");
+  await join;
+  assert.deepEqual(ScriptedSocket.made[1].sent, []);
+});
+
+test("an entry that skips an offset, or a new epoch, is reported as a loss", async (t) => {
+  const client = scripted(t);
+  await client.connect();
+  const ws = ScriptedSocket.made[0];
+  const join = client.join("r");
+  ws.reply(joinedReply(ws.sent[0], 5, "e1"));
+  await join;
+  const recoveries = [];
+  client.on("recovery", (r) => recoveries.push(r));
+  ws.reply(entry("r", "m6", 6, "e1"));
+  ws.reply(entry("r", "m9", 9, "e1"));
+  ws.reply(entry("r", "n1", 1, "e2"));
+  assert.deepEqual(recoveries, [
+    { roomId: "r", recovered: false, offset: 8, epoch: "e1" },
+    { roomId: "r", recovered: false, offset: 0, epoch: "e2" },
+  ]);
+  assert.deepEqual(client.position("r"), { offset: 1, epoch: "e2" });
+});
+
+test("a join asked while disconnected carries `since` for a room already seen", async (t) => {
+  const client = scripted(t);
+  await client.connect();
+  const ws = ScriptedSocket.made[0];
+  const join = client.join("r");
+  ws.reply(joinedReply(ws.sent[0], 5, "e1"));
+  await join;
+  ws.serverClose(1012);
+  const again = client.join("r"); // the application asks again while offline
+  await waitFor(() => ScriptedSocket.made.length === 2 && ScriptedSocket.made[1].sent.length === 1, "the re-join");
+  const sent = ScriptedSocket.made[1].sent[0];
+  assert.deepEqual(sent.payload, { roomId: "r", since: { offset: 5, epoch: "e1" } });
+  ScriptedSocket.made[1].reply(joinedReply(sent, 5, "e1", { recovered: true }));
+  assert.equal((await again).recovered, true);
+});
+
+test("an expired fixed token is not tried: it would be refused every time", async (t) => {
+  const client = scripted(t, { token: mint("u", { iat: Math.floor(Date.now() / 1000) - 100, ttl: 10 }) });
+  await assert.rejects(client.connect(), (err) => err.code === 4001);
+  assert.equal(ScriptedSocket.made.length, 0);
+  await assert.rejects(client.leave("r"), { name: "ClientClosed" });
+});
+
+test("a refused repeat join keeps the room; a refused first join drops it", async (t) => {
+  const client = scripted(t);
+  await client.connect();
+  const ws = ScriptedSocket.made[0];
+  const join = client.join("r");
+  ws.reply(joinedReply(ws.sent[0], 0, "e1"));
+  await join;
+  const refuse = (sent, code) => ws.reply({ type: "error", payload: { code, message: code, roomId: sent.payload.roomId }, requestId: sent.requestId });
+  const repeat = client.join("r");
+  refuse(ws.sent[1], "rate_limited");
+  await assert.rejects(repeat, { code: "rate_limited" });
+  const other = client.join("closed-room");
+  refuse(ws.sent[2], "forbidden_room");
+  await assert.rejects(other, { code: "forbidden_room" });
+  assert.deepEqual(client.roomIds, ["r"]);
+});

@@ -23,7 +23,7 @@
  */
 import { Backoff } from "./backoff.js";
 import { Emitter } from "./emitter.js";
-import { BufferFull, ClientClosed, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
+import { BufferFull, ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
 import { closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
 const REPLIES = {
     join: "room_update",
@@ -50,6 +50,7 @@ export class GatewayClient extends Emitter {
     tokenSource;
     current = "idle";
     ws = null;
+    openedAt = 0; // when this.ws opened (0: not yet)
     ready = false;
     rooms = new Map();
     pending = new Map();
@@ -120,22 +121,35 @@ export class GatewayClient extends Emitter {
     // -- requests ------------------------------------------------------------------------------
     /** Joins `roomId`; it is joined again after every reconnect until leave(). */
     async join(roomId, options = {}) {
-        if (!this.rooms.has(roomId))
+        const added = !this.rooms.has(roomId);
+        if (added)
             this.rooms.set(roomId, null);
         try {
             return await this.request("join", { roomId }, options.timeoutMs);
         }
         catch (err) {
-            if (err instanceof RequestError)
+            // Refused: not a room to join again. (A refused repeat, say rate_limited, keeps the room.)
+            if (err instanceof RequestError && added)
                 this.rooms.delete(roomId);
             throw err;
         }
     }
     async leave(roomId, options = {}) {
+        if (this.current === "closed")
+            throw new ClientClosed("client closed");
         this.rooms.delete(roomId);
+        this.dropJoins(roomId);
         if (this.ws === null)
             return { roomId, action: "left" }; // the next socket will not join it
         return this.request("leave", { roomId }, options.timeoutMs);
+    }
+    /** Joins of `roomId` not written yet (or lost with a socket) must not go out once it was left. */
+    dropJoins(roomId) {
+        for (const entry of [...this.pending.values()]) {
+            if (entry.type === "join" && entry.roomId === roomId && entry.sentOn === null) {
+                this.settle(entry, { error: new ClientError(`left ${roomId} before the join was answered`) });
+            }
+        }
     }
     /** Sends a message; resolves with its ack. Buffered while disconnected and resent after a drop
      * with the same dedupeKey until acked or `timeoutMs` passes. */
@@ -146,25 +160,25 @@ export class GatewayClient extends Emitter {
         return this.request("message", payload, options.timeoutMs);
     }
     /** The room's latest `limit` (1..100) entries, oldest first. */
-    history(roomId, limit = 50) {
-        return this.request("history", { roomId, limit });
+    history(roomId, limit = 50, options = {}) {
+        return this.request("history", { roomId, limit }, options.timeoutMs);
     }
     /** A page of the room's members: the first without `cursor`, then pass the page's `next`. */
-    presenceQuery(roomId, cursor) {
-        return this.request("presence_query", cursor === undefined ? { roomId } : { roomId, cursor });
+    presenceQuery(roomId, cursor, options = {}) {
+        const payload = cursor === undefined ? { roomId } : { roomId, cursor };
+        return this.request("presence_query", payload, options.timeoutMs);
     }
     /** Hands the gateway a new token for this socket (default: getToken's next one). */
-    async refresh(token) {
+    async refresh(token, options = {}) {
         const next = token ?? (typeof this.tokenSource === "string" ? undefined : await this.tokenSource());
         if (next === undefined)
             throw new TypeError("no getToken to refresh from: pass a token");
-        this.userId = tokenSubject(next) ?? this.userId;
-        return this.request("refresh", { token: next });
+        return this.request("refresh", { token: next }, options.timeoutMs);
     }
     /** Round trip of an application ping, in ms. */
-    async ping() {
+    async ping(options = {}) {
         const start = Date.now();
-        await this.request("ping", {});
+        await this.request("ping", {}, options.timeoutMs);
         return Date.now() - start;
     }
     /** Says online, typing or idle in a room. Not buffered (a stale `typing` is worse than none):
@@ -245,53 +259,64 @@ export class GatewayClient extends Emitter {
             token = typeof this.tokenSource === "string" ? this.tokenSource : await this.tokenSource();
         }
         catch (error) {
-            this.retry(1006, `getToken failed: ${error instanceof Error ? error.message : String(error)}`);
+            if (this.current === "connecting")
+                this.retry(1006, `getToken failed: ${messageOf(error)}`);
             return;
         }
         if (this.current !== "connecting")
             return; // closed meanwhile
+        if (typeof this.tokenSource === "string" && expired(token)) {
+            // A fixed token past its exp would be refused at every attempt (a 401 the browser hides).
+            this.emit("disconnected", { code: 4001, reason: "the token expired", action: "give_up", willReconnect: false });
+            this.finish(new ClientClosed("the token expired: connect with a new one", 4001));
+            return;
+        }
         this.userId = tokenSubject(token) ?? this.userId;
         let ws;
         try {
             ws = new this.WebSocketClass(withToken(this.url, token));
         }
         catch (error) {
-            this.finish(new ClientClosed(`bad URL ${this.url}: ${error instanceof Error ? error.message : String(error)}`));
+            this.finish(new ClientClosed(`bad URL ${this.url}: ${messageOf(error)}`));
             return;
         }
         this.ws = ws;
-        let openedAt = 0;
+        this.openedAt = 0;
         ws.onopen = () => {
-            openedAt = Date.now();
+            if (this.ws !== ws)
+                return;
+            this.openedAt = Date.now();
             this.connections += 1;
             void this.resume(ws);
         };
         ws.onmessage = (event) => this.receive(ws, event.data);
-        const ended = (code, reason) => {
-            if (this.ws !== ws)
-                return;
-            this.dropped(ws);
-            if (this.current === "closed")
-                return;
-            if (openedAt > 0 && Date.now() - openedAt >= this.options.stableAfterMs)
-                this.attempt = 0;
-            const fallback = CLOSE_CODES[code]?.reason ?? (openedAt > 0 ? "connection lost" : "could not connect");
-            this.retry(code, reason || fallback);
-        };
-        ws.onclose = (event) => ended(openedAt > 0 ? event.code : 1006, event.reason);
+        ws.onclose = (event) => this.end(ws, this.openedAt > 0 ? event.code : 1006, event.reason);
         // Before the open, an error is the end of the attempt: some WebSockets (Node 20's) never send
         // the close that should follow. After it, the close event comes and says why.
         ws.onerror = () => {
-            if (openedAt > 0)
-                return;
-            ended(1006, "");
-            try {
-                ws.close();
-            }
-            catch {
-                // not open yet: nothing to close
-            }
+            if (this.ws === ws && this.openedAt === 0)
+                this.end(ws, 1006, "");
         };
+    }
+    /** The end of `ws` (closed, failed, or given up on): what was in flight waits for the next
+     * socket, which is opened after the backoff, unless the close code says to give up. */
+    end(ws, code, reason) {
+        if (this.ws !== ws)
+            return;
+        const openedAt = this.openedAt;
+        this.dropped(ws);
+        try {
+            ws.close(); // no-op when already closed; releases a socket that is only presumed dead
+        }
+        catch {
+            // not open yet: nothing to close
+        }
+        if (this.current === "closed")
+            return;
+        if (openedAt > 0 && Date.now() - openedAt >= this.options.stableAfterMs)
+            this.attempt = 0;
+        const fallback = CLOSE_CODES[code]?.reason ?? (openedAt > 0 ? "connection lost" : "could not connect");
+        this.retry(code, reason || fallback);
     }
     /** After an open: join every room again (with `since`), then send what waited. */
     async resume(ws) {
@@ -300,10 +325,17 @@ export class GatewayClient extends Emitter {
             if (entry.type === "leave" && entry.sentOn === null)
                 this.settle(entry, { value: { roomId: entry.roomId, action: "left" } });
         }
+        for (const entry of [...this.pending.values()]) {
+            if (entry.type === "join" && entry.roomId !== undefined && !this.rooms.has(entry.roomId))
+                this.dropJoins(entry.roomId);
+        }
         const joins = [];
         for (const roomId of [...this.rooms.keys()]) {
             const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
             const entry = asked ?? this.rejoin(roomId);
+            const since = this.rooms.get(roomId);
+            if (since)
+                entry.frame.payload["since"] = { offset: since.offset, epoch: since.epoch };
             this.transmit(ws, entry);
             joins.push(entry.reply);
         }
@@ -322,8 +354,7 @@ export class GatewayClient extends Emitter {
         this.settleStart = null;
     }
     rejoin(roomId) {
-        const since = this.rooms.get(roomId);
-        const entry = this.enqueue("join", since ? { roomId, since: { offset: since.offset, epoch: since.epoch } } : { roomId });
+        const entry = this.enqueue("join", { roomId });
         entry.reply.catch((error) => {
             if (error instanceof RequestError)
                 this.rooms.delete(roomId); // e.g. the token no longer allows it
@@ -344,6 +375,8 @@ export class GatewayClient extends Emitter {
         }
     }
     retry(code, reason) {
+        if (this.current === "closed")
+            return;
         let action = closeAction(code);
         if (action === "refresh" && typeof this.tokenSource === "string")
             action = "give_up"; // nobody to ask for a new token
@@ -357,8 +390,9 @@ export class GatewayClient extends Emitter {
         this.attempt += 1;
         this.tries += 1;
         this.current = "waiting";
-        this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
+        // The timer first: a listener may call close(), which must find it to clear.
         this.retryTimer = setTimeout(() => void this.open(), delayMs);
+        this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
     }
     /** Skips the wait: try to connect now (a "Retry now" button). */
     retryNow() {
@@ -394,8 +428,9 @@ export class GatewayClient extends Emitter {
                 return;
             this.request("ping", {}).catch(() => { });
             clearTimeout(this.pongTimer);
-            // Nothing back at all: the connection is dead without a close (a laptop asleep, a NAT that forgot us).
-            this.pongTimer = setTimeout(() => ws.close(4000, "no pong"), this.options.pongTimeoutMs);
+            // Nothing back at all: the connection is dead without a close (a laptop asleep, a NAT that
+            // forgot us). Its closing handshake would never finish either, so it is replaced at once.
+            this.pongTimer = setTimeout(() => this.end(ws, 1006, "no pong"), this.options.pongTimeoutMs);
         }, this.options.pingIntervalMs);
     }
     stopPing() {
@@ -434,7 +469,9 @@ export class GatewayClient extends Emitter {
         else if (REPLIES[entry.type] === frame.type)
             this.settle(entry, { value: payload });
     }
-    /** Moves the room's position to this entry; false when it is at or before the position. */
+    /** Moves the room's position to this entry; false when it is at or before the position. An
+     * entry that is not the next one (an offset skipped, or a new epoch) reveals a loss: `recovery`
+     * says so before the entry is delivered. */
     advance(payload) {
         const { roomId, offset, epoch } = payload;
         if (typeof roomId !== "string" || typeof offset !== "number" || typeof epoch !== "string")
@@ -445,6 +482,9 @@ export class GatewayClient extends Emitter {
         if (known && known.epoch === epoch && offset <= known.offset)
             return false;
         this.rooms.set(roomId, { offset, epoch });
+        if (known && (known.epoch !== epoch || offset !== known.offset + 1)) {
+            this.emit("recovery", { roomId, recovered: false, offset: offset - 1, epoch });
+        }
         return true;
     }
     roomUpdate(update, requestId) {
@@ -510,18 +550,30 @@ function withToken(url, token) {
 }
 /** The user id the gateway will see (`sub`, else `userId`), read without verifying. */
 export function tokenSubject(token) {
+    const found = claims(token);
+    for (const key of ["sub", "userId"])
+        if (typeof found?.[key] === "string")
+            return found[key];
+    return undefined;
+}
+/** A JWT's claims, read without verifying (only the gateway can verify). */
+function claims(token) {
     try {
         const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
         const bytes = Uint8Array.from(atob(part + "=".repeat((4 - (part.length % 4)) % 4)), (c) => c.charCodeAt(0));
-        const claims = JSON.parse(new TextDecoder().decode(bytes));
-        for (const key of ["sub", "userId"])
-            if (typeof claims[key] === "string")
-                return claims[key];
+        const parsed = JSON.parse(new TextDecoder().decode(bytes));
+        return parsed !== null && typeof parsed === "object" ? parsed : undefined;
     }
     catch {
-        // not a JWT: the gateway will say so
+        return undefined; // not a JWT: the gateway will say so
     }
-    return undefined;
+}
+function expired(token) {
+    const exp = claims(token)?.["exp"];
+    return typeof exp === "number" && exp * 1000 < Date.now();
+}
+function messageOf(error) {
+    return error instanceof Error ? error.message : String(error);
 }
 function newKey() {
     const crypto = globalThis.crypto;
