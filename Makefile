@@ -39,3 +39,4 @@ bench: dev-venv
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache artifacts
+	rm -rf client-js/node_modules client-js/dist scripts/asyncapi/node_modules
