@@ -163,6 +163,17 @@ const joinedReply = (sent, offset, epoch, extra = {}) => ({
   requestId: sent.requestId,
 });
 
+/** A scripted client in `roomId` at position (offset, epoch), and its socket. */
+async function inRoom(t, roomId, offset, epoch) {
+  const client = scripted(t);
+  await client.connect();
+  const ws = ScriptedSocket.made[0];
+  const join = client.join(roomId);
+  ws.reply(joinedReply(ws.sent[0], offset, epoch));
+  await join;
+  return { client, ws };
+}
+
 const entry = (roomId, id, offset, epoch) => ({
   type: "message",
   payload: { id, roomId, senderType: "human", senderId: "x", content: id, attachments: [], createdAt: "2026-01-01T00:00:00.000Z", offset, epoch },
@@ -225,12 +236,7 @@ test("a join in flight at a drop, then a leave, is not sent again", async (t) =>
 });
 
 test("an entry that skips an offset, or a new epoch, is reported as a loss", async (t) => {
-  const client = scripted(t);
-  await client.connect();
-  const ws = ScriptedSocket.made[0];
-  const join = client.join("r");
-  ws.reply(joinedReply(ws.sent[0], 5, "e1"));
-  await join;
+  const { client, ws } = await inRoom(t, "r", 5, "e1");
   const recoveries = [];
   client.on("recovery", (r) => recoveries.push(r));
   ws.reply(entry("r", "m6", 6, "e1"));
@@ -244,12 +250,7 @@ test("an entry that skips an offset, or a new epoch, is reported as a loss", asy
 });
 
 test("a join asked while disconnected carries `since` for a room already seen", async (t) => {
-  const client = scripted(t);
-  await client.connect();
-  const ws = ScriptedSocket.made[0];
-  const join = client.join("r");
-  ws.reply(joinedReply(ws.sent[0], 5, "e1"));
-  await join;
+  const { client, ws } = await inRoom(t, "r", 5, "e1");
   ws.serverClose(1012);
   const again = client.join("r"); // the application asks again while offline
   await waitFor(() => ScriptedSocket.made.length === 2 && ScriptedSocket.made[1].sent.length === 1, "the re-join");
@@ -267,12 +268,7 @@ test("an expired fixed token is not tried: it would be refused every time", asyn
 });
 
 test("a refused repeat join keeps the room; a refused first join drops it", async (t) => {
-  const client = scripted(t);
-  await client.connect();
-  const ws = ScriptedSocket.made[0];
-  const join = client.join("r");
-  ws.reply(joinedReply(ws.sent[0], 0, "e1"));
-  await join;
+  const { client, ws } = await inRoom(t, "r", 0, "e1");
   const refuse = (sent, code) => ws.reply({ type: "error", payload: { code, message: code, roomId: sent.payload.roomId }, requestId: sent.requestId });
   const repeat = client.join("r");
   refuse(ws.sent[1], "rate_limited");
