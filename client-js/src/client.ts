@@ -158,7 +158,6 @@ interface Pending {
   type: string;
   frame: Frame<Record<string, unknown>>;
   roomId: string | undefined;
-  dedupeKey: string | undefined;
   sentOn: WebSocketLike | null;
   reply: Promise<unknown>;
   resolve: (value: never) => void;
@@ -239,6 +238,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
    * up before that. Drops after it are retried in the background (watch `disconnected`). */
   connect(): Promise<void> {
     if (this.started !== null) return this.started;
+    if (this.current === "closed") return Promise.reject(new ClientClosed("client closed"));
     this.started = new Promise<void>((resolve, reject) => {
       this.settleStart = { resolve, reject };
     });
@@ -353,7 +353,6 @@ export class GatewayClient extends Emitter<ClientEvents> {
       type,
       frame: { type, payload, requestId: id },
       roomId: typeof payload["roomId"] === "string" ? payload["roomId"] : undefined,
-      dedupeKey,
       sentOn: null,
       reply,
       resolve,

@@ -260,6 +260,13 @@ test("a join asked while disconnected carries `since` for a room already seen", 
   assert.equal((await again).recovered, true);
 });
 
+test("a closed client does not connect again", async (t) => {
+  const client = scripted(t);
+  client.close();
+  await assert.rejects(client.connect(), { name: "ClientClosed" });
+  assert.equal(ScriptedSocket.made.length, 0);
+});
+
 test("an expired fixed token is not tried: it would be refused every time", async (t) => {
   const client = scripted(t, { token: mint("u", { iat: Math.floor(Date.now() / 1000) - 100, ttl: 10 }) });
   await assert.rejects(client.connect(), (err) => err.code === 4001);

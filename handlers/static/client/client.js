@@ -104,6 +104,8 @@ export class GatewayClient extends Emitter {
     connect() {
         if (this.started !== null)
             return this.started;
+        if (this.current === "closed")
+            return Promise.reject(new ClientClosed("client closed"));
         this.started = new Promise((resolve, reject) => {
             this.settleStart = { resolve, reject };
         });
@@ -216,7 +218,6 @@ export class GatewayClient extends Emitter {
             type,
             frame: { type, payload, requestId: id },
             roomId: typeof payload["roomId"] === "string" ? payload["roomId"] : undefined,
-            dedupeKey,
             sentOn: null,
             reply,
             resolve,
