@@ -8,6 +8,7 @@ ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z"  # \Z: no trailing new
 ROOM_ID_MESSAGE = "roomId must be 1-128 characters: letters, digits, and _ . : - (not first)"
 PRESENCE_STATUSES = ("online", "typing", "idle")
 MAX_ATTACHMENTS = 10
+ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"  # ISO-8601 UTC with milliseconds, as the gateway writes
 
 
 def room_id() -> fields.String:
@@ -24,8 +25,8 @@ class AttachmentSchema(Schema):
     size = fields.Integer(strict=True, validate=validate.Range(min=0))
 
 
-def attachments() -> fields.List:
-    return fields.List(fields.Nested(AttachmentSchema), validate=validate.Length(max=MAX_ATTACHMENTS))
+def attachments(**kw: bool) -> fields.List:
+    return fields.List(fields.Nested(AttachmentSchema), validate=validate.Length(max=MAX_ATTACHMENTS), **kw)
 
 
 def check_content(value: str, most: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.common import attachments, room_id
+from schemas.common import ISO_MS, attachments, room_id
 
 MESSAGE_INGEST = "message.ingest"
 MESSAGE_CREATED = "message.created"
@@ -75,23 +75,25 @@ class MessagePayload(_Payload):
     senderType = fields.String(required=True, validate=validate.Length(min=1, max=32))
     senderId = fields.String(required=True, validate=validate.Length(min=1, max=128))
     content = fields.String(required=True)
-    attachments = attachments()
+    attachments = attachments(allow_none=True)
     createdAt = fields.String(required=True)
     dedupeKey = fields.String(allow_none=True)
 
 
 class MessageUpdatedPayload(_Payload):
+    """Optional fields may be null: they are left out of the frame (docs/kafka.md)."""
+
     id = fields.String(required=True)
     roomId = room_id()
-    content = fields.String()
-    attachments = attachments()
-    updatedAt = fields.String()
+    content = fields.String(allow_none=True)
+    attachments = attachments(allow_none=True)
+    updatedAt = fields.String(allow_none=True)
 
 
 class MessageDeletedPayload(_Payload):
     id = fields.String(required=True)
     roomId = room_id()
-    deletedAt = fields.String()
+    deletedAt = fields.String(allow_none=True)
 
 
 class RoomUpdatedPayload(Schema):
@@ -124,13 +126,13 @@ class UserOnlinePayload(_Payload):
     """user.online (produced to KAFKA_TOPIC_PRESENCE_EVENTS)."""
 
     userId = user_id()
-    at = fields.String(required=True)
+    at = fields.String(required=True, validate=validate.Regexp(ISO_MS))
 
 
 class UserOfflinePayload(UserOnlinePayload):
     """user.offline: `lastSeenAt` is when the user's last socket closed, `at` when the grace ended."""
 
-    lastSeenAt = fields.String(required=True)
+    lastSeenAt = fields.String(required=True, validate=validate.Regexp(ISO_MS))
 
 
 CONSUMED: dict[str, type[Schema]] = {

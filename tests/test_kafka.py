@@ -414,7 +414,8 @@ async def test_update_delete_and_room_updated_events(brokers, topics, gateways, 
             },
         ),
     )
-    put(producer, topics.messages, room, event("message.deleted", {"id": msg_id, "roomId": room}))
+    # A null optional field is left out of the frame (docs/kafka.md), not a reason to skip the record.
+    put(producer, topics.messages, room, event("message.deleted", {"id": msg_id, "roomId": room, "deletedAt": None}))
     put(producer, topics.rooms, room, event("room.updated", {"roomId": room, "name": "Lobby", "topic": None}))
 
     upd = await bob.expect("message_updated", timeout=10)
@@ -679,6 +680,8 @@ async def test_broker_outage_then_recovery(private_broker, gateways):
     settings = kafka_settings(private_broker.address, kafka_message_timeout=2.0)
     gw = await gateways.start(**settings)
     await wait_ready(gw)
+    # gateway_kafka_up says what /readyz says (read at each scrape; this gateway started last).
+    assert [sample("gateway_kafka_up", role=role) for role in ("producer", "consumer")] == [1.0, 1.0]
     room = new_room()
     alice = await connect(gw, "alice", room)
     bob = await connect(gw, "bob", room)
@@ -686,6 +689,7 @@ async def test_broker_outage_then_recovery(private_broker, gateways):
 
     await in_thread(private_broker.stop)
     await wait_for(async_eq(lambda: broker_state(gw), (503, "down")), 15, interval=0.1, what="503 when down")
+    assert sample("gateway_kafka_up", role="producer") == 0.0
     await fails_then_recovers(gw, private_broker, room, alice, bob, "during")
 
 
