@@ -30,7 +30,12 @@ Decisions:
   keys are the kafka message binding. The Kafka server is 127.0.0.1:9092, not localhost
   (docs/kafka.md: librdkafka may pick ::1).
 - AsyncAPI 3.0.0, not 3.1.0: the parser's one remark (information, not a warning) says a newer
-  version exists. `moment_types` and `ecma_patterns` are shared with schemas/openapi.py.
+  version exists. `moment_types` and `tidy_schemas` are shared with schemas/openapi.py.
+- Every frame and envelope is a named schema (`ClientJoinFrame`, `ServerMessageFrame`,
+  `MessageIngestEvent`, ...) and every message has a distinct `name`, so code generators make one
+  type each. A history entry is a `oneOf` of its three kinds with `discriminator: type`.
+- No `additionalProperties: false`: the gateway may add fields to any frame or event, and
+  consumers ignore what they do not know (the tests keep the server's own schemas strict).
 - A fixed order everywhere (the order of the names in schemas/ and of the tables below), no YAML
   anchors, PyYAML with sort_keys=False: the output is byte-for-byte stable.
 """
@@ -41,11 +46,11 @@ import copy
 import sys
 from typing import Any
 
-from marshmallow import Schema
+from marshmallow import Schema, validate
 
 from schemas import client, events
 from schemas.client import FrameSchema, MessageSchema, payload_schemas
-from schemas.openapi import ecma_patterns, moment_types
+from schemas.openapi import moment_types, tidy_schemas
 from schemas.protocol import CLIENT_TYPES, CLOSE_CODES, SERVER_TYPES, Retry
 from schemas.server import PAYLOADS, HistoryEntryOut, ServerFrame
 from services.settings import OPTIONS
@@ -183,12 +188,12 @@ def _check_tables() -> None:
         ("RETRY_MEANING", tuple(Retry), RETRY_MEANING),
     ):
         if set(names) != set(table):
-            raise SystemExit(f"schemas/asyncapi.py: {what} does not match schemas/protocol.py")
+            raise ValueError(f"schemas/asyncapi.py: {what} does not match schemas/protocol.py")
     if not set(REPLIES) <= set(CLIENT_TYPES) or not set(REPLIES.values()) <= set(SERVER_TYPES):
-        raise SystemExit("schemas/asyncapi.py: REPLIES names a frame type schemas/protocol.py does not")
+        raise ValueError("schemas/asyncapi.py: REPLIES names a frame type schemas/protocol.py does not")
     on_topics = [t for *_, types, _key in TOPICS for t in types]
     if sorted(on_topics) != sorted(EVENTS) or len(set(on_topics)) != len(on_topics):
-        raise SystemExit("schemas/asyncapi.py: every event type of EVENTS must be on exactly one topic of TOPICS")
+        raise ValueError("schemas/asyncapi.py: every event type of EVENTS must be on exactly one topic of TOPICS")
 
 
 # -- the schemas, through apispec's marshmallow converter ------------------------------------------
@@ -256,23 +261,33 @@ def _frame(conv: _Converted, outer: type[Schema], frame_type: str, payload: type
     return frame
 
 
-def _ws_messages(conv: _Converted, max_content: int) -> dict[str, Any]:
+def _pascal(*words: str) -> str:
+    camel = _camel(*words)
+    return camel[:1].upper() + camel[1:]
+
+
+def _ws_messages(conv: _Converted, max_content: int, frames: dict[str, Any]) -> dict[str, Any]:
+    """The frames' messages; each frame's schema goes into `frames` under its name."""
     correlation = _ref("components", "correlationIds", "requestId")
     messages: dict[str, Any] = {}
     client_payloads = payload_schemas(max_content)
     for frame_type in CLIENT_TYPES:
+        name = _pascal("client", frame_type, "frame")
+        frames[name] = _frame(conv, FrameSchema, frame_type, type(client_payloads[frame_type]))
         messages[f"client.{frame_type}"] = {
-            "name": frame_type,
+            "name": name,
             "title": f"{frame_type} (client to server)",
             "summary": CLIENT_FRAMES[frame_type],
             "description": f"See {PROTOCOL_DOC}. Unknown fields are ignored.",
             "contentType": "application/json",
             "correlationId": dict(correlation),
-            "payload": _frame(conv, FrameSchema, frame_type, type(client_payloads[frame_type])),
+            "payload": _ref("components", "schemas", name),
         }
     for frame_type in SERVER_TYPES:
+        name = _pascal("server", frame_type, "frame")
+        frames[name] = _frame(conv, ServerFrame, frame_type, PAYLOADS[frame_type])
         message: dict[str, Any] = {
-            "name": frame_type,
+            "name": name,
             "title": f"{frame_type} (server to client)",
             "summary": SERVER_FRAMES[frame_type],
             "description": f"See {PROTOCOL_DOC}, 'Server frames'.",
@@ -280,12 +295,13 @@ def _ws_messages(conv: _Converted, max_content: int) -> dict[str, Any]:
         }
         if frame_type in REPLIES.values() or frame_type == "error":
             message["correlationId"] = dict(correlation)
-        message["payload"] = _frame(conv, ServerFrame, frame_type, PAYLOADS[frame_type])
+        message["payload"] = _ref("components", "schemas", name)
         messages[f"server.{frame_type}"] = message
     return messages
 
 
-def _event_messages(conv: _Converted) -> dict[str, Any]:
+def _event_messages(conv: _Converted, envelopes: dict[str, Any]) -> dict[str, Any]:
+    """The events' messages; each event's envelope goes into `envelopes` under its name."""
     messages: dict[str, Any] = {}
     for setting, _channel, action, types, key in TOPICS:
         topic = _option(setting)
@@ -302,36 +318,65 @@ def _event_messages(conv: _Converted) -> dict[str, Any]:
             record_key = conv.field(payload, key)
             record_key["description"] = f"The payload's {key}, UTF-8."
             who = "Produced by the gateway" if action == "send" else "Consumed by the gateway"
+            name = _pascal(event_type, "event")
+            envelopes[name] = envelope
             messages[f"event.{event_type}"] = {
-                "name": event_type,
+                "name": name,
                 "title": event_type,
                 "summary": summary,
                 "description": f"{who} on {topic.env}. Consumers ignore unknown fields. See {KAFKA_DOC}.",
                 "contentType": "application/json",
-                "payload": envelope,
+                "payload": _ref("components", "schemas", name),
                 "bindings": {"kafka": {"key": record_key, "bindingVersion": KAFKA_BINDING}},
             }
     return messages
 
 
-def _refine(conv: _Converted, schemas: dict[str, Any], max_content: Option) -> None:
-    """What the marshmallow converter cannot express."""
-    content = schemas[conv.names[MessageSchema]]["properties"]["content"]
+def _refine(schemas: dict[str, Any], entries: dict[str, dict[str, str]], max_content: Option) -> None:
+    """What the marshmallow converter cannot express. `entries`: a history entry's type -> a
+    reference to its payload's schema (registered before the components were taken)."""
+    content = schemas[_schema_name(MessageSchema)]["properties"]["content"]
     content["minLength"] = 1
     content["maxLength"] = max_content.default
     content["description"] = (
         f"1 to {max_content.env} (default {max_content.default}) characters, counted in code points "
         "(MessageSchema's @validates rule)."
     )
-    entry = schemas[_schema_name(HistoryEntryOut)]
-    entry["properties"]["payload"]["description"] = "The payload of the frame `type` names, as it was delivered."
-    entry["allOf"] = [
-        {
-            "if": {"properties": {"type": {"const": name}}},
-            "then": {"properties": {"payload": conv.ref(PAYLOADS[name])}},
-        }
-        for name in entry["properties"]["type"]["enum"]
-    ]
+    name = _schema_name(HistoryEntryOut)
+    schemas[name] = {
+        "type": "object",
+        "description": "One history entry: the frame `type` names, with its payload as it was delivered.",
+        "properties": {"type": {"type": "string", "enum": list(entries)}, "payload": {"type": "object"}},
+        "required": ["type", "payload"],
+        "discriminator": "type",
+        "oneOf": [
+            {
+                "type": "object",
+                "title": _pascal(kind, "entry"),
+                "properties": {"type": {"type": "string", "const": kind}, "payload": ref},
+                "required": ["type", "payload"],
+            }
+            for kind, ref in entries.items()
+        ],
+    }
+
+
+def _entry_kinds() -> tuple[str, ...]:
+    """The frame types a history entry can be, as HistoryEntryOut's `type` allows them."""
+    (kinds,) = [v for v in HistoryEntryOut._declared_fields["type"].validators if isinstance(v, validate.OneOf)]
+    return tuple(str(kind) for kind in kinds.choices)
+
+
+def _open_objects(node: Any) -> None:
+    """Drop `additionalProperties: false`: documented objects may grow fields (see the module's docstring)."""
+    if isinstance(node, dict):
+        if node.get("additionalProperties") is False:
+            del node["additionalProperties"]
+        for value in node.values():
+            _open_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            _open_objects(value)
 
 
 def _close_codes() -> list[dict[str, Any]]:
@@ -417,11 +462,8 @@ def _ws_operations() -> dict[str, Any]:
             )
         op["tags"] = [{"name": "websocket"}]
         op["messages"] = [message(f"client.{frame_type}")]
-        if frame_type in REPLIES:
-            op["reply"] = {
-                "channel": _ref("channels", WS),
-                "messages": [message(f"server.{REPLIES[frame_type]}"), message("server.error")],
-            }
+        answers = [REPLIES[frame_type], "error"] if frame_type in REPLIES else ["error"]
+        op["reply"] = {"channel": _ref("channels", WS), "messages": [message(f"server.{t}") for t in answers]}
         operations[_camel("receive", frame_type)] = op
     for frame_type in SERVER_TYPES:
         operations[_camel("send", frame_type)] = {
@@ -492,10 +534,12 @@ def document() -> dict[str, Any]:
     port = _option("port")
     brokers = _option("kafka_brokers")
 
-    ws_messages = _ws_messages(conv, max_content.default)
-    event_messages = _event_messages(conv)
-    schemas = conv.components()
-    _refine(conv, schemas, max_content)
+    frames: dict[str, Any] = {}
+    ws_messages = _ws_messages(conv, max_content.default, frames)
+    event_messages = _event_messages(conv, frames)
+    entries = {kind: conv.ref(PAYLOADS[kind]) for kind in _entry_kinds()}
+    schemas = {**conv.components(), **frames}
+    _refine(schemas, entries, max_content)
     kafka_channels, kafka_operations = _kafka_channels_and_operations()
     operations = _ws_operations()
     assert not set(operations) & set(kafka_operations), "an operation key is taken twice"
@@ -574,7 +618,8 @@ def document() -> dict[str, Any]:
             "operationBindings": _operation_bindings(),
         },
     }
-    ecma_patterns(doc)
+    tidy_schemas(doc)
+    _open_objects(doc)
     return doc
 
 

@@ -135,7 +135,7 @@ def document() -> dict[str, Any]:
     )
     out = spec.to_dict()
     out["security"] = [{"apiKey": []}]
-    ecma_patterns(out)
+    tidy_schemas(out)
     return out
 
 
@@ -144,18 +144,21 @@ def moment_types(_converter: Any, field: Any, **_: Any) -> dict[str, Any]:
     return {"type": ["string", "number"]} if isinstance(field, Moment) else {}
 
 
-def ecma_patterns(node: Any) -> None:
-    """The schemas end patterns with Python's `\\Z` (no trailing newline); JSON Schema speaks
-    ECMA-262, whose `$` already means the very end."""
+def tidy_schemas(node: Any) -> None:
+    """What the converter writes that JSON Schema reads otherwise: the schemas end patterns with
+    Python's `\\Z` (no trailing newline), and ECMA-262's `$` already means the very end; a Moment
+    (string or number) takes ISO-8601 without a zone too, which `format: date-time` would refuse."""
     if isinstance(node, dict):
         pattern = node.get("pattern")
         if isinstance(pattern, str) and pattern.endswith("\\Z"):
             node["pattern"] = pattern[:-2] + "$"
+        if node.get("type") == ["string", "number"]:
+            node.pop("format", None)
         for value in node.values():
-            ecma_patterns(value)
+            tidy_schemas(value)
     elif isinstance(node, list):
         for value in node:
-            ecma_patterns(value)
+            tidy_schemas(value)
 
 
 def render() -> str:

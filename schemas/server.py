@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from schemas.common import AttachmentSchema, attachments, room_id
+from schemas.common import ISO_MS, PRESENCE_STATUSES, attachments, room_id
 from schemas.protocol import ERROR_CODES, ROOM_ACTIONS, SERVER_TYPES
 
-ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+
+def _offset(first: int) -> fields.Integer:
+    """A history position: entries start at 1, a room with none is at 0."""
+    return fields.Integer(strict=True, validate=validate.Range(min=first))
+
+
+def _epoch() -> fields.String:
+    return fields.String(validate=validate.Length(min=1, max=64))
 
 
 def _iso(**kw: object) -> fields.String:
@@ -26,29 +33,29 @@ class MessageOut(_Strict):
     senderType = fields.String(required=True)
     senderId = fields.String(required=True)
     content = fields.String(required=True)
-    attachments = attachments()
+    attachments = attachments(required=True)
     createdAt = _iso(required=True)
     dedupeKey = fields.String()
-    offset = fields.Integer()
-    epoch = fields.String()
+    offset = _offset(1)
+    epoch = _epoch()
 
 
 class MessageUpdatedOut(_Strict):
     id = fields.String(required=True)
     roomId = room_id()
     content = fields.String()
-    attachments = fields.List(fields.Nested(AttachmentSchema))
+    attachments = attachments()
     updatedAt = fields.String()
-    offset = fields.Integer()
-    epoch = fields.String()
+    offset = _offset(1)
+    epoch = _epoch()
 
 
 class MessageDeletedOut(_Strict):
     id = fields.String(required=True)
     roomId = room_id()
     deletedAt = fields.String()
-    offset = fields.Integer()
-    epoch = fields.String()
+    offset = _offset(1)
+    epoch = _epoch()
 
 
 class AckOut(_Strict):
@@ -62,10 +69,9 @@ class RoomUpdateOut(_Strict):
     roomId = room_id()
     action = fields.String(required=True, validate=validate.OneOf(ROOM_ACTIONS))
     recovered = fields.Boolean()
-    offset = fields.Integer()
-    epoch = fields.String()
+    offset = _offset(0)
+    epoch = _epoch()
     changes = fields.Dict()
-    reason = fields.String()
 
 
 class PresenceOut(_Strict):
@@ -77,7 +83,7 @@ class PresenceOut(_Strict):
 
 class MemberOut(_Strict):
     userId = fields.String(required=True)
-    status = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(PRESENCE_STATUSES))
     since = _iso(required=True)
 
 
@@ -100,8 +106,8 @@ class HistoryEntryOut(_Strict):
 
 class HistoryOut(_Strict):
     roomId = room_id()
-    offset = fields.Integer()
-    epoch = fields.String()
+    offset = _offset(0)
+    epoch = _epoch()
     entries = fields.List(fields.Nested(HistoryEntryOut), required=True)
 
 
