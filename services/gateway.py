@@ -127,6 +127,10 @@ class Gateway:
         # answers ingest_failed and stays unready until the broker is reachable.
         self.producer.start()
         self.consumer.start()
+        # Read at each scrape: the same states /readyz reports, without a hook in either client.
+        producer, consumer = self.producer, self.consumer
+        METRICS.kafka_up.labels("producer").set_function(lambda: 1.0 if producer.ready() else 0.0)
+        METRICS.kafka_up.labels("consumer").set_function(lambda: 1.0 if consumer.ready() else 0.0)
         if self.online is not None:
             await self.online.start(self._announce)
         log.info(

@@ -63,10 +63,16 @@ class _Metrics:
         self.bus_publish_seconds = Histogram(
             "gateway_bus_publish_seconds",
             "Bus publish latency",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 2.5, 5),
         )
         self.bus_reconnects = Counter("gateway_bus_reconnects_total", "Bus (Redis) reconnections")
         self.bus_up = Gauge("gateway_bus_up", "1 while the bus is connected and subscribed")
+        self.kafka_up = Gauge(
+            "gateway_kafka_up",
+            "1 while the Kafka producer reaches a broker (role=producer) or the consumer holds its assignment "
+            "(role=consumer); absent with Kafka off",
+            ["role"],
+        )
         self.kafka_produce_seconds = Histogram(
             "gateway_kafka_produce_seconds",
             "Ingest delivery latency",

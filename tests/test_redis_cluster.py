@@ -235,7 +235,7 @@ async def test_a_killed_primary_fails_over_and_delivery_resumes(
             return False
         return True
 
-    # DESIGN: delivery resumes within 20 s of the primary's death (cluster-node-timeout 5 s).
+    # docs/scaling.md: delivery resumes within 20 s of the primary's death (cluster-node-timeout 5 s).
     left = 20.0 - (time.monotonic() - killed)
     await wait_for(delivered, timeout=left, interval=0.2, what="delivery within 20 s of the primary's death")
     await wait_for(lambda: both(200), timeout=20, what="readiness 200 again")
