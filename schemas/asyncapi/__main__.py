@@ -1,0 +1,7 @@
+"""`python -m schemas.asyncapi > docs/asyncapi.yaml`."""
+
+import sys
+
+from schemas.asyncapi import render
+
+sys.stdout.write(render())
