@@ -3,7 +3,7 @@
 // (docs/protocol.md): replies, reconnects, re-joins with recovery, refresh, the outgoing buffer.
 // Every piece of text that came from a user or the network is put in the page with textContent /
 // text nodes, never as HTML.
-import { BufferFull, GatewayClient, RequestError } from "./client/index.js";
+import { BufferFull, GatewayClient, RequestError, tokenSubject } from "./client/index.js";
 
 const NAME_RE = /^[A-Za-z0-9_.@-]{1,64}$/;
 const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
@@ -312,16 +312,6 @@ function tokenSource(token, mode) {
       return got.token;
     },
   };
-}
-
-function tokenSubject(token) {
-  try {
-    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
-    return typeof claims.sub === "string" ? claims.sub : (typeof claims.userId === "string" ? claims.userId : null);
-  } catch (_) {
-    return null;
-  }
 }
 
 function socketUrl() {
