@@ -10,7 +10,7 @@ from marshmallow import Schema, validate
 from schemas import client
 from schemas.asyncapi.common import VERSION, pascal, ref
 from schemas.client import MessageSchema
-from schemas.openapi import moment_types
+from schemas.json_schema import marshmallow_converter
 from schemas.server import HistoryEntryOut
 from services.settings.options import Option
 
@@ -33,9 +33,7 @@ class Converted:
 
         self.plugin = MarshmallowPlugin(schema_name_resolver=schema_name)
         self.spec = APISpec(title="-", version=VERSION, openapi_version="3.1.0", plugins=[self.plugin])
-        assert self.plugin.converter is not None
-        self.converter = self.plugin.converter
-        self.converter.add_attribute_function(moment_types)  # type: ignore[no-untyped-call]
+        self.converter = marshmallow_converter(self.plugin)
         self.names: dict[type[Schema], str] = {}
 
     def ref(self, schema: type[Schema]) -> dict[str, str]:
@@ -47,7 +45,7 @@ class Converted:
 
     def inline(self, schema: type[Schema]) -> dict[str, Any]:
         """The JSON Schema of `schema` itself, its nested schemas as references."""
-        out: dict[str, Any] = self.converter.schema2jsonschema(schema)  # type: ignore[no-untyped-call]
+        out: dict[str, Any] = self.converter.schema2jsonschema(schema)
         return out
 
     def field(self, schema: type[Schema], name: str) -> dict[str, Any]:
