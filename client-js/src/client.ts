@@ -103,6 +103,8 @@ export interface Disconnected {
   reason: string;
   action: CloseAction;
   willReconnect: boolean;
+  /** Attempts in a row since the last open, this one included when reconnecting. */
+  attempt: number;
   /** When reconnecting: the wait before the next attempt. */
   delayMs?: number;
 }
@@ -277,10 +279,11 @@ export class GatewayClient extends Emitter<ClientEvents> {
     return this.request<RoomUpdate>("leave", { roomId }, options.timeoutMs);
   }
 
-  /** Joins of `roomId` not written yet (or lost with a socket) must not go out once it was left. */
-  private dropJoins(roomId: string): void {
+  /** Joins of `roomId` not written yet (or written on `lost`, a socket that dropped) must not go
+   * out once the room was left. */
+  private dropJoins(roomId: string, lost: WebSocketLike | null = null): void {
     for (const entry of [...this.pending.values()]) {
-      if (entry.type === "join" && entry.roomId === roomId && entry.sentOn === null) {
+      if (entry.type === "join" && entry.roomId === roomId && entry.sentOn === lost) {
         this.settle(entry, { error: new ClientError(`left ${roomId} before the join was answered`) });
       }
     }
@@ -289,7 +292,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   /** Sends a message; resolves with its ack. Buffered while disconnected and resent after a drop
    * with the same dedupeKey until acked or `timeoutMs` passes. */
   send(roomId: string, content: string, options: SendOptions = {}): Promise<Ack> {
-    const payload: Record<string, unknown> = { roomId, content, dedupeKey: options.dedupeKey ?? newKey() };
+    const payload: Record<string, unknown> = { roomId, content, dedupeKey: options.dedupeKey ?? newDedupeKey() };
     if (options.attachments !== undefined && options.attachments.length > 0) payload["attachments"] = options.attachments;
     return this.request<Ack>("message", payload, options.timeoutMs);
   }
@@ -399,7 +402,8 @@ export class GatewayClient extends Emitter<ClientEvents> {
     if (this.current !== "connecting") return; // closed meanwhile
     if (typeof this.tokenSource === "string" && expired(token)) {
       // A fixed token past its exp would be refused at every attempt (a 401 the browser hides).
-      this.emit("disconnected", { code: 4001, reason: "the token expired", action: "give_up", willReconnect: false });
+      const expiry = { code: 4001, reason: "the token expired", action: "give_up", willReconnect: false } as const;
+      this.emit("disconnected", { ...expiry, attempt: this.tries });
       this.finish(new ClientClosed("the token expired: connect with a new one", 4001));
       return;
     }
@@ -451,9 +455,6 @@ export class GatewayClient extends Emitter<ClientEvents> {
     for (const entry of [...this.pending.values()]) {
       if (entry.type === "leave" && entry.sentOn === null) this.settle(entry, { value: { roomId: entry.roomId, action: "left" } });
     }
-    for (const entry of [...this.pending.values()]) {
-      if (entry.type === "join" && entry.roomId !== undefined && !this.rooms.has(entry.roomId)) this.dropJoins(entry.roomId);
-    }
     const joins: Promise<unknown>[] = [];
     for (const roomId of [...this.rooms.keys()]) {
       const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
@@ -489,8 +490,13 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.stopPing();
     for (const entry of [...this.pending.values()]) {
       if (entry.sentOn !== ws) continue;
-      if (RESENT.has(entry.type)) entry.sentOn = null;
-      else this.settle(entry, { error: new ConnectionLost(`the connection dropped before the reply to ${entry.type}`) });
+      if (!RESENT.has(entry.type)) {
+        this.settle(entry, { error: new ConnectionLost(`the connection dropped before the reply to ${entry.type}`) });
+      } else if (entry.type === "join" && !this.rooms.has(entry.roomId as string)) {
+        this.dropJoins(entry.roomId as string, ws); // left while its join was in flight: not joined again
+      } else {
+        entry.sentOn = null;
+      }
     }
   }
 
@@ -500,7 +506,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
     if (action === "refresh" && typeof this.tokenSource === "string") action = "give_up"; // nobody to ask for a new token
     if (action === "give_up" || this.tries >= this.maxAttempts) {
       const why = action === "give_up" ? reason : `gave up after ${this.tries} attempts: ${reason}`;
-      this.emit("disconnected", { code, reason: why, action, willReconnect: false });
+      this.emit("disconnected", { code, reason: why, action, willReconnect: false, attempt: this.tries });
       this.finish(new ClientClosed(why, code));
       return;
     }
@@ -510,7 +516,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.current = "waiting";
     // The timer first: a listener may call close(), which must find it to clear.
     this.retryTimer = setTimeout(() => void this.open(), delayMs);
-    this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
+    this.emit("disconnected", { code, reason, action, willReconnect: true, attempt: this.tries, delayMs });
   }
 
   /** Skips the wait: try to connect now (a "Retry now" button). */
@@ -679,7 +685,9 @@ function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-function newKey(): string {
+/** A new random dedupeKey: what send() uses unless given one. An application that shows a message
+ * before it is acked (to match the gateway's echo) makes the key first and passes it. */
+export function newDedupeKey(): string {
   const crypto = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
   // randomUUID exists only in secure contexts (https, localhost); elsewhere a random hex key does.
   return crypto?.randomUUID?.() ?? randomHex(32);

@@ -3,6 +3,7 @@
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export {
   GatewayClient,
+  newDedupeKey,
   tokenSubject,
   type ClientEvents,
   type ClientOptions,

@@ -75,7 +75,7 @@ test("after a restart it reconnects with backoff, joins again and sends what wai
   const dropped = nextEvent(alice, "disconnected");
   assert.equal(await first.stop(), 0);
   const drop = await dropped;
-  assert.deepEqual([drop.code, drop.action, drop.willReconnect], [1012, "retry", true]);
+  assert.deepEqual([drop.code, drop.action, drop.willReconnect, drop.attempt], [1012, "retry", true, 1]);
   assert.ok(drop.delayMs >= 0 && drop.delayMs <= 300);
 
   const recovery = nextEvent(alice, "recovery");

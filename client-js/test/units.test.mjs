@@ -135,9 +135,9 @@ test("maxAttempts ends the retries with a closed event", async (t) => {
   const client = new GatewayClient("ws://gateway.test/ws", { token: mint("u"), WebSocket: Refused, backoff: { initialMs: 1, maxMs: 2 }, maxAttempts: 3 });
   t.after(() => client.close());
   const drops = [];
-  client.on("disconnected", (d) => drops.push(d.willReconnect));
+  client.on("disconnected", (d) => drops.push([d.willReconnect, d.attempt]));
   await assert.rejects(client.connect(), (err) => /gave up after 3 attempts/.test(err.message));
-  assert.deepEqual(drops, [true, true, true, false]);
+  assert.deepEqual(drops, [[true, 1], [true, 2], [true, 3], [false, 3]]);
   assert.equal(client.connections, 0);
 });
 
@@ -232,6 +232,20 @@ test("a join in flight at a drop, then a leave, is not sent again", async (t) =>
   await client.leave("secret");
   await waitFor(() => client.state === "open", "the next socket");
   await join;
+  assert.deepEqual(ScriptedSocket.made[1].sent, []);
+});
+
+test("a join and a leave both in flight at a drop: neither goes out again", async (t) => {
+  const client = scripted(t);
+  await client.connect();
+  const first = ScriptedSocket.made[0];
+  const join = assert.rejects(client.join("secret"), /left secret/);
+  const leave = client.leave("secret");
+  assert.deepEqual(first.sent.map((f) => f.type), ["join", "leave"]);
+  first.serverClose(1012);
+  await join;
+  assert.equal((await leave).action, "left");
+  await waitFor(() => client.state === "open", "the next socket");
   assert.deepEqual(ScriptedSocket.made[1].sent, []);
 });
 

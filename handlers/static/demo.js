@@ -3,7 +3,7 @@
 // (docs/protocol.md): replies, reconnects, re-joins with recovery, refresh, the outgoing buffer.
 // Every piece of text that came from a user or the network is put in the page with textContent /
 // text nodes, never as HTML.
-import { BufferFull, GatewayClient, RequestError, tokenSubject } from "./client/index.js";
+import { BufferFull, GatewayClient, RequestError, newDedupeKey, tokenSubject } from "./client/index.js";
 
 const NAME_RE = /^[A-Za-z0-9_.@-]{1,64}$/;
 const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
@@ -62,7 +62,6 @@ const state = {
   devTokens: true,     // false once /dev/token answered 404: the user pastes tokens
   tokenMode: "dev",    // "dev": fetched from /dev/token; "pasted"
   client: null,        // the GatewayClient of this sign-in
-  attempt: 0,          // reconnect attempts since the last open
   rooms: new Map(),    // roomId -> Room
   active: null,
   outbox: new Map(),   // dedupeKey -> {li}: our messages not yet echoed or acked
@@ -280,11 +279,6 @@ function isOpen() {
   return state.client !== null && state.client.state === "open";
 }
 
-function newDedupeKey() {
-  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
-}
-
 async function fetchDevToken(name) {
   const res = await fetch(`/dev/token?sub=${encodeURIComponent(name)}`, { cache: "no-store" });
   if (res.status === 404) return { missing: true };
@@ -325,7 +319,6 @@ function connect(token, mode) {
   const mine = (listener) => (event) => { if (state.client === client) listener(event); };
   client.on("connecting", mine(() => setConn("connecting", client.connections ? "Reconnecting…" : "Connecting…")));
   client.on("connected", mine(() => {
-    state.attempt = 0;
     hideAlert();
     setConn("open", "Connected");
   }));
@@ -364,9 +357,8 @@ function onDisconnected(d) {
     showAlert(`${text} (close ${d.code})`);
     return;
   }
-  state.attempt += 1;
   const seconds = Math.max(1, Math.round(d.delayMs / 1000));
-  setConn("waiting", `${text} Reconnecting in ${seconds} s (attempt ${state.attempt})…`);
+  setConn("waiting", `${text} Reconnecting in ${seconds} s (attempt ${d.attempt})…`);
 }
 
 function onPresenceCount(p) {
@@ -622,7 +614,6 @@ function start(user, token, mode, firstRoom) {
   stop();
   state.user = user;
   state.tokenMode = mode;
-  state.attempt = 0;
   for (const r of state.rooms.values()) r.list.remove();
   state.rooms.clear();
   state.outbox.clear();

@@ -145,10 +145,11 @@ export class GatewayClient extends Emitter {
             return { roomId, action: "left" }; // the next socket will not join it
         return this.request("leave", { roomId }, options.timeoutMs);
     }
-    /** Joins of `roomId` not written yet (or lost with a socket) must not go out once it was left. */
-    dropJoins(roomId) {
+    /** Joins of `roomId` not written yet (or written on `lost`, a socket that dropped) must not go
+     * out once the room was left. */
+    dropJoins(roomId, lost = null) {
         for (const entry of [...this.pending.values()]) {
-            if (entry.type === "join" && entry.roomId === roomId && entry.sentOn === null) {
+            if (entry.type === "join" && entry.roomId === roomId && entry.sentOn === lost) {
                 this.settle(entry, { error: new ClientError(`left ${roomId} before the join was answered`) });
             }
         }
@@ -156,7 +157,7 @@ export class GatewayClient extends Emitter {
     /** Sends a message; resolves with its ack. Buffered while disconnected and resent after a drop
      * with the same dedupeKey until acked or `timeoutMs` passes. */
     send(roomId, content, options = {}) {
-        const payload = { roomId, content, dedupeKey: options.dedupeKey ?? newKey() };
+        const payload = { roomId, content, dedupeKey: options.dedupeKey ?? newDedupeKey() };
         if (options.attachments !== undefined && options.attachments.length > 0)
             payload["attachments"] = options.attachments;
         return this.request("message", payload, options.timeoutMs);
@@ -268,7 +269,8 @@ export class GatewayClient extends Emitter {
             return; // closed meanwhile
         if (typeof this.tokenSource === "string" && expired(token)) {
             // A fixed token past its exp would be refused at every attempt (a 401 the browser hides).
-            this.emit("disconnected", { code: 4001, reason: "the token expired", action: "give_up", willReconnect: false });
+            const expiry = { code: 4001, reason: "the token expired", action: "give_up", willReconnect: false };
+            this.emit("disconnected", { ...expiry, attempt: this.tries });
             this.finish(new ClientClosed("the token expired: connect with a new one", 4001));
             return;
         }
@@ -326,10 +328,6 @@ export class GatewayClient extends Emitter {
             if (entry.type === "leave" && entry.sentOn === null)
                 this.settle(entry, { value: { roomId: entry.roomId, action: "left" } });
         }
-        for (const entry of [...this.pending.values()]) {
-            if (entry.type === "join" && entry.roomId !== undefined && !this.rooms.has(entry.roomId))
-                this.dropJoins(entry.roomId);
-        }
         const joins = [];
         for (const roomId of [...this.rooms.keys()]) {
             const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
@@ -369,10 +367,15 @@ export class GatewayClient extends Emitter {
         for (const entry of [...this.pending.values()]) {
             if (entry.sentOn !== ws)
                 continue;
-            if (RESENT.has(entry.type))
-                entry.sentOn = null;
-            else
+            if (!RESENT.has(entry.type)) {
                 this.settle(entry, { error: new ConnectionLost(`the connection dropped before the reply to ${entry.type}`) });
+            }
+            else if (entry.type === "join" && !this.rooms.has(entry.roomId)) {
+                this.dropJoins(entry.roomId, ws); // left while its join was in flight: not joined again
+            }
+            else {
+                entry.sentOn = null;
+            }
         }
     }
     retry(code, reason) {
@@ -383,7 +386,7 @@ export class GatewayClient extends Emitter {
             action = "give_up"; // nobody to ask for a new token
         if (action === "give_up" || this.tries >= this.maxAttempts) {
             const why = action === "give_up" ? reason : `gave up after ${this.tries} attempts: ${reason}`;
-            this.emit("disconnected", { code, reason: why, action, willReconnect: false });
+            this.emit("disconnected", { code, reason: why, action, willReconnect: false, attempt: this.tries });
             this.finish(new ClientClosed(why, code));
             return;
         }
@@ -393,7 +396,7 @@ export class GatewayClient extends Emitter {
         this.current = "waiting";
         // The timer first: a listener may call close(), which must find it to clear.
         this.retryTimer = setTimeout(() => void this.open(), delayMs);
-        this.emit("disconnected", { code, reason, action, willReconnect: true, delayMs });
+        this.emit("disconnected", { code, reason, action, willReconnect: true, attempt: this.tries, delayMs });
     }
     /** Skips the wait: try to connect now (a "Retry now" button). */
     retryNow() {
@@ -576,7 +579,9 @@ function expired(token) {
 function messageOf(error) {
     return error instanceof Error ? error.message : String(error);
 }
-function newKey() {
+/** A new random dedupeKey: what send() uses unless given one. An application that shows a message
+ * before it is acked (to match the gateway's echo) makes the key first and passes it. */
+export function newDedupeKey() {
     const crypto = globalThis.crypto;
     // randomUUID exists only in secure contexts (https, localhost); elsewhere a random hex key does.
     return crypto?.randomUUID?.() ?? randomHex(32);
