@@ -10,23 +10,44 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from tornado.ioloop import IOLoop
 
 from services.bus.memory import MemoryNetwork
 from services.dedupe import DedupeStore
-from tests.helpers import GatewayProcess, RunningGateway, start_gateway, test_settings
+from tests.helpers import ROOT, GatewayProcess, RunningGateway, start_gateway, test_settings
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Something a test needs is missing: skip, or fail under `make test` (RTG_REQUIRE_SERVICES=1),
+    which installs and starts everything, so a missing part there is a broken setup, not a skip."""
+    if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; `make test` provides it")
+    pytest.skip(reason)
 
 
 def need_service(env_name: str, what: str) -> str:
     value = os.environ.get(env_name)
     if not value:
-        if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{what} is required ({env_name} unset); run the suite with `make test`")
-        pytest.skip(f"{what} not available ({env_name} unset); `make test` starts it")
+        unavailable(f"{what} not available ({env_name} unset)")
     return value
+
+
+def helm_path() -> Path:
+    raw = Path(os.environ.get("RTG_HELM") or ".cache/bin/helm")
+    return raw if raw.is_absolute() else Path(ROOT) / raw
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary (scripts/helm.sh ensure builds it into .cache/bin; RTG_HELM overrides)."""
+    path = helm_path()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        unavailable(f"helm binary not found at {path} (build it with: scripts/helm.sh ensure)")
+    return str(path)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from schemas.asyncapi import render
 from schemas.client import MessageSchema
 from schemas.protocol import CLIENT_TYPES, CLOSE_CODES, ERROR_CODES, SERVER_TYPES
 from services.settings import Settings
+from tests.conftest import unavailable
 from tests.helpers import DEFAULT_TIMEOUT, ROOT, Client, readyz, token, wait_for
 
 DOC = os.path.join(ROOT, "docs", "asyncapi.yaml")
@@ -74,14 +75,12 @@ def validator(doc: dict[str, Any], message: dict[str, Any]) -> Draft7Validator:
 
 def node_checker() -> list[str]:
     """The command that runs scripts/asyncapi/validate.mjs; skipped when it is not installed, failed
-    when RTG_REQUIRE_SERVICES=1 (as tests/conftest.py's need_service)."""
+    when RTG_REQUIRE_SERVICES=1."""
     node = shutil.which("node")
     installed = os.path.isdir(os.path.join(CHECKER, "node_modules", "@asyncapi", "parser"))
     if node is None or not installed:
         what = "node" if node is None else "the AsyncAPI parser (scripts/asyncapi/node_modules)"
-        if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{what} is required; install it with `npm ci` in scripts/asyncapi")
-        pytest.skip(f"{what} not available; `npm ci` in scripts/asyncapi installs it")
+        unavailable(f"{what} not available; `npm ci` in scripts/asyncapi installs it")
     return [node, os.path.join(CHECKER, "validate.mjs")]
 
 

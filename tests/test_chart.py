@@ -117,22 +117,6 @@ class HelmRun:
         return docs
 
 
-def helm_path() -> Path:
-    raw = Path(os.environ.get("RTG_HELM") or ".cache/bin/helm")
-    return raw if raw.is_absolute() else ROOT / raw
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    path = helm_path()
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        msg = f"helm binary not found at {path} (build it with: scripts/helm.sh ensure)"
-        if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return str(path)
-
-
 def run_helm(helm_bin: str, *args: str) -> HelmRun:
     proc = subprocess.run(
         [helm_bin, *args],

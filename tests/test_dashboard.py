@@ -7,10 +7,8 @@ test, not silently blank a panel. The ConfigMap is checked with the real helm bi
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.helpers import RunningGateway
-from tests.test_chart import ALL_OPTIONS, CHART, KUBE_VERSION, NAMESPACE, RELEASE, THROWAWAY, helm_path, run_helm
+from tests.test_chart import ALL_OPTIONS, CHART, KUBE_VERSION, NAMESPACE, RELEASE, THROWAWAY, run_helm
 
 DASHBOARD = CHART / "dashboards" / "gateway.json"
 DATA_KEY = "realtime-gateway.json"
@@ -289,20 +287,9 @@ async def test_every_query_names_exported_metrics(
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def helm_bin() -> str:
-    path: Path = helm_path()
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        msg = f"helm binary not found at {path} (build it with: scripts/helm.sh ensure)"
-        if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return str(path)
-
-
-def render(helm_bin: str, *extra: str) -> list[dict[str, Any]]:
+def render(helm: str, *extra: str) -> list[dict[str, Any]]:
     result = run_helm(
-        helm_bin, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *extra
+        helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *extra
     )
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -314,14 +301,14 @@ def dashboard_maps(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == "ConfigMap" and DATA_KEY in d.get("data", {})]
 
 
-def test_dashboard_configmap_off_by_default(helm_bin: str) -> None:
-    docs = render(helm_bin, *THROWAWAY)
+def test_dashboard_configmap_off_by_default(helm: str) -> None:
+    docs = render(helm, *THROWAWAY)
     assert not dashboard_maps(docs)
     assert [d["kind"] for d in docs].count("ConfigMap") == 1  # the app's settings only
 
 
-def test_dashboard_configmap_holds_the_file(helm_bin: str) -> None:
-    docs = render(helm_bin, *THROWAWAY, "--set", "grafanaDashboard.enabled=true")
+def test_dashboard_configmap_holds_the_file(helm: str) -> None:
+    docs = render(helm, *THROWAWAY, "--set", "grafanaDashboard.enabled=true")
     (cm,) = dashboard_maps(docs)
     meta = cm["metadata"]
     assert meta["name"] == f"{RELEASE}-realtime-gateway-dashboard"
@@ -337,9 +324,9 @@ def test_dashboard_configmap_holds_the_file(helm_bin: str) -> None:
     assert len(DASHBOARD.read_bytes()) < 200_000
 
 
-def test_dashboard_configmap_label_namespace_and_annotations(helm_bin: str) -> None:
+def test_dashboard_configmap_label_namespace_and_annotations(helm: str) -> None:
     docs = render(
-        helm_bin,
+        helm,
         *THROWAWAY,
         "--set", "grafanaDashboard.enabled=true",
         "--set", "grafanaDashboard.label=example.com/dashboard",
@@ -356,10 +343,10 @@ def test_dashboard_configmap_label_namespace_and_annotations(helm_bin: str) -> N
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Chat"}
 
 
-def test_dashboard_configmap_all_options(helm_bin: str) -> None:
+def test_dashboard_configmap_all_options(helm: str) -> None:
     values = yaml.safe_load(ALL_OPTIONS.read_text())["grafanaDashboard"]
     assert values["enabled"] is True
-    (cm,) = dashboard_maps(render(helm_bin, "--values", str(ALL_OPTIONS)))
+    (cm,) = dashboard_maps(render(helm, "--values", str(ALL_OPTIONS)))
     assert cm["metadata"]["namespace"] == values["namespace"]
     assert cm["metadata"]["labels"][values["label"]] == str(values["labelValue"])
     for key, value in values["labels"].items():
@@ -367,7 +354,7 @@ def test_dashboard_configmap_all_options(helm_bin: str) -> None:
     assert cm["metadata"]["annotations"] == values["annotations"]
 
 
-def test_dashboard_values_are_checked_by_the_schema(helm_bin: str) -> None:
+def test_dashboard_values_are_checked_by_the_schema(helm: str) -> None:
     bad_values = (
         "grafanaDashboard.enable=true",
         "grafanaDashboard.label=not a label",
@@ -375,7 +362,7 @@ def test_dashboard_values_are_checked_by_the_schema(helm_bin: str) -> None:
     )
     for bad in bad_values:
         result = run_helm(
-            helm_bin, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *THROWAWAY, "--set", bad
+            helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *THROWAWAY, "--set", bad
         )
         assert result.returncode != 0, bad
         assert "grafanaDashboard" in result.stderr, result.stderr

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import unavailable
 from tests.helpers import ROOT, SECRET, GatewayProcess, free_port, spawn_server, token
 
 CHROMIUM = os.environ.get("RTG_CHROMIUM", "/usr/bin/chromium")
@@ -39,18 +40,12 @@ except ImportError:  # pragma: no cover - the venv has it; reported by the fixtu
     playwright_api = None
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason}; `make test` installs it (scripts/chromium.sh)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if playwright_api is None:
-        _unavailable("playwright is not installed")
+        unavailable("playwright is not installed")
     if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"Chromium not found at {CHROMIUM}")
+        unavailable(f"Chromium not found at {CHROMIUM} (scripts/chromium.sh installs it)")
     with playwright_api.sync_playwright() as p:
         instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         playwright_api.expect.set_options(timeout=WAIT_MS)

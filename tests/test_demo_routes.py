@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from handlers.demo import STATIC_DIR
+from tests.conftest import unavailable
 from tests.helpers import ROOT, SECRET, GatewayProcess, spawn_server
 
 CLIENT_DIR = os.path.join(STATIC_DIR, "client")
@@ -105,9 +106,7 @@ def test_page_loads_the_client_as_built_from_client_js():
     page without Node; `scripts/node.sh demo` refreshes it."""
     dist = os.path.join(ROOT, "client-js", "dist")
     if not os.path.isfile(os.path.join(dist, "index.js")):
-        if os.environ.get("RTG_REQUIRE_SERVICES") == "1":
-            pytest.fail("client-js/dist is missing: scripts/node.sh ensure builds it")
-        pytest.skip("client-js is not built (scripts/node.sh ensure)")
+        unavailable("client-js is not built (scripts/node.sh ensure)")
     built = {name: _read(os.path.join(dist, name)) for name in os.listdir(dist) if name.endswith(".js")}
     copied = {name: _read(os.path.join(CLIENT_DIR, name)) for name in os.listdir(CLIENT_DIR)}
     assert copied == built, "handlers/static/client/ is not the current build: run scripts/node.sh demo"
