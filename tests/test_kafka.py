@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -636,11 +637,16 @@ class PrivateBroker:
 
 @pytest.fixture(scope="module")
 def private_broker(brokers: str) -> Iterator[PrivateBroker]:
-    """A broker of this module's own, to stop and start; scripts/kafka.sh keeps its port."""
+    """A broker of this module's own, to stop and start; scripts/kafka.sh keeps its port between a
+    stop and the next start. Its folder is made anew for each run: ports remembered from an earlier
+    run lie in the ephemeral range, where a client socket may hold one by now (the broker then
+    exits at start)."""
     script = os.environ.get("RTG_KAFKA_SCRIPT") or os.path.join(ROOT, "scripts", "kafka.sh")
     if not os.path.exists(script):
         need_service("RTG_KAFKA_SCRIPT", "scripts/kafka.sh")
-    broker = PrivateBroker(script, os.path.join(ROOT, ".cache", "kafka", "test-outage"))
+    run_dir = os.path.join(ROOT, ".cache", "kafka", "test-outage")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    broker = PrivateBroker(script, run_dir)
     broker.start()
     try:
         yield broker
