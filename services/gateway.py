@@ -52,7 +52,7 @@ class Gateway:
         self.settings = settings
         self.instance_id = settings.instance_id or short_id()
         self.verifier = TokenVerifier(settings)
-        self.admission = Admission(settings.max_connections, settings.max_connections_per_ip)
+        self.admission = Admission(settings.max_connections)
         self.trusted = TrustedProxies(settings.trusted_proxies)
         self.bus: Bus
         self.presence: PresenceStore
@@ -92,7 +92,9 @@ class Gateway:
         s = self.settings
         if not s.redis_enabled:
             if s.history_size:
-                self.history = MemoryHistory(s.history_size, s.history_ttl)
+                self.history = MemoryHistory(
+                    s.history_size, s.history_ttl, s.history_room_bytes, s.history_memory_bytes
+                )
             return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe()
         from services.bus.redis import RedisBus
         from services.dedupe.redis import RedisDedupe
@@ -112,7 +114,13 @@ class Gateway:
             self.online = online
         if s.history_size:
             self.history = RedisHistory(
-                self.redis, s.redis_prefix, self.instance_id, s.history_size, s.history_ttl, bus.ready
+                self.redis,
+                s.redis_prefix,
+                self.instance_id,
+                s.history_size,
+                s.history_ttl,
+                bus.ready,
+                s.history_room_bytes,
             )
         return bus, FallbackPresence(presence), FallbackDedupe(RedisDedupe(self.redis, s.redis_prefix))
 

@@ -39,7 +39,8 @@ class _Metrics:
         )
         self.upgrades_refused = Counter(
             "gateway_upgrades_refused_total",
-            "Upgrades refused by a connection limit (503 MAX_CONNECTIONS, 429 MAX_CONNECTIONS_PER_IP)",
+            "Refused by a connection limit: upgrades over MAX_CONNECTIONS (503), public requests over "
+            "MAX_CONNECTIONS_PER_IP (429)",
             ["status"],
         )
         self.connections_shed = Counter(
@@ -55,6 +56,14 @@ class _Metrics:
         )
         self.queue_overflows = Counter("gateway_outbound_overflows_total", "Slow consumers closed with 4008")
         self.history_appends = Counter("gateway_history_appends_total", "Entries appended to room history")
+        self.history_bytes = Gauge(
+            "gateway_history_bytes", "Bytes of room history this process holds (without Redis; HISTORY_MEMORY_BYTES)"
+        )
+        self.history_evictions = Counter(
+            "gateway_history_evictions_total",
+            "Rooms whose history was dropped to stay within HISTORY_MEMORY_BYTES, by what went: entries, position",
+            ["kind"],
+        )
         self.recoveries = Counter(
             "gateway_recoveries_total", "Joins with `since`, by outcome (recovered or not)", ["outcome"]
         )

@@ -31,10 +31,12 @@ class Histories:
         self.redis_client = redis_client
         self.prefix = unique_prefix()
 
-    def make(self, size: int = SIZE, bus_ready: bool = True) -> History:
+    def make(self, size: int = SIZE, bus_ready: bool = True, room_bytes: int = 1 << 20) -> History:
         if self.kind == "memory":
-            return MemoryHistory(size, ttl=600.0)
-        return RedisHistory(self.redis_client, self.prefix, "hist-test", size, 600.0, lambda: bus_ready)
+            return MemoryHistory(size, ttl=600.0, room_bytes=room_bytes, memory_bytes=1 << 28)
+        return RedisHistory(
+            self.redis_client, self.prefix, "hist-test", size, 600.0, lambda: bus_ready, room_bytes=room_bytes
+        )
 
     def lose_everything(self) -> History:
         if self.kind != "memory":
@@ -113,6 +115,27 @@ async def test_latest_is_oldest_first_and_bounded(histories: Histories) -> None:
     position, entries = await history.latest("r", 3)
     assert position.offset == 6 and contents(entries) == ["d", "e", "f"]
     assert contents((await history.latest("r", 50))[1]) == ["c", "d", "e", "f"]
+
+
+@pytest.mark.gen_test
+async def test_a_room_keeps_at_most_its_bytes_and_reads_stay_within_theirs(histories: Histories) -> None:
+    """Entries of about 1 KB: a room that keeps 2.5 KB holds the newest two; an entry bigger than
+    that alone empties the room (what is kept ends at the room's offset); a replay over its
+    bytes is refused, a latest read keeps the newest that fit."""
+    history = histories.make(size=10, room_bytes=2500)
+    for t in "abcd":
+        await history.append("r", entry(t * 1000))
+    epoch = (await history.position("r")).epoch
+    assert [c[0] for c in contents((await history.latest("r", 10))[1])] == ["c", "d"]
+    assert (await history.recover("r", Position(1, epoch), 10)).entries is None
+    assert len((await history.recover("r", Position(2, epoch), 10)).entries or []) == 2
+    assert (await history.recover("r", Position(2, epoch), 10, max_bytes=1500)).entries is None
+    assert [c[0] for c in contents((await history.latest("r", 10, max_bytes=1500))[1])] == ["d"]
+    await history.append("r", entry("e" * 3000))
+    assert (await history.latest("r", 10))[1] == []
+    await history.append("r", entry("f"))
+    assert contents((await history.recover("r", Position(5, epoch), 10)).entries) == ["f"]
+    assert (await history.recover("r", Position(4, epoch), 10)).entries is None
 
 
 @pytest.mark.gen_test

@@ -150,7 +150,7 @@ async def test_an_instance_that_missed_entries_on_the_bus_reads_them_back(pair: 
         message = {"id": text, "roomId": "r", "senderType": "system", "senderId": "ops", "content": text}
         frame = frames.encode("message", {**message, "attachments": [], "createdAt": "2026-12-01T00:00:00.000Z"})
         args: list[Any] = [stream, stream + ":pos", "unused", "0", 86_400_000, 1000, 600_000]
-        args += [f"{prefix}room:r", entry_head("elsewhere"), frame[:-2], "PUBLISH"]
+        args += [f"{prefix}room:r", entry_head("elsewhere"), frame[:-2], "PUBLISH", 1 << 20]
         client(port).eval(redis_history._APPEND, 2, *args)
     got = await messages(bob, "r", 3)
     assert [(m["payload"]["content"], m["payload"]["offset"]) for m in got] == [

@@ -4,8 +4,10 @@
 An entry is a `message`, `message_updated` or `message_deleted` frame. Appending one gives it
 the room's next offset (the first is 1) under the room's epoch, the name of one unbroken history:
 a new epoch starts when the history was lost (memory: a process restart; Redis: flushed,
-restarted empty, or unreachable while entries were delivered). The position (offset, epoch)
-outlives the entries: a quiet room keeps it for POSITION_TTL.
+restarted empty, or unreachable while entries were delivered; memory: the room's position was
+dropped to stay within HISTORY_MEMORY_BYTES). The position (offset, epoch) outlives the entries: a
+quiet room keeps it for POSITION_TTL. Each room keeps at most HISTORY_SIZE entries and
+HISTORY_ROOM_BYTES of them, the oldest dropped first.
 
 `MemoryHistory` (memory.py) serves one process; `RedisHistory` (redis.py) is shared by every
 instance and also publishes each entry on the bus in the same server-side step, so every
@@ -51,11 +53,13 @@ class History(Protocol):
 
     async def position(self, room: str) -> Position: ...
 
-    async def recover(self, room: str, since: Position, limit: int) -> Replay:
-        """The entries after `since` when all of them are held and at most `limit` (else None)."""
+    async def recover(self, room: str, since: Position, limit: int, max_bytes: int | None = None) -> Replay:
+        """The entries after `since` when all of them are held, at most `limit` of them and at most
+        `max_bytes` together (else None: REPLAY_BYTES bounds what one join can make us send)."""
 
-    async def latest(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        """The room's position and its latest `limit` entries, oldest first."""
+    async def latest(self, room: str, limit: int, max_bytes: int | None = None) -> tuple[Position, list[bytes]]:
+        """The room's position and its latest entries, oldest first: at most `limit`, and only the
+        newest that fit in `max_bytes` together."""
 
     async def heal(self) -> None:
         """After an outage: renew the epoch of the rooms whose entries could not be stored."""

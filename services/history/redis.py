@@ -3,8 +3,10 @@
 Keys (one hash tag per room, so both live in the room's slot):
 
     {REDIS_PREFIX}history:{<room>}        stream of the room's entries, id `0-<offset>`, field f = frame;
-                                          MAXLEN HISTORY_SIZE, expires HISTORY_TTL after the last append
-    {REDIS_PREFIX}history:{<room>}:pos    hash epoch, offset; expires POSITION_TTL after the last append
+                                          at most HISTORY_SIZE entries and HISTORY_ROOM_BYTES of frames,
+                                          expires HISTORY_TTL after the last append
+    {REDIS_PREFIX}history:{<room>}:pos    hash epoch, offset, bytes (of the stream's frames); expires
+                                          POSITION_TTL after the last append
 
 `append` is one script: the next offset, the frame with its position, XADD, and PUBLISH (SPUBLISH
 on a cluster) on the room's bus channel, so the order of the offsets is the order every instance receives the entries
@@ -39,28 +41,50 @@ local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch or ARGV[2] == '1' then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0, 'bytes', 0)
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 """
 
 # ARGV[4] size, ARGV[5] entries' TTL ms, ARGV[6] channel, ARGV[7] entry head, ARGV[8] frame less "}}",
-# ARGV[9] PUBLISH, or SPUBLISH on a cluster (the room's channel is in the slot of KEYS: docs/scaling.md)
+# ARGV[9] PUBLISH, or SPUBLISH on a cluster (the room's channel is in the slot of KEYS: docs/scaling.md),
+# ARGV[10] bytes of entries kept. The position's `bytes` counts the stream's frames (0 once the stream
+# expired); the oldest entries go while over either bound, and an entry over the bytes alone empties
+# the stream: what it keeps always ends at the room's offset.
 _APPEND = (
     _EPOCH
     + """
 local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
 local frame = ARGV[8] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}}'
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '0-' .. offset, 'f', frame)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local most_bytes = tonumber(ARGV[10])
+local held = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then held = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0') end
+if #frame > most_bytes then
+  redis.call('DEL', KEYS[1])
+  held = 0
+else
+  redis.call('XADD', KEYS[1], '0-' .. offset, 'f', frame)
+  held = held + #frame
+  local count = redis.call('XLEN', KEYS[1])
+  local most = tonumber(ARGV[4])
+  while count > most or held > most_bytes do
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[1], oldest[1])
+    held = held - #oldest[2][2]
+    count = count - 1
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+redis.call('HSET', KEYS[2], 'bytes', held)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call(ARGV[9], ARGV[6], ARGV[7] .. offset .. ',"' .. epoch .. '"]\\n' .. frame)
 return {epoch, offset, frame}
 """
 )
 
-# ARGV[4] "position", "since" or "latest", ARGV[5] since offset, ARGV[6] since epoch, ARGV[7] most entries.
-# Returns {epoch, offset, frames...}; for "since", frames only when every entry after it is held.
+# ARGV[4] "position", "since" or "latest", ARGV[5] since offset, ARGV[6] since epoch, ARGV[7] most entries,
+# ARGV[8] most bytes. Returns {epoch, offset, frames...}; for "since", frames only when every entry after
+# it is held and they fit in the bytes; for "latest", the newest that fit.
 _READ = (
     _EPOCH
     + """
@@ -68,15 +92,24 @@ local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
 local out = {epoch, offset}
 if ARGV[4] == 'position' then return out end
 local most = tonumber(ARGV[7])
+local budget = tonumber(ARGV[8])
 if ARGV[4] == 'latest' then
   local rev = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', most)
-  for i = #rev, 1, -1 do out[#out + 1] = rev[i][2][2] end
+  local n = 0
+  for i = 1, #rev do
+    budget = budget - #rev[i][2][2]
+    if budget < 0 then break end
+    n = i
+  end
+  for i = n, 1, -1 do out[#out + 1] = rev[i][2][2] end
   return out
 end
 local since = tonumber(ARGV[5])
 if ARGV[6] ~= epoch or since >= offset or offset - since > most then return out end
 local got = redis.call('XRANGE', KEYS[1], '0-' .. (since + 1), '0-' .. offset)
 if #got ~= offset - since then return out end
+for _, entry in ipairs(got) do budget = budget - #entry[2][2] end
+if budget < 0 then return out end
 for _, entry in ipairs(got) do out[#out + 1] = entry[2][2] end
 return out
 """
@@ -90,6 +123,10 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _unbounded(max_bytes: int | None) -> int:
+    return (1 << 50) if max_bytes is None else max_bytes
+
+
 class RedisHistory:
     publishes = True
 
@@ -101,6 +138,7 @@ class RedisHistory:
         size: int,
         ttl: float,
         bus_ready: Callable[[], bool] = lambda: True,
+        room_bytes: int = 1024 * 1024,
     ) -> None:
         """`bus_ready`: while the bus is down an append fails at once (its publish could not reach
         anyone) instead of waiting for a command timeout per message."""
@@ -108,6 +146,7 @@ class RedisHistory:
         self._bus_ready = bus_ready
         self._prefix = prefix
         self._size = size
+        self._room_bytes = room_bytes
         self._entries_ms = _ms(ttl)
         self._position_ms = _ms(max(POSITION_TTL, ttl))
         self._head = entry_head(instance_id)
@@ -145,7 +184,7 @@ class RedisHistory:
     async def append(self, room: str, frame: bytes) -> tuple[Position, bytes]:
         channel = bus_key(self._prefix, room_channel(room).key, self._sharded)
         publish = "SPUBLISH" if self._sharded else "PUBLISH"
-        args = [self._size, self._entries_ms, channel, self._head, frame[:-2], publish]
+        args = [self._size, self._entries_ms, channel, self._head, frame[:-2], publish, self._room_bytes]
         try:
             if not self._bus_ready():
                 raise StoreError("history unavailable: the bus is down")
@@ -156,19 +195,20 @@ class RedisHistory:
         return Position(int(offset), text(epoch)), bytes(full)
 
     async def position(self, room: str) -> Position:
-        epoch, offset, *_ = await self._call(room, self._read, ["position", 0, "", 0])
+        epoch, offset, *_ = await self._call(room, self._read, ["position", 0, "", 0, 0])
         return Position(int(offset), text(epoch))
 
-    async def recover(self, room: str, since: Position, limit: int) -> Replay:
-        epoch, offset, *frames = await self._call(room, self._read, ["since", since.offset, since.epoch, limit])
+    async def recover(self, room: str, since: Position, limit: int, max_bytes: int | None = None) -> Replay:
+        args = ["since", since.offset, since.epoch, limit, _unbounded(max_bytes)]
+        epoch, offset, *frames = await self._call(room, self._read, args)
         current = Position(int(offset), text(epoch))
         verdict = recovery_check(since, current)
         if verdict is not None:
             return Replay(current, [] if verdict else None)
         return Replay(current, [bytes(f) for f in frames] if frames else None)
 
-    async def latest(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        epoch, offset, *frames = await self._call(room, self._read, ["latest", 0, "", limit])
+    async def latest(self, room: str, limit: int, max_bytes: int | None = None) -> tuple[Position, list[bytes]]:
+        epoch, offset, *frames = await self._call(room, self._read, ["latest", 0, "", limit, _unbounded(max_bytes)])
         return Position(int(offset), text(epoch)), [bytes(f) for f in frames]
 
     async def heal(self) -> None:
