@@ -41,6 +41,7 @@ from services.hub.tasks import TaskGroup
 from services.metrics import METRICS
 from services.online import OnlineTracker
 from services.presence import PresenceStore
+from services.ratelimit import EXPENSIVE_COST, reply_cost
 from services.revocation import NOTHING, Revocations, RevocationStore
 from services.revocation.memory import MemoryRevocations
 from services.session import Session
@@ -188,6 +189,8 @@ class RoomHub:
         else:
             first = await self.roster.page(room)
         answer = await self.recovery.join(room, since, member_already)
+        if since is not None:  # the frame paid EXPENSIVE_COST already
+            session.rate.charge(reply_cost(sum(map(len, answer.replay))) - EXPENSIVE_COST)
         joined: dict[str, Any] = {"roomId": room, "action": "joined", **answer.fields}
         session.send(frames.encode("room_update", joined, request_id))
         await self.recovery.replay(session, answer.replay)
@@ -246,7 +249,9 @@ class RoomHub:
     async def history_of(self, session: Session, room: str, limit: int, request_id: str | None) -> None:
         if room not in session.rooms:
             raise ClientError("not_in_room", "join the room before reading its history", roomId=room)
-        session.send(await self.recovery.history(room, limit, request_id))
+        reply = await self.recovery.history(room, limit, request_id)
+        session.rate.charge(reply_cost(len(reply)) - EXPENSIVE_COST)  # the frame paid EXPENSIVE_COST already
+        session.send(reply)
 
     async def presence_query(self, session: Session, room: str, cursor: str | None, request_id: str | None) -> None:
         if room not in session.rooms:

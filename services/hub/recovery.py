@@ -5,6 +5,10 @@ The joiner's subscription is live and its frames are held (joins.py) before the 
 so every entry is either in what the history returns or among the held frames; the held ones at
 or below the position read are dropped at release: no gap and no duplicate at the seam.
 
+A replay or a `history` reply sends at most REPLAY_BYTES of entries: a replay that would need
+more answers `recovered: false` (the client reloads from the chat API), a reply leaves out the
+oldest. Either costs its sender one token of RATE_LIMIT per 64 KiB (services/ratelimit.py).
+
 A replay may be longer than the joiner's outbound queue (a client closed 4008 missed at least a
 queue's worth): it is paced, a quarter of the bound at a time as the socket takes it, while the
 room's live frames wait in the joiner's hold (bounded like the queue).
@@ -43,6 +47,7 @@ class Recovery:
         self._history = history
         self._fanout = fanout
         self._most_frames = settings.history_size
+        self._most_bytes = settings.replay_bytes
         self._chunk_frames = max(1, settings.outbound_queue_frames // 4)
         self._chunk_bytes = max(1, settings.outbound_queue_bytes // 4)
 
@@ -58,7 +63,7 @@ class Recovery:
                 current = await self._history.position(room)
                 entries: list[bytes] | None = [] if asked is not None and recovery_check(asked, current) else None
             else:
-                result = await self._history.recover(room, asked, self._most_frames)
+                result = await self._history.recover(room, asked, self._most_frames, self._most_bytes)
                 current, entries = result.position, result.entries
         except StoreError:
             if asked is not None:  # the position is unknown: nothing can be promised
@@ -94,13 +99,14 @@ class Recovery:
             session.send(frame)
 
     async def history(self, room: str, limit: int, request_id: str | None) -> bytes:
-        """The `history` reply: the room's position and latest entries, oldest first. The stored
-        frames are `{type, payload}` already, so the reply is assembled without parsing them."""
+        """The `history` reply: the room's position and latest entries, oldest first, only the
+        newest that fit in REPLAY_BYTES. The stored frames are `{type, payload}` already, so the
+        reply is assembled without parsing them."""
         payload: dict[str, Any] = {"roomId": room}
         entries: list[bytes] = []
         if self._history is not None:
             try:
-                position, entries = await self._history.latest(room, limit)
+                position, entries = await self._history.latest(room, limit, self._most_bytes)
             except StoreError:
                 raise ClientError("internal", "history unavailable, try again", roomId=room) from None
             payload.update(offset=position.offset, epoch=position.epoch)
