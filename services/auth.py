@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import math
 import os
+import re
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from services.errors import AuthError, ConfigError
+from services.ids import iso
 from services.settings import Settings
 
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 8192  # far above any real JWT; bounds what an unauthenticated client makes us parse
+_GLOB = re.compile(r"[*?\[]")
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,24 @@ class Identity:
     def may_join(self, room_id: str) -> bool:
         if self.rooms is None:
             return False
-        return any(fnmatch.fnmatchcase(room_id, pattern) for pattern in self.rooms)
+        return room_matcher(self.rooms)(room_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def room_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """One test for a whole `rooms` claim, made once per claim: room ids without a glob character
+    in a set, the globs compiled into one expression (issue: a refresh with a 750-pattern claim
+    and 100 joined rooms ran 75,000 fnmatch calls, 10.5 ms of the loop)."""
+    exact = frozenset(p for p in patterns if not _GLOB.search(p))
+    globs = [fnmatch.translate(p) for p in patterns if _GLOB.search(p)]
+    if not globs:
+        return exact.__contains__
+    match = re.compile("|".join(f"(?:{g})" for g in globs)).match
+
+    def allowed(room_id: str) -> bool:
+        return room_id in exact or match(room_id) is not None
+
+    return allowed
 
 
 class TokenVerifier:
@@ -122,7 +143,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
     if not isinstance(user, str) or not user or len(user) > 128:
         raise AuthError("token has no usable sub (or userId) claim")
     exp = claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not _is_moment(exp):
         raise AuthError("invalid exp claim")
     rooms_claim = claims.get("rooms")
     rooms: tuple[str, ...] | None = None
@@ -137,6 +158,18 @@ def _identity(claims: dict[str, Any]) -> Identity:
         float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) and math.isfinite(iat) else None
     )
     return Identity(user_id=user, expires_at=float(exp), rooms=rooms, issued_at=issued_at)
+
+
+def _is_moment(seconds: float) -> bool:
+    """A time the gateway can turn into a deadline and an ISO-8601 `expiresAt` (issue: an `exp` past
+    the year 9999 passed the handshake, then failed a refresh with a traceback)."""
+    if not math.isfinite(seconds):
+        return False
+    try:
+        iso(seconds)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def _read_key(value: str) -> str:

@@ -101,9 +101,9 @@ class Control:
     def reauthorize(self, session: Session, identity: Identity) -> None:
         """A refreshed token replaces the socket's; with ROOM_ACCESS=token the rooms its `rooms` claim
         no longer allows are left (`room_update removed`, offline to the others)."""
-        session.identity = identity
-        if self._room_access != "token":
-            return
+        before, session.identity = session.identity.rooms, identity
+        if self._room_access != "token" or identity.rooms == before:
+            return  # the same claim allows the same rooms (issue: a re-sent token re-checked them all)
         for room in sorted(session.rooms):
             if not identity.may_join(room):
                 self._leave(room, [session], _removed(room))
