@@ -23,7 +23,8 @@ class JsonHandler(RedactedSummary):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(orjson.dumps(body))
+        # Field errors of a list's items are keyed by their index (an int): written as strings.
+        self.finish(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Never a traceback page, whatever serve_traceback says.

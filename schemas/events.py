@@ -43,6 +43,12 @@ class Moment(fields.AwareDateTime):
                 pass
             raise ValidationError("Not a valid time: an ISO-8601 string or Unix seconds.")
         when: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            # In range in its own zone is not enough: 9999-12-31T23:59:59-12:00 is past the year 9999
+            # in UTC, where every time is compared and written (issue: a 500 with a traceback).
+            when.astimezone(UTC).timestamp()
+        except (OverflowError, OSError, ValueError):
+            raise ValidationError("Not a valid time: out of range once in UTC.") from None
         return when
 
 
