@@ -52,6 +52,11 @@ class Roster:
         self._interval = settings.presence_count_interval
         self._counts: dict[str, int] = {}  # room -> users in it, as last heard
         self._sent: dict[str, int] = {}  # large room -> the count its members were last sent
+        # Rooms where this instance left a join or leave unannounced (the room was large then): once
+        # the room is back within the limit, its members on every instance get a fresh first page,
+        # even if no tick saw it large (issue: above and back below within one interval, a watcher
+        # never learnt that the first of three leavers had left).
+        self._unannounced: set[str] = set()
         self._ticker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -69,9 +74,12 @@ class Roster:
         new_user, count = await self._store.join(room, session.user_id, session.conn_id, now)
         self._counts[room] = count
         first = await self._store.page(room, None, self.page_size)
-        if new_user and self.announces(room):
-            presence = {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
-            await self._fanout.broadcast(room, frames.encode("presence", presence), exclude=session.conn_id)
+        if new_user:
+            if self.announces(room):
+                presence = {"roomId": room, "userId": session.user_id, "status": ONLINE, "at": iso(now)}
+                await self._fanout.broadcast(room, frames.encode("presence", presence), exclude=session.conn_id)
+            else:
+                self._unannounced.add(room)
         return first
 
     async def exit(self, room: str, user: str, conn_id: str, announce: bool) -> bool:
@@ -80,9 +88,12 @@ class Roster:
         gone, count = await self._store.leave(room, user, conn_id)
         if room in self._counts:
             self._counts[room] = count
-        if gone and announce and self.announces(room, count):
-            presence = {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
-            await self._fanout.broadcast(room, frames.encode("presence", presence))
+        if gone and announce:
+            if self.announces(room, count):
+                presence = {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
+                await self._fanout.broadcast(room, frames.encode("presence", presence))
+            elif room in self._rooms:
+                self._unannounced.add(room)
         return gone
 
     def announces(self, room: str, count: int | None = None) -> bool:
@@ -93,6 +104,7 @@ class Roster:
         """No local member left."""
         self._counts.pop(room, None)
         self._sent.pop(room, None)
+        self._unannounced.discard(room)
 
     async def page(self, room: str, cursor: str | None = None) -> Page:
         after = decode_cursor(cursor) if cursor is not None else None
@@ -130,13 +142,18 @@ class Roster:
                 if self._sent.get(room) != count:
                     self._sent[room] = count
                     self._send(members, frames.encode("presence_count", {"roomId": room, "count": count}))
-            elif room in self._sent:  # back to the limit or below: a fresh list, then per-user frames
+            elif room in self._sent or room in self._unannounced:
+                # Back to the limit or below: a fresh list, then per-user frames.
                 try:
                     first = await self._store.page(room, None, self.page_size)
                 except StoreError:
                     continue  # the next tick tries again
-                del self._sent[room]
-                self._send(members, self.frame(room, first))
+                self._sent.pop(room, None)
+                if room in self._unannounced:  # other instances' members may not know either
+                    self._unannounced.discard(room)
+                    await self._fanout.broadcast(room, self.frame(room, first))
+                else:
+                    self._send(members, self.frame(room, first))
 
     async def _tick_forever(self) -> None:
         while True:
