@@ -23,7 +23,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from handlers.api import MAX_BODY_BYTES, api_routes
+from handlers.api import api_routes, body_limits
 from handlers.common import NotFoundHandler, log_request
 from handlers.dev import DevTokenHandler
 from handlers.health import HealthHandler, ReadyHandler
@@ -31,7 +31,7 @@ from handlers.http_server import ConnectionBook, GatewayHTTPServer
 from handlers.keepalive import TimerWheel
 from handlers.metrics import MetricsHandler
 from handlers.socket import GatewaySocket
-from services.admission import descriptor_budget
+from services.admission import AddressCounts, descriptor_budget
 from services.auth import check_secret, generate_secret, mint
 from services.errors import ConfigError, StartupError
 from services.gateway import Gateway
@@ -102,7 +102,7 @@ def start_listening(
 ) -> list[HTTPServer]:
     """HTTP servers on the bound sockets, sharing one descriptor budget (handlers/http_server.py)."""
     s = gateway.settings
-    book = ConnectionBook(descriptor_budget())
+    book = ConnectionBook(descriptor_budget(), AddressCounts(s.max_connections_per_ip), s.http_idle_timeout)
     if book.budget < s.max_connections:
         log.warning(
             "RLIMIT_NOFILE allows fewer connections than MAX_CONNECTIONS; raise the limit (ulimit -n)",
@@ -113,7 +113,8 @@ def start_listening(
         "trusted": gateway.trusted,
         "idle_connection_timeout": s.handshake_timeout,
         "body_timeout": s.handshake_timeout,
-        "max_body_size": MAX_BODY_BYTES,
+        "max_body_size": s.request_body_bytes,  # each request's own limit is set from its headers
+        "body_limit": body_limits(s),
     }
     public = GatewayHTTPServer(make_app(gateway), **options)
     public.add_sockets(sockets)

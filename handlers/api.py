@@ -7,7 +7,8 @@ does to sockets it does not hold. Served on PORT, or only on INTERNAL_PORT when 
     GET  /api/presence     who is online in a room, a page at a time
 
 Off (404) unless API_KEY is set; every call carries `Authorization: apikey <API_KEY>` (compared
-in constant time, else 401). JSON in and out; a body that fails its schema is a 400 naming each
+in constant time, else 401). A body may be API_BODY_BYTES long only with the right key (else
+REQUEST_BODY_BYTES; over it: 413 before it is read). JSON in and out; a body that fails its schema is a 400 naming each
 field (unknown fields are ignored). The hub does the work, on the same paths as the Kafka events.
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from marshmallow import Schema, ValidationError
+from tornado.httputil import HTTPHeaders, RequestStartLine
 
 from handlers.common import JsonHandler
 from schemas.api import DisconnectSchema, PresenceQueryArgs, PublishSchema, RevokeSchema, publish_schema
@@ -27,10 +30,30 @@ from services.errors import BusError, ClientError, StoreError
 from services.gateway import Gateway
 from services.ids import iso, iso_now, uuid7
 from services.metrics import METRICS
+from services.settings import Settings
 
-# Bodies past this are refused by the HTTP server before they are read (server.py): a publish of
-# MAX_CONTENT characters with ten attachments fits many times over.
-MAX_BODY_BYTES = 1024 * 1024
+
+def key_matches(key: str, header: str | None) -> bool:
+    """`Authorization: apikey <key>`, compared in constant time."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    return scheme.lower() == "apikey" and hmac.compare_digest(given.strip().encode(), key.encode())
+
+
+def body_limits(settings: Settings) -> Callable[[RequestStartLine, HTTPHeaders], int]:
+    """The most body bytes a request may send, decided from its headers before any is read
+    (handlers/http_server.py): none for an upgrade, API_BODY_BYTES for a control API call with the
+    right key (a publish of MAX_CONTENT characters and ten attachments fits many times over), and
+    REQUEST_BODY_BYTES for anything else, the API with a wrong key included."""
+    key = settings.api_key
+
+    def limit(start: RequestStartLine, headers: HTTPHeaders) -> int:
+        if headers.get("Upgrade", "").lower() == "websocket":
+            return 0
+        if key is not None and start.path.startswith("/api/") and key_matches(key, headers.get("Authorization")):
+            return settings.api_body_bytes
+        return settings.request_body_bytes
+
+    return limit
 
 
 class _Refused(Exception):
@@ -57,8 +80,7 @@ class ApiHandler(JsonHandler):
         if key is None:
             self.write_json(404, {"error": "not found: the control API is off (API_KEY unset)"})
             return
-        scheme, _, given = (self.request.headers.get("Authorization") or "").strip().partition(" ")
-        if scheme.lower() != "apikey" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+        if not key_matches(key, self.request.headers.get("Authorization")):
             self.write_json(401, {"error": "missing or wrong API key (Authorization: apikey <key>)"})
 
     def on_finish(self) -> None:

@@ -11,7 +11,15 @@ tracebacks in 13 s from 600 idle sockets, no token needed). Here:
   could be shed;
 - EMFILE/ENFILE (something else took the reserve) pauses accepting with a backoff;
 - each episode is one log line when it starts and one when it ends;
-- the client address is resolved through TRUSTED_PROXIES before any handler sees the request.
+- the client address is resolved through TRUSTED_PROXIES before any handler sees the request;
+- every public connection, plain HTTP or WebSocket, counts toward MAX_CONNECTIONS_PER_IP from its
+  first request's headers to its close (over it: 429, issue: 480 keep-alive connections from one
+  address filled the descriptor budget); a keep-alive connection waiting for its next request can
+  be shed like one waiting for its first, and is closed after HTTP_IDLE_TIMEOUT;
+- a request body is limited by what the request is, before anything reads it: none for an
+  upgrade, REQUEST_BODY_BYTES on the public paths, API_BODY_BYTES for a control API call whose key
+  is right (issue: any path buffered 1 MiB per connection before routing or authentication).
+  A declared length over the limit is answered 413 before the body is read.
 
 An internal listener (INTERNAL_PORT) is not capped: it lives on the reserve, so /healthz,
 /readyz and /metrics answer while the public port is full.
@@ -26,12 +34,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from tornado import httputil
+import orjson
+from tornado import gen, httputil
+from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.util import TimeoutError
 
-from services.admission import TrustedProxies
+from services.admission import AddressCounts, TrustedProxies, address_bucket
 from services.metrics import METRICS
 
 log = logging.getLogger("gateway.listener")
@@ -47,14 +58,20 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
 
 
 class ConnectionBook:
-    """Open TCP connections of the process, shared by its listeners, and the public connections
-    still waiting for their request headers, oldest first."""
+    """Open TCP connections of the process, shared by its listeners; the public connections waiting
+    for a request's headers (their first, or the next on a kept-alive connection), oldest first;
+    and the public connections by client address."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, per_address: AddressCounts | None = None, idle_timeout: float = 5.0) -> None:
         self.budget = budget
         self.open = 0
-        self.waiting: dict[IOStream, float] = {}  # stream -> accepted at (monotonic), oldest first
+        self.waiting: dict[IOStream, float] = {}  # stream -> waiting since (monotonic), oldest first
+        self.kept_alive: dict[IOStream, float] = {}  # the waiting ones that answered a request before
+        self.per_address = per_address
+        self.idle_timeout = idle_timeout
+        self._address: dict[IOStream, str] = {}  # stream -> the address it is counted under
         self._on_free: list[Callable[[], None]] = []
+        self._sweeper: PeriodicCallback | None = None
 
     def full(self) -> bool:
         return self.open >= self.budget
@@ -62,8 +79,46 @@ class ConnectionBook:
     def closed(self, stream: IOStream) -> None:
         self.open -= 1
         self.waiting.pop(stream, None)
+        self.kept_alive.pop(stream, None)
+        address = self._address.pop(stream, None)
+        if address is not None and self.per_address is not None:
+            self.per_address.remove(address)
         for callback in self._on_free:
             callback()
+
+    def count_address(self, stream: IOStream, address: str) -> bool:
+        """Count the connection under its client address (moved there when a kept-alive connection
+        from a proxy now serves another client); False when that address has no room left."""
+        if self.per_address is None or self._address.get(stream) == address:
+            return True
+        old = self._address.pop(stream, None)
+        if old is not None:
+            self.per_address.remove(old)
+        if not self.per_address.add(address):
+            return False
+        self._address[stream] = address
+        return True
+
+    def waits_again(self, stream: IOStream) -> None:
+        """A kept-alive connection answered its request and waits for the next one."""
+        now = time.monotonic()
+        self.waiting[stream] = now
+        self.kept_alive[stream] = now
+        if self._sweeper is None:
+            self._sweeper = PeriodicCallback(self._close_idle, 1000 * max(0.1, min(1.0, self.idle_timeout / 4)))
+            self._sweeper.start()
+
+    def request_started(self, stream: IOStream) -> None:
+        self.waiting.pop(stream, None)
+        self.kept_alive.pop(stream, None)
+
+    def _close_idle(self) -> None:
+        """Kept-alive connections idle for HTTP_IDLE_TIMEOUT are closed (their oldest first)."""
+        deadline = time.monotonic() - self.idle_timeout
+        for stream, since in list(self.kept_alive.items()):
+            if since > deadline:
+                break
+            stream.close()  # `closed` forgets it
 
     def notify_on_free(self, callback: Callable[[], None]) -> None:
         self._on_free.append(callback)
@@ -86,6 +141,7 @@ class _CountedStream(IOStream):
     (HTTP handling, an upgraded WebSocket, shedding)."""
 
     book: ConnectionBook
+    served = False  # a request came in on it (on a capped listener): it may be kept alive
 
     def close_fd(self) -> None:
         try:
@@ -101,6 +157,7 @@ class GatewayHTTPServer(HTTPServer):
         *,
         book: ConnectionBook,
         trusted: TrustedProxies,
+        body_limit: Callable[[httputil.RequestStartLine, httputil.HTTPHeaders], int],
         capped: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -109,6 +166,7 @@ class GatewayHTTPServer(HTTPServer):
         self._book = book
         self._trusted = trusted
         self._capped = capped
+        self._body_limit = body_limit
         self._paused: dict[int, socket.socket] = {}
         self._timed: set[int] = set()  # paused until a timer (EMFILE); the others also resume on a close
         self._backoff = 0.0
@@ -224,42 +282,100 @@ class GatewayHTTPServer(HTTPServer):
     # -- requests ----------------------------------------------------------------------------
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        return _ClientAddress(super().start_request(server_conn, request_conn), request_conn, self)
+        assert isinstance(request_conn, HTTP1Connection)
+        stream = request_conn.stream
+        if isinstance(stream, _CountedStream) and stream.served:
+            self._book.waits_again(stream)  # its last request was answered: kept alive
+        return _Admitted(super().start_request(server_conn, request_conn), request_conn, self)
 
-    def headers_arrived(self, request_conn: httputil.HTTPConnection, headers: httputil.HTTPHeaders) -> None:
-        stream = getattr(request_conn, "stream", None)
-        if stream is not None:
-            self._book.waiting.pop(stream, None)
-        context = getattr(request_conn, "context", None)
-        if context is not None and self._trusted:
+    def headers_arrived(
+        self, request_conn: HTTP1Connection, start: httputil.RequestStartLine, headers: httputil.HTTPHeaders
+    ) -> tuple[int, str] | None:
+        """Resolve the client address, count the connection under it and set the request's body
+        limit; the refusal (status, message) of a request that must not go further."""
+        stream = request_conn.stream
+        context: Any = request_conn.context  # tornado.httpserver's connection context
+        if self._trusted:
             # The context outlives the request (keep-alive): resolve from the TCP peer every time.
             peer = getattr(context, "gateway_peer", None)
             if peer is None:
                 peer = context.gateway_peer = context.remote_ip
             context.remote_ip = self._trusted.client_ip(peer, headers.get("X-Forwarded-For"), headers.get("X-Real-Ip"))
+        if self._capped and isinstance(stream, _CountedStream):
+            self._book.request_started(stream)
+            stream.served = True
+            if not self._book.count_address(stream, address_bucket(context.remote_ip)):
+                METRICS.upgrades_refused.labels("429").inc()
+                return 429, "too many connections from this address"
+        limit = self._body_limit(start, headers)
+        declared = headers.get("Content-Length", "").strip()
+        if (declared.isdigit() and int(declared) > limit) or (limit == 0 and "Transfer-Encoding" in headers):
+            return 413, f"request body over {limit} bytes"
+        request_conn.set_max_body_size(limit)
+        return None
 
 
-class _ClientAddress(httputil.HTTPMessageDelegate):
-    """Marks the connection busy and fixes its client address once the headers are in."""
+class _Admitted(httputil.HTTPMessageDelegate):
+    """Lets a request through to the application once its headers passed `headers_arrived`;
+    otherwise answers it and closes the connection, the body unread."""
 
     def __init__(
-        self, delegate: httputil.HTTPMessageDelegate, request_conn: httputil.HTTPConnection, server: GatewayHTTPServer
+        self, delegate: httputil.HTTPMessageDelegate, request_conn: HTTP1Connection, server: GatewayHTTPServer
     ) -> None:
         self._delegate = delegate
         self._conn = request_conn
         self._server = server
+        self._refused = False
 
     def headers_received(
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
     ) -> Awaitable[None] | None:
-        self._server.headers_arrived(self._conn, headers)
-        return self._delegate.headers_received(start_line, headers)
+        assert isinstance(start_line, httputil.RequestStartLine)
+        refusal = self._server.headers_arrived(self._conn, start_line, headers)
+        if refusal is None:
+            return self._delegate.headers_received(start_line, headers)
+        self._refused = True
+        refuse_and_close(self._conn.detach(), *refusal)
+        return None
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        return self._delegate.data_received(chunk)
+        return None if self._refused else self._delegate.data_received(chunk)
 
     def finish(self) -> None:
-        self._delegate.finish()
+        if not self._refused:
+            self._delegate.finish()
 
     def on_connection_close(self) -> None:
-        self._delegate.on_connection_close()
+        if not self._refused:
+            self._delegate.on_connection_close()
+
+
+_REASONS = {413: "Payload Too Large", 429: "Too Many Requests"}
+LINGER = 2.0  # seconds a refused connection's unread request is read and dropped before the close
+LINGER_BYTES = 4 * 1024 * 1024  # and at most this much of it
+
+
+def refuse_and_close(stream: IOStream, status: int, message: str) -> None:
+    """Answer `status` with a JSON error and close. The unread request is drained a moment first
+    (bounded in time and bytes, nothing kept): closing a socket with unread data resets it, and
+    the client could lose the answer."""
+    body = orjson.dumps({"error": message})
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    )
+    IOLoop.current().add_callback(_linger_close, stream, head.encode() + body)
+
+
+async def _linger_close(stream: IOStream, response: bytes) -> None:
+    try:
+        await stream.write(response)
+        stream.socket.shutdown(socket.SHUT_WR)
+        deadline = IOLoop.current().time() + LINGER
+        drained = 0
+        while drained < LINGER_BYTES:
+            drained += len(await gen.with_timeout(deadline, stream.read_bytes(65536, partial=True)))
+    except (StreamClosedError, OSError, TimeoutError):
+        pass
+    finally:
+        stream.close()

@@ -23,16 +23,11 @@ from services.errors import AuthError, ClientError
 from services.gateway import Gateway
 from services.ids import iso, short_id
 from services.metrics import METRICS
+from services.ratelimit import frame_cost
 from services.revocation import NOTHING, Revocations
 from services.session import Pong, Session
 
 log = logging.getLogger("gateway.socket")
-
-# What an upgrade refused by services/admission.py is told, by HTTP status.
-_REFUSALS = {
-    503: "server is at its connection limit; try another instance or later",
-    429: "too many connections from this address",
-}
 
 
 class GatewaySocket(WebSocketHandler, RedactedSummary):
@@ -71,11 +66,11 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             log.info("upgrade refused", extra={"reason": str(exc), "remote": self.request.remote_ip})
             self._refuse(401, str(exc))
             return
-        ip = self.request.remote_ip or ""
-        refusal = self.gateway.admission.admit(ip)
+        # (MAX_CONNECTIONS_PER_IP was checked when the request came in: handlers/http_server.py.)
+        refusal = self.gateway.admission.admit()
         if refusal is not None:
             METRICS.upgrades_refused.labels(str(refusal)).inc()
-            self._refuse(refusal, _REFUSALS[refusal])
+            self._refuse(refusal, "server is at its connection limit; try another instance or later")
             return
         try:
             if await self._revoked(self.identity):
@@ -83,7 +78,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
                 return
             await super().get(*args, **kwargs)  # returns when the WebSocket is over
         finally:
-            self.gateway.admission.release(ip)
+            self.gateway.admission.release()
 
     async def _revoked(self, identity: Identity) -> bool:
         """Is the token revoked (services/revocation)? What was found is kept for the hub only when
@@ -193,10 +188,11 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             raise ClientError("invalid_token", "token revoked")
         if session.closed:
             return
+        reply = frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}, request_id)
         METRICS.token_refreshes.labels("ok").inc()
         self.identity = identity
         self._watch_token(identity)
-        session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}, request_id))
+        session.send(reply)
         self.gateway.hub.control.reauthorize(session, identity)
 
     def _ping(self) -> None:
@@ -293,6 +289,9 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
                     roomId=room if isinstance(room, str) else None,
                     dedupeKey=_str_or_none(envelope["payload"].get("dedupeKey")),
                 ) from None
+            cost = frame_cost(frame_type, payload)
+            if cost > 1 and not session.rate.take(cost - 1):  # the frame's first token is taken above
+                raise ClientError("rate_limited", f"{frame_type} costs {cost} frames of the rate limit; slow down")
             await self._dispatch(session, frame_type, payload, request_id)
         except ClientError as exc:
             self._reply_error(session, exc, request_id)

@@ -2,8 +2,11 @@
 
 - `TrustedProxies`: the client's address. X-Forwarded-For / X-Real-Ip are believed only from
   peers inside TRUSTED_PROXIES (issue: any client could write the logged address).
-- `Admission`: open WebSockets per instance (MAX_CONNECTIONS, over it 503) and per client
-  address (MAX_CONNECTIONS_PER_IP, over it 429), counted from admission to close.
+- `Admission`: open WebSockets per instance (MAX_CONNECTIONS, over it 503), counted from
+  admission to close.
+- `AddressCounts`: open public connections per client address, plain HTTP and WebSocket alike
+  (MAX_CONNECTIONS_PER_IP, over it 429), counted by handlers/http_server.py from a connection's
+  first request to its close.
 - `DescriptorBudget`: how many TCP connections this process can hold and still have descriptors
   left for health checks, Redis, Kafka and logs (RLIMIT_NOFILE less what is open at start and a
   reserve). handlers/http_server.py sheds and pauses against it.
@@ -98,31 +101,40 @@ def address_bucket(ip: str) -> str:
 class Admission:
     """Counts admitted WebSockets; `admit` answers None (welcome) or the refusal's HTTP status."""
 
-    def __init__(self, max_connections: int, max_per_ip: int) -> None:
+    def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
-        self.max_per_ip = max_per_ip
         self.total = 0
-        self._per_ip: dict[str, int] = {}
 
-    def admit(self, ip: str) -> int | None:
+    def admit(self) -> int | None:
         if self.total >= self.max_connections:
             return 503
-        key = address_bucket(ip)
-        count = self._per_ip.get(key, 0)
-        if count >= self.max_per_ip:
-            return 429
-        self._per_ip[key] = count + 1
         self.total += 1
         return None
 
-    def release(self, ip: str) -> None:
-        key = address_bucket(ip)
-        count = self._per_ip.get(key, 0)
-        if count <= 1:
-            self._per_ip.pop(key, None)
-        else:
-            self._per_ip[key] = count - 1
+    def release(self) -> None:
         self.total = max(self.total - 1, 0)
+
+
+class AddressCounts:
+    """Connections by address bucket (`address_bucket`), at most `max_per_ip` each."""
+
+    def __init__(self, max_per_ip: int) -> None:
+        self.max_per_ip = max_per_ip
+        self._counts: dict[str, int] = {}
+
+    def add(self, bucket: str) -> bool:
+        count = self._counts.get(bucket, 0)
+        if count >= self.max_per_ip:
+            return False
+        self._counts[bucket] = count + 1
+        return True
+
+    def remove(self, bucket: str) -> None:
+        count = self._counts.get(bucket, 0)
+        if count <= 1:
+            self._counts.pop(bucket, None)
+        else:
+            self._counts[bucket] = count - 1
 
 
 def descriptor_budget(reserve: int = FD_RESERVE) -> int:

@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.web import Application
 
-from services.admission import Admission, TrustedProxies
+from services.admission import AddressCounts, TrustedProxies, address_bucket
 from tests.helpers import Client, refused_status, token, wait_for
 
 T = 20
@@ -95,13 +95,13 @@ def test_client_ip_from_trusted_proxies_only():
 
 
 def test_ipv6_clients_are_counted_per_64():
-    admission = Admission(max_connections=100, max_per_ip=2)
-    assert admission.admit("2001:db8:1:2::1") is None
-    assert admission.admit("2001:db8:1:2::ffff") is None
-    assert admission.admit("2001:db8:1:2:aaaa::3") == 429  # same /64
-    assert admission.admit("2001:db8:1:3::1") is None  # another /64
-    admission.release("2001:db8:1:2::1")
-    assert admission.admit("2001:db8:1:2::9") is None
+    counts = AddressCounts(max_per_ip=2)
+    assert counts.add(address_bucket("2001:db8:1:2::1"))
+    assert counts.add(address_bucket("2001:db8:1:2::ffff"))
+    assert not counts.add(address_bucket("2001:db8:1:2:aaaa::3"))  # same /64
+    assert counts.add(address_bucket("2001:db8:1:3::1"))  # another /64
+    counts.remove(address_bucket("2001:db8:1:2::1"))
+    assert counts.add(address_bucket("2001:db8:1:2::9"))
 
 
 @pytest.mark.gen_test(timeout=T)
@@ -154,7 +154,7 @@ async def test_a_listener_paused_for_emfile_then_for_the_budget_resumes_when_a_c
     from handlers.http_server import ConnectionBook, GatewayHTTPServer
 
     book = ConnectionBook(budget=1)
-    server = GatewayHTTPServer(Application(), book=book, trusted=TrustedProxies([]))
+    server = GatewayHTTPServer(Application(), book=book, trusted=TrustedProxies([]), body_limit=lambda *_: 0)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
