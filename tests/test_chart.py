@@ -76,6 +76,12 @@ APP_ENV = frozenset(
         "DEDUPE_TTL",
         "HISTORY_SIZE",
         "HISTORY_TTL",
+        "HISTORY_ROOM_BYTES",
+        "HISTORY_MEMORY_BYTES",
+        "REPLAY_BYTES",
+        "REQUEST_BODY_BYTES",
+        "API_BODY_BYTES",
+        "HTTP_IDLE_TIMEOUT",
         "PRESENCE_PAGE",
         "PRESENCE_BROADCAST_LIMIT",
         "PRESENCE_COUNT_INTERVAL",
@@ -487,6 +493,12 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
     assert cm["MAX_MESSAGE_BYTES"] == "1048576"
     assert cm["DEDUPE_TTL"] == "86400"
     assert (cm["HISTORY_SIZE"], cm["HISTORY_TTL"]) == ("5000", "1800")
+    assert (cm["HISTORY_ROOM_BYTES"], cm["HISTORY_MEMORY_BYTES"], cm["REPLAY_BYTES"]) == (
+        "2097152",
+        "134217728",
+        "2097152",
+    )
+    assert (cm["REQUEST_BODY_BYTES"], cm["API_BODY_BYTES"], cm["HTTP_IDLE_TIMEOUT"]) == ("32768", "4194304", "3")
     assert (cm["PRESENCE_PAGE"], cm["PRESENCE_BROADCAST_LIMIT"], cm["PRESENCE_COUNT_INTERVAL"]) == ("50", "500", "5")
     assert cm["TRUSTED_PROXIES"] == ",".join(v["gateway"]["trustedProxies"])
     assert cm["MAX_CONNECTIONS"] == "20000"

@@ -125,7 +125,9 @@ class Settings:
     max_connections: int = setting(
         10000, integer(1), "open WebSockets per instance (HTTP 503 before the upgrade above it)"
     )
-    max_connections_per_ip: int = setting(200, integer(1), "open WebSockets per client address (HTTP 429 above it)")
+    max_connections_per_ip: int = setting(
+        200, integer(1), "open connections per client address, plain HTTP and WebSocket (HTTP 429 above it)"
+    )
     trusted_proxies: tuple[str, ...] = setting(
         (), cidrs, "CIDRs whose X-Forwarded-For / X-Real-Ip are believed; unset: the peer address, always"
     )
@@ -147,10 +149,30 @@ class Settings:
     # -- history and recovery (README.md, "Recovery")
     history_size: int = setting(1000, integer(0, 100000), "entries kept per room for recovery (0: history off)")
     history_ttl: float = setting(600.0, number(1.0), "seconds an entry is kept after the room's last entry")
+    history_room_bytes: int = setting(
+        1024 * 1024, integer(1024), "bytes of entries kept per room (oldest dropped first), besides HISTORY_SIZE"
+    )
+    history_memory_bytes: int = setting(
+        256 * 1024 * 1024,
+        integer(65536),
+        "bytes of history one process holds without Redis (least recently written rooms' entries dropped first)",
+    )
+    replay_bytes: int = setting(
+        1024 * 1024, integer(1024), "bytes one history reply or since replay sends (over it: recovered false)"
+    )
     # -- keepalive and handshake
     ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings (0: off)")
     ping_timeout: float = setting(20.0, number(1.0), "seconds without a pong before the socket is dropped")
     handshake_timeout: float = setting(10.0, number(1.0), "seconds for a client to send its upgrade request")
+    http_idle_timeout: float = setting(
+        5.0, number(0.5), "seconds a plain HTTP keep-alive connection may wait for its next request"
+    )
+    request_body_bytes: int = setting(
+        64 * 1024, integer(0), "request body bytes read on PORT before authentication (none for an upgrade)"
+    )
+    api_body_bytes: int = setting(
+        1024 * 1024, integer(1024), "request body bytes of a control API call, read once its key is checked"
+    )
     # -- shutdown (README.md, "Drain on SIGTERM")
     drain_delay: float = setting(5.0, number(0.0), "seconds between SIGTERM (readiness 503) and closing sockets")
     drain_window: float = setting(20.0, number(0.0), "seconds over which open sockets are closed with 1012")

@@ -114,12 +114,18 @@ and WORKERS.
   "MAX_USER_CONNECTIONS" $g.limits.maxUserConnections
   "MAX_CONNECTIONS" $g.limits.maxConnections
   "MAX_CONNECTIONS_PER_IP" $g.limits.maxConnectionsPerIp
+  "REPLAY_BYTES" $g.limits.replayBytes
+  "REQUEST_BODY_BYTES" $g.limits.requestBodyBytes
+  "API_BODY_BYTES" $g.limits.apiBodyBytes
+  "HTTP_IDLE_TIMEOUT" $g.limits.httpIdleTimeout
   "TYPING_TTL" $g.ttl.typing
   "PRESENCE_TTL" $g.ttl.presence
   "DEDUPE_TTL" $g.ttl.dedupe
   "OFFLINE_GRACE" $g.ttl.offlineGrace
   "HISTORY_SIZE" $g.history.size
   "HISTORY_TTL" $g.history.ttl
+  "HISTORY_ROOM_BYTES" $g.history.roomBytes
+  "HISTORY_MEMORY_BYTES" $g.history.memoryBytes
   "PRESENCE_PAGE" $g.presence.page
   "PRESENCE_BROADCAST_LIMIT" $g.presence.broadcastLimit
   "PRESENCE_COUNT_INTERVAL" $g.presence.countInterval
