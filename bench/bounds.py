@@ -8,7 +8,7 @@ before (baseline), at the peak (VmHWM) and after the attack's sockets are closed
 is quiet again; where the attack targets other users, a victim's ping round trips (p50/p99) are
 measured meanwhile, and where it draws output, the bytes the attacker received.
 
-    history    one user, 20 connections, ~48 KB messages at 19/s each into rooms of its own
+    history    one user, 20 connections in 100 rooms each, ~48 KB messages at 19/s on each connection
     replay     `join {since: 0}` + `leave` in a loop on a room filled with ~48 KB entries
     refresh    ROOM_ACCESS=token, a 740-pattern claim, 100 rooms, the same token re-sent at 19/s
     bodies     400 connections declaring a 1 MiB body on any path, then stalling
@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.common import GATEWAY_PY, ROOT, free_port, proc_sample, wait_port, wait_quiet
@@ -43,6 +44,7 @@ MIB = 1024 * 1024
 # ~48 KB once encoded: 4,000 control characters (6 bytes each as JSON) and ten 2 KB attachments.
 CONTENT = "\u0001" * 4000
 ATTACHMENTS = [{"url": "https://x/" + "a" * 2030, "name": "n" * 250} for _ in range(10)]
+ROOMS_EACH = 100  # the history flood's rooms per connection: 2,000 rooms of up to HISTORY_ROOM_BYTES each
 
 
 def mint(sub: str, **claims: Any) -> str:
@@ -81,8 +83,12 @@ class Gateway:
         }
 
 
-async def connect(gw: Gateway, sub: str, tok: str | None = None) -> WebSocketClientConnection:
-    return await websocket_connect(f"{gw.url}?token={tok or mint(sub)}", max_message_size=16 * MIB)
+async def connect(
+    gw: Gateway, sub: str, tok: str | None = None, source: str = "127.0.0.1"
+) -> WebSocketClientConnection:
+    """A socket of `sub`'s, from the loopback address `source` (another client address than the attacker's)."""
+    request = HTTPRequest(f"{gw.url}?token={tok or mint(sub)}", network_interface=source)
+    return await websocket_connect(request, max_message_size=16 * MIB)
 
 
 def frame(frame_type: str, payload: dict[str, Any], request_id: str | None = None) -> str:
@@ -116,7 +122,7 @@ class Victim:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self, gw: Gateway) -> None:
-        conn = await connect(gw, "victim")
+        conn = await connect(gw, "victim", source="127.0.0.2")
 
         async def run() -> None:
             n = 0
@@ -158,14 +164,15 @@ async def paced(seconds: float, per_second: float, step: Callable[[int], Awaitab
 async def history_flood(gw: Gateway, seconds: float) -> dict[str, Any]:
     conns = [await connect(gw, "flooder") for _ in range(20)]
     received = [0]
-    for i, conn in enumerate(conns):
-        for r in range(5):
+    for r in range(ROOMS_EACH):  # within the rate limit: 15 joins/s on each connection
+        for i, conn in enumerate(conns):
             conn.write_message(frame("join", {"roomId": f"flood-{i}-{r}"}))
+        await asyncio.sleep(1 / 15)
     readers = [asyncio.ensure_future(drain(conn, received)) for conn in conns]
 
     async def one(conn: WebSocketClientConnection, i: int) -> None:
         async def step(n: int) -> None:
-            payload = {"roomId": f"flood-{i}-{n % 5}", "content": CONTENT, "attachments": ATTACHMENTS}
+            payload = {"roomId": f"flood-{i}-{n % ROOMS_EACH}", "content": CONTENT, "attachments": ATTACHMENTS}
             conn.write_message(frame("message", payload))
 
         await paced(seconds, 19.0, step)
@@ -181,7 +188,7 @@ async def replay_loop(gw: Gateway, seconds: float) -> dict[str, Any]:
     filler = await connect(gw, "filler")
     filler.write_message(frame("join", {"roomId": "big"}, "j"))
     await reply(filler, "j")
-    for n in range(40):  # ~2 MB offered; what the room keeps is the gateway's bound
+    for n in range(100):  # ~4.8 MB offered; what the room keeps is the gateway's bound
         filler.write_message(
             frame("message", {"roomId": "big", "content": CONTENT, "attachments": ATTACHMENTS}, f"m{n}")
         )
@@ -191,42 +198,58 @@ async def replay_loop(gw: Gateway, seconds: float) -> dict[str, Any]:
     await victim.start(gw)
     attacker = await connect(gw, "attacker")
     received = [0]
-    epoch = ""
+    attacker.write_message(frame("join", {"roomId": "big"}, "first"))
+    position = (await reply(attacker, "first"))["payload"]
+    attacker.write_message(frame("leave", {"roomId": "big"}, "first-out"))
+    await reply(attacker, "first-out")
+    # Everything, if the gateway replays it; else the 20 latest entries (~1 MB, within REPLAY_BYTES).
+    since = {"offset": 0, "epoch": position["epoch"]}
+    attacker.write_message(frame("join", {"roomId": "big", "since": since}, "probe"))
+    if not (await reply(attacker, "probe", counter=received))["payload"].get("recovered"):
+        since["offset"] = position["offset"] - 20
+    attacker.write_message(frame("leave", {"roomId": "big"}, "probe-out"))
+    await reply(attacker, "probe-out", counter=received)
+    replays = [0]
 
     async def step(n: int) -> None:
-        nonlocal epoch
-        since = {"offset": 0, "epoch": epoch}
         attacker.write_message(frame("join", {"roomId": "big", "since": since}, f"a{n}"))
         joined = await reply(attacker, f"a{n}", counter=received)
-        epoch = joined["payload"].get("epoch", epoch)
+        if joined["type"] == "error":  # rate_limited: a careful attacker backs off, not to be closed 1008
+            await asyncio.sleep(1.0)
+            return
+        replays[0] += joined["payload"].get("recovered") is True
         attacker.write_message(frame("leave", {"roomId": "big"}, f"l{n}"))
-        await reply(attacker, f"l{n}", counter=received)  # the replay comes before it
+        if (await reply(attacker, f"l{n}", counter=received))["type"] == "error":  # the replay came before it
+            await asyncio.sleep(1.0)
 
-    await paced(seconds, 50.0, step)
+    await paced(seconds, 10.0, step)  # two frames a step: RATE_LIMIT's 20/s
     out = victim.stop()
     attacker.close()
     filler.close()
-    return {**out, "attacker_in_mib": received[0] / MIB}
+    return {**out, "replays": replays[0], "attacker_in_mib": received[0] / MIB}
 
 
 async def refresh_loop(gw: Gateway, seconds: float) -> dict[str, Any]:
     claim = [f"t{n}*" for n in range(640)] + [f"r{n}" for n in range(100)]
     tok = mint("refresher", rooms=claim)
     conns = [await connect(gw, "refresher", tok) for _ in range(5)]
-    for conn in conns:
-        for r in range(100):
+    for r in range(100):  # within the rate limit: 5 connections at 15 joins/s each
+        for conn in conns:
             conn.write_message(frame("join", {"roomId": f"r{r}"}))
-    await asyncio.sleep(2)
+        await asyncio.sleep(1 / 15)
+    await asyncio.sleep(1)
     victim = Victim()
     await victim.start(gw)
 
-    async def one(conn: WebSocketClientConnection) -> None:
+    async def one(i: int, conn: WebSocketClientConnection) -> None:
         async def step(n: int) -> None:
-            conn.write_message(frame("refresh", {"token": tok}))
+            conn.write_message(frame("refresh", {"token": tok}, f"r{i}-{n}"))
+            if (await reply(conn, f"r{i}-{n}"))["type"] == "error":  # rate_limited: back off, stay open
+                await asyncio.sleep(1.0)
 
         await paced(seconds, 19.0, step)
 
-    await asyncio.gather(*(one(conn) for conn in conns))
+    await asyncio.gather(*(one(i, conn) for i, conn in enumerate(conns)))
     out = victim.stop()
     for conn in conns:
         conn.close()
@@ -239,21 +262,24 @@ async def stalled_bodies(gw: Gateway, seconds: float) -> dict[str, Any]:
     for _ in range(400):
         try:
             s = socket.create_connection(("127.0.0.1", gw.port), timeout=2)
-            s.sendall(b"POST /anything HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 60000)
-            socks.append(s)
         except OSError:
-            pass
+            continue
+        socks.append(s)
+        try:  # all of the body but its last bytes, then nothing
+            s.sendall(b"POST /anything HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 1048000)
+        except OSError:
+            pass  # refused before the body: the answer is waiting
     await asyncio.sleep(seconds)
     peak = proc_sample(gw.proc.pid).rss / MIB
     for s in socks:
         s.setblocking(False)
         try:
-            if s.recv(16).startswith(b"HTTP/1.1 413"):
+            if s.recv(16)[:12] in (b"HTTP/1.1 413", b"HTTP/1.1 429"):
                 answered += 1
         except OSError:
             pass
         s.close()
-    return {"rss_while_mib": peak, "answered_413": answered, "opened": len(socks)}
+    return {"rss_while_mib": peak, "refused_413_429": answered, "opened": len(socks)}
 
 
 async def keepalive_hold(gw: Gateway, seconds: float) -> dict[str, Any]:
@@ -284,7 +310,7 @@ async def keepalive_hold(gw: Gateway, seconds: float) -> dict[str, Any]:
         alive = await asyncio.to_thread(ask_all)
         start = time.monotonic()
         try:
-            conn = await asyncio.wait_for(connect(gw, "newcomer"), 5)
+            conn = await asyncio.wait_for(connect(gw, "newcomer", source="127.0.0.2"), 5)
             conn.close()
             newcomer_ms.append((time.monotonic() - start) * 1000)
         except Exception:
@@ -296,21 +322,24 @@ async def keepalive_hold(gw: Gateway, seconds: float) -> dict[str, Any]:
 
 
 async def room_churn(gw: Gateway, seconds: float) -> dict[str, Any]:
-    conn = await connect(gw, "churner")
-    rooms = 0
+    conns = [await connect(gw, "churner") for _ in range(20)]
+    rooms = [0]
 
-    async def step(n: int) -> None:
-        nonlocal rooms
-        room = f"churn-{n}"
-        conn.write_message(frame("join", {"roomId": room}, f"j{n}"))
-        conn.write_message(frame("message", {"roomId": room, "content": "hi"}, f"m{n}"))
-        conn.write_message(frame("leave", {"roomId": room}, f"l{n}"))
-        await reply(conn, f"l{n}")
-        rooms += 1
+    async def one(i: int, conn: WebSocketClientConnection) -> None:
+        async def step(n: int) -> None:
+            room = f"churn-{i}-{n}"
+            conn.write_message(frame("join", {"roomId": room}, f"j{n}"))
+            conn.write_message(frame("message", {"roomId": room, "content": "hi"}, f"m{n}"))
+            conn.write_message(frame("leave", {"roomId": room}, f"l{n}"))
+            await reply(conn, f"l{n}")
+            rooms[0] += 1
 
-    await paced(seconds, 6.0, step)
-    conn.close()
-    return {"rooms": rooms}
+        await paced(seconds, 6.0, step)
+
+    await asyncio.gather(*(one(i, conn) for i, conn in enumerate(conns)))
+    for conn in conns:
+        conn.close()
+    return {"rooms": rooms[0]}
 
 
 ATTACKS: dict[str, tuple[Callable[[Gateway, float], Awaitable[dict[str, Any]]], tuple[str, ...]]] = {

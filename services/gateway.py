@@ -95,7 +95,7 @@ class Gateway:
                 self.history = MemoryHistory(
                     s.history_size, s.history_ttl, s.history_room_bytes, s.history_memory_bytes
                 )
-            return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe()
+            return MemoryBus(self.instance_id, network), MemoryPresence(), dedupe or MemoryDedupe(s.dedupe_memory_bytes)
         from services.bus.redis import RedisBus
         from services.dedupe.redis import RedisDedupe
         from services.history.redis import RedisHistory

@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 import pytest
 
+from services.dedupe.memory import MemoryDedupe
 from services.history import Position
 from services.history.memory import MemoryHistory
 from tests.control_support import API_KEY, api
@@ -104,6 +105,23 @@ async def test_an_entry_over_the_room_bytes_leaves_no_gap_behind() -> None:
     assert (await history.recover("r", Position(2, one.epoch), 10)).entries is not None
     assert len((await history.latest("r", 10))[1]) == 1
     assert three.offset == 3
+
+
+@pytest.mark.gen_test
+async def test_dedupe_records_of_one_process_stay_within_their_bytes() -> None:
+    """Every client message carries a dedupeKey, kept DEDUPE_TTL (24 h): bounded in bytes, the
+    oldest forgotten first; a key reserved, acked and released over and over does not pile up."""
+    store = MemoryDedupe(max_bytes=64 * KIB)
+    for n in range(5000):
+        assert await store.reserve(f"user:room:key-{n:05d}" + "k" * 100, "pending", 86400) is None
+        await store.put(f"user:room:key-{n:05d}" + "k" * 100, '{"id":"x"}', 86400)
+        assert store.held <= 64 * KIB
+    assert await store.reserve("user:room:key-04999" + "k" * 100, "pending", 86400) == '{"id":"x"}'
+    assert await store.reserve("user:room:key-00000" + "k" * 100, "pending", 86400) is None  # forgotten
+    for _ in range(5000):
+        await store.reserve("again", "pending", 86400)
+        await store.release("again")
+    assert store.held <= 64 * KIB and len(store._expiry) < 1000
 
 
 # -- replays and history replies ----------------------------------------------------------------

@@ -82,6 +82,7 @@ APP_ENV = frozenset(
         "REQUEST_BODY_BYTES",
         "API_BODY_BYTES",
         "HTTP_IDLE_TIMEOUT",
+        "DEDUPE_MEMORY_BYTES",
         "PRESENCE_PAGE",
         "PRESENCE_BROADCAST_LIMIT",
         "PRESENCE_COUNT_INTERVAL",
@@ -499,6 +500,7 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
         "2097152",
     )
     assert (cm["REQUEST_BODY_BYTES"], cm["API_BODY_BYTES"], cm["HTTP_IDLE_TIMEOUT"]) == ("32768", "4194304", "3")
+    assert cm["DEDUPE_MEMORY_BYTES"] == "33554432"
     assert (cm["PRESENCE_PAGE"], cm["PRESENCE_BROADCAST_LIMIT"], cm["PRESENCE_COUNT_INTERVAL"]) == ("50", "500", "5")
     assert cm["TRUSTED_PROXIES"] == ",".join(v["gateway"]["trustedProxies"])
     assert cm["MAX_CONNECTIONS"] == "20000"

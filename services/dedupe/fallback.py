@@ -14,7 +14,7 @@ class FallbackDedupe:
 
     def __init__(self, shared: DedupeStore, local: DedupeStore | None = None) -> None:
         self.shared = shared
-        self.local = local or MemoryDedupe(max_entries=100_000)
+        self.local = local or MemoryDedupe(max_bytes=16 * 1024 * 1024)  # an outage's worth, not a day's
 
     async def reserve(self, key: str, value: str, ttl: float) -> str | None:
         try:

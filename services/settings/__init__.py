@@ -140,6 +140,9 @@ class Settings:
     typing_ttl: float = setting(6.0, number(0.1), "seconds before typing lapses to online")
     presence_ttl: float = setting(30.0, number(1.0), "seconds a dead instance's users stay online")
     dedupe_ttl: float = setting(86400.0, number(1.0), "seconds a dedupeKey is remembered")
+    dedupe_memory_bytes: int = setting(
+        64 * 1024 * 1024, integer(65536), "bytes of dedupe records one process holds without Redis (oldest go first)"
+    )
     # -- large rooms (README.md, "Large rooms")
     presence_page: int = setting(100, integer(1, 1000), "members per presence_state page")
     presence_broadcast_limit: int = setting(

@@ -118,6 +118,7 @@ and WORKERS.
   "REQUEST_BODY_BYTES" $g.limits.requestBodyBytes
   "API_BODY_BYTES" $g.limits.apiBodyBytes
   "HTTP_IDLE_TIMEOUT" $g.limits.httpIdleTimeout
+  "DEDUPE_MEMORY_BYTES" $g.limits.dedupeMemoryBytes
   "TYPING_TTL" $g.ttl.typing
   "PRESENCE_TTL" $g.ttl.presence
   "DEDUPE_TTL" $g.ttl.dedupe
