@@ -134,6 +134,14 @@ class Backoff:
         return base * (1.0 - self.jitter * random.random())
 
 
+# Re-joins after a reconnect: a join with `since` costs two frames of the gateway's rate limit (20/s,
+# burst 40 by default) and a burst of refusals closes the socket (1008): the first REJOIN_BURST go at
+# once, then REJOIN_PER_SECOND a second; one refused as rate_limited anyway is asked again.
+REJOIN_BURST = 16
+REJOIN_PER_SECOND = 8
+REJOIN_ROUNDS = 10
+
+
 @dataclass
 class _Request:
     kind: str  # join | leave | message | ping | history | presence_query
@@ -531,30 +539,42 @@ class GatewayClient:
             code = None
 
     async def _resume(self, conn: WebSocketClientConnection, reader: asyncio.Future[Any]) -> None:
-        """After a reconnect: join every room again, then send the queued requests in order."""
+        """After a reconnect: join every room again (paced: REJOIN_BURST), then send the queued
+        requests in order."""
         self._conn = conn
-        joins: list[asyncio.Future[Any]] = []
-        pending_joins = {r.room: r for r in self._pending.values() if r.kind == "join"}
+        pending_joins: dict[str | None, _Request | None] = {
+            r.room: r for r in self._pending.values() if r.kind == "join"
+        }
         for req in list(self._pending.values()):
             if req.kind == "leave" and not req.future.done():
                 # Not re-joined, so the leave has happened; the new socket never was in the room.
                 req.future.set_result(RoomUpdate(room_id=req.room or "", action="left"))
-        for room in list(self._rooms):
-            req = pending_joins.get(room) or self._internal_join(room)
-            joins.append(req.future)
-            req.sent_at = time.monotonic()
-            self._write(conn, req.frame)
-        waiting = set(joins)
-        deadline = time.monotonic() + self.ack_timeout
-        while waiting and not reader.done() and time.monotonic() < deadline:
-            await asyncio.wait(
-                waiting | {reader}, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
-            )
-            waiting = {f for f in waiting if not f.done()}
-        for fut in joins:
-            exc = None if not fut.done() or fut.cancelled() else fut.exception()
-            if isinstance(exc, GatewayError) and exc.event.room_id:
-                self._rooms.pop(exc.event.room_id, None)  # e.g. the token no longer allows it
+        todo = list(self._rooms)
+        for round_ in range(REJOIN_ROUNDS):
+            if round_ > 0:
+                await asyncio.sleep(1.0)
+            joins: dict[str, asyncio.Future[Any]] = {}
+            for i, room in enumerate(todo):
+                if i >= REJOIN_BURST and (i - REJOIN_BURST) % REJOIN_PER_SECOND == 0:
+                    await asyncio.sleep(1.0)
+                if self._conn is not conn or reader.done():
+                    return  # dropped again while re-joining; the next reconnect resumes
+                if room not in self._rooms:
+                    continue  # left meanwhile
+                req = pending_joins.pop(room, None) or self._internal_join(room)  # a caller's join, or ours
+                joins[room] = req.future
+                req.sent_at = time.monotonic()
+                self._write(conn, req.frame)
+            await self._settled(list(joins.values()), reader)
+            todo = []
+            for room, fut in joins.items():
+                exc = None if not fut.done() or fut.cancelled() else fut.exception()
+                if isinstance(exc, GatewayError) and exc.code == "rate_limited":
+                    todo.append(room)  # asked again, a second later
+                elif isinstance(exc, GatewayError) and exc.event.room_id:
+                    self._rooms.pop(exc.event.room_id, None)  # e.g. the token no longer allows it
+            if not todo:
+                break
         if self._conn is not conn:
             return  # dropped again while re-joining; the next reconnect resumes
         # No await from here on: a send() racing with this either is in _pending now or sees ready.
@@ -564,6 +584,16 @@ class GatewayClient:
                 self._write(conn, req.frame)
         self._ready.set()
         self._emit(Connected(reconnected=True, rooms=tuple(self._rooms)))
+
+    async def _settled(self, futures: list[asyncio.Future[Any]], reader: asyncio.Future[Any]) -> None:
+        """Until every future is done, the reader ends, or ack_timeout passes."""
+        waiting = set(futures)
+        deadline = time.monotonic() + self.ack_timeout
+        while waiting and not reader.done() and time.monotonic() < deadline:
+            await asyncio.wait(
+                waiting | {reader}, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
+            )
+            waiting = {f for f in waiting if not f.done()}
 
     def _internal_join(self, room: str) -> _Request:
         request_id = f"{self._id_prefix}-{next(self._ids)}"

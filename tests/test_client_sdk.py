@@ -387,6 +387,43 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_client_in_60_rooms_is_joined_to_every_one_again_within_the_rate_limit():
+    """A join with `since` costs two frames of the rate limit: 60 re-joins at once would be refused
+    past the burst (and close the socket 1008). The SDK paces them and asks again for a refused one."""
+    port = free_port()
+    args = ("--port", str(port), "--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
+    env = {"JWT_DEV": SECRET}
+    loop = asyncio.get_running_loop()
+    server = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+    url = f"ws://127.0.0.1:{port}/"
+    client = GatewayClient(url, token("alice"), backoff=Backoff(initial=0.2, maximum=1.0))
+    restarted = None
+    rooms = [f"room-{n}" for n in range(60)]
+    try:
+        await client.connect()
+        for room in rooms:
+            await client.join(room)
+            await asyncio.sleep(0.07)  # the caller's own joins, within 20 frames/s
+        server.signal(signal.SIGTERM)
+        assert await loop.run_in_executor(None, server.wait, 15) == 0
+        restarted = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+        seen = await events_until(client, Connected, lambda e: e.reconnected, timeout=30)
+        back = seen[-1]
+        assert isinstance(back, Connected) and back.rooms == tuple(rooms)
+        bob = await Client.connect(url, token("bob"))
+        await bob.join("room-59")
+        bob.send("message", {"roomId": "room-59", "content": "last room"})
+        got = await expect_event(client, Message, lambda m: m.content == "last room")
+        assert got.room_id == "room-59"
+        bob.close()
+    finally:
+        await client.close()
+        server.kill()
+        if restarted is not None:
+            restarted.kill()
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_recovers_what_it_missed_after_the_server_restarts_with_redis(make_gateway):
     """The gateway process restarts while another instance keeps the room busy: the SDK re-joins
     with its last position and gets exactly the missed messages, in order, with no HistoryGap."""

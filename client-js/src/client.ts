@@ -153,6 +153,12 @@ const REPLIES: Record<string, ReplyType> = {
 
 // Sent again on the next socket when the reply did not come: these are safe to repeat.
 const RESENT = new Set(["join", "leave", "message"]);
+// Re-joins after a reconnect: a join with `since` costs two frames of the gateway's rate limit (20/s,
+// burst 40 by default), and a burst of refusals closes the socket (1008). So the first REJOIN_BURST
+// go at once, then REJOIN_PER_SECOND a second; one refused as rate_limited anyway is asked again.
+const REJOIN_BURST = 16;
+const REJOIN_PER_SECOND = 8;
+const REJOIN_ROUNDS = 10;
 const OPEN = 1;
 
 interface Pending {
@@ -449,22 +455,33 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.retry(code, reason || fallback);
   }
 
-  /** After an open: join every room again (with `since`), then send what waited. */
+  /** After an open: join every room again (with `since`, paced: REJOIN_BURST), then send what waited. */
   private async resume(ws: WebSocketLike): Promise<void> {
     const reconnected = this.connections > 1;
     for (const entry of [...this.pending.values()]) {
       if (entry.type === "leave" && entry.sentOn === null) this.settle(entry, { value: { roomId: entry.roomId, action: "left" } });
     }
-    const joins: Promise<unknown>[] = [];
-    for (const roomId of [...this.rooms.keys()]) {
-      const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
-      const entry = asked ?? this.rejoin(roomId);
-      const since = this.rooms.get(roomId);
-      if (since) entry.frame.payload["since"] = { offset: since.offset, epoch: since.epoch };
-      this.transmit(ws, entry);
-      joins.push(entry.reply);
+    let todo = [...this.rooms.keys()];
+    for (let round = 0; todo.length > 0 && round < REJOIN_ROUNDS; round++) {
+      if (round > 0) await pause(1000);
+      const joins: Promise<unknown>[] = [];
+      const limited: string[] = [];
+      for (const [i, roomId] of todo.entries()) {
+        if (i >= REJOIN_BURST && (i - REJOIN_BURST) % REJOIN_PER_SECOND === 0) await pause(1000);
+        if (this.ws !== ws || this.current === "closed") return; // dropped meanwhile: the next open resumes
+        if (!this.rooms.has(roomId)) continue; // left meanwhile
+        const asked = [...this.pending.values()].find((e) => e.type === "join" && e.roomId === roomId && e.sentOn === null);
+        const entry = asked ?? this.rejoin(roomId);
+        const since = this.rooms.get(roomId);
+        if (since) entry.frame.payload["since"] = { offset: since.offset, epoch: since.epoch };
+        this.transmit(ws, entry);
+        joins.push(entry.reply.catch((error: unknown) => {
+          if (error instanceof RequestError && error.code === "rate_limited" && asked === undefined) limited.push(roomId);
+        }));
+      }
+      await Promise.all(joins);
+      todo = limited.filter((roomId) => this.rooms.has(roomId));
     }
-    await Promise.allSettled(joins);
     if (this.ws !== ws || this.current === "closed") return; // dropped again meanwhile: the next open resumes
     this.ready = true;
     this.current = "open";
@@ -479,7 +496,8 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private rejoin(roomId: string): Pending {
     const entry = this.enqueue("join", { roomId });
     entry.reply.catch((error: unknown) => {
-      if (error instanceof RequestError) this.rooms.delete(roomId); // e.g. the token no longer allows it
+      // Refused: e.g. the token no longer allows it. (rate_limited: asked again by resume.)
+      if (error instanceof RequestError && error.code !== "rate_limited") this.rooms.delete(roomId);
     });
     return entry;
   }
@@ -697,4 +715,8 @@ function randomHex(length: number): string {
   let out = "";
   while (out.length < length) out += Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
   return out.slice(0, length);
+}
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

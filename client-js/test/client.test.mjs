@@ -91,6 +91,31 @@ test("after a restart it reconnects with backoff, joins again and sends what wai
   assert.equal(alice.connections, 2);
 });
 
+test("a client in 60 rooms is joined to every one again after a restart, within the rate limit", async (t) => {
+  const port = await freePort();
+  const first = await startGateway(t, { port });
+  const alice = connectAs(t, first, "alice");
+  await alice.connect();
+  const rooms = Array.from({ length: 60 }, (_, i) => `room-${i}`);
+  for (const room of rooms) {
+    await alice.join(room);
+    await new Promise((ok) => setTimeout(ok, 70)); // a caller's own joins, within 20 frames/s
+  }
+  const dropped = nextEvent(alice, "disconnected");
+  assert.equal(await first.stop(), 0);
+  await dropped;
+  const back = nextEvent(alice, "connected");
+  const second = await startGateway(t, { port });
+  const again = await back;
+  assert.equal(again.rooms.length, 60);
+  const bob = connectAs(t, second, "bob");
+  await bob.connect();
+  await bob.join("room-59");
+  const got = nextEvent(alice, "message", (m) => m.content === "last room");
+  await bob.send("room-59", "last room");
+  assert.equal((await got).roomId, "room-59");
+});
+
 test("while disconnected the outgoing buffer is bounded; close() rejects what waited", async (t) => {
   const port = await freePort();
   const gw = await startGateway(t, { port });
