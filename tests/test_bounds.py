@@ -39,6 +39,17 @@ async def history(client: Client, room: str, request_id: str, limit: int = 100) 
     return await client.expect("history", match=replying(request_id))
 
 
+async def filled(gw: RunningGateway, count: int) -> tuple[list[str], str]:
+    """`count` messages of 20 KB into room r, the n-th made of the digit n: which of them a `history`
+    reply holds, and the room's epoch."""
+    alice = await gw.client("alice")
+    await alice.join("r")
+    for n in range(count):
+        await sent(alice, "r", f"{n}" * 20000, f"m{n}")
+    entries = (await history(alice, "r", "h"))["payload"]["entries"]
+    return [e["payload"]["content"][0] for e in entries], str(entries[0]["payload"]["epoch"])
+
+
 # -- history: per room and per process ----------------------------------------------------------
 
 
@@ -47,14 +58,10 @@ async def test_a_room_keeps_at_most_its_history_bytes(make_gateway: Any) -> None
     """Five 20 KB messages in a room that keeps 48 KiB: the history holds the newest two, and a
     recovery from before them is `recovered: false` (kept whole, it would be 100 KB)."""
     gw = await make_gateway(history_room_bytes=48 * KIB, max_content=30000, rate_burst=100)
-    alice = await gw.client("alice")
-    await alice.join("r")
-    for n in range(5):
-        await sent(alice, "r", f"{n}" * 20000, f"m{n}")
-    entries = (await history(alice, "r", "h1"))["payload"]["entries"]
-    assert [e["payload"]["content"][0] for e in entries] == ["3", "4"]
+    held, epoch = await filled(gw, 5)
+    assert held == ["3", "4"]
     bob = await gw.client("bob")
-    bob.send("join", {"roomId": "r", "since": {"offset": 1, "epoch": entries[0]["payload"]["epoch"]}})
+    bob.send("join", {"roomId": "r", "since": {"offset": 1, "epoch": epoch}})
     joined = await bob.expect("room_update")
     assert joined["payload"]["recovered"] is False
 
@@ -130,13 +137,8 @@ async def test_dedupe_records_of_one_process_stay_within_their_bytes() -> None:
 @pytest.mark.gen_test(timeout=T)
 async def test_a_replay_over_replay_bytes_is_not_recovered_and_a_reply_keeps_the_newest(make_gateway: Any) -> None:
     gw = await make_gateway(replay_bytes=64 * KIB, max_content=30000, rate_burst=100)
-    alice = await gw.client("alice")
-    await alice.join("r")
-    for n in range(6):
-        await sent(alice, "r", f"{n}" * 20000, f"m{n}")
-    entries = (await history(alice, "r", "h"))["payload"]["entries"]
-    assert [e["payload"]["content"][0] for e in entries] == ["3", "4", "5"]  # 60 KB of the 120 KB
-    epoch = entries[0]["payload"]["epoch"]
+    held, epoch = await filled(gw, 6)
+    assert held == ["3", "4", "5"]  # 60 KB of the 120 KB
     bob = await gw.client("bob")
     bob.send("join", {"roomId": "r", "since": {"offset": 0, "epoch": epoch}}, request_id="all")
     assert (await bob.expect("room_update"))["payload"]["recovered"] is False

@@ -38,6 +38,7 @@ from tests.control_support import API_KEY, api
 from tests.helpers import (
     SECRET,
     Client,
+    GatewayProcess,
     free_port,
     spawn_server,
     token,
@@ -334,16 +335,36 @@ async def test_send_retried_after_a_drop_is_not_duplicated(gw):
         await proxy.stop()
 
 
+class Restartable:
+    """A gateway process on a port of its own that a test stops and starts again."""
+
+    def __init__(self) -> None:
+        port = free_port()
+        self.url = f"ws://127.0.0.1:{port}/"
+        self._args = ("--port", str(port), "--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
+        self._started: list[GatewayProcess] = []
+
+    async def start(self) -> GatewayProcess:
+        loop = asyncio.get_running_loop()
+        server = await loop.run_in_executor(None, lambda: spawn_server(*self._args, env={"JWT_DEV": SECRET}))
+        self._started.append(server)
+        return server
+
+    async def drain(self, server: GatewayProcess) -> int:
+        server.signal(signal.SIGTERM)
+        return await asyncio.get_running_loop().run_in_executor(None, server.wait, 15)
+
+    def kill(self) -> None:
+        for server in self._started:
+            server.kill()
+
+
 @pytest.mark.gen_test(timeout=40)
 async def test_reconnects_and_rejoins_after_the_server_restarts():
-    port = free_port()
-    args = ("--port", str(port), "--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
-    env = {"JWT_DEV": SECRET}
-    loop = asyncio.get_running_loop()
-    server = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
-    url = f"ws://127.0.0.1:{port}/"
+    servers = Restartable()
+    server = await servers.start()
+    url = servers.url
     client = GatewayClient(url, token("alice"), backoff=Backoff(initial=0.2, maximum=1.0))
-    restarted = None
     try:
         await client.connect()
         await client.join("general")
@@ -351,14 +372,13 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
         await client.send("general", "before the restart")
         before = await expect_event(client, Message, lambda m: m.content == "before the restart")
         assert client.position("general") == (1, before.epoch)
-        server.signal(signal.SIGTERM)
-        assert await loop.run_in_executor(None, server.wait, 15) == 0
+        assert await servers.drain(server) == 0
         gone = await expect_event(client, Disconnected)
         assert gone.code == 1012 and gone.will_reconnect
         assert not client.connected
 
         queued = asyncio.ensure_future(client.send("general", "typed while the server was down"))
-        restarted = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+        await servers.start()
         seen = await events_until(client, Connected)
         back = seen[-1]
         assert isinstance(back, Connected)
@@ -381,36 +401,28 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
         bob.close()
     finally:
         await client.close()
-        server.kill()
-        if restarted is not None:
-            restarted.kill()
+        servers.kill()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_client_in_60_rooms_is_joined_to_every_one_again_within_the_rate_limit():
     """A join with `since` costs two frames of the rate limit: 60 re-joins at once would be refused
     past the burst (and close the socket 1008). The SDK paces them and asks again for a refused one."""
-    port = free_port()
-    args = ("--port", str(port), "--host", "127.0.0.1", "--drain-delay", "0", "--drain-window", "0")
-    env = {"JWT_DEV": SECRET}
-    loop = asyncio.get_running_loop()
-    server = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
-    url = f"ws://127.0.0.1:{port}/"
-    client = GatewayClient(url, token("alice"), backoff=Backoff(initial=0.2, maximum=1.0))
-    restarted = None
+    servers = Restartable()
+    server = await servers.start()
+    client = GatewayClient(servers.url, token("alice"), backoff=Backoff(initial=0.2, maximum=1.0))
     rooms = [f"room-{n}" for n in range(60)]
     try:
         await client.connect()
         for room in rooms:
             await client.join(room)
             await asyncio.sleep(0.07)  # the caller's own joins, within 20 frames/s
-        server.signal(signal.SIGTERM)
-        assert await loop.run_in_executor(None, server.wait, 15) == 0
-        restarted = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
+        assert await servers.drain(server) == 0
+        await servers.start()
         seen = await events_until(client, Connected, lambda e: e.reconnected, timeout=30)
         back = seen[-1]
         assert isinstance(back, Connected) and back.rooms == tuple(rooms)
-        bob = await Client.connect(url, token("bob"))
+        bob = await Client.connect(servers.url, token("bob"))
         await bob.join("room-59")
         bob.send("message", {"roomId": "room-59", "content": "last room"})
         got = await expect_event(client, Message, lambda m: m.content == "last room")
@@ -418,9 +430,7 @@ async def test_a_client_in_60_rooms_is_joined_to_every_one_again_within_the_rate
         bob.close()
     finally:
         await client.close()
-        server.kill()
-        if restarted is not None:
-            restarted.kill()
+        servers.kill()
 
 
 @pytest.mark.gen_test(timeout=60)
