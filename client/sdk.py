@@ -575,6 +575,9 @@ class GatewayClient:
                     self._rooms.pop(exc.event.room_id, None)  # e.g. the token no longer allows it
             if not todo:
                 break
+        for room in todo:  # still refused after every round: not joined, so not listed as joined
+            log.warning("re-join kept being rate limited; the room is left", extra={"room": room})
+            self._rooms.pop(room, None)
         if self._conn is not conn:
             return  # dropped again while re-joining; the next reconnect resumes
         # No await from here on: a send() racing with this either is in _pending now or sees ready.

@@ -99,10 +99,13 @@ class ConnectionBook:
         self._address[stream] = address
         return True
 
-    def waits_again(self, stream: IOStream) -> None:
-        """A kept-alive connection answered its request and waits for the next one."""
+    def waits_again(self, stream: IOStream, idle_timeout: bool = True) -> None:
+        """A kept-alive connection answered its request and waits for the next one (closed after
+        HTTP_IDLE_TIMEOUT unless told otherwise)."""
         now = time.monotonic()
         self.waiting[stream] = now
+        if not idle_timeout:
+            return
         self.kept_alive[stream] = now
         if self._sweeper is None:
             self._sweeper = PeriodicCallback(self._close_idle, 1000 * max(0.1, min(1.0, self.idle_timeout / 4)))
@@ -285,7 +288,11 @@ class GatewayHTTPServer(HTTPServer):
         assert isinstance(request_conn, HTTP1Connection)
         stream = request_conn.stream
         if isinstance(stream, _CountedStream) and stream.served:
-            self._book.waits_again(stream)  # its last request was answered: kept alive
+            # Its last request was answered: kept alive. A trusted proxy's upstream connection is not
+            # closed after HTTP_IDLE_TIMEOUT (racing its next request would make a 502), only after
+            # Tornado's HANDSHAKE_TIMEOUT, as before.
+            peer = getattr(request_conn.context, "gateway_peer", None)
+            self._book.waits_again(stream, idle_timeout=peer is None or not self._trusted.trusts(peer))
         return _Admitted(super().start_request(server_conn, request_conn), request_conn, self)
 
     def headers_arrived(
@@ -364,6 +371,8 @@ def refuse_and_close(stream: IOStream, status: int, message: str) -> None:
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
     )
+    if isinstance(stream, _CountedStream):  # idle from now on: shed first when descriptors run short
+        stream.book.waiting[stream] = time.monotonic()
     IOLoop.current().add_callback(_linger_close, stream, head.encode() + body)
 
 
@@ -374,7 +383,8 @@ async def _linger_close(stream: IOStream, response: bytes) -> None:
         deadline = IOLoop.current().time() + LINGER
         drained = 0
         while drained < LINGER_BYTES:
-            drained += len(await gen.with_timeout(deadline, stream.read_bytes(65536, partial=True)))
+            read = stream.read_bytes(65536, partial=True)
+            drained += len(await gen.with_timeout(deadline, read, quiet_exceptions=(StreamClosedError,)))
     except (StreamClosedError, OSError, TimeoutError):
         pass
     finally:

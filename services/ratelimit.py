@@ -26,17 +26,22 @@ class TokenBucket:
         self._at = clock()
 
     def take(self, cost: float = 1.0) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
+        self._refill()
         if self._tokens >= cost:
             self._tokens -= cost
             return True
         return False
 
     def charge(self, cost: float) -> None:
-        """Take `cost` tokens whether or not they are there (a debt the refill pays back first)."""
+        """Take `cost` tokens whether or not they are there (a debt the refill pays back first).
+        Refilled up to now first: a debt taken after a slow read must not vanish under the cap."""
+        self._refill()
         self._tokens -= cost
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
 
 
 REPLY_TOKEN_BYTES = 64 * 1024

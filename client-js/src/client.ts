@@ -482,6 +482,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
       await Promise.all(joins);
       todo = limited.filter((roomId) => this.rooms.has(roomId));
     }
+    for (const roomId of todo) this.rooms.delete(roomId); // still refused after every round: not joined
     if (this.ws !== ws || this.current === "closed") return; // dropped again meanwhile: the next open resumes
     this.ready = true;
     this.current = "open";

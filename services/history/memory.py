@@ -3,8 +3,9 @@
 - per room: HISTORY_SIZE entries and HISTORY_ROOM_BYTES of them, the oldest dropped first;
 - per process: HISTORY_MEMORY_BYTES for every room's entries and kept positions together (each
   counted at its frame's length plus an estimate of the Python objects around it). Over it, the
-  least recently written rooms lose their entries first (a recovery that needed them answers
-  `recovered: false`), then, if positions alone fill it, their positions too;
+  least recently used rooms (written to, or read by a recovery or a `history`) lose their entries
+  first (a recovery that needed them answers `recovered: false`), then, if positions alone fill it,
+  their positions too;
 - entries expire HISTORY_TTL after they were appended, positions POSITION_TTL after the room's
   last entry.
 
@@ -55,7 +56,7 @@ class MemoryHistory:
         self._memory_bytes = memory_bytes
         self._base = secrets.token_hex(6)
         self._generation = 0  # positions dropped so far: part of the epoch of rooms created since
-        self._rooms: OrderedDict[str, _Room] = OrderedDict()  # least recently written first
+        self._rooms: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
         self._filled: OrderedDict[str, _Room] = OrderedDict()  # the rooms with entries, in that order
         self.held = 0  # bytes: entries and positions
         self._sweeper: asyncio.Future[None] | None = None
@@ -127,6 +128,8 @@ class MemoryHistory:
         state = self._rooms.get(room)
         if state is None or not state.entries:
             return []
+        self._rooms.move_to_end(room)  # read: used as much as written
+        self._filled.move_to_end(room)
         self._trim(room, state, time.monotonic())
         return [frame for _, frame in state.entries or ()]
 
@@ -180,8 +183,8 @@ class MemoryHistory:
         self._filled.pop(room, None)
 
     def _evict(self) -> None:
-        """Over HISTORY_MEMORY_BYTES: the least recently written rooms' entries go first, then
-        (only positions left) their positions."""
+        """Over HISTORY_MEMORY_BYTES: the least recently used rooms' entries go first, then (only
+        positions left) their positions."""
         while self.held > self._memory_bytes and self._filled:
             room, state = next(iter(self._filled.items()))
             self._clear(room, state)

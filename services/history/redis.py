@@ -69,8 +69,9 @@ else
   local most = tonumber(ARGV[4])
   while count > most or held > most_bytes do
     local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    if not oldest then held = 0 break end  -- the count had drifted (an older instance trimmed): reset
     redis.call('XDEL', KEYS[1], oldest[1])
-    held = held - #oldest[2][2]
+    held = math.max(0, held - #oldest[2][2])
     count = count - 1
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[5])

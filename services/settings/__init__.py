@@ -151,14 +151,16 @@ class Settings:
     presence_count_interval: float = setting(2.0, number(0.1), "seconds between presence_count frames of a room")
     # -- history and recovery (README.md, "Recovery")
     history_size: int = setting(1000, integer(0, 100000), "entries kept per room for recovery (0: history off)")
-    history_ttl: float = setting(600.0, number(1.0), "seconds an entry is kept after the room's last entry")
+    history_ttl: float = setting(
+        600.0, number(1.0), "seconds an entry is kept (without Redis from its own append, with Redis the room's last)"
+    )
     history_room_bytes: int = setting(
         1024 * 1024, integer(1024), "bytes of entries kept per room (oldest dropped first), besides HISTORY_SIZE"
     )
     history_memory_bytes: int = setting(
         256 * 1024 * 1024,
         integer(65536),
-        "bytes of history one process holds without Redis (least recently written rooms' entries dropped first)",
+        "bytes of history one process holds without Redis (least recently used rooms' entries dropped first)",
     )
     replay_bytes: int = setting(
         1024 * 1024, integer(1024), "bytes one history reply or since replay sends (over it: recovered false)"

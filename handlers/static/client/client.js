@@ -361,6 +361,8 @@ export class GatewayClient extends Emitter {
             await Promise.all(joins);
             todo = limited.filter((roomId) => this.rooms.has(roomId));
         }
+        for (const roomId of todo)
+            this.rooms.delete(roomId); // still refused after every round: not joined
         if (this.ws !== ws || this.current === "closed")
             return; // dropped again meanwhile: the next open resumes
         this.ready = true;
