@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import time
 
@@ -10,7 +11,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given
+from hypothesis import strategies as st
 
+from services.auth import RoomClaim
 from services.auth import main as auth_main
 from tests.helpers import SECRET, Client, refused_status, token
 
@@ -206,3 +210,12 @@ async def test_hostile_tokens_are_401_json_never_500(gw, caplog, case, where):
     client = await Client.connect(gw.url, token("after"))  # the server is fine afterwards
     client.send("ping")
     await client.expect("pong")
+
+
+_ROOM = st.text(alphabet="ab-*?[]", min_size=0, max_size=6)
+
+
+@given(st.lists(_ROOM, max_size=6), st.text(alphabet="ab-", min_size=1, max_size=6))
+def test_a_room_claim_allows_exactly_what_its_globs_match(patterns: list[str], room: str) -> None:
+    """RoomClaim sorts a claim into ids, prefixes and other globs; it must agree with fnmatch."""
+    assert RoomClaim(patterns).allows(room) == any(fnmatch.fnmatchcase(room, p) for p in patterns)
