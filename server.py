@@ -102,7 +102,7 @@ def start_listening(
 ) -> list[HTTPServer]:
     """HTTP servers on the bound sockets, sharing one descriptor budget (handlers/http_server.py)."""
     s = gateway.settings
-    book = ConnectionBook(descriptor_budget(), AddressCounts(s.max_connections_per_ip), s.http_idle_timeout)
+    book = ConnectionBook(descriptor_budget(), AddressCounts(s.max_connections_per_ip))
     if book.budget < s.max_connections:
         log.warning(
             "RLIMIT_NOFILE allows fewer connections than MAX_CONNECTIONS; raise the limit (ulimit -n)",
@@ -115,6 +115,7 @@ def start_listening(
         "body_timeout": s.handshake_timeout,
         "max_body_size": s.request_body_bytes,  # each request's own limit is set from its headers
         "body_limit": body_limits(s),
+        "kept_alive_timeout": s.http_idle_timeout,
     }
     public = GatewayHTTPServer(make_app(gateway), **options)
     public.add_sockets(sockets)

@@ -15,7 +15,7 @@ tracebacks in 13 s from 600 idle sockets, no token needed). Here:
 - every public connection, plain HTTP or WebSocket, counts toward MAX_CONNECTIONS_PER_IP from its
   first request's headers to its close (over it: 429, issue: 480 keep-alive connections from one
   address filled the descriptor budget); a keep-alive connection waiting for its next request can
-  be shed like one waiting for its first, and is closed after HTTP_IDLE_TIMEOUT;
+  be shed like one waiting for its first, and Tornado closes it after HTTP_IDLE_TIMEOUT;
 - a request body is limited by what the request is, before anything reads it: none for an
   upgrade, REQUEST_BODY_BYTES on the public paths, API_BODY_BYTES for a control API call whose key
   is right (issue: any path buffered 1 MiB per connection before routing or authentication).
@@ -27,18 +27,20 @@ An internal listener (INTERNAL_PORT) is not capped: it lives on the reserve, so 
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from http.client import responses
 from typing import Any
 
 import orjson
 from tornado import gen, httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.util import TimeoutError
 
@@ -62,16 +64,13 @@ class ConnectionBook:
     for a request's headers (their first, or the next on a kept-alive connection), oldest first;
     and the public connections by client address."""
 
-    def __init__(self, budget: int, per_address: AddressCounts | None = None, idle_timeout: float = 5.0) -> None:
+    def __init__(self, budget: int, per_address: AddressCounts | None = None) -> None:
         self.budget = budget
         self.open = 0
         self.waiting: dict[IOStream, float] = {}  # stream -> waiting since (monotonic), oldest first
-        self.kept_alive: dict[IOStream, float] = {}  # the waiting ones that answered a request before
         self.per_address = per_address
-        self.idle_timeout = idle_timeout
         self._address: dict[IOStream, str] = {}  # stream -> the address it is counted under
         self._on_free: list[Callable[[], None]] = []
-        self._sweeper: PeriodicCallback | None = None
 
     def full(self) -> bool:
         return self.open >= self.budget
@@ -79,7 +78,6 @@ class ConnectionBook:
     def closed(self, stream: IOStream) -> None:
         self.open -= 1
         self.waiting.pop(stream, None)
-        self.kept_alive.pop(stream, None)
         address = self._address.pop(stream, None)
         if address is not None and self.per_address is not None:
             self.per_address.remove(address)
@@ -99,29 +97,9 @@ class ConnectionBook:
         self._address[stream] = address
         return True
 
-    def waits_again(self, stream: IOStream, idle_timeout: bool = True) -> None:
-        """A kept-alive connection answered its request and waits for the next one (closed after
-        HTTP_IDLE_TIMEOUT unless told otherwise)."""
-        now = time.monotonic()
-        self.waiting[stream] = now
-        if not idle_timeout:
-            return
-        self.kept_alive[stream] = now
-        if self._sweeper is None:
-            self._sweeper = PeriodicCallback(self._close_idle, 1000 * max(0.1, min(1.0, self.idle_timeout / 4)))
-            self._sweeper.start()
-
-    def request_started(self, stream: IOStream) -> None:
-        self.waiting.pop(stream, None)
-        self.kept_alive.pop(stream, None)
-
-    def _close_idle(self) -> None:
-        """Kept-alive connections idle for HTTP_IDLE_TIMEOUT are closed (their oldest first)."""
-        deadline = time.monotonic() - self.idle_timeout
-        for stream, since in list(self.kept_alive.items()):
-            if since > deadline:
-                break
-            stream.close()  # `closed` forgets it
+    def waits(self, stream: IOStream) -> None:
+        """The connection waits for a request's headers (kept alive after one): sheddable."""
+        self.waiting[stream] = time.monotonic()
 
     def notify_on_free(self, callback: Callable[[], None]) -> None:
         self._on_free.append(callback)
@@ -161,11 +139,14 @@ class GatewayHTTPServer(HTTPServer):
         book: ConnectionBook,
         trusted: TrustedProxies,
         body_limit: Callable[[httputil.RequestStartLine, httputil.HTTPHeaders], int],
+        kept_alive_timeout: float,
         capped: bool = True,
         **kwargs: Any,
     ) -> None:
         super().initialize(request_callback, xheaders=False, **kwargs)
         assert self.ssl_options is None, "TLS terminates in front of the gateway"
+        self._kept_alive_params = copy.copy(self.conn_params)
+        self._kept_alive_params.header_timeout = kept_alive_timeout
         self._book = book
         self._trusted = trusted
         self._capped = capped
@@ -288,11 +269,13 @@ class GatewayHTTPServer(HTTPServer):
         assert isinstance(request_conn, HTTP1Connection)
         stream = request_conn.stream
         if isinstance(stream, _CountedStream) and stream.served:
-            # Its last request was answered: kept alive. A trusted proxy's upstream connection is not
-            # closed after HTTP_IDLE_TIMEOUT (racing its next request would make a 502), only after
-            # Tornado's HANDSHAKE_TIMEOUT, as before.
+            # Its last request was answered: kept alive, and Tornado waits HTTP_IDLE_TIMEOUT for the
+            # next one instead of HANDSHAKE_TIMEOUT. Not for a trusted proxy's upstream connection:
+            # closing it between requests races the proxy's next one (a 502 for its client).
+            self._book.waits(stream)
             peer = getattr(request_conn.context, "gateway_peer", None)
-            self._book.waits_again(stream, idle_timeout=peer is None or not self._trusted.trusts(peer))
+            if peer is None or not self._trusted.trusts(peer):
+                request_conn.params = self._kept_alive_params
         return _Admitted(super().start_request(server_conn, request_conn), request_conn, self)
 
     def headers_arrived(
@@ -309,7 +292,7 @@ class GatewayHTTPServer(HTTPServer):
                 peer = context.gateway_peer = context.remote_ip
             context.remote_ip = self._trusted.client_ip(peer, headers.get("X-Forwarded-For"), headers.get("X-Real-Ip"))
         if self._capped and isinstance(stream, _CountedStream):
-            self._book.request_started(stream)
+            self._book.waiting.pop(stream, None)
             stream.served = True
             if not self._book.count_address(stream, address_bucket(context.remote_ip)):
                 METRICS.upgrades_refused.labels("429").inc()
@@ -357,7 +340,6 @@ class _Admitted(httputil.HTTPMessageDelegate):
             self._delegate.on_connection_close()
 
 
-_REASONS = {413: "Payload Too Large", 429: "Too Many Requests"}
 LINGER = 2.0  # seconds a refused connection's unread request is read and dropped before the close
 LINGER_BYTES = 4 * 1024 * 1024  # and at most this much of it
 
@@ -368,7 +350,7 @@ def refuse_and_close(stream: IOStream, status: int, message: str) -> None:
     the client could lose the answer."""
     body = orjson.dumps({"error": message})
     head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {responses[status]}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
     )
     if isinstance(stream, _CountedStream):  # idle from now on: shed first when descriptors run short

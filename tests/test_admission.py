@@ -154,7 +154,9 @@ async def test_a_listener_paused_for_emfile_then_for_the_budget_resumes_when_a_c
     from handlers.http_server import ConnectionBook, GatewayHTTPServer
 
     book = ConnectionBook(budget=1)
-    server = GatewayHTTPServer(Application(), book=book, trusted=TrustedProxies([]), body_limit=lambda *_: 0)
+    server = GatewayHTTPServer(
+        Application(), book=book, trusted=TrustedProxies([]), body_limit=lambda *_: 0, kept_alive_timeout=5.0
+    )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
