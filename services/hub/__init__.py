@@ -79,7 +79,7 @@ class RoomHub:
         self.fanout = Fanout(bus, self.rooms, self.holds.by_room, history, self.tasks.spawn, settings.history_size)
         self.recovery = Recovery(settings, history, self.fanout)
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
-        self.roster = Roster(settings, presence, self.fanout, self.rooms)
+        self.roster = Roster(settings, presence, self.fanout, self.rooms, self.tasks.spawn)
         self.statuses = Statuses(settings, presence, self.roster, self.fanout, self.rooms, self.users, self.tasks.spawn)
         self.control = Control(
             revocations or MemoryRevocations(),

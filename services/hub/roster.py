@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services import frames
@@ -42,8 +43,16 @@ def decode_cursor(cursor: str) -> str:
 
 class Roster:
     def __init__(
-        self, settings: Settings, store: PresenceStore, fanout: Fanout, rooms: dict[str, set[Session]]
+        self,
+        settings: Settings,
+        store: PresenceStore,
+        fanout: Fanout,
+        rooms: dict[str, set[Session]],
+        spawn: Callable[[Awaitable[Any]], object],
     ) -> None:
+        """`spawn` runs a bus publish of the tick in the background: a hung bus must not hold the
+        tick of every other room."""
+        self._spawn = spawn
         self._store = store
         self._fanout = fanout
         self._rooms = rooms  # the hub's: room -> local sessions
@@ -151,7 +160,7 @@ class Roster:
                 self._sent.pop(room, None)
                 if room in self._unannounced:  # other instances' members may not know either
                     self._unannounced.discard(room)
-                    await self._fanout.broadcast(room, self.frame(room, first))
+                    self._spawn(self._fanout.broadcast(room, self.frame(room, first)))
                 else:
                     self._send(members, self.frame(room, first))
 
