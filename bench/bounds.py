@@ -235,9 +235,10 @@ async def refresh_loop(gw: Gateway, seconds: float) -> dict[str, Any]:
     conns = [await connect(gw, "refresher", tok) for _ in range(5)]
     for r in range(100):  # within the rate limit: 5 connections at 15 joins/s each
         for conn in conns:
-            conn.write_message(frame("join", {"roomId": f"r{r}"}))
+            conn.write_message(frame("join", {"roomId": f"r{r}"}, f"j{r}"))
         await asyncio.sleep(1 / 15)
-    await asyncio.sleep(1)
+    for conn in conns:
+        await reply(conn, "j99")  # every connection is in its 100 rooms
     victim = Victim()
     await victim.start(gw)
 

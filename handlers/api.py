@@ -8,8 +8,9 @@ does to sockets it does not hold. Served on PORT, or only on INTERNAL_PORT when 
 
 Off (404) unless API_KEY is set; every call carries `Authorization: apikey <API_KEY>` (compared
 in constant time, else 401). A body may be API_BODY_BYTES long only with the right key (else
-REQUEST_BODY_BYTES; over it: 413 before it is read). JSON in and out; a body that fails its schema is a 400 naming each
-field (unknown fields are ignored). The hub does the work, on the same paths as the Kafka events.
+REQUEST_BODY_BYTES; over it: 413 before it is read). JSON in and out; a body that fails its
+schema is a 400 naming each field (unknown fields are ignored). The hub does the work, on the
+same paths as the Kafka events.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ async def test_a_room_keeps_at_most_its_history_bytes(make_gateway: Any) -> None
 @pytest.mark.gen_test(timeout=T)
 async def test_history_of_the_process_stays_within_its_bytes(make_gateway: Any) -> None:
     """One user writes 60 KB messages into many rooms: the process holds at most
-    HISTORY_MEMORY_BYTES of history; the least recently written rooms lose their entries first."""
+    HISTORY_MEMORY_BYTES of history; the least recently used rooms lose their entries first."""
     budget = 512 * KIB
     gw = await make_gateway(history_memory_bytes=budget, max_content=65000, rate_burst=100, max_message_bytes=70000)
     writer = await gw.client("writer")
@@ -86,7 +86,7 @@ async def test_history_of_the_process_stays_within_its_bytes(make_gateway: Any) 
 @pytest.mark.gen_test
 async def test_kept_positions_are_bounded_and_a_dropped_one_gets_a_new_epoch() -> None:
     """A room that got one message is a kept position: their number is bounded by the process's
-    bytes (least recently written dropped first, issue: 24 h of positions for 133 rooms/s), and a
+    bytes (least recently used dropped first, issue: 24 h of positions for 133 rooms/s), and a
     room whose position was dropped starts again under a new epoch."""
     history = MemoryHistory(size=10, ttl=600.0, room_bytes=64 * KIB, memory_bytes=64 * KIB)
     frame = b'{"type":"message","payload":{"roomId":"r","content":"hi"}}'
@@ -210,7 +210,7 @@ async def test_refresh_does_not_match_every_room_against_every_pattern(make_gate
     alice.send("refresh", {"token": narrower}, request_id="narrow")
     removed = await alice.expect("room_update", match=lambda f: f["payload"]["action"] == "removed")
     assert removed["payload"]["roomId"] == "r99"
-    assert calls["n"] - before <= 640, calls["n"] - before  # each glob compiled once, no room x pattern
+    assert calls["n"] - before <= 640, calls["n"] - before  # prefix globs are prefixes: no room x pattern
 
 
 @pytest.mark.gen_test(timeout=T)

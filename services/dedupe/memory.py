@@ -1,9 +1,10 @@
 """MemoryDedupe: an expiring map with a heap of expiry times, for one process, bounded in bytes.
 
-Every record costs its key, its value and ENTRY_COST; past DEDUPE_MEMORY_BYTES the records that
-expire soonest go first (all share one TTL, so: the oldest). A dedupeKey forgotten that way lets a
-late retry through as a new message, which is what happens after DEDUPE_TTL anyway (issue: every
-message of the clients carries a dedupeKey, and a record was kept 24 h whatever its size).
+Every record costs its key, its value, RECORD_COST and its heap entry's HEAP_COST; past
+DEDUPE_MEMORY_BYTES the records that expire soonest go first (all share one TTL, so: the
+oldest). A dedupeKey forgotten that way lets a late retry through as a new message, which is
+what happens after DEDUPE_TTL anyway (issue: every message of the clients carries a dedupeKey,
+and a record was kept 24 h whatever its size).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class MemoryHistory:
         state = self._rooms.get(room)
         if state is None:
             state = self._rooms[room] = _Room(self._epoch())
-            self._charge(ROOM_COST)
+            self.held += ROOM_COST
         else:
             self._rooms.move_to_end(room)
         state.offset += 1
@@ -89,10 +89,10 @@ class MemoryHistory:
         else:
             if state.entries is None:
                 state.entries = deque()
-                self._charge(DEQUE_COST)
+                self.held += DEQUE_COST
             state.entries.append((now, full))
             state.bytes += cost
-            self._charge(cost)
+            self.held += cost
             self._filled[room] = state
             self._filled.move_to_end(room)
             self._trim(room, state, now)
@@ -154,9 +154,6 @@ class MemoryHistory:
 
     # -- the bounds --------------------------------------------------------------------------
 
-    def _charge(self, nbytes: int) -> None:
-        self.held += nbytes
-
     def _trim(self, room: str, state: _Room, now: float) -> None:
         """The room's expired entries, and its oldest past HISTORY_SIZE or HISTORY_ROOM_BYTES."""
         entries = state.entries
@@ -169,7 +166,7 @@ class MemoryHistory:
             freed += len(entries.popleft()[1]) + ENTRY_COST
         if freed:
             state.bytes -= freed
-            self._charge(-freed)
+            self.held -= freed
         if not entries:
             self._clear(room, state)
 
@@ -177,7 +174,7 @@ class MemoryHistory:
         """Drop every entry of the room (its position stays)."""
         if state.entries is None:
             return
-        self._charge(-state.bytes - DEQUE_COST)
+        self.held -= state.bytes + DEQUE_COST
         state.bytes = 0
         state.entries = None
         self._filled.pop(room, None)
@@ -197,7 +194,7 @@ class MemoryHistory:
     def _drop_room(self, room: str, state: _Room) -> None:
         self._clear(room, state)
         del self._rooms[room]
-        self._charge(-ROOM_COST)
+        self.held -= ROOM_COST
         self._generation += 1
 
 
