@@ -17,6 +17,7 @@ import re
 import secrets
 import sys
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,9 +45,15 @@ class Identity:
 
     @functools.cached_property
     def _claim(self) -> RoomClaim | None:
-        """Made at the first join that asks, then kept with the identity (and so with its socket):
-        its size follows the token's, which MAX_TOKEN_BYTES bounds."""
-        return None if self.rooms is None else RoomClaim(self.rooms)
+        """Made at the first join that asks, then kept with the identity (and so with its socket),
+        shared by the identities with the same claim (a user's sockets, its refreshes) and gone with
+        the last of them: live sockets bound it, not a count of cached claims."""
+        if self.rooms is None:
+            return None
+        claim = _CLAIMS.get(self.rooms)
+        if claim is None:
+            claim = _CLAIMS[self.rooms] = RoomClaim(self.rooms)
+        return claim
 
 
 class RoomClaim:
@@ -55,7 +62,7 @@ class RoomClaim:
     10.5 ms of the loop): ids without a glob character in a set, `prefix*` patterns as prefixes
     (one set lookup per distinct prefix length), and only the other globs matched one by one."""
 
-    __slots__ = ("_exact", "_globs", "_lengths", "_prefixes")
+    __slots__ = ("__weakref__", "_exact", "_globs", "_lengths", "_prefixes")
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self._exact: set[str] = set()
@@ -76,6 +83,9 @@ class RoomClaim:
         if any(room_id[:n] in self._prefixes for n in self._lengths if n <= len(room_id)):
             return True
         return any(fnmatch.fnmatchcase(room_id, glob) for glob in self._globs)
+
+
+_CLAIMS: weakref.WeakValueDictionary[tuple[str, ...], RoomClaim] = weakref.WeakValueDictionary()
 
 
 class TokenVerifier:

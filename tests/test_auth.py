@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import gc
 import json
 import time
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.auth import RoomClaim
+from services.auth import _CLAIMS, Identity, RoomClaim
 from services.auth import main as auth_main
 from tests.helpers import SECRET, Client, refused_status, token
 
@@ -219,3 +220,14 @@ _ROOM = st.text(alphabet="ab-*?[]", min_size=0, max_size=6)
 def test_a_room_claim_allows_exactly_what_its_globs_match(patterns: list[str], room: str) -> None:
     """RoomClaim sorts a claim into ids, prefixes and other globs; it must agree with fnmatch."""
     assert RoomClaim(patterns).allows(room) == any(fnmatch.fnmatchcase(room, p) for p in patterns)
+
+
+def test_identities_with_one_claim_share_its_matcher_while_they_live() -> None:
+    """A user's sockets carry the same claim: one matcher for all of them, gone with the last."""
+    claim = tuple(f"team-{n}-*" for n in range(500))
+    first, second = Identity("u", 1e9, claim), Identity("u", 1e9, tuple(list(claim)))
+    assert first.may_join("team-7-x") and second.may_join("team-7-x") and not first.may_join("team-x")
+    assert first._claim is second._claim and claim in _CLAIMS
+    del first, second
+    gc.collect()
+    assert claim not in _CLAIMS
