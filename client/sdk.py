@@ -10,9 +10,10 @@
 Why it exists: every caller of the gateway needs the same four fiddly things, and getting them
 wrong loses or duplicates messages:
 - replies are matched to requests by `requestId` (acks can interleave with other frames);
-- every send carries a dedupeKey, and a send that was in flight when the socket dropped is sent
-  again after the reconnect with the *same* key, so the gateway acks it once and broadcasts it once
-  (within DEDUPE_TTL; a single gateway without Redis forgets keys when it restarts);
+- every send carries a dedupeKey, and a send that was in flight when the socket dropped, or that the
+  gateway refused as `unavailable` (Redis could not store it), is sent again with the *same* key, so
+  the gateway acks it once and broadcasts it once (within DEDUPE_TTL; a single gateway without Redis
+  forgets keys when it restarts);
 - a dropped socket is reopened with exponential backoff and jitter, and every room is joined again
   before queued sends go out;
 - close codes are honoured: 4001 asks for a new token, 1002/1007/1008/1009/4003/4029 are not retried.
@@ -140,6 +141,11 @@ class Backoff:
 REJOIN_BURST = 16
 REJOIN_PER_SECOND = 8
 REJOIN_ROUNDS = 10
+# Refusals that say "later", not "no": a re-join refused so is asked again in the next round.
+RETRIED = frozenset({"rate_limited", "unavailable"})
+# Seconds (with jitter below) before a message refused as `unavailable` is sent again with its
+# dedupeKey, until acked or its timeout passes (docs/protocol.md, "What an ack means").
+UNAVAILABLE_RETRY = 1.0
 
 
 @dataclass
@@ -204,6 +210,8 @@ class GatewayClient:
         # for what came after it (docs/protocol.md, "History and recovery").
         self._positions: dict[str, tuple[int, str]] = {}
         self._pending: dict[str, _Request] = {}
+        self._refused: list[_Request] = []  # messages refused as unavailable, to send again
+        self._refused_timer: asyncio.TimerHandle | None = None
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._dropped_events = 0
         self._runner: asyncio.Task[None] | None = None
@@ -235,6 +243,9 @@ class GatewayClient:
             return
         self._closing = True
         self._closed_event.set()
+        if self._refused_timer is not None:
+            self._refused_timer.cancel()
+            self._refused_timer = None
         if self._conn is not None:
             self._conn.close(1000, "client closed")
         if self._runner is not None:
@@ -391,7 +402,9 @@ class GatewayClient:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         req = _Request(kind, frame, fut, room=room, retry=retry or kind in ("join", "leave"))
         self._pending[request_id] = req
-        if self._ready.is_set() and self._conn is not None:
+        if kind == "message" and self._refused:
+            self._refused.append(req)  # behind the refused ones waiting to go out again: never ahead
+        elif self._ready.is_set() and self._conn is not None:
             self._write(self._conn, frame)
         # else: queued; _resume() sends it once the socket is back and rooms are joined again.
         limit = self.ack_timeout if timeout is None else timeout
@@ -569,7 +582,7 @@ class GatewayClient:
             todo = []
             for room, fut in joins.items():
                 exc = None if not fut.done() or fut.cancelled() else fut.exception()
-                if isinstance(exc, GatewayError) and exc.code == "rate_limited":
+                if isinstance(exc, GatewayError) and exc.code in RETRIED:
                     todo.append(room)  # asked again, a second later
                 elif isinstance(exc, GatewayError) and exc.event.room_id:
                     self._rooms.pop(exc.event.room_id, None)  # e.g. the token no longer allows it
@@ -597,6 +610,28 @@ class GatewayClient:
                 waiting | {reader}, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
             )
             waiting = {f for f in waiting if not f.done()}
+
+    def _resend_later(self, req: _Request) -> None:
+        """A message refused as unavailable (Redis could not store it; nobody got it) goes out
+        again, with its dedupeKey, a moment later; the refused ones of one wait go together and
+        in their order, so none overtakes another."""
+        self._refused.append(req)
+        if self._refused_timer is None:
+            delay = UNAVAILABLE_RETRY * random.uniform(0.5, 1.0)
+            self._refused_timer = asyncio.get_running_loop().call_later(delay, self._resend_refused)
+
+    def _resend_refused(self) -> None:
+        self._refused_timer = None
+        waiting = {id(req) for req in self._refused}
+        self._refused = []
+        again = [req for req in self._pending.values() if id(req) in waiting]  # in the order sent
+        conn = self._conn
+        if not self._ready.is_set() or conn is None:
+            return  # _resume() sends them with the rest of what waited
+        for req in again:
+            if not req.future.done():
+                req.sent_at = time.monotonic()
+                self._write(conn, req.frame)
 
     def _internal_join(self, room: str) -> _Request:
         request_id = f"{self._id_prefix}-{next(self._ids)}"
@@ -671,7 +706,9 @@ class GatewayClient:
         request_id = frame.get("requestId")
         req = self._pending.get(request_id) if isinstance(request_id, str) else None
         if req is not None and not req.future.done():
-            if isinstance(event, ErrorEvent):
+            if isinstance(event, ErrorEvent) and event.code == "unavailable" and req.kind == "message":
+                self._resend_later(req)
+            elif isinstance(event, ErrorEvent):
                 req.future.set_exception(GatewayError(event))
             elif isinstance(event, Ack | RoomUpdate | Pong | History | PresenceState | Refreshed):
                 req.future.set_result(event)

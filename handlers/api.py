@@ -136,7 +136,11 @@ class PublishHandler(ApiHandler):
         message = {"id": uuid7(), **call["message"], "roomId": call["roomId"]}
         created: datetime | None = message.get("createdAt")
         message["createdAt"] = iso(created.timestamp()) if created is not None else iso_now()
-        delivered, position = await self.gateway.hub.messages.external(message)
+        try:
+            delivered, position = await self.gateway.hub.messages.external(message)
+        except (StoreError, BusError):
+            error = f"unavailable: Redis could not store the message; retry with id {message['id']}"
+            raise _Refused(503, error) from None
         out: dict[str, Any] = {"id": message["id"]}
         if not delivered:
             out["duplicate"] = True

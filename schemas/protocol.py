@@ -37,6 +37,7 @@ ERROR_CODES = (
     "too_many_rooms",
     "rate_limited",
     "ingest_failed",
+    "unavailable",
     "invalid_token",
     "internal",
 )

@@ -52,9 +52,9 @@ class BusError(GatewayError):
 
 
 class StoreError(GatewayError):
-    """A shared store (presence, dedupe) could not be reached. The hub never sees it: the gateway
-    wraps the Redis stores in presence/fallback.py and dedupe/fallback.py, which answer from this
-    instance instead (the store logs once per change of state)."""
+    """A shared store (Redis) could not be reached; the store logs once per change of state.
+    Presence answers from this instance instead (presence/fallback.py); a message, a join or a
+    history read that needs Redis is refused as `unavailable` (retryable)."""
 
 
 class InvalidRecord(GatewayError):

@@ -14,7 +14,6 @@ from services.auth import TokenVerifier
 from services.bus import Bus
 from services.bus.memory import MemoryBus, MemoryNetwork
 from services.dedupe import DedupeStore
-from services.dedupe.fallback import FallbackDedupe
 from services.dedupe.memory import MemoryDedupe
 from services.errors import BusError, StartupError, StoreError
 from services.history import History
@@ -122,7 +121,7 @@ class Gateway:
                 bus.ready,
                 s.history_room_bytes,
             )
-        return bus, FallbackPresence(presence), FallbackDedupe(RedisDedupe(self.redis, s.redis_prefix))
+        return bus, FallbackPresence(presence), RedisDedupe(self.redis, s.redis_prefix)
 
     async def start(self) -> None:
         await self._start_hub()

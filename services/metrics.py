@@ -68,6 +68,26 @@ class _Metrics:
             "gateway_recoveries_total", "Joins with `since`, by outcome (recovered or not)", ["outcome"]
         )
         self.recovered_entries = Counter("gateway_recovered_entries_total", "Entries replayed to recovering joiners")
+        self.gap_fills = Counter(
+            "gateway_gap_fill_entries_total",
+            "Entries the bus did not bring (a gap after an outage or a skipped offset), read from the history "
+            "and delivered to this instance's members",
+        )
+        self.epoch_renewals = Counter(
+            "gateway_history_epoch_renewals_total",
+            "Rooms whose history epoch changed, by cause: lost (Redis lost the history: restarted empty, "
+            "flushed, a failover without the data; counted by each instance with members there), "
+            "evicted (the position dropped to stay within HISTORY_MEMORY_BYTES)",
+            ["cause"],
+        )
+        self.unavailable = Counter(
+            "gateway_unavailable_total",
+            "Messages refused with `unavailable` because Redis could not store them (retryable)",
+        )
+        self.redis_circuit_open = Gauge("gateway_redis_circuit_open", "1 while the Redis circuit breaker is open")
+        self.redis_refused = Counter(
+            "gateway_redis_refused_total", "Redis commands refused at once by the open circuit breaker"
+        )
         self.bus_publish_failures = Counter("gateway_bus_publish_failures_total", "Bus publishes that failed")
         self.bus_publish_seconds = Histogram(
             "gateway_bus_publish_seconds",

@@ -1,19 +1,19 @@
 """What the Redis bus, presence, dedupe and history stores share: the command client (one Redis,
 or a Redis Cluster), how to log in (ACL, TLS), error types, and the start-up wait.
 
-Every command has a socket timeout and is retried at most once (for a pooled connection that went
-stale across a Redis restart), so a dead or unreachable Redis costs a caller a bounded wait, never
-a hang and never the library's default multi-second backoff.
+Every command goes through the process's `Breaker` (services/breaker.py): it is cut after
+COMMAND_TIMEOUT whatever the library's own retries would do, and after a failure the next
+commands fail at once until a probe gets through, so a hung or unreachable Redis costs one
+caller a bounded wait and everyone else nothing (docs/scaling.md, "Redis trouble").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -21,9 +21,18 @@ from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 
+from services.backoff import Backoff
+from services.breaker import Breaker, CircuitOpen
 from services.errors import StoreError
 from services.logs import StateLog
 from services.settings import Settings
@@ -31,11 +40,40 @@ from services.settings import Settings
 # A Redis call that fails with one of these is "Redis unavailable", not a bug.
 # (A cluster client raises RedisClusterException, which is not a RedisError, when it has no map of
 # the slots, for example while a primary fails over.)
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+    CircuitOpen,
+)
+
+
+class GuardedRedis(aioredis.Redis):
+    """One Redis whose every command goes through the breaker (pipelines: `guarded`)."""
+
+    breaker: Breaker
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        command = super().execute_command  # typed loosely by redis-py
+        return await self.breaker.call(lambda: command(*args, **options))  # type: ignore[no-untyped-call]
+
+
+class GuardedCluster(RedisCluster):
+    """A Redis Cluster client whose every command goes through the breaker."""
+
+    breaker: Breaker
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        command = super().execute_command
+        return await self.breaker.call(lambda: command(*args, **kwargs))
+
 
 # The command client of either mode. The stores use what both have: scripts, plain commands,
 # pipelines without transactions, `execute_command` for PUBLISH / SPUBLISH.
-RedisClient = aioredis.Redis | RedisCluster
+RedisClient = GuardedRedis | GuardedCluster
+
+T = TypeVar("T")
 
 # Seconds for one command or one connect while running. Independent of REDIS_CONNECT_TIMEOUT,
 # which bounds the whole start-up wait (each attempt there is cut to what is left of it).
@@ -70,32 +108,47 @@ def connection_class(settings: Settings) -> type[Connection]:
 
 def make_client(settings: Settings, instance_id: str) -> RedisClient:
     """The command pool for publishes, presence, dedupe and history (subscribers have their own
-    sockets): a cluster client with REDIS_CLUSTER_NODES, else one Redis."""
+    sockets): a cluster client with REDIS_CLUSTER_NODES, else one Redis; behind one breaker."""
     timeout = COMMAND_TIMEOUT
     if settings.redis_cluster_nodes:
         return make_cluster_client(settings, timeout, client_name=f"rtg:{instance_id}")
-    return single_client(
-        settings, timeout, retries=1, max_connections=MAX_CONNECTIONS, client_name=f"rtg:{instance_id}"
+    client = GuardedRedis(
+        **single_kwargs(settings, timeout, retries=1), max_connections=MAX_CONNECTIONS, client_name=f"rtg:{instance_id}"
     )
+    client.breaker = Breaker(timeout, REDIS_ERRORS, trips, logging.getLogger("gateway.redis"))
+    return client
 
 
-def single_client(settings: Settings, timeout: float, retries: int, **extra: Any) -> aioredis.Redis:
-    """A client of the one Redis (REDIS_HOST mode); `retries` for a pooled connection gone stale."""
-    return aioredis.Redis(
+async def guarded(client: RedisClient, work: Callable[[], Awaitable[T]]) -> T:
+    """`work` (a pipeline's execute, which does not pass through `execute_command`) behind the
+    client's breaker."""
+    return await client.breaker.call(work)
+
+
+def trips(exc: BaseException) -> bool:
+    """Whether a failure says Redis is unavailable (the breaker opens), not that one command was
+    wrong: a script error, a wrong type or an out-of-memory reply fails that call only."""
+    if isinstance(exc, ResponseError):
+        return isinstance(exc, ReadOnlyError | ClusterDownError | TryAgainError)
+    return isinstance(exc, REDIS_ERRORS)
+
+
+def single_kwargs(settings: Settings, timeout: float, retries: int) -> dict[str, Any]:
+    """How to reach the one Redis (REDIS_HOST mode); `retries` for a pooled connection gone stale."""
+    return {
         **connection_kwargs(settings),
-        ssl=uses_tls(settings),
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
-        **extra,
-    )
+        "ssl": uses_tls(settings),
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+    }
 
 
-def make_cluster_client(settings: Settings, timeout: float, client_name: str | None = None) -> RedisCluster:
+def make_cluster_client(settings: Settings, timeout: float, client_name: str | None = None) -> GuardedCluster:
     """redis-py's cluster client: it maps slots to primaries from the seeds, follows MOVED, and
     refreshes the map after a connection error (a failover). One retry, no backoff: a caller
     waits a bounded time and the bus's own backoff paces reconnection."""
-    return RedisCluster(
+    cluster = GuardedCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in settings.redis_cluster_nodes],
         **login_kwargs(settings),
         ssl=uses_tls(settings),
@@ -105,6 +158,8 @@ def make_cluster_client(settings: Settings, timeout: float, client_name: str | N
         max_connections=MAX_CONNECTIONS,
         client_name=client_name,
     )
+    cluster.breaker = Breaker(timeout, REDIS_ERRORS, trips, logging.getLogger("gateway.redis"))
+    return cluster
 
 
 def register(client: RedisClient, source: str) -> AsyncScript:
@@ -137,23 +192,6 @@ class StoreHealth(StateLog):
         return StoreError(f"{self._error} unavailable: {describe(exc)}")
 
 
-class Backoff:
-    """Capped exponential delays with jitter, so a fleet does not reconnect in lockstep."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * 2.0**self.attempt)
-        self.attempt = min(self.attempt + 1, 30)
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 def where(settings: Settings) -> str:
     """The Redis named in log lines and errors: host:port, or the cluster's seeds."""
     if settings.redis_cluster_nodes:
@@ -179,7 +217,7 @@ async def ping(settings: Settings, timeout: float) -> None:
         finally:
             await cluster.aclose()
         return
-    client = single_client(settings, timeout, retries=0)
+    client = aioredis.Redis(**single_kwargs(settings, timeout, retries=0))
     try:
         await asyncio.wait_for(client.ping(), timeout)
     finally:

@@ -144,6 +144,22 @@ class Client:
         finally:
             self.backlog[:0] = skipped
 
+    async def reply_to(self, request_id: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """The frame that answers `request_id`, whatever its type (a reply or an error)."""
+        deadline = time.monotonic() + timeout
+        skipped: list[dict[str, Any]] = []
+        try:
+            while True:
+                frame = await self.recv(max(0.0, deadline - time.monotonic()))
+                assert frame is not None, f"closed before the reply to {request_id}"
+                if frame.get("requestId") == request_id:
+                    return frame
+                skipped.append(frame)
+        except TimeoutError:
+            raise AssertionError(f"no reply to {request_id} within {timeout}s; got {skipped!r}") from None
+        finally:
+            self.backlog[:0] = skipped
+
     async def expect_error(self, code: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         frame = await self.expect("error", timeout)
         assert frame["payload"]["code"] == code, frame

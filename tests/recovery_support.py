@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -55,3 +56,17 @@ async def seen_then_gone(alice: Client, bob: Client, room: str) -> dict[str, Any
     last = position((await messages(alice, room, 1))[0])
     alice.close()
     return last
+
+
+async def send_until_acked(sender: Client, room: str, content: str, key: str) -> dict[str, Any]:
+    """Send with `key` until acked, as the clients do: `unavailable` means try again, a moment
+    later (the clients' own pace; not a wait for a condition: each attempt's reply is awaited)."""
+    for attempt in range(120):  # bounded: a gateway that never stores it fails the test
+        request_id = f"{key}-{attempt}"
+        sender.send("message", {"roomId": room, "content": content, "dedupeKey": key}, request_id=request_id)
+        reply = await sender.reply_to(request_id, timeout=30)
+        if reply["type"] == "ack":
+            return reply
+        assert reply["payload"]["code"] == "unavailable", reply
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{key} never acked")

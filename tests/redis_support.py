@@ -4,6 +4,7 @@ start, and a plain client to look at what the gateway left in Redis."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -174,8 +175,19 @@ class PrivateRedis:
                 raise AssertionError(f"private redis-server on {self.port} did not start")
             time.sleep(0.02)
 
+    def freeze(self) -> None:
+        """SIGSTOP: Redis hangs with its sockets open, like a partition that drops packets."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: Redis answers again, with everything it had (and runs what it was sent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None

@@ -15,6 +15,7 @@ from schemas.protocol import room_channel
 from services.auth import Identity
 from services.bus import BusEvent
 from services.bus.memory import MemoryBus
+from services.hub import ordering
 from services.hub.channels import Subscriptions
 from services.hub.control import Control
 from services.hub.ordering import SenderOrder
@@ -191,3 +192,23 @@ async def test_records_kept_for_local_sockets_lapse_with_revocation_ttl():
     await control.remove("team", "dave")
     assert control.refuses_room(dave.identity, "team")
     await wait_for(lambda: not control.refuses_room(dave.identity, "team"), timeout=3, what="the record to lapse")
+
+
+def test_a_sender_owes_refused_messages_before_new_ones_until_they_come_again(monkeypatch: pytest.MonkeyPatch):
+    order = SenderOrder()
+    assert not order.waits_for_others("r", "new")
+    order.owe("r", "k1")
+    order.owe("r", "k2")
+    assert order.waits_for_others("r", "new") and order.waits_for_others("r", None)
+    assert not order.waits_for_others("other-room", "new")
+    assert not order.waits_for_others("r", "k1")  # the owed ones themselves go through
+    order.paid("r", "k1")
+    assert order.waits_for_others("r", "new")
+    order.paid("r", "k2")
+    assert not order.waits_for_others("r", "new")
+    # A client that gave up on an owed message is forgiven after OWED_FOR without a resend.
+    order.owe("r", "k3")
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + ordering.OWED_FOR + 1)
+    assert not order.waits_for_others("r", "new")
+    assert order.idle()

@@ -1,6 +1,7 @@
 """Redis goes away for ~5 s under two running instances (a private redis-server, never the shared
-one): local delivery goes on, Redis-backed requests fail with error frames, readiness is 503, and
-within 20 s of Redis coming back both instances deliver across again with presence rebuilt."""
+one): messages are refused (`unavailable`) and reach nobody, presence goes on locally, other
+Redis-backed requests fail with error frames, readiness is 503, and within 20 s of Redis coming
+back both instances deliver across again with presence rebuilt."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from tornado.ioloop import IOLoop
 
 from tests.helpers import Client, RunningGateway, readyz, sample, wait_for
+from tests.recovery_support import send_until_acked
 from tests.redis_support import PrivateRedis, hkeys, pause_all, redis_overrides
 
 OUTAGE_SECONDS = 5.0
@@ -72,24 +74,13 @@ async def test_redis_outage_and_recovery(
     _, body = await readyz(a.http)
     assert body["instance"] == "out-a" and body["checks"]["bus"] is False
 
-    # Local delivery goes on: carol is on A with alice.
-    alice.send("message", {"roomId": "o", "content": "during"}, request_id="d1")
-    await carol.expect("message", match=lambda f: f["payload"]["content"] == "during")
-    await alice.expect("ack", match=lambda f: f.get("requestId") == "d1")
-    # Degraded, not refused: dedupe and presence narrow to this instance, quickly, never a hang.
+    # A message cannot be stored: its sender is refused, and nobody gets it, not even carol on the
+    # same instance. Presence needs no Redis: it narrows to this instance, quickly, never a hang.
     began = time.monotonic()
-    alice.send("message", {"roomId": "o", "content": "deduped", "dedupeKey": "dk"}, request_id="d2")
-    first = await alice.expect("ack", match=lambda f: f.get("requestId") == "d2")
-    await carol.expect("message", match=lambda f: f["payload"]["content"] == "deduped")
-    alice.send("message", {"roomId": "o", "content": "deduped", "dedupeKey": "dk"}, request_id="d3")
-    again = await alice.expect("ack", match=lambda f: f.get("requestId") == "d3")
-    assert again["payload"]["id"] == first["payload"]["id"]
-    alice.send("message", {"roomId": "o", "content": "marker"})  # would follow a second copy
-    await carol.expect_absent(
-        "message",
-        until=lambda f: f["type"] == "message" and f["payload"]["content"] == "marker",
-        match=lambda f: f["payload"]["content"] == "deduped",
-    )
+    alice.send("message", {"roomId": "o", "content": "during", "dedupeKey": "dk"}, request_id="d1")
+    refused = await alice.expect_error("unavailable")
+    assert (refused["payload"]["roomId"], refused["payload"]["dedupeKey"]) == ("o", "dk")
+    await carol.none_before_pong("message", match=lambda f: f["payload"]["content"] == "during")
     alice.send("presence", {"roomId": "o", "status": "typing"})
     await carol.expect("presence", match=presence_of("alice", "typing"))
     # A room already live here can be joined (members as this instance knows them); a room that
@@ -99,7 +90,7 @@ async def test_redis_outage_and_recovery(
     assert {m["userId"] for m in joined["payload"]["members"]} == {"alice", "carol", "dave"}
     await alice.expect("presence", match=presence_of("dave", "online"))
     dave.send("join", {"roomId": "elsewhere"}, request_id="j1")
-    assert (await dave.expect_error("internal"))["payload"]["roomId"] == "elsewhere"
+    assert (await dave.expect_error("unavailable"))["payload"]["roomId"] == "elsewhere"
     assert time.monotonic() - began < 3.0
     assert dave.close_code is None and not dave.closed
     carol.close()  # a leave Redis cannot hear about now: announced here at once, elsewhere later
@@ -111,6 +102,10 @@ async def test_redis_outage_and_recovery(
     restarted = time.monotonic()
 
     await wait_for(lambda: both(200), timeout=RECOVERY_BOUND, what="both instances ready again")
+    # The refused message, sent again with its dedupeKey once Redis is back, reaches everyone once.
+    await send_until_acked(alice, "o", "during", "dk")
+    for member in (alice, bob, dave):
+        await member.expect("message", match=lambda f: f["payload"]["content"] == "during")
     bob.send("message", {"roomId": "o", "content": "after"})
     assert await alice.expect("message", match=lambda f: f["payload"]["content"] == "after")
     alice.send("message", {"roomId": "o", "content": "after too"})
@@ -151,28 +146,32 @@ def lone(
 async def test_unresponsive_redis_degrades_within_seconds_not_a_hang(
     lone: RunningGateway, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis accepts connections but answers nothing (CLIENT PAUSE): socket timeouts turn every
-    request that needs it into a local answer or an error frame within seconds."""
+    """Redis accepts connections but answers nothing (CLIENT PAUSE): the first request that needs
+    it is refused after the command timeout (about 2 s), the next ones at once (the circuit breaker
+    is open), and what needs no Redis is answered meanwhile."""
     alice, bob = await lone.client("alice"), await lone.client("bob")
     await alice.join("here")
     await bob.join("here")
-    # The deduped ack takes about 7 s (Redis timeouts: the dedupe claim, its retry, the history
-    # append): keep a margin.
     pause = 11.0
     assert pause_all(private_redis.port, pause)
     paused = time.monotonic()
 
-    alice.send("join", {"roomId": "new-room"}, request_id="j")
     bob.send("message", {"roomId": "here", "content": "k", "dedupeKey": "k"}, request_id="m")
-    await alice.expect_error("internal", timeout=pause)  # a new room needs the bus
-    await bob.expect("ack", timeout=pause, match=lambda f: f.get("requestId") == "m")  # deduped locally
-    assert time.monotonic() - paused < pause - 1.0  # a timeout answered, not the pause ending
-    bob.send("message", {"roomId": "here", "content": "local"})  # needs no Redis to reach alice
-    await alice.expect("message", match=lambda f: f["payload"]["content"] == "local")
+    assert (await bob.reply_to("m", timeout=pause))["payload"]["code"] == "unavailable"
+    alice.send("join", {"roomId": "new-room"}, request_id="j")  # a new room needs the bus
+    assert (await alice.reply_to("j", timeout=pause))["payload"]["code"] == "unavailable"
+    bob.send("presence", {"roomId": "here", "status": "typing"})  # needs no Redis to reach alice
+    await alice.expect("presence", timeout=pause, match=lambda f: f["payload"]["status"] == "typing")
+    assert time.monotonic() - paused < pause - 4.0  # refused and answered, not waiting for the pause
+    await alice.none_before_pong("message")  # nothing of the refused message reached alice
 
     await wait_for(lone.gateway.bus.ready, timeout=15, what="the bus back after the pause")
     alice.send("join", {"roomId": "new-room"}, request_id="j2")
     await alice.expect("room_update", match=lambda f: f.get("requestId") == "j2")
+    await send_until_acked(bob, "here", "k", "k")  # the breaker may still wait for its probe
+    assert (await alice.expect("message", match=lambda f: f["payload"]["roomId"] == "here"))["payload"][
+        "content"
+    ] == "k"
     assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
 
 

@@ -43,6 +43,7 @@ export const ERROR_CODES = [
   "too_many_rooms",
   "rate_limited",
   "ingest_failed",
+  "unavailable",
   "invalid_token",
   "internal",
 ] as const;

@@ -299,3 +299,25 @@ test("a refused repeat join keeps the room; a refused first join drops it", asyn
   await assert.rejects(other, { code: "forbidden_room" });
   assert.deepEqual(client.roomIds, ["r"]);
 });
+
+test("messages refused as unavailable go out again, in their order, with their dedupeKeys", async (t) => {
+  ScriptedSocket.made = [];
+  const client = new GatewayClient("ws://gateway.test/ws", { token: mint("u"), WebSocket: ScriptedSocket, backoff: { initialMs: 1, maxMs: 5 }, pingIntervalMs: 0 });
+  t.after(() => client.close());
+  await client.connect();
+  const ws = ScriptedSocket.made[0];
+  const sends = [client.send("room", "one"), client.send("room", "two")];
+  const [one, two] = ws.sent;
+  for (const sent of [one, two]) {
+    ws.reply({ type: "error", payload: { code: "unavailable", message: "not stored", roomId: "room", dedupeKey: sent.payload.dedupeKey }, requestId: sent.requestId });
+  }
+  await waitFor(() => ws.sent.length === 4, "both sent again");
+  assert.deepEqual(ws.sent.slice(2).map((f) => [f.payload.content, f.payload.dedupeKey]), [["one", one.payload.dedupeKey], ["two", two.payload.dedupeKey]]);
+  for (const [i, sent] of ws.sent.slice(2).entries()) {
+    ws.reply({ type: "ack", payload: { id: `m${i}`, roomId: "room", createdAt: "2026-01-01T00:00:00.000Z", dedupeKey: sent.payload.dedupeKey }, requestId: sent.requestId });
+  }
+  assert.deepEqual((await Promise.all(sends)).map((a) => a.id), ["m0", "m1"]);
+  const refused = client.send("room", "three");
+  ws.reply({ type: "error", payload: { code: "ingest_failed", message: "no", roomId: "room" }, requestId: ws.sent[4].requestId });
+  await assert.rejects(refused, { code: "ingest_failed" }, "any other refusal is the caller's to handle");
+});

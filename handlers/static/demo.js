@@ -40,6 +40,7 @@ const ERROR_TEXT = {
   too_many_rooms: "Too many rooms",
   rate_limited: "Slow down: too many messages",
   ingest_failed: "The message could not be stored",
+  unavailable: "The gateway cannot store messages right now: try again in a moment",
   invalid_token: "The new token was refused",
   internal: "The gateway hit an internal error",
 };

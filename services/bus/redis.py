@@ -29,13 +29,14 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
+from services.backoff import Backoff
 from services.bus import BusEvent, EventHandler, ResyncHandler
 from services.bus.redis_shards import ShardedSubscribers, open_subscribers
 from services.bus.redis_subscriber import SubscriberSocket
 from services.bus.wire import bus_channel, bus_key, decode_event, encode_event
 from services.errors import BusError
 from services.metrics import METRICS
-from services.redis_common import REDIS_ERRORS, Backoff, RedisClient, describe
+from services.redis_common import REDIS_ERRORS, RedisClient, describe
 from services.settings import Settings
 
 log = logging.getLogger("gateway.bus")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-PENDING = "pending"
-
 
 class DedupeStore(Protocol):
-    """What the hub needs. Implementations handed to the hub never raise StoreError (a store that
-    can fail goes behind fallback.py)."""
+    """What the hub needs. The Redis one raises StoreError when Redis cannot answer: the message
+    is then refused as `unavailable` (services/hub/messages.py)."""
 
     async def reserve(self, key: str, value: str, ttl: float) -> str | None:
         """Store `value` under `key` unless present. None: reserved for us; else the existing value."""

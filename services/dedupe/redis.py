@@ -1,7 +1,8 @@
 """RedisDedupe: the dedupe store shared by every instance.
 
 Keys: `{REDIS_PREFIX}dedupe:{key}` strings with a PX expiry, where the hub's keys are
-`dk:{sender}:{roomId}:{dedupeKey}` (names length-prefixed; value "pending" or "{id} {createdAt}")
+`dk:{sender}:{roomId}:{dedupeKey}` (names length-prefixed; value "~{id} {createdAt}" while claimed,
+"{id} {createdAt}" once stored: services/hub/messages.py)
 and `id:{messageId}`.
 `reserve` is one script call (SET NX, or the value already there), so of two instances that see
 the same (sender, room, dedupeKey) at once exactly one wins, and the other answers with the

@@ -3,9 +3,9 @@
 
 An entry is a `message`, `message_updated` or `message_deleted` frame. Appending one gives it
 the room's next offset (the first is 1) under the room's epoch, the name of one unbroken history:
-a new epoch starts when the history was lost (memory: a process restart; Redis: flushed,
-restarted empty, or unreachable while entries were delivered; memory: the room's position was
-dropped to stay within HISTORY_MEMORY_BYTES). The position (offset, epoch) outlives the entries: a
+a new epoch starts only when the history was lost (memory: a process restart, or the room's
+position dropped to stay within HISTORY_MEMORY_BYTES; Redis: flushed, restarted empty, or a
+failover to a replica that had not received the last entries). The position (offset, epoch) outlives the entries: a
 quiet room keeps it for POSITION_TTL. Each room keeps at most HISTORY_SIZE entries and
 HISTORY_ROOM_BYTES of them, the oldest dropped first.
 
@@ -46,23 +46,27 @@ class History(Protocol):
 
     async def start(self) -> None: ...
 
-    async def append(self, room: str, frame: bytes) -> tuple[Position, bytes]:
+    async def append(
+        self, room: str, frame: bytes, message_id: str = "", known: Position | None = None
+    ) -> tuple[Position, bytes]:
         """Give `frame` (an entry without position) the room's next offset; returns the position
-        and the frame with `offset` and `epoch` in its payload. StoreError when the history cannot
-        be reached: the entry is then not stored, and the room's epoch changes once it can be."""
+        and the frame with `offset` and `epoch` in its payload. A `message_id` already stored
+        returns that entry instead (a retry of a send whose answer was lost). `known`: the last
+        position this instance delivered in the room; a history behind it was lost and starts a
+        new epoch. StoreError when the history cannot be reached: the entry is then not stored
+        (or, cut by the timeout, stored later: the retry with the same id finds it)."""
 
-    async def position(self, room: str) -> Position: ...
+    async def position(self, room: str, known: Position | None = None) -> Position: ...
 
-    async def recover(self, room: str, since: Position, limit: int, max_bytes: int | None = None) -> Replay:
+    async def recover(
+        self, room: str, since: Position, limit: int, max_bytes: int | None = None, known: Position | None = None
+    ) -> Replay:
         """The entries after `since` when all of them are held, at most `limit` of them and at most
         `max_bytes` together (else None: REPLAY_BYTES bounds what one join can make us send)."""
 
     async def latest(self, room: str, limit: int, max_bytes: int | None = None) -> tuple[Position, list[bytes]]:
         """The room's position and its latest entries, oldest first: at most `limit`, and only the
         newest that fit in `max_bytes` together."""
-
-    async def heal(self) -> None:
-        """After an outage: renew the epoch of the rooms whose entries could not be stored."""
 
     async def close(self) -> None: ...
 

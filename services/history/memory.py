@@ -66,13 +66,12 @@ class MemoryHistory:
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep_loop())
 
-    async def heal(self) -> None:
-        pass  # nothing is lost in one process but what the bounds drop, and that renews epochs
-
     def _epoch(self) -> str:
         return self._base if not self._generation else f"{self._base}.{self._generation}"
 
-    async def append(self, room: str, frame: bytes) -> tuple[Position, bytes]:
+    async def append(
+        self, room: str, frame: bytes, message_id: str = "", known: Position | None = None
+    ) -> tuple[Position, bytes]:
         state = self._rooms.get(room)
         if state is None:
             state = self._rooms[room] = _Room(self._epoch())
@@ -99,11 +98,13 @@ class MemoryHistory:
         self._evict()
         return Position(state.offset, state.epoch), full
 
-    async def position(self, room: str) -> Position:
+    async def position(self, room: str, known: Position | None = None) -> Position:
         state = self._rooms.get(room)
         return Position(state.offset, state.epoch) if state is not None else Position(0, self._epoch())
 
-    async def recover(self, room: str, since: Position, limit: int, max_bytes: int | None = None) -> Replay:
+    async def recover(
+        self, room: str, since: Position, limit: int, max_bytes: int | None = None, known: Position | None = None
+    ) -> Replay:
         current = await self.position(room)
         verdict = recovery_check(since, current)
         if verdict is not None:
@@ -190,6 +191,7 @@ class MemoryHistory:
             room, state = next(iter(self._rooms.items()))
             self._drop_room(room, state)
             METRICS.history_evictions.labels("position").inc()
+            METRICS.epoch_renewals.labels("evicted").inc()
 
     def _drop_room(self, room: str, state: _Room) -> None:
         self._clear(room, state)

@@ -177,18 +177,20 @@ class RoomHub:
             try:
                 await self.channels.ensure(room_channel(room), then=add_member)
             except BusError:
-                raise ClientError("internal", "room is unavailable, try again", roomId=room) from None
+                raise ClientError("unavailable", "room is unavailable (Redis), try again", roomId=room) from None
             try:
                 first = await self.roster.enter(room, session, time.time())
+                answer = await self.recovery.join(room, since, member_already)
             except BaseException:
-                self._detach(session, room)  # drops the hold too; the store is told in the background
-                self.spawn(self._after_leave(session, room, announce=False))
+                if room in session.rooms:
+                    self._detach(session, room)  # drops the hold too; the store is told in the background
+                    self.spawn(self._after_leave(session, room, announce=False))
                 raise
             if room not in session.rooms:  # removed meanwhile: it got room_update removed/deleted
                 raise ClientError("not_in_room", "removed from the room while joining", roomId=room)
         else:
             first = await self.roster.page(room)
-        answer = await self.recovery.join(room, since, member_already)
+            answer = await self.recovery.join(room, since, member_already)
         if since is not None:  # the frame paid EXPENSIVE_COST already
             session.rate.charge(reply_cost(sum(map(len, answer.replay))) - EXPENSIVE_COST)
         joined: dict[str, Any] = {"roomId": room, "action": "joined", **answer.fields}
@@ -319,4 +321,4 @@ class RoomHub:
         so every local member gets a fresh presence_state snapshot of each of its rooms, and the
         history entries missed meanwhile."""
         self.spawn(self.statuses.resend_snapshots())
-        self.spawn(self.recovery.catch_up())
+        self.recovery.catch_up()

@@ -9,17 +9,21 @@ every instance, this one included, delivers them as the bus brings them: in offs
 member never sees offset 6 before offset 5 published elsewhere (one round trip later for the
 publishing instance's members, measured in BENCHMARKS.md). Each room's last delivered position
 is kept while it has local members: an entry at or below it is not delivered twice, and one past
-the next offset means this instance missed entries (its subscription was down): the room's live
-entries are held while the missing ones are read from the history, then all go out in order.
+the next offset means this instance missed entries (its subscription was down, Redis paused, a
+failover): the room's live entries are held while the missing ones are read from the history,
+then all go out in order. An entry that cannot be stored is delivered to nobody: the sender is
+refused (messages.py), so the rooms of every instance stay one conversation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schemas.protocol import CLOSE_SLOW, Channel, room_channel
+from services.backoff import Backoff
 from services.bus import Bus, BusEvent
 from services.errors import BusError, StoreError
 from services.history import History, Position
@@ -28,6 +32,8 @@ from services.metrics import METRICS
 from services.session import Session
 
 log = logging.getLogger("gateway.hub")
+
+FILL_ATTEMPTS = 12  # reads of a gap's entries (with backoff up to 2 s: about 15 s) before giving up
 
 
 class Fanout:
@@ -51,17 +57,19 @@ class Fanout:
         self._filling: dict[str, list[tuple[bytes, Position]]] = {}  # room -> live entries held meanwhile
         self._publish_failing = False
 
-    async def broadcast_entry(self, room: str, frame: bytes) -> Position | None:
-        """An entry to the room on every instance; its position, or None when it has none (history
-        off, or unreachable: then this instance's members get it without one)."""
+    async def broadcast_entry(self, room: str, frame: bytes, message_id: str = "") -> Position | None:
+        """An entry to the room on every instance; its position, None with history off. Raises
+        StoreError (or BusError with history off) when it cannot get there: then nobody gets it,
+        not this instance's members either (docs/protocol.md, "What an ack means")."""
         if self._history is None:
-            await self.broadcast(room, frame)
+            try:
+                await self._bus.publish(room_channel(room).key, BusEvent(frame=frame, origin=self._bus.instance_id))
+            except BusError:
+                METRICS.bus_publish_failures.inc()
+                raise
+            self.deliver_local(room, frame, None)
             return None
-        try:
-            position, frame = await self._history.append(room, frame)
-        except StoreError:
-            await self.broadcast(room, frame)
-            return None
+        position, frame = await self._history.append(room, frame, message_id, self.positions.get(room))
         METRICS.history_appends.inc()
         if not self._history.publishes:
             self.deliver_entry(room, frame, position)
@@ -69,23 +77,26 @@ class Fanout:
             await self.publish(room_channel(room), event)
         return position
 
-    def deliver_entry(self, room: str, frame: bytes, position: Position, fill_gaps: bool = True) -> None:
-        """An entry with its position to the local members, unless already delivered; after a gap,
-        once the missing entries are back from the history (`fill_gaps`)."""
+    def deliver_entry(self, room: str, frame: bytes, position: Position, fill_gaps: bool = True) -> bool:
+        """An entry with its position to the local members, unless already delivered (False); after
+        a gap, once the missing entries are back from the history (`fill_gaps`)."""
         held = self._filling.get(room)
         if held is not None:
             held.append((frame, position))
-            return
+            return True
         last = self.positions.get(room)
         if last is not None and last.epoch == position.epoch:
             if position.offset <= last.offset:
-                return
+                return False
             if fill_gaps and position.offset > last.offset + 1 and self._fill(room, last):
                 self._filling[room].append((frame, position))
-                return
+                return True
+        elif last is not None and self._history is not None and self._history.publishes:
+            METRICS.epoch_renewals.labels("lost").inc()
         if room in self._rooms:
             self.positions[room] = position
         self.deliver_local(room, frame, None, position)
+        return True
 
     def catch_up(self) -> None:
         """After the bus was away: every room with a known position reads what followed it."""
@@ -100,18 +111,31 @@ class Fanout:
         return True
 
     async def _read_missing(self, room: str, last: Position) -> None:
+        """Read what followed `last`; while Redis cannot answer (it has only just come back), try
+        again with backoff, the live entries held meanwhile (at most a history's worth of them)."""
         entries: list[bytes] = []
+        backoff = Backoff(0.2, 2.0)
         try:
-            if self._history is not None:
-                entries = (await self._history.recover(room, last, self._most)).entries or []
-        except StoreError:
-            pass  # not recoverable now: members see the offsets jump (docs/protocol.md)
+            for _ in range(FILL_ATTEMPTS):
+                try:
+                    # `known`: a history now behind `last` was lost (a failover without the last
+                    # entries) and gets a new epoch, so no later entry reuses an offset seen here.
+                    if self._history is not None:
+                        entries = (await self._history.recover(room, last, self._most, known=last)).entries or []
+                    break
+                except StoreError:
+                    if room not in self._rooms or len(self._filling.get(room, ())) > self._most:
+                        break  # nobody left to fill, or more held than a history holds: give up
+                    await asyncio.sleep(backoff.next())
+            # (given up: the members see the offsets jump, a loss they are told of: docs/protocol.md)
         finally:
             held = self._filling.pop(room, [])
         # The history's entries follow `last` one by one, in the epoch it had; what it could not give
         # is a jump the members see, not a gap to fill again.
+        filled = 0
         for index, frame in enumerate(entries):
-            self.deliver_entry(room, frame, Position(last.offset + 1 + index, last.epoch), fill_gaps=False)
+            filled += self.deliver_entry(room, frame, Position(last.offset + 1 + index, last.epoch), fill_gaps=False)
+        METRICS.gap_fills.inc(filled)
         for frame, position in held:
             self.deliver_entry(room, frame, position, fill_gaps=False)
 

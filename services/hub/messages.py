@@ -1,23 +1,32 @@
 """Messages: a client's message from its frame to every member, exactly once per dedupeKey.
 
     claim the dedupeKey -> (Kafka on) produce message.ingest and wait for its delivery report
-    -> broadcast -> ack
+    -> store it in the room's history and publish it (one step with Redis) -> ack
 
-With Kafka, nothing is broadcast or acked before Kafka has the message (durable ack); if Kafka
-fails the sender gets ingest_failed and the key is released, so a retry is processed anew.
+What an ack means (docs/protocol.md): with Kafka, Kafka has the message; with Redis, it is in the
+room's history and on its way to every instance. A message that cannot get there is delivered to
+nobody and refused: `ingest_failed` (Kafka) or `unavailable` (Redis), both retryable with the same
+dedupeKey.
+
+The dedupe record of (sender, room, dedupeKey) is first `~<id> <createdAt>`: claimed, with the id
+this message has. A retry that finds it (the attempt was refused, or its answer was lost) takes
+that id over, so a refused-then-resent message is one message everywhere: the history's append is
+idempotent per id, and the persistence side dedupes Kafka records by id. Once stored the record is
+`<id> <createdAt>` and a retry gets the same ack, nothing else. An attempt still running on this
+instance is waited for, not taken over.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, Protocol
 
 from schemas.protocol import broadcast_id_key, dedupe_key
 from services import frames
-from services.dedupe import PENDING, DedupeStore
-from services.errors import ClientError, IngestError
+from services.dedupe import DedupeStore
+from services.errors import BusError, ClientError, IngestError, StoreError
 from services.history import Position
 from services.hub.ordering import SenderOrder, Turn
 from services.ids import iso_now, uuid7
@@ -25,7 +34,8 @@ from services.metrics import METRICS
 from services.session import Session
 from services.settings import Settings
 
-Broadcast = Callable[[str, bytes], Awaitable[Position | None]]
+Broadcast = Callable[[str, bytes, str], Awaitable[Position | None]]
+CLAIMED = "~"  # prefix of a dedupe record whose message is not stored yet
 
 
 class Ingest(Protocol):
@@ -39,13 +49,21 @@ class MessagePipeline:
         self.dedupe = dedupe
         self.ingest = ingest
         self._broadcast = broadcast
+        self._running: dict[str, asyncio.Future[None]] = {}  # dedupe records whose attempt runs here
 
     async def handle(
         self, session: Session, order: SenderOrder, payload: dict[str, Any], request_id: str | None
     ) -> None:
         turn = order.turn()
+        room, key = payload["roomId"], payload.get("dedupeKey")
         try:
             await self._handle(session, turn, payload, request_id)
+        except ClientError:
+            if turn.refused:
+                order.owe(room, key)
+            raise
+        else:
+            order.paid(room, key)
         finally:
             await turn.finish()
 
@@ -53,51 +71,68 @@ class MessagePipeline:
         room = payload["roomId"]
         key: str | None = payload.get("dedupeKey")
         await turn.my_stage()
-        msg_id = uuid7()
-        created = iso_now()
+        if turn.waits_for_others(room, key):  # an earlier message is owed first (ordering.py)
+            raise _unavailable(turn, room, key)
+        msg_id, created = uuid7(), iso_now()
         store_key = dedupe_key(session.user_id, room, key) if key is not None else None
         if store_key is not None:
-            first = await self._claim(store_key, room, key)
-            if first is not None:  # seen before: the same ack, no second broadcast
-                ack = {"id": first[0], "roomId": room, "createdAt": first[1], "dedupeKey": key}
-                session.send(frames.encode("ack", ack, request_id))
+            try:
+                stored, msg_id, created = await self._claim(store_key, msg_id, created)
+            except StoreError:
+                raise _unavailable(turn, room, key) from None
+            if stored:  # seen before: the same ack, no second broadcast
+                session.send(frames.encode("ack", _ack(msg_id, room, created, key), request_id))
                 return
-        message: dict[str, Any] = {
-            "id": msg_id,
-            "roomId": room,
-            "senderType": "human",
-            "senderId": session.user_id,
-            "content": payload["content"],
-            "attachments": payload.get("attachments") or [],
-            "createdAt": created,
-        }
-        if key is not None:
-            message["dedupeKey"] = key
         try:
-            if self.ingest is not None:
+            await self._process(turn, _message(session.user_id, payload, msg_id, created))
+            if store_key is not None:
+                # A failure here leaves the record claimed: a retry then finds the stored entry.
+                with suppress(StoreError):
+                    await self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
+        finally:
+            if store_key is not None:
+                self._running.pop(store_key).set_result(None)
+        session.send(frames.encode("ack", _ack(msg_id, room, created, key), request_id))
+        METRICS.messages.inc()
+
+    async def _process(self, turn: Turn, message: dict[str, Any]) -> None:
+        room, key = message["roomId"], message.get("dedupeKey")
+        if self.ingest is not None:
+            try:
                 # Set before the ingest: the copy coming back as message.created may be consumed
                 # before our delivery report.
-                await self.dedupe.put(broadcast_id_key(msg_id), "1", self.settings.dedupe_ttl)
-                delivery = asyncio.ensure_future(self.ingest.ingest(message))
-                # The produce call runs in that task's first step, before any later message's.
-                turn.stage_done()
+                await self.dedupe.put(broadcast_id_key(message["id"]), "1", self.settings.dedupe_ttl)
+            except StoreError:
+                raise _unavailable(turn, room, key) from None
+            delivery = asyncio.ensure_future(self.ingest.ingest(message))
+            # The produce call runs in that task's first step, before any later message's.
+            turn.stage_done()
+            try:
                 await delivery
-        except IngestError as exc:
-            if store_key is not None:
-                await self.dedupe.release(store_key)
-            raise ClientError("ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=key) from None
+            except IngestError as exc:
+                raise ClientError("ingest_failed", f"message not stored: {exc}", roomId=room, dedupeKey=key) from None
         turn.stage_done()
-        await turn.my_publish()
-        # Past this point the message is accepted (and durable with Kafka): a store failure no
-        # longer stops its broadcast.
-        if store_key is not None:
-            await self.dedupe.put(store_key, f"{msg_id} {created}", self.settings.dedupe_ttl)
-        await self._broadcast(room, frames.encode("message", message))
-        ack = {"id": msg_id, "roomId": room, "createdAt": created}
-        if key is not None:
-            ack["dedupeKey"] = key
-        session.send(frames.encode("ack", ack, request_id))
-        METRICS.messages.inc()
+        if await turn.my_publish():  # the one before was refused: this one would overtake it
+            raise _unavailable(turn, room, key)
+        try:
+            await self._broadcast(room, frames.encode("message", message), message["id"])
+        except (StoreError, BusError):
+            raise _unavailable(turn, room, key) from None
+
+    async def _claim(self, store_key: str, msg_id: str, created: str) -> tuple[bool, str, str]:
+        """(stored already, the message's id, its createdAt): a new claim keeps the given id, a
+        claimed record's id is taken over (module docstring). StoreError when Redis cannot say."""
+        while (running := self._running.get(store_key)) is not None:
+            await asyncio.wait([running])
+        existing = await self.dedupe.reserve(store_key, f"{CLAIMED}{msg_id} {created}", self.settings.dedupe_ttl)
+        if existing is not None:
+            first_id, _, first_created = existing.removeprefix(CLAIMED).partition(" ")
+            if not existing.startswith(CLAIMED) and first_created:
+                return True, first_id, first_created
+            if first_created:  # (an older gateway's "pending" record has no id: keep ours)
+                msg_id, created = first_id, first_created
+        self._running[store_key] = asyncio.get_running_loop().create_future()
+        return False, msg_id, created
 
     async def external(self, message: dict[str, Any]) -> tuple[bool, Position | None]:
         """A complete message from elsewhere (a Kafka message.created, the control API) to its room,
@@ -109,29 +144,41 @@ class MessagePipeline:
             return False, None
         message.setdefault("attachments", [])
         try:
-            position = await self._broadcast(message["roomId"], frames.encode("message", message))
+            position = await self._broadcast(message["roomId"], frames.encode("message", message), message["id"])
         except BaseException:
-            await self.dedupe.release(id_key)
+            with suppress(StoreError):
+                await self.dedupe.release(id_key)  # a retry (the same id) is idempotent in the history
             raise
         return True, position
 
-    async def _claim(self, store_key: str, room: str, client_key: str | None) -> tuple[str, str] | None:
-        """Reserve a dedupe key. None: ours to process. Else the first message's (id, createdAt),
-        waiting while the first send is still in flight (its ingest may yet fail and free the key)."""
-        hold_for = self.settings.kafka_message_timeout + 5
-        deadline = time.monotonic() + hold_for
-        while True:
-            existing = await self.dedupe.reserve(store_key, PENDING, hold_for)
-            if existing is None:
-                return None
-            if existing != PENDING:
-                first_id, _, first_created = existing.partition(" ")
-                return first_id, first_created
-            if time.monotonic() > deadline:
-                raise ClientError(
-                    "ingest_failed",
-                    "an earlier send with this dedupeKey is still pending",
-                    roomId=room,
-                    dedupeKey=client_key,
-                )
-            await asyncio.sleep(0.05)
+
+def _message(sender: str, payload: dict[str, Any], msg_id: str, created: str) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "id": msg_id,
+        "roomId": payload["roomId"],
+        "senderType": "human",
+        "senderId": sender,
+        "content": payload["content"],
+        "attachments": payload.get("attachments") or [],
+        "createdAt": created,
+    }
+    if "dedupeKey" in payload:
+        message["dedupeKey"] = payload["dedupeKey"]
+    return message
+
+
+def _ack(msg_id: str, room: str, created: str, key: str | None) -> dict[str, Any]:
+    ack = {"id": msg_id, "roomId": room, "createdAt": created}
+    if key is not None:
+        ack["dedupeKey"] = key
+    return ack
+
+
+def _unavailable(turn: Turn, room: str, key: str | None) -> ClientError:
+    """Redis could not store the message: retryable with the same dedupeKey (and its successors
+    queued behind it are refused too, ordering.py)."""
+    turn.refused = True
+    METRICS.unavailable.inc()
+    return ClientError(
+        "unavailable", "message not stored: Redis is unavailable; send it again", roomId=room, dedupeKey=key
+    )

@@ -4,21 +4,74 @@ while the Kafka delivery reports of several messages are awaited at the same tim
     stage:   dedupe claim and Kafka produce call, in sending order
     publish: broadcast and ack, in sending order (never ahead of a predecessor, even one failing)
 
-A `Turn` is one message's place in both queues.
+A `Turn` is one message's place in both queues. A message refused as `unavailable` (Redis could
+not store it) refuses the ones queued behind it too, and the sender then owes it to the room: until
+its dedupeKey comes again (the clients send it again in order), the sender's new messages in that
+room are refused as well. Without that, a message sent while the refusal was on its way back would
+be stored ahead of it. An owed key not sent again within OWED_FOR seconds is forgiven (the client
+gave up on it); at most OWED_MOST are owed per room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
+
+OWED_FOR = 10.0  # seconds without a resend after which a room's owed keys are forgiven
+OWED_MOST = 1000  # owed keys per room; the oldest are forgiven first
 
 
 class SenderOrder:
-    __slots__ = ("_publish", "_stage")
+    __slots__ = ("_owed", "_publish", "_stage")
 
     def __init__(self) -> None:
         self._stage: asyncio.Future[None] | None = None
-        self._publish: asyncio.Future[None] | None = None
+        self._publish: asyncio.Future[bool] | None = None
+        self._owed: dict[str, tuple[float, dict[str, None]]] | None = None  # room -> (last seen, keys)
+
+    def idle(self) -> bool:
+        """True when no message is in either queue."""
+        return self._stage is None and self._publish is None
+
+    def waits_for_others(self, room: str, key: str | None) -> bool:
+        """True when `room` is owed refused messages and this one is not one of them."""
+        if self._owed is None or room not in self._owed:
+            return False
+        seen, keys = self._owed[room]
+        if time.monotonic() - seen > OWED_FOR:
+            self._forgive(room)
+            return False
+        if key is not None and key in keys:
+            self._owed[room] = (time.monotonic(), keys)
+            return False
+        return True
+
+    def owe(self, room: str, key: str | None) -> None:
+        """A message of `room` was refused as unavailable."""
+        if key is None:
+            return
+        owed = self._owed if self._owed is not None else {}
+        self._owed = owed
+        keys = owed.get(room, (0.0, {}))[1]
+        keys[key] = None
+        while len(keys) > OWED_MOST:
+            del keys[next(iter(keys))]
+        owed[room] = (time.monotonic(), keys)
+
+    def paid(self, room: str, key: str | None) -> None:
+        """A message of `room` was stored (or found stored)."""
+        if self._owed is None or key is None or room not in self._owed:
+            return
+        self._owed[room][1].pop(key, None)
+        if not self._owed[room][1]:
+            self._forgive(room)
+
+    def _forgive(self, room: str) -> None:
+        assert self._owed is not None
+        del self._owed[room]
+        if not self._owed:
+            self._owed = None
 
     def turn(self) -> Turn:
         loop = asyncio.get_running_loop()
@@ -26,18 +79,18 @@ class SenderOrder:
         self._stage, self._publish = turn.staged, turn.published
         return turn
 
-    def idle(self) -> bool:
-        """True when no message is in either queue (the order may be forgotten)."""
-        return self._stage is None and self._publish is None
-
 
 @dataclass(slots=True, eq=False)
 class Turn:
     _order: SenderOrder
     _prev_stage: asyncio.Future[None] | None
-    _prev_publish: asyncio.Future[None] | None
+    _prev_publish: asyncio.Future[bool] | None
     staged: asyncio.Future[None]
-    published: asyncio.Future[None]
+    published: asyncio.Future[bool]  # True: refused as unavailable
+    refused: bool = False
+
+    def waits_for_others(self, room: str, key: str | None) -> bool:
+        return self._order.waits_for_others(room, key)
 
     async def my_stage(self) -> None:
         """Return once the previous message has left the stage step."""
@@ -46,15 +99,21 @@ class Turn:
     def stage_done(self) -> None:
         _resolve(self.staged)
 
-    async def my_publish(self) -> None:
-        """Return once the previous message was published (or failed)."""
-        await _after(self._prev_publish)
+    async def my_publish(self) -> bool:
+        """Return once the previous message was published (or failed); True when it was refused
+        as unavailable."""
+        prev = self._prev_publish
+        if prev is None:
+            return False
+        await _after(prev)
+        return prev.result()
 
     async def finish(self) -> None:
         """Release both queues, whatever happened to this message (call it in `finally`)."""
         self.stage_done()
         await self.my_publish()
-        _resolve(self.published)
+        if not self.published.done():
+            self.published.set_result(self.refused)
         order = self._order
         if order._stage is self.staged:
             order._stage = None
@@ -62,7 +121,7 @@ class Turn:
             order._publish = None
 
 
-async def _after(fut: asyncio.Future[None] | None) -> None:
+async def _after(fut: asyncio.Future[None] | asyncio.Future[bool] | None) -> None:
     if fut is not None and not fut.done():
         await asyncio.wait([fut])
 

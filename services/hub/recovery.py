@@ -66,10 +66,11 @@ class Recovery:
                 result = await self._history.recover(room, asked, self._most_frames, self._most_bytes)
                 current, entries = result.position, result.entries
         except StoreError:
-            if asked is not None:  # the position is unknown: nothing can be promised
-                answer.fields["recovered"] = False
-                METRICS.recoveries.labels("not_recovered").inc()
-            return answer
+            if asked is None:
+                return answer  # joined without a position: its first entry will say it
+            # Not `recovered: false`: the history may well be whole, and the client's retry (the
+            # error is retryable) recovers once Redis answers.
+            raise ClientError("unavailable", "history unavailable (Redis), try again", roomId=room) from None
         answer.fields.update(offset=current.offset, epoch=current.epoch)
         answer.seen = current
         if asked is not None:
@@ -108,17 +109,14 @@ class Recovery:
             try:
                 position, entries = await self._history.latest(room, limit, self._most_bytes)
             except StoreError:
-                raise ClientError("internal", "history unavailable, try again", roomId=room) from None
+                raise ClientError("unavailable", "history unavailable (Redis), try again", roomId=room) from None
             payload.update(offset=position.offset, epoch=position.epoch)
         head = orjson.dumps({"type": "history", "payload": payload})[:-2]
         tail = b"}" if request_id is None else b',"requestId":' + orjson.dumps(request_id) + b"}"
         METRICS.frames_out.labels("history").inc()
         return head + b',"entries":[' + b",".join(entries) + b"]}" + tail
 
-    async def catch_up(self) -> None:
-        """After the bus was away: renew the epochs of rooms whose entries were not stored, then
-        have every local room read the entries it missed meanwhile (fanout.py)."""
-        if self._history is None:
-            return
-        await self._history.heal()
-        self._fanout.catch_up()
+    def catch_up(self) -> None:
+        """After the bus was away: every local room reads the entries it missed meanwhile (fanout.py)."""
+        if self._history is not None:
+            self._fanout.catch_up()

@@ -5,7 +5,9 @@ room, room changes as membership actions. docs/kafka.md lists the events."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -24,6 +26,7 @@ from schemas.events import (
     EnvelopeSchema,
 )
 from schemas.protocol import event_key
+from services.backoff import Backoff
 from services.dedupe import DedupeStore
 from services.errors import BusError, InvalidRecord, StoreError
 from services.hub import RoomHub
@@ -31,6 +34,8 @@ from services.metrics import METRICS
 from services.settings import Settings
 
 log = logging.getLogger("gateway.kafka.consumer")
+
+REDELIVER_FOR = 60.0  # seconds one event is retried while Redis cannot take it, before it is skipped
 
 
 class EventRouter:
@@ -52,11 +57,29 @@ class EventRouter:
                 log.warning("kafka record skipped", extra={**where, "reason": str(exc)})
                 continue
             try:
-                await self._dispatch(event_id, event_type, payload)
-            except (StoreError, BusError) as exc:  # an outage, logged where it is seen: no traceback
-                log.warning("kafka event failed", extra={**where, "type": event_type, "error": str(exc)})
+                await self._dispatch_through_outage(event_id, event_type, payload, where)
             except Exception:
                 log.exception("kafka event failed", extra={**where, "type": event_type})
+
+    async def _dispatch_through_outage(
+        self, event_id: str, event_type: str, payload: dict[str, Any], where: dict[str, Any]
+    ) -> None:
+        """While Redis cannot take the event, try again (the partition waits: its events keep their
+        order), for at most REDELIVER_FOR seconds; then it is skipped, logged and counted."""
+        deadline = time.monotonic() + REDELIVER_FOR
+        backoff = Backoff(0.2, 2.0)
+        while True:
+            try:
+                await self._dispatch(event_id, event_type, payload)
+                return
+            except (StoreError, BusError) as exc:  # an outage, logged where it is seen: no traceback
+                if time.monotonic() > deadline:
+                    METRICS.kafka_consumed.labels("failed").inc()
+                    log.warning("kafka event skipped", extra={**where, "type": event_type, "error": str(exc)})
+                    return
+                if backoff.attempt == 0:
+                    log.info("kafka event waits for redis", extra={**where, "type": event_type})
+            await asyncio.sleep(backoff.next())
 
     def _parse(self, value: bytes | None) -> tuple[str, str, dict[str, Any]]:
         if not value:

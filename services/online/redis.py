@@ -25,9 +25,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from services.backoff import Backoff
 from services.logs import StateLog
 from services.online import OFFLINE, ONLINE, Announce
-from services.redis_common import REDIS_ERRORS, Backoff, RedisClient, describe, register, text
+from services.redis_common import REDIS_ERRORS, RedisClient, describe, register, text
 
 log = logging.getLogger("gateway.online")
 

@@ -27,7 +27,7 @@ from services.errors import StoreError
 from services.presence import ONLINE, ExpiredHandler, Member, Page
 from services.presence.redis_scripts import JOIN, LEAVE, PAGE, SEP, STATUS, Keys
 from services.presence.redis_sweep import Sweeper
-from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, register, text
+from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, guarded, register, text
 
 log = logging.getLogger("gateway.presence")
 
@@ -187,7 +187,7 @@ class RedisPresence:
             async with self._client.pipeline(transaction=False) as pipe:
                 for room in rooms:
                     pipe.zcard(self._keys.room(room)[2])
-                return [int(n) for n in await pipe.execute()]
+                return [int(n) for n in await guarded(self._client, pipe.execute)]
         except REDIS_ERRORS as exc:
             raise self._state.unavailable(exc) from None
 

@@ -19,7 +19,7 @@ from typing import cast
 
 from services.errors import StoreError
 from services.presence.redis_scripts import PURGE, PURGE_CHUNK, Keys
-from services.redis_common import REDIS_ERRORS, RedisClient, register, text
+from services.redis_common import REDIS_ERRORS, RedisClient, guarded, register, text
 
 log = logging.getLogger("gateway.presence")
 
@@ -62,7 +62,7 @@ class Sweeper:
         async with self.client.pipeline(transaction=False) as pipe:
             for other in others:
                 pipe.exists(self.keys.alive(other))
-            alive = await pipe.execute()
+            alive = await guarded(self.client, pipe.execute)
         announced = 0
         for other, is_alive in zip(others, alive, strict=True):
             if not is_alive:

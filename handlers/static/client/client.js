@@ -14,8 +14,9 @@
  *   with `since` set to the last entry seen, so the gateway replays what was missed, and a
  *   `recovery` event says whether it could (`recovered: false`: fetch the gap elsewhere);
  * - sends made while disconnected wait in a bounded buffer (BufferFull past `maxBuffered`); every
- *   send carries a dedupeKey, and one that was in flight when the socket dropped is sent again with
- *   the same key, so the gateway acks and delivers it once;
+ *   send carries a dedupeKey, and one that was in flight when the socket dropped, or that the
+ *   gateway refused as `unavailable` (Redis could not store it), is sent again with the same key,
+ *   so the gateway acks and delivers it once;
  * - `token_expiring` asks `getToken` for a new token and hands it over in band (`refresh`);
  * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up.
  *
@@ -42,6 +43,11 @@ const RESENT = new Set(["join", "leave", "message"]);
 const REJOIN_BURST = 16;
 const REJOIN_PER_SECOND = 8;
 const REJOIN_ROUNDS = 10;
+// Refusals that say "later", not "no": a re-join refused so is asked again in the next round.
+const RETRIED = new Set(["rate_limited", "unavailable"]);
+// A message refused as `unavailable` (Redis could not store it; nobody got it) is sent again with
+// its dedupeKey after about this long, until acked or its timeout passes (docs/protocol.md).
+const UNAVAILABLE_RETRY_MS = 1000;
 const OPEN = 1;
 export class GatewayClient extends Emitter {
     url;
@@ -60,6 +66,8 @@ export class GatewayClient extends Emitter {
     ready = false;
     rooms = new Map();
     pending = new Map();
+    refused = [];
+    refusedTimer = null;
     attempt = 0;
     tries = 0;
     retryTimer;
@@ -204,7 +212,9 @@ export class GatewayClient extends Emitter {
             return Promise.reject(new BufferFull(`disconnected, and ${this.options.maxBuffered} requests are waiting`));
         }
         const entry = this.enqueue(type, payload, timeoutMs);
-        if (this.ready && this.ws !== null)
+        if (type === "message" && this.refused.length > 0)
+            this.refused.push(entry); // behind the refused ones: never ahead
+        else if (this.ready && this.ws !== null)
             this.transmit(this.ws, entry);
         return entry.reply;
     }
@@ -354,7 +364,7 @@ export class GatewayClient extends Emitter {
                     entry.frame.payload["since"] = { offset: since.offset, epoch: since.epoch };
                 this.transmit(ws, entry);
                 joins.push(entry.reply.catch((error) => {
-                    if (error instanceof RequestError && error.code === "rate_limited" && asked === undefined)
+                    if (error instanceof RequestError && RETRIED.has(error.code) && asked === undefined)
                         limited.push(roomId);
                 }));
             }
@@ -376,11 +386,30 @@ export class GatewayClient extends Emitter {
         this.settleStart?.resolve();
         this.settleStart = null;
     }
+    /** A message refused as unavailable goes out again, with its dedupeKey, a moment later: the
+     * refused ones of one wait go together and in their order, so none overtakes another. */
+    resendLater(entry) {
+        entry.sentOn = null;
+        this.refused.push(entry);
+        if (this.refusedTimer !== null)
+            return;
+        const delay = UNAVAILABLE_RETRY_MS * (0.5 + Math.random() / 2);
+        this.refusedTimer = setTimeout(() => {
+            this.refusedTimer = null;
+            const waiting = new Set(this.refused);
+            const again = [...this.pending.values()].filter((e) => waiting.has(e) && e.sentOn === null); // in the order sent
+            this.refused = [];
+            if (this.ready && this.ws !== null)
+                for (const e of again)
+                    this.transmit(this.ws, e);
+            // (not connected: resume() sends them with the rest of what waited)
+        }, delay);
+    }
     rejoin(roomId) {
         const entry = this.enqueue("join", { roomId });
         entry.reply.catch((error) => {
-            // Refused: e.g. the token no longer allows it. (rate_limited: asked again by resume.)
-            if (error instanceof RequestError && error.code !== "rate_limited")
+            // Refused: e.g. the token no longer allows it. (rate_limited, unavailable: asked again by resume.)
+            if (error instanceof RequestError && !RETRIED.has(error.code))
                 this.rooms.delete(roomId);
         });
         return entry;
@@ -437,6 +466,10 @@ export class GatewayClient extends Emitter {
         this.current = "closed";
         this.ready = false;
         clearTimeout(this.retryTimer);
+        if (this.refusedTimer !== null)
+            clearTimeout(this.refusedTimer);
+        this.refusedTimer = null;
+        this.refused = [];
         this.stopPing();
         const ws = this.ws;
         this.ws = null;
@@ -493,7 +526,9 @@ export class GatewayClient extends Emitter {
         const entry = frame.requestId === undefined ? undefined : this.pending.get(frame.requestId);
         if (entry === undefined)
             return;
-        if (frame.type === "error")
+        if (frame.type === "error" && entry.type === "message" && payload["code"] === "unavailable")
+            this.resendLater(entry);
+        else if (frame.type === "error")
             this.settle(entry, { error: new RequestError(payload) });
         else if (REPLIES[entry.type] === frame.type)
             this.settle(entry, { value: payload });
