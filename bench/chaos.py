@@ -2,6 +2,7 @@
 
     python -m bench.chaos --seed 1 --messages 10000                      # the long run (BENCHMARKS.md)
     python -m bench.chaos --seed 3 --messages 600 --faults redis-pause,gateway-kill
+    python -m bench.chaos --cluster --seed 1 --faults failover,gateway-kill,client-abort
 
 Everything runs on 127.0.0.1: a redis-server of its own, GATEWAYS gateway processes (server.py), and
 two proxies per gateway that the harness controls, so it can cut connections and drop links:
@@ -16,6 +17,12 @@ Faults come from a schedule drawn with random.Random(seed), one at a time with a
     redis-pause     SIGSTOP of redis-server for 1 to 10 s, then SIGCONT (nothing lost)
     partition       one gateway's link to Redis carries nothing for 1 to 10 s (sockets stay open)
     redis-restart   kill -9 of redis-server, started again empty: history lost, an announced break
+
+With --cluster, Redis is a cluster of 3 primaries and 3 replicas (scripts/redis-cluster.sh, node
+timeout 5 s), reached directly (a cluster client follows the nodes' own addresses, so no proxy), and
+one more fault is possible, once per run:
+
+    failover        kill -9 of the primary that owns a room's slot: its replica takes over
 
 Clients are the project's Python SDK (client/): SUBSCRIBERS members per room that recover with
 `since`, and one publisher per room that sends numbered messages (each with a dedupeKey, sent again
@@ -42,23 +49,28 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
+import redis
+from redis.crc import key_slot
 
 from bench.common import free_port
 from client import Backoff, GatewayClient, HistoryGap, Message, RoomUpdate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "chaos-secret-that-is-long-enough-for-hs256"
-FAULTS = ("gateway-kill", "gateway-term", "client-abort", "redis-pause", "partition", "redis-restart")
-SAFE_FAULTS = tuple(f for f in FAULTS if f != "redis-restart")  # the history survives these
+FAULTS = ("gateway-kill", "gateway-term", "client-abort", "redis-pause", "partition", "redis-restart", "failover")
+SAFE_FAULTS = FAULTS[:5]  # the history survives these
+CLUSTER_FAULTS = ("gateway-kill", "gateway-term", "client-abort", "failover")
 
 
 # -- the processes -------------------------------------------------------------------------------
@@ -158,13 +170,52 @@ class RedisServer:
             await asyncio.wait_for(self.proc.wait(), 10)
 
 
-class Gateway:
-    """server.py on a fixed port, reached through `front` and reaching Redis through `redis_link`."""
+class Cluster:
+    """scripts/redis-cluster.sh in a folder of its own."""
 
-    def __init__(self, index: int, redis_link: Proxy) -> None:
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="rtg-chaos-")
+        self.seeds = ""
+        self.failed_over = False
+
+    async def _script(self, command: str) -> None:
+        env = {**os.environ, "CLUSTER_DIR": self.folder}
+        proc = await _spawn(str(ROOT / "scripts" / "redis-cluster.sh"), command, env=env)
+        if await asyncio.wait_for(proc.wait(), 90) != 0 and command == "start":
+            raise RuntimeError("scripts/redis-cluster.sh start failed")
+
+    async def start(self) -> None:
+        await self._script("start")
+        self.seeds = (Path(self.folder) / "nodes").read_text().strip()
+
+    async def kill_owner_of(self, key: str) -> None:
+        """kill -9 of the primary that owns `key`'s slot (its replica takes over)."""
+        host, _, port = self.seeds.split(",")[0].rpartition(":")
+        seed = redis.Redis(host=host, port=int(port), socket_timeout=5)
+        slot = key_slot(key.encode())
+        for start, end, primary, *_ in await asyncio.to_thread(seed.execute_command, "CLUSTER SLOTS"):
+            if start <= slot <= end:
+                node = redis.Redis(host=primary[0].decode(), port=int(primary[1]), socket_timeout=5)
+                info = cast("dict[str, Any]", await asyncio.to_thread(node.info, "server"))
+                os.kill(int(info["process_id"]), signal.SIGKILL)
+                self.failed_over = True
+                return
+        raise RuntimeError(f"no primary owns slot {slot}")
+
+    async def stop(self) -> None:
+        await self._script("stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Gateway:
+    """server.py on a fixed port, reached through `front`, and reaching Redis through `redis_link`
+    (or a cluster at `seeds`)."""
+
+    def __init__(self, index: int, redis_link: Proxy | None, seeds: str = "") -> None:
         self.index = index
         self.port = free_port()
         self.redis_link = redis_link
+        self.seeds = seeds
         self.front = Proxy(self.port)
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -174,8 +225,6 @@ class Gateway:
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
             "JWT_SECRET": SECRET,
-            "REDIS_HOST": "127.0.0.1",
-            "REDIS_PORT": str(self.redis_link.port),
             "INSTANCE_ID": f"chaos-{self.index}",
             "RATE_LIMIT": "1000",
             "RATE_BURST": "1000",
@@ -183,6 +232,10 @@ class Gateway:
             "DRAIN_WINDOW": "0.5",
             "LOG_LEVEL": "warning",
         }
+        if self.redis_link is not None:
+            env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(self.redis_link.port))
+        else:
+            env.update(REDIS_CLUSTER_NODES=self.seeds)
         self.proc = await _spawn(sys.executable, str(ROOT / "server.py"), env=env)
         await _until_listening(self.port, self.proc)
 
@@ -277,6 +330,7 @@ class Plan:
     faults: tuple[str, ...] = SAFE_FAULTS
     gap: tuple[float, float] = (2.0, 4.0)  # seconds of quiet after each fault
     longest: float = 10.0  # the longest pause or partition
+    cluster: bool = False
 
 
 @dataclass
@@ -303,10 +357,13 @@ class Report:
 async def run(plan: Plan) -> Report:
     rng = random.Random(plan.seed)
     started = time.monotonic()
-    redis = RedisServer()
-    await redis.start()
-    links = [Proxy(redis.port) for _ in range(plan.gateways)]
-    gateways = [Gateway(i, link) for i, link in enumerate(links)]
+    store: RedisServer | Cluster = Cluster() if plan.cluster else RedisServer()
+    await store.start()
+    links = [] if isinstance(store, Cluster) else [Proxy(store.port) for _ in range(plan.gateways)]
+    if isinstance(store, Cluster):
+        gateways = [Gateway(i, None, store.seeds) for i in range(plan.gateways)]
+    else:
+        gateways = [Gateway(i, link) for i, link in enumerate(links)]
     members: list[Member] = []
     applied: list[str] = []
     try:
@@ -331,7 +388,7 @@ async def run(plan: Plan) -> Report:
         sent: list[Sent] = []
         done = asyncio.Event()
         publishing = asyncio.ensure_future(_publish(publishers, plan, sent, done))
-        faults = asyncio.ensure_future(_faults(plan, rng, redis, gateways, applied, done))
+        faults = asyncio.ensure_future(_faults(plan, rng, store, gateways, rooms, applied, done))
         await publishing
         done.set()
         await faults
@@ -345,7 +402,7 @@ async def run(plan: Plan) -> Report:
             await gw.front.close()
         for link in links:
             await link.close()
-        await redis.stop()
+        await store.stop()
 
 
 async def _publish(publishers: list[tuple[Member, str]], plan: Plan, sent: list[Sent], done: asyncio.Event) -> None:
@@ -375,8 +432,9 @@ async def _publish(publishers: list[tuple[Member, str]], plan: Plan, sent: list[
 async def _faults(
     plan: Plan,
     rng: random.Random,
-    redis: RedisServer,
+    store: RedisServer | Cluster,
     gateways: list[Gateway],
+    rooms: list[str],
     applied: list[str],
     done: asyncio.Event,
 ) -> None:
@@ -384,6 +442,8 @@ async def _faults(
         await asyncio.wait_for(done.wait(), rng.uniform(*plan.gap))
     while not done.is_set() and plan.faults:
         fault = rng.choice(plan.faults)
+        if fault == "failover" and (not isinstance(store, Cluster) or store.failed_over):
+            continue  # once per run, and only on a cluster
         gw = rng.choice(gateways)
         length = rng.uniform(1.0, plan.longest)
         applied.append(f"{fault}@{gw.index}" if "gateway" in fault or fault in ("client-abort", "partition") else fault)
@@ -396,16 +456,18 @@ async def _faults(
             await gw.start()
         elif fault == "client-abort":
             gw.front.cut()
-        elif fault == "redis-pause":
-            redis.signal(signal.SIGSTOP)
+        elif fault == "failover" and isinstance(store, Cluster):
+            await store.kill_owner_of(f"rt:room:{{{rng.choice(rooms)}}}")
+        elif fault == "redis-pause" and isinstance(store, RedisServer):
+            store.signal(signal.SIGSTOP)
             await asyncio.sleep(length)
-            redis.signal(signal.SIGCONT)
-        elif fault == "partition":
+            store.signal(signal.SIGCONT)
+        elif fault == "partition" and gw.redis_link is not None:
             gw.redis_link.hold()
             await asyncio.sleep(length)
             gw.redis_link.release()
-        elif fault == "redis-restart":
-            await redis.kill_and_start_empty()
+        elif fault == "redis-restart" and isinstance(store, RedisServer):
+            await store.kill_and_start_empty()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), rng.uniform(*plan.gap))
 
@@ -472,18 +534,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=5, help="members per room besides its publisher")
     parser.add_argument("--messages", type=int, default=2000, help="messages in all")
     parser.add_argument("--rate", type=float, default=100.0, help="messages per second, in all")
-    parser.add_argument("--faults", default=",".join(SAFE_FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
+    parser.add_argument("--faults", help=f"comma-separated, of {', '.join(FAULTS)} (default: all but redis-restart)")
     parser.add_argument("--longest", type=float, default=10.0, help="seconds of the longest pause or partition")
+    parser.add_argument(
+        "--cluster", action="store_true", help=f"a Redis Cluster; faults of {', '.join(CLUSTER_FAULTS)}"
+    )
     parser.add_argument("--json", type=Path, help="write the reports here")
     args = parser.parse_args(argv)
-    faults = tuple(f for f in args.faults.split(",") if f)
-    unknown = sorted(set(faults) - set(FAULTS))
+    default = CLUSTER_FAULTS if args.cluster else SAFE_FAULTS
+    faults = tuple(f for f in args.faults.split(",") if f) if args.faults else default
+    unknown = sorted(set(faults) - set(CLUSTER_FAULTS if args.cluster else FAULTS[:6]))
     if unknown:
-        parser.error(f"unknown faults: {', '.join(unknown)}")
+        parser.error(f"faults not possible here: {', '.join(unknown)}")
     reports = []
     for seed in args.seed or [1]:
         plan = Plan(
-            seed, args.gateways, args.rooms, args.subscribers, args.messages, args.rate, faults, longest=args.longest
+            seed,
+            args.gateways,
+            args.rooms,
+            args.subscribers,
+            args.messages,
+            args.rate,
+            faults,
+            longest=args.longest,
+            cluster=args.cluster,
         )
         report = asyncio.run(run(plan))
         reports.append(report)

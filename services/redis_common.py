@@ -115,7 +115,7 @@ def make_client(settings: Settings, instance_id: str) -> RedisClient:
     client = GuardedRedis(
         **single_kwargs(settings, timeout, retries=1), max_connections=MAX_CONNECTIONS, client_name=f"rtg:{instance_id}"
     )
-    client.breaker = Breaker(timeout, REDIS_ERRORS, trips, logging.getLogger("gateway.redis"))
+    client.breaker = new_breaker(timeout)
     return client
 
 
@@ -123,6 +123,12 @@ async def guarded(client: RedisClient, work: Callable[[], Awaitable[T]]) -> T:
     """`work` (a pipeline's execute, which does not pass through `execute_command`) behind the
     client's breaker."""
     return await client.breaker.call(work)
+
+
+def new_breaker(timeout: float) -> Breaker:
+    """One per command client: every store of a process shares it (a Redis in trouble is in trouble
+    for all of them)."""
+    return Breaker(timeout, REDIS_ERRORS, trips, logging.getLogger("gateway.redis"))
 
 
 def trips(exc: BaseException) -> bool:
@@ -158,7 +164,7 @@ def make_cluster_client(settings: Settings, timeout: float, client_name: str | N
         max_connections=MAX_CONNECTIONS,
         client_name=client_name,
     )
-    cluster.breaker = Breaker(timeout, REDIS_ERRORS, trips, logging.getLogger("gateway.redis"))
+    cluster.breaker = new_breaker(timeout)
     return cluster
 
 

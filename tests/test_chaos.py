@@ -22,18 +22,16 @@ def short(seed: int, *faults: str) -> Plan:
     return Plan(seed, gateways=3, rooms=2, subscribers=3, messages=480, rate=40.0, faults=faults, longest=4.0)
 
 
+@pytest.mark.parametrize(
+    "faults",
+    [
+        pytest.param(("redis-pause", "partition"), id="redis-pauses-and-partitions"),
+        pytest.param(("gateway-kill", "gateway-term", "client-abort"), id="gateway-kills-drains-client-aborts"),
+    ],
+)
 @pytest.mark.gen_test(timeout=120)
-async def test_redis_pauses_and_partitions_lose_nothing_and_renew_nothing() -> None:
-    report = await run(short(23, "redis-pause", "partition"))
-    assert report.faults, "the schedule applied no fault"
-    assert report.acked == 480 and report.failed == 0, report
-    assert (report.missing, report.duplicates, report.order) == (0, 0, 0), report
-    assert (report.renewals, report.not_recovered) == (0, 0), report
-
-
-@pytest.mark.gen_test(timeout=120)
-async def test_gateway_kills_drains_and_client_aborts_are_invisible() -> None:
-    report = await run(short(7, "gateway-kill", "gateway-term", "client-abort"))
+async def test_faults_that_keep_the_history_lose_nothing_and_renew_nothing(faults: tuple[str, ...]) -> None:
+    report = await run(short(23, *faults))
     assert report.faults, "the schedule applied no fault"
     assert report.acked == 480 and report.failed == 0, report
     assert (report.missing, report.duplicates, report.order) == (0, 0, 0), report

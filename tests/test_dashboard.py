@@ -40,6 +40,11 @@ REQUIRED_METRICS = frozenset(
         "gateway_kafka_consumed_total",
         "gateway_recoveries_total",
         "gateway_recovered_entries_total",
+        "gateway_unavailable_total",
+        "gateway_redis_refused_total",
+        "gateway_redis_circuit_open",
+        "gateway_gap_fill_entries_total",
+        "gateway_history_epoch_renewals_total",
     }
 )
 

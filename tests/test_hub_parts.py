@@ -212,3 +212,22 @@ def test_a_sender_owes_refused_messages_before_new_ones_until_they_come_again(mo
     monkeypatch.setattr(time, "monotonic", lambda: now + ordering.OWED_FOR + 1)
     assert not order.waits_for_others("r", "new")
     assert order.idle()
+
+
+def test_what_a_sender_owes_is_bounded_across_rooms():
+    """A client that keeps sending new messages during a long outage is refused each of them, and
+    each is owed: the keys it can make us hold stop at OWED_MOST, the least recent room first."""
+    order = SenderOrder()
+    for n in range(ordering.OWED_MOST + 50):
+        order.owe(f"room-{n % 3}", f"key-{n}")
+    held = [
+        key
+        for room in ("room-0", "room-1", "room-2")
+        for key in range(ordering.OWED_MOST + 50)
+        if order.waits_for_others(room, "new") and not order.waits_for_others(room, f"key-{key}")
+    ]
+    assert 0 < len(held) <= ordering.OWED_MOST
+    order.owe("only", "a")
+    for n in range(ordering.OWED_MOST + 5):
+        order.owe("only", f"k-{n}")
+    assert not order.waits_for_others("only", f"k-{ordering.OWED_MOST + 4}")  # the newest are kept

@@ -16,7 +16,7 @@ from tornado.ioloop import IOLoop
 from services import frames
 from services.bus.wire import entry_head
 from services.history import redis as redis_history
-from tests.helpers import RawWebSocket, RunningGateway, token, wait_for
+from tests.helpers import RawWebSocket, RunningGateway, sample, token, wait_for
 from tests.recovery_support import in_room, messages, position, rejoin, say, seen_then_gone
 from tests.redis_support import (
     PrivateRedis,
@@ -142,6 +142,7 @@ async def test_an_instance_that_missed_entries_on_the_bus_reads_them_back(pair: 
     assert sub is not None
     # Blocking calls: the gateways (on this event loop) run again only after all of them. Another
     # instance's appends, with the gateway's own script, while B is not subscribed.
+    filled = sample("gateway_gap_fill_entries_total")
     assert kill_client(port, sub) == 1
     prefix = b.settings.redis_prefix
     stream = f"{prefix}history:{{r}}"
@@ -160,6 +161,7 @@ async def test_an_instance_that_missed_entries_on_the_bus_reads_them_back(pair: 
     await say(alice, "r", "after")
     assert (await messages(bob, "r", 1))[0]["payload"]["offset"] == 5
     await bob.none_before_pong("message")
+    assert sample("gateway_gap_fill_entries_total") == filled + 3
 
 
 @pytest.mark.gen_test(timeout=40)

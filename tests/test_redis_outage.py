@@ -61,6 +61,7 @@ async def test_redis_outage_and_recovery(
     alice.send("message", {"roomId": "o", "content": "before"})
     assert (await bob.expect("message"))["payload"]["content"] == "before"
     reconnects = sample("gateway_bus_reconnects_total")
+    renewals = sample("gateway_history_epoch_renewals_total", cause="lost")
     publish_failures = sample("gateway_bus_publish_failures_total")
     caplog.clear()
 
@@ -123,6 +124,8 @@ async def test_redis_outage_and_recovery(
     assert {m["userId"] for m in state["payload"]["members"]} == {"alice", "bob", "dave", "erin"}
 
     assert sample("gateway_bus_reconnects_total") >= reconnects + 2
+    # Redis came back empty: the history was lost, and both instances saw the room's epoch change.
+    assert sample("gateway_history_epoch_renewals_total", cause="lost") == renewals + 2
     assert sample("gateway_bus_publish_failures_total") >= publish_failures + 1
     # Expected failures are logged once per change of state, without tracebacks.
     assert not [r for r in caplog.records if r.exc_info], "no tracebacks"

@@ -54,7 +54,8 @@ end
 # ARGV[5] size, ARGV[6] entries' TTL ms, ARGV[7] channel, ARGV[8] entry head, ARGV[9] frame less "}}",
 # ARGV[10] PUBLISH, or SPUBLISH on a cluster (the room's channel is in the slot of KEYS: docs/scaling.md),
 # ARGV[11] bytes of entries kept, ARGV[12] the message's id ("" for updates and deletes). An id already
-# in the stream returns its entry unchanged and publishes nothing. The position's `bytes` counts the
+# in the stream returns its entry unchanged and publishes nothing (the entry must name the id: an index
+# left behind by anything that emptied the stream is not believed). The position's `bytes` counts the
 # stream's frames (0 once the stream expired); the oldest entries go while over either bound, and an
 # entry over the bytes alone empties the stream: what it keeps always ends at the room's offset.
 _APPEND = (
@@ -64,7 +65,7 @@ local id = ARGV[12]
 if id ~= '' then
   local seen = redis.call('HGET', KEYS[3], id)
   local entry = seen and redis.call('XRANGE', KEYS[1], '0-' .. seen, '0-' .. seen)[1]
-  if entry then return {epoch, tonumber(seen), entry[2][2]} end
+  if entry and entry[2][4] == id then return {epoch, tonumber(seen), entry[2][2]} end
 end
 local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
 local frame = ARGV[9] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}}'

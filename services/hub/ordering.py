@@ -8,8 +8,9 @@ A `Turn` is one message's place in both queues. A message refused as `unavailabl
 not store it) refuses the ones queued behind it too, and the sender then owes it to the room: until
 its dedupeKey comes again (the clients send it again in order), the sender's new messages in that
 room are refused as well. Without that, a message sent while the refusal was on its way back would
-be stored ahead of it. An owed key not sent again within OWED_FOR seconds is forgiven (the client
-gave up on it); at most OWED_MOST are owed per room.
+be stored ahead of it. A room whose owed keys are not sent again within OWED_FOR seconds is forgiven
+(the client gave up on them); at most OWED_MOST keys are owed per sender, the least recently
+touched room's forgiven first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 OWED_FOR = 10.0  # seconds without a resend after which a room's owed keys are forgiven
-OWED_MOST = 1000  # owed keys per room; the oldest are forgiven first
+OWED_MOST = 256  # owed keys per sender, all rooms together (at most 128 characters each)
 
 
 class SenderOrder:
@@ -28,7 +29,9 @@ class SenderOrder:
     def __init__(self) -> None:
         self._stage: asyncio.Future[None] | None = None
         self._publish: asyncio.Future[bool] | None = None
-        self._owed: dict[str, tuple[float, dict[str, None]]] | None = None  # room -> (last seen, keys)
+        # room -> (when a key of it was last refused or sent again, its owed keys), least recently
+        # touched first; None while nothing is owed (the usual case costs one attribute).
+        self._owed: dict[str, tuple[float, dict[str, None]]] | None = None
 
     def idle(self) -> bool:
         """True when no message is in either queue."""
@@ -38,12 +41,12 @@ class SenderOrder:
         """True when `room` is owed refused messages and this one is not one of them."""
         if self._owed is None or room not in self._owed:
             return False
-        seen, keys = self._owed[room]
-        if time.monotonic() - seen > OWED_FOR:
+        touched, keys = self._owed[room]
+        if time.monotonic() - touched > OWED_FOR:
             self._forgive(room)
             return False
         if key is not None and key in keys:
-            self._owed[room] = (time.monotonic(), keys)
+            self._touch(room, keys)
             return False
         return True
 
@@ -51,21 +54,31 @@ class SenderOrder:
         """A message of `room` was refused as unavailable."""
         if key is None:
             return
-        owed = self._owed if self._owed is not None else {}
-        self._owed = owed
-        keys = owed.get(room, (0.0, {}))[1]
+        if self._owed is None:
+            self._owed = {}
+        keys = self._owed[room][1] if room in self._owed else {}
         keys[key] = None
-        while len(keys) > OWED_MOST:
-            del keys[next(iter(keys))]
-        owed[room] = (time.monotonic(), keys)
+        self._touch(room, keys)
+        while sum(len(k) for _, k in self._owed.values()) > OWED_MOST:
+            oldest = next(iter(self._owed))
+            if oldest == room and len(self._owed) == 1:
+                del keys[next(iter(keys))]
+            else:
+                self._forgive(oldest)
 
     def paid(self, room: str, key: str | None) -> None:
         """A message of `room` was stored (or found stored)."""
         if self._owed is None or key is None or room not in self._owed:
             return
-        self._owed[room][1].pop(key, None)
-        if not self._owed[room][1]:
+        keys = self._owed[room][1]
+        keys.pop(key, None)
+        if not keys:
             self._forgive(room)
+
+    def _touch(self, room: str, keys: dict[str, None]) -> None:
+        assert self._owed is not None
+        self._owed.pop(room, None)
+        self._owed[room] = (time.monotonic(), keys)
 
     def _forgive(self, room: str) -> None:
         assert self._owed is not None
