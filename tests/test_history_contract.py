@@ -192,7 +192,7 @@ async def test_redis_forgets_the_ids_of_trimmed_entries(redis_histories: Histori
     assert sorted(i if isinstance(i, str) else i.decode() for i in ids) == ["m-1", "m-3"]
     # An index entry that names another message's offset (left by whatever emptied the stream
     # without it) is not believed: the message is stored, not taken for that one.
-    keys.hset(index, "m-9", again.offset)
+    keys.hset(index, "m-9", str(again.offset))
     stored, _ = await history.append("r", entry("d"), message_id="m-9")
     assert stored.offset == again.offset + 1
 
