@@ -446,7 +446,8 @@ async def _faults(
             continue  # once per run, and only on a cluster
         gw = rng.choice(gateways)
         length = rng.uniform(1.0, plan.longest)
-        applied.append(f"{fault}@{gw.index}" if "gateway" in fault or fault in ("client-abort", "partition") else fault)
+        where = f"@{gw.index}" if "gateway" in fault or fault in ("client-abort", "partition") else ""
+        applied.append(f"{fault}{where}" + (f" {length:.1f}s" if fault in ("redis-pause", "partition") else ""))
         if fault == "gateway-kill":
             await gw.stop(signal.SIGKILL)
             await asyncio.sleep(rng.uniform(0.2, 1.0))

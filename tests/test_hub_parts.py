@@ -33,7 +33,7 @@ async def test_sender_order_keeps_both_stages_in_sending_order():
     log: list[str] = []
 
     async def message(name: str, produce_delay: float) -> None:
-        turn = order.turn()
+        turn = order.turn("r", None)
         try:
             await turn.my_stage()
             log.append(f"stage {name}")
@@ -54,7 +54,7 @@ async def test_a_failing_message_still_releases_its_successors():
     order = SenderOrder()
 
     async def failing() -> None:
-        turn = order.turn()
+        turn = order.turn("r", None)
         try:
             await turn.my_stage()
             raise RuntimeError("ingest failed")
@@ -62,7 +62,7 @@ async def test_a_failing_message_still_releases_its_successors():
             await turn.finish()
 
     async def next_one() -> str:
-        turn = order.turn()
+        turn = order.turn("r", None)
         try:
             await turn.my_stage()
             turn.stage_done()
@@ -201,9 +201,10 @@ def test_a_sender_owes_refused_messages_before_new_ones_until_they_come_again(mo
     order.owe("r", "k2")
     assert order.waits_for_others("r", "new") and order.waits_for_others("r", None)
     assert not order.waits_for_others("other-room", "new")
-    assert not order.waits_for_others("r", "k1")  # the owed ones themselves go through
+    assert not order.waits_for_others("r", "k1")  # the oldest owed goes first
+    assert order.waits_for_others("r", "k2")  # not before k1 is on its way ahead of it
     order.paid("r", "k1")
-    assert order.waits_for_others("r", "new")
+    assert order.waits_for_others("r", "new") and not order.waits_for_others("r", "k2")
     order.paid("r", "k2")
     assert not order.waits_for_others("r", "new")
     # A client that gave up on an owed message is forgiven after OWED_FOR without a resend.
@@ -214,20 +215,35 @@ def test_a_sender_owes_refused_messages_before_new_ones_until_they_come_again(mo
     assert order.idle()
 
 
+@pytest.mark.gen_test(timeout=5)
+async def test_messages_sent_again_in_order_go_on_behind_each_other():
+    """k1 and k2 were refused; sent again, k2 (and a new message behind them) may go on while k1
+    is in the queue ahead of them: should k1 be refused again, so are they (the cascade)."""
+    order = SenderOrder()
+    order.owe("r", "k1")
+    order.owe("r", "k2")
+    first = order.turn("r", "k1")
+    second = order.turn("r", "k2")
+    third = order.turn("r", "new")
+    assert [t.waits_for_others() for t in (first, second, third)] == [False, False, False]
+    first.refused = True
+    await first.finish()
+    assert await second.my_publish()  # refused ahead: refused too
+    await second.finish()
+    await third.finish()
+    late = order.turn("r", "later")
+    assert late.waits_for_others()  # k1 is owed and no longer on its way
+
+
 def test_what_a_sender_owes_is_bounded_across_rooms():
     """A client that keeps sending new messages during a long outage is refused each of them, and
     each is owed: the keys it can make us hold stop at OWED_MOST, the least recent room first."""
     order = SenderOrder()
     for n in range(ordering.OWED_MOST + 50):
         order.owe(f"room-{n % 3}", f"key-{n}")
-    held = [
-        key
-        for room in ("room-0", "room-1", "room-2")
-        for key in range(ordering.OWED_MOST + 50)
-        if order.waits_for_others(room, "new") and not order.waits_for_others(room, f"key-{key}")
-    ]
-    assert 0 < len(held) <= ordering.OWED_MOST
-    order.owe("only", "a")
+    assert 0 < order.owes() <= ordering.OWED_MOST
     for n in range(ordering.OWED_MOST + 5):
         order.owe("only", f"k-{n}")
-    assert not order.waits_for_others("only", f"k-{ordering.OWED_MOST + 4}")  # the newest are kept
+    assert order.owes() == ordering.OWED_MOST  # the other rooms forgiven first, then the oldest keys
+    assert not order.waits_for_others("only", "k-5")  # the oldest kept goes first
+    assert order.waits_for_others("only", "k-4")

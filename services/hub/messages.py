@@ -54,8 +54,8 @@ class MessagePipeline:
     async def handle(
         self, session: Session, order: SenderOrder, payload: dict[str, Any], request_id: str | None
     ) -> None:
-        turn = order.turn()
         room, key = payload["roomId"], payload.get("dedupeKey")
+        turn = order.turn(room, key)
         try:
             await self._handle(session, turn, payload, request_id)
         except ClientError:
@@ -71,7 +71,7 @@ class MessagePipeline:
         room = payload["roomId"]
         key: str | None = payload.get("dedupeKey")
         await turn.my_stage()
-        if turn.waits_for_others(room, key):  # an earlier message is owed first (ordering.py)
+        if turn.waits_for_others():  # an earlier message is owed first (ordering.py)
             raise _unavailable(turn, room, key)
         msg_id, created = uuid7(), iso_now()
         store_key = dedupe_key(session.user_id, room, key) if key is not None else None

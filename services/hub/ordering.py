@@ -5,12 +5,13 @@ while the Kafka delivery reports of several messages are awaited at the same tim
     publish: broadcast and ack, in sending order (never ahead of a predecessor, even one failing)
 
 A `Turn` is one message's place in both queues. A message refused as `unavailable` (Redis could
-not store it) refuses the ones queued behind it too, and the sender then owes it to the room: until
-its dedupeKey comes again (the clients send it again in order), the sender's new messages in that
-room are refused as well. Without that, a message sent while the refusal was on its way back would
-be stored ahead of it. A room whose owed keys are not sent again within OWED_FOR seconds is forgiven
-(the client gave up on them); at most OWED_MOST keys are owed per sender, the least recently
-touched room's forgiven first.
+not store it) refuses the ones queued behind it too, and the sender then owes it to the room: a
+later message of the room goes on only while every owed message older than it is on its way ahead
+of it (sent again, in flight: should it be refused again, so is the later one); otherwise it is
+refused too. Without that, a message sent while a refusal was on its way back, or one sent again
+while an older one was refused again, would be stored ahead of it. A room whose owed keys are not
+sent again within OWED_FOR seconds is forgiven (the client gave up on them); at most OWED_MOST keys
+are owed per sender, the least recently touched room's forgiven first.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ OWED_MOST = 256  # owed keys per sender, all rooms together (at most 128 charact
 
 
 class SenderOrder:
-    __slots__ = ("_owed", "_publish", "_stage")
+    __slots__ = ("_flying", "_owed", "_publish", "_stage")
 
     def __init__(self) -> None:
         self._stage: asyncio.Future[None] | None = None
         self._publish: asyncio.Future[bool] | None = None
+        self._flying: dict[tuple[str, str], int] = {}  # (room, dedupeKey) of the messages in the queues
         # room -> (when a key of it was last refused or sent again, its owed keys), least recently
         # touched first; None while nothing is owed (the usual case costs one attribute).
         self._owed: dict[str, tuple[float, dict[str, None]]] | None = None
@@ -38,17 +40,20 @@ class SenderOrder:
         return self._stage is None and self._publish is None
 
     def waits_for_others(self, room: str, key: str | None) -> bool:
-        """True when `room` is owed refused messages and this one is not one of them."""
+        """True when `room` owes a message older than this one that is not on its way ahead of it."""
         if self._owed is None or room not in self._owed:
             return False
         touched, keys = self._owed[room]
         if time.monotonic() - touched > OWED_FOR:
             self._forgive(room)
             return False
-        if key is not None and key in keys:
-            self._touch(room, keys)
-            return False
-        return True
+        for owed in keys:  # oldest first
+            if owed == key:
+                self._touch(room, keys)
+                return False
+            if (room, owed) not in self._flying:
+                return True
+        return False  # a new message, behind every owed one
 
     def owe(self, room: str, key: str | None) -> None:
         """A message of `room` was refused as unavailable."""
@@ -59,12 +64,16 @@ class SenderOrder:
         keys = self._owed[room][1] if room in self._owed else {}
         keys[key] = None
         self._touch(room, keys)
-        while sum(len(k) for _, k in self._owed.values()) > OWED_MOST:
+        while self.owes() > OWED_MOST:
             oldest = next(iter(self._owed))
             if oldest == room and len(self._owed) == 1:
                 del keys[next(iter(keys))]
             else:
                 self._forgive(oldest)
+
+    def owes(self) -> int:
+        """Keys owed, all rooms together."""
+        return 0 if self._owed is None else sum(len(keys) for _, keys in self._owed.values())
 
     def paid(self, room: str, key: str | None) -> None:
         """A message of `room` was stored (or found stored)."""
@@ -86,24 +95,28 @@ class SenderOrder:
         if not self._owed:
             self._owed = None
 
-    def turn(self) -> Turn:
+    def turn(self, room: str, key: str | None) -> Turn:
         loop = asyncio.get_running_loop()
-        turn = Turn(self, self._stage, self._publish, loop.create_future(), loop.create_future())
+        turn = Turn(self, room, key, self._stage, self._publish, loop.create_future(), loop.create_future())
         self._stage, self._publish = turn.staged, turn.published
+        if key is not None:
+            self._flying[(room, key)] = self._flying.get((room, key), 0) + 1
         return turn
 
 
 @dataclass(slots=True, eq=False)
 class Turn:
     _order: SenderOrder
+    room: str
+    key: str | None
     _prev_stage: asyncio.Future[None] | None
     _prev_publish: asyncio.Future[bool] | None
     staged: asyncio.Future[None]
     published: asyncio.Future[bool]  # True: refused as unavailable
     refused: bool = False
 
-    def waits_for_others(self, room: str, key: str | None) -> bool:
-        return self._order.waits_for_others(room, key)
+    def waits_for_others(self) -> bool:
+        return self._order.waits_for_others(self.room, self.key)
 
     async def my_stage(self) -> None:
         """Return once the previous message has left the stage step."""
@@ -128,6 +141,10 @@ class Turn:
         if not self.published.done():
             self.published.set_result(self.refused)
         order = self._order
+        if self.key is not None:
+            flying = order._flying.pop((self.room, self.key)) - 1
+            if flying:
+                order._flying[(self.room, self.key)] = flying
         if order._stage is self.staged:
             order._stage = None
         if order._publish is self.published:
