@@ -9,7 +9,9 @@ Two clients in one room; once they are in, Redis hangs for `--seconds` (`pause`:
 redis-server; `partition`: the proxy carries nothing, sockets open). Meanwhile one client sends a
 message with a dedupeKey every 100 ms, a ping every 100 ms and `typing` every 500 ms; the other
 watches. Reported: the time to each message's answer (`ack` or `error unavailable`) by when it was
-sent, the slowest pong, the slowest typing seen by the other client, and the answers after the hang.
+sent (before and after the first refusal opened the breaker), the slowest pong (the same split), the
+slowest typing seen by the other client, and when messages are acked again after the hang (this
+client does not send the refused ones again: its new ones wait out OWED_FOR, services/hub/ordering.py).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ async def measure(fault: str, seconds: float) -> dict[str, Any]:
         await _join(watcher, "hang")
         sent: dict[str, float] = {}
         answers: list[tuple[float, float, str]] = []  # (sent at, waited, type or error code)
-        pongs: list[float] = []
+        pongs: list[tuple[float, float]] = []  # (sent at, waited)
         typing_seen: list[float] = []
         typing_sent: list[float] = []
 
@@ -74,7 +76,7 @@ async def measure(fault: str, seconds: float) -> dict[str, Any]:
                 if rid in sent:
                     began = sent.pop(rid)
                     if frame["type"] == "pong":
-                        pongs.append(time.monotonic() - began)
+                        pongs.append((began - start, time.monotonic() - began))
                     elif frame["type"] in ("ack", "error"):
                         kind = frame["type"] if frame["type"] == "ack" else frame["payload"]["code"]
                         answers.append((began - start, time.monotonic() - began, kind))
@@ -93,7 +95,7 @@ async def measure(fault: str, seconds: float) -> dict[str, Any]:
             link.hold()
         n = 0
         hung = True
-        while time.monotonic() - start < seconds + 3.0:
+        while time.monotonic() - start < seconds + 6.0:
             if hung and time.monotonic() - start >= seconds:
                 hung = False
                 if fault == "pause":
@@ -113,19 +115,26 @@ async def measure(fault: str, seconds: float) -> dict[str, Any]:
         await asyncio.sleep(3.0)  # the last answers
         for reader in readers:
             reader.cancel()
-        during = [a for a in answers if a[0] < seconds - 2.5]
+        answers.sort()
+        first = answers[0]
+        opened = first[0] + first[1]  # the first answer came: the breaker is open from here on
+        during = [a for a in answers if opened <= a[0] < seconds]
+        after = [a for a in answers if a[0] >= seconds and a[2] == "ack"]
         return {
             "fault": fault,
             "seconds": seconds,
-            "first_answer_s": round(during[0][1], 3) if during else None,
-            "first_answer": during[0][2] if during else None,
-            "later_answers_median_ms": round(statistics.median(a[1] for a in during[1:]) * 1000, 2),
-            "later_answers_max_s": round(max(a[1] for a in during[1:]), 3),
-            "answers_during": {k: sum(1 for a in during if a[2] == k) for k in {a[2] for a in during}},
+            "first_answer_s": round(first[1], 3),
+            "first_answer": first[2],
+            "sent_before_it_slowest_s": round(max(a[1] for a in answers if a[0] < opened), 3),
+            "then_answers_median_ms": round(statistics.median(a[1] for a in during) * 1000, 2),
+            "then_answers_max_ms": round(max(a[1] for a in during) * 1000, 2),
+            "then_answers": {k: sum(1 for a in during if a[2] == k) for k in {a[2] for a in during}},
             "unanswered": len([r for r in sent if r.startswith("message")]),
-            "slowest_pong_ms": round(max(pongs) * 1000, 2),
+            "slowest_pong_ms": round(max(p[1] for p in pongs) * 1000, 2),
+            "then_slowest_pong_ms": round(max(p[1] for p in pongs if p[0] >= opened) * 1000, 2),
             "slowest_typing_ms": round(max(typing_seen) * 1000, 2) if typing_seen else None,
-            "acked_after": sum(1 for a in answers if a[0] > seconds + 1.5 and a[2] == "ack"),
+            "first_ack_after_the_hang_s": round(after[0][0] + after[0][1] - seconds, 3) if after else None,
+            "acked_after": len(after),
         }
     finally:
         await gateway.stop(signal.SIGKILL)

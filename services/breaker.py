@@ -6,13 +6,15 @@ timeout and one sender's later messages queued behind it (docs/scaling.md, "Redi
 
     closed     every call goes through, each cut after `timeout` seconds
     open       after a call failed in a way that says Redis is unavailable: calls fail at once
-               with CircuitOpen, without touching the network, for `retry_after` seconds
-    half-open  then the next call is the probe (the others keep failing at once); its success
-               closes the breaker, its failure opens it again
+               with CircuitOpen, without touching the network
+    probing    `retry_after` seconds later, the next call starts the probe (a PING, in the
+               background) and, like every call meanwhile, fails at once; the probe's success
+               closes the breaker, its failure opens it for `retry_after` more
 
 One breaker serves the whole process (every store shares the command client), so a hang costs
-one caller per probe at most `timeout`, and the others nothing. A success of any call closes it.
-State changes are one log line each (`redis circuit open`, `redis circuit closed`).
+the calls already under way when it began at most `timeout`, and every later call nothing: no
+caller ever waits for a probe. A success of any call closes it too. State changes are one log line
+each (`redis circuit open`, `redis circuit closed`).
 """
 
 from __future__ import annotations
@@ -42,16 +44,19 @@ class Breaker:
         errors: tuple[type[BaseException], ...],
         trips: Callable[[BaseException], bool],
         logger: logging.Logger,
+        probe: Callable[[], Awaitable[object]],
         retry_after: float = RETRY_AFTER,
     ) -> None:
         """`errors` are the failures a caller expects (they pass through, and `trips` says which
-        of them open the breaker); anything else is a bug and leaves the breaker as it is."""
+        of them open the breaker); anything else is a bug and leaves the breaker as it is.
+        `probe` asks Redis whether it answers, past the breaker."""
         self.timeout = timeout
         self.retry_after = retry_after
+        self._probe = probe
+        self._prober: asyncio.Task[None] | None = None
         self._errors = errors
         self._trips = trips
         self._open_until: float | None = None  # None: closed
-        self._probing = False
         self._refused = 0
         self._state = StateLog(logger, "redis circuit", initial="closed")
         self._since = 0.0
@@ -61,13 +66,12 @@ class Breaker:
         return self._open_until is not None
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
-        probe = False
         if self._open_until is not None:
-            if self._probing or time.monotonic() < self._open_until:
-                self._refused += 1
-                METRICS.redis_refused.inc()
-                raise CircuitOpen("redis unavailable (circuit open)")
-            self._probing = probe = True
+            if time.monotonic() >= self._open_until and (self._prober is None or self._prober.done()):
+                self._prober = asyncio.ensure_future(self._probe_once())
+            self._refused += 1
+            METRICS.redis_refused.inc()
+            raise CircuitOpen("redis unavailable (circuit open)")
         try:
             async with asyncio.timeout(self.timeout):
                 result = await work()
@@ -77,11 +81,22 @@ class Breaker:
             else:
                 self._close()  # Redis answered, with an error for this call only
             raise
-        finally:
-            if probe:
-                self._probing = False
         self._close()
         return result
+
+    async def _probe_once(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._probe()
+        except Exception as exc:  # whatever it was, Redis did not answer: stay open
+            self._trip(exc)
+            return
+        self._close()
+
+    def stop(self) -> None:
+        """The client is closing: no probe outlives it."""
+        if self._prober is not None:
+            self._prober.cancel()
 
     def _trip(self, exc: BaseException) -> None:
         self._open_until = time.monotonic() + self.retry_after

@@ -58,6 +58,13 @@ class GuardedRedis(aioredis.Redis):
         command = super().execute_command  # typed loosely by redis-py
         return await self.breaker.call(lambda: command(*args, **options))  # type: ignore[no-untyped-call]
 
+    async def ping_past_breaker(self) -> object:
+        return await super().execute_command("PING")  # type: ignore[no-untyped-call]
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        self.breaker.stop()
+        await super().aclose(close_connection_pool)
+
 
 class GuardedCluster(RedisCluster):
     """A Redis Cluster client whose every command goes through the breaker."""
@@ -67,6 +74,14 @@ class GuardedCluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         command = super().execute_command
         return await self.breaker.call(lambda: command(*args, **kwargs))
+
+    async def ping_past_breaker(self) -> object:
+        """Every primary answers (a slot without one refuses its commands anyway)."""
+        return await super().execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+
+    async def aclose(self) -> None:
+        self.breaker.stop()
+        await super().aclose()
 
 
 # The command client of either mode. The stores use what both have: scripts, plain commands,
@@ -115,7 +130,7 @@ def make_client(settings: Settings, instance_id: str) -> RedisClient:
     client = GuardedRedis(
         **single_kwargs(settings, timeout, retries=1), max_connections=MAX_CONNECTIONS, client_name=f"rtg:{instance_id}"
     )
-    client.breaker = new_breaker(timeout)
+    client.breaker = new_breaker(timeout, client.ping_past_breaker)
     return client
 
 
@@ -125,10 +140,10 @@ async def guarded(client: RedisClient, work: Callable[[], Awaitable[T]]) -> T:
     return await client.breaker.call(work)
 
 
-def new_breaker(timeout: float) -> Breaker:
+def new_breaker(timeout: float, probe: Callable[[], Awaitable[object]]) -> Breaker:
     """One per command client: every store of a process shares it (a Redis in trouble is in trouble
     for all of them)."""
-    return Breaker(timeout, REDIS_ERRORS, trips, logging.getLogger("gateway.redis"))
+    return Breaker(timeout, REDIS_ERRORS, trips, logging.getLogger("gateway.redis"), probe)
 
 
 def trips(exc: BaseException) -> bool:
@@ -164,7 +179,7 @@ def make_cluster_client(settings: Settings, timeout: float, client_name: str | N
         max_connections=MAX_CONNECTIONS,
         client_name=client_name,
     )
-    cluster.breaker = new_breaker(timeout)
+    cluster.breaker = new_breaker(timeout, cluster.ping_past_breaker)
     return cluster
 
 

@@ -20,7 +20,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-OWED_FOR = 10.0  # seconds without a resend after which a room's owed keys are forgiven
+OWED_FOR = 3.0  # seconds without a resend after which a room's owed keys are forgiven (clients resend within ~1 s)
 OWED_MOST = 256  # owed keys per sender, all rooms together (at most 128 characters each)
 
 
@@ -31,8 +31,8 @@ class SenderOrder:
         self._stage: asyncio.Future[None] | None = None
         self._publish: asyncio.Future[bool] | None = None
         self._flying: dict[tuple[str, str], int] = {}  # (room, dedupeKey) of the messages in the queues
-        # room -> (when a key of it was last refused or sent again, its owed keys), least recently
-        # touched first; None while nothing is owed (the usual case costs one attribute).
+        # room -> (when it was first owed or an owed key last came again, its owed keys), least
+        # recently touched first; None while nothing is owed (the usual case costs one attribute).
         self._owed: dict[str, tuple[float, dict[str, None]]] | None = None
 
     def idle(self) -> bool:
@@ -61,9 +61,12 @@ class SenderOrder:
             return
         if self._owed is None:
             self._owed = {}
-        keys = self._owed[room][1] if room in self._owed else {}
+        if room in self._owed:
+            keys = self._owed[room][1]  # only a resend of an owed key counts as the client's activity
+        else:
+            keys = {}
+            self._touch(room, keys)
         keys[key] = None
-        self._touch(room, keys)
         while self.owes() > OWED_MOST:
             oldest = next(iter(self._owed))
             if oldest == room and len(self._owed) == 1:
