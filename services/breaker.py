@@ -30,7 +30,7 @@ from services.metrics import METRICS
 
 T = TypeVar("T")
 
-RETRY_AFTER = 1.0  # seconds an open breaker refuses before letting a probe through
+RETRY_AFTER = 1.0  # seconds an open breaker refuses before it probes (and between probes)
 
 
 class CircuitOpen(Exception):
@@ -60,10 +60,6 @@ class Breaker:
         self._refused = 0
         self._state = StateLog(logger, "redis circuit", initial="closed")
         self._since = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return self._open_until is not None
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
         if self._open_until is not None:
