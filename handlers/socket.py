@@ -318,7 +318,10 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         elif frame_type == "history":
             await hub.history_of(session, payload["roomId"], payload["limit"], request_id)
         elif frame_type == "presence":
-            await hub.set_presence(session, payload["roomId"], payload["status"])
+            # In the background too, so a hung Redis holds presence changes, not pings (docs/scaling.md).
+            hub.spawn(
+                self._guarded(session, hub.set_presence(session, payload["roomId"], payload["status"]), None, None)
+            )
         elif frame_type == "refresh":
             await self._refresh(session, payload["token"], request_id)
         else:  # ping

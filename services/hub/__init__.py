@@ -261,9 +261,12 @@ class RoomHub:
         session.send(self.roster.frame(room, await self.roster.page(room, cursor), request_id))
 
     async def set_presence(self, session: Session, room: str, status: str) -> None:
-        if room not in session.rooms:
-            raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
-        await self.statuses.set(room, session.user_id, status)
+        """Run in the background by the socket; one at a time per connection (ordering.py)."""
+        order = self._orders.get(session) or SenderOrder()  # a session gone meanwhile: order no longer matters
+        async with order.presence():
+            if room not in session.rooms:
+                raise ClientError("not_in_room", "join the room before setting presence in it", roomId=room)
+            await self.statuses.set(room, session.user_id, status)
 
     # -- events from elsewhere (Kafka consumer, control API) ----------------------------------
 

@@ -25,15 +25,24 @@ OWED_MOST = 256  # owed keys per sender, all rooms together (at most 128 charact
 
 
 class SenderOrder:
-    __slots__ = ("_flying", "_owed", "_publish", "_stage")
+    __slots__ = ("_flying", "_owed", "_presence", "_publish", "_stage")
 
     def __init__(self) -> None:
         self._stage: asyncio.Future[None] | None = None
         self._publish: asyncio.Future[bool] | None = None
         self._flying: dict[tuple[str, str], int] = {}  # (room, dedupeKey) of the messages in the queues
+        self._presence: asyncio.Lock | None = None  # made at the first presence change
         # room -> (when it was first owed or an owed key last came again, its owed keys), least
         # recently touched first; None while nothing is owed (the usual case costs one attribute).
         self._owed: dict[str, tuple[float, dict[str, None]]] | None = None
+
+    def presence(self) -> asyncio.Lock:
+        """One presence change at a time, in the order received: they run in the background (a hung
+        Redis holds this sender's presence changes, not its pings), and must not overtake each
+        other (`online` after `typing` must stay last)."""
+        if self._presence is None:
+            self._presence = asyncio.Lock()
+        return self._presence
 
     def idle(self) -> bool:
         """True when no message is in either queue."""
