@@ -19,26 +19,30 @@ def _redis_server() -> None:
 
 
 def short(seed: int, *faults: str) -> Plan:
-    return Plan(seed, gateways=3, rooms=2, subscribers=3, messages=480, rate=40.0, faults=faults, longest=4.0)
+    return Plan(seed, gateways=3, rooms=2, subscribers=3, messages=600, rate=40.0, faults=faults, longest=8.0)
 
 
 @pytest.mark.parametrize(
-    "faults",
+    ("seed", "faults"),
     [
-        pytest.param(("redis-pause", "partition"), id="redis-pauses-and-partitions"),
-        pytest.param(("gateway-kill", "gateway-term", "client-abort"), id="gateway-kills-drains-client-aborts"),
+        # seed 1: pauses of 1.8, 3.7 and 7.3 s. A gateway that delivered unstored messages locally
+        # (630d91a) lost 4 (member, acked message) pairs and renewed 2 epochs in this run.
+        pytest.param(1, ("redis-pause",), id="redis-pauses"),
+        pytest.param(
+            23, ("partition", "gateway-kill", "gateway-term", "client-abort"), id="partitions-kills-drains-aborts"
+        ),
     ],
 )
-@pytest.mark.gen_test(timeout=120)
-async def test_faults_that_keep_the_history_lose_nothing_and_renew_nothing(faults: tuple[str, ...]) -> None:
-    report = await run(short(23, *faults))
+@pytest.mark.gen_test(timeout=150)
+async def test_faults_that_keep_the_history_lose_nothing_and_renew_nothing(seed: int, faults: tuple[str, ...]) -> None:
+    report = await run(short(seed, *faults))
     assert report.faults, "the schedule applied no fault"
-    assert report.acked == 480 and report.failed == 0, report
+    assert report.acked == 600 and report.failed == 0, report
     assert (report.missing, report.duplicates, report.order) == (0, 0, 0), report
     assert (report.renewals, report.not_recovered) == (0, 0), report
 
 
-@pytest.mark.gen_test(timeout=120)
+@pytest.mark.gen_test(timeout=150)
 async def test_redis_lost_empty_is_an_announced_break_never_a_silent_one() -> None:
     report = await run(short(1, "redis-restart"))
     assert report.faults and report.renewals >= 1, report  # the history was lost: a new epoch
