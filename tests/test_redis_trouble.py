@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 
 from client import Backoff, ErrorEvent, GatewayClient
+from tests.control_support import API_KEY, api
 from tests.helpers import RunningGateway, sample, token
 from tests.recovery_support import in_room, messages, position, rejoin, say, send_until_acked
 from tests.redis_support import PrivateRedis, client, redis_overrides, unique_prefix
@@ -35,7 +36,7 @@ def frozen() -> Iterator[list[PrivateRedis]]:
 
 async def _pair(make_gateway: Callable[..., Awaitable[RunningGateway]], port: int) -> Pair:
     prefix = unique_prefix()
-    settings = {"rate_limit": 1000.0, "rate_burst": 1000}
+    settings = {"rate_limit": 1000.0, "rate_burst": 1000, "api_key": API_KEY}
     a = await make_gateway(**redis_overrides(port, prefix, instance_id="hang-a", **settings))
     b = await make_gateway(**redis_overrides(port, prefix, instance_id="hang-b", **settings))
     return a, b
@@ -69,6 +70,10 @@ async def test_a_message_during_a_hang_reaches_nobody_and_its_resend_reaches_eve
     await bob.expect("error", timeout=DURING_HANG, match=unavailable_for("k-2"))
     alice.send("ping", request_id="p")
     await alice.expect("pong", timeout=DURING_HANG)
+    # The control API cannot store one either: 503, and the message goes nowhere (checked below).
+    api_message = {"senderId": "ops", "content": "from the api", "id": "api-1"}
+    status, answer = await api(a.http, "/api/publish", {"roomId": "r", "message": api_message})
+    assert status == 503 and answer["error"].startswith("unavailable"), (status, answer)
     alice.send("presence", {"roomId": "r", "status": "typing"})
     typing = await bob.expect("presence", timeout=DURING_HANG, match=lambda f: f["payload"]["status"] == "typing")
     assert typing["payload"]["userId"] == "alice"
