@@ -78,6 +78,13 @@ async def test_a_message_during_a_hang_reaches_nobody_and_its_resend_reaches_eve
     typing = await bob.expect("presence", timeout=DURING_HANG, match=lambda f: f["payload"]["status"] == "typing")
     assert typing["payload"]["userId"] == "alice"
     assert sample("gateway_unavailable_total") >= refused + 2
+    # A recovering join cannot read the history now: `unavailable`, not `recovered: false` (the
+    # history is whole), and the connection is not left in the room.
+    dave = await b.client("dave")
+    dave.send("join", {"roomId": "r", "since": before}, request_id="since")
+    joining = await dave.reply_to("since", timeout=DURING_HANG)
+    assert (joining["type"], joining["payload"]["code"]) == ("error", "unavailable"), joining
+    assert not any("r" in s.rooms for s in b.gateway.hub.users.get("dave", ()))
     private_redis.thaw()
 
     # Sent again in order, as the clients do (a new message is refused while these are owed).
