@@ -18,10 +18,18 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-venv: $(VENV)/.runtime
-dev-venv: $(VENV)/.dev
+# The project itself, editable: its commands (realtime-gateway, -token, -client) land in .venv/bin
+# and a script anywhere can `import client` with .venv/bin/python (PYTHONWARNINGS: setuptools warns
+# about every editable install).
+$(VENV)/.project: pyproject.toml | $(BIN)/python
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q --no-deps -e .
+	touch $@
 
-## Start the gateway on the in-process defaults (no Redis, no Kafka needed).
+venv: $(VENV)/.runtime $(VENV)/.project
+dev-venv: $(VENV)/.dev $(VENV)/.project
+
+## Start the gateway on the in-process defaults (no Redis, no Kafka needed); `make run PORT=3001`
+## for another port.
 run: venv
 	$(BIN)/python server.py --port $(PORT)
 

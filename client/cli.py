@@ -54,8 +54,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _program() -> str:
+    """`realtime-gateway-client` when installed, `python -m client` from a clone: as typed."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and not name.endswith(".py") and name != "-c" else "python -m client"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m client", description="Realtime Gateway command-line client.")
+    parser = _Parser(prog=_program(), description="Realtime Gateway command-line client.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("chat", "interactive chat: typed lines are messages, /help lists commands"),

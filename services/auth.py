@@ -27,6 +27,7 @@ import jwt
 from services.errors import AuthError, ConfigError
 from services.ids import iso
 from services.settings import Settings
+from services.settings.options import program
 
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 8192  # far above any real JWT; bounds what an unauthenticated client makes us parse
@@ -239,7 +240,7 @@ def mint(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.auth", description="Developer token tool.")
+    parser = argparse.ArgumentParser(prog=program("python -m services.auth"), description="Developer token tool.")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mint", help="print a signed HS256 token")
     m.add_argument("--sub", required=True, help="user id")
@@ -248,10 +249,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--secret", default=None, help="signing secret (default: $JWT_SECRET, else $JWT_DEV)")
     m.add_argument("--aud", default=None)
     m.add_argument("--iss", default=None)
+    m.add_argument("--dev", action="store_true", help=f"allow a secret shorter than {MIN_SECRET_BYTES} bytes")
     args = parser.parse_args(argv)
     secret = args.secret or os.environ.get("JWT_SECRET") or os.environ.get("JWT_DEV")
     if not secret:
-        print("error: no secret: set JWT_SECRET or pass --secret", file=sys.stderr)
+        print(
+            "error: no secret: set JWT_SECRET (the gateway's) or pass --secret; a gateway started without one"
+            " (make run) keeps its generated secret to itself: ask it at /dev/token?sub=NAME instead",
+            file=sys.stderr,
+        )
+        return 2
+    if len(secret.encode()) < MIN_SECRET_BYTES and not args.dev:
+        # The gateway refuses such a secret unless it runs with --dev: a token signed with it is useless.
+        print(
+            f"error: the secret is shorter than {MIN_SECRET_BYTES} bytes, which the gateway refuses unless it"
+            " runs with --dev; use a longer one (openssl rand -hex 32), or pass --dev",
+            file=sys.stderr,
+        )
         return 2
     rooms = [r.strip() for r in args.rooms.split(",") if r.strip()] if args.rooms else None
     extra: dict[str, Any] = {}

@@ -154,6 +154,15 @@ def test_mint_cli_without_secret_fails(capsys, monkeypatch):
     assert "JWT_SECRET" in capsys.readouterr().err
 
 
+def test_mint_cli_refuses_a_secret_the_gateway_would_refuse(capsys, monkeypatch):
+    """A 3-byte secret signs tokens that a gateway without --dev never accepts: say so instead."""
+    monkeypatch.setenv("JWT_SECRET", "abc")
+    assert auth_main(["mint", "--sub", "a"]) == 2
+    assert "shorter than 32 bytes" in capsys.readouterr().err
+    assert auth_main(["mint", "--sub", "a", "--dev"]) == 0
+    assert jwt.decode(capsys.readouterr().out.strip(), "abc", algorithms=["HS256"])["sub"] == "a"
+
+
 def _raw_token(header: str, claims: str, secret: str | None = SECRET) -> str:
     """A token from raw JSON texts, signed when `secret` is given: JSON the encoder would not write."""
     import hashlib

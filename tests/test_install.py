@@ -139,6 +139,7 @@ def test_gateway_command_prints_help(installed):
     done = _run([installed.bin("realtime-gateway"), "--help"], cwd=installed.workdir)
     assert done.returncode == 0, done.stderr
     assert "--port" in done.stdout
+    assert done.stdout.startswith("usage: realtime-gateway "), "help names the command as typed"
 
 
 def test_token_command_mints_a_jwt(installed):
@@ -149,12 +150,15 @@ def test_token_command_mints_a_jwt(installed):
     assert done.returncode == 0, done.stderr
     claims = jwt.decode(done.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["sub"] == "alice"
+    usage = _run([installed.bin("realtime-gateway-token"), "--help"], cwd=installed.workdir)
+    assert usage.stdout.startswith("usage: realtime-gateway-token "), usage.stdout
 
 
 def test_client_command_prints_help(installed):
     done = _run([installed.bin("realtime-gateway-client"), "--help"], cwd=installed.workdir)
     assert done.returncode == 0, done.stderr
     assert "chat" in done.stdout and "tail" in done.stdout
+    assert done.stdout.startswith("usage: realtime-gateway-client "), "help names the command as typed"
 
 
 def test_packages_import_from_the_installed_copy(installed):

@@ -41,8 +41,8 @@ import type {
 } from "./frames.js";
 import { type CloseAction, closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
 
-/** The part of the standard WebSocket the client uses, so a browser's, Node's (22+, or 20 with
- * --experimental-websocket) or the `ws` package's all fit. */
+/** The part of the standard WebSocket the client uses, so a browser's, Node's (22+) or the `ws`
+ * package's all fit. */
 export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
@@ -189,7 +189,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private readonly options: { timeoutMs: number; maxBuffered: number; pingIntervalMs: number; pongTimeoutMs: number; stableAfterMs: number };
   private readonly maxAttempts: number;
   private readonly backoff: Backoff;
-  private readonly WebSocketClass: WebSocketConstructor;
+  private WebSocketClass: WebSocketConstructor | null;
   private readonly tokenSource: string | TokenProvider;
   private current: ClientState = "idle";
   private ws: WebSocketLike | null = null;
@@ -216,11 +216,11 @@ export class GatewayClient extends Emitter<ClientEvents> {
       throw new TypeError("pass a token or getToken (one of them)");
     }
     const WebSocketClass = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (WebSocketClass === undefined) {
-      throw new TypeError("no WebSocket here: pass options.WebSocket, or use Node 22+ (20: --experimental-websocket)");
+    if (WebSocketClass === undefined && !isNode()) {
+      throw new TypeError("no WebSocket here: pass options.WebSocket");
     }
     this.url = url;
-    this.WebSocketClass = WebSocketClass;
+    this.WebSocketClass = WebSocketClass ?? null; // Node 20: the `ws` package, loaded at connect()
     this.tokenSource = options.token ?? (options.getToken as TokenProvider);
     this.backoff = new Backoff(options.backoff);
     this.maxAttempts = options.maxAttempts ?? Infinity;
@@ -423,6 +423,15 @@ export class GatewayClient extends Emitter<ClientEvents> {
       return;
     }
     this.userId = tokenSubject(token) ?? this.userId;
+    if (this.WebSocketClass === null) {
+      try {
+        this.WebSocketClass = await loadWs();
+      } catch {
+        this.finish(new ClientClosed(NO_WEBSOCKET));
+        return;
+      }
+      if (this.current !== "connecting") return;
+    }
     let ws: WebSocketLike;
     try {
       ws = new this.WebSocketClass(withToken(this.url, token));
@@ -686,6 +695,28 @@ const SERVER_TYPE_SET: ReadonlySet<string> = new Set(SERVER_TYPES);
 
 function isEntry(type: string): boolean {
   return type === "message" || type === "message_updated" || type === "message_deleted";
+}
+
+const NO_WEBSOCKET =
+  "this Node.js has no WebSocket: on Node 20 install the ws package beside the client (npm install ws), " +
+  "use Node 22 or later, or pass options.WebSocket";
+
+function isNode(): boolean {
+  return typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
+}
+
+/** Node 20 has a WebSocket only behind --experimental-websocket: the `ws` package (an optional peer
+ * dependency) stands in, so the client works there without flags. The specifier is a variable so
+ * that bundlers for the browser, which has a WebSocket, do not try to resolve it. */
+async function loadWs(): Promise<WebSocketConstructor> {
+  const specifier = "ws";
+  const module = (await import(/* @vite-ignore */ /* webpackIgnore: true */ specifier)) as {
+    WebSocket?: WebSocketConstructor;
+    default?: WebSocketConstructor;
+  };
+  const found = module.WebSocket ?? module.default;
+  if (found === undefined) throw new TypeError("the ws package exports no WebSocket");
+  return found;
 }
 
 function write(ws: WebSocketLike, frame: Frame): boolean {

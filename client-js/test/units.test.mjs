@@ -321,3 +321,17 @@ test("messages refused as unavailable go out again, in their order, with their d
   ws.reply({ type: "error", payload: { code: "ingest_failed", message: "no", roomId: "room" }, requestId: ws.sent[4].requestId });
   await assert.rejects(refused, { code: "ingest_failed" }, "any other refusal is the caller's to handle");
 });
+
+test("a Node.js without a WebSocket and without the ws package gets one clear error at connect", async (t) => {
+  if (globalThis.WebSocket !== undefined) return t.skip("this Node.js has a global WebSocket");
+  // A copy of the build where `ws` cannot be resolved (no node_modules above a temp folder).
+  const { mkdtemp, cp, rm } = await import("node:fs/promises");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const dir = await mkdtemp(join(tmpdir(), "rtg-client-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  await cp(new URL("../dist/", import.meta.url), dir, { recursive: true });
+  const copy = await import(join(dir, "index.js"));
+  const client = new copy.GatewayClient("ws://127.0.0.1:9/ws", { token: mint("u") });
+  await assert.rejects(client.connect(), (error) => error.name === "ClientClosed" && /npm install ws/.test(error.message));
+});

@@ -38,7 +38,9 @@ class Settings:
         None, text, "listen address (default 0.0.0.0; 127.0.0.1 while the secret is generated for the run)"
     )
     internal_port: int | None = setting(
-        None, integer(0, 65535), "port serving /metrics and /api/* (and /healthz, /readyz); set: those are 404 on PORT"
+        None,
+        integer(0, 65535),
+        "port serving /metrics and /api/* (and /healthz, /readyz); set: /metrics and /api/* are 404 on PORT",
     )
     # -- tokens
     jwt_secret: str | None = setting(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -142,8 +143,15 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def program(run_as: str) -> str:
+    """The command as the user typed it, for `--help` and errors: an installed script's name
+    (`realtime-gateway`), else `run_as` (`server.py`, `python -m services.auth`)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and not name.endswith(".py") and name != "-c" else run_as
+
+
 def _build_parser(options: Sequence[Option]) -> _Parser:
-    parser = _Parser(prog="server.py", description="Realtime Gateway: WebSocket gateway for chat.")
+    parser = _Parser(prog=program("server.py"), description="Realtime Gateway: WebSocket gateway for chat.")
     for opt in options:
         if _is_switch(opt):
             parser.add_argument(

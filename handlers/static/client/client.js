@@ -84,11 +84,11 @@ export class GatewayClient extends Emitter {
             throw new TypeError("pass a token or getToken (one of them)");
         }
         const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
-        if (WebSocketClass === undefined) {
-            throw new TypeError("no WebSocket here: pass options.WebSocket, or use Node 22+ (20: --experimental-websocket)");
+        if (WebSocketClass === undefined && !isNode()) {
+            throw new TypeError("no WebSocket here: pass options.WebSocket");
         }
         this.url = url;
-        this.WebSocketClass = WebSocketClass;
+        this.WebSocketClass = WebSocketClass ?? null; // Node 20: the `ws` package, loaded at connect()
         this.tokenSource = options.token ?? options.getToken;
         this.backoff = new Backoff(options.backoff);
         this.maxAttempts = options.maxAttempts ?? Infinity;
@@ -291,6 +291,17 @@ export class GatewayClient extends Emitter {
             return;
         }
         this.userId = tokenSubject(token) ?? this.userId;
+        if (this.WebSocketClass === null) {
+            try {
+                this.WebSocketClass = await loadWs();
+            }
+            catch {
+                this.finish(new ClientClosed(NO_WEBSOCKET));
+                return;
+            }
+            if (this.current !== "connecting")
+                return;
+        }
         let ws;
         try {
             ws = new this.WebSocketClass(withToken(this.url, token));
@@ -593,6 +604,22 @@ export class GatewayClient extends Emitter {
 const SERVER_TYPE_SET = new Set(SERVER_TYPES);
 function isEntry(type) {
     return type === "message" || type === "message_updated" || type === "message_deleted";
+}
+const NO_WEBSOCKET = "this Node.js has no WebSocket: on Node 20 install the ws package beside the client (npm install ws), " +
+    "use Node 22 or later, or pass options.WebSocket";
+function isNode() {
+    return typeof globalThis.process?.versions?.node === "string";
+}
+/** Node 20 has a WebSocket only behind --experimental-websocket: the `ws` package (an optional peer
+ * dependency) stands in, so the client works there without flags. The specifier is a variable so
+ * that bundlers for the browser, which has a WebSocket, do not try to resolve it. */
+async function loadWs() {
+    const specifier = "ws";
+    const module = (await import(/* @vite-ignore */ /* webpackIgnore: true */ specifier));
+    const found = module.WebSocket ?? module.default;
+    if (found === undefined)
+        throw new TypeError("the ws package exports no WebSocket");
+    return found;
 }
 function write(ws, frame) {
     if (ws.readyState !== OPEN)
