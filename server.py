@@ -158,12 +158,11 @@ async def serve(
     gateway = Gateway(settings)
     await gateway.start()  # Ctrl-C while this waits for Redis: KeyboardInterrupt, exit 130 (main)
     stop = asyncio.Event()
-    signals = 0
+    signals: list[signal.Signals] = []
 
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
+    def on_signal(sig: signal.Signals) -> None:
+        signals.append(sig)
+        if len(signals) > 1:
             log.warning("second signal: exiting now")
             logging.shutdown()
             os._exit(0)  # not sys.exit: Kafka's poll threads would keep the interpreter waiting
@@ -173,7 +172,7 @@ async def serve(
     # Installed before `listening` is logged: whoever waits for that line may signal at once.
     # A worker hears SIGINT through the supervisor (as SIGTERM), not from the terminal as well.
     for sig in (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     servers = start_listening(gateway, sockets, internal_sockets)
     port = sockets[0].getsockname()[1]
     extra: dict[str, Any] = {
@@ -191,7 +190,10 @@ async def serve(
 
     await stop.wait()
     # Keep listening while draining: probes must see 503 and late upgrades get a clear 503.
-    await gateway.drain()
+    # Ctrl-C is someone at a terminal who wants the process gone: close every socket now (1012,
+    # so clients come back when it does) instead of DRAIN_DELAY + DRAIN_WINDOW, which exist to
+    # hand clients over to other instances without a herd. SIGTERM (an orchestrator) drains.
+    await gateway.drain(at_once=signals[0] == signal.SIGINT)
     for server in servers:
         server.stop()
     await gateway.stop()

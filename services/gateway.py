@@ -187,22 +187,25 @@ class Gateway:
             checks["kafka"] = "disabled"
         return ok, checks
 
-    async def drain(self) -> None:
+    async def drain(self, at_once: bool = False) -> None:
         """SIGTERM: readiness 503 now; after DRAIN_DELAY close sockets with 1012, spread over
-        DRAIN_WINDOW so clients reconnect elsewhere without a thundering herd."""
+        DRAIN_WINDOW so clients reconnect elsewhere without a thundering herd. `at_once` (Ctrl-C)
+        skips the delay and the spread."""
         self.draining = True
+        delay, window = (0.0, 0.0) if at_once else (self.settings.drain_delay, self.settings.drain_window)
         log.info(
             "draining",
             extra={
                 "connections": len(self.sessions),
-                "delay": self.settings.drain_delay,
-                "window": self.settings.drain_window,
+                "delay": delay,
+                "window": window,
+                "hint": "signal again (Ctrl-C) to exit at once",
             },
         )
-        if self.sessions:  # nobody to hand over: Ctrl-C on an idle server stops at once
-            await asyncio.sleep(self.settings.drain_delay)
+        if self.sessions:  # nobody to hand over: an idle server stops at once
+            await asyncio.sleep(delay)
         sessions = [s for s in self.sessions if not s.closed]
-        step = self.settings.drain_window / len(sessions) if sessions else 0.0
+        step = window / len(sessions) if sessions else 0.0
         for index, session in enumerate(sessions):
             session.close(CLOSE_RESTART, "server restarting")
             if step and index < len(sessions) - 1:

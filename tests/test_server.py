@@ -231,6 +231,27 @@ async def test_jwt_secret_is_the_secrets_name_and_an_explicit_host_is_kept():
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_ctrl_c_closes_every_socket_with_1012_at_once():
+    """Someone at a terminal: no DRAIN_DELAY, no DRAIN_WINDOW spread (both huge here), and the log
+    says that a second Ctrl-C exits without waiting."""
+    args = ("--port", "0", "--host", "127.0.0.1", "--drain-delay", "600", "--drain-window", "600")
+    proc = spawn_server(*args, env={"JWT_SECRET": SECRET})
+    loop = asyncio.get_running_loop()
+    try:
+        clients = [await Client.connect(proc.url, token(f"tab{i}")) for i in range(3)]
+        for c in clients:
+            await c.join("r")
+        proc.signal(signal.SIGINT)
+        assert [await c.wait_closed(timeout=10) for c in clients] == [1012] * 3
+        assert await loop.run_in_executor(None, proc.wait, 10) == 0
+        (draining,) = proc.logged("draining")
+        assert draining["delay"] == 0 and draining["window"] == 0
+        assert "again" in draining["hint"]
+    finally:
+        proc.kill()
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_ctrl_c_on_an_idle_server_skips_the_drain_delay():
     proc = spawn_server("--port", "0", "--drain-delay", "30", env={"JWT_SECRET": SECRET})
     loop = asyncio.get_running_loop()
