@@ -146,39 +146,89 @@ def test_two_pages_chat_with_typing_and_presence(browser, open_page, servers):
 
 
 def test_page_reconnects_and_rejoins_after_a_restart(browser, open_page, servers):
+    """An in-memory gateway restarts under two tabs: both come back to the same room, the message
+    typed while it was down is sent once, and nothing false is said: no "left"/"joined" notes, no
+    phantom "more online", no "could not be recovered" (nothing was missed), a countdown that ticks."""
+    expect = playwright_api.expect
+    port = free_port()
+    args = ("--port", str(port), *LOCAL)
+    servers.append(first := spawn_server(*args))
+    alice = open_page(f"{first.http}/demo/")
+    bob = open_page(f"{first.http}/demo/")
+    sign_in(alice, "alice")
+    sign_in(bob, "bob")
+    expect(member(alice, "bob")).to_have_attribute("data-status", "online")
+    expect(member(bob, "alice")).to_have_attribute("data-status", "online")
+    notes = {page: page.locator(".note").all_text_contents() for page in (alice, bob)}
+    assert "bob joined" in notes[alice]  # true then: bob came after alice
+
+    first.signal(signal.SIGINT)
+    assert first.wait(15) == 0
+    expect(alice.locator("#conn")).to_have_attribute("data-state", "waiting")
+    box = alice.get_by_label("Message", exact=True)
+    box.fill("typed while the gateway was down")
+    box.press("Enter")
+    expect(alice.locator(".msg.pending")).to_have_count(1)
+    screenshot(alice, "demo-reconnecting.png")
+    # The countdown ticks: once a wait of 3 s or more is shown, the same attempt shows less.
+    waiting = re.compile(r"Reconnecting in ([3-9]|1\d) s \(attempt (\d+)\)")
+    expect(alice.locator("#conn-text")).to_have_text(waiting, timeout=30_000)
+    found = waiting.search(alice.locator("#conn-text").text_content() or "")
+    assert found is not None
+    seconds, attempt = int(found[1]), found[2]
+    less = "|".join(str(n) for n in range(1, seconds))
+    expect(alice.locator("#conn-text")).to_have_text(re.compile(rf"Reconnecting in ({less}) s \(attempt {attempt}\)"))
+
+    # A new process on the same port, with a new generated secret: the pages fetch new tokens.
+    servers.append(spawn_server(*args))
+    for page in (alice, bob):
+        expect(page.locator("#conn")).to_have_attribute("data-state", "open", timeout=20_000)
+    queued = alice.locator('.msg[data-sender="alice"]', has_text="typed while the gateway was down")
+    expect(queued).to_have_attribute("data-id", NON_EMPTY)  # the gateway's echo replaced the draft
+    expect(alice.locator(".msg.pending")).to_have_count(0)
+    expect(bob.locator('.msg[data-sender="alice"] .body')).to_have_text(["typed while the gateway was down"])
+    say = bob.get_by_label("Message", exact=True)
+    say.fill("welcome back")
+    say.press("Enter")
+    expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text("welcome back")  # the marker
+    for page, other in ((alice, "bob"), (bob, "alice")):
+        expect(member(page, other)).to_have_attribute("data-status", "online")
+        expect(page.locator("#member-list .more")).to_have_count(0)
+        assert page.locator(".note").all_text_contents() == notes[page], "a restart is not news"
+    screenshot(alice, "demo-reconnected.png")
+
+
+def test_page_says_what_it_cannot_know_after_a_crash(browser, open_page, servers):
+    """A gateway killed without a drain (no 1012): what reached it just before may be lost, so the
+    page says that it could not recover, and carries on."""
     expect = playwright_api.expect
     port = free_port()
     args = ("--port", str(port), *LOCAL)
     servers.append(first := spawn_server(*args))
     alice = open_page(f"{first.http}/demo/")
     sign_in(alice, "alice")
-
-    first.signal(signal.SIGTERM)
-    assert first.wait(15) == 0
+    first.kill()
     expect(alice.locator("#conn")).to_have_attribute("data-state", "waiting")
-    expect(alice.locator("#conn-text")).to_contain_text("Reconnecting in")
-    box = alice.get_by_label("Message", exact=True)
-    box.fill("typed while the gateway was down")
-    box.press("Enter")
-    expect(alice.locator(".msg.pending")).to_have_count(1)
-    screenshot(alice, "demo-reconnecting.png")
-
-    # A new process on the same port, with a new generated secret: the page fetches a new token.
     servers.append(spawn_server(*args))
     expect(alice.locator("#conn")).to_have_attribute("data-state", "open", timeout=20_000)
-    queued = alice.locator('.msg[data-sender="alice"]', has_text="typed while the gateway was down")
-    expect(queued).to_have_attribute("data-id", NON_EMPTY)  # the gateway's echo replaced the draft
-    expect(alice.locator(".msg.pending")).to_have_count(0)
-    # A new process has a new history epoch: the page says it could not recover what it missed.
     expect(alice.get_by_text("Messages sent while you were away could not be recovered.")).to_be_visible()
 
-    bob = open_page(f"{first.http}/demo/")
-    sign_in(bob, "bob")
-    expect(member(bob, "alice")).to_have_attribute("data-status", "online")  # alice is back in #general
-    bob.get_by_label("Message", exact=True).fill("welcome back")
-    bob.get_by_label("Message", exact=True).press("Enter")
-    expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text("welcome back")
-    screenshot(alice, "demo-reconnected.png")
+
+def test_member_list_counts_only_who_is_there(browser, open_page, servers):
+    """erin joins, frank joins, erin closes her tab: frank sees erin offline and, after the grace,
+    "erin left"; nobody is counted as "more online"."""
+    expect = playwright_api.expect
+    servers.append(srv := spawn_server("--port", "0", *LOCAL))
+    erin = open_page(f"{srv.http}/demo/")
+    sign_in(erin, "erin")
+    frank = open_page(f"{srv.http}/demo/?grace=1")
+    sign_in(frank, "frank")
+    expect(member(frank, "erin")).to_have_attribute("data-status", "online")
+    erin.close()
+    expect(member(frank, "erin")).to_have_attribute("data-status", "offline")
+    expect(frank.get_by_text("erin left", exact=True)).to_be_visible()
+    expect(frank.locator("#member-list .more")).to_have_count(0)
+    expect(frank.get_by_text("erin joined", exact=True)).to_have_count(0)
 
 
 def test_page_recovers_what_it_missed_while_its_gateway_restarted(browser, open_page, servers):

@@ -12,6 +12,14 @@ const params = new URLSearchParams(location.search);
 // ?idle=SECONDS shortens the one minute without keyboard or pointer activity that makes us idle.
 const IDLE_AFTER_MS = Number(params.get("idle")) > 0 ? Number(params.get("idle")) * 1000 : 60000;
 const REPLY_WITHIN_MS = 120000; // a message typed offline waits this long for the gateway to come back
+// "X left" waits this long: someone whose connection blips (or whose gateway restarts) and who is
+// back within it was never gone, so neither "left" nor "joined" is said.
+const LEFT_NOTE_AFTER_MS = Number(params.get("grace")) >= 0 && params.get("grace") !== null
+  ? Number(params.get("grace")) * 1000 : 5000;
+// Someone missing from the list after our own re-join was most likely dropped by the same restart or
+// outage and is on their way back: their client retries within 15 s (client-js's longest backoff).
+const BACK_WITHIN_MS = 20000;
+const HISTORY_MAX = 100; // the most entries one `history` request returns
 
 // Close codes from the protocol (docs/protocol.md): what to tell the user. Whether to retry is the
 // client's to decide (closeAction in client-js).
@@ -69,6 +77,7 @@ const state = {
   lastTyping: 0,
   idle: false,
   idleTimer: null,
+  countdown: null,     // the interval that ticks "Reconnecting in N s"
 };
 
 // ---- DOM helpers: text only ------------------------------------------------------------
@@ -120,7 +129,13 @@ function room(roomId) {
                             "data-room": roomId });
     list.hidden = true;
     ui.panes.append(list);
-    r = { id: roomId, joined: false, wanted: true, list, members: new Map(), unread: 0, byId: new Map() };
+    // members: userId -> {status, since}; count: users online in the room (presence_state,
+    // presence_count, then kept by presence frames); paged: the list is the first page only;
+    // large: over PRESENCE_BROADCAST_LIMIT, where only presence_count frames come; leaving:
+    // userId -> timer of a "left" note not yet shown; epoch: the history we have seen; restarted:
+    // the last close was 1012 and the re-join has not answered yet (see onRecovery).
+    r = { id: roomId, joined: false, wanted: true, list, members: new Map(), unread: 0, byId: new Map(),
+          count: 0, paged: false, large: false, leaving: new Map(), epoch: null, restarted: false };
     state.rooms.set(roomId, r);
   }
   return r;
@@ -219,9 +234,10 @@ function renderMembers() {
         el("span", { className: "name", text: userId === state.user ? `${userId} (you)` : userId }),
         el("span", { className: "status", text: m.status })));
     }
-    // A large room lists its first page only, and counts instead of announcing each member.
+    // A large room lists its first page only, and counts instead of announcing each member. A
+    // complete list is its own count: nobody else is online.
     const online = [...r.members.values()].filter((m) => m.status !== "offline").length;
-    if (typeof r.count === "number" && r.count > online) {
+    if ((r.paged || r.large) && r.count > online) {
       items.push(el("li", { className: "more", text: `${r.count - online} more online` }));
     }
   }
@@ -318,15 +334,16 @@ function connect(token, mode) {
   const client = new GatewayClient(socketUrl(), { ...tokenSource(token, mode), timeoutMs: REPLY_WITHIN_MS });
   state.client = client;
   const mine = (listener) => (event) => { if (state.client === client) listener(event); };
-  client.on("connecting", mine(() => setConn("connecting", client.connections ? "Reconnecting…" : "Connecting…")));
+  client.on("connecting", mine(() => {
+    stopCountdown();
+    setConn("connecting", client.connections ? "Reconnecting…" : "Connecting…");
+  }));
   client.on("connected", mine(() => {
     hideAlert();
     setConn("open", "Connected");
   }));
   client.on("disconnected", mine(onDisconnected));
-  client.on("recovery", mine((r) => {
-    if (!r.recovered) addNote(r.roomId, "Messages sent while you were away could not be recovered.", true);
-  }));
+  client.on("recovery", mine(onRecovery));
   client.on("message", mine(showMessage));
   client.on("message_updated", mine(updateMessage));
   client.on("message_deleted", mine(deleteMessage));
@@ -341,6 +358,15 @@ function connect(token, mode) {
 
 function onDisconnected(d) {
   const client = state.client;
+  stopCountdown();
+  // Who left while we were away is for the re-join's member list to say, not for notes queued
+  // before the drop (a restarting gateway tells everyone that everyone else left).
+  for (const r of state.rooms.values()) {
+    forgetLeaving(r);
+    // A 1012 holds through the failed attempts (1006) that follow it, until the re-join answers.
+    if (d.code === 1012) r.restarted = true;
+    else if (d.code !== 1006) r.restarted = false;
+  }
   if (client.connections === 0) {
     // Never got in: most likely the token was refused (the browser hides the HTTP 401).
     backToLogin(state.tokenMode === "pasted"
@@ -358,26 +384,74 @@ function onDisconnected(d) {
     showAlert(`${text} (close ${d.code})`);
     return;
   }
-  const seconds = Math.max(1, Math.round(d.delayMs / 1000));
-  setConn("waiting", `${text} Reconnecting in ${seconds} s (attempt ${d.attempt})…`);
+  const due = Date.now() + d.delayMs;
+  const tick = () => {
+    const seconds = Math.max(1, Math.ceil((due - Date.now()) / 1000));
+    setConn("waiting", `${text} Reconnecting in ${seconds} s (attempt ${d.attempt})…`);
+  };
+  tick();
+  state.countdown = setInterval(tick, 250);
+}
+
+function stopCountdown() {
+  clearInterval(state.countdown);
+  state.countdown = null;
+}
+
+// After a re-join that could not replay what was missed: an in-memory gateway that restarted
+// (1012) lost its history, but everything sent since is in its new one, and everything before
+// reached this page before the close (Ctrl-C closes every socket at once). Show what the new
+// history holds; say "could not be recovered" only when something may really be missing.
+async function onRecovery(rec) {
+  const r = room(rec.roomId);
+  const restarted = r.restarted && r.epoch !== null && rec.epoch !== undefined && rec.epoch !== r.epoch;
+  r.restarted = false;
+  if (rec.epoch !== undefined) r.epoch = rec.epoch;
+  if (rec.recovered) return;
+  const since = typeof rec.offset === "number" ? rec.offset : null;
+  let complete = since === 0;
+  if (restarted && since !== null && since > 0 && since <= HISTORY_MAX) {
+    try {
+      const h = await state.client.history(rec.roomId, since);
+      for (const entry of h.entries) showEntry(entry);
+      complete = h.epoch === rec.epoch && h.entries.length > 0 && h.entries[0].payload.offset === 1;
+    } catch (_) { /* closed or refused meanwhile: say it could not be recovered */ }
+  }
+  if (!(restarted && complete)) {
+    addNote(rec.roomId, "Messages sent while you were away could not be recovered.", true);
+  }
+}
+
+function showEntry(entry) {
+  if (entry.type === "message") showMessage(entry.payload);
+  else if (entry.type === "message_updated") updateMessage(entry.payload);
+  else if (entry.type === "message_deleted") deleteMessage(entry.payload);
 }
 
 function onPresenceCount(p) {
   const r = room(p.roomId);
   r.count = p.count;
+  r.large = true; // per-user frames stopped: the count is all we are told
   if (p.roomId === state.active) renderMembers();
 }
 
 function onPresenceState(p) {
   const r = room(p.roomId);
   r.count = p.count;
+  r.paged = Boolean(p.next);
+  r.large = false; // a fresh list: per-user frames follow again
   const seen = new Set();
   for (const m of p.members || []) {
     r.members.set(m.userId, { status: m.status, since: m.since });
     seen.add(m.userId);
+    cancelLeaving(r, m.userId);
   }
   for (const [userId, m] of r.members) {
-    if (!seen.has(userId)) m.status = "offline"; // left while we were away: keep them, greyed
+    if (seen.has(userId) || m.status === "offline") continue;
+    // Not on the list after a re-join. On a first page that only means "not in the first page".
+    if (r.paged) continue;
+    m.status = "offline"; // gone while we were away, or not back yet: keep them, greyed
+    if (userId !== state.user) noteLeaving(r, userId, BACK_WITHIN_MS);
   }
   if (p.roomId === state.active) renderMembers();
 }
@@ -385,15 +459,41 @@ function onPresenceState(p) {
 function onPresence(p) {
   const r = room(p.roomId);
   const before = r.members.get(p.userId);
+  const wasOnline = before !== undefined && before.status !== "offline";
+  const isOnline = p.status !== "offline";
   r.members.set(p.userId, { status: p.status, since: p.at });
+  if (wasOnline !== isOnline && (before !== undefined || isOnline || r.paged)) r.count += isOnline ? 1 : -1;
   if (p.userId !== state.user) {
-    if (p.status === "online" && (!before || before.status === "offline")) {
+    if (!isOnline) {
+      noteLeaving(r, p.userId);
+    } else if (!wasOnline && !cancelLeaving(r, p.userId)) {
       addNote(p.roomId, `${p.userId} joined`);
-    } else if (p.status === "offline") {
-      addNote(p.roomId, `${p.userId} left`);
     }
   }
   if (p.roomId === state.active) renderMembers();
+}
+
+// "X left" is said `afterMs` later, unless X is back by then (then nothing is said).
+function noteLeaving(r, userId, afterMs = LEFT_NOTE_AFTER_MS) {
+  if (r.leaving.has(userId)) return;
+  r.leaving.set(userId, setTimeout(() => {
+    r.leaving.delete(userId);
+    if (state.rooms.get(r.id) === r) addNote(r.id, `${userId} left`);
+  }, afterMs));
+}
+
+/** True when a "left" note was waiting: the user was away only briefly. */
+function cancelLeaving(r, userId) {
+  const timer = r.leaving.get(userId);
+  if (timer === undefined) return false;
+  clearTimeout(timer);
+  r.leaving.delete(userId);
+  return true;
+}
+
+function forgetLeaving(r) {
+  for (const timer of r.leaving.values()) clearTimeout(timer);
+  r.leaving.clear();
 }
 
 function onRoomUpdate(p) {
@@ -401,6 +501,7 @@ function onRoomUpdate(p) {
   if (p.action === "joined") {
     const first = !r.joined && r.list.childElementCount === 0;
     r.joined = true;
+    if (typeof p.epoch === "string" && r.epoch === null) r.epoch = p.epoch; // later ones: onRecovery
     if (first) addNote(p.roomId, `You joined #${p.roomId}`);
   } else if (p.action === "left") {
     r.joined = false;
