@@ -96,6 +96,8 @@ APP_ENV = frozenset(
 SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD", "API_KEY"})
 # The chart refuses to render without a JWT secret source; most tests use the throwaway opt-in.
 THROWAWAY = ("--set", "auth.generateSecret=true")
+# The project publishes no image: every install names its own registry (the render fails otherwise).
+IMAGE = ("--set", "image.repository=registry.example.com/chat/realtime-gateway")
 # The only paths the Ingress may route: the WebSocket endpoints and the demo page (with its assets).
 PUBLIC_PATHS = [("/", "Exact"), ("/ws", "Exact"), ("/demo", "Prefix")]
 # CRDs have no bundled schema: checked by hand instead.
@@ -151,13 +153,14 @@ Render = Callable[..., HelmRun]
 def render(helm: str) -> Render:
     """`helm template` of the chart, memoised on its extra arguments (one render per values set).
 
-    THROWAWAY (auth.generateSecret=true) comes first unless base=False: the chart's bare defaults do not
-    render. `--set` wins over `--values`, and a later `--set` over an earlier one.
+    IMAGE, then THROWAWAY (auth.generateSecret=true) come first unless image=False or base=False: the
+    chart's bare defaults do not render. `--set` wins over `--values`, and a later `--set` over an
+    earlier one.
     """
     cache: dict[tuple[str, ...], HelmRun] = {}
 
-    def _render(*extra: str, base: bool = True) -> HelmRun:
-        args = (*THROWAWAY, *extra) if base else extra
+    def _render(*extra: str, base: bool = True, image: bool = True) -> HelmRun:
+        args = (*(IMAGE if image else ()), *(THROWAWAY if base else ()), *extra)
         if args not in cache:
             cache[args] = run_helm(
                 helm,
@@ -315,10 +318,11 @@ def test_renders_expected_kinds(manifests: list[Manifest], values_set: str) -> N
     kinds = sorted(d["kind"] for d in manifests)
     base = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
     if values_set == "defaults":
-        # The JWT secret is generated into the chart's Secret (THROWAWAY); nothing optional is on.
-        assert kinds == sorted([*base, "Secret"])
+        # The JWT secret is generated into the chart's Secret (THROWAWAY); the NetworkPolicy is on by
+        # default (it closes the internal port); nothing optional is on.
+        assert kinds == sorted([*base, "NetworkPolicy", "Secret"])
     else:
-        # existingSecret for both JWT_DEV and REDIS_PASSWORD: the chart renders no Secret. The second
+        # existingSecret for both JWT_SECRET and REDIS_PASSWORD: the chart renders no Secret. The second
         # ConfigMap holds the Grafana dashboard.
         extra = ["ConfigMap", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "ServiceMonitor"]
         assert kinds == sorted([*base, *extra])
@@ -591,7 +595,7 @@ def test_security_context(manifests: list[Manifest]) -> None:
 
 
 def test_image_from_values(defaults: list[Manifest], all_options: list[Manifest]) -> None:
-    assert container(defaults)["image"] == "realtime-gateway:0.1.0"
+    assert container(defaults)["image"] == "registry.example.com/chat/realtime-gateway:0.1.0"  # IMAGE
     assert container(defaults)["imagePullPolicy"] == "IfNotPresent"
     assert container(all_options)["image"] == "registry.example.com/chat/realtime-gateway:0.1.0-rc1"
     assert container(all_options)["imagePullPolicy"] == "Always"
@@ -830,20 +834,36 @@ def test_explicit_jwt_secret_renders(render: Render) -> None:
 
 def test_existing_jwt_secret_renders(render: Render) -> None:
     docs = render("--set", "auth.existingSecret=gateway-jwt", base=False).manifests
-    assert secret_ref(docs, "JWT_SECRET") == {"name": "gateway-jwt", "key": "JWT_DEV"}
+    assert secret_ref(docs, "JWT_SECRET") == {"name": "gateway-jwt", "key": "JWT_SECRET"}
     assert not of_kind(docs, "Secret")
 
 
-def test_network_policy_internal_port_follows_ingress_from(render: Render) -> None:
-    base = ("--set", "networkPolicy.enabled=true")
-    open_policy = one(render(*base).manifests, "NetworkPolicy")
-    # Nothing restricted: both ports are reachable from any source, as the gateway port always was.
-    assert [[p["port"] for p in r["ports"]] for r in open_policy["spec"]["ingress"]] == [["http"], ["internal"]]
-    assert all("from" not in r for r in open_policy["spec"]["ingress"])
-    peers = "networkPolicy.ingressFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring"
-    restricted = one(render(*base, "--set", peers).manifests, "NetworkPolicy")
-    gateway, internal = restricted["spec"]["ingress"]
-    assert gateway["from"] == internal["from"] and len(gateway["from"]) == 1
+def test_network_policy_is_on_and_keeps_the_internal_port_for_monitoring_and_api_callers(render: Render) -> None:
+    """By default only the `monitoring` namespace reaches /metrics and /api/*; the gateway port stays
+    open to any source. Named API callers are added; with no peer at all the internal port is closed
+    (a rule without `from` would open it to every pod in the cluster)."""
+    policy = one(render().manifests, "NetworkPolicy")
+    gateway, internal = policy["spec"]["ingress"]
+    assert [p["port"] for p in gateway["ports"]] == ["http"] and "from" not in gateway
+    assert [p["port"] for p in internal["ports"]] == ["internal"]
+    assert internal["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    caller = "networkPolicy.apiCallersFrom[0].podSelector.matchLabels.app=chat-backend"
+    with_api = one(render("--set", caller).manifests, "NetworkPolicy")
+    assert with_api["spec"]["ingress"][1]["from"][1] == {"podSelector": {"matchLabels": {"app": "chat-backend"}}}
+    closed = one(render("--set", "networkPolicy.internalFrom=null").manifests, "NetworkPolicy")
+    assert [[p["port"] for p in r["ports"]] for r in closed["spec"]["ingress"]] == [["http"]]
+    assert not of_kind(render("--set", "networkPolicy.enabled=false").manifests, "NetworkPolicy")
+
+
+def test_image_repository_is_required(render: Render) -> None:
+    result = render(image=False)
+    assert result.returncode != 0
+    assert "image.repository is required" in result.stderr
+
+
+def test_chart_metadata_names_no_placeholder() -> None:
+    chart = (CHART / "Chart.yaml").read_text()
+    assert "example" not in chart
 
 
 def test_short_jwt_secret_fails(render: Render) -> None:
@@ -886,6 +906,7 @@ def render_notes(helm_bin: str, chart: Path, *extra: str) -> str:
         NAMESPACE,
         "--show-only",
         "templates/zz-notes-probe.yaml",
+        *IMAGE,
         *THROWAWAY,
         *extra,
     )

@@ -44,6 +44,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "rtg.image" -}}
+{{- if not .Values.image.repository -}}
+{{- fail "image.repository is required: the registry path of the image you built from the repository's Dockerfile and pushed (the project publishes none), e.g. --set image.repository=registry.example.com/chat/realtime-gateway" -}}
+{{- end -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
