@@ -33,8 +33,11 @@ dev-venv: $(VENV)/.dev $(VENV)/.project
 run: venv
 	$(BIN)/python server.py --port $(PORT)
 
-## Install test tools, start real Redis and Kafka, run lint and the whole suite, stop the services.
-test: dev-venv
+## Check the machine (scripts/prerequisites.sh), install test tools, start real Redis and Kafka, run lint
+## and the whole suite, stop the services.
+test:
+	@scripts/prerequisites.sh
+	@$(MAKE) --no-print-directory dev-venv
 	scripts/test.sh
 
 lint: dev-venv

@@ -130,6 +130,12 @@ def start_listening(
 def prepare_settings(argv: Sequence[str] | None = None) -> Settings:
     settings = load_settings(argv)
     if settings.jwt_secret is None and not settings.jwt_public_key:
+        if settings.require_secret and not settings.dev:
+            # A production image must not quietly hand out its own tokens (README.md, "Container image").
+            raise ConfigError(
+                "JWT_SECRET is not set and REQUIRE_SECRET is on: set JWT_SECRET (or JWT_PUBLIC_KEY),"
+                " or DEV=true for a throwaway secret generated for this run"
+            )
         settings = settings.replace(jwt_secret=generate_secret(), generated_secret=True)
     check_secret(settings)
     return settings

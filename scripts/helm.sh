@@ -7,7 +7,9 @@
 #
 # HELM_VERSION overrides the version tried first (default v3.22.0). If the proxy refuses it, the
 # newest v3 release the proxy lists is tried instead. A cached binary is kept as is: delete
-# .cache/bin/helm to rebuild. GOPATH, GOMODCACHE and GOCACHE live under .cache/go.
+# .cache/bin/helm to rebuild. GOPATH, GOMODCACHE and GOCACHE live under .cache/go only while the
+# build runs (about 1.2 GB, mostly Kubernetes' modules) and are deleted afterwards: the ~60 MB
+# binary is all that stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -58,13 +60,20 @@ newest_v3() {
   go list -m -versions "$MODULE" 2>/dev/null | tr ' ' '\n' | grep -E '^v3\.[0-9]+\.[0-9]+$' | sort -V | tail -n 1
 }
 
+drop_go_caches() {
+  # The module cache is written read-only by default (-modcacherw above makes it writable anyway).
+  chmod -R u+w "$CACHE/go" 2>/dev/null || true
+  rm -rf "$CACHE/go"
+}
+
 ensure() {
   if [[ -x "$HELM" ]] && "$HELM" version --short >/dev/null 2>&1; then
     "$HELM" version --short
     return 0
   fi
-  command -v go >/dev/null 2>&1 || { log "go is not installed (needed to build helm)"; exit 1; }
+  command -v go >/dev/null 2>&1 || { log "go is not installed (needed once to build helm; scripts/prerequisites.sh)"; exit 1; }
   go_env
+  trap drop_go_caches EXIT
   if ! install_version "$HELM_VERSION"; then
     local fallback
     fallback="$(newest_v3 || true)"

@@ -51,6 +51,7 @@ def run_bad(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
             "server.py: error: REDIS_HOST and REDIS_CLUSTER_NODES are exclusive: set one",
         ),
         (["--api-key", ""], {}, "API_KEY is empty"),
+        ([], {"REQUIRE_SECRET": "true"}, "JWT_SECRET is not set and REQUIRE_SECRET is on"),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(args, env, needle):
@@ -212,6 +213,23 @@ async def test_second_signal_exits_at_once():
         code = await loop.run_in_executor(None, proc.wait, 10)
         assert code == 0
         assert time.monotonic() - started < 5  # far less than the 30 s drain delay
+    finally:
+        proc.kill()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_required_secret_gives_way_to_an_explicit_dev_mode():
+    """The container image sets REQUIRE_SECRET: without a secret it starts only when DEV is asked for,
+    and then hands out dev tokens like `make run` does."""
+    proc = spawn_server("--port", "0", "--host", "127.0.0.1", env={"REQUIRE_SECRET": "true", "DEV": "true"})
+    try:
+        status, body = _get(f"{proc.http}/dev/token?sub=tried")
+        assert status == 200 and isinstance(body, dict)
+        tok = str(body["token"])
+        client = await Client.connect(proc.url, tok)
+        client.send("ping")
+        await client.expect("pong")
+        client.close()
     finally:
         proc.kill()
 

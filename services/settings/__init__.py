@@ -69,6 +69,11 @@ class Settings:
     )
     # -- trying it out
     dev: bool = setting(False, boolean, "development mode: allow short secrets and serve /dev/token", is_switch=True)
+    require_secret: bool = setting(
+        False,
+        boolean,
+        "refuse to start without JWT_SECRET or JWT_PUBLIC_KEY unless DEV is on (the container image sets it)",
+    )
     demo: bool = setting(True, boolean, "serve the /demo page (--no-demo turns it off)")
     # -- Redis
     redis_host: str | None = setting(
