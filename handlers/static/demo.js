@@ -14,8 +14,8 @@ const IDLE_AFTER_MS = Number(params.get("idle")) > 0 ? Number(params.get("idle")
 const REPLY_WITHIN_MS = 120000; // a message typed offline waits this long for the gateway to come back
 // "X left" waits this long: someone whose connection blips (or whose gateway restarts) and who is
 // back within it was never gone, so neither "left" nor "joined" is said.
-const LEFT_NOTE_AFTER_MS = Number(params.get("grace")) >= 0 && params.get("grace") !== null
-  ? Number(params.get("grace")) * 1000 : 5000;
+const GRACE = params.get("grace"); // ?grace=SECONDS changes it
+const LEFT_NOTE_AFTER_MS = GRACE !== null && Number(GRACE) >= 0 ? Number(GRACE) * 1000 : 5000;
 // Someone missing from the list after our own re-join was most likely dropped by the same restart or
 // outage and is on their way back: their client retries within 15 s (client-js's longest backoff).
 const BACK_WITHIN_MS = 20000;
