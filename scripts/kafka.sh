@@ -131,7 +131,9 @@ start() {
 
   local deadline=$((SECONDS + START_TIMEOUT))
   until grep -qs 'Kafka Server started' "$LOG" && port_open "$PORT"; do
-    pid_alive || fail_start "broker exited during startup"
+    # kill -0, not pid_alive: right after the fork the child may not have exec'd java yet, and its
+    # command line would not name kafka.Kafka.
+    kill -0 "$(cat "$PIDFILE")" 2>/dev/null || fail_start "broker exited during startup"
     ((SECONDS < deadline)) || fail_start "broker not ready after ${START_TIMEOUT}s"
     sleep 0.3
   done

@@ -24,7 +24,10 @@ class Topics:
         return [self.ingest, self.messages, self.rooms, self.users, self.presence]
 
 
-def create_topics(admin: AdminClient, names: list[str], partitions: int = 3) -> None:
+PARTITIONS = 3  # of every test topic, as scripts/kafka.sh creates the project's own
+
+
+def create_topics(admin: AdminClient, names: list[str], partitions: int = PARTITIONS) -> None:
     futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names], operation_timeout=15)
     for fut in futures.values():
         fut.result(timeout=20)

@@ -52,7 +52,7 @@ from tests.helpers import (
 from tests.helpers import (
     test_settings as gateway_settings,
 )
-from tests.kafka_support import Topics, create_topics, kafka_settings
+from tests.kafka_support import PARTITIONS, Topics, create_topics, kafka_settings
 
 ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 READY_TIMEOUT = 30.0  # a consumer group join on a fresh single-node broker takes a few seconds
@@ -209,6 +209,24 @@ def new_room() -> str:
 
 
 # -- durable ingest ----------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_new_group_commits_where_it_starts(brokers, topics, gateways):
+    """Readiness says "assigned" only once every partition's start is committed: a session lost before
+    any record arrived (a broker outage of about session.timeout.ms) then resumes there, instead of
+    resolving "latest" again past what was produced meanwhile (the cause of a flaky outage test)."""
+    settings = kafka_settings(brokers, topics)
+    gw = await gateways.start(**settings)
+    await wait_ready(gw)
+    names = (topics.messages, topics.rooms, topics.users)
+    partitions = [TopicPartition(name, p) for name in names for p in range(PARTITIONS)]
+    reader = Consumer({"bootstrap.servers": brokers, "group.id": settings["kafka_group_id"]})
+    try:
+        committed = await in_thread(reader.committed, partitions, 10)
+    finally:
+        reader.close()
+    assert [tp.offset >= 0 for tp in committed] == [True] * len(partitions), committed
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -9,7 +9,10 @@ A record seen twice (redelivery after a crash or rebalance) is suppressed by its
 message.created by its message id, in the dedupe store that Redis shares across instances.
 
 A new group starts at the latest offsets. They are resolved explicitly when partitions are
-assigned, so once readiness says "assigned" every event produced from then on is delivered.
+assigned, and committed at once, so once readiness says "assigned" every event produced from then on
+is delivered: a session lost before anything arrived (a broker outage of about session.timeout.ms)
+resumes from that committed start instead of resolving "latest" again past what was produced
+meanwhile.
 """
 
 from __future__ import annotations
@@ -161,9 +164,10 @@ class KafkaEvents:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Start each partition at its committed offset, or at the current end for a new group."""
         deadline = time.monotonic() + CALL_TIMEOUT
+        fresh: list[TopicPartition] = []
         while True:
             try:
-                starts = self._start_offsets(consumer, partitions)
+                starts, fresh = self._start_offsets(consumer, partitions)
                 break
             except KafkaException as exc:
                 # Right after a topic is created or a leader moves, the look-up can briefly fail.
@@ -176,13 +180,23 @@ class KafkaEvents:
                 starts = partitions
                 break
         consumer.assign(starts)
+        if fresh:
+            # The start of a partition that never had a commit, committed now: see the module docstring.
+            try:
+                consumer.commit(offsets=fresh, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("kafka commit of the start offsets failed", extra={"error": describe_kafka(exc)})
         self._positions.update({(tp.topic, tp.partition): tp.offset for tp in starts if tp.offset >= 0})
         self._assigned = True
         log.info("kafka consumer assigned", extra={"partitions": len(partitions)})
 
     @staticmethod
-    def _start_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    def _start_offsets(
+        consumer: Consumer, partitions: list[TopicPartition]
+    ) -> tuple[list[TopicPartition], list[TopicPartition]]:
+        """Where each partition starts, and those of them that had nothing committed (to commit)."""
         starts: list[TopicPartition] = consumer.committed(partitions, timeout=CALL_TIMEOUT)
+        fresh: list[TopicPartition] = []
         for tp in starts:
             if tp.error is not None:
                 raise KafkaException(tp.error)
@@ -191,7 +205,8 @@ class KafkaEvents:
                     TopicPartition(tp.topic, tp.partition), timeout=CALL_TIMEOUT, cached=False
                 )
                 tp.offset = high
-        return starts
+                fresh.append(TopicPartition(tp.topic, tp.partition, high))
+        return starts, fresh
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit where this instance got to, including partitions where nothing arrived."""
