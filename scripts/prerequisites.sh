@@ -59,6 +59,11 @@ if [[ ! -x "${RTG_CHROMIUM:-/usr/bin/chromium}" ]] && ! apt_ok; then
   need "chromium at /usr/bin/chromium or \$RTG_CHROMIUM (Debian: apt-get install chromium chromium-driver; the scripts do this when run as root)"
 fi
 
+if ! { command -v buildah >/dev/null && command -v podman >/dev/null && command -v runc >/dev/null \
+  && command -v mmdebstrap >/dev/null; } && ! apt_ok; then
+  need "buildah, podman, runc and mmdebstrap, to build and run the image (Debian: apt-get install buildah podman runc mmdebstrap; the scripts do this when run as root)"
+fi
+
 if ((${#missing[@]})); then
   echo "make test needs what this machine lacks (README.md, \"What each command needs\"):" >&2
   for item in "${missing[@]}"; do echo "  missing: $item" >&2; done
