@@ -42,7 +42,7 @@ def image() -> Iterator[str]:
 
 def limits() -> list[str]:
     """This process may not raise its own limits: ask for no more than it has (podman's default asks)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return ["--ulimit", f"nofile={hard}:{hard}", "--ulimit", "nproc=32768:32768"]
 
 
