@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.helpers import RunningGateway
-from tests.test_chart import ALL_OPTIONS, CHART, KUBE_VERSION, NAMESPACE, RELEASE, THROWAWAY, run_helm
+from tests.test_chart import ALL_OPTIONS, CHART, IMAGE, KUBE_VERSION, NAMESPACE, RELEASE, THROWAWAY, run_helm
 
 DASHBOARD = CHART / "dashboards" / "gateway.json"
 DATA_KEY = "realtime-gateway.json"
@@ -294,7 +294,7 @@ async def test_every_query_names_exported_metrics(
 
 def render(helm: str, *extra: str) -> list[dict[str, Any]]:
     result = run_helm(
-        helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *extra
+        helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *IMAGE, *extra
     )
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -367,7 +367,7 @@ def test_dashboard_values_are_checked_by_the_schema(helm: str) -> None:
     )
     for bad in bad_values:
         result = run_helm(
-            helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *THROWAWAY, "--set", bad
+            helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *IMAGE, *THROWAWAY, "--set", bad
         )
         assert result.returncode != 0, bad
         assert "grafanaDashboard" in result.stderr, result.stderr
