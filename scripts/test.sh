@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole suite against real services: Redis and Kafka started from this project's own
-# scripts; helm, Chromium, buildah/podman and the npm folders installed if missing. Everything started here is
-# stopped on exit.
+# scripts; helm, Chromium, buildah/podman and the npm folders installed if missing. Everything
+# started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
