@@ -30,7 +30,9 @@ class SenderOrder:
     def __init__(self) -> None:
         self._stage: asyncio.Future[None] | None = None
         self._publish: asyncio.Future[bool] | None = None
-        self._flying: dict[tuple[str, str], int] = {}  # (room, dedupeKey) of the messages in the queues
+        # (room, dedupeKey) of owed messages sent again and still in the queues: only they can let a
+        # later message of an owed room through, so nothing is counted while nothing is owed.
+        self._flying: dict[tuple[str, str], int] = {}
         self._presence: asyncio.Lock | None = None  # made at the first presence change
         # room -> (when it was first owed or an owed key last came again, its owed keys), least
         # recently touched first; None while nothing is owed (the usual case costs one attribute).
@@ -111,8 +113,9 @@ class SenderOrder:
         loop = asyncio.get_running_loop()
         turn = Turn(self, room, key, self._stage, self._publish, loop.create_future(), loop.create_future())
         self._stage, self._publish = turn.staged, turn.published
-        if key is not None:
+        if self._owed is not None and key is not None and key in self._owed.get(room, _NONE)[1]:
             self._flying[(room, key)] = self._flying.get((room, key), 0) + 1
+            turn.flying = True
         return turn
 
 
@@ -126,6 +129,7 @@ class Turn:
     staged: asyncio.Future[None]
     published: asyncio.Future[bool]  # True: refused as unavailable
     refused: bool = False
+    flying: bool = False  # counted in the order's `_flying` (an owed message sent again)
 
     def waits_for_others(self) -> bool:
         return self._order.waits_for_others(self.room, self.key)
@@ -153,7 +157,8 @@ class Turn:
         if not self.published.done():
             self.published.set_result(self.refused)
         order = self._order
-        if self.key is not None:
+        if self.flying:
+            assert self.key is not None
             flying = order._flying.pop((self.room, self.key)) - 1
             if flying:
                 order._flying[(self.room, self.key)] = flying
@@ -161,6 +166,9 @@ class Turn:
             order._stage = None
         if order._publish is self.published:
             order._publish = None
+
+
+_NONE: tuple[float, dict[str, None]] = (0.0, {})
 
 
 async def _after(fut: asyncio.Future[None] | asyncio.Future[bool] | None) -> None:
