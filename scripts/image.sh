@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
+source scripts/apt.sh
 DIR="$ROOT/.cache/image"
 STORE=(--root "$DIR/storage" --runroot "$DIR/run" --storage-driver overlay)
 BASE=localhost/realtime-gateway-base:bookworm
@@ -25,10 +26,7 @@ ensure() {
   for tool in buildah podman runc mmdebstrap; do command -v "$tool" >/dev/null || want+=("$tool"); done
   ((${#want[@]})) || return 0
   log "installing ${want[*]} (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 update -qq
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
-    buildah podman runc mmdebstrap uidmap fuse-overlayfs slirp4netns >/dev/null
+  apt_install buildah podman runc mmdebstrap uidmap fuse-overlayfs slirp4netns
 }
 
 base() {

