@@ -209,12 +209,15 @@ def _read_key(value: str) -> str:
     return value.replace("\\n", "\n")
 
 
+def too_short(secret: str, dev: bool) -> bool:
+    """A guessable HS256 secret, allowed only in dev mode: the gateway refuses to start with one, and
+    `mint` to sign with one (its tokens would be refused)."""
+    return len(secret.encode()) < MIN_SECRET_BYTES and not dev
+
+
 def check_secret(settings: Settings) -> None:
-    """Refuse a guessable HS256 secret unless the operator said --dev."""
     secret = settings.jwt_secret
-    if secret is None:
-        return
-    if len(secret.encode()) < MIN_SECRET_BYTES and not settings.dev:
+    if secret is not None and too_short(secret, settings.dev):
         raise ConfigError(
             f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a longer secret (or --dev for local use)"
         )
@@ -259,8 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if len(secret.encode()) < MIN_SECRET_BYTES and not args.dev:
-        # The gateway refuses such a secret unless it runs with --dev: a token signed with it is useless.
+    if too_short(secret, args.dev):
         print(
             f"error: the secret is shorter than {MIN_SECRET_BYTES} bytes, which the gateway refuses unless it"
             " runs with --dev; use a longer one (openssl rand -hex 32), or pass --dev",
