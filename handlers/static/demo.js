@@ -129,8 +129,8 @@ function room(roomId) {
                             "data-room": roomId });
     list.hidden = true;
     ui.panes.append(list);
-    // members: userId -> {status, since}; count: users online in the room (presence_state,
-    // presence_count, then kept by presence frames); paged: the list is the first page only;
+    // members: userId -> {status, since}; count: users online in the room, read only while the list
+    // is partial (presence_state, presence_count, then presence frames); paged: the first page only;
     // large: over PRESENCE_BROADCAST_LIMIT, where only presence_count frames come; leaving:
     // userId -> timer of a "left" note not yet shown; epoch: the history we have seen; restarted:
     // the last close was 1012 and the re-join has not answered yet (see onRecovery).
@@ -462,7 +462,7 @@ function onPresence(p) {
   const wasOnline = before !== undefined && before.status !== "offline";
   const isOnline = p.status !== "offline";
   r.members.set(p.userId, { status: p.status, since: p.at });
-  if (wasOnline !== isOnline && (before !== undefined || isOnline || r.paged)) r.count += isOnline ? 1 : -1;
+  if (r.paged && wasOnline !== isOnline) r.count += isOnline ? 1 : -1; // a complete list counts itself
   if (p.userId !== state.user) {
     if (!isOnline) {
       noteLeaving(r, p.userId);
