@@ -4,6 +4,7 @@ its own HEALTHCHECK, drains on SIGTERM, and carries no pip. Needs root for apt o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -25,8 +26,17 @@ SCRIPT = os.path.join(ROOT, "scripts", "image.sh")
 WAIT = 30.0
 
 
-def _podman() -> list[str]:
-    return subprocess.run([SCRIPT, "podman"], capture_output=True, text=True, check=True).stdout.split()
+@functools.cache
+def _podman() -> tuple[str, ...]:
+    return tuple(subprocess.run([SCRIPT, "podman"], capture_output=True, text=True, check=True).stdout.split())
+
+
+def wait_status(url: str, want: int = 200) -> int:
+    """Poll `url` until it answers `want` or WAIT passes; the last status seen."""
+    deadline = time.monotonic() + WAIT
+    while (seen := status(url)) != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +99,7 @@ def test_without_a_secret_it_exits_2_unless_dev_is_asked_for(image):
     started = run(image, env={"PORT": str(port), "DEV": "true"}, name=name, detach=True)
     assert started.returncode == 0, started.stderr
     try:
-        deadline = time.monotonic() + WAIT
-        while status(f"http://127.0.0.1:{port}/healthz") != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert wait_status(f"http://127.0.0.1:{port}/healthz") == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/dev/token?sub=tried", timeout=3) as resp:
             assert json.load(resp)["token"]
     finally:
@@ -110,9 +118,7 @@ def test_it_serves_reports_healthy_and_drains(image):
     assert started.returncode == 0, started.stderr
     podman = _podman()
     try:
-        deadline = time.monotonic() + WAIT
-        while status(f"http://127.0.0.1:{port}/readyz") != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert wait_status(f"http://127.0.0.1:{port}/readyz") == 200
         assert status(f"http://127.0.0.1:{port}/healthz") == 200
         assert status(f"http://127.0.0.1:{port}/dev/token?sub=x") == 404  # a real secret: no dev tokens
 
