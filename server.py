@@ -28,7 +28,6 @@ from handlers.common import NotFoundHandler, log_request
 from handlers.dev import DevTokenHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.http_server import ConnectionBook, GatewayHTTPServer
-from handlers.keepalive import TimerWheel
 from handlers.metrics import MetricsHandler
 from handlers.socket import GatewaySocket
 from services.admission import AddressCounts, descriptor_budget
@@ -50,8 +49,7 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
     """The public port: WebSockets, probes, the demo page; /metrics and /api/* too unless INTERNAL_PORT is set."""
     s = gateway.settings
     ctx = {"gateway": gateway}
-    # One timer for every connection's keepalive and token expiry (Tornado's own pings are off).
-    sockets = {"gateway": gateway, "timers": TimerWheel(connection_tick(s))}
+    sockets = {"connections": gateway.connections}
     routes: list[Any] = [
         (r"/", GatewaySocket, sockets),
         (r"/ws", GatewaySocket, sockets),
@@ -70,12 +68,6 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         websocket_max_message_size=s.max_message_bytes,
         **_APP_OPTIONS,
     )
-
-
-def connection_tick(s: Settings) -> float:
-    """How late a connection's keepalive or expiry may run: 1 s, less for short intervals."""
-    shortest = min(x for x in (s.ping_interval, s.ping_timeout, 4.0) if x > 0)
-    return max(0.01, min(1.0, shortest / 4))
 
 
 def make_internal_app(gateway: Gateway) -> tornado.web.Application:

@@ -5,6 +5,7 @@ reader finds them in one place and each boundary can catch exactly what it expec
     ├── ConfigError      bad configuration: one line on stderr, exit code 2 (server.py)
     ├── StartupError     a configured dependency is unusable at start: exit code 2
     ├── AuthError        a token that cannot be accepted: HTTP 401 (message safe to show, no token in it)
+    ├── Refused          a connection refused before its upgrade: an HTTP status (401, 403, 503, ...)
     ├── ClientError      an expected refusal of a frame: an `error` frame, never a close
     ├── IngestError      Kafka did not take a message: the sender gets `ingest_failed`
     ├── BusError         the bus could not subscribe or publish (Redis unreachable)
@@ -59,3 +60,13 @@ class StoreError(GatewayError):
 
 class InvalidRecord(GatewayError):
     """A Kafka record that cannot be delivered; the reason never contains the record's content."""
+
+
+class Refused(GatewayError):
+    """A connection refused before it is upgraded (or its stream starts): an HTTP status and a
+    message safe to show the client, sent as `{"error": message}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import KeysView
 from typing import Any
 
-from schemas.client import FrameSchema, payload_schemas
 from schemas.protocol import CLOSE_RESTART
 from services.admission import Admission, TrustedProxies
 from services.auth import TokenVerifier
 from services.bus import Bus
 from services.bus.memory import MemoryBus, MemoryNetwork
+from services.connection import Connections
 from services.dedupe import DedupeStore
 from services.dedupe.memory import MemoryDedupe
 from services.errors import BusError, StartupError, StoreError
@@ -61,8 +62,6 @@ class Gateway:
         self.revocations: RevocationStore = MemoryRevocations()
         self.online: OnlineTracker | None = None  # presence events: only with Kafka
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
-        self.payload_schemas = payload_schemas(settings.max_content)
-        self.frame_schema = FrameSchema()  # one for all connections: a schema is reusable
         self.producer: KafkaIngest | None = None
         self.consumer: KafkaEvents | None = None
         if settings.kafka_enabled:
@@ -81,8 +80,15 @@ class Gateway:
         )
         if settings.kafka_enabled:
             self.consumer = KafkaEvents(settings, self.hub, self.dedupe)
-        self.sessions: set[Session] = set()
-        self.draining = False
+        self.connections = Connections(settings, self.verifier, self.admission, self.hub)
+
+    @property
+    def sessions(self) -> KeysView[Session]:
+        return self.connections.sessions
+
+    @property
+    def draining(self) -> bool:
+        return self.connections.doorman.draining
 
     def _backends(
         self, network: MemoryNetwork | None, dedupe: DedupeStore | None
@@ -191,7 +197,7 @@ class Gateway:
         """SIGTERM: readiness 503 now; after DRAIN_DELAY close sockets with 1012, spread over
         DRAIN_WINDOW so clients reconnect elsewhere without a thundering herd. `at_once` (Ctrl-C)
         skips the delay and the spread."""
-        self.draining = True
+        self.connections.doorman.draining = True
         delay, window = (0.0, 0.0) if at_once else (self.settings.drain_delay, self.settings.drain_window)
         log.info(
             "draining",

@@ -41,6 +41,16 @@ class Transport(Protocol):
         """True while earlier frames are still waiting for the OS to take them."""
 
 
+class Probed(Transport, Protocol):
+    """A transport whose peer can be asked for a sign of life (keepalive, services/connection)."""
+
+    def probe(self) -> bool:
+        """Ask the peer for a sign of life (a WebSocket ping); False when the transport is closing."""
+
+    def probe_answered(self) -> bool:
+        """Whether the peer answered since the last probe."""
+
+
 class Pong:
     """A pong waiting in the outbound queue (the queue holds text frames as plain bytes)."""
 

@@ -1,4 +1,4 @@
-"""Keepalive and token expiry on one timer wheel (handlers/keepalive.py): a peer that answers pings
+"""Keepalive and token expiry on one timer wheel (services/connection/timers.py): a peer that answers pings
 stays, one that does not is dropped after PING_INTERVAL + PING_TIMEOUT, and the wheel's own
 contract (pure logic)."""
 
@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from tornado.ioloop import IOLoop
 
-from handlers.keepalive import TimerWheel
+from services.connection.timers import TimerWheel
 from tests.helpers import RawWebSocket, RunningGateway, sample, token, wait_for
 
 FAST = {"ping_interval": 0.3, "ping_timeout": 0.3}

@@ -1,0 +1,77 @@
+"""Connections: the one interface a transport calls, whatever carries the frames.
+
+A transport (handlers/socket.py for WebSockets) parses nothing and decides nothing: it reads a
+request into a `Handshake`, writes what it is told, and reports what arrives:
+
+    admit(handshake)        -> Admitted, or Refused(status, message) before any upgrade
+    open(admitted, transport) -> the Session, registered with the hub and its deadlines running
+    receive(session, frame) / control(session, ping, data)
+    closed(session)         the transport is gone: the hub forgets the session in the background
+    release()               the admitted connection is over (after `closed`, or it never opened)
+
+Inside: handshake.py (who may connect), lifetime.py (token deadline, refresh, keepalive),
+inbound.py (a frame to the hub), timers.py (the deadlines' wheel).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import KeysView
+
+from services.admission import Admission
+from services.auth import TokenVerifier
+from services.connection.handshake import Admitted, Doorman, Handshake
+from services.connection.inbound import Inbound
+from services.connection.lifetime import Lifetimes
+from services.connection.timers import TimerWheel, wheel_tick
+from services.hub import RoomHub
+from services.ids import short_id
+from services.metrics import METRICS
+from services.session import Probed, Session
+from services.settings import Settings
+
+__all__ = ["Admitted", "Connections", "Handshake"]
+
+log = logging.getLogger("gateway.connection")
+
+
+class Connections:
+    def __init__(self, settings: Settings, verifier: TokenVerifier, admission: Admission, hub: RoomHub) -> None:
+        self._settings = settings
+        self._hub = hub
+        # One timer for every connection's keepalive and token expiry (Tornado's own pings are off).
+        self.timers = TimerWheel(wheel_tick(settings))
+        self.doorman = Doorman(settings, verifier, admission, hub.control)
+        self.lifetimes = Lifetimes(settings, self.timers, verifier, hub.control)
+        self.inbound = Inbound(settings, hub, self.lifetimes)
+        self.receive = self.inbound.receive
+        self.control = self.inbound.control
+
+    @property
+    def sessions(self) -> KeysView[Session]:
+        return self.lifetimes.sessions()
+
+    async def admit(self, handshake: Handshake) -> Admitted:
+        return await self.doorman.admit(handshake)
+
+    def release(self) -> None:
+        self.doorman.release()
+
+    def open(self, admitted: Admitted, transport: Probed) -> Session | None:
+        """None when the hub refused it (too many connections for the user: closed 4029)."""
+        session = Session(short_id(), admitted.identity, transport, self._settings, on_close=_count_close)
+        self.lifetimes.begin(session, transport)
+        if not self._hub.connect(session, admitted.revocations, admitted.started):
+            return None
+        self.lifetimes.watch(session)
+        log.debug("connected", extra={"conn": session.conn_id, "user": session.user_id})
+        return session
+
+    def closed(self, session: Session) -> None:
+        session.closed = True
+        self.lifetimes.end(session)
+        self._hub.spawn(self._hub.disconnect(session))
+
+
+def _count_close(session: Session, code: int) -> None:
+    METRICS.closes.labels(str(code)).inc()

@@ -1,0 +1,170 @@
+"""A client's frames, from the bytes a transport received to the hub, and refusals as `error` frames.
+
+    Inbound.receive   one text (or binary) frame: rate limit, JSON, schema, cost, dispatch
+    Inbound.control   a WebSocket ping or pong: charged like any frame, a ping answered
+
+Every transport hands its frames here, so parsing, limits and errors are one path whatever carries
+them. Refusals are `error` frames and never close by themselves; ABUSE_CODES count toward
+INVALID_FRAME_LIMIT, over which the connection is closed 1008 (docs/protocol.md, "Errors").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+import orjson
+from marshmallow import ValidationError
+
+from schemas.client import FrameSchema, payload_schemas
+from schemas.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY
+from services import frames
+from services.errors import ClientError
+from services.hub import RoomHub
+from services.metrics import METRICS
+from services.ratelimit import frame_cost
+from services.session import Session
+from services.settings import Settings
+
+log = logging.getLogger("gateway.connection")
+
+
+class Refresher(Protocol):
+    async def refresh(self, session: Session, token: str, request_id: str | None) -> None: ...
+
+
+class Inbound:
+    def __init__(self, settings: Settings, hub: RoomHub, refresher: Refresher) -> None:
+        self._hub = hub
+        self._refresher = refresher
+        self._frame_schema = FrameSchema()  # one for all connections: a schema is reusable
+        self._payloads = payload_schemas(settings.max_content)
+
+    async def receive(self, session: Session, message: str | bytes) -> None:
+        if session.closed:
+            return
+        request_id: str | None = None
+        try:
+            if not session.rate.take():
+                request_id = _peek_request_id(message)
+                raise ClientError("rate_limited", "too many frames; slow down")
+            if isinstance(message, bytes):
+                raise ClientError("invalid_frame", "binary frames are not supported; send JSON text")
+            try:
+                frame = orjson.loads(message)
+            except orjson.JSONDecodeError:
+                raise ClientError("invalid_json", "frame is not valid JSON") from None
+            if not isinstance(frame, dict):
+                raise ClientError("invalid_frame", "frame must be a JSON object")
+            request_id = _request_id(frame)
+            try:
+                envelope = self._frame_schema.load(frame)
+            except ValidationError as exc:
+                raise ClientError("validation_failed", "invalid frame", details=exc.messages) from None
+            frame_type = envelope["type"]
+            if frame_type not in CLIENT_TYPES:
+                raise ClientError("unknown_type", f"unknown frame type {frame_type[:64]!r}")
+            METRICS.frames_in.labels(frame_type).inc()
+            try:
+                payload = self._payloads[frame_type].load(envelope["payload"])
+            except ValidationError as exc:
+                room = envelope["payload"].get("roomId")
+                raise ClientError(
+                    "validation_failed",
+                    f"invalid {frame_type} payload",
+                    details=exc.messages,
+                    roomId=room if isinstance(room, str) else None,
+                    dedupeKey=_str_or_none(envelope["payload"].get("dedupeKey")),
+                ) from None
+            cost = frame_cost(frame_type, payload)
+            if cost > 1 and not session.rate.take(cost - 1):  # the frame's first token is taken above
+                raise ClientError("rate_limited", f"{frame_type} costs {cost} frames of the rate limit; slow down")
+            await self._dispatch(session, frame_type, payload, request_id)
+        except ClientError as exc:
+            self._reply_error(session, exc, request_id)
+        except Exception:
+            log.exception("frame handling failed", extra={"conn": session.conn_id})
+            self._reply_error(session, ClientError("internal", "internal error"), request_id)
+
+    def control(self, session: Session, ping: bool, data: bytes) -> None:
+        """Ping and pong frames cost what any frame costs: a token from the rate limit, and a
+        violation when there is none (issue: a ping flood starved every other client). A ping
+        that is over the limit gets no pong."""
+        if session.closed:
+            return
+        METRICS.frames_in.labels("ws_ping" if ping else "ws_pong").inc()
+        if not session.rate.take():
+            METRICS.errors.labels("rate_limited").inc()
+            self._count_violation(session)
+            return
+        if ping:
+            session.send_pong(data)
+
+    async def _dispatch(
+        self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None
+    ) -> None:
+        hub = self._hub
+        if frame_type == "message":
+            # Runs in the background so a slow Kafka ack does not stop this connection's reads;
+            # the sender's order is kept by the hub (hub/ordering.py).
+            work = hub.message(session, payload, request_id)
+            hub.spawn(self._guarded(session, work, request_id, payload.get("dedupeKey")))
+        elif frame_type == "join":
+            await hub.join(session, payload["roomId"], request_id, payload.get("since"))
+        elif frame_type == "leave":
+            await hub.leave(session, payload["roomId"], request_id)
+        elif frame_type == "presence_query":
+            await hub.presence_query(session, payload["roomId"], payload.get("cursor"), request_id)
+        elif frame_type == "history":
+            await hub.history_of(session, payload["roomId"], payload["limit"], request_id)
+        elif frame_type == "presence":
+            # In the background too, so a hung Redis holds presence changes, not pings (docs/scaling.md).
+            work = hub.set_presence(session, payload["roomId"], payload["status"])
+            hub.spawn(self._guarded(session, work, None, None))
+        elif frame_type == "refresh":
+            await self._refresher.refresh(session, payload["token"], request_id)
+        else:  # ping
+            session.send(frames.encode("pong", {}, request_id))
+
+    async def _guarded(
+        self, session: Session, work: Awaitable[None], request_id: str | None, dedupe_key: str | None
+    ) -> None:
+        try:
+            await work
+        except ClientError as exc:
+            self._reply_error(session, exc, request_id)
+        except Exception:
+            log.exception("message handling failed", extra={"conn": session.conn_id})
+            self._reply_error(session, ClientError("internal", "internal error", dedupeKey=dedupe_key), request_id)
+
+    def _reply_error(self, session: Session, exc: ClientError, request_id: str | None) -> None:
+        METRICS.errors.labels(exc.code).inc()
+        session.send(frames.error(exc.code, exc.message, request_id, **exc.extra))
+        if exc.code in ABUSE_CODES:
+            self._count_violation(session)
+
+    def _count_violation(self, session: Session) -> None:
+        if session.violations.add():
+            log.info("closing abusive connection", extra={"conn": session.conn_id, "user": session.user_id})
+            session.close(CLOSE_POLICY, "too many invalid frames")
+
+
+def _request_id(frame: dict[str, Any]) -> str | None:
+    raw = frame.get("requestId")
+    return raw if isinstance(raw, str) and len(raw) <= 64 else None
+
+
+def _peek_request_id(message: str | bytes) -> str | None:
+    """The requestId of a frame refused before parsing (rate limit), so even that error is matched."""
+    if isinstance(message, bytes):
+        return None
+    try:
+        frame = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    return _request_id(frame) if isinstance(frame, dict) else None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

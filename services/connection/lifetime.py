@@ -1,0 +1,140 @@
+"""How long a connection may live: its token's deadline, a refresh that moves it, and keepalive.
+
+    Lifetime     one connection's deadlines on the shared TimerWheel (timers.py)
+    Lifetimes    every open connection's Lifetime, and the `refresh` decision
+
+Token: `token_expiring` TOKEN_REFRESH_NOTICE seconds before `exp` (at once for a shorter-lived
+token), close 4001 at `exp` + JWT_LEEWAY; a refresh moves both. Keepalive: every PING_INTERVAL the
+transport probes the peer and the peer has PING_TIMEOUT to answer, or it is dropped as dead (a
+transport whose peer cannot answer, such as a one-way stream, reports it answered).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, KeysView
+
+from schemas.protocol import CLOSE_TOKEN_EXPIRED
+from services import frames
+from services.auth import Identity, TokenVerifier
+from services.connection.timers import Deadline, TimerWheel
+from services.errors import AuthError, ClientError
+from services.hub.control import Control
+from services.ids import iso
+from services.metrics import METRICS
+from services.session import Probed, Session
+from services.settings import Settings
+
+log = logging.getLogger("gateway.connection")
+
+
+class Lifetime:
+    __slots__ = ("_expiry", "_keepalive", "_notice", "_owner", "_transport", "session")
+
+    def __init__(self, owner: Lifetimes, session: Session, transport: Probed) -> None:
+        self._owner = owner
+        self.session = session
+        self._transport = transport
+        self._expiry: Deadline | None = None
+        self._notice: Deadline | None = None
+        self._keepalive: Deadline | None = None
+
+    def watch_token(self, identity: Identity, now: float) -> None:
+        s, timers = self._owner.settings, self._owner.timers
+        for deadline in (self._expiry, self._notice):
+            if deadline is not None:
+                deadline.cancel()
+        self._expiry = timers.after(identity.expires_at + s.jwt_leeway - now, self._token_expired)
+        self._notice = timers.after(max(0.0, identity.expires_at - s.token_refresh_notice - now), self._token_expiring)
+
+    def start_keepalive(self) -> None:
+        interval = self._owner.settings.ping_interval
+        if interval > 0:
+            self._keepalive = self._owner.timers.after(interval, self._probe)
+
+    def stop(self) -> None:
+        for deadline in (self._expiry, self._notice, self._keepalive):
+            if deadline is not None:
+                deadline.cancel()
+
+    def _token_expired(self) -> None:
+        self.session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    def _token_expiring(self) -> None:
+        """(A refresh cancels the old token's notice: the session's identity is the one due.)"""
+        self.session.send(frames.encode("token_expiring", {"expiresAt": iso(self.session.identity.expires_at)}))
+
+    def _probe(self) -> None:
+        if self.session.closed or not self._transport.probe():
+            return
+        self._keepalive = self._owner.timers.after(self._owner.settings.ping_timeout, self._probe_due)
+
+    def _probe_due(self) -> None:
+        session = self.session
+        if session.closed:
+            return
+        if not self._transport.probe_answered():
+            log.info("ping timed out", extra={"conn": session.conn_id})
+            self._transport.close(1000, "ping timed out")
+            return
+        s = self._owner.settings
+        self._keepalive = self._owner.timers.after(s.ping_interval - s.ping_timeout, self._probe)
+
+
+class Lifetimes:
+    def __init__(
+        self,
+        settings: Settings,
+        timers: TimerWheel,
+        verifier: TokenVerifier,
+        control: Control,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock`: Unix time (tokens' `exp` are Unix times); a test gives a fake one with the wheel's."""
+        self.settings = settings
+        self.timers = timers
+        self._verifier = verifier
+        self._control = control
+        self._clock = clock
+        self._lives: dict[Session, Lifetime] = {}
+
+    def sessions(self) -> KeysView[Session]:
+        return self._lives.keys()
+
+    def begin(self, session: Session, transport: Probed) -> None:
+        self._lives[session] = Lifetime(self, session, transport)
+
+    def watch(self, session: Session) -> None:
+        """Start the deadlines of a session the hub accepted."""
+        life = self._lives[session]
+        life.watch_token(session.identity, self._clock())
+        life.start_keepalive()
+
+    def end(self, session: Session) -> None:
+        life = self._lives.pop(session, None)
+        if life is not None:
+            life.stop()
+
+    async def refresh(self, session: Session, token: str, request_id: str | None) -> None:
+        """`refresh {token}`: a token that verifies like a handshake's (revocations included) and
+        names the same user replaces the connection's; anything else is invalid_token and changes
+        nothing (docs/protocol.md, "Token refresh")."""
+        try:
+            identity = self._verifier.verify(token)
+        except AuthError as exc:
+            METRICS.token_refreshes.labels("invalid").inc()
+            raise ClientError("invalid_token", str(exc)) from None
+        if identity.user_id != session.user_id:
+            METRICS.token_refreshes.labels("other_user").inc()
+            raise ClientError("invalid_token", "the token names another user")
+        if (await self._control.load(identity.user_id)).refuses(identity.issued_at):
+            METRICS.token_refreshes.labels("revoked").inc()
+            raise ClientError("invalid_token", "token revoked")
+        life = self._lives.get(session)
+        if session.closed or life is None:
+            return
+        METRICS.token_refreshes.labels("ok").inc()
+        life.watch_token(identity, self._clock())
+        session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}, request_id))
+        self._control.reauthorize(session, identity)
