@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -18,6 +19,7 @@ from services.bus.memory import MemoryBus
 from services.hub import ordering
 from services.hub.channels import Subscriptions
 from services.hub.control import Control
+from services.hub.members import Members
 from services.hub.ordering import SenderOrder
 from services.hub.tasks import TaskGroup
 from services.revocation import NOTHING
@@ -133,12 +135,19 @@ class _Socket:
 
 def _control(users: dict[str, set[Session]], ttl: float = 60.0) -> tuple[Control, list[BusEvent]]:
     published: list[BusEvent] = []
+    bus = MemoryBus("i1")
 
-    async def publish(event: BusEvent) -> None:
+    async def publish(channel: str, event: BusEvent) -> None:
         published.append(event)
 
-    settings = settings_for(revocation_ttl=ttl)
-    return Control(MemoryRevocations(), settings, "i1", users, publish, lambda room, sessions, frame: None), published
+    class NoExits:
+        def remove(self, room: str, sessions: Sequence[Session], frame: bytes | None, announce: bool) -> None:
+            return None
+
+    bus.publish = publish  # type: ignore[method-assign]
+    members = Members()
+    members.users = users
+    return Control(MemoryRevocations(), settings_for(revocation_ttl=ttl), bus, members, NoExits()), published
 
 
 def _session(user: str, issued_at: float) -> Session:

@@ -5,8 +5,10 @@ only through interfaces (bus, presence, dedupe, history, ingest). It routes thro
 
     channels.py   which bus channels are subscribed (per-channel counted locks)
     control.py    what a user's tokens allow; disconnect, revoke and remove a user on every instance
+    departures.py a session out of a room, however it leaves
     fanout.py     a frame to the local members of a room, then one bus publish
     joins.py      what a joiner is sent while its join is under way
+    members.py    rooms -> local sessions, users -> local sessions (the parts get a read-only view)
     messages.py   a client message through dedupe, Kafka and broadcast (durable ack)
     ordering.py   one sender's messages in order
     recovery.py   a joiner's position in the room's history, and what it is replayed
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection, Mapping
 from typing import Any
 
 from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, control_channel, room_channel
@@ -30,8 +32,10 @@ from services.errors import BusError, ClientError
 from services.history import ENTRY_TYPES, History, Position
 from services.hub.channels import Subscriptions
 from services.hub.control import Control
+from services.hub.departures import Departures
 from services.hub.fanout import Fanout
 from services.hub.joins import Holds, JoinHold
+from services.hub.members import Members
 from services.hub.messages import Ingest, MessagePipeline
 from services.hub.ordering import SenderOrder
 from services.hub.recovery import Recovery
@@ -70,25 +74,27 @@ class RoomHub:
         self.presence = presence
         self.instance_id = bus.instance_id
         self.online = online  # told when a user's first local socket opens and its last closes
-        self.rooms: dict[str, set[Session]] = {}
-        self.users: dict[str, set[Session]] = {}
+        self.members = Members()
         self.holds = Holds()
         self._orders: dict[Session, SenderOrder] = {}
         self.channels = Subscriptions(bus)
         self.tasks = TaskGroup()
-        self.fanout = Fanout(bus, self.rooms, self.holds.by_room, history, self.tasks.spawn, settings.history_size)
+        members, tasks = self.members, self.tasks
+        self.fanout = Fanout(bus, members, self.holds, history, tasks, settings.history_size)
         self.recovery = Recovery(settings, history, self.fanout)
-        self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout.broadcast_entry)
-        self.roster = Roster(settings, presence, self.fanout, self.rooms, self.tasks.spawn)
-        self.statuses = Statuses(settings, presence, self.roster, self.fanout, self.rooms, self.users, self.tasks.spawn)
-        self.control = Control(
-            revocations or MemoryRevocations(),
-            settings,
-            self.instance_id,
-            self.users,
-            lambda event: self.bus.publish(control_channel().key, event),
-            lambda room, sessions, frame: self._remove_from(room, sessions, frame, announce=True),
-        )
+        self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout)
+        self.roster = Roster(settings, presence, self.fanout, members, tasks)
+        self.statuses = Statuses(settings, presence, self.roster, self.fanout, members, tasks)
+        self.departures = Departures(members, self.holds, self.fanout, self.roster, self.statuses, self.channels, tasks)
+        self.control = Control(revocations or MemoryRevocations(), settings, bus, members, self.departures)
+
+    @property
+    def rooms(self) -> Mapping[str, Collection[Session]]:
+        return self.members.rooms
+
+    @property
+    def users(self) -> Mapping[str, Collection[Session]]:
+        return self.members.users
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus_event, self._on_bus_resync)
@@ -114,14 +120,11 @@ class RoomHub:
         """Register a new session, with the records its handshake (begun at `since`, Unix time)
         loaded (services/revocation); False (and close 4029) when the user has too many connections."""
         user = session.user_id
-        mine = self.users.setdefault(user, set())
-        if len(mine) >= self.settings.max_user_connections:
-            if not mine:
-                del self.users[user]
+        count = self.members.add_user(session, self.settings.max_user_connections)
+        if not count:
             session.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")
             return False
-        mine.add(session)
-        if len(mine) == 1 and self.online is not None:
+        if count == 1 and self.online is not None:
             self.online.opened(user)
         self._orders[session] = SenderOrder()
         METRICS.connections.inc()
@@ -130,16 +133,14 @@ class RoomHub:
 
     async def disconnect(self, session: Session) -> None:
         user = session.user_id
-        mine = self.users.get(user)
-        if mine is None or session not in mine:
+        last = self.members.remove_user(session)
+        if last is None:
             return
-        mine.discard(session)
         self._orders.pop(session, None)
         METRICS.connections.dec()
         for room in list(session.rooms):
-            await self._leave(session, room)
-        if not mine:
-            del self.users[user]
+            await self.departures.leave(session, room)
+        if last and not self.members.of_user(user):
             self.control.forget(user)
             if self.online is not None:
                 self.online.closed(user)
@@ -169,10 +170,9 @@ class RoomHub:
 
             def add_member() -> None:
                 nonlocal hold
-                self.rooms.setdefault(room, set()).add(session)
+                self.members.add_to_room(room, session)
                 hold = self.holds.start(room, session, self.settings.outbound_queue_frames)
                 session.rooms.add(room)
-                METRICS.rooms.set(len(self.rooms))
 
             try:
                 await self.channels.ensure(room_channel(room), then=add_member)
@@ -183,8 +183,8 @@ class RoomHub:
                 answer = await self.recovery.join(room, since, member_already)
             except BaseException:
                 if room in session.rooms:
-                    self._detach(session, room)  # drops the hold too; the store is told in the background
-                    self.spawn(self._after_leave(session, room, announce=False))
+                    self.departures.detach(session, room)  # drops the hold too; the store is told below
+                    self.spawn(self.departures.after_detach(session, room, announce=False))
                 raise
             if room not in session.rooms:  # removed meanwhile: it got room_update removed/deleted
                 raise ClientError("not_in_room", "removed from the room while joining", roomId=room)
@@ -210,32 +210,8 @@ class RoomHub:
     async def leave(self, session: Session, room: str, request_id: str | None) -> None:
         if room not in session.rooms:
             raise ClientError("not_in_room", "not a member of this room", roomId=room)
-        await self._leave(session, room)
+        await self.departures.leave(session, room)
         session.send(frames.encode("room_update", {"roomId": room, "action": "left"}, request_id))
-
-    def _detach(self, session: Session, room: str) -> None:
-        """The local, synchronous half of a leave: from here on the session gets nothing of the room."""
-        session.rooms.discard(room)
-        self.holds.drop(room, session)
-        members = self.rooms.get(room)
-        if members is not None:
-            members.discard(session)
-            if not members:
-                del self.rooms[room]
-                self.fanout.forget(room)
-                self.roster.forget(room)
-                METRICS.rooms.set(len(self.rooms))
-
-    async def _leave(self, session: Session, room: str, announce: bool = True) -> None:
-        """Remove one session from a room; announce offline when it was the user's last connection."""
-        self._detach(session, room)
-        await self._after_leave(session, room, announce)
-
-    async def _after_leave(self, session: Session, room: str, announce: bool = True) -> None:
-        user = session.user_id
-        gone = await self.roster.exit(room, user, session.conn_id, announce)
-        self.statuses.left(room, user, gone)
-        await self.channels.drop_if_unused(room_channel(room), lambda: bool(self.rooms.get(room)))
 
     # -- messages and presence ---------------------------------------------------------------
 
@@ -282,7 +258,7 @@ class RoomHub:
     async def delete_room(self, room: str) -> None:
         frame = frames.encode("room_update", {"roomId": room, "action": "deleted"})
         event = BusEvent(frame=frame, origin=self.instance_id, action=ACTION_DELETE_ROOM)
-        self._remove_from(room, list(self.rooms.get(room, ())), frame, announce=False)
+        self.departures.remove(room, list(self.members.in_room(room)), frame, announce=False)
         await self.fanout.publish(room_channel(room), event)
 
     # -- the bus -----------------------------------------------------------------------------
@@ -297,27 +273,14 @@ class RoomHub:
         elif event.action is not None:
             if event.action == ACTION_DELETE_ROOM:
                 # A deleted room needs no offline announcements: nobody is left to hear them.
-                self._remove_from(channel.name, list(self.rooms.get(channel.name, ())), event.frame, announce=False)
+                self.departures.remove(
+                    channel.name, list(self.members.in_room(channel.name)), event.frame, announce=False
+                )
             # (an action this version does not know, from a newer instance: nothing to do)
         elif event.offset is not None and event.epoch is not None and event.frame is not None:
             self.fanout.deliver_entry(channel.name, event.frame, Position(event.offset, event.epoch))
         elif event.frame is not None:
             self.fanout.deliver_local(channel.name, event.frame, event.exclude)
-
-    def _remove_from(self, room: str, sessions: list[Session], frame: bytes | None, announce: bool) -> None:
-        """Sessions taken out of a room by an event (room.deleted, a removal, a narrowed token): told
-        with `frame`, detached at once (nothing more of the room reaches them), forgotten by the
-        stores in the background (and, with `announce`, offline to the others)."""
-        for session in sessions:
-            if frame is not None:
-                session.send(frame)
-            self._detach(session, room)
-        if sessions:
-            self.spawn(self._forget_sessions(room, sessions, announce))
-
-    async def _forget_sessions(self, room: str, sessions: list[Session], announce: bool) -> None:
-        for session in sessions:
-            await self._after_leave(session, room, announce)
 
     def _on_bus_resync(self) -> None:
         """The bus is back after an outage: presence changes published meanwhile never reached us,

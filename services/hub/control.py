@@ -20,13 +20,15 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
+from typing import Protocol
 
-from schemas.protocol import CLOSE_REVOKED
+from schemas.protocol import CLOSE_REVOKED, control_channel
 from services import frames
 from services.auth import Identity
-from services.bus import BusEvent
+from services.bus import Bus, BusEvent
 from services.errors import StoreError
+from services.hub.members import MemberView
 from services.metrics import METRICS
 from services.revocation import NOTHING, TOKENS, Revocations, RevocationStore, older
 from services.session import Session
@@ -42,26 +44,30 @@ MAX_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
 RECENT = 60.0  # seconds an action is kept for sockets whose handshake began before it arrived
 
 
+class Exits(Protocol):
+    """How sessions are taken out of a room (departures.py)."""
+
+    def remove(self, room: str, sessions: Sequence[Session], frame: bytes | None, announce: bool) -> None: ...
+
+
 class Control:
     def __init__(
         self,
         store: RevocationStore,
         settings: Settings,
-        instance_id: str,
-        users: dict[str, set[Session]],
-        publish: Callable[[BusEvent], Awaitable[None]],
-        leave: Callable[[str, list[Session], bytes], None],
+        bus: Bus,
+        members: MemberView,
+        departures: Exits,
     ) -> None:
-        """`users` is the hub's (user -> local sessions); `publish(event)` puts an action on the
-        control channel (raises BusError); `leave(room, sessions, frame)` tells sessions `frame` and
-        takes them out of a room, announced to the others."""
+        """Actions go on the bus's control channel (BusError when they cannot); sessions an action
+        takes out of a room leave through `departures`, announced to the others."""
         self.store = store
         self._ttl = settings.revocation_ttl
         self._room_access = settings.room_access
-        self._instance = instance_id
-        self._users = users
-        self._publish = publish
-        self._leave = leave
+        self._bus = bus
+        self._instance = bus.instance_id
+        self._members = members
+        self._departures = departures
         self.known: dict[str, Revocations] = {}  # only users with local sockets and a record
         self._recent: collections.deque[tuple[float, BusEvent]] = collections.deque()  # (arrived, action)
         self._recent_by_user: dict[str, list[tuple[float, BusEvent]]] = {}
@@ -106,7 +112,7 @@ class Control:
             return  # the same claim allows the same rooms (issue: a re-sent token re-checked them all)
         for room in sorted(session.rooms):
             if not identity.may_join(room):
-                self._leave(room, [session], _removed(room))
+                self._departures.remove(room, [session], _removed(room), announce=True)
 
     # -- the control plane's actions -----------------------------------------------------------
 
@@ -144,7 +150,7 @@ class Control:
 
     async def _act(self, event: BusEvent) -> None:
         self.apply(event)
-        await self._publish(event)
+        await self._bus.publish(control_channel().key, event)
 
     def apply(self, event: BusEvent) -> None:
         """An action (from here or another instance) applied to the local sessions of its user, and
@@ -153,7 +159,7 @@ class Control:
         if user is None or event.action not in ACTIONS:
             return
         self._remember_recent(time.time(), user, event)
-        sessions = list(self._users.get(user, ()))
+        sessions = list(self._members.of_user(user))
         if sessions:
             self._note(user, event)
             self._apply_to(sessions, event)
@@ -179,7 +185,7 @@ class Control:
         elif event.action == ACTION_REMOVE_USER and event.room is not None:
             inside = [s for s in sessions if event.room in s.rooms]
             if inside:
-                self._leave(event.room, inside, event.frame or _removed(event.room))
+                self._departures.remove(event.room, inside, event.frame or _removed(event.room), announce=True)
 
     def _remember_recent(self, now: float, user: str, event: BusEvent) -> None:
         while self._recent and self._recent[0][0] < now - RECENT:

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Collection
 
 from schemas.protocol import CLOSE_SLOW, Channel, room_channel
 from services.backoff import Backoff
 from services.bus import Bus, BusEvent
 from services.errors import BusError, StoreError
 from services.history import History, Position
-from services.hub.joins import JoinHold, presence_fields
+from services.hub.joins import Holds, JoinHold, presence_fields
+from services.hub.members import MemberView
+from services.hub.tasks import TaskGroup
 from services.metrics import METRICS
 from services.session import Session
 
@@ -40,19 +41,19 @@ class Fanout:
     def __init__(
         self,
         bus: Bus,
-        rooms: dict[str, set[Session]],
-        holds: dict[str, dict[Session, JoinHold]],
+        members: MemberView,
+        holds: Holds,
         history: History | None = None,
-        spawn: Callable[[Awaitable[Any]], Any] | None = None,
+        tasks: TaskGroup | None = None,
         most: int = 0,
     ) -> None:
-        """`spawn` runs a gap's catch-up in the background; `most` entries are read for one."""
+        """`tasks` runs a gap's catch-up in the background; `most` entries are read for one."""
         self._bus = bus
-        self._rooms = rooms  # the hub's: room -> local sessions
-        self._holds = holds  # the hub's: room -> joiners whose frames are held or filtered
+        self._members = members
+        self._holds = holds  # joiners whose frames are held or filtered (joins.py)
         self._history = history
         self.positions: dict[str, Position] = {}  # room -> last entry delivered here
-        self._spawn = spawn
+        self._tasks = tasks
         self._most = most
         self._filling: dict[str, list[tuple[bytes, Position]]] = {}  # room -> live entries held meanwhile
         self._publish_failing = False
@@ -93,7 +94,7 @@ class Fanout:
                 return True
         elif last is not None and self._history is not None and self._history.publishes:
             METRICS.epoch_renewals.labels("lost").inc()
-        if room in self._rooms:
+        if self._members.in_room(room):
             self.positions[room] = position
         self.deliver_local(room, frame, None, position)
         return True
@@ -104,10 +105,10 @@ class Fanout:
             self._fill(room, last)
 
     def _fill(self, room: str, last: Position) -> bool:
-        if self._history is None or self._spawn is None or not self._history.publishes or room in self._filling:
+        if self._history is None or self._tasks is None or not self._history.publishes or room in self._filling:
             return False
         self._filling[room] = []
-        self._spawn(self._read_missing(room, last))
+        self._tasks.spawn(self._read_missing(room, last))
         return True
 
     async def _read_missing(self, room: str, last: Position) -> None:
@@ -124,7 +125,7 @@ class Fanout:
                         entries = (await self._history.recover(room, last, self._most, known=last)).entries or []
                     break
                 except StoreError:
-                    if room not in self._rooms or len(self._filling.get(room, ())) > self._most:
+                    if not self._members.in_room(room) or len(self._filling.get(room, ())) > self._most:
                         break  # nobody left to fill, or more held than a history holds: give up
                     await asyncio.sleep(backoff.next())
             # (given up: the members see the offsets jump, a loss they are told of: docs/protocol.md)
@@ -162,10 +163,10 @@ class Fanout:
             log.info("bus publish recovered")
 
     def deliver_local(self, room: str, frame: bytes, exclude: str | None, position: Position | None = None) -> None:
-        members = self._rooms.get(room)
+        members = self._members.in_room(room)
         if not members:
             return
-        holds = self._holds.get(room)  # looked up once per broadcast, not per recipient
+        holds = self._holds.in_room(room)  # looked up once per broadcast, not per recipient
         if holds is not None:
             self._deliver_with_holds(members, holds, frame, exclude, position)
             return
@@ -177,7 +178,7 @@ class Fanout:
 
     def _deliver_with_holds(
         self,
-        members: set[Session],
+        members: Collection[Session],
         holds: dict[Session, JoinHold],
         frame: bytes,
         exclude: str | None,

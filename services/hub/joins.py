@@ -148,6 +148,9 @@ class Holds:
         else:
             self._end(room, session, hold)
 
+    def in_room(self, room: str) -> dict[Session, JoinHold] | None:
+        return self.by_room.get(room)
+
     def drop(self, room: str, session: Session) -> None:
         holds = self.by_room.get(room)
         if holds is not None and holds.pop(session, None) is not None and not holds:

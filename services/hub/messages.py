@@ -19,7 +19,6 @@ instance is waited for, not taken over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -34,7 +33,6 @@ from services.metrics import METRICS
 from services.session import Session
 from services.settings import Settings
 
-Broadcast = Callable[[str, bytes, str], Awaitable[Position | None]]
 CLAIMED = "~"  # prefix of a dedupe record whose message is not stored yet
 
 
@@ -43,12 +41,21 @@ class Ingest(Protocol):
         """Return once the message.ingest record is acknowledged by Kafka; raise IngestError otherwise."""
 
 
+class Broadcaster(Protocol):
+    """Where an accepted message goes: the room's history and every instance (fanout.py)."""
+
+    async def broadcast_entry(self, room: str, frame: bytes, message_id: str = "") -> Position | None:
+        """Its position (None with history off); StoreError or BusError when it cannot get there."""
+
+
 class MessagePipeline:
-    def __init__(self, settings: Settings, dedupe: DedupeStore, ingest: Ingest | None, broadcast: Broadcast) -> None:
+    def __init__(
+        self, settings: Settings, dedupe: DedupeStore, ingest: Ingest | None, broadcaster: Broadcaster
+    ) -> None:
         self.settings = settings
         self.dedupe = dedupe
         self.ingest = ingest
-        self._broadcast = broadcast
+        self._broadcaster = broadcaster
         self._running: dict[str, asyncio.Future[None]] = {}  # dedupe records whose attempt runs here
 
     async def handle(
@@ -115,7 +122,7 @@ class MessagePipeline:
         if await turn.my_publish():  # the one before was refused: this one would overtake it
             raise _unavailable(turn, room, key)
         try:
-            await self._broadcast(room, frames.encode("message", message), message["id"])
+            await self._broadcaster.broadcast_entry(room, frames.encode("message", message), message["id"])
         except (StoreError, BusError):
             raise _unavailable(turn, room, key) from None
 
@@ -144,7 +151,8 @@ class MessagePipeline:
             return False, None
         message.setdefault("attachments", [])
         try:
-            position = await self._broadcast(message["roomId"], frames.encode("message", message), message["id"])
+            frame = frames.encode("message", message)
+            position = await self._broadcaster.broadcast_entry(message["roomId"], frame, message["id"])
         except BaseException:
             with suppress(StoreError):
                 await self.dedupe.release(id_key)  # a retry (the same id) is idempotent in the history

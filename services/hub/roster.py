@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import Collection
 from typing import Any
 
 from services import frames
 from services.errors import ClientError, StoreError
 from services.hub.fanout import Fanout
+from services.hub.members import MemberView
+from services.hub.tasks import TaskGroup
 from services.ids import iso, iso_now
 from services.presence import OFFLINE, ONLINE, Page, PresenceStore
 from services.session import Session
@@ -47,15 +49,15 @@ class Roster:
         settings: Settings,
         store: PresenceStore,
         fanout: Fanout,
-        rooms: dict[str, set[Session]],
-        spawn: Callable[[Awaitable[Any]], object],
+        members: MemberView,
+        tasks: TaskGroup,
     ) -> None:
-        """`spawn` runs a bus publish of the tick in the background: a hung bus must not hold the
+        """`tasks` runs a bus publish of the tick in the background: a hung bus must not hold the
         tick of every other room."""
-        self._spawn = spawn
+        self._tasks = tasks
         self._store = store
         self._fanout = fanout
-        self._rooms = rooms  # the hub's: room -> local sessions
+        self._members = members
         self.page_size = settings.presence_page
         self.limit = settings.presence_broadcast_limit
         self._interval = settings.presence_count_interval
@@ -101,7 +103,7 @@ class Roster:
             if self.announces(room, count):
                 presence = {"roomId": room, "userId": user, "status": OFFLINE, "at": iso_now()}
                 await self._fanout.broadcast(room, frames.encode("presence", presence))
-            elif room in self._rooms:
+            elif self._members.in_room(room):
                 self._unannounced.add(room)
         return gone
 
@@ -135,7 +137,7 @@ class Roster:
 
     async def tick(self) -> None:
         """Read every local room's count; tell the members of large rooms what changed."""
-        rooms = list(self._rooms)
+        rooms = self._members.room_ids()
         if not rooms:
             return
         try:
@@ -143,7 +145,7 @@ class Roster:
         except StoreError:
             return
         for room, count in zip(rooms, counts, strict=True):
-            members = self._rooms.get(room)
+            members = self._members.in_room(room)
             if not members:
                 continue
             self._counts[room] = count
@@ -160,7 +162,7 @@ class Roster:
                 self._sent.pop(room, None)
                 if room in self._unannounced:  # other instances' members may not know either
                     self._unannounced.discard(room)
-                    self._spawn(self._fanout.broadcast(room, self.frame(room, first)))
+                    self._tasks.spawn(self._fanout.broadcast(room, self.frame(room, first)))
                 else:
                     self._send(members, self.frame(room, first))
 
@@ -170,6 +172,6 @@ class Roster:
             await self.tick()
 
     @staticmethod
-    def _send(members: set[Session], frame: bytes) -> None:
+    def _send(members: Collection[Session], frame: bytes) -> None:
         for session in tuple(members):
             session.send(frame)

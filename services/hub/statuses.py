@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
 
 from services import frames
 from services.hub.fanout import Fanout
+from services.hub.members import MemberView
 from services.hub.roster import Roster
+from services.hub.tasks import TaskGroup
 from services.ids import iso, iso_now
 from services.presence import OFFLINE, ONLINE, PresenceStore
-from services.session import Session
 from services.settings import Settings
 
 
@@ -27,17 +26,15 @@ class Statuses:
         store: PresenceStore,
         roster: Roster,
         fanout: Fanout,
-        rooms: dict[str, set[Session]],
-        users: dict[str, set[Session]],
-        spawn: Callable[[Any], object],
+        members: MemberView,
+        tasks: TaskGroup,
     ) -> None:
         self._settings = settings
         self._store = store
         self._roster = roster
         self._fanout = fanout
-        self._rooms = rooms  # the hub's: room -> local sessions
-        self._users = users  # the hub's: user -> local sessions
-        self._spawn = spawn
+        self._members = members
+        self._tasks = tasks
         self._typing: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     async def set(self, room: str, user: str, status: str) -> None:
@@ -62,7 +59,7 @@ class Statuses:
             # Still in the room through another instance, but the timer that would lapse this
             # instance's "typing" dies with its last local connection: lapse it now.
             self.cancel_typing(room, user)
-            self._spawn(self.publish(room, user, ONLINE))
+            self._tasks.spawn(self.publish(room, user, ONLINE))
 
     def cancel_typing(self, room: str, user: str) -> None:
         timer = self._typing.pop((room, user), None)
@@ -87,21 +84,21 @@ class Statuses:
         """After a bus outage: a fresh presence_state for every local room (changes published
         meanwhile never reached us), read once our own connections are back in the store."""
         await self._store.resync()
-        for room in list(self._rooms):
+        for room in self._members.room_ids():
             frame = self._roster.frame(room, await self._roster.page(room))
-            for session in tuple(self._rooms.get(room, ())):
+            for session in tuple(self._members.in_room(room)):
                 session.send(frame)
 
     def _here(self, room: str, user: str) -> bool:
-        return any(room in s.rooms for s in self._users.get(user, ()))
+        return any(room in s.rooms for s in self._members.of_user(user))
 
     def _lapsed(self, room: str, user: str) -> None:
         self._typing.pop((room, user), None)
         if self._here(room, user):
-            self._spawn(self.publish(room, user, ONLINE))
+            self._tasks.spawn(self.publish(room, user, ONLINE))
 
     def _announce(self, room: str, user: str, status: str) -> None:
         if not self._roster.announces(room):
             return
         frame = frames.encode("presence", {"roomId": room, "userId": user, "status": status, "at": iso_now()})
-        self._spawn(self._fanout.broadcast(room, frame))
+        self._tasks.spawn(self._fanout.broadcast(room, frame))
