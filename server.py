@@ -25,9 +25,10 @@ from tornado.netutil import bind_sockets
 
 from handlers.api import api_routes, body_limits
 from handlers.common import NotFoundHandler, log_request
+from handlers.connection_book import ConnectionBook
 from handlers.dev import DevTokenHandler
 from handlers.health import HealthHandler, ReadyHandler
-from handlers.http_server import ConnectionBook, GatewayHTTPServer
+from handlers.http_server import GatewayHTTPServer
 from handlers.metrics import MetricsHandler
 from handlers.socket import GatewaySocket
 from services.admission import AddressCounts, descriptor_budget

@@ -33,18 +33,15 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from http.client import responses
 from typing import Any
 
-import orjson
-from tornado import gen, httputil
+from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.util import TimeoutError
 
-from services.admission import AddressCounts, TrustedProxies, address_bucket
+from handlers.connection_book import SHED_AFTER, ConnectionBook, CountedStream, refuse_and_close
+from services.admission import TrustedProxies, address_bucket
 from services.metrics import METRICS
 
 log = logging.getLogger("gateway.listener")
@@ -54,81 +51,8 @@ _RETRY_ACCEPT = frozenset(
     {errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET}
     | {errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT}
 )
-SHED_AFTER = 1.0  # seconds a connection may wait without sending its headers before it can be shed
 _ACCEPTS_PER_TURN = 128  # like Tornado: bounded work per readable event
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
-
-
-class ConnectionBook:
-    """Open TCP connections of the process, shared by its listeners; the public connections waiting
-    for a request's headers (their first, or the next on a kept-alive connection), oldest first;
-    and the public connections by client address."""
-
-    def __init__(self, budget: int, per_address: AddressCounts | None = None) -> None:
-        self.budget = budget
-        self.open = 0
-        self.waiting: dict[IOStream, float] = {}  # stream -> waiting since (monotonic), oldest first
-        self.per_address = per_address
-        self._address: dict[IOStream, str] = {}  # stream -> the address it is counted under
-        self._on_free: list[Callable[[], None]] = []
-
-    def full(self) -> bool:
-        return self.open >= self.budget
-
-    def closed(self, stream: IOStream) -> None:
-        self.open -= 1
-        self.waiting.pop(stream, None)
-        address = self._address.pop(stream, None)
-        if address is not None and self.per_address is not None:
-            self.per_address.remove(address)
-        for callback in self._on_free:
-            callback()
-
-    def count_address(self, stream: IOStream, address: str) -> bool:
-        """Count the connection under its client address (moved there when a kept-alive connection
-        from a proxy now serves another client); False when that address has no room left."""
-        if self.per_address is None or self._address.get(stream) == address:
-            return True
-        old = self._address.pop(stream, None)
-        if old is not None:
-            self.per_address.remove(old)
-        if not self.per_address.add(address):
-            return False
-        self._address[stream] = address
-        return True
-
-    def waits(self, stream: IOStream) -> None:
-        """The connection waits for a request's headers (kept alive after one): sheddable."""
-        self.waiting[stream] = time.monotonic()
-
-    def notify_on_free(self, callback: Callable[[], None]) -> None:
-        self._on_free.append(callback)
-
-    def shed_oldest_waiting(self) -> bool:
-        """Close the oldest connection that has waited SHED_AFTER without sending its headers: it
-        is idle (a probe or a real client sends its request at once). False when there is none."""
-        for stream, since in self.waiting.items():
-            if time.monotonic() - since < SHED_AFTER:
-                return False
-            del self.waiting[stream]
-            stream.close()  # closes its descriptor: `closed` runs and frees the slot
-            METRICS.connections_shed.inc()
-            return True
-        return False
-
-
-class _CountedStream(IOStream):
-    """An IOStream that tells the book when its descriptor is gone, however it was closed
-    (HTTP handling, an upgraded WebSocket, shedding)."""
-
-    book: ConnectionBook
-    served = False  # a request came in on it (on a capped listener): it may be kept alive
-
-    def close_fd(self) -> None:
-        try:
-            super().close_fd()
-        finally:
-            self.book.closed(self)
 
 
 class GatewayHTTPServer(HTTPServer):
@@ -215,7 +139,7 @@ class GatewayHTTPServer(HTTPServer):
 
     def _serve(self, conn: socket.socket, address: Any) -> None:
         try:
-            stream = _CountedStream(conn, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+            stream = CountedStream(conn, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
         except Exception:
             conn.close()
             raise
@@ -268,7 +192,7 @@ class GatewayHTTPServer(HTTPServer):
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         assert isinstance(request_conn, HTTP1Connection)
         stream = request_conn.stream
-        if isinstance(stream, _CountedStream) and stream.served:
+        if isinstance(stream, CountedStream) and stream.served:
             # Its last request was answered: kept alive, and Tornado waits HTTP_IDLE_TIMEOUT for the
             # next one instead of HANDSHAKE_TIMEOUT. Not for a trusted proxy's upstream connection:
             # closing it between requests races the proxy's next one (a 502 for its client).
@@ -291,7 +215,7 @@ class GatewayHTTPServer(HTTPServer):
             if peer is None:
                 peer = context.gateway_peer = context.remote_ip
             context.remote_ip = self._trusted.client_ip(peer, headers.get("X-Forwarded-For"), headers.get("X-Real-Ip"))
-        if self._capped and isinstance(stream, _CountedStream):
+        if self._capped and isinstance(stream, CountedStream):
             self._book.waiting.pop(stream, None)
             stream.served = True
             if not self._book.count_address(stream, address_bucket(context.remote_ip)):
@@ -338,36 +262,3 @@ class _Admitted(httputil.HTTPMessageDelegate):
     def on_connection_close(self) -> None:
         if not self._refused:
             self._delegate.on_connection_close()
-
-
-LINGER = 2.0  # seconds a refused connection's unread request is read and dropped before the close
-LINGER_BYTES = 4 * 1024 * 1024  # and at most this much of it
-
-
-def refuse_and_close(stream: IOStream, status: int, message: str) -> None:
-    """Answer `status` with a JSON error and close. The unread request is drained a moment first
-    (bounded in time and bytes, nothing kept): closing a socket with unread data resets it, and
-    the client could lose the answer."""
-    body = orjson.dumps({"error": message})
-    head = (
-        f"HTTP/1.1 {status} {responses[status]}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-    )
-    if isinstance(stream, _CountedStream):  # idle from now on: shed first when descriptors run short
-        stream.book.waiting[stream] = time.monotonic()
-    IOLoop.current().add_callback(_linger_close, stream, head.encode() + body)
-
-
-async def _linger_close(stream: IOStream, response: bytes) -> None:
-    try:
-        await stream.write(response)
-        stream.socket.shutdown(socket.SHUT_WR)
-        deadline = IOLoop.current().time() + LINGER
-        drained = 0
-        while drained < LINGER_BYTES:
-            read = stream.read_bytes(65536, partial=True)
-            drained += len(await gen.with_timeout(deadline, read, quiet_exceptions=(StreamClosedError,)))
-    except (StreamClosedError, OSError, TimeoutError):
-        pass
-    finally:
-        stream.close()

@@ -131,7 +131,7 @@ async def test_forwarded_address_does_not_stick_to_a_kept_alive_connection(make_
 def test_only_connections_idle_long_enough_are_shed():
     import time
 
-    from handlers.http_server import SHED_AFTER, ConnectionBook
+    from handlers.connection_book import SHED_AFTER, ConnectionBook
 
     class Stream:
         closed = False
@@ -151,7 +151,8 @@ def test_only_connections_idle_long_enough_are_shed():
 async def test_a_listener_paused_for_emfile_then_for_the_budget_resumes_when_a_connection_closes():
     import socket
 
-    from handlers.http_server import ConnectionBook, GatewayHTTPServer
+    from handlers.connection_book import ConnectionBook
+    from handlers.http_server import GatewayHTTPServer
 
     book = ConnectionBook(budget=1)
     server = GatewayHTTPServer(

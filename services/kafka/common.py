@@ -1,15 +1,21 @@
-"""What the Kafka producer and consumer share: client settings, the event envelope, and logging
-that reports a broker outage once per state change instead of once per failed connect."""
+"""What the Kafka producer and consumer share: client settings, the event envelope, logging that
+reports a broker outage once per state change instead of once per failed connect, and a bounded
+wait for librdkafka calls that can hang (`in_daemon_thread`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
 from services.ids import iso_now, uuid7
 from services.settings import Settings
+
+log = logging.getLogger("gateway.kafka")
 
 ENVELOPE_VERSION = 1
 
@@ -54,3 +60,32 @@ def describe_kafka(exc: KafkaException) -> str:
     """librdkafka's one-line reason, for logs and ingest_failed messages."""
     err = exc.args[0] if exc.args else None
     return err.str() if isinstance(err, KafkaError) else str(exc)
+
+
+async def in_daemon_thread(fn: Callable[[], object], timeout: float) -> bool:
+    """Run a blocking call that might hang (librdkafka close with the broker gone) in a daemon
+    thread, so it can never keep the process from exiting. True if it finished in time."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def work() -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.debug("kafka close failed", extra={"error": str(exc)})
+        try:
+            loop.call_soon_threadsafe(_resolve, finished)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=work, name="kafka-close", daemon=True).start()
+    try:
+        await asyncio.wait_for(finished, timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _resolve(finished: asyncio.Future[None]) -> None:
+    if not finished.done():
+        finished.set_result(None)

@@ -22,7 +22,6 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -30,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from services.dedupe import DedupeStore
 from services.hub import RoomHub
-from services.kafka.common import client_config, describe_kafka
+from services.kafka.common import client_config, describe_kafka, in_daemon_thread
 from services.kafka.events import EventRouter
 from services.logs import StateLog
 from services.metrics import METRICS
@@ -271,35 +270,6 @@ class KafkaEvents:
                 log.warning("kafka poll loop did not stop in time")
         self._executor.shutdown(wait=False)
         consumer, self._consumer = self._consumer, None
-        if consumer is not None and not await _in_daemon_thread(consumer.close, CLOSE_TIMEOUT):
+        if consumer is not None and not await in_daemon_thread(consumer.close, CLOSE_TIMEOUT):
             log.warning("kafka consumer close timed out", extra={"timeout": CLOSE_TIMEOUT})
         self.health.set("stopped")
-
-
-async def _in_daemon_thread(fn: Callable[[], object], timeout: float) -> bool:
-    """Run a blocking call that might hang (librdkafka close with the broker gone) in a daemon
-    thread, so it can never keep the process from exiting. True if it finished in time."""
-    loop = asyncio.get_running_loop()
-    finished: asyncio.Future[None] = loop.create_future()
-
-    def work() -> None:
-        try:
-            fn()
-        except Exception as exc:
-            log.debug("kafka close failed", extra={"error": str(exc)})
-        try:
-            loop.call_soon_threadsafe(_resolve, finished)
-        except RuntimeError:  # the loop is gone: nobody waits any more
-            pass
-
-    threading.Thread(target=work, name="kafka-consumer-close", daemon=True).start()
-    try:
-        await asyncio.wait_for(finished, timeout)
-    except TimeoutError:
-        return False
-    return True
-
-
-def _resolve(finished: asyncio.Future[None]) -> None:
-    if not finished.done():
-        finished.set_result(None)
