@@ -1,5 +1,5 @@
 """The HTTP control API's bodies (docs/protocol.md, "Control API"; docs/openapi.yaml is generated
-from these by `python -m schemas.openapi`).
+from these by `python -m docgen.openapi`).
 
 Unknown request fields are ignored, as in client frames and Kafka events (callers evolve; a missing
 required field is still a 400 naming it). Responses are what the handlers write; tests check real

@@ -21,8 +21,8 @@ import yaml
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
+from docgen.asyncapi import render
 from schemas import events
-from schemas.asyncapi import render
 from schemas.client import MessageSchema
 from schemas.protocol import CLIENT_TYPES, CLOSE_CODES, ERROR_CODES, SERVER_TYPES
 from services.settings import Settings
@@ -31,7 +31,7 @@ from tests.helpers import DEFAULT_TIMEOUT, ROOT, Client, readyz, token, wait_for
 
 DOC = os.path.join(ROOT, "docs", "asyncapi.yaml")
 CHECKER = os.path.join(ROOT, "scripts", "asyncapi")
-REGENERATE = "python -m schemas.asyncapi > docs/asyncapi.yaml"
+REGENERATE = "python -m docgen.asyncapi > docs/asyncapi.yaml"
 EVENT_TYPES = sorted(
     v for k, v in vars(events).items() if k.isupper() and isinstance(v, str) and re.fullmatch(r"[a-z_]+\.[a-z_]+", v)
 )

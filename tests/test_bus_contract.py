@@ -14,7 +14,8 @@ from tornado.ioloop import IOLoop
 
 from services.bus import Bus, BusEvent
 from services.bus.memory import MemoryBus, MemoryNetwork
-from services.bus.redis import BusTimings, RedisBus
+from services.bus.redis import RedisBus
+from services.bus.redis_subscriber import BusTimings
 from services.redis_common import make_client
 from tests.helpers import test_settings as settings_for
 from tests.helpers import wait_for

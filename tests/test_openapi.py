@@ -12,8 +12,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
+from docgen.openapi import render
 from handlers.api import UnknownApiHandler, api_routes
-from schemas.openapi import render
 from tests.control_support import API_KEY, api
 from tests.helpers import ROOT, RunningGateway
 
@@ -27,7 +27,7 @@ def committed() -> str:
 
 
 def test_the_document_is_generated_from_the_schemas() -> None:
-    assert committed() == render(), "docs/openapi.yaml is out of date: python -m schemas.openapi > docs/openapi.yaml"
+    assert committed() == render(), "docs/openapi.yaml is out of date: python -m docgen.openapi > docs/openapi.yaml"
 
 
 def test_the_document_is_valid_openapi() -> None:

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from tornado.ioloop import IOLoop
 
 from services.bus import BusEvent
-from services.bus.redis import BusTimings, RedisBus
-from services.bus.redis_subscriber import SubscriberSocket
+from services.bus.redis import RedisBus
+from services.bus.redis_subscriber import BusTimings, SubscriberSocket
 from services.bus.wire import decode_event, encode_event
 from services.errors import BusError
 from services.redis_common import RedisClient, make_client

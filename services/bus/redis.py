@@ -5,17 +5,9 @@ One subscriber socket per instance (redis_subscriber.py), or with a Redis Cluste
 publishes and probes use the shared command client: one PUBLISH (SPUBLISH) per event, whatever the
 number of recipients.
 
-Why it is built this way:
-- `subscribe` returns only after Redis confirmed the SUBSCRIBE, so an event published anywhere
-  afterwards reaches this instance (the hub answers `joined` only then).
-- `unsubscribe` stops delivery at once but sends UNSUBSCRIBE only after a short grace, so a room
-  whose last member reconnects (page reload, network blip) does not flap its subscription.
-- Connection loss: local delivery goes on; publishes fail fast while the subscriber is down; it
-  reconnects with capped exponential backoff and resubscribes every wanted channel before ready.
-- A subscription can also die silently (a proxy or a half-open TCP connection). Every instance
-  publishes a probe to its own probe channel (one per primary of a cluster) each `probe_interval`;
-  without an echo for `probe_timeout` the subscriber is declared dead, readiness turns red and the
-  sockets are rebuilt (from a fresh slot map: how a failover is followed).
+Why it is built this way (subscribe confirmed before `joined`, an unsubscribe grace, fail-fast
+publishes while down, probes that find a silently dead subscription): docs/architecture.md, "The
+Redis bus".
 """
 
 from __future__ import annotations
@@ -24,7 +16,6 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -32,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from services.backoff import Backoff
 from services.bus import BusEvent, EventHandler, ResyncHandler
 from services.bus.redis_shards import ShardedSubscribers, open_subscribers
-from services.bus.redis_subscriber import SubscriberSocket
+from services.bus.redis_subscriber import BusTimings, SubscriberSocket
 from services.bus.wire import bus_channel, bus_key, decode_event, encode_event
 from services.errors import BusError
 from services.metrics import METRICS
@@ -40,16 +31,6 @@ from services.redis_common import REDIS_ERRORS, RedisClient, describe
 from services.settings import Settings
 
 log = logging.getLogger("gateway.bus")
-
-
-@dataclass(frozen=True)
-class BusTimings:
-    """Seconds the bus waits for things; tests shorten them."""
-
-    probe_interval: float = 1.0  # between probes of the subscriber socket
-    probe_timeout: float = 3.0  # without a probe's echo for this long, the socket is rebuilt
-    unsubscribe_grace: float = 2.0  # an emptied room's channel stays subscribed this long (join/leave churn)
-    reconnect_cap: float = 5.0  # longest pause between reconnection attempts
 
 
 class RedisBus:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.connection import Connection
@@ -29,6 +30,16 @@ log = logging.getLogger("gateway.bus")
 SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE when resubscribing many rooms at once
 YIELD_EVERY = 64  # events handled before giving the IOLoop a turn during a burst
 _SUBSCRIBE_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, BusError)
+
+
+@dataclass(frozen=True)
+class BusTimings:
+    """Seconds the bus waits for things; tests shorten them."""
+
+    probe_interval: float = 1.0  # between probes of the subscriber socket
+    probe_timeout: float = 3.0  # without a probe's echo for this long, the socket is rebuilt
+    unsubscribe_grace: float = 2.0  # an emptied room's channel stays subscribed this long (join/leave churn)
+    reconnect_cap: float = 5.0  # longest pause between reconnection attempts
 
 
 class SubscriberSocket:

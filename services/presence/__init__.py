@@ -8,6 +8,7 @@ thousand (docs/protocol.md, "Large rooms").
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -76,3 +77,14 @@ class PresenceStore(Protocol):
         the receiving client's own user)."""
 
     async def close(self) -> None: ...
+
+
+def announce(handler: ExpiredHandler | None, room: str, user: str) -> None:
+    """Tell the hub of a user who went (or came back) in a room; its failure is logged, never raised
+    into the store's loops (a safety net)."""
+    if handler is None:
+        return
+    try:
+        handler(room, user)
+    except Exception:
+        logging.getLogger("gateway.presence").exception("presence handler failed", extra={"room": room})

@@ -24,17 +24,12 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from services.errors import StoreError
-from services.presence import ONLINE, ExpiredHandler, Member, Page
-from services.presence.redis_scripts import JOIN, LEAVE, PAGE, SEP, STATUS, Keys
+from services.presence import ONLINE, ExpiredHandler, Member, Page, announce
+from services.presence.redis_scripts import JOIN, LEAVE, PAGE, SEP, STATUS, Keys, local_member, remote_member
 from services.presence.redis_sweep import Sweeper
 from services.redis_common import REDIS_ERRORS, RedisClient, StoreHealth, guarded, register, text
 
 log = logging.getLogger("gateway.presence")
-
-
-def _remote(member: str) -> str:
-    """`room\x1fconn\x1fuser` -> `conn\x1fuser`, the member of the room's set in Redis."""
-    return member.partition(SEP)[2]
 
 
 class RedisPresence:
@@ -82,14 +77,9 @@ class RedisPresence:
             instance_id,
             interval,
             can_announce,
-            lambda room, user: self._announce(self._on_expired, room, user),
+            lambda room, user: announce(self._on_expired, room, user),
             self._state.unavailable,
         )
-
-    @staticmethod
-    def _member(room: str, user: str, conn_id: str) -> str:
-        """Our local name of a connection in a room; in Redis it is `conn\x1fuser` in the room's set."""
-        return f"{room}{SEP}{conn_id}{SEP}{user}"
 
     # -- the PresenceStore interface ---------------------------------------------------------
 
@@ -106,7 +96,7 @@ class RedisPresence:
     async def join(self, room: str, user: str, conn_id: str, now: float) -> tuple[bool, int]:
         if self._closed:
             raise StoreError("presence store closed")
-        member = self._member(room, user, conn_id)
+        member = local_member(room, user, conn_id)
         self._local[member] = (room, user)
         try:
             await self._register(room)
@@ -124,7 +114,7 @@ class RedisPresence:
         user offline to the other instances then; StoreError tells the caller to decide locally."""
         if self._closed:
             raise StoreError("presence store closed")
-        member = self._member(room, user, conn_id)
+        member = local_member(room, user, conn_id)
         self._local.pop(member, None)
         try:
             gone, count = await self._leave_script(room, user, member)
@@ -149,11 +139,11 @@ class RedisPresence:
 
     async def _join_script(self, room: str, user: str, member: str, now: float) -> list[int]:
         keys = self._keys.scripted(room, self.instance_id)
-        return list(await self._join(keys=keys, args=[user, _remote(member), f"{ONLINE}{SEP}{now!r}"]))
+        return list(await self._join(keys=keys, args=[user, remote_member(member), f"{ONLINE}{SEP}{now!r}"]))
 
     async def _leave_script(self, room: str, user: str, member: str) -> list[int]:
         keys = self._keys.scripted(room, self.instance_id)
-        return list(await self._leave(keys=keys, args=[user, _remote(member)]))
+        return list(await self._leave(keys=keys, args=[user, remote_member(member)]))
 
     async def set_status(self, room: str, user: str, status: str, now: float) -> None:
         users, _, _ = self._keys.room(room)
@@ -271,7 +261,7 @@ class RedisPresence:
                 _, _, user = rest.partition(SEP)
                 if (await self._leave_script(room, user, member))[0]:
                     announced.add((room, user))
-                    self._announce(self._on_expired, room, user)
+                    announce(self._on_expired, room, user)
             now = time.time()
             for member, (room, user) in list(self._local.items()):
                 if member in remote or member not in self._local:
@@ -280,7 +270,7 @@ class RedisPresence:
                 new, _ = await self._join_script(room, user, member, now)
                 restored += 1
                 if new:
-                    self._announce(self._on_restored, room, user)
+                    announce(self._on_restored, room, user)
             # Leaves Redis never heard of, because it lost its data meanwhile: nobody has said
             # offline yet, so say it now unless the user is in the room through
             # another connection (here, re-added just above, or elsewhere).
@@ -288,7 +278,7 @@ class RedisPresence:
                 users, _, _ = self._keys.room(room)
                 if not await cast("Awaitable[bool]", self._client.hexists(users, user)):
                     announced.add((room, user))
-                    self._announce(self._on_expired, room, user)
+                    announce(self._on_expired, room, user)
         except REDIS_ERRORS as exc:
             self._dirty = True
             self._lost_leaves |= lost
@@ -304,11 +294,3 @@ class RedisPresence:
                 await self._keepalive()
             except StoreError:
                 pass  # logged once by the state log; retried every second
-
-    def _announce(self, handler: ExpiredHandler | None, room: str, user: str) -> None:
-        if handler is None:
-            return
-        try:
-            handler(room, user)
-        except Exception:
-            log.exception("presence handler failed", extra={"room": room})

@@ -89,6 +89,16 @@ return out
 """
 
 
+def local_member(room: str, user: str, conn_id: str) -> str:
+    """An instance's local name of a connection in a room; in Redis it is `conn\x1fuser` in the room's set."""
+    return f"{room}{SEP}{conn_id}{SEP}{user}"
+
+
+def remote_member(member: str) -> str:
+    """`room\x1fconn\x1fuser` -> `conn\x1fuser`, the member of the room's set in Redis."""
+    return member.partition(SEP)[2]
+
+
 class Keys:
     """Every presence key, under the deployment's REDIS_PREFIX."""
 

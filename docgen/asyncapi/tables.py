@@ -116,9 +116,9 @@ def check_tables() -> None:
         ("RETRY_MEANING", tuple(Retry), RETRY_MEANING),
     ):
         if set(names) != set(table):
-            raise ValueError(f"schemas/asyncapi/tables.py: {what} does not match schemas/protocol.py")
+            raise ValueError(f"docgen/asyncapi/tables.py: {what} does not match schemas/protocol.py")
     if not set(REPLIES) <= set(CLIENT_TYPES) or not set(REPLIES.values()) <= set(SERVER_TYPES):
-        raise ValueError("schemas/asyncapi/tables.py: REPLIES names a frame type schemas/protocol.py does not")
+        raise ValueError("docgen/asyncapi/tables.py: REPLIES names a frame type schemas/protocol.py does not")
     on_topics = [t for *_, types, _key in TOPICS for t in types]
     if sorted(on_topics) != sorted(EVENTS) or len(set(on_topics)) != len(on_topics):
-        raise ValueError("schemas/asyncapi/tables.py: each event type of EVENTS must be on exactly one topic")
+        raise ValueError("docgen/asyncapi/tables.py: each event type of EVENTS must be on exactly one topic")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from docgen.asyncapi.common import KAFKA, KAFKA_BINDING, KAFKA_DOC, camel, option, pascal, ref
+from docgen.asyncapi.convert import Converted
+from docgen.asyncapi.tables import EVENTS, TOPICS
 from schemas import events
-from schemas.asyncapi.common import KAFKA, KAFKA_BINDING, KAFKA_DOC, camel, option, pascal, ref
-from schemas.asyncapi.convert import Converted
-from schemas.asyncapi.tables import EVENTS, TOPICS
 
 
 def event_messages(conv: Converted, envelopes: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from typing import Any
 
 from marshmallow import Schema, validate
 
+from docgen.asyncapi.common import VERSION, pascal, ref
+from docgen.json_schema import marshmallow_converter
 from schemas import client
-from schemas.asyncapi.common import VERSION, pascal, ref
 from schemas.client import MessageSchema
-from schemas.json_schema import marshmallow_converter
 from schemas.server import HistoryEntryOut
 from services.settings.options import Option
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from marshmallow import Schema
 
-from schemas.asyncapi.common import PROTOCOL_DOC, WS, WS_BINDING, camel, pascal, ref
-from schemas.asyncapi.convert import Converted
-from schemas.asyncapi.tables import CLIENT_FRAMES, REPLIES, RETRY_MEANING, SERVER_FRAMES
+from docgen.asyncapi.common import PROTOCOL_DOC, WS, WS_BINDING, camel, pascal, ref
+from docgen.asyncapi.convert import Converted
+from docgen.asyncapi.tables import CLIENT_FRAMES, REPLIES, RETRY_MEANING, SERVER_FRAMES
 from schemas.client import FrameSchema, payload_schemas
 from schemas.protocol import CLIENT_TYPES, CLOSE_CODES, SERVER_TYPES, Retry
 from schemas.server import PAYLOADS, ServerFrame

@@ -1,7 +1,0 @@
-"""`python -m schemas.asyncapi > docs/asyncapi.yaml`."""
-
-import sys
-
-from schemas.asyncapi import render
-
-sys.stdout.write(render())
