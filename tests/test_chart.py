@@ -19,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.settings import OPTIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "realtime-gateway"
 ALL_OPTIONS = ROOT / "tests" / "fixtures" / "chart-all-options.yaml"
@@ -27,72 +29,19 @@ RELEASE = "rtg"
 NAMESPACE = "chat"
 HELM_TIMEOUT = 120
 
-# Every environment variable the chart may set: what the app reads (README.md, "Configuration") plus WORKERS,
-# pinned to 1. JWT_DEV is the app's legacy alias of JWT_SECRET: the chart only sets JWT_SECRET.
-# REDIS_CLUSTER_NODES excludes REDIS_HOST, so the all-options values cannot set it; its own test does.
-APP_ENV = frozenset(
-    {
-        "PORT",
-        "INTERNAL_PORT",
-        "JWT_SECRET",
-        "JWT_PUBLIC_KEY",
-        "JWT_ALGORITHMS",
-        "JWT_AUDIENCE",
-        "JWT_ISSUER",
-        "JWT_LEEWAY",
-        "TOKEN_REFRESH_NOTICE",
-        "REDIS_HOST",
-        "REDIS_USERNAME",
-        "REDIS_TLS",
-        "REDIS_TLS_CA",
-        "REDIS_PORT",
-        "REDIS_PASSWORD",
-        "REDIS_PREFIX",
-        "REDIS_CONNECT_TIMEOUT",
-        "KAFKA_BROKER_URL",
-        "KAFKA_CLIENT_ID",
-        "KAFKA_GROUP_ID",
-        "KAFKA_TOPIC_INGEST",
-        "KAFKA_TOPIC_MESSAGE_EVENTS",
-        "KAFKA_TOPIC_ROOM_EVENTS",
-        "KAFKA_TOPIC_USER_EVENTS",
-        "KAFKA_TOPIC_PRESENCE_EVENTS",
-        "API_KEY",
-        "REVOCATION_TTL",
-        "OFFLINE_GRACE",
-        "ALLOWED_ORIGINS",
-        "TRUSTED_PROXIES",
-        "ROOM_ACCESS",
-        "MAX_CONTENT",
-        "MAX_MESSAGE_BYTES",
-        "RATE_LIMIT",
-        "RATE_BURST",
-        "MAX_ROOMS",
-        "MAX_USER_CONNECTIONS",
-        "MAX_CONNECTIONS",
-        "MAX_CONNECTIONS_PER_IP",
-        "TYPING_TTL",
-        "PRESENCE_TTL",
-        "DEDUPE_TTL",
-        "HISTORY_SIZE",
-        "HISTORY_TTL",
-        "HISTORY_ROOM_BYTES",
-        "HISTORY_MEMORY_BYTES",
-        "REPLAY_BYTES",
-        "REQUEST_BODY_BYTES",
-        "API_BODY_BYTES",
-        "HTTP_IDLE_TIMEOUT",
-        "DEDUPE_MEMORY_BYTES",
-        "PRESENCE_PAGE",
-        "PRESENCE_BROADCAST_LIMIT",
-        "PRESENCE_COUNT_INTERVAL",
-        "LOG_LEVEL",
-        "DRAIN_DELAY",
-        "DRAIN_WINDOW",
-        "DEMO",
-        "WORKERS",
-    }
-)
+# The settings the chart's values do not cover, each with why: every other setting of the settings
+# table (services/settings) must be one the chart can set (test_every_setting_is_a_value_or_excluded).
+NOT_IN_VALUES = {
+    "DEV": "a laptop's switch (short secrets, /dev/token): never in a cluster",
+    "HOST": "the image listens on 0.0.0.0 (Dockerfile)",
+    "REQUIRE_SECRET": "the image sets it (Dockerfile): a pod never generates its own secret",
+    "INSTANCE_ID": "each pod draws its own; one id shared by replicas would merge their presence",
+    "UVLOOP": "the image does not install the uvloop extra",
+}
+# What the all-options values render: every setting but the excluded ones (JWT_DEV, an alias of
+# JWT_SECRET, is not a setting of its own). REDIS_CLUSTER_NODES excludes
+# REDIS_HOST, so the all-options values cannot set it; its own test does. WORKERS is pinned to 1.
+APP_ENV = frozenset(o.env for o in OPTIONS) - set(NOT_IN_VALUES) - {"REDIS_CLUSTER_NODES"}
 SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD", "API_KEY"})
 # The chart refuses to render without a JWT secret source; most tests use the throwaway opt-in.
 THROWAWAY = ("--set", "auth.generateSecret=true")
@@ -478,6 +427,14 @@ def test_generated_jwt_secret_is_opt_in(render: Render) -> None:
     value = base64.b64decode(secret["data"][ref["key"]]).decode()
     assert len(value) >= 32 and value.isalnum()
     assert secret["metadata"]["annotations"]["realtime-gateway/generated"] == "JWT_SECRET"
+
+
+def test_every_setting_is_a_value_or_excluded() -> None:
+    names = {o.env for o in OPTIONS}
+    assert set(NOT_IN_VALUES) <= names, "an exclusion names a setting that no longer exists"
+    templates = "".join(t.read_text() for t in (CHART / "templates").iterdir())
+    covered = {name for name in names if f'"{name}"' in templates or f"name: {name}\n" in templates}
+    assert names - covered == set(NOT_IN_VALUES), "a setting the chart neither sets nor excludes"
 
 
 def test_all_options_env(all_options: list[Manifest], all_options_values: dict[str, Any]) -> None:

@@ -98,6 +98,8 @@ and WORKERS.
   "REDIS_TLS_CA" (ternary (printf "%s/%s" (include "rtg.redisCaDir" .) $v.redis.tls.caSecretKey) "" (and (eq (toString $v.redis.tls.enabled) "true") (ne $v.redis.tls.caSecret "")))
   "REDIS_PREFIX" $v.redis.prefix
   "REDIS_CONNECT_TIMEOUT" $v.redis.connectTimeout
+  "REDIS_DB" $v.redis.db
+  "WAIT_FOR_REDIS" (ternary "true" "" (eq (toString $v.redis.waitAtStart) "true"))
   "KAFKA_BROKER_URL" $v.kafka.brokers
   "KAFKA_CLIENT_ID" $v.kafka.clientId
   "KAFKA_GROUP_ID" $v.kafka.groupId
@@ -106,6 +108,8 @@ and WORKERS.
   "KAFKA_TOPIC_ROOM_EVENTS" $v.kafka.topics.roomEvents
   "KAFKA_TOPIC_USER_EVENTS" $v.kafka.topics.userEvents
   "KAFKA_TOPIC_PRESENCE_EVENTS" $v.kafka.topics.presenceEvents
+  "KAFKA_MESSAGE_TIMEOUT" $v.kafka.messageTimeout
+  "KAFKA_FLUSH_TIMEOUT" $v.kafka.flushTimeout
   "ALLOWED_ORIGINS" $g.allowedOrigins
   "TRUSTED_PROXIES" $g.trustedProxies
   "LOG_LEVEL" $g.logLevel
@@ -122,6 +126,13 @@ and WORKERS.
   "API_BODY_BYTES" $g.limits.apiBodyBytes
   "HTTP_IDLE_TIMEOUT" $g.limits.httpIdleTimeout
   "DEDUPE_MEMORY_BYTES" $g.limits.dedupeMemoryBytes
+  "OUTBOUND_QUEUE_FRAMES" $g.limits.outboundQueueFrames
+  "OUTBOUND_QUEUE_BYTES" $g.limits.outboundQueueBytes
+  "INVALID_FRAME_LIMIT" $g.limits.invalidFrameLimit
+  "HANDSHAKE_TIMEOUT" $g.limits.handshakeTimeout
+  "PING_INTERVAL" $g.keepalive.pingInterval
+  "PING_TIMEOUT" $g.keepalive.pingTimeout
+  "GC_THRESHOLD" $g.gcThreshold
   "TYPING_TTL" $g.ttl.typing
   "PRESENCE_TTL" $g.ttl.presence
   "DEDUPE_TTL" $g.ttl.dedupe
