@@ -123,8 +123,11 @@ class Client:
         frame_type: str,
         timeout: float = DEFAULT_TIMEOUT,
         match: Callable[[dict[str, Any]], bool] | None = None,
+        only: bool = False,
     ) -> dict[str, Any]:
-        """Read until a frame of `frame_type` (matching `match`) arrives; others are kept for later."""
+        """Read until a frame of `frame_type` (matching `match`) arrives; others are kept for later.
+        With `only`, a frame of `frame_type` that does not match, arriving first, fails the test:
+        "the next presence is typing", not "some presence, some time, is typing"."""
         deadline = time.monotonic() + timeout
         skipped: list[dict[str, Any]] = []
         try:
@@ -140,6 +143,8 @@ class Client:
                     raise AssertionError(f"closed ({self.close_code}) before a {frame_type} frame; got {skipped!r}")
                 if frame["type"] == frame_type and (match is None or match(frame)):
                     return frame
+                if only and frame["type"] == frame_type:
+                    raise AssertionError(f"a {frame_type} frame before the expected one: {frame!r}")
                 skipped.append(frame)
         finally:
             self.backlog[:0] = skipped

@@ -108,9 +108,13 @@ async def test_redis_outage_and_recovery(
     for member in (alice, bob, dave):
         await member.expect("message", match=lambda f: f["payload"]["content"] == "during")
     bob.send("message", {"roomId": "o", "content": "after"})
-    assert await alice.expect("message", match=lambda f: f["payload"]["content"] == "after")
+    after = await alice.expect("message", match=lambda f: f["payload"]["content"] == "after", only=True)
+    assert after["payload"]["senderId"] == "bob" and after["payload"]["offset"] > 0
     alice.send("message", {"roomId": "o", "content": "after too"})
-    assert await bob.expect("message", match=lambda f: f["payload"]["content"] == "after too")
+    after_too = await bob.expect("message", match=lambda f: f["payload"]["content"] == "after too", only=True)
+    assert (
+        after_too["payload"]["senderId"] == "alice" and after_too["payload"]["offset"] == after["payload"]["offset"] + 1
+    )
     assert time.monotonic() - restarted < RECOVERY_BOUND
 
     # Redis came back empty (no persistence): each instance re-registers its members, and the
