@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PORT    ?= 3000
 
-.PHONY: run test lint typecheck venv dev-venv services-start services-stop bench clean
+.PHONY: run test test-fast lint typecheck venv dev-venv services-start services-stop bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ test:
 	@scripts/prerequisites.sh
 	@$(MAKE) --no-print-directory dev-venv
 	scripts/test.sh
+
+## The inner loop: the fast tier (no Redis, Kafka, browser or subprocess), on both cores, in about
+## half a minute (docs/testing.md). `make test` stays the whole suite.
+test-fast: dev-venv
+	$(BIN)/python -m pytest -n 2
 
 lint: dev-venv
 	$(BIN)/ruff check .

@@ -33,4 +33,11 @@ echo "== JavaScript client (client-js: node --test against real gateways)"
 
 echo "== tests"
 mkdir -p artifacts
-$BIN/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  $BIN/python -m pytest -m "" "$@"  # what was asked for, whatever its tier
+else
+  # The fast tier in parallel (in-process gateways on their own ports, nothing shared), then the
+  # tests that share Redis, Kafka, helm, Chromium or the image tools, one at a time (docs/testing.md).
+  $BIN/python -m pytest -m "not slow" -n 2
+  $BIN/python -m pytest -m slow
+fi

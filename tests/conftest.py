@@ -1,5 +1,9 @@
 """Fixtures: gateways on real ports, cleaned up after each test; real Redis/Kafka from the env
-that scripts/test.sh sets (skipped when absent, failed when RTG_REQUIRE_SERVICES=1)."""
+that scripts/test.sh sets (skipped when absent, failed when RTG_REQUIRE_SERVICES=1).
+
+Tiers: `slow` marks what needs a service (Redis, a cluster, Kafka, helm, Chromium, the image
+tools), a subprocess or long real-clock waits; `pytest` alone runs the rest (the inner loop, in
+parallel: `make test-fast`), `make test` runs everything (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,47 @@ from tornado.ioloop import IOLoop
 from services.bus.memory import MemoryNetwork
 from services.dedupe import DedupeStore
 from tests.helpers import ROOT, GatewayProcess, RunningGateway, start_gateway, test_settings
+
+# Modules whose tests need a service, a subprocess or long waits throughout (the full tier only).
+SLOW_MODULES = frozenset(
+    {
+        "test_asyncapi",
+        "test_bench",
+        "test_chaos",
+        "test_chart",
+        "test_client_cli",
+        "test_client_sdk",
+        "test_control_redis",
+        "test_dashboard",
+        "test_demo_browser",
+        "test_demo_routes",
+        "test_fuzz",
+        "test_image",
+        "test_install",
+        "test_kafka",
+        "test_prerequisites",
+        "test_presence_events",
+        "test_readme_snippets",
+        "test_recovery_redis",
+        "test_redis_bus",
+        "test_redis_cluster",
+        "test_redis_gateway",
+        "test_redis_outage",
+        "test_redis_processes",
+        "test_redis_tls",
+        "test_redis_trouble",
+        "test_server",
+    }
+)
+SERVICE_PARAMS = frozenset({"redis", "cluster"})  # contract tests run each backend: these need one
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        params = getattr(getattr(item, "callspec", None), "params", {}).values()
+        if module in SLOW_MODULES or any(isinstance(p, str) and p in SERVICE_PARAMS for p in params):
+            item.add_marker(pytest.mark.slow)
 
 
 def unavailable(reason: str) -> NoReturn:

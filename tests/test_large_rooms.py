@@ -154,6 +154,7 @@ async def test_filling_a_room_costs_linear_deliveries(make_gateway: Callable[...
     assert deliveries <= 10 * 10  # per-user online frames, all before the limit (N^2/2 would be 7,140)
 
 
+@pytest.mark.slow  # two instances on Redis
 @pytest.mark.gen_test(timeout=T)
 async def test_counts_and_pages_span_instances(
     io_loop: IOLoop, make_gateway: Callable[..., Awaitable[RunningGateway]]
