@@ -18,11 +18,12 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-# The project itself, editable: its commands (realtime-gateway, -token, -client) land in .venv/bin
-# and a script anywhere can `import client` with .venv/bin/python (PYTHONWARNINGS: setuptools warns
-# about every editable install).
-$(VENV)/.project: pyproject.toml | $(BIN)/python
-	PYTHONWARNINGS=ignore $(BIN)/pip install -q --no-deps -e .
+# The project and its Python SDK (client/, a distribution of its own), editable: their commands
+# (realtime-gateway, -token, -client) land in .venv/bin and a script anywhere can
+# `import realtime_gateway_client` with .venv/bin/python (PYTHONWARNINGS: setuptools warns about every
+# editable install).
+$(VENV)/.project: pyproject.toml client/pyproject.toml | $(BIN)/python
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q --no-deps -e . -e ./client
 	touch $@
 
 venv: $(VENV)/.runtime $(VENV)/.project

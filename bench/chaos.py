@@ -61,10 +61,10 @@ from typing import Any, cast
 
 import jwt
 import redis
+from realtime_gateway_client import Backoff, GatewayClient, HistoryGap, Message, RoomUpdate
 from redis.crc import key_slot
 
 from bench.common import free_port
-from client import Backoff, GatewayClient, HistoryGap, Message, RoomUpdate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "chaos-secret-that-is-long-enough-for-hs256"

@@ -2,8 +2,8 @@
 with their reason and what a client should do, bus channels and store keys.
 
 The schemas validate frames with these names; the hub, the handlers, the Python SDK
-(client/sdk.py) and the demo page (handlers/static/demo.js) use them, and tests/test_protocol_names.py
-checks that the SDK and the page agree with this module.
+(client/realtime_gateway_client/sdk.py) and the demo page (handlers/static/demo.js) use them, and
+tests/test_protocol_names.py checks that the SDK and the page agree with this module.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ SERVICE_PARAMS = frozenset({"redis", "cluster"})  # contract tests run each back
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        module = item.path.stem
         params = getattr(getattr(item, "callspec", None), "params", {}).values()
         if module in SLOW_MODULES or any(isinstance(p, str) and p in SERVICE_PARAMS for p in params):
             item.add_marker(pytest.mark.slow)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from client import Event, GatewayClient
+from realtime_gateway_client import Event, GatewayClient
 
 
 async def expect_event(

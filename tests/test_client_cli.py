@@ -1,4 +1,4 @@
-"""`python -m client` as a real subprocess against a real gateway."""
+"""`python -m realtime_gateway_client` as a real subprocess against a real gateway."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.helpers import ROOT, token
 
 
 class Cli:
-    """A running `python -m client ...` whose output lines are read with deadlines."""
+    """A running `python -m realtime_gateway_client ...` whose output lines are read with deadlines."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -27,7 +27,7 @@ class Cli:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "client",
+            "realtime_gateway_client",
             *args,
             cwd=ROOT,
             env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from client import (
+from realtime_gateway_client import (
     Ack,
     AuthError,
     Backoff,
@@ -34,6 +33,7 @@ from client import (
     Unknown,
     parse_event,
 )
+
 from tests.control_support import API_KEY, api
 from tests.helpers import (
     SECRET,

@@ -42,7 +42,7 @@ from tests.helpers import ROOT, SECRET
 
 # Everything in the repo that is not source: never copied into the build directory.
 NOT_SOURCE = shutil.ignore_patterns(".*", "__pycache__", "*.py[cod]", "*.egg-info", "build", "dist", "artifacts")
-COMMANDS = ("realtime-gateway", "realtime-gateway-token", "realtime-gateway-client")
+COMMANDS = ("realtime-gateway", "realtime-gateway-token")
 
 
 def _requirement_lines(path: str) -> list[str]:
@@ -104,30 +104,41 @@ def _run(cmd: list[str], cwd: str, timeout: float = 60) -> subprocess.CompletedP
 
 @pytest.fixture(scope="module")
 def installed() -> Iterator[Installed]:
-    _check_build_tools()
     with tempfile.TemporaryDirectory(prefix="rtg-install-") as tmp:
-        src = os.path.join(tmp, "src")
-        shutil.copytree(ROOT, src, ignore=NOT_SOURCE, symlinks=True)
-        venv = os.path.join(tmp, "venv")
-        done = _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp)
-        assert done.returncode == 0, done.stderr
-        python = os.path.join(venv, "bin", "python")
-        done = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=tmp)
-        assert done.returncode == 0, done.stderr
-        site_packages = done.stdout.strip()
-        # The dev venv's site-packages, after the fresh venv's own: pip, the build backend, deps.
-        outer = dict.fromkeys(sysconfig.get_path(kind) for kind in ("purelib", "platlib"))
-        with open(os.path.join(site_packages, "_dev_venv.pth"), "w", encoding="utf-8") as fh:
-            fh.write("".join(f"{path}\n" for path in outer))
-        done = _run(
-            [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--no-cache-dir", src],
-            cwd=tmp,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        workdir = os.path.join(tmp, "work")
-        os.mkdir(workdir)
-        yield Installed(venv, site_packages, workdir)
+        yield _install(tmp, ROOT)
+
+
+@pytest.fixture(scope="module")
+def sdk_installed() -> Iterator[Installed]:
+    """The Python SDK (client/), installed on its own, as an application would."""
+    with tempfile.TemporaryDirectory(prefix="rtg-sdk-install-") as tmp:
+        yield _install(tmp, os.path.join(ROOT, "client"))
+
+
+def _install(tmp: str, source: str) -> Installed:
+    _check_build_tools()
+    src = os.path.join(tmp, "src")
+    shutil.copytree(source, src, ignore=NOT_SOURCE, symlinks=True)
+    venv = os.path.join(tmp, "venv")
+    done = _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    python = os.path.join(venv, "bin", "python")
+    done = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    site_packages = done.stdout.strip()
+    # The dev venv's site-packages, after the fresh venv's own: pip, the build backend, deps.
+    outer = dict.fromkeys(sysconfig.get_path(kind) for kind in ("purelib", "platlib"))
+    with open(os.path.join(site_packages, "_dev_venv.pth"), "w", encoding="utf-8") as fh:
+        fh.write("".join(f"{path}\n" for path in outer))
+    done = _run(
+        [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--no-cache-dir", src],
+        cwd=tmp,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    workdir = os.path.join(tmp, "work")
+    os.mkdir(workdir)
+    return Installed(venv, site_packages, workdir)
 
 
 def test_console_scripts_are_installed(installed):
@@ -154,8 +165,8 @@ def test_token_command_mints_a_jwt(installed):
     assert usage.stdout.startswith("usage: realtime-gateway-token "), usage.stdout
 
 
-def test_client_command_prints_help(installed):
-    done = _run([installed.bin("realtime-gateway-client"), "--help"], cwd=installed.workdir)
+def test_client_command_prints_help(sdk_installed):
+    done = _run([sdk_installed.bin("realtime-gateway-client"), "--help"], cwd=sdk_installed.workdir)
     assert done.returncode == 0, done.stderr
     assert "chat" in done.stdout and "tail" in done.stdout
     assert done.stdout.startswith("usage: realtime-gateway-client "), "help names the command as typed"
@@ -163,13 +174,36 @@ def test_client_command_prints_help(installed):
 
 def test_packages_import_from_the_installed_copy(installed):
     code = (
-        "import json, client, handlers, schemas, server, services\n"
-        "print(json.dumps([m.__file__ for m in (client, handlers, schemas, server, services)]))"
+        "import importlib.util, json, handlers, schemas, server, services\n"
+        "sdk = [n for n in ('client', 'realtime_gateway_client', 'docgen') if importlib.util.find_spec(n)]\n"
+        "print(json.dumps([[m.__file__ for m in (handlers, schemas, server, services)], sdk]))"
     )
     done = _run([installed.bin("python"), "-c", code], cwd=installed.workdir)
     assert done.returncode == 0, done.stderr
-    files = json.loads(done.stdout)
+    files, sdk = json.loads(done.stdout)
     assert [f for f in files if not f.startswith(installed.site_packages + os.sep)] == []
+    assert sdk == [], "the server's distribution carries neither the SDK nor the document generators"
+
+
+def _top_level_names(site_packages: str) -> set[str]:
+    return {
+        name.removesuffix(".py")
+        for name in os.listdir(site_packages)
+        if not name.endswith((".dist-info", ".pth")) and name not in ("__pycache__", "_distutils_hack")
+    }
+
+
+def test_the_sdk_installs_one_distinctive_name_and_imports_without_the_server(sdk_installed):
+    assert _top_level_names(sdk_installed.site_packages) == {"realtime_gateway_client"}
+    code = (
+        "import importlib.util, json, realtime_gateway_client as sdk\n"
+        "server = [n for n in ('server', 'handlers', 'services', 'schemas', 'client') if importlib.util.find_spec(n)]\n"
+        "print(json.dumps([sdk.__file__, sorted(sdk.__all__)[:3], server]))"
+    )
+    done = _run([sdk_installed.bin("python"), "-c", code], cwd=sdk_installed.workdir)
+    assert done.returncode == 0, done.stderr
+    path, names, server = json.loads(done.stdout)
+    assert path.startswith(sdk_installed.site_packages + os.sep) and names and server == []
 
 
 def _files(folder: str) -> list[str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import re
 
-from client import sdk
+from realtime_gateway_client import sdk
+
 from handlers.demo import STATIC_DIR
 from schemas.protocol import CLIENT_TYPES, CLOSE_CODES, CLOSE_TOKEN_EXPIRED, ERROR_CODES, SERVER_TYPES, Retry
 from tests.helpers import ROOT

@@ -74,7 +74,7 @@ def test_python_snippet_runs_from_anywhere(gateway, tmp_path):
     script = tmp_path / "chat.py"
     script.write_text(code.replace(HERE, f"127.0.0.1:{gateway.port}"), encoding="utf-8")
     # The venv's interpreter, as the README says (`.venv/bin/python chat.py`), outside the clone:
-    # `import client` must work through the editable install, not the working directory.
+    # `import realtime_gateway_client` must work through the SDK's editable install, not the working directory.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run_until_printed([sys.executable, str(script)], tmp_path, "alice: hello", env)
 

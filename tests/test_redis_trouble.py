@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import pytest
+from realtime_gateway_client import Backoff, ErrorEvent, GatewayClient
 
-from client import Backoff, ErrorEvent, GatewayClient
 from tests.control_support import API_KEY, api
 from tests.helpers import RunningGateway, sample, token
 from tests.recovery_support import in_room, messages, position, rejoin, say, send_until_acked

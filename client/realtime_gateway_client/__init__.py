@@ -1,9 +1,9 @@
-"""Python async client SDK for the Realtime Gateway (and `python -m client` on top of it).
+"""Python async client SDK for the Realtime Gateway (and `python -m realtime_gateway_client` on top of it).
 
 No dependency beyond tornado, which the gateway already needs.
 """
 
-from client.events import (
+from realtime_gateway_client.events import (
     Ack,
     Attachment,
     Connected,
@@ -26,7 +26,7 @@ from client.events import (
     Unknown,
     parse_event,
 )
-from client.sdk import (
+from realtime_gateway_client.sdk import (
     AckTimeout,
     AuthError,
     Backoff,

@@ -39,7 +39,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
-from client.events import (
+from realtime_gateway_client.events import (
     Ack,
     Attachment,
     Connected,

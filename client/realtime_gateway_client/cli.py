@@ -1,7 +1,7 @@
 """Command line on top of the SDK, for people and for scripts.
 
-    python -m client chat --url ws://127.0.0.1:3000/ --token "$TOKEN" --room general
-    python -m client tail --url ws://127.0.0.1:3000/ --name bot --room general --count 1
+    python -m realtime_gateway_client chat --url ws://127.0.0.1:3000/ --token "$TOKEN" --room general
+    python -m realtime_gateway_client tail --url ws://127.0.0.1:3000/ --name bot --room general --count 1
 
 `chat` is interactive like wscat, but speaks the gateway's protocol: typed lines are sent as
 messages to the current room, incoming ones print as `[time] sender: text`; commands start with `/`.
@@ -27,8 +27,16 @@ from typing import Any, NoReturn, TextIO
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from client.events import Connected, Disconnected, ErrorEvent, HistoryGap, Message, Presence, PresenceState
-from client.sdk import (
+from realtime_gateway_client.events import (
+    Connected,
+    Disconnected,
+    ErrorEvent,
+    HistoryGap,
+    Message,
+    Presence,
+    PresenceState,
+)
+from realtime_gateway_client.sdk import (
     AuthError,
     ClientError,
     ConnectError,
@@ -55,9 +63,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _program() -> str:
-    """`realtime-gateway-client` when installed, `python -m client` from a clone: as typed."""
+    """`realtime-gateway-client` when installed, `python -m realtime_gateway_client` from a clone: as typed."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return name if name and not name.endswith(".py") and name != "-c" else "python -m client"
+    return name if name and not name.endswith(".py") and name != "-c" else "python -m realtime_gateway_client"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,0 @@
-"""`python -m client chat|tail ...`: see client/cli.py."""
-
-import sys
-
-from client.cli import main
-
-sys.exit(main())
