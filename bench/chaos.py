@@ -30,7 +30,7 @@ by the SDK after a drop or an `unavailable`) and records what was acked. Once th
 every message is acked or failed, the checker reads what each member got:
 
     missing         acked messages a member never got (`silent` when the member was never told of a
-                    loss in that room: no HistoryGap, no recovered: false)
+                    loss in that room: no Recovery that is not recovered)
     duplicates      one message id delivered twice to one member
     order           a publisher's messages delivered out of their order
     renewals        epoch changes seen by the members (rooms x epochs - rooms)
@@ -61,7 +61,7 @@ from typing import Any, cast
 
 import jwt
 import redis
-from realtime_gateway_client import Backoff, GatewayClient, HistoryGap, Message, RoomUpdate
+from realtime_gateway_client import Backoff, GatewayClient, Message, Recovery, RoomUpdate
 from redis.crc import key_slot
 
 from bench.common import free_port
@@ -274,7 +274,7 @@ class Seen:
     """What one member got in one room, in arrival order."""
 
     messages: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)  # id, offset, epoch, text
-    losses: int = 0  # HistoryGap events: losses the client was told of
+    losses: int = 0  # Recovery events, not recovered: losses the client was told of
     not_recovered: int = 0
 
 
@@ -297,7 +297,7 @@ class Member:
             if isinstance(event, Message):
                 seen = self.rooms[event.room_id]
                 seen.messages.append((event.id, event.offset, event.epoch, event.content))
-            elif isinstance(event, HistoryGap):
+            elif isinstance(event, Recovery) and not event.recovered:
                 self.rooms[event.room_id].losses += 1
             elif isinstance(event, RoomUpdate) and event.recovered is False:
                 self.rooms[event.room_id].not_recovered += 1

@@ -21,12 +21,12 @@ from realtime_gateway_client import (
     ErrorEvent,
     GatewayClient,
     GatewayError,
-    HistoryGap,
     Member,
     Message,
     Presence,
     PresenceCount,
     PresenceState,
+    Recovery,
     Refreshed,
     RoomUpdate,
     TokenExpiring,
@@ -385,7 +385,7 @@ async def test_reconnects_and_rejoins_after_the_server_restarts():
         assert back.reconnected and back.rooms == ("general", "random")
         # A new process has a new epoch: each re-join with `since` is answered `recovered: false`,
         # which the application hears of, room by room.
-        gaps = [e for e in seen if isinstance(e, HistoryGap)]
+        gaps = [e for e in seen if isinstance(e, Recovery) and not e.recovered]
         assert sorted(g.room_id for g in gaps) == ["general", "random"]
         assert gaps[0].epoch != before.epoch and client.position("general") == (0, gaps[0].epoch)
         ack = await asyncio.wait_for(queued, 10)
@@ -464,7 +464,7 @@ async def test_recovers_what_it_missed_after_the_server_restarts_with_redis(make
         restarted = await loop.run_in_executor(None, lambda: spawn_server(*args, env=env))
         seen = await events_until(client, Message, lambda m: m.content == "missed-2")
         assert [m.content for m in seen if isinstance(m, Message)] == ["missed-1", "missed-2"]
-        assert not [e for e in seen if isinstance(e, HistoryGap)]
+        assert [e.recovered for e in seen if isinstance(e, Recovery)] == [True]  # and no loss
         assert [u.recovered for u in seen if isinstance(u, RoomUpdate)] == [True]
         last = seen[-1]
         assert isinstance(last, Message) and client.position("r") == (3, last.epoch)
@@ -521,7 +521,7 @@ def test_parse_event_never_raises_on_odd_frames(frame_type, payload, request_id)
 @pytest.mark.gen_test
 async def test_positions_drop_repeats_and_report_gaps():
     """The SDK's bookkeeping of room positions, fed frames directly (pure logic): repeats are
-    dropped, a skipped offset or a new epoch on a live entry is a HistoryGap before the entry."""
+    dropped, a skipped offset or a new epoch on a live entry is a Recovery (not recovered) before the entry."""
     client = GatewayClient("ws://127.0.0.1:9/", "unused")
     client._rooms["r"] = None
 
@@ -541,14 +541,14 @@ async def test_positions_drop_repeats_and_report_gaps():
     assert [type(e) for e in feed("message", **entry(4))] == [Message]
     assert feed("message", **entry(4)) == []  # a repeat
     jumped = feed("message", **entry(7))
-    assert [type(e) for e in jumped] == [HistoryGap, Message]
+    assert [type(e) for e in jumped] == [Recovery, Message] and not jumped[0].recovered
     assert (jumped[0].offset, client.position("r")) == (6, (7, "e"))
-    assert [type(e) for e in feed("message", **entry(1, "renewed"))] == [HistoryGap, Message]
+    assert [type(e) for e in feed("message", **entry(1, "renewed"))] == [Recovery, Message]
     # Joining again while receiving keeps the position; a failed recovery without one forgets it.
     feed("room_update", action="joined", offset=9, epoch="renewed")
     assert client.position("r") == (1, "renewed")
     gap = feed("room_update", action="joined", recovered=False)
-    assert [type(e) for e in gap] == [RoomUpdate, HistoryGap] and gap[1].offset is None
+    assert [type(e) for e in gap] == [Recovery, RoomUpdate] and gap[0].offset is None and not gap[0].recovered
     assert client.position("r") is None
 
 

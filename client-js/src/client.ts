@@ -32,13 +32,17 @@ import type {
   ErrorPayload,
   Frame,
   History,
+  Member,
   Position,
+  Presence,
+  PresenceCount,
   PresenceState,
   PresenceStatus,
   Refreshed,
   RoomUpdate,
   ServerPayloads,
 } from "./frames.js";
+import { type MembersChanged, Roster } from "./members.js";
 import { type CloseAction, closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
 
 /** The part of the standard WebSocket the client uses, so a browser's, Node's (22+) or the `ws`
@@ -128,6 +132,8 @@ export interface ClientEvents extends ServerPayloads {
   disconnected: Disconnected;
   /** A re-join with `since` was answered, or an entry revealed a gap (recovered: false). */
   recovery: Recovery;
+  /** A room's list of online members changed (members(), memberCount()): after the frame that did it. */
+  members_changed: MembersChanged;
   /** getToken failed, or the gateway refused the new token; the old one stands until its expiry. */
   refresh_failed: { error: unknown };
   /** The client stopped for good: close() was called or a close code said to give up. */
@@ -196,6 +202,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private openedAt = 0; // when this.ws opened (0: not yet)
   private ready = false;
   private readonly rooms = new Map<string, Position | null>();
+  private readonly roster = new Roster(); // who is online in each room (members.ts)
   private readonly pending = new Map<string, Pending>();
   private refused: Pending[] = [];
   private refusedTimer: ReturnType<typeof setTimeout> | null = null;
@@ -245,6 +252,17 @@ export class GatewayClient extends Emitter<ClientEvents> {
     return [...this.rooms.keys()];
   }
 
+  /** Who is online in `roomId`, as last told (in a room of more than a page: the first page and who
+   * announced themselves since; page through the rest with presenceQuery). */
+  members(roomId: string): Member[] {
+    return this.roster.members(roomId);
+  }
+
+  /** How many users are online in `roomId` on every instance, as last told. */
+  memberCount(roomId: string): number {
+    return this.roster.count(roomId);
+  }
+
   /** The last history entry seen in `roomId` (what a re-join asks to follow), if any. */
   position(roomId: string): Position | undefined {
     return this.rooms.get(roomId) ?? undefined;
@@ -288,6 +306,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   async leave(roomId: string, options: RequestOptions = {}): Promise<RoomUpdate> {
     if (this.current === "closed") throw new ClientClosed("client closed");
     this.rooms.delete(roomId);
+    this.roster.forget(roomId);
     this.dropJoins(roomId);
     if (this.ws === null) return { roomId, action: "left" }; // the next socket will not join it
     return this.request<RoomUpdate>("leave", { roomId }, options.timeoutMs);
@@ -633,8 +652,10 @@ export class GatewayClient extends Emitter<ClientEvents> {
     if (isEntry(frame.type) && !this.advance(payload)) return; // seen already: a replay overlapping live traffic
     if (frame.type === "room_update") this.roomUpdate(payload as unknown as RoomUpdate, frame.requestId);
     if (frame.type === "token_expiring") void this.refreshFromSource();
+    const change = this.membersOf(frame.type, payload, frame.requestId);
     this.emit("frame", frame);
     if (SERVER_TYPE_SET.has(frame.type)) this.emit(frame.type as keyof ServerPayloads, payload as never);
+    if (change !== null) this.emit("members_changed", change);
     const entry = frame.requestId === undefined ? undefined : this.pending.get(frame.requestId);
     if (entry === undefined) return;
     if (frame.type === "error" && entry.type === "message" && payload["code"] === "unavailable") this.resendLater(entry);
@@ -656,6 +677,25 @@ export class GatewayClient extends Emitter<ClientEvents> {
       this.emit("recovery", { roomId, recovered: false, offset: offset - 1, epoch });
     }
     return true;
+  }
+
+  /** The frame's effect on the room's list of members (members.ts). */
+  private membersOf(type: string, payload: Record<string, unknown>, requestId: string | undefined): MembersChanged | null {
+    const roomId = payload["roomId"];
+    if (typeof roomId !== "string") return null;
+    if (type === "presence_state" && requestId === undefined) {
+      const p = payload as unknown as PresenceState;
+      return this.roster.snapshot(roomId, p.members ?? [], p.count, typeof p.next === "string");
+    }
+    if (type === "presence") {
+      const p = payload as unknown as Presence;
+      return this.roster.presence(roomId, p.userId, p.status, p.at);
+    }
+    if (type === "presence_count") return this.roster.counted(roomId, (payload as unknown as PresenceCount).count);
+    if (type === "room_update" && ["left", "removed", "deleted"].includes(String(payload["action"]))) {
+      this.roster.forget(roomId);
+    }
+    return null;
   }
 
   private roomUpdate(update: RoomUpdate, requestId: string | undefined): void {

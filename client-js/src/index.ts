@@ -16,6 +16,7 @@ export {
   type WebSocketLike,
 } from "./client.js";
 export { Emitter, type Listener } from "./emitter.js";
+export { Roster, type MembersChanged } from "./members.js";
 export { BufferFull, ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
 export type * from "./frames.js";
 export {

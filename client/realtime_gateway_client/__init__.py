@@ -1,6 +1,6 @@
 """Python async client SDK for the Realtime Gateway (and `python -m realtime_gateway_client` on top of it).
 
-No dependency beyond tornado, which the gateway already needs.
+Its own distribution (client/pyproject.toml); no dependency beyond tornado.
 """
 
 from realtime_gateway_client.events import (
@@ -11,8 +11,8 @@ from realtime_gateway_client.events import (
     ErrorEvent,
     Event,
     History,
-    HistoryGap,
     Member,
+    MembersChanged,
     Message,
     MessageDeleted,
     MessageUpdated,
@@ -20,7 +20,9 @@ from realtime_gateway_client.events import (
     Presence,
     PresenceCount,
     PresenceState,
+    Recovery,
     Refreshed,
+    RefreshFailed,
     RoomUpdate,
     TokenExpiring,
     Unknown,
@@ -56,8 +58,8 @@ __all__ = [
     "GatewayClient",
     "GatewayError",
     "History",
-    "HistoryGap",
     "Member",
+    "MembersChanged",
     "Message",
     "MessageDeleted",
     "MessageUpdated",
@@ -65,6 +67,8 @@ __all__ = [
     "Presence",
     "PresenceCount",
     "PresenceState",
+    "Recovery",
+    "RefreshFailed",
     "Refreshed",
     "RoomUpdate",
     "TokenExpiring",

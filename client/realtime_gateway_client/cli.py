@@ -31,10 +31,10 @@ from realtime_gateway_client.events import (
     Connected,
     Disconnected,
     ErrorEvent,
-    HistoryGap,
     Message,
     Presence,
     PresenceState,
+    Recovery,
 )
 from realtime_gateway_client.sdk import (
     AuthError,
@@ -307,7 +307,7 @@ class Chat:
                 self.show_presence(event)
             elif isinstance(event, ErrorEvent) and event.request_id is None:
                 term.problem(explain(event))
-            elif isinstance(event, HistoryGap):
+            elif isinstance(event, Recovery) and not event.recovered:
                 term.note(f"#{event.room_id}: messages sent while you were away could not be recovered")
             elif isinstance(event, Disconnected):
                 if event.will_reconnect:

@@ -16,8 +16,8 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "History",
-    "HistoryGap",
     "Member",
+    "MembersChanged",
     "Message",
     "MessageDeleted",
     "MessageUpdated",
@@ -25,6 +25,8 @@ __all__ = [
     "Presence",
     "PresenceCount",
     "PresenceState",
+    "Recovery",
+    "RefreshFailed",
     "Refreshed",
     "RoomUpdate",
     "TokenExpiring",
@@ -193,15 +195,43 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryGap:
-    """This client missed entries of `room_id` that the gateway could not replay: after a reconnect
-    (the history no longer holds all of them, or its epoch changed), or while connected (the
-    offsets skipped). Fetch them from the chat backend; live messages continue after `offset` /
-    `epoch` (None: the gateway could not tell where the room stands)."""
+class Recovery:
+    """What a join with `since` (or a live entry) says of a room's history. `recovered` True: the
+    gateway replays what this client missed, and the entries follow. False: entries were missed
+    that the gateway could not replay, after a reconnect (the history no longer holds them, or its
+    epoch changed) or while connected (an offset skipped); fetch them from the chat backend. Live
+    messages continue after `offset` / `epoch` (None: the gateway could not tell where the room
+    stands). The JavaScript client's `recovery` event, in the same place: before the join's reply,
+    or before the entry that revealed the loss."""
 
     room_id: str
+    recovered: bool
     offset: int | None
     epoch: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MembersChanged:
+    """The client's list of a room's online members changed (GatewayClient.members): who appeared,
+    who went, how many are online in the room, whether the list holds them all (False in a paged
+    or large room), and what changed it: `snapshot` (the list sent after a join), `presence` (one
+    user's frame) or `count` (a large room's count). After the frame that changed it; JavaScript:
+    `members_changed`."""
+
+    room_id: str
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+    count: int
+    complete: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshFailed:
+    """A refresh with a token from the provider failed (refused, or the provider raised): the socket
+    keeps its old token and closes 4001 at its expiry, then reconnects with a fresh one."""
+
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +278,9 @@ Event = (
     | Refreshed
     | ErrorEvent
     | History
-    | HistoryGap
+    | Recovery
+    | MembersChanged
+    | RefreshFailed
     | Unknown
     | Connected
     | Disconnected

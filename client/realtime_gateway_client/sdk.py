@@ -33,11 +33,11 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from realtime_gateway_client.events import (
     Ack,
@@ -47,23 +47,44 @@ from realtime_gateway_client.events import (
     ErrorEvent,
     Event,
     History,
-    HistoryGap,
     Member,
+    MembersChanged,
     Message,
     MessageDeleted,
     MessageUpdated,
     Pong,
     Presence,
+    PresenceCount,
     PresenceState,
+    Recovery,
     Refreshed,
+    RefreshFailed,
     RoomUpdate,
     TokenExpiring,
     parse_event,
 )
+from realtime_gateway_client.members import Roster
 
 log = logging.getLogger("realtime_gateway.client")
 
 TokenSource = str | Callable[[], Awaitable[str]]
+
+
+class Socket(Protocol):
+    """What the client needs of a WebSocket connection: Tornado's client connection is one; a test
+    gives its own through `connector` (tests/conformance: the same cases as the JavaScript client)."""
+
+    close_code: int | None
+    close_reason: str | None
+
+    def read_message(self) -> Awaitable[str | bytes | None]: ...
+
+    def write_message(self, message: str) -> asyncio.Future[None]: ...
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+Connector = Callable[[str, dict[str, str]], Awaitable[Socket]]
 PresenceStatus = Literal["online", "typing", "idle"]
 
 CLOSE_TOKEN_EXPIRED = 4001
@@ -185,6 +206,7 @@ class GatewayClient:
         ping_timeout: float = 20.0,
         stable_after: float = 5.0,
         max_events: int = 10_000,
+        connector: Connector | None = None,
     ) -> None:
         self.url = url
         if (token is None) == (token_provider is None):
@@ -199,13 +221,14 @@ class GatewayClient:
         self.ping_timeout = ping_timeout
         self.stable_after = stable_after
         self.max_events = max_events
-        self._conn: WebSocketClientConnection | None = None
+        self._connector = connector  # None: Tornado's websocket_connect
+        self._conn: Socket | None = None
         self._ready = asyncio.Event()
         self._closing = False
         self._closed_event = asyncio.Event()
         self._final_error: ConnectionClosed | None = None
         self._rooms: dict[str, None] = {}  # ordered set of rooms to be in (re-joined on reconnect)
-        self._members: dict[str, dict[str, Member]] = {}
+        self._roster = Roster()  # who is online in each room (members.py)
         # room -> (offset, epoch) of the last history entry seen: the re-join after a reconnect asks
         # for what came after it (docs/protocol.md, "History and recovery").
         self._positions: dict[str, tuple[int, str]] = {}
@@ -280,10 +303,14 @@ class GatewayClient:
         return tuple(self._rooms)
 
     def members(self, room: str) -> tuple[Member, ...]:
-        """Who is in `room` right now, as last told by presence_state and presence events (in a room
+        """Who is online in `room`, as last told by presence_state and presence events (in a room
         of more than a page, the first page and who announced themselves since: page through the
-        rest with presence_query)."""
-        return tuple(self._members.get(room, {}).values())
+        rest with presence_query). A MembersChanged event follows every change (members.py)."""
+        return self._roster.members(room)
+
+    def member_count(self, room: str) -> int:
+        """How many users are online in `room` on every instance, as last told."""
+        return self._roster.count(room)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
@@ -302,7 +329,7 @@ class GatewayClient:
 
     async def leave(self, room: str, timeout: float | None = None) -> RoomUpdate:
         self._rooms.pop(room, None)
-        self._members.pop(room, None)
+        self._roster.forget(room)
         self._positions.pop(room, None)
         result: RoomUpdate = await self._request("leave", {"roomId": room}, room=room, timeout=timeout)
         return result
@@ -381,8 +408,10 @@ class GatewayClient:
             await self.refresh()
         except (GatewayError, ClientError, ConnectionClosed) as exc:  # the error event is emitted too
             log.info("token refresh failed: %s", exc)
+            self._emit(RefreshFailed(str(exc)))
         except Exception as exc:  # a failing token source must not kill the client silently
             log.warning("token source failed during refresh: %s", exc)
+            self._emit(RefreshFailed(str(exc) or type(exc).__name__))
 
     async def _request(
         self,
@@ -415,7 +444,7 @@ class GatewayClient:
         finally:
             self._pending.pop(request_id, None)
 
-    def _write(self, conn: WebSocketClientConnection, frame: dict[str, Any]) -> bool:
+    def _write(self, conn: Socket, frame: dict[str, Any]) -> bool:
         try:
             fut = conn.write_message(json.dumps(frame, separators=(",", ":")))
         except WebSocketClosedError:
@@ -448,9 +477,13 @@ class GatewayClient:
 
     # -- connection ----------------------------------------------------------------------------
 
-    async def _open(self) -> WebSocketClientConnection:
+    async def _open(self) -> Socket:
         token = self._token if isinstance(self._token, str) else await self._token()
         self.user_id = token_subject(token) or self.user_id
+        if self._connector is not None:
+            conn = await self._connector(self.url, {"Authorization": f"Bearer {token}"})
+            self.connections += 1
+            return conn
         request = HTTPRequest(
             self.url,
             headers={"Authorization": f"Bearer {token}"},
@@ -474,7 +507,7 @@ class GatewayClient:
         self.connections += 1
         return conn
 
-    async def _run(self, conn: WebSocketClientConnection) -> None:
+    async def _run(self, conn: Socket) -> None:
         reconnected = False
         while True:
             opened = time.monotonic()
@@ -510,7 +543,7 @@ class GatewayClient:
             return "token expired (4001): connect again with a new token"
         return None
 
-    async def _reconnect(self, code: int | None, reason: str) -> WebSocketClientConnection | None:
+    async def _reconnect(self, code: int | None, reason: str) -> Socket | None:
         why = reason or ("connection lost" if code is None else f"closed ({code})")
         tries = 0
         while True:
@@ -551,7 +584,7 @@ class GatewayClient:
                 return None
             code = None
 
-    async def _resume(self, conn: WebSocketClientConnection, reader: asyncio.Future[Any]) -> None:
+    async def _resume(self, conn: Socket, reader: asyncio.Future[Any]) -> None:
         """After a reconnect: join every room again (paced: REJOIN_BURST), then send the queued
         requests in order."""
         self._conn = conn
@@ -652,7 +685,7 @@ class GatewayClient:
         fut.add_done_callback(lambda _: self._pending.pop(request_id, None))
         return req
 
-    async def _read_loop(self, conn: WebSocketClientConnection) -> tuple[int | None, str]:
+    async def _read_loop(self, conn: Socket) -> tuple[int | None, str]:
         try:
             while True:
                 raw = await conn.read_message()
@@ -677,28 +710,26 @@ class GatewayClient:
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         event = parse_event(frame)
-        gap: HistoryGap | None = None
+        recovery: Recovery | None = None
         if isinstance(event, Message | MessageUpdated | MessageDeleted):
-            seen, gap = self._advance(event)
+            seen, recovery = self._advance(event)
             if not seen:
                 return  # seen already (a replay overlapping what arrived live)
-            if gap is not None:
-                self._emit(gap)  # before the entry that revealed it
-                gap = None
         elif isinstance(event, RoomUpdate) and event.action == "joined":
-            gap = self._joined(event)
+            recovery = self._joined(event)
+        if recovery is not None:
+            self._emit(recovery)  # before the reply or the entry it is about, as in the JavaScript client
+        change: MembersChanged | None = None
         if isinstance(event, PresenceState) and event.request_id is None:
-            self._members[event.room_id] = {m.user_id: m for m in event.members}
+            change = self._roster.snapshot(event.room_id, event.members, event.count, event.next is not None)
         elif isinstance(event, Presence):
-            room = self._members.setdefault(event.room_id, {})
-            if event.status == "offline":
-                room.pop(event.user_id, None)
-            else:
-                room[event.user_id] = Member(event.user_id, event.status, event.at)
+            change = self._roster.presence(event.room_id, event.user_id, event.status, event.at)
+        elif isinstance(event, PresenceCount):
+            change = self._roster.counted(event.room_id, event.count)
         elif isinstance(event, RoomUpdate) and event.action in ("removed", "deleted", "left"):
             if event.request_id is None or event.action != "left":
                 self._rooms.pop(event.room_id, None)  # the gateway took us out: do not re-join
-            self._members.pop(event.room_id, None)
+            self._roster.forget(event.room_id)
             self._positions.pop(event.room_id, None)
         refreshing = self._refreshing is not None and not self._refreshing.done()
         if isinstance(event, TokenExpiring) and not isinstance(self._token, str) and not refreshing:
@@ -713,10 +744,10 @@ class GatewayClient:
             elif isinstance(event, Ack | RoomUpdate | Pong | History | PresenceState | Refreshed):
                 req.future.set_result(event)
         self._emit(event)
-        if gap is not None:
-            self._emit(gap)
+        if change is not None:
+            self._emit(change)
 
-    def _advance(self, event: Message | MessageUpdated | MessageDeleted) -> tuple[bool, HistoryGap | None]:
+    def _advance(self, event: Message | MessageUpdated | MessageDeleted) -> tuple[bool, Recovery | None]:
         """Move the room's position to this entry. (False, None): at or before the position, seen
         already. A gap when the entry is not the next one: an offset skipped, or a new epoch."""
         if event.offset is None or event.epoch is None or event.room_id not in self._rooms:
@@ -731,14 +762,14 @@ class GatewayClient:
                 return False, None
             if event.offset == known[0] + 1:
                 return True, None
-        return True, HistoryGap(event.room_id, event.offset - 1, event.epoch)
+        return True, Recovery(event.room_id, False, event.offset - 1, event.epoch)
 
-    def _joined(self, event: RoomUpdate) -> HistoryGap | None:
+    def _joined(self, event: RoomUpdate) -> Recovery | None:
         """A join's reply: recovered, the replayed entries follow and move the position; not
         recovered, the position is the room's and the application hears of the gap. A repeated
         join of a room being received keeps its position (live entries may still be on their way)."""
         if event.recovered is True:
-            return None
+            return Recovery(event.room_id, True, event.offset, event.epoch)
         if event.recovered is None:
             if event.offset is not None and event.epoch is not None:
                 self._positions.setdefault(event.room_id, (event.offset, event.epoch))
@@ -747,7 +778,7 @@ class GatewayClient:
             self._positions.pop(event.room_id, None)
         else:
             self._positions[event.room_id] = (event.offset, event.epoch)
-        return HistoryGap(event.room_id, event.offset, event.epoch)
+        return Recovery(event.room_id, False, event.offset, event.epoch)
 
     def _finish(self, error: ConnectionClosed) -> None:
         if self._final_error is not None:

@@ -1,0 +1,80 @@
+"""Who is online in each joined room, as the client has been told: the same rules as the
+JavaScript client's members.ts, checked by both against tests/conformance/client.json.
+
+- A room's snapshot (`presence_state` without a requestId: the first page, sent after each join)
+  replaces what was known. `complete`: it listed everybody (no `next`).
+- `presence`: `offline` removes the user, any other status adds or updates them. The count follows
+  a complete list; on a partial one it moves by one when a listed user's online-ness changes.
+- `presence_count` (a room over the gateway's broadcast limit): the count, and the list is partial
+  from then on (per-user frames stop until the next snapshot).
+- Leaving the room (left, removed, deleted) forgets it. Replies to `presence_query` change nothing:
+  the application asked for a page, it did not learn of a change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from realtime_gateway_client.events import Member
+from realtime_gateway_client.events import MembersChanged as Change
+
+# What changed the list (MembersChanged.source): an application says "X joined" for PRESENCE only.
+SNAPSHOT, PRESENCE, COUNT = "snapshot", "presence", "count"
+
+
+@dataclass
+class _Room:
+    members: dict[str, Member] = field(default_factory=dict)
+    count: int = 0
+    complete: bool = True
+
+
+class Roster:
+    def __init__(self) -> None:
+        self._rooms: dict[str, _Room] = {}
+
+    def members(self, room: str) -> tuple[Member, ...]:
+        known = self._rooms.get(room)
+        return tuple(known.members.values()) if known else ()
+
+    def count(self, room: str) -> int:
+        known = self._rooms.get(room)
+        return known.count if known else 0
+
+    def snapshot(self, room: str, members: tuple[Member, ...], count: int | None, more: bool) -> Change:
+        before = self._rooms.get(room)
+        old = set(before.members) if before else set()
+        now = _Room({m.user_id: m for m in members}, count if count is not None else len(members), not more)
+        self._rooms[room] = now
+        # On a partial page, a user missing from it may simply be on another page: not "left".
+        left = tuple(sorted(old - now.members.keys())) if now.complete else ()
+        return Change(room, tuple(sorted(now.members.keys() - old)), left, now.count, now.complete, SNAPSHOT)
+
+    def presence(self, room: str, user: str, status: str, at: datetime | None) -> Change | None:
+        known = self._rooms.get(room)
+        if known is None:
+            return None  # not a room we hold a snapshot of (joined, not yet answered)
+        listed = user in known.members
+        if status == "offline":
+            if not listed:
+                return None
+            del known.members[user]
+            known.count = len(known.members) if known.complete else max(0, known.count - 1)
+            return Change(room, (), (user,), known.count, known.complete, PRESENCE)
+        known.members[user] = Member(user, status, at)
+        if known.complete:
+            known.count = len(known.members)
+        elif not listed:
+            known.count += 1
+        return Change(room, () if listed else (user,), (), known.count, known.complete, PRESENCE)
+
+    def counted(self, room: str, count: int) -> Change | None:
+        known = self._rooms.get(room)
+        if known is None:
+            return None
+        known.count, known.complete = count, False
+        return Change(room, (), (), count, False, COUNT)
+
+    def forget(self, room: str) -> None:
+        self._rooms.pop(room, None)
