@@ -208,7 +208,7 @@ class GatewayHTTPServer(HTTPServer):
         """Resolve the client address, count the connection under it and set the request's body
         limit; the refusal (status, message) of a request that must not go further."""
         stream = request_conn.stream
-        context: Any = request_conn.context  # tornado.httpserver's connection context
+        context: Any = request_conn.context  # a tornado.httpserver._HTTPRequestContext (handlers/tornado_private.py)
         if self._trusted:
             # The context outlives the request (keep-alive): resolve from the TCP peer every time.
             peer = getattr(context, "gateway_peer", None)

@@ -50,17 +50,7 @@ class FrameSink(Protocol):
         """A protocol error: close with `code` (the session records why)."""
 
 
-# What this module uses of Tornado that is not public API (tests/test_tornado_contract.py fails if
-# an upgrade changes it): WebSocketProtocol13._receive_frame (replaced), _read_bytes,
-# _run_callback, _received_pong, _message_bytes_in, _wire_bytes_in, params; _WebSocketParams;
-# tornado.util._websocket_mask. The only other ones: handlers/http_server.py keeps TCPServer's
-# `_sockets` and `_handlers` (its own accept loop) and sets the request context's `remote_ip`, and
-# handlers/socket.py replaces WebSocketHandler._detach_stream.
-TORNADO_PRIVATE = (
-    "_receive_frame",
-    "_read_bytes",
-    "_run_callback",
-)
+# What this module uses of Tornado that is not public API is listed in handlers/tornado_private.py.
 
 
 _WIRE_CACHE: dict[int, tuple[bytes, bytes]] = {}  # id(payload) -> (payload, its frame)

@@ -129,13 +129,12 @@ function room(roomId) {
                             "data-room": roomId });
     list.hidden = true;
     ui.panes.append(list);
-    // members: userId -> {status, since}; count: users online in the room, read only while the list
-    // is partial (presence_state, presence_count, then presence frames); paged: the first page only;
-    // large: over PRESENCE_BROADCAST_LIMIT, where only presence_count frames come; leaving:
+    // Who is online is the client's (client.members, client.memberCount). The page keeps only what
+    // it says about people: away: users who left, shown greyed until they are back; leaving:
     // userId -> timer of a "left" note not yet shown; epoch: the history we have seen; restarted:
     // the last close was 1012 and the re-join has not answered yet (see onRecovery).
-    r = { id: roomId, joined: false, wanted: true, list, members: new Map(), unread: 0, byId: new Map(),
-          count: 0, paged: false, large: false, leaving: new Map(), epoch: null, restarted: false };
+    r = { id: roomId, joined: false, wanted: true, list, away: new Set(), unread: 0, byId: new Map(),
+          leaving: new Map(), epoch: null, restarted: false };
     state.rooms.set(roomId, r);
   }
   return r;
@@ -225,8 +224,11 @@ const STATUS_ORDER = { typing: 0, online: 1, idle: 2, offline: 3 };
 function renderMembers() {
   const r = state.rooms.get(state.active);
   const items = [];
-  if (r) {
-    const members = [...r.members.entries()].sort((a, b) =>
+  if (r && state.client) {
+    const online = state.client.members(r.id);
+    const shown = [...online.map((m) => [m.userId, m]),
+                   ...[...r.away].filter((u) => !online.some((m) => m.userId === u)).map((u) => [u, { status: "offline" }])];
+    const members = shown.sort((a, b) =>
       (STATUS_ORDER[a[1].status] ?? 9) - (STATUS_ORDER[b[1].status] ?? 9) || a[0].localeCompare(b[0]));
     for (const [userId, m] of members) {
       items.push(el("li", { "data-user": userId, "data-status": m.status },
@@ -236,10 +238,8 @@ function renderMembers() {
     }
     // A large room lists its first page only, and counts instead of announcing each member. A
     // complete list is its own count: nobody else is online.
-    const online = [...r.members.values()].filter((m) => m.status !== "offline").length;
-    if ((r.paged || r.large) && r.count > online) {
-      items.push(el("li", { className: "more", text: `${r.count - online} more online` }));
-    }
+    const more = state.client.memberCount(r.id) - online.length;
+    if (more > 0) items.push(el("li", { className: "more", text: `${more} more online` }));
   }
   ui.memberList.replaceChildren(...items);
   renderTyping();
@@ -247,8 +247,8 @@ function renderMembers() {
 
 function renderTyping() {
   const r = state.rooms.get(state.active);
-  const names = r ? [...r.members.entries()]
-    .filter(([userId, m]) => m.status === "typing" && userId !== state.user).map(([userId]) => userId) : [];
+  const names = r && state.client ? state.client.members(r.id)
+    .filter((m) => m.status === "typing" && m.userId !== state.user).map((m) => m.userId) : [];
   let text = "";
   if (names.length === 1) text = `${names[0]} is typing…`;
   else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
@@ -348,9 +348,7 @@ function connect(token, mode) {
   client.on("message_updated", mine(updateMessage));
   client.on("message_deleted", mine(deleteMessage));
   client.on("room_update", mine(onRoomUpdate));
-  client.on("presence_count", mine(onPresenceCount));
-  client.on("presence_state", mine(onPresenceState));
-  client.on("presence", mine(onPresence));
+  client.on("members_changed", mine(onMembersChanged));
   // Errors that answer a request reject its promise (handled there); the others are shown here.
   client.on("frame", mine((frame) => { if (frame.type === "error" && !frame.requestId) showError(frame.payload); }));
   client.connect().catch(() => { /* the disconnected event said why */ });
@@ -428,49 +426,23 @@ function showEntry(entry) {
   else if (entry.type === "message_deleted") deleteMessage(entry.payload);
 }
 
-function onPresenceCount(p) {
-  const r = room(p.roomId);
-  r.count = p.count;
-  r.large = true; // per-user frames stopped: the count is all we are told
-  if (p.roomId === state.active) renderMembers();
-}
-
-function onPresenceState(p) {
-  const r = room(p.roomId);
-  r.count = p.count;
-  r.paged = Boolean(p.next);
-  r.large = false; // a fresh list: per-user frames follow again
-  const seen = new Set();
-  for (const m of p.members || []) {
-    r.members.set(m.userId, { status: m.status, since: m.since });
-    seen.add(m.userId);
-    cancelLeaving(r, m.userId);
+// The client's member list changed (its members_changed event): who left is shown greyed and, unless
+// back soon, announced; who appeared is announced only when a presence frame said so (a snapshot
+// after a join lists everybody already there).
+function onMembersChanged(change) {
+  const r = room(change.roomId);
+  for (const userId of change.left) {
+    if (userId === state.user) continue;
+    r.away.add(userId);
+    // Missing from the list after our own re-join: maybe not back yet, so a longer grace.
+    noteLeaving(r, userId, change.source === "snapshot" ? BACK_WITHIN_MS : LEFT_NOTE_AFTER_MS);
   }
-  for (const [userId, m] of r.members) {
-    if (seen.has(userId) || m.status === "offline") continue;
-    // Not on the list after a re-join. On a first page that only means "not in the first page".
-    if (r.paged) continue;
-    m.status = "offline"; // gone while we were away, or not back yet: keep them, greyed
-    if (userId !== state.user) noteLeaving(r, userId, BACK_WITHIN_MS);
+  for (const userId of change.joined) {
+    r.away.delete(userId);
+    const wasLeaving = cancelLeaving(r, userId);
+    if (change.source === "presence" && userId !== state.user && !wasLeaving) addNote(change.roomId, `${userId} joined`);
   }
-  if (p.roomId === state.active) renderMembers();
-}
-
-function onPresence(p) {
-  const r = room(p.roomId);
-  const before = r.members.get(p.userId);
-  const wasOnline = before !== undefined && before.status !== "offline";
-  const isOnline = p.status !== "offline";
-  r.members.set(p.userId, { status: p.status, since: p.at });
-  if (r.paged && wasOnline !== isOnline) r.count += isOnline ? 1 : -1; // a complete list counts itself
-  if (p.userId !== state.user) {
-    if (!isOnline) {
-      noteLeaving(r, p.userId);
-    } else if (!wasOnline && !cancelLeaving(r, p.userId)) {
-      addNote(p.roomId, `${p.userId} joined`);
-    }
-  }
-  if (p.roomId === state.active) renderMembers();
+  if (change.roomId === state.active) renderMembers();
 }
 
 // "X left" is said `afterMs` later, unless X is back by then (then nothing is said).
@@ -508,7 +480,8 @@ function onRoomUpdate(p) {
   } else if (p.action === "removed" || p.action === "deleted") {
     r.joined = false;
     r.wanted = false;
-    r.members.clear();
+    r.away.clear();
+    forgetLeaving(r);
     addNote(p.roomId, p.action === "deleted" ? "This room was deleted." : "You were removed from this room.", true);
   } else if (p.action === "updated") {
     addNote(p.roomId, "Room details were updated.");

@@ -25,6 +25,7 @@
 import { Backoff } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { BufferFull, ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
+import { Roster } from "./members.js";
 import { closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
 const REPLIES = {
     join: "room_update",
@@ -65,6 +66,7 @@ export class GatewayClient extends Emitter {
     openedAt = 0; // when this.ws opened (0: not yet)
     ready = false;
     rooms = new Map();
+    roster = new Roster(); // who is online in each room (members.ts)
     pending = new Map();
     refused = [];
     refusedTimer = null;
@@ -108,6 +110,15 @@ export class GatewayClient extends Emitter {
     /** Rooms this client is in, or will be in again after a reconnect. */
     get roomIds() {
         return [...this.rooms.keys()];
+    }
+    /** Who is online in `roomId`, as last told (in a room of more than a page: the first page and who
+     * announced themselves since; page through the rest with presenceQuery). */
+    members(roomId) {
+        return this.roster.members(roomId);
+    }
+    /** How many users are online in `roomId` on every instance, as last told. */
+    memberCount(roomId) {
+        return this.roster.count(roomId);
     }
     /** The last history entry seen in `roomId` (what a re-join asks to follow), if any. */
     position(roomId) {
@@ -154,6 +165,7 @@ export class GatewayClient extends Emitter {
         if (this.current === "closed")
             throw new ClientClosed("client closed");
         this.rooms.delete(roomId);
+        this.roster.forget(roomId);
         this.dropJoins(roomId);
         if (this.ws === null)
             return { roomId, action: "left" }; // the next socket will not join it
@@ -531,9 +543,12 @@ export class GatewayClient extends Emitter {
             this.roomUpdate(payload, frame.requestId);
         if (frame.type === "token_expiring")
             void this.refreshFromSource();
+        const change = this.membersOf(frame.type, payload, frame.requestId);
         this.emit("frame", frame);
         if (SERVER_TYPE_SET.has(frame.type))
             this.emit(frame.type, payload);
+        if (change !== null)
+            this.emit("members_changed", change);
         const entry = frame.requestId === undefined ? undefined : this.pending.get(frame.requestId);
         if (entry === undefined)
             return;
@@ -561,6 +576,26 @@ export class GatewayClient extends Emitter {
             this.emit("recovery", { roomId, recovered: false, offset: offset - 1, epoch });
         }
         return true;
+    }
+    /** The frame's effect on the room's list of members (members.ts). */
+    membersOf(type, payload, requestId) {
+        const roomId = payload["roomId"];
+        if (typeof roomId !== "string")
+            return null;
+        if (type === "presence_state" && requestId === undefined) {
+            const p = payload;
+            return this.roster.snapshot(roomId, p.members ?? [], p.count, typeof p.next === "string");
+        }
+        if (type === "presence") {
+            const p = payload;
+            return this.roster.presence(roomId, p.userId, p.status, p.at);
+        }
+        if (type === "presence_count")
+            return this.roster.counted(roomId, payload.count);
+        if (type === "room_update" && ["left", "removed", "deleted"].includes(String(payload["action"]))) {
+            this.roster.forget(roomId);
+        }
+        return null;
     }
     roomUpdate(update, requestId) {
         const { roomId } = update;

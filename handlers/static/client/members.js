@@ -1,0 +1,62 @@
+/**
+ * Who is online in each joined room, as the client has been told: the same rules as the Python
+ * SDK's members.py, checked by both against tests/conformance/client.json.
+ *
+ * - A room's snapshot (`presence_state` without a requestId: the first page, sent after each join)
+ *   replaces what was known. `complete`: it listed everybody (no `next`).
+ * - `presence`: `offline` removes the user, any other status adds or updates them. The count
+ *   follows a complete list; on a partial one it moves by one when a listed user's online-ness
+ *   changes.
+ * - `presence_count` (a room over the gateway's broadcast limit): the count, and the list is
+ *   partial from then on (per-user frames stop until the next snapshot).
+ * - Leaving the room (left, removed, deleted) forgets it. Replies to `presence_query` change
+ *   nothing: the application asked for a page, it did not learn of a change.
+ */
+export class Roster {
+    rooms = new Map();
+    members(roomId) {
+        return [...(this.rooms.get(roomId)?.members.values() ?? [])];
+    }
+    count(roomId) {
+        return this.rooms.get(roomId)?.count ?? 0;
+    }
+    snapshot(roomId, members, count, more) {
+        const before = this.rooms.get(roomId)?.members ?? new Map();
+        const now = { members: new Map(members.map((m) => [m.userId, m])), count: count ?? members.length, complete: !more };
+        this.rooms.set(roomId, now);
+        const joined = [...now.members.keys()].filter((u) => !before.has(u)).sort();
+        // On a partial page, a user missing from it may simply be on another page: not "left".
+        const left = now.complete ? [...before.keys()].filter((u) => !now.members.has(u)).sort() : [];
+        return { roomId, joined, left, count: now.count, complete: now.complete, source: "snapshot" };
+    }
+    presence(roomId, userId, status, at) {
+        const room = this.rooms.get(roomId);
+        if (room === undefined)
+            return null; // not a room we hold a snapshot of (joined, not yet answered)
+        const listed = room.members.has(userId);
+        if (status === "offline") {
+            if (!listed)
+                return null;
+            room.members.delete(userId);
+            room.count = room.complete ? room.members.size : Math.max(0, room.count - 1);
+            return { roomId, joined: [], left: [userId], count: room.count, complete: room.complete, source: "presence" };
+        }
+        room.members.set(userId, { userId, status, since: at });
+        if (room.complete)
+            room.count = room.members.size;
+        else if (!listed)
+            room.count += 1;
+        return { roomId, joined: listed ? [] : [userId], left: [], count: room.count, complete: room.complete, source: "presence" };
+    }
+    counted(roomId, count) {
+        const room = this.rooms.get(roomId);
+        if (room === undefined)
+            return null;
+        room.count = count;
+        room.complete = false;
+        return { roomId, joined: [], left: [], count, complete: false, source: "count" };
+    }
+    forget(roomId) {
+        this.rooms.delete(roomId);
+    }
+}
