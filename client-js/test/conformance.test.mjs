@@ -6,46 +6,13 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { GatewayClient, SERVER_TYPES } from "../dist/index.js";
+import { ScriptedSocket } from "./support.mjs";
 
 const CASES = JSON.parse(readFileSync(new URL("../../tests/conformance/client.json", import.meta.url), "utf8")).cases;
 const DEADLINE_MS = 5000;
 // The client's own events besides one per server frame; `frame`, `connecting` and `closed` have no
 // Python counterpart (closed: the Python event stream ends) and are not compared.
 const OWN_EVENTS = ["connected", "disconnected", "recovery", "members_changed", "refresh_failed"];
-
-class ScriptedSocket {
-  static made = [];
-  readyState = 0;
-  onopen = null;
-  onmessage = null;
-  onclose = null;
-  onerror = null;
-  sent = [];
-  constructor(url) {
-    this.url = url;
-    ScriptedSocket.made.push(this);
-    setTimeout(() => {
-      if (this.readyState !== 0) return;
-      this.readyState = 1;
-      this.onopen?.({});
-    }, 0);
-  }
-  send(data) {
-    if (this.readyState !== 1) throw new Error("not open");
-    this.sent.push(JSON.parse(data));
-  }
-  close(code = 1000, reason = "") {
-    this.serverClose(code, reason);
-  }
-  serverClose(code, reason = "") {
-    if (this.readyState === 3) return;
-    this.readyState = 3;
-    this.onclose?.({ code, reason });
-  }
-  deliver(frame) {
-    this.onmessage?.({ data: JSON.stringify(frame) });
-  }
-}
 
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 async function drain() {
@@ -119,7 +86,7 @@ class Runner {
     } else if ("server" in step) {
       const frame = structuredClone(step.server);
       if (typeof frame.requestId === "string" && frame.requestId.startsWith("$")) frame.requestId = this.bound.get(frame.requestId);
-      this.sockets.at(-1).deliver(frame);
+      this.sockets.at(-1).reply(frame);
       await drain();
     } else if ("close" in step) {
       this.sockets.at(-1).serverClose(step.close.code, step.close.reason);

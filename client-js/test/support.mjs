@@ -138,3 +138,38 @@ export function record(client, type) {
   client.on(type, (event) => seen.push(event));
   return seen;
 }
+
+/** A WebSocket that opens on the next turn and records what is sent; the test plays the server
+ * (`reply`, `serverClose`). No network: for the client's logic (units.test.mjs, conformance.test.mjs). */
+export class ScriptedSocket {
+  static made = [];
+  readyState = 0;
+  onopen = null;
+  onmessage = null;
+  onclose = null;
+  onerror = null;
+  sent = [];
+  constructor(url) {
+    this.url = new URL(url);
+    ScriptedSocket.made.push(this);
+    setTimeout(() => {
+      if (this.readyState !== 0) return;
+      this.readyState = 1;
+      this.onopen?.({});
+    }, 0);
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+  }
+  close(code = 1000, reason = "") {
+    this.serverClose(code, reason);
+  }
+  serverClose(code, reason = "") {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+  reply(frame) {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+}

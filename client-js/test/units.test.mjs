@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Backoff, CLOSE_CODES, GatewayClient, closeAction, tokenSubject } from "../dist/index.js";
-import { mint, nextEvent, waitFor } from "./support.mjs";
+import { ScriptedSocket, mint, nextEvent, waitFor } from "./support.mjs";
 
 test("backoff grows, caps and jitters downwards only", () => {
   const high = new Backoff({ initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 }, () => 0);
@@ -28,39 +28,6 @@ test("the token's subject is read without verifying", () => {
   assert.equal(tokenSubject(mint("zoë")), "zoë");
   assert.equal(tokenSubject("not-a-token"), undefined);
 });
-
-/** A WebSocket that opens on the next turn and records what is sent; the test closes it. */
-class ScriptedSocket {
-  static made = [];
-  readyState = 0;
-  onopen = null;
-  onmessage = null;
-  onclose = null;
-  onerror = null;
-  sent = [];
-  constructor(url) {
-    this.url = new URL(url);
-    ScriptedSocket.made.push(this);
-    setTimeout(() => {
-      this.readyState = 1;
-      this.onopen?.({});
-    }, 0);
-  }
-  send(data) {
-    this.sent.push(JSON.parse(data));
-  }
-  close(code = 1000, reason = "") {
-    this.serverClose(code, reason);
-  }
-  serverClose(code, reason = "") {
-    if (this.readyState === 3) return;
-    this.readyState = 3;
-    this.onclose?.({ code, reason });
-  }
-  reply(frame) {
-    this.onmessage?.({ data: JSON.stringify(frame) });
-  }
-}
 
 test("4001 with getToken: a new token, then a new socket that joins again with `since`", async (t) => {
   ScriptedSocket.made = [];
