@@ -123,7 +123,7 @@ class GatewayProtocol(WebSocketProtocol13):
         return stream.write(memoryview(data)[sent:])
 
     def expect_pong(self) -> None:
-        """Send a keepalive ping (handlers/keepalive.py keeps time); pong_received() says if
+        """Send a keepalive ping (services/connection/lifetime.py keeps time); pong_received() says if
         a pong came after it."""
         self._received_pong = False
         self.write_ping(b"")

@@ -436,7 +436,7 @@ async def test_a_client_in_60_rooms_is_joined_to_every_one_again_within_the_rate
 @pytest.mark.gen_test(timeout=60)
 async def test_recovers_what_it_missed_after_the_server_restarts_with_redis(make_gateway):
     """The gateway process restarts while another instance keeps the room busy: the SDK re-joins
-    with its last position and gets exactly the missed messages, in order, with no HistoryGap."""
+    with its last position and gets exactly the missed messages, in order, with no loss reported."""
     from tests.redis_support import redis_overrides, shared_redis_port, unique_prefix
 
     redis_port, prefix = shared_redis_port(), unique_prefix()

@@ -40,9 +40,9 @@ class Connections:
         self._settings = settings
         self._hub = hub
         # One timer for every connection's keepalive and token expiry (Tornado's own pings are off).
-        self.timers = TimerWheel(wheel_tick(settings))
+        timers = TimerWheel(wheel_tick(settings))
         self.doorman = Doorman(settings, verifier, admission, hub.control)
-        self.lifetimes = Lifetimes(settings, self.timers, verifier, hub.control)
+        self.lifetimes = Lifetimes(settings, timers, verifier, hub.control)
         self.inbound = Inbound(settings, hub, self.lifetimes)
         self.receive = self.inbound.receive
         self.control = self.inbound.control
