@@ -73,6 +73,8 @@ async def test_too_many_connections_for_one_user_closes_4029(make_gateway):
     first, second = await gw.client("greedy"), await gw.client("greedy")
     third = await gw.client("greedy")
     assert await third.wait_closed() == 4029
+    # The refused socket is forgotten like any other (it stayed tracked until the process ended).
+    await wait_for(lambda: len(gw.gateway.sessions) == 2, what="the refused session forgotten")
     for c in (first, second):
         c.send("ping")
         await c.expect("pong")

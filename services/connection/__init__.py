@@ -57,12 +57,13 @@ class Connections:
     def release(self) -> None:
         self.doorman.release()
 
-    def open(self, admitted: Admitted, transport: Probed) -> Session | None:
-        """None when the hub refused it (too many connections for the user: closed 4029)."""
+    def open(self, admitted: Admitted, transport: Probed) -> Session:
+        """The session, registered; already closed (4029) when the user has too many connections.
+        Either way the transport reports `closed` for it when it goes."""
         session = Session(short_id(), admitted.identity, transport, self._settings, on_close=_count_close)
         self.lifetimes.begin(session, transport)
         if not self._hub.connect(session, admitted.revocations, admitted.started):
-            return None
+            return session
         self.lifetimes.watch(session)
         log.debug("connected", extra={"conn": session.conn_id, "user": session.user_id})
         return session
