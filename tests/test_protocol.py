@@ -304,6 +304,10 @@ async def test_error_carries_request_id_room_and_dedupe_key(gw):
     err = await alice.expect_error("not_in_room")
     assert err["requestId"] == "q"
     assert err["payload"]["roomId"] == "elsewhere" and err["payload"]["dedupeKey"] == "dk-9"
+    # A presence change runs in the background (hub/ordering.py); its error is matched all the same.
+    alice.send("presence", {"roomId": "elsewhere", "status": "idle"}, request_id="p")
+    err = await alice.expect_error("not_in_room")
+    assert err["requestId"] == "p" and err["payload"]["roomId"] == "elsewhere"
 
 
 @pytest.mark.gen_test(timeout=T)

@@ -121,7 +121,7 @@ class Inbound:
         elif frame_type == "presence":
             # In the background too, so a hung Redis holds presence changes, not pings (docs/scaling.md).
             work = hub.set_presence(session, payload["roomId"], payload["status"])
-            hub.spawn(self._guarded(session, work, None, None))
+            hub.spawn(self._guarded(session, work, request_id, None))
         elif frame_type == "refresh":
             await self._refresher.refresh(session, payload["token"], request_id)
         else:  # ping
