@@ -138,12 +138,12 @@ class RoomHub:
             return
         self._orders.pop(session, None)
         METRICS.connections.dec()
-        for room in list(session.rooms):
-            await self.departures.leave(session, room)
-        if last and not self.members.of_user(user):
+        if last:  # now, not after the leaves: a socket of the user opened meanwhile is a new opening
             self.control.forget(user)
             if self.online is not None:
                 self.online.closed(user)
+        for room in list(session.rooms):
+            await self.departures.leave(session, room)
 
     # -- join / leave ------------------------------------------------------------------------
 
