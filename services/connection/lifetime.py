@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, KeysView
 
-from schemas.protocol import CLOSE_TOKEN_EXPIRED
+from schemas.protocol import CLOSE_NORMAL, CLOSE_TOKEN_EXPIRED
 from services import frames
 from services.auth import Identity, TokenVerifier
 from services.connection.timers import Deadline, TimerWheel
@@ -76,7 +76,7 @@ class Lifetime:
             return
         if not self._transport.probe_answered():
             log.info("ping timed out", extra={"conn": session.conn_id})
-            self._transport.close(1000, "ping timed out")
+            session.close(CLOSE_NORMAL, "ping timed out", flush=False)  # a dead peer reads nothing more
             return
         s = self._owner.settings
         self._keepalive = self._owner.timers.after(s.ping_interval - s.ping_timeout, self._probe)
