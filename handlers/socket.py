@@ -52,7 +52,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             self.connections.release()
 
     def check_origin(self, origin: str) -> bool:
-        return self.connections.doorman.origin_allowed(origin)
+        return self.connections.origin_allowed(origin)
 
     def get_compression_options(self) -> dict[str, Any] | None:
         return None  # per-message deflate costs more CPU than chat frames save

@@ -88,7 +88,7 @@ class Gateway:
 
     @property
     def draining(self) -> bool:
-        return self.connections.doorman.draining
+        return self.connections.draining
 
     def _backends(
         self, network: MemoryNetwork | None, dedupe: DedupeStore | None
@@ -197,7 +197,7 @@ class Gateway:
         """SIGTERM: readiness 503 now; after DRAIN_DELAY close sockets with 1012, spread over
         DRAIN_WINDOW so clients reconnect elsewhere without a thundering herd. `at_once` (Ctrl-C)
         skips the delay and the spread."""
-        self.connections.doorman.draining = True
+        self.connections.draining = True
         delay, window = (0.0, 0.0) if at_once else (self.settings.drain_delay, self.settings.drain_window)
         log.info(
             "draining",

@@ -51,6 +51,18 @@ class Connections:
     def sessions(self) -> KeysView[Session]:
         return self.lifetimes.sessions()
 
+    @property
+    def draining(self) -> bool:
+        """Set by the drain: every new connection is refused 503 from then on."""
+        return self.doorman.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.doorman.draining = value
+
+    def origin_allowed(self, origin: str) -> bool:
+        return self.doorman.origin_allowed(origin)
+
     async def admit(self, handshake: Handshake) -> Admitted:
         return await self.doorman.admit(handshake)
 

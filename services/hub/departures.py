@@ -51,10 +51,10 @@ class Departures:
             self._fanout.forget(room)
             self._roster.forget(room)
 
-    async def leave(self, session: Session, room: str, announce: bool = True) -> None:
+    async def leave(self, session: Session, room: str) -> None:
         """Remove one session from a room; announce offline when it was the user's last connection."""
         self.detach(session, room)
-        await self.after_detach(session, room, announce)
+        await self.after_detach(session, room)
 
     async def after_detach(self, session: Session, room: str, announce: bool = True) -> None:
         user = session.user_id
