@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 
 
@@ -17,15 +18,21 @@ class FakeHandle:
 
 
 class FakeClock:
-    """`time()` and `call_at()` like an event loop's; nothing runs until `advance`."""
+    """`time()` and `call_at()` like an event loop's (its own epoch, as a loop's monotonic clock
+    has), and `wall()`, Unix time, which moves with it; nothing runs until `advance`. The two differ
+    by design, so code that mixes a loop time with a token's Unix `exp` is caught."""
 
-    def __init__(self, now: float = 1_000_000.0) -> None:
+    def __init__(self, now: float = 1_000.0, wall: float | None = None) -> None:
         self.now = now
+        self._wall_offset = (time.time() if wall is None else wall) - now
         self._timers: list[tuple[float, int, FakeHandle, Callable[[], object]]] = []
         self._order = itertools.count()
 
     def time(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return self.now + self._wall_offset
 
     def call_at(self, when: float, callback: Callable[[], object], /) -> FakeHandle:
         handle = FakeHandle()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from services.auth import mint
 from services.bus.memory import MemoryNetwork
 from services.dedupe import DedupeStore
 from services.gateway import Gateway
+from services.session import Session
 from services.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -499,3 +500,11 @@ def _frame_size(buf: bytes) -> int | None:
             return None
         n = struct.unpack("!Q", buf[2:10])[0]
     return _header_size(buf) + n
+
+
+class NoExits:
+    """Control's way out of a room (services/hub/control.py Exits), doing nothing: for unit tests of
+    Control's own bookkeeping."""
+
+    def remove(self, room: str, sessions: Sequence[Session], frame: bytes | None, announce: bool) -> None:
+        return None

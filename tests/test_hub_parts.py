@@ -8,7 +8,6 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Sequence
 
 import pytest
 
@@ -25,8 +24,8 @@ from services.hub.tasks import TaskGroup
 from services.revocation import NOTHING
 from services.revocation.memory import MemoryRevocations
 from services.session import Session
+from tests.helpers import NoExits, wait_for
 from tests.helpers import test_settings as settings_for
-from tests.helpers import wait_for
 
 
 @pytest.mark.gen_test(timeout=5)
@@ -139,10 +138,6 @@ def _control(users: dict[str, set[Session]], ttl: float = 60.0) -> tuple[Control
 
     async def publish(channel: str, event: BusEvent) -> None:
         published.append(event)
-
-    class NoExits:
-        def remove(self, room: str, sessions: Sequence[Session], frame: bytes | None, announce: bool) -> None:
-            return None
 
     bus.publish = publish  # type: ignore[method-assign]
     members = Members()

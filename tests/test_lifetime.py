@@ -4,6 +4,7 @@ notice and expiry, a refresh that moves them, and keepalive. Pure logic: no sock
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -20,8 +21,8 @@ from services.hub.members import Members
 from services.revocation.memory import MemoryRevocations
 from services.session import Pong, Session
 from tests.fake_clock import FakeClock
+from tests.helpers import NoExits, token
 from tests.helpers import test_settings as settings_for
-from tests.helpers import token
 
 TICK = 0.5
 
@@ -56,20 +57,15 @@ class Peer:
         return [f["type"] for f in self.frames]
 
 
-class NoExits:
-    def remove(self, room: str, sessions: Sequence[Session], frame: bytes | None, announce: bool) -> None:
-        return None
-
-
 def _lifetimes(clock: FakeClock, **overrides: object) -> Lifetimes:
     settings = settings_for(**overrides)
     control = Control(MemoryRevocations(), settings, MemoryBus("i"), Members(), NoExits())
-    return Lifetimes(settings, TimerWheel(TICK, clock), TokenVerifier(settings), control, clock.time)
+    return Lifetimes(settings, TimerWheel(TICK, clock), TokenVerifier(settings), control, clock.wall)
 
 
-def _open(lives: Lifetimes, expires_in: float) -> tuple[Session, Peer]:
+def _open(lives: Lifetimes, clock: FakeClock, expires_in: float) -> tuple[Session, Peer]:
     peer = Peer()
-    identity = Identity("alice", lives._clock() + expires_in, None, time.time())
+    identity = Identity("alice", clock.wall() + expires_in, None, time.time())
     session = Session("c1", identity, peer, lives.settings)
     lives.begin(session, peer)
     lives.watch(session)
@@ -104,18 +100,20 @@ def test_the_wheel_runs_each_deadline_once_in_order_never_early_and_at_most_a_ti
 def test_one_loop_timer_serves_every_deadline() -> None:
     clock = FakeClock()
     wheel = TimerWheel(TICK, clock)
+    ran: list[int] = []
     for n in range(1000):
-        wheel.after(1 + n / 1000, lambda: None)
+        wheel.after(1 + n / 1000, functools.partial(ran.append, n))
     assert clock.pending() == 1  # not one per deadline
     clock.advance(3)
+    assert ran == list(range(1000))
     assert len(wheel) == 0
 
 
 @pytest.mark.gen_test(timeout=5)
 async def test_token_expiring_comes_once_at_the_notice_and_4001_at_exp_plus_leeway() -> None:
-    clock = FakeClock(time.time())
+    clock = FakeClock()
     lives = _lifetimes(clock, token_refresh_notice=60, jwt_leeway=5, ping_interval=0)
-    session, peer = _open(lives, expires_in=100)
+    session, peer = _open(lives, clock, expires_in=100)
     clock.advance(39)
     await _flushed()
     assert peer.types() == []
@@ -131,9 +129,9 @@ async def test_token_expiring_comes_once_at_the_notice_and_4001_at_exp_plus_leew
 
 @pytest.mark.gen_test(timeout=5)
 async def test_a_short_lived_token_gets_its_notice_at_once() -> None:
-    clock = FakeClock(time.time())
+    clock = FakeClock()
     lives = _lifetimes(clock, token_refresh_notice=60, ping_interval=0)
-    _, peer = _open(lives, expires_in=30)
+    _, peer = _open(lives, clock, expires_in=30)
     clock.advance(TICK)
     await _flushed()
     assert peer.types() == ["token_expiring"]
@@ -141,28 +139,31 @@ async def test_a_short_lived_token_gets_its_notice_at_once() -> None:
 
 @pytest.mark.gen_test(timeout=5)
 async def test_a_refresh_moves_both_deadlines_and_a_refused_one_moves_nothing() -> None:
-    clock = FakeClock(time.time())
+    clock = FakeClock()
     lives = _lifetimes(clock, token_refresh_notice=60, jwt_leeway=5, ping_interval=0)
-    session, peer = _open(lives, expires_in=100)
+    session, peer = _open(lives, clock, expires_in=100)
     with pytest.raises(ClientError) as refused:
         await lives.refresh(session, token("mallory", ttl=3600), "r0")
     assert refused.value.code == "invalid_token"
+    clock.advance(40 + TICK)  # the old token's notice still comes: the refusal moved nothing
+    await _flushed()
+    assert peer.types() == ["token_expiring"]
     await lives.refresh(session, token("alice", ttl=3600), "r1")
     await _flushed()
-    assert peer.types() == ["refreshed"] and peer.frames[0]["requestId"] == "r1"
-    clock.advance(200)  # past the old token's notice and expiry
+    assert peer.types() == ["token_expiring", "refreshed"] and peer.frames[1]["requestId"] == "r1"
+    clock.advance(200)  # past the old token's expiry
     await _flushed()
-    assert peer.closed is None and peer.types() == ["refreshed"]
-    clock.advance(3600 - 60 - 200 + 1 + TICK)
+    assert peer.closed is None and peer.types() == ["token_expiring", "refreshed"]
+    clock.advance(3600 - 60 - 240 + 1 + TICK)
     await _flushed()
-    assert peer.types() == ["refreshed", "token_expiring"]
+    assert peer.types() == ["token_expiring", "refreshed", "token_expiring"]
 
 
 @pytest.mark.gen_test(timeout=5)
 async def test_keepalive_probes_every_interval_and_drops_a_silent_peer() -> None:
-    clock = FakeClock(time.time())
+    clock = FakeClock()
     lives = _lifetimes(clock, ping_interval=10, ping_timeout=4)
-    _, peer = _open(lives, expires_in=3600)
+    _, peer = _open(lives, clock, expires_in=3600)
     clock.advance(10 + TICK)
     assert peer.probes == 1
     clock.advance(4 + TICK)  # answered: the next probe comes PING_INTERVAL after the last
@@ -178,11 +179,12 @@ async def test_keepalive_probes_every_interval_and_drops_a_silent_peer() -> None
 
 @pytest.mark.gen_test(timeout=5)
 async def test_a_closed_connection_leaves_no_deadline_behind() -> None:
-    clock = FakeClock(time.time())
+    clock = FakeClock()
     lives = _lifetimes(clock, ping_interval=10, ping_timeout=4)
-    session, peer = _open(lives, expires_in=100)
+    session, peer = _open(lives, clock, expires_in=100)
+    assert len(lives.timers) == 3  # notice, expiry, keepalive
     lives.end(session)
+    assert len(lives.timers) == 0 and len(lives.sessions()) == 0
     clock.advance(1000)
     await _flushed()
     assert peer.types() == [] and peer.probes == 0 and peer.closed is None
-    assert len(lives.timers) == 0 and len(lives.sessions()) == 0

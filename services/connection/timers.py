@@ -85,7 +85,8 @@ class TimerWheel:
         return deadline
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
+        """Deadlines still to run (cancelled ones wait in their bucket but do not count)."""
+        return sum(1 for bucket in self._buckets.values() for deadline in bucket if deadline.callback is not None)
 
     def _arm(self, loop: Clock, slot: int) -> None:
         self._timer_slot = slot
