@@ -85,7 +85,10 @@ class Runner {
       await drain();
     } else if ("server" in step) {
       const frame = structuredClone(step.server);
-      if (typeof frame.requestId === "string" && frame.requestId.startsWith("$")) frame.requestId = this.bound.get(frame.requestId);
+      if (typeof frame.requestId === "string" && frame.requestId.startsWith("$")) {
+        assert.ok(this.bound.has(frame.requestId), `${frame.requestId} is not bound yet`);
+        frame.requestId = this.bound.get(frame.requestId);
+      }
       this.sockets.at(-1).reply(frame);
       await drain();
     } else if ("close" in step) {
@@ -115,7 +118,10 @@ class Runner {
       });
       this.seenEvents = start + got.length;
     } else if ("resolved" in step) {
-      const value = await this.calls.get(step.resolved);
+      const value = await Promise.race([
+        this.calls.get(step.resolved),
+        new Promise((_, reject) => setTimeout(() => reject(new Error(`${step.resolved} did not resolve`)), DEADLINE_MS)),
+      ]);
       this.match(step.value, value, step.resolved);
     } else if ("members" in step) {
       const { room, users, count } = step.members;
@@ -124,7 +130,7 @@ class Runner {
       const { room, offset, epoch } = step.position;
       assert.deepEqual(client.position(room), { offset, epoch });
     } else if ("state" in step) {
-      await until(() => (client.state === "closed") === (step.state === "closed"), `state ${step.state}`);
+      await until(() => client.state === step.state, `state ${step.state}`);
     } else {
       throw new Error(`unknown step ${JSON.stringify(step)}`);
     }
@@ -143,5 +149,9 @@ for (const c of CASES) {
         throw error;
       }
     }
+    await drain();
+    const unchecked = runner.sockets.map((s, i) => s.sent.slice(runner.seenSent.get(i) ?? 0)).filter((x) => x.length);
+    assert.deepEqual(unchecked, [], "frames sent but never checked");
+    assert.deepEqual(runner.events.slice(runner.seenEvents).map((e) => e.name), [], "events never checked");
   });
 }

@@ -159,7 +159,9 @@ export class ScriptedSocket {
     }, 0);
   }
   send(data) {
-    this.sent.push(JSON.parse(data));
+    // As a browser's: sending before the open throws, after the close is dropped.
+    if (this.readyState === 0) throw new Error("InvalidStateError: still connecting");
+    if (this.readyState === 1) this.sent.push(JSON.parse(data));
   }
   close(code = 1000, reason = "") {
     this.serverClose(code, reason);
