@@ -38,6 +38,9 @@ if [ "$#" -gt 0 ]; then
 else
   # The fast tier in parallel (in-process gateways on their own ports, nothing shared), then the
   # tests that share Redis, Kafka, helm, Chromium or the image tools, one at a time (docs/testing.md).
-  $BIN/python -m pytest -m "not slow" -n 2
+  # Both tiers run even when the first fails, so one run reports every failure.
+  fast=0
+  $BIN/python -m pytest -m "not slow" -n 2 || fast=$?
   $BIN/python -m pytest -m slow
+  exit "$fast"
 fi

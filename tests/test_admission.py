@@ -200,6 +200,7 @@ async def test_dev_token_answers_loopback_clients_only(make_gateway):
     assert await _status(f"{gw.http}/dev/token?sub=me", headers=forwarded) == 403
 
 
+@pytest.mark.slow  # a gateway process with RLIMIT_NOFILE 256
 @pytest.mark.gen_test(timeout=90)
 async def test_descriptor_exhaustion_refuses_new_sockets_but_keeps_health_and_open_sockets():
     """400 idle TCP sockets (no token needed) against RLIMIT_NOFILE 256: the server neither spins
