@@ -33,8 +33,13 @@ export interface MembersChanged {
 
 interface Room {
   members: Map<string, Member>;
-  count: number;
+  /** The count the gateway last said (a complete list counts itself instead). */
+  told: number;
   complete: boolean;
+}
+
+function countOf(room: Room): number {
+  return room.complete ? room.members.size : room.told;
 }
 
 export class Roster {
@@ -45,17 +50,18 @@ export class Roster {
   }
 
   count(roomId: string): number {
-    return this.rooms.get(roomId)?.count ?? 0;
+    const room = this.rooms.get(roomId);
+    return room === undefined ? 0 : countOf(room);
   }
 
   snapshot(roomId: string, members: Member[], count: number | undefined, more: boolean): MembersChanged {
     const before = this.rooms.get(roomId)?.members ?? new Map<string, Member>();
-    const now: Room = { members: new Map(members.map((m) => [m.userId, m])), count: count ?? members.length, complete: !more };
+    const now: Room = { members: new Map(members.map((m) => [m.userId, m])), told: count ?? members.length, complete: !more };
     this.rooms.set(roomId, now);
     const joined = [...now.members.keys()].filter((u) => !before.has(u)).sort();
     // On a partial page, a user missing from it may simply be on another page: not "left".
     const left = now.complete ? [...before.keys()].filter((u) => !now.members.has(u)).sort() : [];
-    return { roomId, joined, left, count: now.count, complete: now.complete, source: "snapshot" };
+    return { roomId, joined, left, count: countOf(now), complete: now.complete, source: "snapshot" };
   }
 
   presence(roomId: string, userId: string, status: PresenceStatus, at: string): MembersChanged | null {
@@ -65,19 +71,18 @@ export class Roster {
     if (status === "offline") {
       if (!listed) return null;
       room.members.delete(userId);
-      room.count = room.complete ? room.members.size : Math.max(0, room.count - 1);
-      return { roomId, joined: [], left: [userId], count: room.count, complete: room.complete, source: "presence" };
+      room.told = Math.max(0, room.told - 1);
+      return { roomId, joined: [], left: [userId], count: countOf(room), complete: room.complete, source: "presence" };
     }
     room.members.set(userId, { userId, status, since: at });
-    if (room.complete) room.count = room.members.size;
-    else if (!listed) room.count += 1;
-    return { roomId, joined: listed ? [] : [userId], left: [], count: room.count, complete: room.complete, source: "presence" };
+    if (!listed) room.told += 1;
+    return { roomId, joined: listed ? [] : [userId], left: [], count: countOf(room), complete: room.complete, source: "presence" };
   }
 
   counted(roomId: string, count: number): MembersChanged | null {
     const room = this.rooms.get(roomId);
     if (room === undefined) return null;
-    room.count = count;
+    room.told = count;
     room.complete = false;
     return { roomId, joined: [], left: [], count, complete: false, source: "count" };
   }

@@ -26,8 +26,12 @@ SNAPSHOT, PRESENCE, COUNT = "snapshot", "presence", "count"
 @dataclass
 class _Room:
     members: dict[str, Member] = field(default_factory=dict)
-    count: int = 0
+    told: int = 0  # the count the gateway last said (a complete list counts itself instead)
     complete: bool = True
+
+    @property
+    def count(self) -> int:
+        return len(self.members) if self.complete else self.told
 
 
 class Roster:
@@ -60,20 +64,18 @@ class Roster:
             if not listed:
                 return None
             del known.members[user]
-            known.count = len(known.members) if known.complete else max(0, known.count - 1)
+            known.told = max(0, known.told - 1)
             return Change(room, (), (user,), known.count, known.complete, PRESENCE)
         known.members[user] = Member(user, status, at)
-        if known.complete:
-            known.count = len(known.members)
-        elif not listed:
-            known.count += 1
+        if not listed:
+            known.told += 1
         return Change(room, () if listed else (user,), (), known.count, known.complete, PRESENCE)
 
     def counted(self, room: str, count: int) -> Change | None:
         known = self._rooms.get(room)
         if known is None:
             return None
-        known.count, known.complete = count, False
+        known.told, known.complete = count, False
         return Change(room, (), (), count, False, COUNT)
 
     def forget(self, room: str) -> None:

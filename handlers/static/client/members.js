@@ -12,22 +12,26 @@
  * - Leaving the room (left, removed, deleted) forgets it. Replies to `presence_query` change
  *   nothing: the application asked for a page, it did not learn of a change.
  */
+function countOf(room) {
+    return room.complete ? room.members.size : room.told;
+}
 export class Roster {
     rooms = new Map();
     members(roomId) {
         return [...(this.rooms.get(roomId)?.members.values() ?? [])];
     }
     count(roomId) {
-        return this.rooms.get(roomId)?.count ?? 0;
+        const room = this.rooms.get(roomId);
+        return room === undefined ? 0 : countOf(room);
     }
     snapshot(roomId, members, count, more) {
         const before = this.rooms.get(roomId)?.members ?? new Map();
-        const now = { members: new Map(members.map((m) => [m.userId, m])), count: count ?? members.length, complete: !more };
+        const now = { members: new Map(members.map((m) => [m.userId, m])), told: count ?? members.length, complete: !more };
         this.rooms.set(roomId, now);
         const joined = [...now.members.keys()].filter((u) => !before.has(u)).sort();
         // On a partial page, a user missing from it may simply be on another page: not "left".
         const left = now.complete ? [...before.keys()].filter((u) => !now.members.has(u)).sort() : [];
-        return { roomId, joined, left, count: now.count, complete: now.complete, source: "snapshot" };
+        return { roomId, joined, left, count: countOf(now), complete: now.complete, source: "snapshot" };
     }
     presence(roomId, userId, status, at) {
         const room = this.rooms.get(roomId);
@@ -38,21 +42,19 @@ export class Roster {
             if (!listed)
                 return null;
             room.members.delete(userId);
-            room.count = room.complete ? room.members.size : Math.max(0, room.count - 1);
-            return { roomId, joined: [], left: [userId], count: room.count, complete: room.complete, source: "presence" };
+            room.told = Math.max(0, room.told - 1);
+            return { roomId, joined: [], left: [userId], count: countOf(room), complete: room.complete, source: "presence" };
         }
         room.members.set(userId, { userId, status, since: at });
-        if (room.complete)
-            room.count = room.members.size;
-        else if (!listed)
-            room.count += 1;
-        return { roomId, joined: listed ? [] : [userId], left: [], count: room.count, complete: room.complete, source: "presence" };
+        if (!listed)
+            room.told += 1;
+        return { roomId, joined: listed ? [] : [userId], left: [], count: countOf(room), complete: room.complete, source: "presence" };
     }
     counted(roomId, count) {
         const room = this.rooms.get(roomId);
         if (room === undefined)
             return null;
-        room.count = count;
+        room.told = count;
         room.complete = false;
         return { roomId, joined: [], left: [], count, complete: false, source: "count" };
     }
