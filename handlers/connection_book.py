@@ -113,7 +113,7 @@ def refuse_and_close(stream: IOStream, status: int, message: str) -> None:
         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
     )
     if isinstance(stream, CountedStream):  # idle from now on: shed first when descriptors run short
-        stream.book.waiting[stream] = time.monotonic()
+        stream.book.waits(stream)
     IOLoop.current().add_callback(_linger_close, stream, head.encode() + body)
 
 
