@@ -31,7 +31,6 @@ import copy
 import errno
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -146,7 +145,7 @@ class GatewayHTTPServer(HTTPServer):
         stream.book = self._book
         self._book.open += 1
         if self._capped:  # only what the budget caps may be shed for it
-            self._book.waiting[stream] = time.monotonic()
+            self._book.waits(stream)
         self.handle_stream(stream, address)
 
     def _start_episode(self, why: str) -> None:
