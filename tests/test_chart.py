@@ -37,6 +37,8 @@ NOT_IN_VALUES = {
     "REQUIRE_SECRET": "the image sets it (Dockerfile): a pod never generates its own secret",
     "INSTANCE_ID": "each pod draws its own; one id shared by replicas would merge their presence",
     "UVLOOP": "the image does not install the uvloop extra",
+    "WAIT_FOR_REDIS": "the gateway does not listen while it waits, so the startup probe would restart the pod "
+    "anyway: a pod exits 2 and Kubernetes retries with its backoff",
 }
 # What the all-options values render: every setting but the excluded ones (JWT_DEV, an alias of
 # JWT_SECRET, is not a setting of its own). REDIS_CLUSTER_NODES excludes
@@ -510,6 +512,15 @@ def test_grace_period_is_derived(render: Render) -> None:
     docs = render("--set", "gateway.drainDelay=7", "--set", "gateway.drainWindow=50").manifests
     assert pod_spec(docs)["terminationGracePeriodSeconds"] == 7 + 50 + 10
     assert "lifecycle" not in container(docs)
+
+
+def test_grace_period_leaves_room_for_kafkas_flush(render: Render) -> None:
+    """After the drain the producer flushes for up to KAFKA_FLUSH_TIMEOUT: a longer flush lengthens
+    the derived grace period (5 s of shutdown after it), and a shorter one keeps the 10 s floor."""
+    docs = render("--set", "kafka.flushTimeout=30").manifests
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 5 + 20 + 30 + 5
+    docs = render("--set", "kafka.flushTimeout=2").manifests
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 5 + 20 + 10
 
 
 def test_grace_period_too_low_fails(render: Render) -> None:

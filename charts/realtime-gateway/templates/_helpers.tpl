@@ -99,7 +99,6 @@ and WORKERS.
   "REDIS_PREFIX" $v.redis.prefix
   "REDIS_CONNECT_TIMEOUT" $v.redis.connectTimeout
   "REDIS_DB" $v.redis.db
-  "WAIT_FOR_REDIS" (ternary "true" "" (eq (toString $v.redis.waitAtStart) "true"))
   "KAFKA_BROKER_URL" $v.kafka.brokers
   "KAFKA_CLIENT_ID" $v.kafka.clientId
   "KAFKA_GROUP_ID" $v.kafka.groupId
@@ -235,9 +234,18 @@ LoadBalancer Service would otherwise give /metrics and /api/* an address outside
 {{- printf "%s-internal" (include "rtg.fullname" . | trunc 54 | trimSuffix "-") -}}
 {{- end -}}
 
-{{/* Minimum grace period: the pod must outlive the whole drain. */}}
+{{/* Minimum grace period: the pod must outlive the whole drain, then Kafka's flush
+(KAFKA_FLUSH_TIMEOUT, 5 s by default) and 5 s of shutdown: at least 10 s after the drain. */}}
+{{- define "rtg.afterDrain" -}}
+{{- $flush := 5 -}}
+{{- if ne (toString .Values.kafka.flushTimeout) "" -}}
+{{- $flush = int (ceil (float64 .Values.kafka.flushTimeout)) -}}
+{{- end -}}
+{{- max 10 (add $flush 5) -}}
+{{- end -}}
+
 {{- define "rtg.minGracePeriod" -}}
-{{- add (int .Values.preStopSleepSeconds) (int .Values.gateway.drainDelay) (int .Values.gateway.drainWindow) 10 -}}
+{{- add (int .Values.preStopSleepSeconds) (int .Values.gateway.drainDelay) (int .Values.gateway.drainWindow) (int (include "rtg.afterDrain" .)) -}}
 {{- end -}}
 
 {{- define "rtg.terminationGracePeriodSeconds" -}}
@@ -246,7 +254,7 @@ LoadBalancer Service would otherwise give /metrics and /api/* an address outside
 {{- if eq $set 0 -}}
 {{- $min -}}
 {{- else if lt $set $min -}}
-{{- fail (printf "terminationGracePeriodSeconds=%d is too low: it must be >= preStopSleepSeconds (%d) + gateway.drainDelay (%d) + gateway.drainWindow (%d) + 10 = %d, or 0 to derive it, otherwise the kubelet kills pods before their sockets are drained" $set (int .Values.preStopSleepSeconds) (int .Values.gateway.drainDelay) (int .Values.gateway.drainWindow) $min) -}}
+{{- fail (printf "terminationGracePeriodSeconds=%d is too low: it must be >= preStopSleepSeconds (%d) + gateway.drainDelay (%d) + gateway.drainWindow (%d) + max(10, kafka.flushTimeout + 5) (%d) = %d, or 0 to derive it, otherwise the kubelet kills pods before their sockets are drained" $set (int .Values.preStopSleepSeconds) (int .Values.gateway.drainDelay) (int .Values.gateway.drainWindow) (int (include "rtg.afterDrain" .)) $min) -}}
 {{- else -}}
 {{- $set -}}
 {{- end -}}
