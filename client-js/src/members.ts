@@ -5,8 +5,10 @@
  * - A room's snapshot (`presence_state` without a requestId: the first page, sent after each join)
  *   replaces what was known. `complete`: it listed everybody (no `next`).
  * - `presence`: `offline` removes the user, any other status adds or updates them. The count
- *   follows a complete list; on a partial one it moves by one when a listed user's online-ness
- *   changes.
+ *   follows a complete list. On a partial one (a first page) `offline` takes one off, whoever it
+ *   names, and `online` from a user not listed adds one (the gateway says `online` when a user
+ *   enters the room); `typing` or `idle` from a user not listed is someone from another page:
+ *   listed, not counted, not "joined".
  * - `presence_count` (a room over the gateway's broadcast limit): the count, and the list is
  *   partial from then on (per-user frames stop until the next snapshot).
  * - Leaving the room (left, removed, deleted) forgets it. Replies to `presence_query` change
@@ -69,14 +71,15 @@ export class Roster {
     if (room === undefined) return null; // not a room we hold a snapshot of (joined, not yet answered)
     const listed = room.members.has(userId);
     if (status === "offline") {
-      if (!listed) return null;
+      if (!listed && room.complete) return null;
       room.members.delete(userId);
       room.told = Math.max(0, room.told - 1);
-      return { roomId, joined: [], left: [userId], count: countOf(room), complete: room.complete, source: "presence" };
+      return { roomId, joined: [], left: listed ? [userId] : [], count: countOf(room), complete: room.complete, source: "presence" };
     }
     room.members.set(userId, { userId, status, since: at });
-    if (!listed) room.told += 1;
-    return { roomId, joined: listed ? [] : [userId], left: [], count: countOf(room), complete: room.complete, source: "presence" };
+    const entered = !listed && status === "online";
+    if (entered) room.told += 1;
+    return { roomId, joined: entered ? [userId] : [], left: [], count: countOf(room), complete: room.complete, source: "presence" };
   }
 
   counted(roomId: string, count: number): MembersChanged | null {

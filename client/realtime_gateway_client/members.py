@@ -4,7 +4,10 @@ JavaScript client's members.ts, checked by both against tests/conformance/client
 - A room's snapshot (`presence_state` without a requestId: the first page, sent after each join)
   replaces what was known. `complete`: it listed everybody (no `next`).
 - `presence`: `offline` removes the user, any other status adds or updates them. The count follows
-  a complete list; on a partial one it moves by one when a listed user's online-ness changes.
+  a complete list. On a partial one (a first page) `offline` takes one off, whoever it names, and
+  `online` from a user not listed adds one (the gateway says `online` when a user enters the room);
+  `typing` or `idle` from a user not listed is someone from another page: listed, not counted, not
+  "joined".
 - `presence_count` (a room over the gateway's broadcast limit): the count, and the list is partial
   from then on (per-user frames stop until the next snapshot).
 - Leaving the room (left, removed, deleted) forgets it. Replies to `presence_query` change nothing:
@@ -61,15 +64,16 @@ class Roster:
             return None  # not a room we hold a snapshot of (joined, not yet answered)
         listed = user in known.members
         if status == "offline":
-            if not listed:
+            if not listed and known.complete:
                 return None
-            del known.members[user]
+            known.members.pop(user, None)
             known.told = max(0, known.told - 1)
-            return Change(room, (), (user,), known.count, known.complete, PRESENCE)
+            return Change(room, (), (user,) if listed else (), known.count, known.complete, PRESENCE)
         known.members[user] = Member(user, status, at)
-        if not listed:
+        entered = not listed and status == "online"
+        if entered:
             known.told += 1
-        return Change(room, () if listed else (user,), (), known.count, known.complete, PRESENCE)
+        return Change(room, (user,) if entered else (), (), known.count, known.complete, PRESENCE)
 
     def counted(self, room: str, count: int) -> Change | None:
         known = self._rooms.get(room)
