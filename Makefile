@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PORT    ?= 3000
 
-.PHONY: run test test-fast lint typecheck venv dev-venv services-start services-stop bench clean
+.PHONY: run test test-fast lint venv dev-venv bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

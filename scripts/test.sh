@@ -26,6 +26,7 @@ export RTG_REQUIRE_SERVICES=1
 
 echo "== lint"
 $BIN/ruff check .
+$BIN/ruff format --check .
 $BIN/mypy .
 
 echo "== JavaScript client (client-js: node --test against real gateways)"
