@@ -523,6 +523,14 @@ def test_grace_period_leaves_room_for_kafkas_flush(render: Render) -> None:
     assert pod_spec(docs)["terminationGracePeriodSeconds"] == 5 + 20 + 10
 
 
+def test_a_numeric_setting_that_is_not_a_number_is_refused_at_render(render: Render) -> None:
+    """Otherwise the pod renders, exits 2 on the bad value and crash-loops."""
+    for value in ("gateway.keepalive.pingInterval=abc", "gateway.limits.rateLimit=20/s", "kafka.flushTimeout=-1"):
+        result = render("--set", value)
+        assert result.returncode != 0 and value.split("=")[0].rsplit(".", 1)[1] in result.stderr, value
+    assert pod_spec(render("--set", "gateway.keepalive.pingInterval=2.5").manifests)
+
+
 def test_grace_period_too_low_fails(render: Render) -> None:
     result = render("--set", "terminationGracePeriodSeconds=30")
     assert result.returncode != 0
