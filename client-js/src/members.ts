@@ -10,7 +10,8 @@
  *   enters the room); `typing` or `idle` from a user not listed is someone from another page:
  *   listed, not counted, not "joined".
  * - `presence_count` (a room over the gateway's broadcast limit): the count, and the list is
- *   partial from then on (per-user frames stop until the next snapshot).
+ *   emptied: per-user frames stop until the next snapshot, so nobody on it could be taken off when
+ *   they go.
  * - Leaving the room (left, removed, deleted) forgets it. Replies to `presence_query` change
  *   nothing: the application asked for a page, it did not learn of a change.
  */
@@ -87,6 +88,7 @@ export class Roster {
     if (room === undefined) return null;
     room.told = count;
     room.complete = false;
+    room.members.clear();
     return { roomId, joined: [], left: [], count, complete: false, source: "count" };
   }
 

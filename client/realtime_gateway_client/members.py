@@ -8,8 +8,8 @@ JavaScript client's members.ts, checked by both against tests/conformance/client
   `online` from a user not listed adds one (the gateway says `online` when a user enters the room);
   `typing` or `idle` from a user not listed is someone from another page: listed, not counted, not
   "joined".
-- `presence_count` (a room over the gateway's broadcast limit): the count, and the list is partial
-  from then on (per-user frames stop until the next snapshot).
+- `presence_count` (a room over the gateway's broadcast limit): the count, and the list is emptied:
+  per-user frames stop until the next snapshot, so nobody on it could be taken off when they go.
 - Leaving the room (left, removed, deleted) forgets it. Replies to `presence_query` change nothing:
   the application asked for a page, it did not learn of a change.
 """
@@ -80,6 +80,7 @@ class Roster:
         if known is None:
             return None
         known.told, known.complete = count, False
+        known.members.clear()
         return Change(room, (), (), count, False, COUNT)
 
     def forget(self, room: str) -> None:
