@@ -682,20 +682,23 @@ export class GatewayClient extends Emitter<ClientEvents> {
   /** The frame's effect on the room's list of members (members.ts). */
   private membersOf(type: string, payload: Record<string, unknown>, requestId: string | undefined): MembersChanged | null {
     const roomId = payload["roomId"];
-    if (typeof roomId !== "string") return null;
-    if (type === "presence_state" && requestId === undefined) {
-      const p = payload as unknown as PresenceState;
-      return this.roster.snapshot(roomId, p.members ?? [], p.count, typeof p.next === "string");
+    switch (type) {
+      case "presence_state": {
+        if (requestId !== undefined || typeof roomId !== "string") return null; // a page the app asked for
+        const p = payload as unknown as PresenceState;
+        return this.roster.snapshot(roomId, Array.isArray(p.members) ? p.members : [], p.count, typeof p.next === "string");
+      }
+      case "presence": {
+        const p = payload as unknown as Presence;
+        return typeof roomId === "string" ? this.roster.presence(roomId, p.userId, p.status, p.at) : null;
+      }
+      case "presence_count": {
+        const count = (payload as unknown as PresenceCount).count;
+        return typeof roomId === "string" && typeof count === "number" ? this.roster.counted(roomId, count) : null;
+      }
+      default:
+        return null;
     }
-    if (type === "presence") {
-      const p = payload as unknown as Presence;
-      return this.roster.presence(roomId, p.userId, p.status, p.at);
-    }
-    if (type === "presence_count") return this.roster.counted(roomId, (payload as unknown as PresenceCount).count);
-    if (type === "room_update" && ["left", "removed", "deleted"].includes(String(payload["action"]))) {
-      this.roster.forget(roomId);
-    }
-    return null;
   }
 
   private roomUpdate(update: RoomUpdate, requestId: string | undefined): void {
@@ -713,8 +716,10 @@ export class GatewayClient extends Emitter<ClientEvents> {
       const recovery: Recovery = { roomId, recovered: update.recovered };
       if (position !== null) Object.assign(recovery, position);
       this.emit("recovery", recovery);
-    } else if (update.action === "removed" || update.action === "deleted" || (update.action === "left" && requestId === undefined)) {
-      this.rooms.delete(roomId); // the gateway took us out: do not join again
+    } else if (update.action === "removed" || update.action === "deleted" || update.action === "left") {
+      this.roster.forget(roomId);
+      // Taken out by the gateway (not the reply to our own leave): do not join again.
+      if (update.action !== "left" || requestId === undefined) this.rooms.delete(roomId);
     }
   }
 
