@@ -19,6 +19,7 @@ const LEFT_NOTE_AFTER_MS = GRACE !== null && Number(GRACE) >= 0 ? Number(GRACE) 
 // Someone missing from the list after our own re-join was most likely dropped by the same restart or
 // outage and is on their way back: their client retries within 15 s (client-js's longest backoff).
 const BACK_WITHIN_MS = 20000;
+const AWAY_SHOWN = 50; // users who left a room, shown greyed until back (the oldest go first)
 const HISTORY_MAX = 100; // the most entries one `history` request returns
 
 // Close codes from the protocol (docs/protocol.md): what to tell the user. Whether to retry is the
@@ -434,6 +435,8 @@ function onMembersChanged(change) {
   for (const userId of change.left) {
     if (userId === state.user) continue;
     r.away.add(userId);
+    // Greyed entries are a courtesy: a room's churn must not grow the page without bound.
+    if (r.away.size > AWAY_SHOWN) r.away.delete(r.away.values().next().value);
     // Missing from the list after our own re-join: maybe not back yet, so a longer grace.
     noteLeaving(r, userId, change.source === "snapshot" ? BACK_WITHIN_MS : LEFT_NOTE_AFTER_MS);
   }
