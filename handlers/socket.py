@@ -38,6 +38,10 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             origin=headers.get("Origin"),
             remote=self.request.remote_ip or "",
             started=time.time() - self.request.request_time(),
+            headers=headers,
+            query={
+                name: values[-1].decode("utf-8", "replace") for name, values in self.request.query_arguments.items()
+            },
         )
         try:
             self._admitted = await self.connections.admit(handshake)

@@ -12,6 +12,9 @@ from marshmallow import EXCLUDE, Schema, fields, validate, validates
 
 from schemas.common import PRESENCE_STATUSES, attachments, check_content, room_id
 
+RPC_METHOD_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}\Z"
+RPC_METHOD_MESSAGE = "method must be 1-64 characters: letters, digits, and _ . : -"
+
 
 class _Payload(Schema):
     class Meta:
@@ -66,6 +69,13 @@ class RefreshSchema(_Payload):
     token = fields.String(required=True, validate=validate.Length(min=1, max=8192))
 
 
+class RpcSchema(_Payload):
+    """`data` is any JSON value, handed to the backend as it came (docs/hooks.md, "rpc")."""
+
+    method = fields.String(required=True, validate=validate.Regexp(RPC_METHOD_PATTERN, error=RPC_METHOD_MESSAGE))
+    data = fields.Raw(load_default=None, allow_none=True)
+
+
 class PingSchema(_Payload):
     pass
 
@@ -91,5 +101,6 @@ def payload_schemas(max_content: int) -> dict[str, Schema]:
         "history": HistorySchema(),
         "presence_query": PresenceQuerySchema(),
         "refresh": RefreshSchema(),
+        "rpc": RpcSchema(),
         "ping": PingSchema(),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-CLIENT_TYPES = ("join", "leave", "message", "presence", "presence_query", "history", "refresh", "ping")
+CLIENT_TYPES = ("join", "leave", "message", "presence", "presence_query", "history", "refresh", "rpc", "ping")
 SERVER_TYPES = (
     "message",
     "message_updated",
@@ -24,6 +24,7 @@ SERVER_TYPES = (
     "history",
     "token_expiring",
     "refreshed",
+    "rpc_result",
     "pong",
     "error",
 )
@@ -39,6 +40,9 @@ ERROR_CODES = (
     "ingest_failed",
     "unavailable",
     "invalid_token",
+    "rejected",
+    "rpc_failed",
+    "not_enabled",
     "internal",
 )
 ROOM_ACTIONS = ("joined", "left", "removed", "deleted", "updated")

@@ -131,6 +131,11 @@ class RefreshedOut(_Strict):
     expiresAt = _iso(required=True)
 
 
+class RpcResultOut(_Strict):
+    method = fields.String(required=True)
+    data = fields.Raw(required=True, allow_none=True)
+
+
 class ServerFrame(_Strict):
     type = fields.String(required=True, validate=validate.OneOf(SERVER_TYPES))
     payload = fields.Dict(required=True)
@@ -149,6 +154,7 @@ PAYLOADS: dict[str, type[Schema]] = {
     "history": HistoryOut,
     "token_expiring": TokenExpiringOut,
     "refreshed": RefreshedOut,
+    "rpc_result": RpcResultOut,
     "pong": PongOut,
     "error": ErrorOut,
 }

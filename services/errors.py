@@ -10,6 +10,7 @@ reader finds them in one place and each boundary can catch exactly what it expec
     ├── IngestError      Kafka did not take a message: the sender gets `ingest_failed`
     ├── BusError         the bus could not subscribe or publish (Redis unreachable)
     ├── StoreError       a shared store (presence, dedupe) could not be reached
+    ├── HookUnavailable  the application's backend gave no usable answer: `unavailable` (retryable)
     └── InvalidRecord    a Kafka record that cannot be delivered: logged, counted, skipped
 """
 
@@ -56,6 +57,11 @@ class StoreError(GatewayError):
     """A shared store (Redis) could not be reached; the store logs once per change of state.
     Presence answers from this instance instead (presence/fallback.py); a message, a join or a
     history read that needs Redis is refused as `unavailable` (retryable)."""
+
+
+class HookUnavailable(GatewayError):
+    """The backend did not answer usably (timeout, refused connection, a 5xx, an answer that does not
+    load, HOOK_CONCURRENCY reached); logged once per episode by the hook client (docs/hooks.md)."""
 
 
 class InvalidRecord(GatewayError):

@@ -19,6 +19,7 @@ from services.dedupe.memory import MemoryDedupe
 from services.errors import BusError, StartupError, StoreError
 from services.history import History
 from services.history.memory import MemoryHistory
+from services.hooks import Hooks
 from services.hub import RoomHub
 from services.ids import iso, short_id
 from services.kafka.consumer import KafkaEvents
@@ -62,6 +63,7 @@ class Gateway:
         self.revocations: RevocationStore = MemoryRevocations()
         self.online: OnlineTracker | None = None  # presence events: only with Kafka
         self.bus, self.presence, self.dedupe = self._backends(network, dedupe)
+        self.hooks = Hooks(settings, self.instance_id)
         self.producer: KafkaIngest | None = None
         self.consumer: KafkaEvents | None = None
         if settings.kafka_enabled:
@@ -77,10 +79,11 @@ class Gateway:
             history=self.history,
             revocations=self.revocations,
             online=self.online,
+            hooks=self.hooks,
         )
         if settings.kafka_enabled:
             self.consumer = KafkaEvents(settings, self.hub, self.dedupe)
-        self.connections = Connections(settings, self.verifier, self.admission, self.hub)
+        self.connections = Connections(settings, self.verifier, self.admission, self.hub, self.hooks)
 
     @property
     def sessions(self) -> KeysView[Session]:
@@ -131,6 +134,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self._start_hub()
+        self._announce_hooks()
         if self.history is not None:
             await self.history.start()
         if self.producer is None or self.consumer is None:
@@ -155,6 +159,22 @@ class Gateway:
                 "event_topics": ",".join(self.consumer.topics),
             },
         )
+
+    def _announce_hooks(self) -> None:
+        s = self.settings
+        urls = {
+            "connect": s.connect_hook_url,
+            "join": self.hooks.join_url,
+            "publish": s.publish_hook_url,
+            "rpc": s.rpc_hook_url,
+        }
+        if any(urls.values()):
+            log.info(
+                "backend hooks on",
+                extra={"hooks": ",".join(h for h, url in urls.items() if url), "signed": bool(s.hook_secret)},
+            )
+        if s.join_hook_url and s.room_access != "hook":
+            log.warning("JOIN_HOOK_URL is set but ROOM_ACCESS is not `hook`: joins do not ask the backend")
 
     def _announce(self, event_type: str, user: str, at: float, seen: float | None) -> None:
         """A presence transition (services/online) as a record on KAFKA_TOPIC_PRESENCE_EVENTS."""
@@ -233,6 +253,7 @@ class Gateway:
         if self.producer is not None:
             await self.producer.stop(self.settings.kafka_flush_timeout)
         await self.hub.close()
+        await self.hooks.close()
         await self.bus.close()
         await self.presence.close()
         await self.dedupe.close()

@@ -111,6 +111,24 @@ class _Metrics:
         self.kafka_consumed = Counter("gateway_kafka_consumed_total", "Kafka events handled", ["type"])
         self.kafka_invalid = Counter("gateway_kafka_invalid_total", "Kafka records skipped as invalid")
         self.kafka_consumer_lag = Gauge("gateway_kafka_consumer_lag", "Records behind the high watermark")
+        self.hook_calls = Counter(
+            "gateway_hook_calls_total",
+            "Calls to the application's backend (docs/hooks.md) by hook (connect, join, publish, rpc) and "
+            "outcome (ok, refused, unavailable; a join cache hit is no call)",
+            ["hook", "outcome"],
+        )
+        self.hook_seconds = Histogram(
+            "gateway_hook_seconds",
+            "Backend call duration by hook (calls refused at once by HOOK_CONCURRENCY are not timed)",
+            ["hook"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.hook_in_flight = Gauge("gateway_hook_in_flight", "Backend calls in flight (at most HOOK_CONCURRENCY)")
+        self.frames_waiting = Gauge(
+            "gateway_frames_waiting",
+            "Client frames handled in the background (messages, presence, rpc, frames waiting for the backend); "
+            "at most WAITING_FRAMES per connection",
+        )
 
 
 METRICS = _Metrics()

@@ -81,9 +81,11 @@ class Session:
         "conn_id",
         "identity",
         "rate",
+        "remote",
         "rooms",
         "settings",
         "transport",
+        "transport_kind",
         "violations",
     )
 
@@ -94,8 +96,12 @@ class Session:
         transport: Transport,
         settings: Settings,
         on_close: Callable[[Session, int], None] | None = None,
+        remote: str = "",
+        transport_kind: str = "websocket",
     ) -> None:
         self.conn_id = conn_id
+        self.remote = remote  # the client's address (what the backend's hooks are told)
+        self.transport_kind = transport_kind
         self.identity = identity
         self.transport = transport
         self.settings = settings

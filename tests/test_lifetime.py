@@ -16,8 +16,10 @@ from services.bus.memory import MemoryBus
 from services.connection.lifetime import Lifetimes
 from services.connection.timers import TimerWheel
 from services.errors import ClientError
+from services.hooks import Hooks
 from services.hub.control import Control
 from services.hub.members import Members
+from services.hub.tasks import TaskGroup
 from services.revocation.memory import MemoryRevocations
 from services.session import Pong, Session
 from tests.fake_clock import FakeClock
@@ -60,7 +62,8 @@ class Peer:
 def _lifetimes(clock: FakeClock, **overrides: object) -> Lifetimes:
     settings = settings_for(**overrides)
     control = Control(MemoryRevocations(), settings, MemoryBus("i"), Members(), NoExits())
-    return Lifetimes(settings, TimerWheel(TICK, clock), TokenVerifier(settings), control, clock.wall)
+    hooks, tasks = Hooks(settings, "i1"), TaskGroup()
+    return Lifetimes(settings, TimerWheel(TICK, clock), TokenVerifier(settings), control, hooks, tasks, clock.wall)
 
 
 def _open(lives: Lifetimes, clock: FakeClock, expires_in: float) -> tuple[Session, Peer]:

@@ -12,6 +12,7 @@ export const CLIENT_TYPES = [
   "presence_query",
   "history",
   "refresh",
+  "rpc",
   "ping",
 ] as const;
 export type ClientType = (typeof CLIENT_TYPES)[number];
@@ -28,6 +29,7 @@ export const SERVER_TYPES = [
   "history",
   "token_expiring",
   "refreshed",
+  "rpc_result",
   "pong",
   "error",
 ] as const;
@@ -45,6 +47,9 @@ export const ERROR_CODES = [
   "ingest_failed",
   "unavailable",
   "invalid_token",
+  "rejected",
+  "rpc_failed",
+  "not_enabled",
   "internal",
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];

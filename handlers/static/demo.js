@@ -45,12 +45,15 @@ const ERROR_TEXT = {
   unknown_type: "The gateway does not know that request",
   validation_failed: "Not accepted",
   not_in_room: "You are not in that room",
-  forbidden_room: "Your token does not allow that room",
+  forbidden_room: "You may not join that room",
   too_many_rooms: "Too many rooms",
   rate_limited: "Slow down: too many messages",
   ingest_failed: "The message could not be stored",
-  unavailable: "The gateway cannot store messages right now: try again in a moment",
+  unavailable: "The gateway or the chat service cannot answer right now: try again in a moment",
   invalid_token: "The new token was refused",
+  rejected: "The chat service did not accept the message",
+  rpc_failed: "The chat service refused the request",
+  not_enabled: "This gateway does not offer that",
   internal: "The gateway hit an internal error",
 };
 

@@ -24,6 +24,7 @@ from services.connection.handshake import Admitted, Doorman, Handshake
 from services.connection.inbound import Inbound
 from services.connection.lifetime import Lifetimes
 from services.connection.timers import TimerWheel, wheel_tick
+from services.hooks import Hooks
 from services.hub import RoomHub
 from services.ids import short_id
 from services.metrics import METRICS
@@ -36,14 +37,16 @@ log = logging.getLogger("gateway.connection")
 
 
 class Connections:
-    def __init__(self, settings: Settings, verifier: TokenVerifier, admission: Admission, hub: RoomHub) -> None:
+    def __init__(
+        self, settings: Settings, verifier: TokenVerifier, admission: Admission, hub: RoomHub, hooks: Hooks
+    ) -> None:
         self._settings = settings
         self._hub = hub
         # One timer for every connection's keepalive and token expiry (Tornado's own pings are off).
         timers = TimerWheel(wheel_tick(settings))
-        self.doorman = Doorman(settings, verifier, admission, hub.control)
-        self.lifetimes = Lifetimes(settings, timers, verifier, hub.control)
-        self.inbound = Inbound(settings, hub, self.lifetimes)
+        self.doorman = Doorman(settings, verifier, admission, hub.control, hooks)
+        self.lifetimes = Lifetimes(settings, timers, verifier, hub.control, hooks, hub.tasks)
+        self.inbound = Inbound(settings, hub, self.lifetimes, hooks)
         self.receive = self.inbound.receive
         self.control = self.inbound.control
 
@@ -72,8 +75,16 @@ class Connections:
     def open(self, admitted: Admitted, transport: Probed) -> Session:
         """The session, registered; already closed (4029) when the user has too many connections.
         Either way the transport reports `closed` for it when it goes."""
-        session = Session(short_id(), admitted.identity, transport, self._settings, on_close=_count_close)
-        self.lifetimes.begin(session, transport)
+        session = Session(
+            admitted.conn_id or short_id(),
+            admitted.identity,
+            transport,
+            self._settings,
+            on_close=_count_close,
+            remote=admitted.remote,
+            transport_kind=admitted.transport,
+        )
+        self.lifetimes.begin(session, transport, admitted.reask)
         if not self._hub.connect(session, admitted.revocations, admitted.started):
             return session
         self.lifetimes.watch(session)

@@ -4,7 +4,9 @@
     Inbound.control   a WebSocket ping or pong: charged like any frame, a ping answered
 
 Every transport hands its frames here, so parsing, limits and errors are one path whatever carries
-them. Refusals are `error` frames and never close by themselves; ABUSE_CODES count toward
+them. Frames that wait (messages, presence, rpc, a join the backend is asked about, and the frames of
+a room behind it) run in the background (background.py), so the connection's reads go on.
+Refusals are `error` frames and never close by themselves; ABUSE_CODES count toward
 INVALID_FRAME_LIMIT, over which the connection is closed 1008 (docs/protocol.md, "Errors").
 """
 
@@ -20,14 +22,19 @@ from marshmallow import ValidationError
 from schemas.client import FrameSchema, payload_schemas
 from schemas.protocol import ABUSE_CODES, CLIENT_TYPES, CLOSE_POLICY
 from services import frames
-from services.errors import ClientError
+from services.connection.background import Background
+from services.errors import ClientError, HookUnavailable
+from services.hooks import Hooks, Refusal
 from services.hub import RoomHub
 from services.metrics import METRICS
-from services.ratelimit import frame_cost
+from services.ratelimit import EXPENSIVE_COST, frame_cost, reply_cost
 from services.session import Session
 from services.settings import Settings
 
 log = logging.getLogger("gateway.connection")
+
+RPC_IN_FLIGHT = 16  # rpc calls of one connection waiting for the backend (over it: rate_limited)
+BACKGROUND = frozenset({"message", "presence", "rpc"})  # never answered inline
 
 
 class Refresher(Protocol):
@@ -35,9 +42,12 @@ class Refresher(Protocol):
 
 
 class Inbound:
-    def __init__(self, settings: Settings, hub: RoomHub, refresher: Refresher) -> None:
+    def __init__(self, settings: Settings, hub: RoomHub, refresher: Refresher, hooks: Hooks) -> None:
         self._hub = hub
         self._refresher = refresher
+        self._hooks = hooks
+        self.background = Background(settings.waiting_frames, hub.tasks)
+        self._rpcs: dict[Session, int] = {}  # rpc calls in flight, per connection that has any
         self._frame_schema = FrameSchema()  # one for all connections: a schema is reusable
         self._payloads = payload_schemas(settings.max_content)
 
@@ -104,12 +114,43 @@ class Inbound:
     async def _dispatch(
         self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None
     ) -> None:
+        room: str | None = payload.get("roomId")
+        lane = room is not None and (
+            self.background.busy(session, room) or (frame_type == "join" and self._hooks.join_is_asked(session, room))
+        )
+        if frame_type == "rpc":
+            self._check_rpc(session)
+        if not lane and frame_type not in BACKGROUND:
+            await self._handle(session, frame_type, payload, request_id)
+            return
+        key = _str_or_none(payload.get("dedupeKey"))
+
+        async def work() -> None:
+            try:
+                if not session.closed:
+                    handled = self._handle(session, frame_type, payload, request_id)
+                    await self._guarded(session, handled, request_id, key)
+            finally:
+                if frame_type == "rpc":
+                    self._rpc_done(session)
+
+        refused = ClientError(
+            "unavailable", "too many frames waiting for an answer; send again later", roomId=room, dedupeKey=key
+        )
+        try:
+            self.background.start(session, work, refused, room if lane else None)
+        except ClientError:
+            if frame_type == "message" and room is not None:
+                self._hub.owe(session, room, key)  # its successors must not overtake it (hub/ordering.py)
+            elif frame_type == "rpc":
+                self._rpc_done(session)
+            raise
+
+    async def _handle(self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None) -> None:
         hub = self._hub
         if frame_type == "message":
-            # Runs in the background so a slow Kafka ack does not stop this connection's reads;
-            # the sender's order is kept by the hub (hub/ordering.py).
-            work = hub.message(session, payload, request_id)
-            hub.spawn(self._guarded(session, work, request_id, payload.get("dedupeKey")))
+            # The sender's order is kept by the hub (hub/ordering.py).
+            await hub.message(session, payload, request_id)
         elif frame_type == "join":
             await hub.join(session, payload["roomId"], request_id, payload.get("since"))
         elif frame_type == "leave":
@@ -119,13 +160,41 @@ class Inbound:
         elif frame_type == "history":
             await hub.history_of(session, payload["roomId"], payload["limit"], request_id)
         elif frame_type == "presence":
-            # In the background too, so a hung Redis holds presence changes, not pings (docs/scaling.md).
-            work = hub.set_presence(session, payload["roomId"], payload["status"])
-            hub.spawn(self._guarded(session, work, request_id, None))
+            # In the background, so a hung Redis holds presence changes, not pings (docs/scaling.md).
+            await hub.set_presence(session, payload["roomId"], payload["status"])
         elif frame_type == "refresh":
             await self._refresher.refresh(session, payload["token"], request_id)
+        elif frame_type == "rpc":
+            await self._rpc(session, payload["method"], payload.get("data"), request_id)
         else:  # ping
             session.send(frames.encode("pong", {}, request_id))
+
+    def _check_rpc(self, session: Session) -> None:
+        if self._hooks.rpc_url is None:
+            raise ClientError("not_enabled", "rpc is not enabled on this gateway (RPC_HOOK_URL)")
+        count = self._rpcs.get(session, 0)
+        if count >= RPC_IN_FLIGHT:
+            raise ClientError("rate_limited", f"at most {RPC_IN_FLIGHT} rpc calls in flight per connection")
+        self._rpcs[session] = count + 1
+
+    def _rpc_done(self, session: Session) -> None:
+        left = self._rpcs.pop(session, 1) - 1
+        if left > 0:
+            self._rpcs[session] = left
+
+    async def _rpc(self, session: Session, method: str, data: Any, request_id: str | None) -> None:
+        """The backend's answer as `rpc_result`, charged like a history reply: one token of
+        RATE_LIMIT per 64 KiB it sends (the frame paid EXPENSIVE_COST already)."""
+        try:
+            answer = await self._hooks.rpc(session, method, data)
+        except HookUnavailable:
+            raise ClientError("unavailable", "the backend did not answer; try again later") from None
+        if isinstance(answer, Refusal):
+            details = {"status": answer.status} | ({"code": answer.code} if answer.code is not None else {})
+            raise ClientError("rpc_failed", answer.error, details=details)
+        reply = frames.encode("rpc_result", {"method": method, "data": answer}, request_id)
+        session.rate.charge(reply_cost(len(reply)) - EXPENSIVE_COST)
+        session.send(reply)
 
     async def _guarded(
         self, session: Session, work: Awaitable[None], request_id: str | None, dedupe_key: str | None
@@ -135,7 +204,7 @@ class Inbound:
         except ClientError as exc:
             self._reply_error(session, exc, request_id)
         except Exception:
-            log.exception("message handling failed", extra={"conn": session.conn_id})
+            log.exception("frame handling failed", extra={"conn": session.conn_id})
             self._reply_error(session, ClientError("internal", "internal error", dedupeKey=dedupe_key), request_id)
 
     def _reply_error(self, session: Session, exc: ClientError, request_id: str | None) -> None:

@@ -4,7 +4,10 @@
     Lifetimes    every open connection's Lifetime, and the `refresh` decision
 
 Token: `token_expiring` TOKEN_REFRESH_NOTICE seconds before `exp` (at once for a shorter-lived
-token), close 4001 at `exp` + JWT_LEEWAY; a refresh moves both. Keepalive: every PING_INTERVAL the
+token), close 4001 at `exp` + JWT_LEEWAY; a refresh moves both. An identity from the connect hook
+with `expiresAt` is not the client's to refresh: TOKEN_REFRESH_NOTICE before it the gateway asks
+the hook again with the handshake's headers, and an answer for the same user moves the deadline
+(`refreshed`); otherwise the socket closes 4001 at `expiresAt` (docs/hooks.md). Keepalive: every PING_INTERVAL the
 transport probes the peer and the peer has PING_TIMEOUT to answer, or it is dropped as dead (a
 transport whose peer cannot answer, such as a one-way stream, reports it answered).
 """
@@ -12,15 +15,19 @@ transport whose peer cannot answer, such as a one-way stream, reports it answere
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, KeysView
 
 from schemas.protocol import CLOSE_NORMAL, CLOSE_TOKEN_EXPIRED
 from services import frames
 from services.auth import Identity, TokenVerifier
+from services.connection.handshake import Reask
 from services.connection.timers import Deadline, TimerWheel
-from services.errors import AuthError, ClientError
+from services.errors import AuthError, ClientError, HookUnavailable
+from services.hooks import Hooks
 from services.hub.control import Control
+from services.hub.tasks import TaskGroup
 from services.ids import iso
 from services.metrics import METRICS
 from services.session import Probed, Session
@@ -29,13 +36,17 @@ from services.settings import Settings
 log = logging.getLogger("gateway.connection")
 
 
-class Lifetime:
-    __slots__ = ("_expiry", "_keepalive", "_notice", "_owner", "_transport", "session")
+REASK_RETRY = 5.0  # seconds between connect-hook re-asks while the backend does not answer
 
-    def __init__(self, owner: Lifetimes, session: Session, transport: Probed) -> None:
+
+class Lifetime:
+    __slots__ = ("_expiry", "_keepalive", "_notice", "_owner", "_reask", "_transport", "session")
+
+    def __init__(self, owner: Lifetimes, session: Session, transport: Probed, reask: Reask | None) -> None:
         self._owner = owner
         self.session = session
         self._transport = transport
+        self._reask = reask
         self._expiry: Deadline | None = None
         self._notice: Deadline | None = None
         self._keepalive: Deadline | None = None
@@ -45,8 +56,15 @@ class Lifetime:
         for deadline in (self._expiry, self._notice):
             if deadline is not None:
                 deadline.cancel()
-        self._expiry = timers.after(identity.expires_at + s.jwt_leeway - now, self._token_expired)
+        if math.isinf(identity.expires_at):  # the connect hook's identity without expiresAt
+            self._expiry = self._notice = None
+            return
+        leeway = 0 if self._reask is not None else s.jwt_leeway  # expiresAt is the backend's word, not a JWT's
+        self._expiry = timers.after(identity.expires_at + leeway - now, self._token_expired)
         self._notice = timers.after(max(0.0, identity.expires_at - s.token_refresh_notice - now), self._token_expiring)
+
+    def notice_again(self, after: float) -> None:
+        self._notice = self._owner.timers.after(after, self._token_expiring)
 
     def start_keepalive(self) -> None:
         interval = self._owner.settings.ping_interval
@@ -63,6 +81,9 @@ class Lifetime:
 
     def _token_expiring(self) -> None:
         """(A refresh cancels the old token's notice: the session's identity is the one due.)"""
+        if self._reask is not None:
+            self._owner.tasks.spawn(self._owner.reask(self, self._reask))
+            return
         self.session.send(frames.encode("token_expiring", {"expiresAt": iso(self.session.identity.expires_at)}))
 
     def _probe(self) -> None:
@@ -89,21 +110,25 @@ class Lifetimes:
         timers: TimerWheel,
         verifier: TokenVerifier,
         control: Control,
+        hooks: Hooks,
+        tasks: TaskGroup,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`clock`: Unix time (tokens' `exp` are Unix times); a test gives a fake one with the wheel's."""
         self.settings = settings
         self.timers = timers
+        self.tasks = tasks
         self._verifier = verifier
         self._control = control
+        self._hooks = hooks
         self._clock = clock
         self._lives: dict[Session, Lifetime] = {}
 
     def sessions(self) -> KeysView[Session]:
         return self._lives.keys()
 
-    def begin(self, session: Session, transport: Probed) -> None:
-        self._lives[session] = Lifetime(self, session, transport)
+    def begin(self, session: Session, transport: Probed, reask: Reask | None = None) -> None:
+        self._lives[session] = Lifetime(self, session, transport, reask)
 
     def watch(self, session: Session) -> None:
         """Start the deadlines of a session the hub accepted."""
@@ -138,3 +163,24 @@ class Lifetimes:
         life.watch_token(identity, self._clock())
         session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}, request_id))
         self._control.reauthorize(session, identity)
+
+    async def reask(self, life: Lifetime, reask: Reask) -> None:
+        """The connect hook asked again before `expiresAt`: the same user moves the deadline; a
+        refusal or another user lets it close 4001; no answer is asked again every REASK_RETRY
+        seconds while there is time."""
+        session = life.session
+        try:
+            identity = await self._hooks.connect(reask.caller, reask.headers, reask.query)
+        except HookUnavailable:
+            left = session.identity.expires_at - self._clock()
+            if left > REASK_RETRY and not session.closed:
+                life.notice_again(REASK_RETRY)
+            return
+        if isinstance(identity, Identity) and identity.user_id == session.user_id and self._lives.get(session) is life:
+            METRICS.token_refreshes.labels("ok").inc()
+            life.watch_token(identity, self._clock())
+            if not math.isinf(identity.expires_at):  # (an answer without expiresAt: no deadline any more)
+                session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}))
+            self._control.reauthorize(session, identity)
+        else:
+            METRICS.token_refreshes.labels("other_user" if isinstance(identity, Identity) else "invalid").inc()

@@ -3,6 +3,7 @@
 The hub knows nothing of Tornado (it gets Sessions and validated payloads) and talks to the outside
 only through interfaces (bus, presence, dedupe, history, ingest). It routes through its own modules:
 
+    access.py     who may join: the token's rooms, removals, the join hook
     channels.py   which bus channels are subscribed (per-channel counted locks)
     control.py    what a user's tokens allow; disconnect, revoke and remove a user on every instance
     departures.py a session out of a room, however it leaves
@@ -30,6 +31,8 @@ from services.bus import Bus, BusEvent
 from services.dedupe import DedupeStore
 from services.errors import BusError, ClientError
 from services.history import ENTRY_TYPES, History, Position
+from services.hooks import Hooks
+from services.hub.access import Access
 from services.hub.channels import Subscriptions
 from services.hub.control import Control
 from services.hub.departures import Departures
@@ -68,6 +71,7 @@ class RoomHub:
         history: History | None = None,
         revocations: RevocationStore | None = None,
         online: OnlineTracker | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -82,11 +86,14 @@ class RoomHub:
         members, tasks = self.members, self.tasks
         self.fanout = Fanout(bus, members, self.holds, history, tasks, settings.history_size)
         self.recovery = Recovery(settings, history, self.fanout)
-        self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout)
+        self.hooks = hooks or Hooks(settings, self.instance_id)
+        self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout, self.hooks)
         self.roster = Roster(settings, presence, self.fanout, members, tasks)
         self.statuses = Statuses(settings, presence, self.roster, self.fanout, members, tasks)
         self.departures = Departures(members, self.holds, self.fanout, self.roster, self.statuses, self.channels, tasks)
-        self.control = Control(revocations or MemoryRevocations(), settings, bus, members, self.departures)
+        store = revocations or MemoryRevocations()
+        self.control = Control(store, settings, bus, members, self.departures, self.hooks.decisions)
+        self.access = Access(settings, self.control, self.hooks)
 
     @property
     def rooms(self) -> Mapping[str, Collection[Session]]:
@@ -156,20 +163,16 @@ class RoomHub:
         way (its subscription is live from the start) is held and sent after them, less the
         presence frames the snapshot already says (issue: with several instances a joiner saw
         others' `online` before its own `joined`, and again after its snapshot)."""
-        if self.settings.room_access == "token" and not session.identity.may_join(room):
-            raise ClientError("forbidden_room", "this token does not allow joining the room", roomId=room)
-        if self.control.refuses_room(session.identity, room):
-            raise ClientError("forbidden_room", "removed from the room: a token issued since is needed", roomId=room)
+        self.access.check(session, room)
         hold: JoinHold | None = None
         member_already = room in session.rooms
         if not member_already:
-            if len(session.rooms) >= self.settings.max_rooms:
-                raise ClientError(
-                    "too_many_rooms", f"at most {self.settings.max_rooms} rooms per connection", roomId=room
-                )
+            await self.access.admit(session, room)
 
             def add_member() -> None:
                 nonlocal hold
+                if session.closed:  # gone while its join waited: the disconnect took it out of its rooms
+                    return
                 self.members.add_to_room(room, session)
                 hold = self.holds.start(room, session, self.settings.outbound_queue_frames)
                 session.rooms.add(room)
@@ -223,6 +226,11 @@ class RoomHub:
             )
         order = self._orders.get(session) or SenderOrder()  # a session gone meanwhile: order no longer matters
         await self.messages.handle(session, order, payload, request_id)
+
+    def owe(self, session: Session, room: str, key: str | None) -> None:
+        """A message refused before its turn (too many frames waiting): its successors wait for it (ordering.py)."""
+        if (order := self._orders.get(session)) is not None:
+            order.owe(room, key)
 
     async def history_of(self, session: Session, room: str, limit: int, request_id: str | None) -> None:
         if room not in session.rooms:
@@ -283,8 +291,7 @@ class RoomHub:
             self.fanout.deliver_local(channel.name, event.frame, event.exclude)
 
     def _on_bus_resync(self) -> None:
-        """The bus is back after an outage: presence changes published meanwhile never reached us,
-        so every local member gets a fresh presence_state snapshot of each of its rooms, and the
-        history entries missed meanwhile."""
+        """The bus is back after an outage: every local member gets a fresh presence_state of each of
+        its rooms (presence changes published meanwhile never reached us) and the entries missed."""
         self.spawn(self.statuses.resend_snapshots())
         self.recovery.catch_up()

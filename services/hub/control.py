@@ -28,6 +28,7 @@ from services import frames
 from services.auth import Identity
 from services.bus import Bus, BusEvent
 from services.errors import StoreError
+from services.hooks.join_cache import JoinDecisions
 from services.hub.members import MemberView
 from services.metrics import METRICS
 from services.revocation import NOTHING, TOKENS, Revocations, RevocationStore, older
@@ -58,6 +59,7 @@ class Control:
         bus: Bus,
         members: MemberView,
         departures: Exits,
+        decisions: JoinDecisions | None = None,
     ) -> None:
         """Actions go on the bus's control channel (BusError when they cannot); sessions an action
         takes out of a room leave through `departures`, announced to the others."""
@@ -68,6 +70,7 @@ class Control:
         self._instance = bus.instance_id
         self._members = members
         self._departures = departures
+        self._decisions = decisions  # the join hook's cached answers, dropped by every action
         self.known: dict[str, Revocations] = {}  # only users with local sockets and a record
         self._recent: collections.deque[tuple[float, BusEvent]] = collections.deque()  # (arrived, action)
         self._recent_by_user: dict[str, list[tuple[float, BusEvent]]] = {}
@@ -158,6 +161,8 @@ class Control:
         user = event.user
         if user is None or event.action not in ACTIONS:
             return
+        if self._decisions is not None:
+            self._decisions.forget(user, event.room if event.action == ACTION_REMOVE_USER else None)
         self._remember_recent(time.time(), user, event)
         sessions = list(self._members.of_user(user))
         if sessions:

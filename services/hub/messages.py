@@ -1,6 +1,7 @@
 """Messages: a client's message from its frame to every member, exactly once per dedupeKey.
 
-    claim the dedupeKey -> (Kafka on) produce message.ingest and wait for its delivery report
+    claim the dedupeKey -> (PUBLISH_HOOK_URL) the backend accepts, rewrites or rejects it
+    -> (Kafka on) produce message.ingest and wait for its delivery report
     -> store it in the room's history and publish it (one step with Redis) -> ack
 
 What an ack means (docs/protocol.md): with Kafka, Kafka has the message; with Redis, it is in the
@@ -13,7 +14,9 @@ this message has. A retry that finds it (the attempt was refused, or its answer 
 that id over, so a refused-then-resent message is one message everywhere: the history's append is
 idempotent per id, and the persistence side dedupes Kafka records by id. Once stored the record is
 `<id> <createdAt>` and a retry gets the same ack, nothing else. An attempt still running on this
-instance is waited for, not taken over.
+instance is waited for, not taken over. A message the publish hook rejects (`rejected`) or does not
+answer for (`unavailable`) releases its claim: nothing of it went anywhere, and the same dedupeKey
+sent again is decided anew (docs/hooks.md, "publish").
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from typing import Any, Protocol
 from schemas.protocol import broadcast_id_key, dedupe_key
 from services import frames
 from services.dedupe import DedupeStore
-from services.errors import BusError, ClientError, IngestError, StoreError
+from services.errors import BusError, ClientError, HookUnavailable, IngestError, StoreError
 from services.history import Position
+from services.hooks import Hooks, Refusal
 from services.hub.ordering import SenderOrder, Turn
 from services.ids import iso_now, uuid7
 from services.metrics import METRICS
@@ -50,9 +54,10 @@ class Broadcaster(Protocol):
 
 class MessagePipeline:
     def __init__(
-        self, settings: Settings, dedupe: DedupeStore, ingest: Ingest | None, broadcaster: Broadcaster
+        self, settings: Settings, dedupe: DedupeStore, ingest: Ingest | None, broadcaster: Broadcaster, hooks: Hooks
     ) -> None:
         self.settings = settings
+        self.hooks = hooks
         self.dedupe = dedupe
         self.ingest = ingest
         self._broadcaster = broadcaster
@@ -91,7 +96,10 @@ class MessagePipeline:
                 session.send(frames.encode("ack", _ack(msg_id, room, created, key), request_id))
                 return
         try:
-            await self._process(turn, _message(session.user_id, payload, msg_id, created))
+            message = _message(session.user_id, payload, msg_id, created)
+            if self.hooks.publish_url is not None:
+                await self._moderate(session, turn, message, store_key)
+            await self._process(turn, message)
             if store_key is not None:
                 # A failure here leaves the record claimed: a retry then finds the stored entry.
                 with suppress(StoreError):
@@ -101,6 +109,36 @@ class MessagePipeline:
                 self._running.pop(store_key).set_result(None)
         session.send(frames.encode("ack", _ack(msg_id, room, created, key), request_id))
         METRICS.messages.inc()
+
+    async def _moderate(self, session: Session, turn: Turn, message: dict[str, Any], store_key: str | None) -> None:
+        """The publish hook's word, in the sender's stage (its messages are asked one at a time, in
+        order); the message is rewritten in place when the answer says so."""
+        room, key = message["roomId"], message.get("dedupeKey")
+        asked = {
+            name: message[name]
+            for name in ("id", "content", "attachments", "createdAt", "dedupeKey")
+            if name in message
+        }
+        try:
+            answer = await self.hooks.publish(session, room, asked)
+        except HookUnavailable:
+            await self._release(store_key)
+            turn.refused = True  # retryable: its successors must not overtake it (ordering.py)
+            raise ClientError(
+                "unavailable", "the backend did not answer; send the message again", roomId=room, dedupeKey=key
+            ) from None
+        if isinstance(answer, Refusal) or not answer["allow"]:
+            reason = answer.error if isinstance(answer, Refusal) else answer.get("reason") or "rejected by the backend"
+            await self._release(store_key)
+            raise ClientError("rejected", reason, roomId=room, dedupeKey=key, details={"reason": reason})
+        for name in ("content", "attachments"):
+            if name in answer:
+                message[name] = answer[name]
+
+    async def _release(self, store_key: str | None) -> None:
+        if store_key is not None:
+            with suppress(StoreError):  # a claim Redis keeps is taken over by the resend (module docstring)
+                await self.dedupe.release(store_key)
 
     async def _process(self, turn: Turn, message: dict[str, Any]) -> None:
         room, key = message["roomId"], message.get("dedupeKey")

@@ -21,6 +21,7 @@ from services.settings.options import (
     cidrs,
     csv_list,
     host_ports,
+    http_url,
     integer,
     number,
     options_of,
@@ -119,7 +120,42 @@ class Settings:
     allowed_origins: tuple[str, ...] = setting((), csv_list, "comma-separated browser Origin allowlist; unset: any")
     workers: int = setting(1, integer(1, 64), "processes sharing the port; >1 needs Redis")
     room_access: str = setting(
-        "open", choice("open", "token"), "open: any room; token: only rooms matched by the token's `rooms` claim"
+        "open",
+        choice("open", "token", "hook"),
+        "open: any room; token: only rooms matched by the token's `rooms` claim; hook: JOIN_HOOK_URL decides each join",
+    )
+    # -- the application's backend (docs/hooks.md)
+    connect_hook_url: str | None = setting(
+        None, http_url, "asked who a handshake without a token is (cookie, headers); unset: a token is needed"
+    )
+    join_hook_url: str | None = setting(None, http_url, "asked for every join with ROOM_ACCESS=hook")
+    publish_hook_url: str | None = setting(
+        None, http_url, "asked for every client message before it is stored or sent: accept, rewrite or reject"
+    )
+    rpc_hook_url: str | None = setting(None, http_url, "answers `rpc` frames; unset: they get error not_enabled")
+    hook_timeout: float = setting(3.0, number(0.05), "seconds one backend call may take (then `unavailable`)")
+    hook_concurrency: int = setting(
+        200, integer(1, 100000), "backend calls in flight per instance; a call over it is `unavailable` at once"
+    )
+    hook_answer_bytes: int = setting(
+        1048576, integer(1024), "largest backend answer read (a larger one is `unavailable`)"
+    )
+    hook_secret: str | None = setting(
+        None, text, "HMAC-SHA256 key signing every backend call (X-Gateway-Signature); unset: calls are unsigned"
+    )
+    hook_forward_headers: tuple[str, ...] = setting(
+        ("Cookie", "Authorization", "User-Agent", "Origin"),
+        csv_list,
+        "handshake headers the connect hook receives, comma-separated",
+    )
+    join_hook_cache_ttl: float = setting(
+        0.0, number(0.0), "seconds a join allowed by the hook is reused for that user and room on this instance"
+    )
+    waiting_frames: int = setting(
+        64,
+        integer(1, 10000),
+        "client frames of one connection handled in the background at once (messages, presence, rpc, frames "
+        "waiting for the backend); over it: error unavailable",
     )
     # -- frames of one connection
     max_content: int = setting(4000, integer(1), "message content length, characters")
@@ -256,6 +292,8 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"invalid JWT_ALGORITHMS: unsupported algorithm {alg!r}")
     if not s.jwt_algorithms:
         raise ConfigError("invalid JWT_ALGORITHMS: empty")
+    if s.room_access == "hook" and not s.join_hook_url:
+        raise ConfigError("ROOM_ACCESS=hook needs JOIN_HOOK_URL: the backend that decides each join")
     asymmetric = [a for a in s.jwt_algorithms if not a.startswith("HS")]
     if asymmetric and not s.jwt_public_key:
         raise ConfigError(f"JWT_ALGORITHMS has {asymmetric[0]} but JWT_PUBLIC_KEY is not set")

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -74,6 +75,15 @@ def host_ports(raw: str) -> tuple[tuple[str, int], ...]:
     if not out:
         raise ValueError("expected at least one host:port")
     return tuple(out)
+
+
+def http_url(raw: str) -> str:
+    """An http:// or https:// URL with a host (the backend's hooks)."""
+    value = raw.strip()
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    return value
 
 
 def text(raw: str) -> str:
