@@ -230,7 +230,7 @@ class RoomHub:
     def owe(self, session: Session, room: str, key: str | None) -> None:
         """A message refused before its turn (too many frames waiting): its successors wait for it (ordering.py)."""
         if (order := self._orders.get(session)) is not None:
-            order.owe(room, key)
+            self.spawn(order.refused(room, key))
 
     async def history_of(self, session: Session, room: str, limit: int, request_id: str | None) -> None:
         if room not in session.rooms:

@@ -109,6 +109,15 @@ class SenderOrder:
         if not self._owed:
             self._owed = None
 
+    async def refused(self, room: str, key: str | None) -> None:
+        """A message refused before it took its turn (too many frames waiting): it takes its place
+        as refused, so the messages sent before it go on and the ones after it are refused until it
+        comes again, as if Redis had refused it. It holds a key, not the message, while it waits."""
+        turn = self.turn(room, key)
+        turn.refused = True
+        await turn.finish()
+        self.owe(room, key)
+
     def turn(self, room: str, key: str | None) -> Turn:
         loop = asyncio.get_running_loop()
         turn = Turn(self, room, key, self._stage, self._publish, loop.create_future(), loop.create_future())

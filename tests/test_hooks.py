@@ -1,0 +1,521 @@
+"""The application's backend hooks (docs/hooks.md), against a real HTTP backend started by the test:
+each hook's answer, refusal and unavailable paths, the signature, keep-alive, the concurrency bound,
+the join cache, the connect hook's re-ask, and the outcome metrics and logs."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from tornado.ioloop import IOLoop
+
+from tests.control_support import API_KEY, api
+from tests.helpers import Client, RunningGateway, refused_status, sample, token, wait_for
+from tests.hook_support import HookBackend, delayed, refused_port
+from tests.redis_support import backend_overrides, unique_prefix
+
+HOOK_SECRET = "hook-secret-for-tests"
+Factory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+def backend(io_loop: IOLoop) -> Iterator[HookBackend]:
+    started = io_loop.run_sync(lambda: HookBackend.start(HOOK_SECRET))
+    yield started
+    io_loop.run_sync(started.stop, timeout=5)
+
+
+def hooked(backend: HookBackend, *hooks: str, **settings: Any) -> dict[str, Any]:
+    """Gateway settings with the given hooks pointed at the backend, signed."""
+    out: dict[str, Any] = {"hook_secret": HOOK_SECRET, **settings}
+    for hook in hooks:
+        out[f"{hook}_hook_url"] = backend.url(hook)
+    if "join" in hooks:
+        out.setdefault("room_access", "hook")
+    return out
+
+
+def calls(hook: str, outcome: str) -> float:
+    return sample("gateway_hook_calls_total", hook=hook, outcome=outcome)
+
+
+# -- connect -------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_connect_by_cookie_forwards_the_listed_headers_and_the_query(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    backend.answers["connect"] = lambda body: (200, {"userId": "carol", "rooms": ["lobby"]})
+    gw = await make_gateway(**hooked(backend, "connect"))
+    headers = {"Cookie": "session=abc", "User-Agent": "tests", "X-Other": "not forwarded"}
+    client = await Client.connect(f"{gw.url}?device=phone", headers=headers)
+    client.send("join", {"roomId": "lobby"})
+    state = await client.expect("presence_state")
+    assert [m["userId"] for m in state["payload"]["members"]] == ["carol"]
+    (call,) = backend.calls_of("connect")
+    body = call.body
+    assert body["hook"] == "connect" and body["transport"] == "websocket" and body["remoteAddr"] == "127.0.0.1"
+    assert body["instance"] == gw.gateway.instance_id and body["connId"]
+    assert body["headers"] == {"cookie": "session=abc", "user-agent": "tests"}
+    assert body["query"] == {"device": "phone"}
+    assert call.headers["Content-Type"] == "application/json" and call.headers["X-Request-Id"]
+    assert backend.bad_signatures == [] and call.headers["X-Gateway-Signature"].startswith("sha256=")
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_connect_refusals_are_401_or_403_with_the_backends_error(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    gw = await make_gateway(**hooked(backend, "connect"))
+    backend.answers["connect"] = lambda body: (401, {"error": "session expired"})
+    assert await refused_status(gw.url) == (401, {"error": "session expired"})
+    backend.answers["connect"] = lambda body: (403, {"error": "banned", "code": "ban"})
+    assert await refused_status(gw.url) == (403, {"error": "banned"})
+    backend.answers["connect"] = lambda body: (200, {"allow": True})  # no userId: not understood
+    status, _ = await refused_status(gw.url)
+    assert status == 503
+
+
+@pytest.mark.parametrize("failure", ["500", "garbage", "timeout", "refused"])
+@pytest.mark.gen_test(timeout=20)
+async def test_connect_without_an_answer_is_503(make_gateway: Factory, backend: HookBackend, failure: str) -> None:
+    settings = hooked(backend, "connect", hook_timeout=0.5)
+    if failure == "refused":
+        settings["connect_hook_url"] = f"http://127.0.0.1:{refused_port()}/connect"
+    elif failure == "500":
+        backend.answers["connect"] = lambda body: (500, {"error": "boom"})
+    elif failure == "garbage":
+        backend.answers["connect"] = lambda body: (200, b"<html>not json")
+    else:
+        backend.answers["connect"] = lambda body: delayed(3, (200, {"userId": "late"}))
+    gw = await make_gateway(**settings)
+    before = calls("connect", "unavailable")
+    status, body = await refused_status(gw.url)
+    assert status == 503 and "unavailable" in body["error"]
+    assert calls("connect", "unavailable") == before + 1
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_token_skips_the_connect_hook(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "connect"))
+    client = await gw.client("alice")
+    await client.join("r1")
+    assert backend.calls_of("connect") == []
+    status, _ = await refused_status(f"{gw.url}?token=not-a-jwt")  # a bad token is 401, not the hook's to judge
+    assert status == 401 and backend.calls_of("connect") == []
+    client.close()
+
+
+@pytest.mark.slow  # waits for a deadline of a few seconds
+@pytest.mark.gen_test(timeout=20)
+async def test_the_gateway_reasks_the_connect_hook_before_expires_at(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    first_exp = time.time() + 3
+    answers = iter([{"userId": "dave", "expiresAt": first_exp}, {"userId": "dave", "expiresAt": time.time() + 60}])
+    backend.answers["connect"] = lambda body: (200, next(answers))
+    gw = await make_gateway(**hooked(backend, "connect", token_refresh_notice=2))
+    client = await Client.connect(gw.url, headers={"Cookie": "session=d"})
+    refreshed = await client.expect("refreshed", timeout=5)
+    assert refreshed["payload"]["expiresAt"] > "2026"
+    first, second = backend.calls_of("connect")
+    assert second.body["headers"] == first.body["headers"]  # the handshake's headers, again
+    assert second.body["headers"]["cookie"] == "session=d"
+    await wait_for(lambda: time.time() > first_exp + 1, what="the first expiresAt to pass")
+    client.send("ping", request_id="alive")
+    assert (await client.reply_to("alive"))["type"] == "pong"
+    client.close()
+
+
+@pytest.mark.slow  # waits for a deadline of a few seconds
+@pytest.mark.gen_test(timeout=20)
+async def test_a_refused_reask_closes_4001_at_expires_at(make_gateway: Factory, backend: HookBackend) -> None:
+    exp = time.time() + 3
+    answers = iter([(200, {"userId": "erin", "expiresAt": exp}), (401, {"error": "logged out"})])
+    backend.answers["connect"] = lambda body: next(answers)
+    gw = await make_gateway(**hooked(backend, "connect", token_refresh_notice=2))
+    client = await Client.connect(gw.url, headers={"Cookie": "session=e"})
+    assert await client.wait_closed(timeout=8) == 4001
+    assert time.time() >= exp - 0.1
+    assert len(backend.calls_of("connect")) == 2
+
+
+# -- join ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_join_allowed_refused_with_reason_and_refused_by_status(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    def decide(body: dict[str, Any]) -> tuple[int, Any]:
+        if body["roomId"] == "secret":
+            return 200, {"allow": False, "reason": "members only"}
+        if body["roomId"] == "gone":
+            return 404, {"error": "no such room"}
+        return 200, {"allow": True}
+
+    backend.answers["join"] = decide
+    gw = await make_gateway(**hooked(backend, "join"))
+    client = await gw.client("alice")
+    await client.join("open-room")
+    call = backend.calls_of("join")[0]
+    assert call.body["userId"] == "alice" and call.body["roomId"] == "open-room"
+    assert call.body["connId"] and call.body["transport"] == "websocket"
+    client.send("join", {"roomId": "secret"}, request_id="j2")
+    error = await client.reply_to("j2")
+    assert error["payload"]["code"] == "forbidden_room" and error["payload"]["roomId"] == "secret"
+    assert error["payload"]["details"] == {"reason": "members only"}
+    client.send("join", {"roomId": "gone"}, request_id="j3")
+    error = await client.reply_to("j3")
+    assert error["payload"]["code"] == "forbidden_room" and error["payload"]["details"] == {"reason": "no such room"}
+    client.send("message", {"roomId": "secret", "content": "hi"}, request_id="m1")
+    assert (await client.reply_to("m1"))["payload"]["code"] == "not_in_room"
+    assert backend.bad_signatures == []
+    client.close()
+
+
+@pytest.mark.parametrize("failure", ["500", "garbage", "timeout", "refused"])
+@pytest.mark.gen_test(timeout=20)
+async def test_join_without_an_answer_is_unavailable_and_not_joined(
+    make_gateway: Factory, backend: HookBackend, failure: str
+) -> None:
+    settings = hooked(backend, "join", hook_timeout=0.5)
+    if failure == "refused":
+        settings["join_hook_url"] = f"http://127.0.0.1:{refused_port()}/join"
+    elif failure == "500":
+        backend.answers["join"] = lambda body: (502, b"bad gateway")
+    elif failure == "garbage":
+        backend.answers["join"] = lambda body: (200, {"allow": "yes"})
+    else:
+        backend.answers["join"] = lambda body: delayed(3, (200, {"allow": True}))
+    gw = await make_gateway(**settings)
+    client = await gw.client("alice")
+    client.send("join", {"roomId": "r1"}, request_id="j1")
+    error = await client.reply_to("j1")
+    assert error["payload"]["code"] == "unavailable" and error["payload"]["roomId"] == "r1"
+    assert gw.gateway.hub.rooms.get("r1") is None
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_the_join_cache_skips_the_backend_until_a_removal(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "join", join_hook_cache_ttl=60, api_key="k" * 32))
+    first, second = await gw.client("alice"), await gw.client("alice")
+    await first.join("r1")
+    await second.join("r1")
+    assert len(backend.calls_of("join")) == 1
+    await gw.gateway.hub.control.remove("r1", "alice")  # what the control API and room.member_removed do
+    await first.expect("room_update", match=lambda f: f["payload"]["action"] == "removed")
+    third = await Client.connect(gw.url, token("alice", iat=int(time.time()) + 1))
+    await third.join("r1")
+    assert len(backend.calls_of("join")) == 2
+    for c in (first, second, third):
+        c.close()
+
+
+@pytest.mark.parametrize("store", ["redis", "cluster"])
+@pytest.mark.gen_test(timeout=30)
+async def test_a_revocation_on_one_instance_drops_the_join_cache_of_the_other(
+    make_gateway: Factory, backend: HookBackend, store: str, request: pytest.FixtureRequest
+) -> None:
+    shared = {**backend_overrides(store, request, unique_prefix()), "api_key": API_KEY, "join_hook_cache_ttl": 60}
+    a = await make_gateway(**hooked(backend, "join", **shared), instance_id="gw-a")
+    b = await make_gateway(**hooked(backend, "join", **shared), instance_id="gw-b")
+    on_b = await b.client("alice")
+    await on_b.join("r1")
+    again = await b.client("alice")
+    await again.join("r1")
+    assert len(backend.calls_of("join")) == 1  # the second join on b came from b's cache
+    status, _ = await api(a.http, "/api/revoke", {"userId": "alice"})
+    assert status == 200
+    assert await on_b.wait_closed() == 4003
+    later = await Client.connect(b.url, token("alice", iat=int(time.time()) + 2))
+    await later.join("r1")
+    assert len(backend.calls_of("join")) == 2  # asked again: the revocation dropped b's cached answer
+    for c in (on_b, again, later):
+        c.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_keep_alive_reuses_a_handful_of_connections(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "join"), rate_limit=1000, rate_burst=1000)
+    client = await gw.client("alice")
+    before = backend.connections
+    for n in range(60):
+        await client.join(f"room-{n}")
+    assert len(backend.calls_of("join")) == 60
+    assert backend.connections - before <= 2
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_the_concurrency_bound_fails_fast(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "join", hook_concurrency=2, hook_timeout=10))
+    backend.hold()
+    clients = [await gw.client(f"u{n}") for n in range(3)]
+    for n, c in enumerate(clients):
+        c.send("join", {"roomId": "r"}, request_id=f"j{n}")
+        if n < 2:
+            await wait_for(lambda n=n: backend.waiting == n + 1, what="the call to wait at the backend")
+    started = time.monotonic()
+    error = await clients[2].reply_to("j2")
+    assert error["payload"]["code"] == "unavailable" and time.monotonic() - started < 2
+    assert sample("gateway_hook_in_flight") == 2
+    backend.release()
+    for n in range(2):
+        assert (await clients[n].reply_to(f"j{n}"))["payload"]["action"] == "joined"
+    for c in clients:
+        c.close()
+
+
+@pytest.mark.slow  # waits for a deadline of a few seconds
+@pytest.mark.gen_test(timeout=30)
+async def test_a_ping_and_other_rooms_are_answered_while_a_join_waits(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    backend.answers["join"] = lambda body: (
+        delayed(4, (200, {"allow": True})) if body["roomId"] == "slow" else (200, {"allow": True})
+    )
+    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10))
+    client = await gw.client("alice")
+    started = time.monotonic()
+    client.send("join", {"roomId": "slow"}, request_id="slow-join")
+    client.send("message", {"roomId": "slow", "content": "after the join"}, request_id="slow-msg")
+    client.send("ping", request_id="p1")
+    assert (await client.reply_to("p1"))["type"] == "pong"
+    client.send("join", {"roomId": "fast"}, request_id="fast-join")
+    assert (await client.reply_to("fast-join"))["payload"]["action"] == "joined"
+    client.send("presence", {"roomId": "fast", "status": "typing"})
+    await client.expect("presence", match=lambda f: f["payload"]["status"] == "typing")
+    assert time.monotonic() - started < 3  # all of that while the slow join still waited
+    joined = await client.reply_to("slow-join", timeout=8)
+    assert joined["payload"]["action"] == "joined"
+    ack = await client.reply_to("slow-msg")  # queued behind its room's join, not refused not_in_room
+    assert ack["type"] == "ack"
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_a_hanging_backend_holds_bounded_frames_and_never_the_loop(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    waiting = 20
+    gw = await make_gateway(
+        **hooked(backend, "join", "publish", hook_timeout=30), waiting_frames=waiting, rate_limit=500, rate_burst=500
+    )
+    clients = [await gw.client(f"u{n}") for n in range(10)]
+    for c in clients:
+        await c.join("hall")
+    backend.hold()
+    sent = 0
+    for c in clients:
+        for n in range(30):  # 300 frames: 200 wait, 100 are over the bound
+            c.send("message", {"roomId": "hall", "content": f"m{n}", "dedupeKey": f"k{n}"}, request_id=f"m{n}")
+            sent += 1
+    over = 0
+    for c in clients:
+        for n in range(waiting, 30):
+            error = await c.reply_to(f"m{n}")
+            over += error["payload"]["code"] == "unavailable"
+        c.send("ping", request_id="alive")
+        assert (await c.reply_to("alive"))["type"] == "pong"
+    assert over == 100
+    assert sample("gateway_frames_waiting") == 10 * waiting
+    assert backend.waiting <= 10  # one publish call per sender at a time: its messages keep their order
+    backend.release()
+    for c in clients:
+        for n in range(waiting):
+            assert (await c.reply_to(f"m{n}", timeout=10))["type"] == "ack"
+    await wait_for(lambda: sample("gateway_frames_waiting") == 0, what="nothing left waiting")
+    for c in clients:
+        c.close()
+
+
+# -- publish -------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_publish_accepts_rewrites_and_rejects(make_gateway: Factory, backend: HookBackend) -> None:
+    def moderate(body: dict[str, Any]) -> tuple[int, Any]:
+        content = body["message"]["content"]
+        if "darn" in content:
+            return 200, {"allow": True, "content": content.replace("darn", "****")}
+        if "spam" in content:
+            return 200, {"allow": False, "reason": "looks like spam"}
+        if "banned" in content:
+            return 403, {"error": "you are muted"}
+        return 200, {}
+
+    backend.answers["publish"] = moderate
+    gw = await make_gateway(**hooked(backend, "publish"))
+    alice, bob = await gw.client("alice"), await gw.client("bob")
+    await alice.join("r")
+    await bob.join("r")
+    alice.send("message", {"roomId": "r", "content": "hello", "dedupeKey": "k1"}, request_id="m1")
+    assert (await bob.expect("message"))["payload"]["content"] == "hello"
+    call = backend.calls_of("publish")[0]
+    assert call.body["userId"] == "alice" and call.body["roomId"] == "r"
+    assert set(call.body["message"]) == {"id", "content", "attachments", "createdAt", "dedupeKey"}
+    alice.send("message", {"roomId": "r", "content": "darn it"}, request_id="m2")
+    assert (await bob.expect("message", match=lambda f: "it" in f["payload"]["content"]))["payload"]["content"] == (
+        "**** it"
+    )
+    alice.send("message", {"roomId": "r", "content": "buy spam", "dedupeKey": "k3"}, request_id="m3")
+    error = await alice.reply_to("m3")
+    assert error["payload"] == {
+        "message": "looks like spam",
+        "code": "rejected",
+        "roomId": "r",
+        "dedupeKey": "k3",
+        "details": {"reason": "looks like spam"},
+    }
+    alice.send("message", {"roomId": "r", "content": "banned words"}, request_id="m4")
+    assert (await alice.reply_to("m4"))["payload"]["details"] == {"reason": "you are muted"}
+    await bob.none_before_pong(
+        "message", match=lambda f: "spam" in f["payload"]["content"] or "banned" in f["payload"]["content"]
+    )
+    alice.close()
+    bob.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_rejected_dedupe_key_sent_again_is_decided_anew(make_gateway: Factory, backend: HookBackend) -> None:
+    verdicts = iter([(200, {"allow": False, "reason": "wait"}), (500, b""), (200, {"allow": True})])
+    backend.answers["publish"] = lambda body: next(verdicts)
+    gw = await make_gateway(**hooked(backend, "publish"))
+    alice = await gw.client("alice")
+    await alice.join("r")
+    payload = {"roomId": "r", "content": "third time lucky", "dedupeKey": "same"}
+    alice.send("message", payload, request_id="a")
+    assert (await alice.reply_to("a"))["payload"]["code"] == "rejected"
+    alice.send("message", payload, request_id="b")
+    error = await alice.reply_to("b")
+    assert error["payload"]["code"] == "unavailable" and error["payload"]["dedupeKey"] == "same"
+    alice.send("message", payload, request_id="c")
+    ack = await alice.reply_to("c")
+    assert ack["type"] == "ack" and ack["payload"]["dedupeKey"] == "same"
+    assert (await alice.expect("message"))["payload"]["id"] == ack["payload"]["id"]
+    assert len(backend.calls_of("publish")) == 3
+    alice.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_senders_messages_keep_their_order_through_random_delays(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    rng = random.Random(7)
+    backend.answers["publish"] = lambda body: delayed(rng.uniform(0, 0.05), (200, {}))
+    gw = await make_gateway(**hooked(backend, "publish"), rate_limit=200, rate_burst=200)
+    alice, bob = await gw.client("alice"), await gw.client("bob")
+    await alice.join("r")
+    await bob.join("r")
+    for n in range(30):
+        alice.send("message", {"roomId": "r", "content": f"m{n}", "dedupeKey": f"k{n}"})
+    got = [(await bob.expect("message", timeout=10))["payload"]["content"] for _ in range(30)]
+    assert got == [f"m{n}" for n in range(30)]
+    alice.close()
+    bob.close()
+
+
+# -- rpc -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_rpc_round_trip_refusal_and_validation(make_gateway: Factory, backend: HookBackend) -> None:
+    def answer(body: dict[str, Any]) -> tuple[int, Any]:
+        if body["method"] == "forbidden":
+            return 409, {"error": "already read", "code": "conflict"}
+        return 200, {"data": {"method": body["method"], "got": body["data"], "user": body["userId"]}}
+
+    backend.answers["rpc"] = answer
+    gw = await make_gateway(**hooked(backend, "rpc"))
+    client = await gw.client("alice")
+    client.send("rpc", {"method": "mark.read", "data": {"roomId": "r", "upTo": 7}}, request_id="r1")
+    result = await client.reply_to("r1")
+    assert result == {
+        "type": "rpc_result",
+        "payload": {
+            "method": "mark.read",
+            "data": {"method": "mark.read", "got": {"roomId": "r", "upTo": 7}, "user": "alice"},
+        },
+        "requestId": "r1",
+    }
+    client.send("rpc", {"method": "forbidden"}, request_id="r2")
+    error = await client.reply_to("r2")
+    assert error["payload"]["code"] == "rpc_failed" and error["payload"]["message"] == "already read"
+    assert error["payload"]["details"] == {"status": 409, "code": "conflict"}
+    client.send("rpc", {"method": "no spaces allowed"}, request_id="r3")
+    assert (await client.reply_to("r3"))["payload"]["code"] == "validation_failed"
+    assert [c.body["method"] for c in backend.calls_of("rpc")] == ["mark.read", "forbidden"]
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_rpc_without_the_hook_is_not_enabled(make_gateway: Factory) -> None:
+    gw = await make_gateway()
+    client = await gw.client("alice")
+    client.send("rpc", {"method": "x"}, request_id="r1")
+    error = await client.reply_to("r1")
+    assert error["payload"]["code"] == "not_enabled"
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_at_most_16_rpc_calls_in_flight_per_connection(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "rpc", hook_timeout=10), rate_limit=500, rate_burst=500)
+    backend.hold()
+    client = await gw.client("alice")
+    for n in range(17):
+        client.send("rpc", {"method": "slow"}, request_id=f"r{n}")
+    error = await client.reply_to("r16")
+    assert error["payload"]["code"] == "rate_limited"
+    await wait_for(lambda: backend.waiting == 16, what="16 calls at the backend")
+    backend.release()
+    for n in range(16):
+        assert (await client.reply_to(f"r{n}"))["type"] == "rpc_result"
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_rpc_without_an_answer_is_unavailable(make_gateway: Factory, backend: HookBackend) -> None:
+    backend.answers["rpc"] = lambda body: (503, {"error": "down"})
+    gw = await make_gateway(**hooked(backend, "rpc"))
+    client = await gw.client("alice")
+    client.send("rpc", {"method": "x"}, request_id="r1")
+    assert (await client.reply_to("r1"))["payload"]["code"] == "unavailable"
+    client.close()
+
+
+# -- logs and metrics ----------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_unavailable_is_logged_once_per_episode(
+    make_gateway: Factory, backend: HookBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.answers["rpc"] = lambda body: (500, b"")
+    gw = await make_gateway(**hooked(backend, "rpc"))
+    client = await gw.client("alice")
+    caplog.set_level(logging.INFO, logger="gateway.hooks")
+    ok, unavailable = calls("rpc", "ok"), calls("rpc", "unavailable")
+
+    async def rpc(n: int) -> str:
+        client.send("rpc", {"method": "m"}, request_id=f"r{n}")
+        frame = await client.reply_to(f"r{n}")
+        return str(frame["payload"].get("code", frame["type"]))
+
+    assert [await rpc(n) for n in range(5)] == ["unavailable"] * 5
+    backend.answers["rpc"] = lambda body: (200, {"data": 1})
+    assert await rpc(5) == "rpc_result"
+    backend.answers["rpc"] = lambda body: (500, b"")
+    assert await rpc(6) == "unavailable"
+    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.hooks" and r.levelno >= logging.WARNING]
+    assert messages == ["backend unavailable", "backend answering again", "backend unavailable"]
+    assert calls("rpc", "unavailable") == unavailable + 6 and calls("rpc", "ok") == ok + 1
+    client.close()
