@@ -4,6 +4,7 @@ the join cache, the connect hook's re-ask, and the outcome metrics and logs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -259,13 +260,14 @@ async def test_the_concurrency_bound_fails_fast(make_gateway: Factory, backend: 
     gw = await make_gateway(**hooked(backend, "join", hook_concurrency=2, hook_timeout=10))
     backend.hold()
     clients = [await gw.client(f"u{n}") for n in range(3)]
-    for n, c in enumerate(clients):
+    for n, c in enumerate(clients[:2]):
         c.send("join", {"roomId": "r"}, request_id=f"j{n}")
-        if n < 2:
-            await wait_for(lambda n=n: backend.waiting == n + 1, what="the call to wait at the backend")
-    started = time.monotonic()
+        await wait_for(lambda n=n: backend.waiting == n + 1, what="the call to wait at the backend")  # type: ignore[misc]
+    clients[2].send("join", {"roomId": "r"}, request_id="j2")
     error = await clients[2].reply_to("j2")
-    assert error["payload"]["code"] == "unavailable" and time.monotonic() - started < 2
+    # Refused while the two calls still hang, and never sent: no queue behind the bound.
+    assert error["payload"]["code"] == "unavailable"
+    assert backend.waiting == 2 and len(backend.calls_of("join")) == 2
     assert sample("gateway_hook_in_flight") == 2
     backend.release()
     for n in range(2):
@@ -274,17 +276,21 @@ async def test_the_concurrency_bound_fails_fast(make_gateway: Factory, backend: 
         c.close()
 
 
-@pytest.mark.slow  # waits for a deadline of a few seconds
+@pytest.mark.slow  # the join waits 4 s
 @pytest.mark.gen_test(timeout=30)
 async def test_a_ping_and_other_rooms_are_answered_while_a_join_waits(
     make_gateway: Factory, backend: HookBackend
 ) -> None:
-    backend.answers["join"] = lambda body: (
-        delayed(4, (200, {"allow": True})) if body["roomId"] == "slow" else (200, {"allow": True})
-    )
+    gate = asyncio.Event()
+
+    async def join(body: dict[str, Any]) -> tuple[int, Any]:
+        if body["roomId"] == "slow":
+            await gate.wait()  # the slow backend: answers only once the test has seen the rest answered
+        return 200, {"allow": True}
+
+    backend.answers["join"] = join
     gw = await make_gateway(**hooked(backend, "join", hook_timeout=10))
     client = await gw.client("alice")
-    started = time.monotonic()
     client.send("join", {"roomId": "slow"}, request_id="slow-join")
     client.send("message", {"roomId": "slow", "content": "after the join"}, request_id="slow-msg")
     client.send("ping", request_id="p1")
@@ -293,8 +299,12 @@ async def test_a_ping_and_other_rooms_are_answered_while_a_join_waits(
     assert (await client.reply_to("fast-join"))["payload"]["action"] == "joined"
     client.send("presence", {"roomId": "fast", "status": "typing"})
     await client.expect("presence", match=lambda f: f["payload"]["status"] == "typing")
-    assert time.monotonic() - started < 3  # all of that while the slow join still waited
-    joined = await client.reply_to("slow-join", timeout=8)
+    assert not gate.is_set() and len(backend.calls_of("join")) == 2
+    await asyncio.sleep(4)  # the backend's slowness (4 s), not a condition: the socket keeps answering meanwhile
+    client.send("ping", request_id="p2")
+    assert (await client.reply_to("p2"))["type"] == "pong"
+    gate.set()
+    joined = await client.reply_to("slow-join")
     assert joined["payload"]["action"] == "joined"
     ack = await client.reply_to("slow-msg")  # queued behind its room's join, not refused not_in_room
     assert ack["type"] == "ack"
