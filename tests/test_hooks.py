@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from realtime_gateway_client import Backoff, GatewayClient, GatewayError
 from tornado.ioloop import IOLoop
 
 from tests.control_support import API_KEY, api
@@ -529,3 +530,53 @@ async def test_unavailable_is_logged_once_per_episode(
     assert messages == ["backend unavailable", "backend answering again", "backend unavailable"]
     assert calls("rpc", "unavailable") == unavailable + 6 and calls("rpc", "ok") == ok + 1
     client.close()
+
+
+# -- the Python SDK --------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_the_sdk_calls_rpc_and_says_which_refusals_to_retry(make_gateway: Factory, backend: HookBackend) -> None:
+    backend.answers["rpc"] = lambda body: {
+        "fail": (422, {"error": "bad input", "code": "invalid"}),
+        "down": (500, b""),
+    }.get(body["method"], (200, {"data": [body["method"], body["data"]]}))
+    backend.answers["publish"] = lambda body: (200, {"allow": "spam" not in body["message"]["content"]})
+    gw = await make_gateway(**hooked(backend, "rpc", "publish"))
+    client = GatewayClient(gw.url, token("alice"), backoff=Backoff(initial=0.05, maximum=0.5))
+    await client.connect()
+    try:
+        assert await client.rpc("load.older", {"before": 10}) == ["load.older", {"before": 10}]
+        with pytest.raises(GatewayError) as failed:
+            await client.rpc("fail")
+        assert failed.value.code == "rpc_failed" and not failed.value.retryable
+        assert failed.value.details == {"status": 422, "code": "invalid"}
+        with pytest.raises(GatewayError) as down:
+            await client.rpc("down")
+        assert down.value.code == "unavailable" and down.value.retryable
+        await client.join("r")
+        with pytest.raises(GatewayError) as rejected:
+            await client.send("r", "spam spam")
+        assert rejected.value.code == "rejected" and not rejected.value.retryable
+        assert (await client.send("r", "fine")).room_id == "r"
+    finally:
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_the_join_hook_is_asked_again_for_the_sdks_rejoin_after_a_drop(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    gw = await make_gateway(**hooked(backend, "join"))
+    client = GatewayClient(gw.url, token("alice"), backoff=Backoff(initial=0.05, maximum=0.5))
+    await client.connect()
+    try:
+        await client.join("r")
+        (session,) = list(gw.gateway.sessions)
+        session.close(1012, "restart")  # what a drain does
+        await wait_for(lambda: len(backend.calls_of("join")) == 2, what="the re-join to ask the backend")
+        await wait_for(lambda: "r" in gw.gateway.hub.rooms, what="the re-join")
+        assert [c.body["roomId"] for c in backend.calls_of("join")] == ["r", "r"]
+        assert backend.calls_of("join")[0].body["connId"] != backend.calls_of("join")[1].body["connId"]
+    finally:
+        await client.close()

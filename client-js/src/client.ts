@@ -39,6 +39,7 @@ import type {
   PresenceState,
   PresenceStatus,
   Refreshed,
+  RpcResult,
   RoomUpdate,
   ServerPayloads,
 } from "./frames.js";
@@ -146,7 +147,7 @@ export interface SendOptions extends RequestOptions {
   dedupeKey?: string | undefined;
 }
 
-type ReplyType = "room_update" | "ack" | "pong" | "history" | "presence_state" | "refreshed";
+type ReplyType = "room_update" | "ack" | "pong" | "history" | "presence_state" | "refreshed" | "rpc_result";
 
 const REPLIES: Record<string, ReplyType> = {
   join: "room_update",
@@ -156,6 +157,7 @@ const REPLIES: Record<string, ReplyType> = {
   history: "history",
   presence_query: "presence_state",
   refresh: "refreshed",
+  rpc: "rpc_result",
 };
 
 // Sent again on the next socket when the reply did not come: these are safe to repeat.
@@ -346,6 +348,15 @@ export class GatewayClient extends Emitter<ClientEvents> {
     const next = token ?? (typeof this.tokenSource === "string" ? undefined : await this.tokenSource());
     if (next === undefined) throw new TypeError("no getToken to refresh from: pass a token");
     return this.request<Refreshed>("refresh", { token: next }, options.timeoutMs);
+  }
+
+  /** Asks the application's backend (the gateway's RPC_HOOK_URL, docs/hooks.md) over this socket;
+   * resolves with its answer's `data`. Rejects with RequestError `rpc_failed` (the backend's error,
+   * `details {status, code?}`), `unavailable` (retryable: try again later) or `not_enabled`. Not
+   * resent after a drop (an rpc may not be safe to repeat): ConnectionLost then. */
+  async rpc(method: string, data?: unknown, options: RequestOptions = {}): Promise<unknown> {
+    const result = await this.request<RpcResult>("rpc", { method, data: data ?? null }, options.timeoutMs);
+    return result.data;
   }
 
   /** Round trip of an application ping, in ms. */

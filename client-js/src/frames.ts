@@ -113,6 +113,12 @@ export interface Refreshed {
   expiresAt: string;
 }
 
+/** The application backend's answer to an `rpc` (docs/hooks.md). */
+export interface RpcResult {
+  method: string;
+  data: unknown;
+}
+
 export type Pong = Record<string, never>;
 
 export interface ErrorPayload {
@@ -136,6 +142,7 @@ export interface ServerPayloads {
   history: History;
   token_expiring: TokenExpiring;
   refreshed: Refreshed;
+  rpc_result: RpcResult;
   pong: Pong;
   error: ErrorPayload;
 }

@@ -248,3 +248,39 @@ test("a socket that goes silent is replaced after the pong timeout", async (t) =
   assert.deepEqual([drop.code, drop.reason, drop.willReconnect], [1006, "no pong", true]);
   await waitFor(() => client.connections === 2, "a new socket");
 });
+
+test("rpc() resolves with the backend's answer; refusals are RequestErrors that say whether to retry", async (t) => {
+  const { createServer } = await import("node:http");
+  const backend = createServer((req, res) => {
+    let raw = "";
+    req.on("data", (chunk) => (raw += chunk));
+    req.on("end", () => {
+      const body = JSON.parse(raw);
+      const reply = (status, answer) => res.writeHead(status, { "Content-Type": "application/json" }).end(JSON.stringify(answer));
+      if (req.url === "/publish") return reply(200, body.message.content.includes("spam") ? { allow: false, reason: "spam" } : {});
+      if (body.method === "fail") return reply(409, { error: "already read", code: "conflict" });
+      if (body.method === "down") return reply(503, { error: "maintenance" });
+      return reply(200, { data: { echo: body.data, user: body.userId } });
+    });
+  });
+  await new Promise((ok) => backend.listen(0, "127.0.0.1", ok));
+  t.after(() => backend.close());
+  const base = `http://127.0.0.1:${backend.address().port}`;
+  const gw = await startGateway(t, { env: { RPC_HOOK_URL: `${base}/rpc`, PUBLISH_HOOK_URL: `${base}/publish` } });
+  const alice = connectAs(t, gw, "alice");
+  await alice.connect();
+  assert.deepEqual(await alice.rpc("mark.read", { upTo: 7 }), { echo: { upTo: 7 }, user: "alice" });
+  await assert.rejects(alice.rpc("fail"), (error) => {
+    assert.ok(error instanceof RequestError);
+    assert.deepEqual([error.code, error.message, error.retryable], ["rpc_failed", "rpc_failed: already read", false]);
+    assert.deepEqual(error.details, { status: 409, code: "conflict" });
+    return true;
+  });
+  await assert.rejects(alice.rpc("down"), (error) => error.code === "unavailable" && error.retryable === true);
+  await alice.join("r");
+  await assert.rejects(alice.send("r", "buy spam"), (error) => {
+    assert.deepEqual([error.code, error.retryable, error.details], ["rejected", false, { reason: "spam" }]);
+    return true;
+  });
+  assert.equal((await alice.send("r", "hello")).roomId, "r");
+});

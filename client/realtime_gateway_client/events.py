@@ -174,6 +174,15 @@ class Refreshed:
 
 
 @dataclass(frozen=True, slots=True)
+class RpcResult:
+    """The backend's answer to an `rpc` (docs/hooks.md): any JSON value, None when it gave none."""
+
+    method: str
+    data: Any
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     code: str
     message: str
@@ -276,6 +285,7 @@ Event = (
     | Pong
     | TokenExpiring
     | Refreshed
+    | RpcResult
     | ErrorEvent
     | History
     | Recovery
@@ -419,6 +429,8 @@ def parse_event(frame: dict[str, Any]) -> Event:
         return TokenExpiring(expires_at=parse_time(p.get("expiresAt")) or _EPOCH)
     if kind == "refreshed":
         return Refreshed(expires_at=parse_time(p.get("expiresAt")) or _EPOCH, request_id=rid)
+    if kind == "rpc_result":
+        return RpcResult(method=_str(p, "method"), data=p.get("data"), request_id=rid)
     if kind == "error":
         return ErrorEvent(
             code=_str(p, "code"),

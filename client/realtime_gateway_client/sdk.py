@@ -60,6 +60,7 @@ from realtime_gateway_client.events import (
     Refreshed,
     RefreshFailed,
     RoomUpdate,
+    RpcResult,
     TokenExpiring,
     parse_event,
 )
@@ -128,13 +129,20 @@ class AckTimeout(ClientError, TimeoutError):
 
 
 class GatewayError(ClientError):
-    """The gateway answered a request with an `error` frame."""
+    """The gateway answered a request with an `error` frame. `retryable`: the same request may
+    succeed later (`unavailable`: Redis or the application's backend could not answer;
+    `rate_limited`; `ingest_failed`); otherwise (`rejected`, `forbidden_room`, `rpc_failed`, ...)
+    sending it again as it is gets the same answer."""
 
     def __init__(self, event: ErrorEvent) -> None:
         super().__init__(f"{event.code}: {event.message}")
         self.event = event
         self.code = event.code
         self.details = event.details
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE
 
 
 class ConnectionLost(ClientError):
@@ -164,6 +172,7 @@ REJOIN_PER_SECOND = 8
 REJOIN_ROUNDS = 10
 # Refusals that say "later", not "no": a re-join refused so is asked again in the next round.
 RETRIED = frozenset({"rate_limited", "unavailable"})
+RETRYABLE = RETRIED | {"ingest_failed"}  # GatewayError.retryable
 # Seconds (with jitter below) before a message refused as `unavailable` is sent again with its
 # dedupeKey, until acked or its timeout passes (docs/protocol.md, "What an ack means").
 UNAVAILABLE_RETRY = 1.0
@@ -171,7 +180,7 @@ UNAVAILABLE_RETRY = 1.0
 
 @dataclass
 class _Request:
-    kind: str  # join | leave | message | ping | history | presence_query
+    kind: str  # join | leave | message | ping | history | presence_query | refresh | rpc
     frame: dict[str, Any]
     future: asyncio.Future[Any]
     room: str | None = None
@@ -367,6 +376,14 @@ class GatewayClient:
             payload["attachments"] = [a.as_json() if isinstance(a, Attachment) else a for a in attachments]
         result: Ack = await self._request("message", payload, room=room, retry=True, timeout=timeout)
         return result
+
+    async def rpc(self, method: str, data: Any = None, timeout: float | None = None) -> Any:
+        """Ask the application's backend (the gateway's RPC_HOOK_URL, docs/hooks.md) over this socket;
+        its answer's `data`. GatewayError `rpc_failed` (its error and `details {status, code?}`),
+        `unavailable` (retryable) or `not_enabled`. Not sent again after a drop: an rpc may not be
+        safe to repeat (ConnectionLost then)."""
+        result: RpcResult = await self._request("rpc", {"method": method, "data": data}, timeout=timeout)
+        return result.data
 
     async def ping(self, timeout: float | None = None) -> float:
         """Round trip of an application-level ping, in seconds."""
@@ -741,7 +758,7 @@ class GatewayClient:
                 self._resend_later(req)
             elif isinstance(event, ErrorEvent):
                 req.future.set_exception(GatewayError(event))
-            elif isinstance(event, Ack | RoomUpdate | Pong | History | PresenceState | Refreshed):
+            elif isinstance(event, Ack | RoomUpdate | Pong | History | PresenceState | Refreshed | RpcResult):
                 req.future.set_result(event)
         self._emit(event)
         if change is not None:

@@ -35,6 +35,7 @@ const REPLIES = {
     history: "history",
     presence_query: "presence_state",
     refresh: "refreshed",
+    rpc: "rpc_result",
 };
 // Sent again on the next socket when the reply did not come: these are safe to repeat.
 const RESENT = new Set(["join", "leave", "message"]);
@@ -203,6 +204,14 @@ export class GatewayClient extends Emitter {
         if (next === undefined)
             throw new TypeError("no getToken to refresh from: pass a token");
         return this.request("refresh", { token: next }, options.timeoutMs);
+    }
+    /** Asks the application's backend (the gateway's RPC_HOOK_URL, docs/hooks.md) over this socket;
+     * resolves with its answer's `data`. Rejects with RequestError `rpc_failed` (the backend's error,
+     * `details {status, code?}`), `unavailable` (retryable: try again later) or `not_enabled`. Not
+     * resent after a drop (an rpc may not be safe to repeat): ConnectionLost then. */
+    async rpc(method, data, options = {}) {
+        const result = await this.request("rpc", { method, data: data ?? null }, options.timeoutMs);
+        return result.data;
     }
     /** Round trip of an application ping, in ms. */
     async ping(options = {}) {

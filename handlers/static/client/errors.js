@@ -2,7 +2,7 @@
  * Everything the client rejects a promise with, in one hierarchy:
  *
  *     ClientError
- *     ├── RequestError       the gateway answered with an `error` frame (`code`, `details`)
+ *     ├── RequestError       the gateway answered with an `error` frame (`code`, `details`, `retryable`)
  *     ├── RequestTimeout     no reply in time; for a send, retrying with the same dedupeKey is safe
  *     ├── BufferFull         disconnected, and the outgoing buffer holds `maxBuffered` requests
  *     ├── ConnectionLost     the socket dropped under a request that is not resent (ping, refresh)
@@ -22,7 +22,14 @@ export class RequestError extends ClientError {
         this.details = payload.details;
         this.payload = payload;
     }
+    /** The same request may succeed later (`unavailable`: Redis or the application's backend could not
+     * answer; `rate_limited`; `ingest_failed`); otherwise (`rejected`, `forbidden_room`, `rpc_failed`,
+     * ...) sending it again as it is gets the same answer. */
+    get retryable() {
+        return RETRYABLE.has(this.code);
+    }
 }
+const RETRYABLE = new Set(["unavailable", "rate_limited", "ingest_failed"]);
 export class RequestTimeout extends ClientError {
     name = "RequestTimeout";
     dedupeKey;

@@ -11,6 +11,7 @@ export const CLIENT_TYPES = [
     "presence_query",
     "history",
     "refresh",
+    "rpc",
     "ping",
 ];
 export const SERVER_TYPES = [
@@ -25,6 +26,7 @@ export const SERVER_TYPES = [
     "history",
     "token_expiring",
     "refreshed",
+    "rpc_result",
     "pong",
     "error",
 ];
@@ -40,6 +42,9 @@ export const ERROR_CODES = [
     "ingest_failed",
     "unavailable",
     "invalid_token",
+    "rejected",
+    "rpc_failed",
+    "not_enabled",
     "internal",
 ];
 /** Every close code the gateway sends, with its meaning and what a client should do about it. */
