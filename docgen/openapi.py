@@ -1,4 +1,5 @@
-"""docs/openapi.yaml, the control API as OpenAPI 3.1, made from the schemas in schemas/api.py:
+"""docs/openapi.yaml, the control API as OpenAPI 3.1, made from the schemas in schemas/api.py, and
+the calls the gateway makes to the application's backend as its `webhooks` (schemas/hooks.py):
 
     python -m docgen.openapi > docs/openapi.yaml
 
@@ -13,7 +14,7 @@ import sys
 from typing import Any
 
 from docgen.json_schema import ecma_patterns, marshmallow_converter, yaml_dumper
-from schemas import api
+from schemas import api, hooks
 
 VERSION = "1.0.0"
 
@@ -43,6 +44,54 @@ def _operation(summary: str, description: str, answer: str, body: str | None = N
     if body is not None:
         op["requestBody"] = {"required": True, "content": {_JSON: {"schema": body}}}
     return op
+
+
+_HOOK_SCHEMAS = {
+    "ConnectCall": hooks.ConnectCall,
+    "ConnectAnswer": hooks.ConnectAnswer,
+    "JoinCall": hooks.JoinCall,
+    "JoinAnswer": hooks.JoinAnswer,
+    "PublishCall": hooks.PublishCall,
+    "PublishAnswer": hooks.PublishAnswer,
+    "RpcCall": hooks.RpcCall,
+    "RpcAnswer": hooks.RpcAnswer,
+    "HookRefusal": hooks.RefusalBody,
+}
+_HOOKS = {
+    "connect": "Who a handshake without a token is (CONNECT_HOOK_URL); asked again before expiresAt.",
+    "join": "Whether the user may join the room (JOIN_HOOK_URL, with ROOM_ACCESS=hook), for every join.",
+    "publish": "Whether a client message goes out, as it is or rewritten (PUBLISH_HOOK_URL).",
+    "rpc": "The answer to a client's `rpc` frame (RPC_HOOK_URL).",
+}
+
+
+def _hook_operation(hook: str, summary: str) -> dict[str, Any]:
+    """A call the gateway makes to the backend (docs/hooks.md): what it sends, what it understands."""
+    name = hook.capitalize()
+    headers = [
+        ("X-Request-Id", "A fresh id per call, logged by the gateway with the outcome."),
+        ("X-Gateway-Timestamp", "Unix seconds; with HOOK_SECRET only."),
+        ("X-Gateway-Signature", '`sha256=<hex HMAC-SHA256(HOOK_SECRET, "<timestamp>.<raw body>")>`; with HOOK_SECRET.'),
+    ]
+    ref = "#/components/schemas/"
+    refused = {
+        "description": "A refusal: its `error` goes to the client.",
+        "content": {_JSON: {"schema": {"$ref": ref + "HookRefusal"}}},
+    }
+    return {
+        "summary": summary,
+        "description": "Any other status, an answer that does not match, a timeout (HOOK_TIMEOUT) or a refused "
+        "connection is `unavailable` for the client (docs/hooks.md, 'Failure policy').",
+        "parameters": [
+            {"name": h, "in": "header", "required": h == "X-Request-Id", "description": d, "schema": {"type": "string"}}
+            for h, d in headers
+        ],
+        "requestBody": {"required": True, "content": {_JSON: {"schema": {"$ref": f"{ref}{name}Call"}}}},
+        "responses": {
+            "200": {"description": "The answer.", "content": {_JSON: {"schema": {"$ref": f"{ref}{name}Answer"}}}},
+            **{status: refused for status in ("401", "403", "404", "409", "422")},
+        },
+    }
 
 
 def document() -> dict[str, Any]:
@@ -132,8 +181,11 @@ def document() -> dict[str, Any]:
             }
         },
     )
+    for name, schema in _HOOK_SCHEMAS.items():
+        spec.components.schema(name, schema=schema)
     out = spec.to_dict()
     out["security"] = [{"apiKey": []}]
+    out["webhooks"] = {hook: {"post": _hook_operation(hook, text)} for hook, text in _HOOKS.items()}
     ecma_patterns(out)
     return out
 

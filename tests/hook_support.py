@@ -28,6 +28,10 @@ from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
+from schemas.hooks import ConnectCall, JoinCall, PublishCall, RpcCall
+
+CALLS = {"connect": ConnectCall(), "join": JoinCall(), "publish": PublishCall(), "rpc": RpcCall()}
+
 Answer = tuple[int, Any]
 
 
@@ -59,6 +63,7 @@ class HookBackend:
         self.answers = default_answers()
         self.calls: list[Call] = []
         self.bad_signatures: list[str] = []
+        self.bad_bodies: list[dict[str, Any]] = []  # calls whose body is not what docs/hooks.md says
         self.connections = 0
         self.port = 0
         self._open = asyncio.Event()
@@ -118,6 +123,8 @@ class _Hook(RequestHandler):
         headers = dict(self.request.headers.get_all())
         backend.check_signature(self.request.body, headers)
         body = orjson.loads(self.request.body)
+        if errors := CALLS[hook].validate(body):
+            backend.bad_bodies.append(errors)
         backend.calls.append(Call(hook, body, headers))
         if not backend._open.is_set():
             backend.waiting += 1

@@ -29,6 +29,7 @@ def backend(io_loop: IOLoop) -> Iterator[HookBackend]:
     started = io_loop.run_sync(lambda: HookBackend.start(HOOK_SECRET))
     yield started
     io_loop.run_sync(started.stop, timeout=5)
+    assert started.bad_signatures == [] and started.bad_bodies == []  # every call, of every test
 
 
 def hooked(backend: HookBackend, *hooks: str, **settings: Any) -> dict[str, Any]:

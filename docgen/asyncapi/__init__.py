@@ -20,7 +20,7 @@ Decisions:
 - The document describes the gateway: it `receive`s client frames and the Kafka records it
   consumes, it `send`s server frames and the records it produces; one operation per frame or event
   type. A client frame answered by a reply frame (room_update, ack, presence_state, history,
-  refreshed, pong; or error) has an AsyncAPI `reply`, correlated on `$message.payload#/requestId`.
+  refreshed, rpc_result, pong; or error) has an AsyncAPI `reply`, correlated on `$message.payload#/requestId`.
 - A message's payload is the whole frame `{type, payload, requestId?}` (for Kafka, the whole
   envelope), converted from FrameSchema / ServerFrame / EnvelopeSchema by apispec's marshmallow
   converter, with `type` a const and `payload` a reference to the type's converted schema. Schema

@@ -16,6 +16,7 @@ CLIENT_FRAMES: dict[str, str] = {
     "presence_query": "Ask for a page of a joined room's online members.",
     "history": "Ask for the latest entries of a joined room's history.",
     "refresh": "Hand the socket a new token for the same user before the current one expires.",
+    "rpc": "Ask the application's backend (RPC_HOOK_URL): a method and any JSON data (docs/hooks.md).",
     "ping": "An application-level ping (browsers cannot send WebSocket ping frames).",
 }
 SERVER_FRAMES: dict[str, str] = {
@@ -30,6 +31,7 @@ SERVER_FRAMES: dict[str, str] = {
     "history": "The latest entries of the room's history, oldest first.",
     "token_expiring": "The token expires soon: send `refresh` with a new one.",
     "refreshed": "An accepted `refresh`: the new token's exp, the socket's new deadline.",
+    "rpc_result": "The backend's answer to `rpc`: the method and the answer's data.",
     "pong": "The answer to `ping`.",
     "error": "A refused frame. An error never closes the socket by itself.",
 }
@@ -41,6 +43,7 @@ REPLIES: dict[str, str] = {
     "presence_query": "presence_state",
     "history": "history",
     "refresh": "refreshed",
+    "rpc": "rpc_result",
     "ping": "pong",
 }
 RETRY_MEANING: dict[Retry, str] = {
