@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from marshmallow import Schema
+
 from docgen.json_schema import ecma_patterns, marshmallow_converter, yaml_dumper
 from schemas import api, hooks
 
@@ -46,7 +48,7 @@ def _operation(summary: str, description: str, answer: str, body: str | None = N
     return op
 
 
-_HOOK_SCHEMAS = {
+_HOOK_SCHEMAS: dict[str, type[Schema]] = {
     "ConnectCall": hooks.ConnectCall,
     "ConnectAnswer": hooks.ConnectAnswer,
     "JoinCall": hooks.JoinCall,
