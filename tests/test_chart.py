@@ -44,7 +44,7 @@ NOT_IN_VALUES = {
 # JWT_SECRET, is not a setting of its own). REDIS_CLUSTER_NODES excludes
 # REDIS_HOST, so the all-options values cannot set it; its own test does. WORKERS is pinned to 1.
 APP_ENV = frozenset(o.env for o in OPTIONS) - set(NOT_IN_VALUES) - {"REDIS_CLUSTER_NODES"}
-SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD", "API_KEY"})
+SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD", "API_KEY", "HOOK_SECRET"})
 # The chart refuses to render without a JWT secret source; most tests use the throwaway opt-in.
 THROWAWAY = ("--set", "auth.generateSecret=true")
 # The project publishes no image: every install names its own registry (the render fails otherwise).
@@ -450,7 +450,10 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
     assert cm["ALLOWED_ORIGINS"] == ",".join(v["gateway"]["allowedOrigins"])
     assert cm["JWT_ALGORITHMS"] == "HS256,ES256"
     assert cm["JWT_PUBLIC_KEY"].startswith("-----BEGIN PUBLIC KEY-----\n")
-    assert cm["ROOM_ACCESS"] == "token"
+    assert cm["ROOM_ACCESS"] == "hook"
+    assert cm["JOIN_HOOK_URL"] == v["hooks"]["joinUrl"] and cm["HOOK_FORWARD_HEADERS"] == "Cookie,User-Agent"
+    assert (cm["HOOK_TIMEOUT"], cm["HOOK_CONCURRENCY"], cm["JOIN_HOOK_CACHE_TTL"]) == ("2", "500", "30")
+    assert secret_ref(all_options, "HOOK_SECRET") == {"name": "gateway-hooks", "key": "hook-secret"}
     assert cm["DEMO"] == "true"
     assert cm["PORT"] == "8080"
     # Large numbers must not come out in float notation (1.048576e+06).
@@ -846,6 +849,21 @@ def test_short_jwt_secret_fails(render: Render) -> None:
     result = render("--set", "auth.jwtSecret=too-short")
     assert result.returncode != 0
     assert "auth.jwtSecret must be at least 32 characters" in result.stderr
+
+
+def test_room_access_hook_needs_the_join_hook(render: Render) -> None:
+    result = render("--set", "auth.roomAccess=hook")
+    assert result.returncode != 0
+    assert "hooks.joinUrl" in result.stderr
+    assert render("--set", "auth.roomAccess=hook", "--set", "hooks.joinUrl=http://backend/join").returncode == 0
+
+
+def test_a_hook_secret_goes_in_the_chart_secret_not_the_configmap(render: Render) -> None:
+    result = render("--set", "hooks.secret=s3cret-hook-key", "--set", "hooks.rpcUrl=http://backend/rpc")
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert "HOOK_SECRET" not in config_env(docs) and config_env(docs)["RPC_HOOK_URL"] == "http://backend/rpc"
+    assert secret_ref(docs, "HOOK_SECRET")["key"] == "HOOK_SECRET"
 
 
 def test_values_schema_rejects_bad_types(render: Render) -> None:

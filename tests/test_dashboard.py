@@ -21,7 +21,7 @@ from tests.test_chart import ALL_OPTIONS, CHART, IMAGE, KUBE_VERSION, NAMESPACE,
 
 DASHBOARD = CHART / "dashboards" / "gateway.json"
 DATA_KEY = "realtime-gateway.json"
-ROWS = ["Traffic", "Latency", "Health", "Sessions"]
+ROWS = ["Traffic", "Latency", "Health", "Sessions", "Backend hooks"]
 DATASOURCE = "${datasource}"
 # Metrics the dashboard must chart (at least one query each).
 REQUIRED_METRICS = frozenset(
@@ -45,6 +45,10 @@ REQUIRED_METRICS = frozenset(
         "gateway_redis_circuit_open",
         "gateway_gap_fill_entries_total",
         "gateway_history_epoch_renewals_total",
+        "gateway_hook_calls_total",
+        "gateway_hook_seconds_bucket",
+        "gateway_hook_in_flight",
+        "gateway_frames_waiting",
     }
 )
 
@@ -189,7 +193,8 @@ def test_queries_filter_by_the_variables_and_use_rate_interval(dashboard: dict[s
         for fn, window in re.findall(r"\b(rate|increase)\([^\[]*\[([^\]]*)\]", expr):
             assert window in ("$__rate_interval", "$__range"), f"{fn} over [{window}]: {expr}"
         if "histogram_quantile" in expr:
-            assert re.search(r"histogram_quantile\(0\.\d+, sum by \(le(, pod)?\) \(rate\(\w+_bucket\{", expr), expr
+            quantile = r"histogram_quantile\(0\.\d+, sum by \(le(, pod|, hook)?\) \(rate\(\w+_bucket\{"
+            assert re.search(quantile, expr), expr
 
 
 def test_required_panels(dashboard: dict[str, Any]) -> None:

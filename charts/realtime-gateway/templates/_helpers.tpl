@@ -89,6 +89,15 @@ and WORKERS.
   "JWT_LEEWAY" $v.auth.leeway
   "TOKEN_REFRESH_NOTICE" $v.auth.refreshNotice
   "ROOM_ACCESS" $v.auth.roomAccess
+  "CONNECT_HOOK_URL" $v.hooks.connectUrl
+  "JOIN_HOOK_URL" $v.hooks.joinUrl
+  "PUBLISH_HOOK_URL" $v.hooks.publishUrl
+  "RPC_HOOK_URL" $v.hooks.rpcUrl
+  "HOOK_TIMEOUT" $v.hooks.timeout
+  "HOOK_CONCURRENCY" $v.hooks.concurrency
+  "HOOK_ANSWER_BYTES" $v.hooks.answerBytes
+  "HOOK_FORWARD_HEADERS" $v.hooks.forwardHeaders
+  "JOIN_HOOK_CACHE_TTL" $v.hooks.joinCacheTtl
   "REVOCATION_TTL" $v.controlApi.revocationTtl
   "REDIS_HOST" $v.redis.host
   "REDIS_PORT" $v.redis.port
@@ -128,6 +137,7 @@ and WORKERS.
   "OUTBOUND_QUEUE_FRAMES" $g.limits.outboundQueueFrames
   "OUTBOUND_QUEUE_BYTES" $g.limits.outboundQueueBytes
   "INVALID_FRAME_LIMIT" $g.limits.invalidFrameLimit
+  "WAITING_FRAMES" $g.limits.waitingFrames
   "HANDSHAKE_TIMEOUT" $g.limits.handshakeTimeout
   "PING_INTERVAL" $g.keepalive.pingInterval
   "PING_TIMEOUT" $g.keepalive.pingTimeout
@@ -190,6 +200,19 @@ and WORKERS.
 
 {{- define "rtg.apiKeySecretKey" -}}
 {{- if .Values.controlApi.existingSecret -}}{{ .Values.controlApi.existingSecretKey }}{{- else -}}API_KEY{{- end -}}
+{{- end -}}
+
+{{/* HOOK_SECRET: from hooks.existingSecret, else the chart's Secret (hooks.secret); unset: unsigned calls. */}}
+{{- define "rtg.hookSecretName" -}}
+{{- default (include "rtg.fullname" .) .Values.hooks.existingSecret -}}
+{{- end -}}
+
+{{- define "rtg.hookSecretKey" -}}
+{{- if .Values.hooks.existingSecret -}}{{ .Values.hooks.existingSecretKey }}{{- else -}}HOOK_SECRET{{- end -}}
+{{- end -}}
+
+{{- define "rtg.hasHookSecret" -}}
+{{- if or .Values.hooks.existingSecret .Values.hooks.secret -}}true{{- end -}}
 {{- end -}}
 
 {{- define "rtg.hasApiKey" -}}
@@ -294,8 +317,11 @@ LoadBalancer Service would otherwise give /metrics and /api/* an address outside
 {{- fail (printf "service.internalPort must differ from service.port (both %d)" (int .Values.service.port)) -}}
 {{- end -}}
 {{- $roomAccess := toString .Values.auth.roomAccess -}}
-{{- if not (has $roomAccess (list "" "open" "token")) -}}
-{{- fail (printf "auth.roomAccess must be \"open\" or \"token\", got %q" $roomAccess) -}}
+{{- if not (has $roomAccess (list "" "open" "token" "hook")) -}}
+{{- fail (printf "auth.roomAccess must be \"open\", \"token\" or \"hook\", got %q" $roomAccess) -}}
+{{- end -}}
+{{- if and (eq $roomAccess "hook") (not .Values.hooks.joinUrl) -}}
+{{- fail "auth.roomAccess=hook needs hooks.joinUrl: the backend that decides each join (docs/hooks.md)" -}}
 {{- end -}}
 {{- if and .Values.podDisruptionBudget.enabled (ne (toString .Values.podDisruptionBudget.minAvailable) "") (ne (toString .Values.podDisruptionBudget.maxUnavailable) "") -}}
 {{- fail "podDisruptionBudget: set only one of minAvailable and maxUnavailable (set the other to \"\")" -}}
