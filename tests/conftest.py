@@ -37,6 +37,7 @@ SLOW_MODULES = frozenset(
         "test_dashboard",
         "test_demo_browser",
         "test_demo_routes",
+        "test_example_backend",
         "test_fuzz",
         "test_image",
         "test_install",

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import unavailable
+from tests.example_backend import example_backend
 from tests.helpers import ROOT, SECRET, GatewayProcess, free_port, spawn_server, token
 
 CHROMIUM = os.environ.get("RTG_CHROMIUM", "/usr/bin/chromium")
@@ -314,10 +315,34 @@ def test_page_asks_for_a_token_when_dev_tokens_are_off(browser, open_page, serve
     page.get_by_label("Join a room").fill("secret")
     page.get_by_role("button", name="Join", exact=True).click()
     expect(page.locator("#alert-text")).to_have_text(
-        "Your token does not allow that room: this token does not allow joining the room"
+        "You may not join that room: this token does not allow joining the room"
     )
     expect(page.locator('#room-list li[data-room="secret"]')).to_have_class("gone")
     page.get_by_label("Join a room").fill("team-blue")
     page.get_by_role("button", name="Join", exact=True).click()
     expect(page.get_by_text("You joined #team-blue")).to_be_visible()
     screenshot(page, "demo-token.png")
+
+
+def test_the_demo_page_against_the_example_backend(browser, open_page, servers, tmp_path):
+    """README, "Your backend": the reference backend's membership and word filter, through the page."""
+    expect = playwright_api.expect
+    with example_backend(str(tmp_path)) as backend:
+        servers.append(srv := spawn_server("--port", "0", *LOCAL, env=backend.gateway_env()))
+        bob = open_page(f"{srv.http}/demo")
+        sign_in(bob, "bob", "general")
+        bob.get_by_label("Join a room").fill("staff")
+        bob.get_by_role("button", name="Join", exact=True).click()
+        expect(bob.locator("#alert-text")).to_have_text("You may not join that room: staff is for its members only")
+        expect(bob.locator('#room-list li[data-room="staff"]')).to_have_class("gone")
+        bob.get_by_role("button", name="Open #general").click()
+        box = bob.get_by_label("Message", exact=True)
+        box.fill("well darn it")
+        box.press("Enter")
+        expect(bob.locator('.msg[data-sender="bob"] .body')).to_have_text("well **** it")
+        box.fill("cheap spam here")
+        box.press("Enter")
+        expect(bob.locator("#alert-text")).to_have_text(
+            "The chat service did not accept the message: the word 'spam' is not allowed here"
+        )
+        screenshot(bob, "demo-example-backend.png")

@@ -500,7 +500,9 @@ function showError(p) {
   const label = ERROR_TEXT[p.code] || "Error";
   let text = `${label}: ${p.message}`;
   if (p.details && typeof p.details === "object") {
-    const fields = Object.entries(p.details).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(" ") : JSON.stringify(v)}`);
+    // A backend's refusal carries its reason as the message already (docs/hooks.md): said once.
+    const fields = Object.entries(p.details).filter(([k, v]) => !(k === "reason" && v === p.message))
+      .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(" ") : JSON.stringify(v)}`);
     if (fields.length) text += ` (${fields.join("; ")})`;
   }
   showAlert(text);
