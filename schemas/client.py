@@ -6,11 +6,9 @@ Unknown payload fields are ignored (forward compatible clients); wrong types and
 
 from __future__ import annotations
 
-from typing import Any
+from marshmallow import EXCLUDE, Schema, fields, validate
 
-from marshmallow import EXCLUDE, Schema, fields, validate, validates
-
-from schemas.common import PRESENCE_STATUSES, attachments, check_content, room_id
+from schemas.common import PRESENCE_STATUSES, ContentRule, attachments, room_id
 
 RPC_METHOD_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}\Z"
 RPC_METHOD_MESSAGE = "method must be 1-64 characters: letters, digits, and _ . : -"
@@ -35,19 +33,11 @@ class LeaveSchema(_Payload):
     roomId = room_id()
 
 
-class MessageSchema(_Payload):
+class MessageSchema(ContentRule, _Payload):
     roomId = room_id()
     content = fields.String(required=True)
     attachments = attachments()
     dedupeKey = fields.String(validate=validate.Length(max=128))
-
-    def __init__(self, max_content: int = 4000, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.max_content = max_content
-
-    @validates("content")
-    def _content_length(self, value: str, **_: Any) -> None:
-        check_content(value, self.max_content)
 
 
 class HistorySchema(_Payload):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
 ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z"  # \Z: no trailing newline
 ROOM_ID_MESSAGE = "roomId must be 1-128 characters: letters, digits, and _ . : - (not first)"
@@ -34,3 +36,16 @@ def check_content(value: str, most: int) -> None:
     MAX_CONTENT promises (client messages and the control API's publish alike)."""
     if not 1 <= len(value) <= most:
         raise ValidationError(f"content must be 1 to {most} characters")
+
+
+class ContentRule(Schema):
+    """A schema whose `content` is held to MAX_CONTENT, given when the schema is made (client messages
+    and the publish hook's rewrite: a backend cannot send what a client could not)."""
+
+    def __init__(self, max_content: int = 4000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_content = max_content
+
+    @validates("content")
+    def _content_length(self, value: str, **_: Any) -> None:
+        check_content(value, self.max_content)

@@ -13,13 +13,12 @@ acts on a half-understood decision. Unknown fields are ignored (a backend may ad
 
 from __future__ import annotations
 
-import datetime
-import math
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from schemas.common import attachments, check_content
+from schemas.common import ContentRule, attachments
+from schemas.events import moment
 
 REASON_CHARS = 512  # a refusal's reason or error, shown to the client
 
@@ -27,27 +26,6 @@ REASON_CHARS = 512  # a refusal's reason or error, shown to the client
 class _Answer(Schema):
     class Meta:
         unknown = EXCLUDE
-
-
-class Moment(fields.Field):
-    """ISO-8601 (an offset or `Z`; naive means UTC) or Unix seconds, as a float of Unix time."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and len(value) <= 64:
-            try:
-                parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValidationError("expected ISO-8601 or Unix seconds") from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=datetime.UTC)
-            seconds = parsed.timestamp()
-        else:
-            raise ValidationError("expected ISO-8601 or Unix seconds")
-        if not math.isfinite(seconds) or not 0 < seconds < 253402300799:  # up to 9999-12-31
-            raise ValidationError("not a representable moment")
-        return seconds
 
 
 class StrictBoolean(fields.Field):
@@ -62,9 +40,7 @@ class StrictBoolean(fields.Field):
 class ConnectAnswer(_Answer):
     userId = fields.String(required=True, validate=validate.Length(min=1, max=128))
     rooms = fields.List(fields.String(validate=validate.Length(min=1, max=256)), validate=validate.Length(max=10000))
-    expiresAt = Moment(
-        metadata={"type": ["string", "number"], "description": "ISO-8601, or Unix seconds; absent: no expiry"}
-    )
+    expiresAt = moment(required=False, description="ISO-8601 (without a zone: UTC) or Unix seconds; absent: no expiry")
 
 
 class JoinAnswer(_Answer):
@@ -72,7 +48,7 @@ class JoinAnswer(_Answer):
     reason = fields.String(validate=validate.Length(max=REASON_CHARS))
 
 
-class PublishAnswer(_Answer):
+class PublishAnswer(ContentRule, _Answer):
     """`{}` sends the message as it is; content and attachments replace the client's and are held to
     the same rules (MAX_CONTENT, at most 10 attachments)."""
 
@@ -80,14 +56,6 @@ class PublishAnswer(_Answer):
     content = fields.String()
     attachments = attachments()
     reason = fields.String(validate=validate.Length(max=REASON_CHARS))
-
-    def __init__(self, max_content: int = 4000, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.max_content = max_content
-
-    @validates("content")
-    def _content_length(self, value: str, **_: Any) -> None:
-        check_content(value, self.max_content)
 
 
 class RpcAnswer(_Answer):

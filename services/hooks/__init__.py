@@ -83,10 +83,10 @@ class Hooks:
         answer = await self.client.ask("connect", self.connect_url, body, self._connect)
         if isinstance(answer, Refusal):
             return answer
-        rooms = answer.get("rooms")
+        rooms, expires = answer.get("rooms"), answer.get("expiresAt")
         return Identity(
             user_id=answer["userId"],
-            expires_at=answer.get("expiresAt", math.inf),
+            expires_at=math.inf if expires is None else expires.timestamp(),
             rooms=tuple(rooms) if rooms is not None else None,
             issued_at=time.time(),
         )
