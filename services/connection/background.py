@@ -21,7 +21,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from services.errors import ClientError
 from services.hub.tasks import TaskGroup
 from services.metrics import METRICS
 from services.session import Session
@@ -41,17 +40,11 @@ class Background:
         lanes = self._lanes.get(session)
         return lanes is not None and room in lanes
 
-    def start(
-        self,
-        session: Session,
-        work: Callable[[], Awaitable[None]],
-        refused: ClientError,
-        lane: str | None = None,
-    ) -> None:
-        """Run `work()` in the background, or raise `refused` when WAITING_FRAMES are already."""
+    def start(self, session: Session, work: Callable[[], Awaitable[None]], lane: str | None = None) -> bool:
+        """Run `work()` in the background; False (nothing started) when WAITING_FRAMES already are."""
         count = self._counts.get(session, 0)
         if count >= self.limit:
-            raise refused
+            return False
         self._counts[session] = count + 1
         METRICS.frames_waiting.inc()
         before: asyncio.Future[None] | None = None
@@ -61,6 +54,7 @@ class Background:
             before = lanes.get(lane)
             done = lanes[lane] = asyncio.get_running_loop().create_future()
         self._tasks.spawn(self._run(session, work, lane, before, done))
+        return True
 
     async def _run(
         self,

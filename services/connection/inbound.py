@@ -134,17 +134,15 @@ class Inbound:
                 if frame_type == "rpc":
                     self._rpc_done(session)
 
-        refused = ClientError(
+        if self.background.start(session, work, room if lane else None):
+            return
+        if frame_type == "message" and room is not None:
+            self._hub.owe(session, room, key)  # its successors must not overtake it (hub/ordering.py)
+        elif frame_type == "rpc":
+            self._rpc_done(session)
+        raise ClientError(
             "unavailable", "too many frames waiting for an answer; send again later", roomId=room, dedupeKey=key
         )
-        try:
-            self.background.start(session, work, refused, room if lane else None)
-        except ClientError:
-            if frame_type == "message" and room is not None:
-                self._hub.owe(session, room, key)  # its successors must not overtake it (hub/ordering.py)
-            elif frame_type == "rpc":
-                self._rpc_done(session)
-            raise
 
     async def _handle(self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None) -> None:
         hub = self._hub

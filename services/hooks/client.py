@@ -55,7 +55,8 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 class HookClient:
     def __init__(self, settings: Settings) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=settings.hook_timeout)
+        # ceil_threshold: aiohttp rounds a timeout of 5 s or more up to whole seconds unless told not to.
+        self._timeout = aiohttp.ClientTimeout(total=settings.hook_timeout, ceil_threshold=1e9)
         self._limit = settings.hook_concurrency
         self._answer_bytes = settings.hook_answer_bytes
         self._secret = settings.hook_secret
