@@ -747,3 +747,32 @@ async def consumes_again(gw: RunningGateway, brokers: str, room: str, member: Cl
     await in_thread(put, p, gw.settings.kafka_topic_message_events, room, event("message.created", msg))
     got = await member.expect("message", timeout=20, match=lambda f: f["payload"]["id"] == msg["id"])
     assert unplaced(got["payload"]) == msg
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_publish_hook_decides_before_the_ingest(brokers, topics, gateways):
+    """docs/hooks.md, "publish": a rejected message is neither delivered nor ingested; a rewritten
+    one is ingested as the backend rewrote it."""
+    from tests.hook_support import HookBackend
+
+    backend = await HookBackend.start()
+    try:
+        backend.answers["publish"] = lambda body: (
+            (200, {"allow": False, "reason": "no"})
+            if "reject" in body["message"]["content"]
+            else (200, {"allow": True, "content": body["message"]["content"].upper()})
+        )
+        gw = await gateways.start(**kafka_settings(brokers, topics), publish_hook_url=backend.url("publish"))
+        await wait_ready(gw)
+        room = new_room()
+        alice = await connect(gw, "alice", room)
+        alice.send("message", {"roomId": room, "content": "reject me", "dedupeKey": "a"}, request_id="r1")
+        assert (await alice.reply_to("r1", timeout=10))["payload"]["code"] == "rejected"
+        alice.send("message", {"roomId": room, "content": "shout me", "dedupeKey": "b"}, request_id="r2")
+        assert (await alice.reply_to("r2", timeout=10))["type"] == "ack"
+        (record,) = await in_thread(read_topic, brokers, topics.ingest, 1)
+        payload = json.loads(record.value())["payload"]
+        assert (payload["content"], payload["dedupeKey"]) == ("SHOUT ME", "b")  # the only record: "a" never went
+        alice.close()
+    finally:
+        await backend.stop()
