@@ -24,8 +24,10 @@ What it answers:
               recorded), anything else 404
 
 Every call's signature is checked (X-Gateway-Signature, X-Gateway-Timestamp within five minutes); a call
-that fails the check gets 401. Add a member by hand: `sqlite3 examples/chat_backend.db "insert into
-members values ('staff', 'bob')"`.
+that fails the check gets 401. Without --secret it refuses to start, unless --insecure says to accept
+unsigned calls (anyone who can reach the port could then act as any user).
+
+Add a member by hand: `sqlite3 examples/chat_backend.db "insert into members values ('staff', 'bob')"`.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class Backend:
     def publish(self, call: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         content: str = call["message"]["content"]
         words = dict(self.store.rows("select word, action from words"))
-        found = {w.lower() for w in re.findall(r"[\w']+", content)} & set(words)
+        found = {w.lower() for w in re.findall(r"[^\W_]+", content)} & set(words)  # letters and digits
         rejected = sorted(w for w in found if words[w] == "reject")
         if rejected:
             return 200, {"allow": False, "reason": f"the word {rejected[0]!r} is not allowed here"}
@@ -165,16 +167,20 @@ def make_handler(backend: Backend, secret: str | None) -> type[BaseHTTPRequestHa
 
         def do_POST(self) -> None:
             hook = self.path.removeprefix("/hooks/")
-            length = int(self.headers.get("Content-Length") or 0)
-            if hook not in hooks or length > MAX_BODY:
-                return self._answer(404, {"error": "no such hook"})
-            body = self.rfile.read(length)
+            length = self.headers.get("Content-Length", "")
+            # Not 404 for a wrong path: the gateway takes 401/403/404/409/422 as a refusal, and a typo
+            # in a hook URL must show as `unavailable`, not as every user refused.
+            if hook not in hooks:
+                return self._answer(400, {"error": f"no hook at {self.path}"})
+            if not length.isdigit() or int(length) > MAX_BODY:
+                return self._answer(413, {"error": "a body of at most 1 MiB, with its Content-Length"})
+            body = self.rfile.read(int(length))
             stamp, signature = self.headers.get("X-Gateway-Timestamp", ""), self.headers.get("X-Gateway-Signature", "")
             if not verify(secret, stamp, signature, body):
                 return self._answer(401, {"error": "bad signature"})
             try:
                 status, answer = hooks[hook](json.loads(body))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 return self._answer(400, {"error": "unexpected body"})
             self._answer(status, answer)
 
@@ -199,7 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--db", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_backend.db"))
     parser.add_argument("--secret", default=os.environ.get("HOOK_SECRET"), help="the gateway's HOOK_SECRET")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept unsigned calls (anyone who reaches the port may then act as any user)",
+    )
     args = parser.parse_args(argv)
+    if not args.secret and not args.insecure:
+        parser.error("give --secret (the gateway's HOOK_SECRET), or --insecure to accept unsigned calls")
     server = ThreadingHTTPServer((args.host, args.port), make_handler(Backend(Store(args.db)), args.secret))
     signed = "checking signatures" if args.secret else "NOT checking signatures (no --secret)"
     print(f"chat backend on http://{args.host}:{server.server_port}/hooks/ ({args.db}, {signed})", flush=True)

@@ -169,6 +169,7 @@ class Gateway:
             "rpc": s.rpc_hook_url,
         }
         if any(urls.values()):
+            self.hooks.client.load()
             log.info(
                 "backend hooks on",
                 extra={"hooks": ",".join(h for h, url in urls.items() if url), "signed": bool(s.hook_secret)},

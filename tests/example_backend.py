@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ def example_backend(folder: str) -> Iterator[ExampleBackend]:
     )
     try:
         assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "the example backend printed nothing within 20 s"
         first = proc.stdout.readline()  # printed once it listens
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
         assert found, f"the example backend did not start: {first!r}"

@@ -4,13 +4,16 @@ and its check of the gateway's signature."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
+from services.hooks.client import sign
 from tests.example_backend import SECRET, ExampleBackend, example_backend
 from tests.helpers import Client, RunningGateway, refused_status
 
@@ -61,9 +64,24 @@ async def test_the_example_backend_decides_who_joins_what_is_said_and_answers_rp
     bob.close()
 
 
-def test_the_example_backend_refuses_unsigned_calls(backend: ExampleBackend) -> None:
+@pytest.mark.parametrize("how", ["unsigned", "wrong key", "stale timestamp"])
+def test_the_example_backend_refuses_calls_it_cannot_verify(backend: ExampleBackend, how: str) -> None:
     body = b'{"hook": "join", "userId": "mallory", "roomId": "staff"}'
-    request = urllib.request.Request(backend.url("join"), data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if how != "unsigned":
+        stamp = str(int(time.time()) - (3600 if how == "stale timestamp" else 0))
+        headers["X-Gateway-Timestamp"] = stamp
+        headers["X-Gateway-Signature"] = sign("wrong-key" if how == "wrong key" else SECRET, stamp, body)
+    request = urllib.request.Request(backend.url("join"), data=body, headers=headers)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 401
+
+
+def test_the_example_backend_answers_a_signed_call(backend: ExampleBackend) -> None:
+    body = b'{"hook": "join", "userId": "alice", "roomId": "staff"}'
+    stamp = str(int(time.time()))
+    headers = {"X-Gateway-Timestamp": stamp, "X-Gateway-Signature": sign(SECRET, stamp, body)}
+    request = urllib.request.Request(backend.url("join"), data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.loads(answer.read()) == {"allow": True}

@@ -15,6 +15,7 @@ import pytest
 from realtime_gateway_client import Backoff, GatewayClient, GatewayError
 from tornado.ioloop import IOLoop
 
+from services.ids import iso
 from tests.control_support import API_KEY, api
 from tests.helpers import Client, RunningGateway, refused_status, sample, token, wait_for
 from tests.hook_support import HookBackend, delayed, refused_port
@@ -120,13 +121,13 @@ async def test_a_token_skips_the_connect_hook(make_gateway: Factory, backend: Ho
 async def test_the_gateway_reasks_the_connect_hook_before_expires_at(
     make_gateway: Factory, backend: HookBackend
 ) -> None:
-    first_exp = time.time() + 3
-    answers = iter([{"userId": "dave", "expiresAt": first_exp}, {"userId": "dave", "expiresAt": time.time() + 60}])
+    first_exp, second_exp = int(time.time()) + 3, int(time.time()) + 60
+    answers = iter([{"userId": "dave", "expiresAt": first_exp}, {"userId": "dave", "expiresAt": second_exp}])
     backend.answers["connect"] = lambda body: (200, next(answers))
     gw = await make_gateway(**hooked(backend, "connect", token_refresh_notice=2))
     client = await Client.connect(gw.url, headers={"Cookie": "session=d"})
     refreshed = await client.expect("refreshed", timeout=5)
-    assert refreshed["payload"]["expiresAt"] > "2026"
+    assert refreshed["payload"]["expiresAt"] == iso(second_exp)
     first, second = backend.calls_of("connect")
     assert second.body["headers"] == first.body["headers"]  # the handshake's headers, again
     assert second.body["headers"]["cookie"] == "session=d"
@@ -137,16 +138,21 @@ async def test_the_gateway_reasks_the_connect_hook_before_expires_at(
 
 
 @pytest.mark.slow  # waits for a deadline of a few seconds
+@pytest.mark.parametrize("second", ["refused", "same expiresAt"])
 @pytest.mark.gen_test(timeout=20)
-async def test_a_refused_reask_closes_4001_at_expires_at(make_gateway: Factory, backend: HookBackend) -> None:
+async def test_a_reask_that_does_not_move_the_deadline_closes_4001_at_expires_at(
+    make_gateway: Factory, backend: HookBackend, second: str
+) -> None:
     exp = time.time() + 3
-    answers = iter([(200, {"userId": "erin", "expiresAt": exp}), (401, {"error": "logged out"})])
-    backend.answers["connect"] = lambda body: next(answers)
+    again = (401, {"error": "logged out"}) if second == "refused" else (200, {"userId": "erin", "expiresAt": exp})
+    backend.answers["connect"] = (
+        lambda body: (200, {"userId": "erin", "expiresAt": exp}) if not backend.calls[1:] else again
+    )
     gw = await make_gateway(**hooked(backend, "connect", token_refresh_notice=2))
     client = await Client.connect(gw.url, headers={"Cookie": "session=e"})
     assert await client.wait_closed(timeout=8) == 4001
-    assert time.time() >= exp - 0.1
-    assert len(backend.calls_of("connect")) == 2
+    assert time.time() >= exp - 0.1  # not before the backend's expiresAt
+    assert len(backend.calls_of("connect")) == 2  # asked once again, not at every tick
 
 
 # -- join ----------------------------------------------------------------------------------------
@@ -183,7 +189,7 @@ async def test_join_allowed_refused_with_reason_and_refused_by_status(
     client.close()
 
 
-@pytest.mark.parametrize("failure", ["500", "garbage", "timeout", "refused"])
+@pytest.mark.parametrize("failure", ["500", "garbage", "timeout", "refused", "404-page"])
 @pytest.mark.gen_test(timeout=20)
 async def test_join_without_an_answer_is_unavailable_and_not_joined(
     make_gateway: Factory, backend: HookBackend, failure: str
@@ -195,6 +201,8 @@ async def test_join_without_an_answer_is_unavailable_and_not_joined(
         backend.answers["join"] = lambda body: (502, b"bad gateway")
     elif failure == "garbage":
         backend.answers["join"] = lambda body: (200, {"allow": "yes"})
+    elif failure == "404-page":  # a proxy's page, not the backend's refusal: no {"error"} body
+        backend.answers["join"] = lambda body: (404, b"<html>Not Found</html>")
     else:
         backend.answers["join"] = lambda body: delayed(3, (200, {"allow": True}))
     gw = await make_gateway(**settings)
@@ -283,11 +291,12 @@ async def test_the_concurrency_bound_fails_fast(make_gateway: Factory, backend: 
 async def test_a_ping_and_other_rooms_are_answered_while_a_join_waits(
     make_gateway: Factory, backend: HookBackend
 ) -> None:
-    gate = asyncio.Event()
+    answered = asyncio.Event()
 
     async def join(body: dict[str, Any]) -> tuple[int, Any]:
         if body["roomId"] == "slow":
-            await gate.wait()  # the slow backend: answers only once the test has seen the rest answered
+            await asyncio.sleep(4)  # the slow backend under test
+            answered.set()
         return 200, {"allow": True}
 
     backend.answers["join"] = join
@@ -301,11 +310,9 @@ async def test_a_ping_and_other_rooms_are_answered_while_a_join_waits(
     assert (await client.reply_to("fast-join"))["payload"]["action"] == "joined"
     client.send("presence", {"roomId": "fast", "status": "typing"})
     await client.expect("presence", match=lambda f: f["payload"]["status"] == "typing")
-    assert not gate.is_set() and len(backend.calls_of("join")) == 2
-    await asyncio.sleep(4)  # the backend's slowness (4 s), not a condition: the socket keeps answering meanwhile
     client.send("ping", request_id="p2")
     assert (await client.reply_to("p2"))["type"] == "pong"
-    gate.set()
+    assert not answered.is_set()  # all of that while the backend still held the slow join
     joined = await client.reply_to("slow-join")
     assert joined["payload"]["action"] == "joined"
     ack = await client.reply_to("slow-msg")  # queued behind its room's join, not refused not_in_room
@@ -339,7 +346,9 @@ async def test_a_hanging_backend_holds_bounded_frames_and_never_the_loop(
         assert (await c.reply_to("alive"))["type"] == "pong"
     assert over == 100
     assert sample("gateway_frames_waiting") == 10 * waiting
-    assert backend.waiting <= 10  # one publish call per sender at a time: its messages keep their order
+    # One publish call per sender at a time (its messages keep their order), all ten waiting.
+    await wait_for(lambda: backend.waiting == 10, what="one call per sender at the backend")
+    assert len(backend.calls_of("publish")) == 10
     backend.release()
     for c in clients:
         for n in range(waiting):
@@ -347,6 +356,97 @@ async def test_a_hanging_backend_holds_bounded_frames_and_never_the_loop(
     await wait_for(lambda: sample("gateway_frames_waiting") == 0, what="nothing left waiting")
     for c in clients:
         c.close()
+
+
+# -- what a join meets while it waits for the backend --------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_socket_closed_while_its_join_waits_is_never_announced(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10))
+    bob = await gw.client("bob")
+    await bob.join("r")
+    backend.hold()
+    alice = await gw.client("alice")
+    alice.send("join", {"roomId": "r"})
+    await wait_for(lambda: backend.waiting == 1, what="alice's join at the backend")
+    alice.close()
+    await wait_for(lambda: "alice" not in gw.gateway.hub.users, what="alice's socket gone")
+    backend.release()
+    await wait_for(lambda: sample("gateway_frames_waiting") == 0, what="the join to end")
+    await bob.none_before_pong("presence", match=lambda f: f["payload"]["userId"] == "alice")
+    assert [s.user_id for s in gw.gateway.hub.rooms["r"]] == ["bob"]
+    bob.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_removal_while_the_join_waits_refuses_it(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10, join_hook_cache_ttl=60))
+    alice = await gw.client("alice")
+    backend.hold()
+    alice.send("join", {"roomId": "r"}, request_id="j")
+    await wait_for(lambda: backend.waiting == 1, what="the join at the backend")
+    await gw.gateway.hub.control.remove("r", "alice")  # room.member_removed, meanwhile
+    backend.release()
+    refused = await alice.reply_to("j")
+    assert refused["payload"]["code"] == "forbidden_room"
+    assert not gw.gateway.hooks.decisions.allowed("alice", "r")  # the answer from before is not kept
+    alice.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_concurrent_hooked_joins_stay_within_max_rooms(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10), max_rooms=2)
+    alice = await gw.client("alice")
+    backend.hold()
+    for n in range(4):
+        alice.send("join", {"roomId": f"r{n}"}, request_id=f"j{n}")
+    await wait_for(lambda: backend.waiting == 4, what="four joins at the backend at once")
+    backend.release()
+    replies = [await alice.reply_to(f"j{n}") for n in range(4)]
+    outcomes = sorted(r["payload"].get("action") or r["payload"]["code"] for r in replies)
+    assert outcomes == ["joined", "joined", "too_many_rooms", "too_many_rooms"]
+    assert len(next(iter(gw.gateway.connections.sessions)).rooms) == 2
+    alice.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_leave_does_not_overtake_the_rooms_earlier_message(make_gateway: Factory, backend: HookBackend) -> None:
+    gw = await make_gateway(**hooked(backend, "publish", hook_timeout=10))
+    alice = await gw.client("alice")
+    await alice.join("r")
+    backend.hold()
+    alice.send("message", {"roomId": "r", "content": "first"}, request_id="m")
+    alice.send("leave", {"roomId": "r"}, request_id="l")
+    await wait_for(lambda: backend.waiting == 1, what="the message at the backend")
+    backend.release()
+    first = await alice.expect("ack")
+    assert first["requestId"] == "m"
+    left = await alice.reply_to("l")
+    assert left["payload"]["action"] == "left"
+    alice.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_messages_queued_behind_a_join_are_not_refused_for_a_later_one_over_the_bound(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10), waiting_frames=5)
+    alice = await gw.client("alice")
+    backend.hold()
+    alice.send("join", {"roomId": "r"}, request_id="j")
+    for n in range(5):  # four wait behind the join (the bound is 5 with it), the fifth is over it
+        alice.send("message", {"roomId": "r", "content": f"m{n}", "dedupeKey": f"k{n}"}, request_id=f"m{n}")
+    over = await alice.reply_to("m4")
+    assert over["payload"]["code"] == "unavailable"
+    backend.release()
+    assert (await alice.reply_to("j"))["payload"]["action"] == "joined"
+    assert [(await alice.reply_to(f"m{n}"))["type"] for n in range(4)] == ["ack"] * 4
+    alice.send("message", {"roomId": "r", "content": "m4", "dedupeKey": "k4"}, request_id="again")
+    assert (await alice.reply_to("again"))["type"] == "ack"  # the refused one, sent again, goes
+    alice.close()
 
 
 # -- publish -------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """Background: a connection's frames that wait (for the backend, Redis or Kafka) without stopping
 its reads, bounded, and in order per room.
 
-    start(session, work, room, lane)   run `work()` in the background; with `lane`, after the
-                                       connection's earlier frames for that room
-    busy(session, room)                a frame of the room is still waiting: later ones queue behind it
+    start(session, work, room, exclusive)   run `work()` in the background, in order with the
+                                            connection's earlier frames of `room`
+    busy(session, room)                     a frame of the room is in the background: later ones go
+                                            there too, behind it
 
 Why (docs/hooks.md, "Isolation"): a join waiting four seconds on the join hook must not hold the same
 connection's pings, presence or other rooms, yet a message sent right after that join must not be
-refused `not_in_room` because it overtook it. So a frame that waits runs in the background in its
-room's lane, and the room's later frames queue in the lane; the other rooms' frames and pings go on.
+refused `not_in_room` because it overtook it, and a `leave` sent after a message must not overtake it.
+So a frame that waits runs in the background, and the room's later frames wait for it there; the other
+rooms' frames and pings go on. Messages (and presence changes) of one room still run concurrently with
+each other: the sender's order is kept by the hub, which lets Kafka acks overlap.
 
 Limit: at most WAITING_FRAMES frames per connection are in the background at once (each holds at most
 MAX_MESSAGE_BYTES); one over it is refused `unavailable` at once, so a backend that hangs costs
@@ -26,57 +29,95 @@ from services.metrics import METRICS
 from services.session import Session
 
 
+class _Room:
+    """One room's frames of one connection in the background: `gate` is done once the last
+    exclusive frame and everything before it are; `group` the concurrent frames since it."""
+
+    __slots__ = ("count", "gate", "group")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.gate: asyncio.Future[None] | None = None
+        self.group: list[asyncio.Future[None]] = []
+
+
 class Background:
     def __init__(self, limit: int, tasks: TaskGroup) -> None:
         self.limit = limit
         self._tasks = tasks
         self._counts: dict[Session, int] = {}
-        self._lanes: dict[Session, dict[str, asyncio.Future[None]]] = {}
+        self._rooms: dict[Session, dict[str, _Room]] = {}
 
     def waiting(self, session: Session) -> int:
         return self._counts.get(session, 0)
 
     def busy(self, session: Session, room: str) -> bool:
-        lanes = self._lanes.get(session)
-        return lanes is not None and room in lanes
+        rooms = self._rooms.get(session)
+        return rooms is not None and room in rooms
 
-    def start(self, session: Session, work: Callable[[], Awaitable[None]], lane: str | None = None) -> bool:
-        """Run `work()` in the background; False (nothing started) when WAITING_FRAMES already are."""
+    def gate(self, session: Session, room: str) -> asyncio.Future[None] | None:
+        """What a concurrent frame of `room` sent now would wait for (None: nothing)."""
+        state = self._rooms.get(session, {}).get(room)
+        return None if state is None or state.gate is None or state.gate.done() else state.gate
+
+    def start(
+        self, session: Session, work: Callable[[], Awaitable[None]], room: str | None, exclusive: bool = False
+    ) -> bool:
+        """Run `work()` in the background; False (nothing started) when WAITING_FRAMES already are.
+
+        With `room`: a concurrent frame (a message, a presence change; they keep their own order,
+        hub/ordering.py) waits for the room's exclusive frames sent before it; an exclusive frame (a
+        join, a leave, a history or member query) waits for every frame of the room sent before it."""
         count = self._counts.get(session, 0)
         if count >= self.limit:
             return False
         self._counts[session] = count + 1
         METRICS.frames_waiting.inc()
-        before: asyncio.Future[None] | None = None
-        done: asyncio.Future[None] | None = None
-        if lane is not None:
-            lanes = self._lanes.setdefault(session, {})
-            before = lanes.get(lane)
-            done = lanes[lane] = asyncio.get_running_loop().create_future()
-        self._tasks.spawn(self._run(session, work, lane, before, done))
+        done = asyncio.get_running_loop().create_future()
+        waits: list[asyncio.Future[None]] = []
+        if room is not None:
+            state = self._rooms.setdefault(session, {}).setdefault(room, _Room())
+            if state.gate is not None:
+                waits.append(state.gate)
+            if exclusive:
+                waits += state.group
+                state.gate, state.group = done, []
+            else:
+                state.group.append(done)
+            state.count += 1
+        if self._tasks.spawn(self._run(session, work, room, waits, done)) is None:  # shutting down
+            self._finished(session, room, done)
         return True
 
     async def _run(
         self,
         session: Session,
         work: Callable[[], Awaitable[Any]],
-        lane: str | None,
-        before: asyncio.Future[None] | None,
-        done: asyncio.Future[None] | None,
+        room: str | None,
+        waits: list[asyncio.Future[None]],
+        done: asyncio.Future[None],
     ) -> None:
         try:
-            if before is not None and not before.done():
-                await asyncio.wait([before])
+            if pending := [w for w in waits if not w.done()]:
+                await asyncio.wait(pending)
             await work()  # (a connection closed meanwhile: `work` knows what it must still release)
         finally:
-            METRICS.frames_waiting.dec()
-            count = self._counts.pop(session, 1) - 1
-            if count > 0:
-                self._counts[session] = count
-            if done is not None:
-                done.set_result(None)
-                lanes = self._lanes.get(session)
-                if lanes is not None and lane is not None and lanes.get(lane) is done:
-                    del lanes[lane]
-                    if not lanes:
-                        del self._lanes[session]
+            self._finished(session, room, done)
+
+    def _finished(self, session: Session, room: str | None, done: asyncio.Future[None]) -> None:
+        METRICS.frames_waiting.dec()
+        count = self._counts.pop(session, 1) - 1
+        if count > 0:
+            self._counts[session] = count
+        done.set_result(None)
+        rooms = self._rooms.get(session)
+        state = rooms.get(room) if rooms is not None and room is not None else None
+        if rooms is None or state is None or room is None:
+            return
+        if done in state.group:
+            state.group.remove(done)
+        state.count -= 1
+        if state.count == 0:
+            del rooms[room]
+            if not rooms:
+                del self._rooms[session]

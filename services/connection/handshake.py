@@ -78,20 +78,21 @@ class Doorman:
         if handshake.origin is not None and not self.origin_allowed(handshake.origin):
             raise Refused(403, "origin not allowed")
         conn_id, reask = short_id(), None
-        if handshake.token is None and self._hooks.connect_url is not None:
-            identity, reask = await self._ask(conn_id, handshake)
-        else:
+        by_hook = handshake.token is None and self._hooks.connect_url is not None
+        if not by_hook:
             try:
                 identity = self._verifier.verify(handshake.token or "")
             except AuthError as exc:
                 METRICS.auth_failures.inc()
                 log.info("upgrade refused", extra={"reason": str(exc), "remote": handshake.remote})
                 raise Refused(401, str(exc)) from None
-        refusal = self._admission.admit()
+        refusal = self._admission.admit()  # before the connect hook: a full instance asks nobody
         if refusal is not None:
             METRICS.upgrades_refused.labels(str(refusal)).inc()
             raise Refused(refusal, "server is at its connection limit; try another instance or later")
         try:
+            if by_hook:
+                identity, reask = await self._ask(conn_id, handshake)
             found = await self._control.load(identity.user_id)
         except BaseException:
             self._admission.release()

@@ -34,7 +34,9 @@ from services.settings import Settings
 log = logging.getLogger("gateway.connection")
 
 RPC_IN_FLIGHT = 16  # rpc calls of one connection waiting for the backend (over it: rate_limited)
-BACKGROUND = frozenset({"message", "presence", "rpc"})  # never answered inline
+# Always in the background; a room's messages and presence changes run concurrently with each other
+# (the hub keeps a sender's order) and after the room's other frames sent before them.
+CONCURRENT = frozenset({"message", "presence"})
 
 
 class Refresher(Protocol):
@@ -115,12 +117,14 @@ class Inbound:
         self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None
     ) -> None:
         room: str | None = payload.get("roomId")
-        lane = room is not None and (
-            self.background.busy(session, room) or (frame_type == "join" and self._hooks.join_is_asked(session, room))
+        background = self.background
+        concurrent = frame_type in CONCURRENT
+        exclusive = room is not None and (
+            background.busy(session, room) or (frame_type == "join" and self._hooks.join_is_asked(session, room))
         )
         if frame_type == "rpc":
             self._check_rpc(session)
-        if not lane and frame_type not in BACKGROUND:
+        elif not concurrent and not exclusive:
             await self._handle(session, frame_type, payload, request_id)
             return
         key = _str_or_none(payload.get("dedupeKey"))
@@ -134,10 +138,11 @@ class Inbound:
                 if frame_type == "rpc":
                     self._rpc_done(session)
 
-        if self.background.start(session, work, room if lane else None):
+        if background.start(session, work, room, exclusive=not concurrent):
             return
         if frame_type == "message" and room is not None:
-            self._hub.owe(session, room, key)  # its successors must not overtake it (hub/ordering.py)
+            # Its successors must not overtake it, and it must not overtake the room's earlier frames.
+            self._hub.owe(session, room, key, background.gate(session, room))
         elif frame_type == "rpc":
             self._rpc_done(session)
         raise ClientError(

@@ -40,13 +40,14 @@ REASK_RETRY = 5.0  # seconds between connect-hook re-asks while the backend does
 
 
 class Lifetime:
-    __slots__ = ("_expiry", "_keepalive", "_notice", "_owner", "_reask", "_transport", "session")
+    __slots__ = ("_asked_at", "_expiry", "_keepalive", "_notice", "_owner", "_reask", "_transport", "session")
 
     def __init__(self, owner: Lifetimes, session: Session, transport: Probed, reask: Reask | None) -> None:
         self._owner = owner
         self.session = session
         self._transport = transport
         self._reask = reask
+        self._asked_at: float | None = None  # when the connect hook was last asked again
         self._expiry: Deadline | None = None
         self._notice: Deadline | None = None
         self._keepalive: Deadline | None = None
@@ -59,9 +60,20 @@ class Lifetime:
         if math.isinf(identity.expires_at):  # the connect hook's identity without expiresAt
             self._expiry = self._notice = None
             return
-        leeway = 0 if self._reask is not None else s.jwt_leeway  # expiresAt is the backend's word, not a JWT's
-        self._expiry = timers.after(identity.expires_at + leeway - now, self._token_expired)
-        self._notice = timers.after(max(0.0, identity.expires_at - s.token_refresh_notice - now), self._token_expiring)
+        if self._reask is None:
+            self._expiry = timers.after(identity.expires_at + s.jwt_leeway - now, self._token_expired)
+            self._notice = timers.after(
+                max(0.0, identity.expires_at - s.token_refresh_notice - now), self._token_expiring
+            )
+            return
+        # The connect hook's expiresAt is the backend's word, not a JWT's: no leeway. The hook is
+        # asked again at most every REASK_RETRY seconds (an answer whose expiresAt is inside
+        # TOKEN_REFRESH_NOTICE would otherwise be asked again at every tick of the wheel).
+        self._expiry = timers.after(identity.expires_at - now, self._token_expired)
+        ask_in = max(0.0, identity.expires_at - s.token_refresh_notice - now)
+        if self._asked_at is not None:
+            ask_in = max(ask_in, self._asked_at + REASK_RETRY - now)
+        self._notice = timers.after(ask_in, self._token_expiring) if ask_in < identity.expires_at - now else None
 
     def notice_again(self, after: float) -> None:
         self._notice = self._owner.timers.after(after, self._token_expiring)
@@ -82,6 +94,7 @@ class Lifetime:
     def _token_expiring(self) -> None:
         """(A refresh cancels the old token's notice: the session's identity is the one due.)"""
         if self._reask is not None:
+            self._asked_at = self._owner.now()
             self._owner.tasks.spawn(self._owner.reask(self, self._reask))
             return
         self.session.send(frames.encode("token_expiring", {"expiresAt": iso(self.session.identity.expires_at)}))
@@ -127,6 +140,9 @@ class Lifetimes:
     def sessions(self) -> KeysView[Session]:
         return self._lives.keys()
 
+    def now(self) -> float:
+        return self._clock()
+
     def begin(self, session: Session, transport: Probed, reask: Reask | None = None) -> None:
         self._lives[session] = Lifetime(self, session, transport, reask)
 
@@ -165,9 +181,9 @@ class Lifetimes:
         self._control.reauthorize(session, identity)
 
     async def reask(self, life: Lifetime, reask: Reask) -> None:
-        """The connect hook asked again before `expiresAt`: the same user moves the deadline; a
-        refusal or another user lets it close 4001; no answer is asked again every REASK_RETRY
-        seconds while there is time."""
+        """The connect hook asked again before `expiresAt`: the same user with a later expiresAt moves
+        the deadline; a refusal, another user or the same expiresAt lets it close 4001 then; no answer
+        is asked again every REASK_RETRY seconds while there is time."""
         session = life.session
         try:
             identity = await self._hooks.connect(reask.caller, reask.headers, reask.query)
@@ -176,7 +192,12 @@ class Lifetimes:
             if left > REASK_RETRY and not session.closed:
                 life.notice_again(REASK_RETRY)
             return
-        if isinstance(identity, Identity) and identity.user_id == session.user_id and self._lives.get(session) is life:
+        if (
+            isinstance(identity, Identity)
+            and identity.user_id == session.user_id
+            and identity.expires_at > session.identity.expires_at
+            and self._lives.get(session) is life
+        ):
             METRICS.token_refreshes.labels("ok").inc()
             life.watch_token(identity, self._clock())
             if not math.isinf(identity.expires_at):  # (an answer without expiresAt: no deadline any more)

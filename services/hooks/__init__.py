@@ -106,12 +106,13 @@ class Hooks:
         if self.decisions.allowed(user, room):
             return None
         body = self._body("join", session, userId=user, roomId=room)
+        asked_at = self.decisions.forgets
         answer = await self.client.ask("join", self.join_url, body, self._join)
         if isinstance(answer, Refusal):
             return answer.error
         if not answer["allow"]:
             return answer.get("reason") or "the backend refused the join"
-        self.decisions.allow(user, room)
+        self.decisions.allow(user, room, asked_at)
         return None
 
     async def publish(self, session: Session, room: str, message: dict[str, Any]) -> dict[str, Any] | Refusal:

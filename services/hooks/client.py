@@ -3,14 +3,17 @@
     HookClient.ask(hook, url, body, schema)  -> the loaded answer, or a Refusal; HookUnavailable else
     sign(secret, timestamp, body)            the X-Gateway-Signature value
 
-One outcome mapping for all four hooks (docs/hooks.md, "Failure policy"): 200 with an answer that loads
-is the answer; 401, 403, 404, 409 and 422 are refusals; anything else (another status, an answer that
-does not load, HOOK_TIMEOUT, a refused connection, HOOK_CONCURRENCY reached) is unavailable.
+One outcome mapping for all four hooks (docs/hooks.md, "Failure policy"): 200 with an answer that
+loads is the answer; 401, 403, 404, 409 and 422 with `{"error"}` are refusals; anything else (another
+status, an answer that does not load, HOOK_TIMEOUT, a refused connection, HOOK_CONCURRENCY reached)
+is unavailable.
 
 Limits: at most HOOK_CONCURRENCY calls in flight; one over it fails at once (no queue, so a dead backend
-holds no more than that many calls and their bodies). An answer is read up to HOOK_ANSWER_BYTES. The pool
-(aiohttp, chosen in BENCHMARKS.md "Hook client") keeps connections alive: a gateway doing 2,000 joins/s
-reuses a handful of connections instead of opening 2,000 a second.
+holds no more than that many calls and their bodies). Connect calls, which anyone can cause with a
+handshake, take at most half of them, so they cannot starve the joins and messages of signed-in users.
+An answer is read up to HOOK_ANSWER_BYTES. The pool (aiohttp, chosen in BENCHMARKS.md "Hook client")
+keeps connections alive and reuses them: it opens at most HOOK_CONCURRENCY, and a handful at an
+ordinary pace (BENCHMARKS.md, "What the hooks cost").
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import aiohttp
 import orjson
 from marshmallow import Schema, ValidationError
 
@@ -31,6 +33,9 @@ from services.errors import HookUnavailable
 from services.ids import uuid7
 from services.metrics import METRICS
 from services.settings import Settings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("gateway.hooks")
 
@@ -55,14 +60,18 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 class HookClient:
     def __init__(self, settings: Settings) -> None:
-        # ceil_threshold: aiohttp rounds a timeout of 5 s or more up to whole seconds unless told not to.
-        self._timeout = aiohttp.ClientTimeout(total=settings.hook_timeout, ceil_threshold=1e9)
+        self._timeout_s = settings.hook_timeout
         self._limit = settings.hook_concurrency
         self._answer_bytes = settings.hook_answer_bytes
         self._secret = settings.hook_secret
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0
+        self._connects = 0  # connect calls in flight: at most half of HOOK_CONCURRENCY (module docstring)
         self._failing: dict[str, int] = {}  # hook -> calls unavailable in the current episode
+
+    def load(self) -> None:
+        """Import aiohttp now (at start, when a hook is set), not on the loop at the first call."""
+        import aiohttp  # noqa: F401
 
     @property
     def in_flight(self) -> int:
@@ -74,12 +83,18 @@ class HookClient:
             self._session = None
 
     def _pool(self) -> aiohttp.ClientSession:
-        """Made at the first call, on the running loop (aiohttp binds its pool to it)."""
+        """Made at the first call, on the running loop (aiohttp binds its pool to it). aiohttp is
+        imported only then: a gateway without hooks does not carry it (about 20,000 objects and
+        several MiB per process, BENCHMARKS.md "What the hooks cost")."""
+        import aiohttp
+
         if self._session is None:
+            # ceil_threshold: aiohttp rounds a timeout of 5 s or more up to whole seconds unless told not to.
+            timeout = aiohttp.ClientTimeout(total=self._timeout_s, ceil_threshold=1e9)
             connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=self._timeout,
+                timeout=timeout,
                 json_serialize=lambda value: orjson.dumps(value).decode(),
                 skip_auto_headers=("User-Agent",),
                 headers={"User-Agent": "realtime-gateway"},
@@ -87,9 +102,13 @@ class HookClient:
         return self._session
 
     async def ask(self, hook: str, url: str, body: dict[str, Any], schema: Schema) -> dict[str, Any] | Refusal:
+        import aiohttp  # (imported at start when a hook is set: a dictionary lookup here)
+
         request_id = uuid7()
         if self._in_flight >= self._limit:
             self._unavailable(hook, request_id, "HOOK_CONCURRENCY reached")
+        if hook == "connect" and self._connects >= self._limit // 2:
+            self._unavailable(hook, request_id, "half of HOOK_CONCURRENCY in connect calls")
         raw = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         if self._secret:
@@ -97,6 +116,7 @@ class HookClient:
             headers["X-Gateway-Timestamp"] = stamp
             headers["X-Gateway-Signature"] = sign(self._secret, stamp, raw)
         self._in_flight += 1
+        self._connects += hook == "connect"
         METRICS.hook_in_flight.inc()
         started = time.perf_counter()
         try:
@@ -107,10 +127,13 @@ class HookClient:
             self._unavailable(hook, request_id, _describe(exc))
         finally:
             self._in_flight -= 1
+            self._connects -= hook == "connect"
             METRICS.hook_in_flight.dec()
             METRICS.hook_seconds.labels(hook).observe(time.perf_counter() - started)
         if status in REFUSAL_STATUSES:
             refusal = _refusal(status, answer)
+            if refusal is None:  # a proxy's 404 page, a framework's 401: not the backend's word
+                self._unavailable(hook, request_id, f"HTTP {status} without an {{error}} body")
             self._answered(hook, request_id, "refused")
             return refusal
         if status != 200:
@@ -126,6 +149,8 @@ class HookClient:
 
     async def _post(self, url: str, raw: bytes, headers: dict[str, str]) -> tuple[int, Any]:
         """(status, the answer's JSON or None), read up to HOOK_ANSWER_BYTES."""
+        import aiohttp
+
         async with self._pool().post(url, data=raw, headers=headers, allow_redirects=False) as response:
             if response.content_length is not None and response.content_length > self._answer_bytes:
                 raise aiohttp.ClientPayloadError(f"answer over HOOK_ANSWER_BYTES ({response.content_length} bytes)")
@@ -158,16 +183,19 @@ class HookClient:
         raise HookUnavailable(reason)
 
 
-def _refusal(status: int, answer: Any) -> Refusal:
+def _refusal(status: int, answer: Any) -> Refusal | None:
+    """The refusal a 401, 403, 404, 409 or 422 carries as `{"error", "code"?}`; None without one."""
     try:
         body = RefusalBody().load(answer if isinstance(answer, dict) else {})
     except ValidationError:
-        return Refusal(status, f"refused by the backend (HTTP {status})")
+        return None
     return Refusal(status, body["error"][:REASON_CHARS] or f"refused by the backend (HTTP {status})", body.get("code"))
 
 
 def _describe(exc: aiohttp.ClientError) -> str:
     """What went wrong, without the URL's credentials or the answer's content."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect ({exc.os_error.__class__.__name__})"
     if isinstance(exc, aiohttp.ClientPayloadError):

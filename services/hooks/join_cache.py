@@ -16,13 +16,16 @@ MOST = 50_000  # (user, room) pairs per instance: a few MiB at most
 
 
 class JoinDecisions:
-    __slots__ = ("_by_user", "_clock", "_size", "ttl")
+    __slots__ = ("_by_user", "_clock", "_size", "forgets", "ttl")
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
         self._by_user: dict[str, dict[str, float]] = {}  # user -> room -> until; oldest-touched user first
         self._size = 0
+        # Counts `forget` calls: an answer asked for before one is not kept (a removal or revocation
+        # that came while the backend was being asked must win over the answer it gave).
+        self.forgets = 0
 
     def __len__(self) -> int:
         return self._size
@@ -42,8 +45,9 @@ class JoinDecisions:
             del self._by_user[user]
         return False
 
-    def allow(self, user: str, room: str) -> None:
-        if self.ttl <= 0:
+    def allow(self, user: str, room: str, asked_at: int) -> None:
+        """Keep the backend's yes, asked for when `forgets` was `asked_at`."""
+        if self.ttl <= 0 or asked_at != self.forgets:
             return
         rooms = self._by_user.pop(user, None) or {}
         self._by_user[user] = rooms  # now the most recently touched
@@ -60,6 +64,7 @@ class JoinDecisions:
 
     def forget(self, user: str, room: str | None = None) -> None:
         """Drop the user's entry for `room`, or all of the user's entries."""
+        self.forgets += 1
         rooms = self._by_user.get(user)
         if rooms is None:
             return

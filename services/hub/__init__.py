@@ -91,8 +91,9 @@ class RoomHub:
         self.roster = Roster(settings, presence, self.fanout, members, tasks)
         self.statuses = Statuses(settings, presence, self.roster, self.fanout, members, tasks)
         self.departures = Departures(members, self.holds, self.fanout, self.roster, self.statuses, self.channels, tasks)
-        store = revocations or MemoryRevocations()
-        self.control = Control(store, settings, bus, members, self.departures, self.hooks.decisions)
+        self.control = Control(
+            revocations or MemoryRevocations(), settings, bus, members, self.departures, self.hooks.decisions
+        )
         self.access = Access(settings, self.control, self.hooks)
 
     @property
@@ -120,8 +121,6 @@ class RoomHub:
 
     def spawn(self, aw: Awaitable[Any]) -> None:
         self.tasks.spawn(aw)
-
-    # -- connections -------------------------------------------------------------------------
 
     def connect(self, session: Session, revocations: Revocations = NOTHING, since: float | None = None) -> bool:
         """Register a new session, with the records its handshake (begun at `since`, Unix time)
@@ -168,19 +167,23 @@ class RoomHub:
         member_already = room in session.rooms
         if not member_already:
             await self.access.admit(session, room)
+            refused: ClientError | None = None
 
             def add_member() -> None:
-                nonlocal hold
-                if session.closed:  # gone while its join waited: the disconnect took it out of its rooms
-                    return
-                self.members.add_to_room(room, session)
-                hold = self.holds.start(room, session, self.settings.outbound_queue_frames)
-                session.rooms.add(room)
+                nonlocal hold, refused
+                # Asked again: while it waited the socket may have closed, a removal come, MAX_ROOMS filled.
+                if (refused := self.access.still(session, room)) is None:
+                    self.members.add_to_room(room, session)
+                    hold = self.holds.start(room, session, self.settings.outbound_queue_frames)
+                    session.rooms.add(room)
 
             try:
                 await self.channels.ensure(room_channel(room), then=add_member)
             except BusError:
                 raise ClientError("unavailable", "room is unavailable (Redis), try again", roomId=room) from None
+            if refused is not None:
+                self.spawn(self.departures.drop_channel(room))
+                raise refused
             try:
                 first = await self.roster.enter(room, session, time.time())
                 answer = await self.recovery.join(room, since, member_already)
@@ -227,10 +230,10 @@ class RoomHub:
         order = self._orders.get(session) or SenderOrder()  # a session gone meanwhile: order no longer matters
         await self.messages.handle(session, order, payload, request_id)
 
-    def owe(self, session: Session, room: str, key: str | None) -> None:
-        """A message refused before its turn (too many frames waiting): its successors wait for it (ordering.py)."""
+    def owe(self, session: Session, room: str, key: str | None, after: Awaitable[None] | None) -> None:
+        """A message refused before its turn (too many frames waiting), placed after `after` (ordering.py)."""
         if (order := self._orders.get(session)) is not None:
-            self.spawn(order.refused(room, key))
+            self.spawn(order.refused(room, key, after))
 
     async def history_of(self, session: Session, room: str, limit: int, request_id: str | None) -> None:
         if room not in session.rooms:

@@ -2,7 +2,8 @@
 
     check(session, room)  at once: ROOM_ACCESS=token's `rooms` claim, and removals (control.py)
     admit(session, room)  a room the connection is not in yet: MAX_ROOMS, then ROOM_ACCESS=hook's
-                          join hook (and MAX_ROOMS again: other joins may have ended meanwhile)
+                          join hook
+    still(session, room)  the same once the join is about to take effect, after it waited
 
 A join of a room the connection is already in is answered from its membership without asking the
 backend again: it was asked when the connection joined, and a removal since took it out of the room.
@@ -41,7 +42,17 @@ class Access:
             raise ClientError("unavailable", "the backend did not answer; join again later", roomId=room) from None
         if reason is not None:
             raise ClientError("forbidden_room", reason, roomId=room, details={"reason": reason})
-        self._room_left(session, room)
+
+    def still(self, session: Session, room: str) -> ClientError | None:
+        """The refusal the join gets now, after it waited: closed, removed meanwhile, or MAX_ROOMS."""
+        if session.closed:
+            return ClientError("not_in_room", "the connection closed while joining", roomId=room)
+        try:
+            self.check(session, room)
+            self._room_left(session, room)
+        except ClientError as exc:
+            return exc
+        return None
 
     def _room_left(self, session: Session, room: str) -> None:
         if len(session.rooms) >= self._max_rooms:

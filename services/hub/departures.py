@@ -60,6 +60,10 @@ class Departures:
         user = session.user_id
         gone = await self._roster.exit(room, user, session.conn_id, announce)
         self._statuses.left(room, user, gone)
+        await self.drop_channel(room)
+
+    async def drop_channel(self, room: str) -> None:
+        """Unsubscribe the room's channel when no local session is in the room (any more)."""
         await self._channels.drop_if_unused(room_channel(room), lambda: bool(self._members.in_room(room)))
 
     def remove(self, room: str, sessions: Sequence[Session], frame: bytes | None, announce: bool) -> None:
