@@ -144,7 +144,9 @@ async def test_a_reask_that_does_not_move_the_deadline_closes_4001_at_expires_at
     make_gateway: Factory, backend: HookBackend, second: str
 ) -> None:
     exp = time.time() + 3
-    again = (401, {"error": "logged out"}) if second == "refused" else (200, {"userId": "erin", "expiresAt": exp})
+    again: tuple[int, dict[str, Any]] = (
+        (401, {"error": "logged out"}) if second == "refused" else (200, {"userId": "erin", "expiresAt": exp})
+    )
     backend.answers["connect"] = (
         lambda body: (200, {"userId": "erin", "expiresAt": exp}) if not backend.calls[1:] else again
     )
@@ -630,6 +632,11 @@ async def test_unavailable_is_logged_once_per_episode(
     messages = [r.getMessage() for r in caplog.records if r.name == "gateway.hooks" and r.levelno >= logging.WARNING]
     assert messages == ["backend unavailable", "backend answering again", "backend unavailable"]
     assert calls("rpc", "unavailable") == unavailable + 6 and calls("rpc", "ok") == ok + 1
+    backend.answers["rpc"] = lambda body: (403, {"error": "not yours"})
+    assert await rpc(7) == "rpc_failed"
+    (refused,) = [r for r in caplog.records if getattr(r, "outcome", None) == "refused"]
+    assert refused.levelno == logging.INFO  # traceable: the same id as the backend's X-Request-Id
+    assert refused.request_id == backend.calls_of("rpc")[-1].headers["X-Request-Id"]  # type: ignore[attr-defined]
     client.close()
 
 

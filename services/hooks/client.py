@@ -169,7 +169,9 @@ class HookClient:
         failed = self._failing.pop(hook, 0)
         if failed:
             log.warning("backend answering again", extra={"hook": hook, "unavailable_calls": failed})
-        log.debug("hook answered", extra={"hook": hook, "request_id": request_id, "outcome": outcome})
+        # A refusal is a decision someone may ask about ("why was I refused?"): traceable by its id.
+        level = logging.INFO if outcome == "refused" else logging.DEBUG
+        log.log(level, "hook answered", extra={"hook": hook, "request_id": request_id, "outcome": outcome})
 
     def _unavailable(self, hook: str, request_id: str, reason: str) -> NoReturn:
         """Count, log once per episode (the first failure after an answer), and raise."""
