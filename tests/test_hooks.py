@@ -596,14 +596,39 @@ async def test_at_most_16_rpc_calls_in_flight_per_connection(make_gateway: Facto
     client.close()
 
 
+def failing(backend: HookBackend, hook: str, failure: str, settings: dict[str, Any]) -> None:
+    """Make `hook` fail the way `failure` says: a 5xx, an answer that does not load, a timeout
+    (settings' HOOK_TIMEOUT is 0.5 s), a refused connection."""
+    if failure == "refused":
+        settings[f"{hook}_hook_url"] = f"http://127.0.0.1:{refused_port()}/{hook}"
+    elif failure == "500":
+        backend.answers[hook] = lambda body: (503, {"error": "down"})
+    elif failure == "garbage":
+        backend.answers[hook] = lambda body: (200, {"allow": "maybe", "data": 1} if hook == "publish" else b"[1, 2")
+    else:
+        backend.answers[hook] = lambda body: delayed(3, (200, {}))
+
+
+@pytest.mark.parametrize("failure", ["500", "garbage", "timeout", "refused"])
 @pytest.mark.gen_test(timeout=20)
-async def test_rpc_without_an_answer_is_unavailable(make_gateway: Factory, backend: HookBackend) -> None:
-    backend.answers["rpc"] = lambda body: (503, {"error": "down"})
-    gw = await make_gateway(**hooked(backend, "rpc"))
-    client = await gw.client("alice")
-    client.send("rpc", {"method": "x"}, request_id="r1")
-    assert (await client.reply_to("r1"))["payload"]["code"] == "unavailable"
-    client.close()
+async def test_rpc_and_publish_without_an_answer_are_unavailable(
+    make_gateway: Factory, backend: HookBackend, failure: str
+) -> None:
+    settings = hooked(backend, "rpc", "publish", hook_timeout=0.5)
+    failing(backend, "rpc", failure, settings)
+    failing(backend, "publish", failure, settings)
+    gw = await make_gateway(**settings)
+    alice, bob = await gw.client("alice"), await gw.client("bob")
+    await alice.join("r")
+    await bob.join("r")
+    alice.send("rpc", {"method": "x"}, request_id="r1")
+    assert (await alice.reply_to("r1"))["payload"]["code"] == "unavailable"
+    alice.send("message", {"roomId": "r", "content": "hi", "dedupeKey": "k"}, request_id="m1")
+    error = (await alice.reply_to("m1"))["payload"]
+    assert (error["code"], error["roomId"], error["dedupeKey"]) == ("unavailable", "r", "k")
+    await bob.none_before_pong("message")  # delivered to no one
+    alice.close()
+    bob.close()
 
 
 # -- logs and metrics ----------------------------------------------------------------------------
