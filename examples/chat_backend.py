@@ -172,7 +172,7 @@ def make_handler(backend: Backend, secret: str | None) -> type[BaseHTTPRequestHa
             # in a hook URL must show as `unavailable`, not as every user refused.
             if hook not in hooks:
                 return self._answer(400, {"error": f"no hook at {self.path}"})
-            if not length.isdigit() or int(length) > MAX_BODY:
+            if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
                 return self._answer(413, {"error": "a body of at most 1 MiB, with its Content-Length"})
             body = self.rfile.read(int(length))
             stamp, signature = self.headers.get("X-Gateway-Timestamp", ""), self.headers.get("X-Gateway-Signature", "")

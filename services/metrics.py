@@ -20,7 +20,8 @@ class _Metrics:
         self.auth_failures = Counter("gateway_auth_failures_total", "Upgrades refused with 401")
         self.token_refreshes = Counter(
             "gateway_token_refreshes_total",
-            "In-band token refreshes by outcome: ok, invalid, other_user, revoked",
+            "In-band token refreshes by outcome: ok, invalid, other_user, revoked; the connect hook's re-asks also "
+            "not_later (an expiresAt that does not move the deadline)",
             ["outcome"],
         )
         self.revocations = Counter(

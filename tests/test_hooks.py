@@ -9,13 +9,17 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from realtime_gateway_client import Backoff, GatewayClient, GatewayError
 from tornado.ioloop import IOLoop
 
+from services.connection.background import Background
+from services.hooks.join_cache import JoinDecisions
+from services.hub.tasks import TaskGroup
 from services.ids import iso
+from services.session import Session
 from tests.control_support import API_KEY, api
 from tests.helpers import Client, RunningGateway, refused_status, sample, token, wait_for
 from tests.hook_support import HookBackend, delayed, refused_port
@@ -424,10 +428,13 @@ async def test_a_leave_does_not_overtake_the_rooms_earlier_message(make_gateway:
     alice.send("leave", {"roomId": "r"}, request_id="l")
     await wait_for(lambda: backend.waiting == 1, what="the message at the backend")
     backend.release()
-    first = await alice.expect("ack")
-    assert first["requestId"] == "m"
-    left = await alice.reply_to("l")
-    assert left["payload"]["action"] == "left"
+    replies: list[tuple[str, str]] = []
+    while len(replies) < 2:  # the replies in the order they arrive (nothing set aside)
+        frame = await alice.recv()
+        assert frame is not None
+        if frame.get("requestId") in ("m", "l"):
+            replies.append((frame["type"], frame["requestId"]))
+    assert replies == [("ack", "m"), ("room_update", "l")]
     alice.close()
 
 
@@ -713,3 +720,51 @@ async def test_the_join_hook_is_asked_again_for_the_sdks_rejoin_after_a_drop(
         assert backend.calls_of("join")[0].body["connId"] != backend.calls_of("join")[1].body["connId"]
     finally:
         await client.close()
+
+
+# -- pure logic ----------------------------------------------------------------------------------
+
+
+def test_the_join_cache_keeps_an_answer_unless_that_user_was_dropped_while_it_was_asked() -> None:
+    decisions = JoinDecisions(ttl=60, clock=lambda: 1000.0)
+    alice, bob = decisions.mark("alice"), decisions.mark("bob")
+    decisions.forget("carol")  # another user's removal: nothing to do with these answers
+    decisions.allow("alice", "r", alice)
+    assert decisions.allowed("alice", "r")
+    decisions.forget("bob", "r")  # bob removed while his join was asked
+    decisions.allow("bob", "r", bob)
+    assert not decisions.allowed("bob", "r")
+    decisions.allow("bob", "r", decisions.mark("bob"))  # asked after it: kept
+    assert decisions.allowed("bob", "r") and len(decisions) == 2
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_connect_works_with_a_concurrency_of_one(make_gateway: Factory, backend: HookBackend) -> None:
+    backend.answers["connect"] = lambda body: (200, {"userId": "carol"})
+    gw = await make_gateway(**hooked(backend, "connect", hook_concurrency=1))
+    client = await Client.connect(gw.url, headers={"Cookie": "session=c"})
+    await client.join("r")
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_refused_message_waits_until_the_rooms_earlier_frames_have_started() -> None:
+    """What a message refused over WAITING_FRAMES waits for before it takes its place in the
+    sender's order: the room's earlier frames started, not merely unblocked."""
+    background, session, seen = Background(10, TaskGroup()), cast(Session, object()), []
+    release = asyncio.Event()
+
+    async def join() -> None:
+        await release.wait()
+
+    async def message() -> None:
+        seen.append("m1 started")
+
+    assert background.start(session, join, "r", exclusive=True)
+    assert background.start(session, message, "r")
+    waits = background.started(session, "r")
+    assert len(waits) == 2  # m1's start and the join
+    release.set()
+    await asyncio.wait(waits)
+    assert seen == ["m1 started"]
+    assert background.started(session, "r") == []

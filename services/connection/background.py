@@ -31,14 +31,15 @@ from services.session import Session
 
 class _Room:
     """One room's frames of one connection in the background: `gate` is done once the last
-    exclusive frame and everything before it are; `group` the concurrent frames since it."""
+    exclusive frame and everything before it are; `group` the concurrent frames since it, each as
+    (done, started): started is set just before its work runs."""
 
     __slots__ = ("count", "gate", "group")
 
     def __init__(self) -> None:
         self.count = 0
         self.gate: asyncio.Future[None] | None = None
-        self.group: list[asyncio.Future[None]] = []
+        self.group: list[tuple[asyncio.Future[None], asyncio.Future[None]]] = []
 
 
 class Background:
@@ -55,10 +56,16 @@ class Background:
         rooms = self._rooms.get(session)
         return rooms is not None and room in rooms
 
-    def gate(self, session: Session, room: str) -> asyncio.Future[None] | None:
-        """What a concurrent frame of `room` sent now would wait for (None: nothing)."""
+    def started(self, session: Session, room: str) -> list[asyncio.Future[None]]:
+        """Done once every frame of `room` sent so far has started (a message then holds its place
+        in the sender's order): what a message refused now must wait for before it takes its own."""
         state = self._rooms.get(session, {}).get(room)
-        return None if state is None or state.gate is None or state.gate.done() else state.gate
+        if state is None:
+            return []
+        waits = [started for _, started in state.group if not started.done()]
+        if state.gate is not None and not state.gate.done():
+            waits.append(state.gate)
+        return waits
 
     def start(
         self, session: Session, work: Callable[[], Awaitable[None]], room: str | None, exclusive: bool = False
@@ -73,36 +80,34 @@ class Background:
             return False
         self._counts[session] = count + 1
         METRICS.frames_waiting.inc()
-        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done, started = loop.create_future(), loop.create_future()
         waits: list[asyncio.Future[None]] = []
         if room is not None:
             state = self._rooms.setdefault(session, {}).setdefault(room, _Room())
             if state.gate is not None:
                 waits.append(state.gate)
             if exclusive:
-                waits += state.group
+                waits += [entry_done for entry_done, _ in state.group]
                 state.gate, state.group = done, []
             else:
-                state.group.append(done)
+                state.group.append((done, started))
             state.count += 1
-        if self._tasks.spawn(self._run(session, work, room, waits, done)) is None:  # shutting down
+        task = self._tasks.spawn(self._run(work, waits, started))
+        if task is None:  # shutting down
             self._finished(session, room, done)
+        else:  # (a callback, not a `finally`: it runs even for a task cancelled before its first step)
+            task.add_done_callback(lambda _: self._finished(session, room, done))
         return True
 
+    @staticmethod
     async def _run(
-        self,
-        session: Session,
-        work: Callable[[], Awaitable[Any]],
-        room: str | None,
-        waits: list[asyncio.Future[None]],
-        done: asyncio.Future[None],
+        work: Callable[[], Awaitable[Any]], waits: list[asyncio.Future[None]], started: asyncio.Future[None]
     ) -> None:
-        try:
-            if pending := [w for w in waits if not w.done()]:
-                await asyncio.wait(pending)
-            await work()  # (a connection closed meanwhile: `work` knows what it must still release)
-        finally:
-            self._finished(session, room, done)
+        if pending := [w for w in waits if not w.done()]:
+            await asyncio.wait(pending)
+        started.set_result(None)
+        await work()  # (a connection closed meanwhile: `work` knows what it must still release)
 
     def _finished(self, session: Session, room: str | None, done: asyncio.Future[None]) -> None:
         METRICS.frames_waiting.dec()
@@ -114,8 +119,7 @@ class Background:
         state = rooms.get(room) if rooms is not None and room is not None else None
         if rooms is None or state is None or room is None:
             return
-        if done in state.group:
-            state.group.remove(done)
+        state.group = [entry for entry in state.group if entry[0] is not done]
         state.count -= 1
         if state.count == 0:
             del rooms[room]

@@ -142,7 +142,7 @@ class Inbound:
             return
         if frame_type == "message" and room is not None:
             # Its successors must not overtake it, and it must not overtake the room's earlier frames.
-            self._hub.owe(session, room, key, background.gate(session, room))
+            self._hub.owe(session, room, key, background.started(session, room))
         elif frame_type == "rpc":
             self._rpc_done(session)
         raise ClientError(

@@ -203,5 +203,9 @@ class Lifetimes:
             if not math.isinf(identity.expires_at):  # (an answer without expiresAt: no deadline any more)
                 session.send(frames.encode("refreshed", {"expiresAt": iso(identity.expires_at)}))
             self._control.reauthorize(session, identity)
-        else:
-            METRICS.token_refreshes.labels("other_user" if isinstance(identity, Identity) else "invalid").inc()
+        elif not isinstance(identity, Identity):
+            METRICS.token_refreshes.labels("invalid").inc()
+        elif identity.user_id != session.user_id:
+            METRICS.token_refreshes.labels("other_user").inc()
+        else:  # the same or an earlier expiresAt, or the connection ended meanwhile
+            METRICS.token_refreshes.labels("not_later").inc()

@@ -106,7 +106,7 @@ class Hooks:
         if self.decisions.allowed(user, room):
             return None
         body = self._body("join", session, userId=user, roomId=room)
-        asked_at = self.decisions.forgets
+        asked_at = self.decisions.mark(user)
         answer = await self.client.ask("join", self.join_url, body, self._join)
         if isinstance(answer, Refusal):
             return answer.error

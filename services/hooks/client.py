@@ -107,7 +107,7 @@ class HookClient:
         request_id = uuid7()
         if self._in_flight >= self._limit:
             self._unavailable(hook, request_id, "HOOK_CONCURRENCY reached")
-        if hook == "connect" and self._connects >= self._limit // 2:
+        if hook == "connect" and self._connects >= max(1, self._limit // 2):
             self._unavailable(hook, request_id, "half of HOOK_CONCURRENCY in connect calls")
         raw = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}

@@ -16,16 +16,18 @@ MOST = 50_000  # (user, room) pairs per instance: a few MiB at most
 
 
 class JoinDecisions:
-    __slots__ = ("_by_user", "_clock", "_size", "forgets", "ttl")
+    __slots__ = ("_by_user", "_clock", "_forgotten", "_prunes", "_size", "ttl")
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
         self._by_user: dict[str, dict[str, float]] = {}  # user -> room -> until; oldest-touched user first
         self._size = 0
-        # Counts `forget` calls: an answer asked for before one is not kept (a removal or revocation
-        # that came while the backend was being asked must win over the answer it gave).
-        self.forgets = 0
+        # user -> how many times their answers were dropped (at most MOST users, the oldest go;
+        # `_prunes` counts those goings): an answer asked for before a drop is not kept, so a
+        # removal or revocation that came while the backend was asked wins over what it answered.
+        self._forgotten: dict[str, int] = {}
+        self._prunes = 0
 
     def __len__(self) -> int:
         return self._size
@@ -45,9 +47,13 @@ class JoinDecisions:
             del self._by_user[user]
         return False
 
-    def allow(self, user: str, room: str, asked_at: int) -> None:
-        """Keep the backend's yes, asked for when `forgets` was `asked_at`."""
-        if self.ttl <= 0 or asked_at != self.forgets:
+    def mark(self, user: str) -> tuple[int, int]:
+        """Taken before the backend is asked; `allow` keeps the answer only if it is still the same."""
+        return self._forgotten.get(user, 0), self._prunes
+
+    def allow(self, user: str, room: str, asked_at: tuple[int, int]) -> None:
+        """Keep the backend's yes, asked for at `asked_at` (a `mark`)."""
+        if self.ttl <= 0 or asked_at != self.mark(user):
             return
         rooms = self._by_user.pop(user, None) or {}
         self._by_user[user] = rooms  # now the most recently touched
@@ -60,11 +66,17 @@ class JoinDecisions:
                 del rooms[next(iter(rooms))]
                 self._size -= 1
             else:
-                self.forget(oldest)
+                self._drop(oldest)
 
     def forget(self, user: str, room: str | None = None) -> None:
-        """Drop the user's entry for `room`, or all of the user's entries."""
-        self.forgets += 1
+        """Drop the user's entry for `room`, or all of the user's entries (the control plane)."""
+        self._forgotten[user] = self._forgotten.pop(user, 0) + 1
+        if len(self._forgotten) > MOST:
+            del self._forgotten[next(iter(self._forgotten))]
+            self._prunes += 1
+        self._drop(user, room)
+
+    def _drop(self, user: str, room: str | None = None) -> None:
         rooms = self._by_user.get(user)
         if rooms is None:
             return

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Any
 
 from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, control_channel, room_channel
@@ -230,7 +230,7 @@ class RoomHub:
         order = self._orders.get(session) or SenderOrder()  # a session gone meanwhile: order no longer matters
         await self.messages.handle(session, order, payload, request_id)
 
-    def owe(self, session: Session, room: str, key: str | None, after: Awaitable[None] | None) -> None:
+    def owe(self, session: Session, room: str, key: str | None, after: Sequence[Awaitable[None]]) -> None:
         """A message refused before its turn (too many frames waiting), placed after `after` (ordering.py)."""
         if (order := self._orders.get(session)) is not None:
             self.spawn(order.refused(room, key, after))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 OWED_FOR = 3.0  # seconds without a resend after which a room's owed keys are forgiven (clients resend within ~1 s)
@@ -110,13 +110,13 @@ class SenderOrder:
         if not self._owed:
             self._owed = None
 
-    async def refused(self, room: str, key: str | None, after: Awaitable[None] | None = None) -> None:
+    async def refused(self, room: str, key: str | None, after: Sequence[Awaitable[None]] = ()) -> None:
         """A message refused before it took its turn (too many frames waiting): once `after` (what
         the room's frames sent before it wait for) is done it takes its place as refused, so the
         messages sent before it go on and the ones after it are refused until it comes again, as if
         Redis had refused it. It holds a key, not the message, while it waits."""
-        if after is not None:
-            await asyncio.wait([asyncio.ensure_future(after)])
+        if after:
+            await asyncio.wait([asyncio.ensure_future(a) for a in after])
         turn = self.turn(room, key)
         turn.refused = True
         await turn.finish()
