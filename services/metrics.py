@@ -128,7 +128,7 @@ class _Metrics:
         self.frames_waiting = Gauge(
             "gateway_frames_waiting",
             "Client frames handled in the background (messages, presence, rpc, frames waiting for the backend); "
-            "at most WAITING_FRAMES per connection",
+            "at most WAITING_BYTES of them per connection",
         )
 
 

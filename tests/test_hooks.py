@@ -5,6 +5,7 @@ the join cache, the connect hook's re-ask, and the outcome metrics and logs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -15,7 +16,7 @@ import pytest
 from realtime_gateway_client import Backoff, GatewayClient, GatewayError
 from tornado.ioloop import IOLoop
 
-from services.connection.background import Background
+from services.connection.background import TASK_BYTES, Background
 from services.hooks.join_cache import JoinDecisions
 from services.hub.tasks import TaskGroup
 from services.ids import iso
@@ -35,6 +36,11 @@ def backend(io_loop: IOLoop) -> Iterator[HookBackend]:
     yield started
     io_loop.run_sync(started.stop, timeout=5)
     assert started.bad_signatures == [] and started.bad_bodies == []  # every call, of every test
+
+
+def held(frame_type: str, payload: dict[str, Any], request_id: str) -> int:
+    """What a frame sent by tests.helpers.Client counts toward WAITING_BYTES."""
+    return len(json.dumps({"type": frame_type, "payload": payload, "requestId": request_id})) + TASK_BYTES
 
 
 def hooked(backend: HookBackend, *hooks: str, **settings: Any) -> dict[str, Any]:
@@ -330,9 +336,13 @@ async def test_a_ping_and_other_rooms_are_answered_while_a_join_waits(
 async def test_a_hanging_backend_holds_bounded_frames_and_never_the_loop(
     make_gateway: Factory, backend: HookBackend
 ) -> None:
-    waiting = 20
+    waiting = 20  # messages per connection that fit in WAITING_BYTES (every one here has the same length)
+    sample_frame = ("message", {"roomId": "hall", "content": "m10", "dedupeKey": "k10"}, "m10")
     gw = await make_gateway(
-        **hooked(backend, "join", "publish", hook_timeout=30), waiting_frames=waiting, rate_limit=500, rate_burst=500
+        **hooked(backend, "join", "publish", hook_timeout=30),
+        waiting_bytes=waiting * held(*sample_frame),
+        rate_limit=500,
+        rate_burst=500,
     )
     clients = [await gw.client(f"u{n}") for n in range(10)]
     for c in clients:
@@ -340,12 +350,12 @@ async def test_a_hanging_backend_holds_bounded_frames_and_never_the_loop(
     backend.hold()
     sent = 0
     for c in clients:
-        for n in range(30):  # 300 frames: 200 wait, 100 are over the bound
+        for n in range(10, 40):  # 300 frames: 200 wait, 100 are over the bound
             c.send("message", {"roomId": "hall", "content": f"m{n}", "dedupeKey": f"k{n}"}, request_id=f"m{n}")
             sent += 1
     over = 0
     for c in clients:
-        for n in range(waiting, 30):
+        for n in range(10 + waiting, 40):
             error = await c.reply_to(f"m{n}")
             over += error["payload"]["code"] == "unavailable"
         c.send("ping", request_id="alive")
@@ -357,7 +367,7 @@ async def test_a_hanging_backend_holds_bounded_frames_and_never_the_loop(
     assert len(backend.calls_of("publish")) == 10
     backend.release()
     for c in clients:
-        for n in range(waiting):
+        for n in range(10, 10 + waiting):
             assert (await c.reply_to(f"m{n}", timeout=10))["type"] == "ack"
     await wait_for(lambda: sample("gateway_frames_waiting") == 0, what="nothing left waiting")
     for c in clients:
@@ -442,11 +452,13 @@ async def test_a_leave_does_not_overtake_the_rooms_earlier_message(make_gateway:
 async def test_messages_queued_behind_a_join_are_not_refused_for_a_later_one_over_the_bound(
     make_gateway: Factory, backend: HookBackend
 ) -> None:
-    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10), waiting_frames=5)
+    join = held("join", {"roomId": "r"}, "j")
+    message = held("message", {"roomId": "r", "content": "m0", "dedupeKey": "k0"}, "m0")
+    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10), waiting_bytes=join + 4 * message)
     alice = await gw.client("alice")
     backend.hold()
     alice.send("join", {"roomId": "r"}, request_id="j")
-    for n in range(5):  # four wait behind the join (the bound is 5 with it), the fifth is over it
+    for n in range(5):  # four wait behind the join (WAITING_BYTES holds them), the fifth is over it
         alice.send("message", {"roomId": "r", "content": f"m{n}", "dedupeKey": f"k{n}"}, request_id=f"m{n}")
     over = await alice.reply_to("m4")
     assert over["payload"]["code"] == "unavailable"
@@ -749,9 +761,9 @@ async def test_connect_works_with_a_concurrency_of_one(make_gateway: Factory, ba
 
 @pytest.mark.gen_test(timeout=10)
 async def test_a_refused_message_waits_until_the_rooms_earlier_frames_have_started() -> None:
-    """What a message refused over WAITING_FRAMES waits for before it takes its place in the
+    """What a message refused over WAITING_BYTES waits for before it takes its place in the
     sender's order: the room's earlier frames started, not merely unblocked."""
-    background, session, seen = Background(10, TaskGroup()), cast(Session, object()), []
+    background, session, seen = Background(10 * TASK_BYTES, TaskGroup()), cast(Session, object()), []
     release = asyncio.Event()
 
     async def join() -> None:
@@ -760,8 +772,9 @@ async def test_a_refused_message_waits_until_the_rooms_earlier_frames_have_start
     async def message() -> None:
         seen.append("m1 started")
 
-    assert background.start(session, join, "r", exclusive=True)
-    assert background.start(session, message, "r")
+    assert background.start(session, join, 40, "r", exclusive=True)
+    assert background.start(session, message, 80, "r")
+    assert background.waiting(session) == 120 + 2 * TASK_BYTES
     waits = background.started(session, "r")
     assert len(waits) == 2  # m1's start and the join
     release.set()

@@ -13,9 +13,11 @@ So a frame that waits runs in the background, and the room's later frames wait f
 rooms' frames and pings go on. Messages (and presence changes) of one room still run concurrently with
 each other: the sender's order is kept by the hub, which lets Kafka acks overlap.
 
-Limit: at most WAITING_FRAMES frames per connection are in the background at once (each holds at most
-MAX_MESSAGE_BYTES); one over it is refused `unavailable` at once, so a backend that hangs costs
-bounded memory, however fast the client sends. Nothing is kept for a connection with nothing waiting.
+Limit: at most WAITING_BYTES (256 KiB) of a connection's frames are in the background at once, each
+counted as its length plus TASK_BYTES for the task and futures that carry it (a flood of tiny frames
+costs what it holds, not nothing); one over it is refused `unavailable` at once, so a backend that hangs
+costs bounded memory per connection, however fast the client sends, and the connection's other frames
+go on. Nothing is kept for a connection with nothing waiting.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 from services.hub.tasks import TaskGroup
 from services.metrics import METRICS
 from services.session import Session
+
+TASK_BYTES = 1024  # what a frame in the background holds besides its text: its task, closure, futures
 
 
 class _Room:
@@ -44,13 +48,14 @@ class _Room:
 
 class Background:
     def __init__(self, limit: int, tasks: TaskGroup) -> None:
-        self.limit = limit
+        self.limit = limit  # WAITING_BYTES
         self._tasks = tasks
-        self._counts: dict[Session, int] = {}
+        self._held: dict[Session, int] = {}  # bytes in the background, per connection that has any
         self._rooms: dict[Session, dict[str, _Room]] = {}
 
     def waiting(self, session: Session) -> int:
-        return self._counts.get(session, 0)
+        """Bytes the connection has in the background."""
+        return self._held.get(session, 0)
 
     def busy(self, session: Session, room: str) -> bool:
         rooms = self._rooms.get(session)
@@ -68,20 +73,27 @@ class Background:
         return waits
 
     def start(
-        self, session: Session, work: Callable[[], Awaitable[None]], room: str | None, exclusive: bool = False
+        self,
+        session: Session,
+        work: Callable[[], Awaitable[None]],
+        size: int,
+        room: str | None,
+        exclusive: bool = False,
     ) -> bool:
-        """Run `work()` in the background; False (nothing started) when WAITING_FRAMES already are.
+        """Run `work()` (a frame of `size` characters) in the background; False (nothing started)
+        when it would take the connection over WAITING_BYTES.
 
         With `room`: a concurrent frame (a message, a presence change; they keep their own order,
         hub/ordering.py) waits for the room's exclusive frames sent before it; an exclusive frame (a
         join, a leave, a history or member query) waits for every frame of the room sent before it."""
-        count = self._counts.get(session, 0)
-        if count >= self.limit:
+        cost = size + TASK_BYTES
+        held = self._held.get(session, 0) + cost
+        if held > self.limit:
             return False
-        self._counts[session] = count + 1
+        self._held[session] = held
         METRICS.frames_waiting.inc()
         loop = asyncio.get_running_loop()
-        done, started = loop.create_future(), loop.create_future()
+        done, started = loop.create_future(), None
         waits: list[asyncio.Future[None]] = []
         if room is not None:
             state = self._rooms.setdefault(session, {}).setdefault(room, _Room())
@@ -91,29 +103,31 @@ class Background:
                 waits += [entry_done for entry_done, _ in state.group]
                 state.gate, state.group = done, []
             else:
+                started = loop.create_future()
                 state.group.append((done, started))
             state.count += 1
         task = self._tasks.spawn(self._run(work, waits, started))
         if task is None:  # shutting down
-            self._finished(session, room, done)
+            self._finished(session, room, done, cost)
         else:  # (a callback, not a `finally`: it runs even for a task cancelled before its first step)
-            task.add_done_callback(lambda _: self._finished(session, room, done))
+            task.add_done_callback(lambda _: self._finished(session, room, done, cost))
         return True
 
     @staticmethod
     async def _run(
-        work: Callable[[], Awaitable[Any]], waits: list[asyncio.Future[None]], started: asyncio.Future[None]
+        work: Callable[[], Awaitable[Any]], waits: list[asyncio.Future[None]], started: asyncio.Future[None] | None
     ) -> None:
         if pending := [w for w in waits if not w.done()]:
             await asyncio.wait(pending)
-        started.set_result(None)
+        if started is not None:
+            started.set_result(None)
         await work()  # (a connection closed meanwhile: `work` knows what it must still release)
 
-    def _finished(self, session: Session, room: str | None, done: asyncio.Future[None]) -> None:
+    def _finished(self, session: Session, room: str | None, done: asyncio.Future[None], cost: int) -> None:
         METRICS.frames_waiting.dec()
-        count = self._counts.pop(session, 1) - 1
-        if count > 0:
-            self._counts[session] = count
+        held = self._held.pop(session, cost) - cost
+        if held > 0:
+            self._held[session] = held
         done.set_result(None)
         rooms = self._rooms.get(session)
         state = rooms.get(room) if rooms is not None and room is not None else None

@@ -48,7 +48,7 @@ class Inbound:
         self._hub = hub
         self._refresher = refresher
         self._hooks = hooks
-        self.background = Background(settings.waiting_frames, hub.tasks)
+        self.background = Background(settings.waiting_bytes, hub.tasks)
         self._rpcs: dict[Session, int] = {}  # rpc calls in flight, per connection that has any
         self._frame_schema = FrameSchema()  # one for all connections: a schema is reusable
         self._payloads = payload_schemas(settings.max_content)
@@ -92,7 +92,7 @@ class Inbound:
             cost = frame_cost(frame_type, payload)
             if cost > 1 and not session.rate.take(cost - 1):  # the frame's first token is taken above
                 raise ClientError("rate_limited", f"{frame_type} costs {cost} frames of the rate limit; slow down")
-            await self._dispatch(session, frame_type, payload, request_id)
+            await self._dispatch(session, frame_type, payload, request_id, len(message))
         except ClientError as exc:
             self._reply_error(session, exc, request_id)
         except Exception:
@@ -114,7 +114,7 @@ class Inbound:
             session.send_pong(data)
 
     async def _dispatch(
-        self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None
+        self, session: Session, frame_type: str, payload: dict[str, Any], request_id: str | None, size: int
     ) -> None:
         room: str | None = payload.get("roomId")
         background = self.background
@@ -138,7 +138,7 @@ class Inbound:
                 if frame_type == "rpc":
                     self._rpc_done(session)
 
-        if background.start(session, work, room, exclusive=not concurrent):
+        if background.start(session, work, size, room, exclusive=not concurrent):
             return
         if frame_type == "message" and room is not None:
             # Its successors must not overtake it, and it must not overtake the room's earlier frames.

@@ -151,11 +151,11 @@ class Settings:
     join_hook_cache_ttl: float = setting(
         0.0, number(0.0), "seconds a join allowed by the hook is reused for that user and room on this instance"
     )
-    waiting_frames: int = setting(
-        64,
-        integer(1, 10000),
-        "client frames of one connection handled in the background at once (messages, presence, rpc, frames "
-        "waiting for the backend); over it: error unavailable",
+    waiting_bytes: int = setting(
+        262144,
+        integer(4096),
+        "bytes of client frames one connection may have in the background at once (messages, presence, rpc, "
+        "frames waiting for the backend), each counted as its length plus 1 KiB for its task; over it: unavailable",
     )
     # -- frames of one connection
     max_content: int = setting(4000, integer(1), "message content length, characters")

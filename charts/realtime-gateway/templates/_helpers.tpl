@@ -137,7 +137,7 @@ and WORKERS.
   "OUTBOUND_QUEUE_FRAMES" $g.limits.outboundQueueFrames
   "OUTBOUND_QUEUE_BYTES" $g.limits.outboundQueueBytes
   "INVALID_FRAME_LIMIT" $g.limits.invalidFrameLimit
-  "WAITING_FRAMES" $g.limits.waitingFrames
+  "WAITING_BYTES" $g.limits.waitingBytes
   "HANDSHAKE_TIMEOUT" $g.limits.handshakeTimeout
   "PING_INTERVAL" $g.keepalive.pingInterval
   "PING_TIMEOUT" $g.keepalive.pingTimeout
