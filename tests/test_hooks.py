@@ -298,6 +298,27 @@ async def test_the_concurrency_bound_fails_fast(make_gateway: Factory, backend: 
         c.close()
 
 
+@pytest.mark.gen_test(timeout=20)
+async def test_one_connection_cannot_take_every_call_while_the_backend_hangs_for_it(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    gw = await make_gateway(**hooked(backend, "join", hook_timeout=10), rate_limit=500, rate_burst=500)
+    greedy, other = await gw.client("greedy"), await gw.client("other")
+    backend.hold()
+    for n in range(17):
+        greedy.send("join", {"roomId": f"r{n}"}, request_id=f"j{n}")
+    refused = await greedy.reply_to("j16")  # the 17th: over the connection's share, at once
+    assert refused["payload"]["code"] == "unavailable"
+    await wait_for(lambda: backend.waiting == 16, what="the connection's 16 calls at the backend")
+    other.send("join", {"roomId": "mine"}, request_id="o")
+    await wait_for(lambda: backend.waiting == 17, what="the other connection's call at the backend too")
+    backend.release()
+    assert (await other.reply_to("o"))["payload"]["action"] == "joined"
+    assert [(await greedy.reply_to(f"j{n}"))["payload"]["action"] for n in range(16)] == ["joined"] * 16
+    greedy.close()
+    other.close()
+
+
 @pytest.mark.slow  # the join waits 4 s
 @pytest.mark.gen_test(timeout=30)
 async def test_a_ping_and_other_rooms_are_answered_while_a_join_waits(

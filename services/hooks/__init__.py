@@ -30,6 +30,9 @@ from services.settings import Settings
 
 __all__ = ["Caller", "Hooks", "Refusal"]
 
+PER_CONNECTION = 16  # hook calls one connection may have in flight (an rpc's own limit is the same)
+CONNECT = "connect"  # the share of HOOK_CONCURRENCY all connect calls together take: half
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -54,6 +57,7 @@ class Hooks:
         self._join = JoinAnswer()
         self._publish = PublishAnswer(max_content=settings.max_content)
         self._rpc = RpcAnswer()
+        self._connect_share = max(1, settings.hook_concurrency // 2)
 
     async def close(self) -> None:
         await self.client.close()
@@ -80,7 +84,7 @@ class Hooks:
         and without `expiresAt` it does not expire."""
         assert self.connect_url is not None
         body = self._body("connect", caller, headers=headers, query=query)
-        answer = await self.client.ask("connect", self.connect_url, body, self._connect)
+        answer = await self.client.ask("connect", self.connect_url, body, self._connect, CONNECT, self._connect_share)
         if isinstance(answer, Refusal):
             return answer
         rooms, expires = answer.get("rooms"), answer.get("expiresAt")
@@ -107,7 +111,7 @@ class Hooks:
             return None
         body = self._body("join", session, userId=user, roomId=room)
         asked_at = self.decisions.mark(user)
-        answer = await self.client.ask("join", self.join_url, body, self._join)
+        answer = await self.client.ask("join", self.join_url, body, self._join, session, PER_CONNECTION)
         if isinstance(answer, Refusal):
             return answer.error
         if not answer["allow"]:
@@ -119,11 +123,11 @@ class Hooks:
         """The loaded answer (`allow`, maybe `content`, `attachments`, `reason`) or a refusal."""
         assert self.publish_url is not None
         body = self._body("publish", session, userId=session.user_id, roomId=room, message=message)
-        return await self.client.ask("publish", self.publish_url, body, self._publish)
+        return await self.client.ask("publish", self.publish_url, body, self._publish, session, PER_CONNECTION)
 
     async def rpc(self, session: Session, method: str, data: Any) -> Any | Refusal:
         """The answer's `data` (None when absent), or a refusal."""
         assert self.rpc_url is not None
         body = self._body("rpc", session, userId=session.user_id, method=method, data=data)
-        answer = await self.client.ask("rpc", self.rpc_url, body, self._rpc)
+        answer = await self.client.ask("rpc", self.rpc_url, body, self._rpc, session, PER_CONNECTION)
         return answer if isinstance(answer, Refusal) else answer.get("data")

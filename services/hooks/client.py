@@ -10,7 +10,8 @@ is unavailable.
 
 Limits: at most HOOK_CONCURRENCY calls in flight; one over it fails at once (no queue, so a dead backend
 holds no more than that many calls and their bodies). Connect calls, which anyone can cause with a
-handshake, take at most half of them, so they cannot starve the joins and messages of signed-in users.
+handshake, take at most half of them, and one connection at most PER_CONNECTION, so neither can starve
+the joins and messages of the others while the backend hangs for them.
 An answer is read up to HOOK_ANSWER_BYTES. The pool (aiohttp, chosen in BENCHMARKS.md "Hook client")
 keeps connections alive and reuses them: it opens at most HOOK_CONCURRENCY, and a handful at an
 ordinary pace (BENCHMARKS.md, "What the hooks cost").
@@ -22,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -66,7 +68,7 @@ class HookClient:
         self._secret = settings.hook_secret
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0
-        self._connects = 0  # connect calls in flight: at most half of HOOK_CONCURRENCY (module docstring)
+        self._shares: dict[Hashable, int] = {}  # calls in flight per share (`ask`), for shares with any
         self._failing: dict[str, int] = {}  # hook -> calls unavailable in the current episode
 
     def load(self) -> None:
@@ -101,14 +103,20 @@ class HookClient:
             )
         return self._session
 
-    async def ask(self, hook: str, url: str, body: dict[str, Any], schema: Schema) -> dict[str, Any] | Refusal:
+    async def ask(
+        self, hook: str, url: str, body: dict[str, Any], schema: Schema, share: Hashable, most: int
+    ) -> dict[str, Any] | Refusal:
+        """One call. `share` (a connection, or all connect calls) may have at most `most` of the
+        HOOK_CONCURRENCY calls in flight, so no one connection, and no flood of handshakes, holds
+        every slot while the backend hangs for it."""
         import aiohttp  # (imported at start when a hook is set: a dictionary lookup here)
 
         request_id = uuid7()
         if self._in_flight >= self._limit:
             self._unavailable(hook, request_id, "HOOK_CONCURRENCY reached")
-        if hook == "connect" and self._connects >= max(1, self._limit // 2):
-            self._unavailable(hook, request_id, "half of HOOK_CONCURRENCY in connect calls")
+        mine = self._shares.get(share, 0)
+        if mine >= most:
+            self._unavailable(hook, request_id, f"{most} calls in flight for one connection (or for connect)")
         raw = orjson.dumps(body)
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         if self._secret:
@@ -116,7 +124,7 @@ class HookClient:
             headers["X-Gateway-Timestamp"] = stamp
             headers["X-Gateway-Signature"] = sign(self._secret, stamp, raw)
         self._in_flight += 1
-        self._connects += hook == "connect"
+        self._shares[share] = mine + 1
         METRICS.hook_in_flight.inc()
         started = time.perf_counter()
         try:
@@ -127,7 +135,8 @@ class HookClient:
             self._unavailable(hook, request_id, _describe(exc))
         finally:
             self._in_flight -= 1
-            self._connects -= hook == "connect"
+            if (left := self._shares.pop(share) - 1) > 0:
+                self._shares[share] = left
             METRICS.hook_in_flight.dec()
             METRICS.hook_seconds.labels(hook).observe(time.perf_counter() - started)
         if status in REFUSAL_STATUSES:
