@@ -39,9 +39,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
             remote=self.request.remote_ip or "",
             started=time.time() - self.request.request_time(),
             headers=headers,
-            query={
-                name: values[-1].decode("utf-8", "replace") for name, values in self.request.query_arguments.items()
-            },
+            query=self.request.query_arguments,  # decoded only when the connect hook is asked
         )
         try:
             self._admitted = await self.connections.admit(handshake)

@@ -35,7 +35,7 @@ class Handshake:
     remote: str
     started: float  # Unix time the request arrived: control-plane actions since then apply to it
     headers: Mapping[str, str] = field(default_factory=dict)  # case-insensitive (the connect hook's)
-    query: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, list[bytes]] = field(default_factory=dict)  # as parsed; decoded only for the hook
     transport: str = "websocket"
 
 
@@ -109,7 +109,8 @@ class Doorman:
     async def _ask(self, conn_id: str, handshake: Handshake) -> tuple[Identity, Reask | None]:
         """The connect hook's identity: its refusal is 401 (403 when it said 403), no answer 503."""
         caller = Caller(conn_id, handshake.remote, handshake.transport)
-        headers, query = self._hooks.forwarded(handshake.headers), dict(handshake.query)
+        headers = self._hooks.forwarded(handshake.headers)
+        query = {name: values[-1].decode("utf-8", "replace") for name, values in handshake.query.items() if values}
         try:
             answer = await self._hooks.connect(caller, headers, query)
         except HookUnavailable:
