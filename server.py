@@ -31,6 +31,8 @@ from handlers.health import HealthHandler, ReadyHandler
 from handlers.http_server import GatewayHTTPServer
 from handlers.metrics import MetricsHandler
 from handlers.socket import GatewaySocket
+from handlers.sse import SseSend, SseStream
+from schemas.protocol import SEND_PATH, STREAM_PATH
 from services.admission import AddressCounts, descriptor_budget
 from services.auth import check_secret, generate_secret, mint
 from services.errors import ConfigError, StartupError
@@ -51,9 +53,12 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
     s = gateway.settings
     ctx = {"gateway": gateway}
     sockets = {"connections": gateway.connections}
+    streams = {"connections": gateway.connections, "streams": gateway.streams}
     routes: list[Any] = [
         (r"/", GatewaySocket, sockets),
         (r"/ws", GatewaySocket, sockets),
+        (STREAM_PATH, SseStream, streams),
+        (SEND_PATH, SseSend, streams),
         *_probe_routes(gateway),
     ]
     if s.internal_port is None:

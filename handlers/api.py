@@ -27,6 +27,7 @@ from tornado.httputil import HTTPHeaders, RequestStartLine
 
 from handlers.common import JsonHandler
 from schemas.api import DisconnectSchema, PresenceQueryArgs, PublishSchema, RevokeSchema, publish_schema
+from schemas.protocol import SEND_PATH
 from services.errors import BusError, ClientError, StoreError
 from services.gateway import Gateway
 from services.ids import iso, iso_now, uuid7
@@ -43,8 +44,9 @@ def key_matches(key: str, header: str | None) -> bool:
 def body_limits(settings: Settings) -> Callable[[RequestStartLine, HTTPHeaders], int]:
     """The most body bytes a request may send, decided from its headers before any is read
     (handlers/http_server.py): none for an upgrade, API_BODY_BYTES for a control API call with the
-    right key (a publish of MAX_CONTENT characters and ten attachments fits many times over), and
-    REQUEST_BODY_BYTES for anything else, the API with a wrong key included."""
+    right key (a publish of MAX_CONTENT characters and ten attachments fits many times over),
+    SSE_SEND_BYTES for the HTTP transport's frames, and REQUEST_BODY_BYTES for anything else, the API
+    with a wrong key included."""
     key = settings.api_key
 
     def limit(start: RequestStartLine, headers: HTTPHeaders) -> int:
@@ -52,6 +54,8 @@ def body_limits(settings: Settings) -> Callable[[RequestStartLine, HTTPHeaders],
             return 0
         if key is not None and start.path.startswith("/api/") and key_matches(key, headers.get("Authorization")):
             return settings.api_body_bytes
+        if start.path == SEND_PATH:
+            return settings.sse_send_bytes
         return settings.request_body_bytes
 
     return limit

@@ -27,6 +27,7 @@ from typing import Protocol, cast
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _WebSocketParams
 
+from handlers.writes import Wrapped, write_now
 from schemas.protocol import CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
 
 OP_CONTINUATION = 0x0
@@ -53,17 +54,8 @@ class FrameSink(Protocol):
 # What this module uses of Tornado that is not public API is listed in handlers/tornado_private.py.
 
 
-_WIRE_CACHE: dict[int, tuple[bytes, bytes]] = {}  # id(payload) -> (payload, its frame)
-_WIRE_CACHE_SIZE = 64
-
-
-def wire_frame(opcode: int, data: bytes) -> bytes:
-    """A final, unmasked server frame. The frame of a payload seen lately is reused: a broadcast's
-    frame is built once and the same bytes go to every recipient (the cache holds the payload, so
-    an id is never taken for another object while its entry lives)."""
-    cached = _WIRE_CACHE.get(id(data)) if opcode == OP_TEXT else None
-    if cached is not None and cached[0] is data:
-        return cached[1]
+def _frame(opcode: int, data: bytes) -> bytes:
+    """A final, unmasked server frame."""
     n = len(data)
     if n < 126:
         head = bytes((0x80 | opcode, n))
@@ -71,13 +63,16 @@ def wire_frame(opcode: int, data: bytes) -> bytes:
         head = struct.pack("!BBH", 0x80 | opcode, 126, n)
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-    frame = head + data
-    if opcode != OP_TEXT:
-        return frame
-    if len(_WIRE_CACHE) >= _WIRE_CACHE_SIZE:
-        _WIRE_CACHE.clear()
-    _WIRE_CACHE[id(data)] = (data, frame)
-    return frame
+    return head + data
+
+
+_text_frame = Wrapped(lambda data: _frame(OP_TEXT, data))
+
+
+def wire_frame(opcode: int, data: bytes) -> bytes:
+    """A final, unmasked server frame; a text frame of a payload seen lately is reused (a
+    broadcast's frame is built once and the same bytes go to every recipient)."""
+    return _text_frame(data) if opcode == OP_TEXT else _frame(opcode, data)
 
 
 class GatewayProtocol(WebSocketProtocol13):
@@ -103,24 +98,8 @@ class GatewayProtocol(WebSocketProtocol13):
     def send_wire(self, data: bytes) -> Awaitable[None] | None:
         """Write frames already built (`wire_frame`, joined) in one write. Tornado's write_message
         wraps every frame in a Task only to rename its exception (a third of the gateway's CPU once,
-        BENCHMARKS.md) and writes each frame on its own. When the stream holds nothing unsent, the
-        bytes go straight to the socket: a write the kernel takes whole is done (None), with no
-        future made and resolved for it (a fifth of the CPU per delivery, BENCHMARKS.md). What the
-        kernel does not take goes to the stream, whose future resolves once the OS has it all, and
-        the stream is then `writing()`, which is what the session's bound counts from. Raises
-        StreamClosedError."""
-        stream = self.stream
-        if stream.writing() or stream.closed():
-            return stream.write(data)
-        try:
-            sent = stream.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # reset, broken pipe: the stream's own write fails and closes as it does
-            return stream.write(data)
-        if sent == len(data):
-            return None
-        return stream.write(memoryview(data)[sent:])
+        BENCHMARKS.md) and writes each frame on its own (handlers/writes.py). Raises StreamClosedError."""
+        return write_now(self.stream, data)
 
     def expect_pong(self) -> None:
         """Send a keepalive ping (services/connection/lifetime.py keeps time); pong_received() says if

@@ -5,7 +5,6 @@ keepalive, frames to the hub)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -13,9 +12,9 @@ import orjson
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from handlers.common import RedactedSummary
+from handlers.common import RedactedSummary, read_handshake, shed_request
 from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol, wire_frame
-from services.connection import Admitted, Connections, Handshake
+from services.connection import Admitted, Connections
 from services.errors import Refused
 from services.session import Pong, Session
 
@@ -32,15 +31,7 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
     # -- handshake ---------------------------------------------------------------------------
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        headers = self.request.headers
-        handshake = Handshake(
-            token=self.get_query_argument("token", None) or _bearer(headers.get("Authorization")),
-            origin=headers.get("Origin"),
-            remote=self.request.remote_ip or "",
-            started=time.time() - self.request.request_time(),
-            headers=headers,
-            query=self.request.query_arguments,  # decoded only when the connect hook is asked
-        )
+        handshake = read_handshake(self, "websocket")
         try:
             self._admitted = await self.connections.admit(handshake)
         except Refused as refused:
@@ -73,22 +64,10 @@ class GatewaySocket(WebSocketHandler, RedactedSummary):
         the response finished, so `write` and `finish` refuse already."""
         return self.detach()
 
-    def _shed_request(self) -> None:
-        """Once upgraded, a socket needs of its request only what log lines name: method, path,
-        address, times. The headers, the query (the token in it), the parsed arguments and the
-        detached HTTP connection (which keeps the headers too) go: about 2 KB per connection held
-        for the socket's whole life."""
-        request = self.request
-        request.connection = None
-        request.headers.clear()  # emptied, not replaced: Tornado's `get` holds them to the end
-        request.uri = request.path
-        request.query = ""
-        request.arguments, request.query_arguments, request.body_arguments = {}, {}, {}
-
     async def open(self, *args: Any, **kwargs: Any) -> None:
         admitted, self._admitted = self._admitted, None
         assert admitted is not None
-        self._shed_request()
+        shed_request(self.request)
         self.set_nodelay(True)
         self.session = self.connections.open(admitted, _SocketTransport(self))
 
@@ -156,9 +135,3 @@ class _SocketTransport:
     def probe_answered(self) -> bool:
         conn = self._handler.ws_connection
         return isinstance(conn, GatewayProtocol) and not conn.is_closing() and conn.pong_received()
-
-
-def _bearer(header: str | None) -> str | None:
-    if header and header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return None

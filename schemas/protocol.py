@@ -45,6 +45,12 @@ ERROR_CODES = (
     "not_enabled",
     "internal",
 )
+# The HTTP transport (docs/protocol.md, "HTTP transport"): its paths, the header naming the session,
+# and its own events, the stream's first and last.
+STREAM_PATH = "/sse"
+SEND_PATH = "/sse/send"
+SESSION_HEADER = "X-Session-Id"
+STREAM_EVENTS = ("session", "closed")
 ROOM_ACTIONS = ("joined", "left", "removed", "deleted", "updated")
 # Errors caused by what the client sent; more than INVALID_FRAME_LIMIT of them in a minute is 1008.
 ABUSE_CODES = frozenset({"invalid_json", "invalid_frame", "unknown_type", "validation_failed", "rate_limited"})
@@ -106,6 +112,7 @@ CLOSE_CODES: dict[int, CloseCode] = {
 class ChannelKind(Enum):
     ROOM = "room"
     CONTROL = "control"
+    RELAY = "relay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +136,12 @@ def control_channel() -> Channel:
     """The control plane's actions on users (disconnect, revoke, remove from a room): every instance
     listens from start to stop, so none misses one while a socket of the user is being opened."""
     return Channel(ChannelKind.CONTROL, "all")
+
+
+def relay_channel(route: str) -> Channel:
+    """One instance's own channel: frames posted to another instance for an HTTP-transport session
+    held here, and the answers to the ones it forwarded (services/sse/relay.py)."""
+    return Channel(ChannelKind.RELAY, route)
 
 
 # -- store keys ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from services.revocation import RevocationStore
 from services.revocation.memory import MemoryRevocations
 from services.session import FLUSH_GRACE, Session
 from services.settings import Settings
+from services.sse import Streams
 
 log = logging.getLogger("gateway")
 
@@ -84,6 +85,7 @@ class Gateway:
         if settings.kafka_enabled:
             self.consumer = KafkaEvents(settings, self.hub, self.dedupe)
         self.connections = Connections(settings, self.verifier, self.admission, self.hub, self.hooks)
+        self.streams = Streams(settings, self.connections.inbound, self.hub)  # the HTTP transport's
 
     @property
     def sessions(self) -> KeysView[Session]:
@@ -189,13 +191,18 @@ class Gateway:
     async def _start_hub(self) -> None:
         """Start the hub and its backends. With Redis: retry until REDIS_CONNECT_TIMEOUT, then
         StartupError (exit 2); with WAIT_FOR_REDIS keep retrying, logging once that we wait."""
-        if self.redis is None:
+
+        async def started() -> None:
             await self.hub.start()
+            await self.streams.start()
+
+        if self.redis is None:
+            await started()
             METRICS.bus_up.set(1)  # the in-process bus cannot be down
             return
 
         async def attempt(budget: float | None) -> None:
-            await (asyncio.wait_for(self.hub.start(), budget) if budget is not None else self.hub.start())
+            await (asyncio.wait_for(started(), budget) if budget is not None else started())
 
         try:
             await until_redis_answers(self.settings, log, attempt, _START_ERRORS)

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+TRANSPORTS = ("websocket", "sse")  # what carries a session's frames (the `transport` label)
+
 
 class _Metrics:
     def __init__(self) -> None:
-        self.connections = Gauge("gateway_connections", "Open WebSocket connections")
+        self.connections = Gauge(
+            "gateway_connections", "Open connections by transport: websocket, sse (docs/protocol.md)", ["transport"]
+        )
+        for transport in TRANSPORTS:
+            self.connections.labels(transport)  # both series exist from the start, at 0
+        self.sse_sends = Counter(
+            "gateway_sse_sends_total",
+            "POST /sse/send requests by HTTP status and route (local: the session is held here; forwarded: "
+            "handed over the bus to the instance holding it)",
+            ["status", "route"],
+        )
         self.rooms = Gauge("gateway_rooms", "Rooms with at least one local member")
         self.frames_in = Counter("gateway_frames_in_total", "Client frames received", ["type"])
         self.frames_out = Counter(

@@ -50,8 +50,9 @@ class Bus(Protocol):
 
     async def unsubscribe(self, channel: str) -> None: ...
 
-    async def publish(self, channel: str, event: BusEvent) -> None:
-        """Send to the other instances subscribed to `channel`; raises BusError when it cannot."""
+    async def publish(self, channel: str, event: BusEvent) -> int:
+        """Send to the other instances subscribed to `channel`: how many there were (a forwarded
+        POST is 404 when nobody holds the session); raises BusError when it cannot."""
 
     def ready(self) -> bool: ...
 

@@ -31,10 +31,12 @@ class MemoryBus:
             if not subs:
                 del self._network.subscribers[channel]
 
-    async def publish(self, channel: str, event: BusEvent) -> None:
-        for bus in list(self._network.subscribers.get(channel, ())):
-            if bus is not self and bus._handler is not None:
-                bus._handler(channel, event)
+    async def publish(self, channel: str, event: BusEvent) -> int:
+        receivers = [bus for bus in self._network.subscribers.get(channel, ()) if bus is not self and bus._handler]
+        for bus in receivers:
+            assert bus._handler is not None
+            bus._handler(channel, event)
+        return len(receivers)
 
     def ready(self) -> bool:
         return True

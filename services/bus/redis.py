@@ -105,12 +105,13 @@ class RedisBus:
                 self._timings.unsubscribe_grace, self._unsubscribe_now, channel
             )
 
-    async def publish(self, channel: str, event: BusEvent) -> None:
+    async def publish(self, channel: str, event: BusEvent) -> int:
         if not self._up:
             raise BusError("bus is down")
         started = time.perf_counter()
-        await self._send(self._key(channel), encode_event(event))
+        receivers = await self._send(self._key(channel), encode_event(event))
         METRICS.bus_publish_seconds.observe(time.perf_counter() - started)
+        return receivers
 
     def ready(self) -> bool:
         return self._up
@@ -138,10 +139,10 @@ class RedisBus:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _send(self, key: str, payload: bytes) -> None:
-        """The one round trip of a publish."""
+    async def _send(self, key: str, payload: bytes) -> int:
+        """The one round trip of a publish: how many subscribers Redis handed it to."""
         try:
-            await self._client.execute_command(self._publish_command, key, payload)
+            return int(await self._client.execute_command(self._publish_command, key, payload))
         except REDIS_ERRORS as exc:
             raise BusError(describe(exc)) from None
 

@@ -1,11 +1,13 @@
 """A client's frames, from the bytes a transport received to the hub, and refusals as `error` frames.
 
-    Inbound.receive   one text (or binary) frame: rate limit, JSON, schema, cost, dispatch
+    Inbound.receive   a WebSocket text (or binary) frame: its token of the rate limit, its JSON
+    Inbound.frame     a parsed frame, from either transport: schema, cost, dispatch
     Inbound.control   a WebSocket ping or pong: charged like any frame, a ping answered
 
-Every transport hands its frames here, so parsing, limits and errors are one path whatever carries
-them. Frames that wait (messages, presence, rpc, a join the backend is asked about, and the frames of
-a room behind it) run in the background (background.py), so the connection's reads go on.
+Every transport hands its frames here (the HTTP transport's posted frames through services/sse), so
+validation, limits and errors are one path whatever carries them. Frames that wait (messages,
+presence, rpc, a join the backend is asked about, and the frames of a room behind it) run in the
+background (background.py), so the connection's reads go on.
 Refusals are `error` frames and never close by themselves; ABUSE_CODES count toward
 INVALID_FRAME_LIMIT, over which the connection is closed 1008 (docs/protocol.md, "Errors").
 """
@@ -54,19 +56,30 @@ class Inbound:
         self._payloads = payload_schemas(settings.max_content)
 
     async def receive(self, session: Session, message: str | bytes) -> None:
+        """A WebSocket frame: its token of RATE_LIMIT, its JSON, then `frame`."""
+        if session.closed:
+            return
+        if not session.rate.take():
+            self._reply_error(session, ClientError("rate_limited", "too many frames; slow down"), _peek(message))
+            return
+        if isinstance(message, bytes):
+            self._reply_error(session, ClientError("invalid_frame", "binary frames are not supported; send JSON text"))
+            return
+        try:
+            frame = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            self._reply_error(session, ClientError("invalid_json", "frame is not valid JSON"))
+            return
+        await self.frame(session, frame, len(message))
+
+    async def frame(self, session: Session, frame: Any, size: int) -> None:
+        """One parsed client frame whose first token of RATE_LIMIT is paid (a WebSocket frame's by
+        `receive`, posted frames' by their request): schema, cost, dispatch. The one path from a
+        parsed frame to the hub, whichever transport carried it; `size` is its length in bytes."""
         if session.closed:
             return
         request_id: str | None = None
         try:
-            if not session.rate.take():
-                request_id = _peek_request_id(message)
-                raise ClientError("rate_limited", "too many frames; slow down")
-            if isinstance(message, bytes):
-                raise ClientError("invalid_frame", "binary frames are not supported; send JSON text")
-            try:
-                frame = orjson.loads(message)
-            except orjson.JSONDecodeError:
-                raise ClientError("invalid_json", "frame is not valid JSON") from None
             if not isinstance(frame, dict):
                 raise ClientError("invalid_frame", "frame must be a JSON object")
             request_id = _request_id(frame)
@@ -90,14 +103,20 @@ class Inbound:
                     dedupeKey=_str_or_none(envelope["payload"].get("dedupeKey")),
                 ) from None
             cost = frame_cost(frame_type, payload)
-            if cost > 1 and not session.rate.take(cost - 1):  # the frame's first token is taken above
+            if cost > 1 and not session.rate.take(cost - 1):  # the frame's first token is paid already
                 raise ClientError("rate_limited", f"{frame_type} costs {cost} frames of the rate limit; slow down")
-            await self._dispatch(session, frame_type, payload, request_id, len(message))
+            await self._dispatch(session, frame_type, payload, request_id, size)
         except ClientError as exc:
             self._reply_error(session, exc, request_id)
         except Exception:
             log.exception("frame handling failed", extra={"conn": session.conn_id})
             self._reply_error(session, ClientError("internal", "internal error"), request_id)
+
+    def refused(self, session: Session) -> None:
+        """A request of posted frames refused whole (over the rate limit): one violation, as a
+        WebSocket's rate-limited frame is (services/sse)."""
+        METRICS.errors.labels("rate_limited").inc()
+        self._count_violation(session)
 
     def control(self, session: Session, ping: bool, data: bytes) -> None:
         """Ping and pong frames cost what any frame costs: a token from the rate limit, and a
@@ -210,7 +229,7 @@ class Inbound:
             log.exception("frame handling failed", extra={"conn": session.conn_id})
             self._reply_error(session, ClientError("internal", "internal error", dedupeKey=dedupe_key), request_id)
 
-    def _reply_error(self, session: Session, exc: ClientError, request_id: str | None) -> None:
+    def _reply_error(self, session: Session, exc: ClientError, request_id: str | None = None) -> None:
         METRICS.errors.labels(exc.code).inc()
         session.send(frames.error(exc.code, exc.message, request_id, **exc.extra))
         if exc.code in ABUSE_CODES:
@@ -227,7 +246,7 @@ def _request_id(frame: dict[str, Any]) -> str | None:
     return raw if isinstance(raw, str) and len(raw) <= 64 else None
 
 
-def _peek_request_id(message: str | bytes) -> str | None:
+def _peek(message: str | bytes) -> str | None:
     """The requestId of a frame refused before parsing (rate limit), so even that error is matched."""
     if isinstance(message, bytes):
         return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from schemas.protocol import CLOSE_TOO_MANY_CONNECTIONS, ChannelKind, control_channel, room_channel
@@ -95,6 +95,8 @@ class RoomHub:
             revocations or MemoryRevocations(), settings, bus, members, self.departures, self.hooks.decisions
         )
         self.access = Access(settings, self.control, self.hooks)
+        # Who acts on the events of the channels that are not rooms (services/sse adds RELAY).
+        self.listeners: dict[ChannelKind, Callable[[BusEvent], None]] = {ChannelKind.CONTROL: self.control.apply}
 
     @property
     def rooms(self) -> Mapping[str, Collection[Session]]:
@@ -116,8 +118,7 @@ class RoomHub:
         await self.tasks.cancel()
 
     async def settle(self, timeout: float = 5.0) -> None:
-        """Wait (bounded) for background work such as disconnect clean-up to finish."""
-        await self.tasks.settle(timeout)
+        await self.tasks.settle(timeout)  # bounded: background work such as disconnect clean-up
 
     def spawn(self, aw: Awaitable[Any]) -> None:
         self.tasks.spawn(aw)
@@ -133,7 +134,7 @@ class RoomHub:
         if count == 1 and self.online is not None:
             self.online.opened(user)
         self._orders[session] = SenderOrder()
-        METRICS.connections.inc()
+        METRICS.connections.labels(session.transport_kind).inc()
         self.control.connected(session, revocations, since)
         return True
 
@@ -143,7 +144,7 @@ class RoomHub:
         if last is None:
             return
         self._orders.pop(session, None)
-        METRICS.connections.dec()
+        METRICS.connections.labels(session.transport_kind).dec()
         if last:  # now, not after the leaves: a socket of the user opened meanwhile is a new opening
             self.control.forget(user)
             if self.online is not None:
@@ -279,8 +280,8 @@ class RoomHub:
         channel = self.channels.get(key)
         if channel is None:
             return  # unsubscribed meanwhile
-        if channel.kind is ChannelKind.CONTROL:
-            self.control.apply(event)
+        if (listener := self.listeners.get(channel.kind)) is not None:
+            listener(event)
         elif event.action is not None:
             if event.action == ACTION_DELETE_ROOM:
                 # A deleted room needs no offline announcements: nobody is left to hear them.
@@ -294,7 +295,6 @@ class RoomHub:
             self.fanout.deliver_local(channel.name, event.frame, event.exclude)
 
     def _on_bus_resync(self) -> None:
-        """The bus is back after an outage: every local member gets a fresh presence_state of each of
-        its rooms (presence changes published meanwhile never reached us) and the entries missed."""
+        """Back after an outage: fresh presence_state for every member, and the entries missed."""
         self.spawn(self.statuses.resend_snapshots())
         self.recovery.catch_up()

@@ -9,12 +9,11 @@ lookup and the README's configuration table from it), so an option cannot be hal
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.errors import ConfigError
+from services.settings.checks import check
 from services.settings.options import (
     boolean,
     choice,
@@ -209,7 +208,7 @@ class Settings:
         1024 * 1024, integer(1024), "bytes one history reply or since replay sends (over it: recovered false)"
     )
     # -- keepalive and handshake
-    ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings (0: off)")
+    ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings and SSE heartbeats (0: off)")
     ping_timeout: float = setting(20.0, number(1.0), "seconds without a pong before the socket is dropped")
     handshake_timeout: float = setting(10.0, number(1.0), "seconds for a client to send its upgrade request")
     http_idle_timeout: float = setting(
@@ -217,6 +216,9 @@ class Settings:
     )
     request_body_bytes: int = setting(
         64 * 1024, integer(0), "request body bytes read on PORT before authentication (none for an upgrade)"
+    )
+    sse_send_bytes: int = setting(
+        256 * 1024, integer(1024), "largest POST /sse/send body (frames, each at most MAX_MESSAGE_BYTES); over it: 413"
     )
     api_body_bytes: int = setting(
         1024 * 1024, integer(1024), "request body bytes of a control API call, read once its key is checked"
@@ -264,36 +266,10 @@ class Settings:
 
 
 OPTIONS = options_of(Settings)
-_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Flags over environment over defaults; every value validated, errors as ConfigError."""
     settings = Settings(**read_values(OPTIONS, argv, environ))
-    _check(settings)
+    check(settings)
     return settings
-
-
-def _check(s: Settings) -> None:
-    if s.internal_port is not None and s.internal_port != 0 and s.internal_port == s.port:
-        raise ConfigError("INTERNAL_PORT must differ from PORT")
-    if s.api_key is not None and not s.api_key:
-        raise ConfigError("API_KEY is empty: set a key, or leave it unset to keep the control API off")
-    if s.workers > 1 and not s.redis_enabled:
-        raise ConfigError("WORKERS > 1 needs Redis: set REDIS_HOST or REDIS_CLUSTER_NODES")
-    if s.redis_host and s.redis_cluster_nodes:
-        raise ConfigError("REDIS_HOST and REDIS_CLUSTER_NODES are exclusive: set one")
-    if s.redis_cluster_nodes and s.redis_db != 0:
-        raise ConfigError("REDIS_DB must be 0 with REDIS_CLUSTER_NODES (a cluster has one database)")
-    if s.redis_tls_ca is not None and not os.path.isfile(s.redis_tls_ca):
-        raise ConfigError(f"REDIS_TLS_CA: no such file: {s.redis_tls_ca}")
-    for alg in s.jwt_algorithms:
-        if alg not in _ALGORITHMS:
-            raise ConfigError(f"invalid JWT_ALGORITHMS: unsupported algorithm {alg!r}")
-    if not s.jwt_algorithms:
-        raise ConfigError("invalid JWT_ALGORITHMS: empty")
-    if s.room_access == "hook" and not s.join_hook_url:
-        raise ConfigError("ROOM_ACCESS=hook needs JOIN_HOOK_URL: the backend that decides each join")
-    asymmetric = [a for a in s.jwt_algorithms if not a.startswith("HS")]
-    if asymmetric and not s.jwt_public_key:
-        raise ConfigError(f"JWT_ALGORITHMS has {asymmetric[0]} but JWT_PUBLIC_KEY is not set")

@@ -1,0 +1,80 @@
+"""The HTTP transport's sessions: streams held here, and frames posted for any stream, held here or
+not (docs/protocol.md, "HTTP transport").
+
+    Streams     session ids -> the Inbox of each stream held here; `post` answers a POST /sse/send
+    body.py     a POST body -> frames, or 400 / 413
+    inbox.py    one stream's posted frames, handled in order by the one path every transport shares
+    relay.py    frames for a stream held by another instance, over the bus (no sticky sessions)
+
+A session id is `<route>.<secret>`: the route names the instance holding the stream (64 random
+bits drawn at start, the name of its relay channel), the secret is 128 random bits. The id is the
+only credential of a POST, so it is never logged.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from schemas.protocol import ChannelKind
+from services.metrics import METRICS
+from services.sse.body import BadBody, Posted, read_body
+from services.sse.inbox import GONE, Answer, Inbox
+from services.sse.relay import Relay
+
+if TYPE_CHECKING:
+    from services.connection.inbound import Inbound
+    from services.hub import RoomHub
+    from services.session import Session
+    from services.settings import Settings
+
+__all__ = ["Answer", "Streams"]
+
+
+class Streams:
+    def __init__(self, settings: Settings, inbound: Inbound, hub: RoomHub) -> None:
+        self.settings = settings
+        self._inbound = inbound
+        self._tasks = hub.tasks
+        self._held: dict[str, Inbox] = {}
+        self.route = secrets.token_hex(8)
+        self.relay = Relay(hub.bus, hub.channels, self.route, self.accept, hub.tasks)
+        hub.listeners[ChannelKind.RELAY] = self.relay.on_event
+
+    async def start(self) -> None:
+        await self.relay.start()
+
+    def new_id(self) -> str:
+        return f"{self.route}.{secrets.token_urlsafe(16)}"
+
+    def hold(self, session_id: str, session: Session) -> None:
+        """Frames posted with `session_id` go to `session` from now until `release`."""
+        inbound, bound = self._inbound, self.settings.sse_send_bytes
+        self._held[session_id] = Inbox(session, inbound.frame, inbound.refused, bound, self._tasks)
+
+    def release(self, session_id: str) -> None:
+        inbox = self._held.pop(session_id, None)
+        if inbox is not None:
+            inbox.clear()
+
+    async def post(self, session_id: str, body: bytes) -> Answer:
+        """A POST /sse/send: its frames into the stream's inbox, here or on the instance holding it."""
+        route, dot, _ = session_id.partition(".")
+        forwarded = route != self.route
+        try:
+            posted = read_body(body, self.settings.max_message_bytes, self.settings.rate_burst)
+            if not dot:
+                answer = GONE
+            elif forwarded:
+                answer = await self.relay.forward(route, session_id, posted)
+            else:
+                answer = self.accept(session_id, posted)
+        except BadBody as exc:
+            answer = Answer(exc.status, exc.message)
+        METRICS.sse_sends.labels(str(answer.status), "forwarded" if forwarded else "local").inc()
+        return answer
+
+    def accept(self, session_id: str, posted: list[Posted]) -> Answer:
+        """Frames for a stream this instance holds (posted here, or forwarded by another)."""
+        inbox = self._held.get(session_id)
+        return GONE if inbox is None else inbox.put(posted)

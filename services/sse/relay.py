@@ -1,0 +1,117 @@
+"""Relay: a POST that reached an instance not holding its stream, handed to the one that does.
+
+No sticky sessions (docs/scaling.md, "The HTTP transport"): every instance listens on a channel
+of its own, `relay:<route>`, the route being the first part of the session ids it hands out. An
+instance that gets frames for another route publishes them there and waits for the holder's
+answer on its own channel:
+
+    {"op": "send", "ref", "replyTo", "session", "frames", "sizes"}   ->  the holder's Inbox
+    {"op": "answer", "ref", "status", "error", "accepted", "retryAfter"}   <-  202, 404 or 429
+
+Nobody subscribed (Redis hands the publish to no one: the instance is gone) is 404 at once; the
+bus down, or no answer within ANSWER_TIMEOUT, is 503 (the frames may have been handled: a
+client sends again with the same dedupeKey, which the gateway recognises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from schemas.protocol import relay_channel
+from services.bus import Bus, BusEvent
+from services.errors import BusError
+from services.hub.channels import Subscriptions
+from services.hub.tasks import TaskGroup
+from services.sse.body import Posted
+from services.sse.inbox import GONE, Answer
+
+log = logging.getLogger("gateway.sse")
+
+ANSWER_TIMEOUT = 5.0  # seconds a forwarded POST waits for the holder's answer (then 503)
+ACTION = "relay"
+
+
+class Relay:
+    def __init__(
+        self,
+        bus: Bus,
+        channels: Subscriptions,
+        route: str,
+        accept: Callable[[str, list[Posted]], Answer],
+        tasks: TaskGroup,
+    ) -> None:
+        self._bus = bus
+        self._channels = channels
+        self.route = route
+        self._accept = accept
+        self._tasks = tasks
+        self._refs = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Answer]] = {}
+
+    async def start(self) -> None:
+        """Listen on this instance's channel (resubscribed by the bus after an outage, like every channel)."""
+        await self._channels.ensure(relay_channel(self.route))
+
+    async def forward(self, route: str, session_id: str, posted: list[Posted]) -> Answer:
+        ref = next(self._refs)
+        request = {
+            "op": "send",
+            "ref": ref,
+            "replyTo": self.route,
+            "session": session_id,
+            "frames": [p.frame for p in posted],
+            "sizes": [p.size for p in posted],
+        }
+        answer = self._waiting[ref] = asyncio.get_running_loop().create_future()
+        try:
+            if not await self._publish(route, request):
+                return GONE
+            return await asyncio.wait_for(answer, ANSWER_TIMEOUT)
+        except BusError:
+            return Answer(503, "the session's instance cannot be reached (bus down); send again shortly", 0, 1)
+        except TimeoutError:
+            return Answer(503, "the session's instance did not answer; send again shortly", 0, 1)
+        finally:
+            self._waiting.pop(ref, None)
+
+    def on_event(self, event: BusEvent) -> None:
+        """A request for a stream held here, or the answer to one forwarded from here."""
+        try:
+            message = orjson.loads(event.frame or b"")
+            if message["op"] == "send":
+                posted = [Posted(f, int(n)) for f, n in zip(message["frames"], message["sizes"], strict=True)]
+                answer = self._accept(str(message["session"]), posted)
+                self._tasks.spawn(self._reply(str(message["replyTo"]), int(message["ref"]), answer))
+            elif message["op"] == "answer":
+                waiting = self._waiting.get(int(message["ref"]))
+                if waiting is not None and not waiting.done():
+                    retry = message.get("retryAfter")
+                    waiting.set_result(
+                        Answer(int(message["status"]), str(message["error"]), int(message["accepted"]), retry)
+                    )
+        except (ValueError, KeyError, TypeError) as exc:  # from a newer or broken instance: dropped
+            log.warning("undecodable relay event", extra={"error": str(exc)})
+
+    async def _reply(self, route: str, ref: int, answer: Answer) -> None:
+        reply = {
+            "op": "answer",
+            "ref": ref,
+            "status": answer.status,
+            "error": answer.error,
+            "accepted": answer.accepted,
+            "retryAfter": answer.retry_after,
+        }
+        try:
+            await self._publish(route, reply)
+        except BusError:
+            pass  # the asker answers 503 after ANSWER_TIMEOUT
+
+    async def _publish(self, route: str, message: dict[str, Any]) -> int:
+        event = BusEvent(frame=orjson.dumps(message), origin=self._bus.instance_id, action=ACTION)
+        return await self._bus.publish(relay_channel(route).key, event)
