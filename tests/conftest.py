@@ -54,6 +54,7 @@ SLOW_MODULES = frozenset(
         "test_redis_tls",
         "test_redis_trouble",
         "test_server",
+        "test_sse_redis",
     }
 )
 SERVICE_PARAMS = frozenset({"redis", "cluster"})  # contract tests run each backend: these need one

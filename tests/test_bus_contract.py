@@ -192,3 +192,15 @@ async def test_closed_bus_receives_nothing(make_bus: BusFactory) -> None:
     await c.publish("room:c", ev(b"after-close", "C"))
     await got_b.wait_frame(b"after-close")
     assert got_a.frames() == []
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_publish_says_how_many_instances_it_reached(make_bus: BusFactory) -> None:
+    """What the HTTP transport's forwarding counts on: nobody subscribed is 0 (a POST for a stream
+    no instance holds is 404 at once), one subscriber is 1."""
+    a, got_a = await make_bus("A")
+    b, _ = await make_bus("B")
+    assert await b.publish("relay:nobody", ev(b"lost", "B")) == 0
+    await a.subscribe("relay:a")
+    assert await b.publish("relay:a", ev(b"found", "B")) == 1
+    await got_a.wait_frame(b"found")
