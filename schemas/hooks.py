@@ -19,6 +19,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.common import ContentRule, attachments
 from schemas.events import moment
+from schemas.protocol import TRANSPORTS
 
 REASON_CHARS = 512  # a refusal's reason or error, shown to the client
 
@@ -67,7 +68,11 @@ class _Call(Schema):
     instance = fields.String(required=True, metadata={"description": "the gateway instance's id"})
     connId = fields.String(required=True, metadata={"description": "the connection's id, as in the gateway's logs"})
     remoteAddr = fields.String(required=True, metadata={"description": "the client's address"})
-    transport = fields.String(required=True, metadata={"description": "`websocket`"})
+    transport = fields.String(
+        required=True,
+        validate=validate.OneOf(TRANSPORTS),
+        metadata={"description": "`websocket` or `sse` (the HTTP transport)"},
+    )
 
 
 class ConnectCall(_Call):

@@ -47,6 +47,7 @@ ERROR_CODES = (
 )
 # The HTTP transport (docs/protocol.md, "HTTP transport"): its paths, the header naming the session,
 # and its own events, the stream's first and last.
+TRANSPORTS = ("websocket", "sse")  # what carries a session's frames (metrics' `transport` label, hooks' calls)
 STREAM_PATH = "/sse"
 SEND_PATH = "/sse/send"
 SESSION_HEADER = "X-Session-Id"

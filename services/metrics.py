@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-TRANSPORTS = ("websocket", "sse")  # what carries a session's frames (the `transport` label)
+from schemas.protocol import TRANSPORTS
 
 
 class _Metrics:

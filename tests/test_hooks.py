@@ -25,6 +25,7 @@ from tests.control_support import API_KEY, api
 from tests.helpers import Client, RunningGateway, refused_status, sample, token, wait_for
 from tests.hook_support import HookBackend, delayed, refused_port
 from tests.redis_support import backend_overrides, unique_prefix
+from tests.sse_support import Refused, SseClient
 
 HOOK_SECRET = "hook-secret-for-tests"
 Factory = Callable[..., Awaitable[RunningGateway]]
@@ -802,3 +803,27 @@ async def test_a_refused_message_waits_until_the_rooms_earlier_frames_have_start
     await asyncio.wait(waits)
     assert seen == ["m1 started"]
     assert background.started(session, "r") == []
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_stream_is_admitted_by_the_connect_hook_as_a_socket_is(
+    make_gateway: Factory, backend: HookBackend
+) -> None:
+    """docs/protocol.md, "HTTP transport": GET /sse with the page's cookie and no token."""
+    backend.answers["connect"] = lambda body: (200, {"userId": "carol"})
+    gw = await make_gateway(**hooked(backend, "connect"))
+    stream = await SseClient.open(gw.port, headers={"Cookie": "session=abc"}, query="device=laptop")
+    await stream.join("lobby")
+    stream.send("message", {"roomId": "lobby", "content": "by cookie"})
+    assert (await stream.expect("message"))["payload"]["senderId"] == "carol"
+    (call,) = backend.calls_of("connect")
+    assert call.body["transport"] == "sse" and call.body["headers"]["cookie"] == "session=abc"
+    assert call.body["query"] == {"device": "laptop"}
+    backend.answers["connect"] = lambda body: (401, {"error": "session expired"})
+    with pytest.raises(Refused) as refused:
+        await SseClient.open(gw.port, headers={"Cookie": "session=old"})
+    assert (refused.value.status, refused.value.body) == (401, {"error": "session expired"})
+    backend.answers["connect"] = lambda body: (500, {})
+    with pytest.raises(Refused) as unavailable:
+        await SseClient.open(gw.port, headers={"Cookie": "session=abc"})
+    assert unavailable.value.status == 503
