@@ -1,5 +1,5 @@
 # Sourced by the scripts that install Debian packages on a fresh machine (redis.sh, chromium.sh,
-# image.sh): one way to call apt.
+# nginx.sh, image.sh): one way to call apt.
 #
 #   apt_install PACKAGE...   non-interactive, without recommends (desktop services, printer setup),
 #                            waiting for the dpkg lock rather than failing if another install runs

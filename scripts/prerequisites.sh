@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What `make test` needs from the machine, checked before anything is installed or started, so
 # that a missing tool is one line naming it and how to get it, not a failure ten minutes in.
-# Tools the scripts can install themselves (redis-server, chromium: apt) only need apt-get and
+# Tools the scripts can install themselves (redis-server, chromium, nginx: apt) only need apt-get and
 # root; tools only needed to fill an empty cache (mvn for Kafka's jars, go for helm where no
 # prebuilt one fits) are not asked for once the cache is there.
 #
@@ -53,6 +53,9 @@ fi
 # Installed from Debian's packages by the scripts when missing, which needs apt-get and root.
 if ! { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } && ! apt_ok; then
   need "redis-server and redis-cli 7 (Debian: apt-get install redis-server; the scripts do this when run as root)"
+fi
+if [[ ! -x "${RTG_NGINX:-/usr/sbin/nginx}" ]] && ! apt_ok; then
+  need "nginx at /usr/sbin/nginx or \$RTG_NGINX, the proxy of the HTTP transport's tests (Debian: apt-get install nginx; the scripts do this when run as root)"
 fi
 if [[ ! -x "${RTG_CHROMIUM:-/usr/bin/chromium}" ]] && ! apt_ok; then
   need "chromium at /usr/bin/chromium or \$RTG_CHROMIUM (Debian: apt-get install chromium chromium-driver; the scripts do this when run as root)"

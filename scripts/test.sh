@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole suite against real services: Redis and Kafka started from this project's own
-# scripts; helm, Chromium, buildah/podman and the npm folders installed if missing. Everything
+# scripts; helm, Chromium, nginx, buildah/podman and the npm folders installed if missing. Everything
 # started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ scripts/redis.sh start
 scripts/kafka.sh start
 scripts/helm.sh ensure
 scripts/chromium.sh ensure
+scripts/nginx.sh ensure
 scripts/image.sh ensure
 scripts/node.sh ensure
 

@@ -54,6 +54,7 @@ SLOW_MODULES = frozenset(
         "test_redis_tls",
         "test_redis_trouble",
         "test_server",
+        "test_sse_proxy",
         "test_sse_redis",
     }
 )

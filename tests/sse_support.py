@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from schemas.server import validate_server_frame
 from tests.helpers import DEFAULT_TIMEOUT, Client, RunningGateway, token
+
+HEARTBEAT: dict[str, Any] = {"type": ":heartbeat"}  # what _next_event returns for a comment, when asked
 
 
 class Refused(Exception):
@@ -36,6 +39,7 @@ class SseClient(Client):
         self.send_url = ""
         self.answers: list[int] = []  # the status of every POST `send` made
         self._outbox: list[dict[str, Any]] = []
+        self._dechunker: asyncio.Task[None] | None = None
         self._poster: asyncio.Task[None] | None = None
 
     @classmethod
@@ -65,6 +69,9 @@ class SseClient(Client):
             body = await asyncio.wait_for(reader.readexactly(length), DEFAULT_TIMEOUT) if length else b"{}"
             writer.close()
             raise Refused(status, json.loads(body), client.headers)
+        if client.headers.get("transfer-encoding") == "chunked":  # re-encoded by a proxy (nginx)
+            client.reader = asyncio.StreamReader(limit=1 << 20)
+            client._dechunker = asyncio.ensure_future(_dechunk(reader, client.reader))
         first = await client._next_event(DEFAULT_TIMEOUT)
         assert first is not None and first["type"] == "session", first
         client.session_id = first["payload"]["sessionId"]
@@ -82,8 +89,9 @@ class SseClient(Client):
                 self.headers[name.strip().lower()] = value.strip()
         return int(status_line.split()[1])
 
-    async def _next_event(self, timeout: float) -> dict[str, Any] | None:
-        """The next event's frame (comments counted as heartbeats); None when the stream ended."""
+    async def _next_event(self, timeout: float, heartbeats: bool = False) -> dict[str, Any] | None:
+        """The next event's frame (comments counted as heartbeats, and with `heartbeats` returned as
+        HEARTBEAT); None when the stream ended."""
         data: list[str] = []
         while True:
             raw = await asyncio.wait_for(self.reader.readline(), timeout)
@@ -92,6 +100,8 @@ class SseClient(Client):
             line = raw.decode().rstrip("\n")
             if line.startswith(":"):
                 self.heartbeats += 1
+                if heartbeats and not data:
+                    return HEARTBEAT
             elif line.startswith("data: "):
                 data.append(line[6:])
             elif not line and data:
@@ -115,12 +125,26 @@ class SseClient(Client):
         validate_server_frame(frame)
         return frame
 
+    async def heartbeat(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Read on until the next heartbeat comment (frames meanwhile are kept for later reads)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self._next_event(max(0.01, deadline - time.monotonic()), heartbeats=True)
+            if frame is HEARTBEAT:
+                return
+            assert frame is not None and frame["type"] != "closed", f"the stream ended: {frame!r}"
+            validate_server_frame(frame)
+            self.backlog.append(frame)
+
     @property
     def close_code(self) -> int | None:
         return self.closed_event["payload"]["code"] if self.closed_event is not None else None
 
     def close(self) -> None:
         self.writer.close()
+        for task in (self._poster, self._dechunker):
+            if task is not None:
+                task.cancel()
 
     def drain_in_background(self) -> asyncio.Task[int]:
         async def run() -> int:
@@ -158,6 +182,17 @@ class SseClient(Client):
         return await post_frames(
             port or self.port, self.session_id if session_id is None else session_id, body, headers, raw
         )
+
+
+async def _dechunk(raw: asyncio.StreamReader, out: asyncio.StreamReader) -> None:
+    """HTTP/1.1 chunked transfer encoding undone: what the events' parser reads."""
+    try:
+        while size := int((await raw.readline()).split(b";")[0] or b"0", 16):
+            out.feed_data(await raw.readexactly(size))
+            await raw.readexactly(2)
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass
+    out.feed_eof()
 
 
 async def post_frames(

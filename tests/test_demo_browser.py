@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import unavailable
 from tests.example_backend import example_backend
 from tests.helpers import ROOT, SECRET, GatewayProcess, free_port, spawn_server, token
+from tests.proxy_support import proxy_without_upgrades
 
 CHROMIUM = os.environ.get("RTG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -346,3 +347,31 @@ def test_the_demo_page_against_the_example_backend(browser, open_page, servers, 
             "The chat service did not accept the message: the word 'spam' is not allowed here"
         )
         screenshot(bob, "demo-example-backend.png")
+
+
+def test_the_demo_page_chats_over_the_stream_behind_a_proxy_that_refuses_upgrades(browser, open_page, servers):
+    """docs/protocol.md, "HTTP transport": the page is served through nginx (no upgrades passed,
+    default buffering); its client gives up on the WebSocket after two failed opens and chats over
+    SSE with a page connected directly over a WebSocket."""
+    expect = playwright_api.expect
+    servers.append(srv := spawn_server("--port", "0", *LOCAL))
+    with proxy_without_upgrades(srv.port) as port:
+        alice = open_page(f"http://127.0.0.1:{port}/demo")
+        bob = open_page(f"{srv.http}/demo")
+        sign_in(alice, "alice")
+        sign_in(bob, "bob")
+        expect(alice.locator("#conn")).to_have_attribute("data-transport", "sse")
+        expect(alice.locator("#conn-text")).to_have_text("Connected (HTTP streaming)")
+        expect(bob.locator("#conn")).to_have_attribute("data-transport", "websocket")
+        expect(member(alice, "bob")).to_have_attribute("data-status", "online")
+
+        alice.get_by_label("Message", exact=True).fill("from behind the proxy")
+        alice.get_by_label("Message", exact=True).press("Enter")
+        expect(bob.locator('.msg[data-sender="alice"] .body')).to_have_text("from behind the proxy")
+        expect(alice.locator('.msg.mine[data-sender="alice"]')).not_to_have_class(PENDING)  # acked over the stream
+        bob.get_by_label("Message", exact=True).fill("and back")
+        bob.get_by_label("Message", exact=True).press("Enter")
+        expect(alice.locator('.msg[data-sender="bob"] .body')).to_have_text("and back")
+        bob.get_by_label("Message", exact=True).press_sequentially("typing")
+        expect(member(alice, "bob")).to_have_attribute("data-status", "typing")
+        screenshot(alice, "demo-sse.png")

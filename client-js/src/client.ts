@@ -18,9 +18,12 @@
  *   gateway refused as `unavailable` (Redis could not store it), is sent again with the same key,
  *   so the gateway acks and delivers it once;
  * - `token_expiring` asks `getToken` for a new token and hands it over in band (`refresh`);
- * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up.
+ * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up;
+ * - where WebSockets do not get through (a proxy that refuses the upgrade), the same protocol over
+ *   the gateway's HTTP transport (sse.ts): after two WebSocket opens in a row that failed or did not
+ *   open within `openTimeoutMs`; after a stream ends, the next attempt tries the WebSocket again.
  *
- * Limits: one client is one socket; events are delivered synchronously to listeners, in order.
+ * Limits: one client is one connection; events are delivered synchronously to listeners, in order.
  */
 
 import { Backoff, type BackoffOptions } from "./backoff.js";
@@ -45,6 +48,7 @@ import type {
 } from "./frames.js";
 import { type MembersChanged, Roster } from "./members.js";
 import { type CloseAction, closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
+import { type FetchLike, SseSocket } from "./sse.js";
 
 /** The part of the standard WebSocket the client uses, so a browser's, Node's (22+) or the `ws`
  * package's all fit. */
@@ -62,6 +66,9 @@ export interface WebSocketLike {
 }
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** What carries the frames: a WebSocket, or the gateway's HTTP transport (Server-Sent Events and POST). */
+export type Transport = "websocket" | "sse";
 
 export type TokenProvider = () => string | Promise<string>;
 
@@ -94,6 +101,13 @@ export type ClientOptions = TokenOptions & {
   pongTimeoutMs?: number | undefined;
   /** A connection that lasted this long resets the backoff (default 5000). */
   stableAfterMs?: number | undefined;
+  /** The transports to use, in order of preference (default ["websocket", "sse"]: the HTTP
+   * transport after two WebSocket opens in a row failed). */
+  transports?: Transport[] | undefined;
+  /** An open (the WebSocket's, or the stream's first event) that takes longer has failed (default 5000). */
+  openTimeoutMs?: number | undefined;
+  /** fetch for the HTTP transport (default: the global one). */
+  fetch?: FetchLike | undefined;
 };
 
 /** Per request: how long to wait for the reply (default: the client's `timeoutMs`). */
@@ -129,7 +143,7 @@ export interface ClientEvents extends ServerPayloads {
   frame: Frame;
   connecting: { attempt: number };
   /** Open, with every room joined again (`reconnected`: not the first connection). */
-  connected: { reconnected: boolean; rooms: string[] };
+  connected: { reconnected: boolean; rooms: string[]; transport: Transport };
   disconnected: Disconnected;
   /** A re-join with `since` was answered, or an entry revealed a gap (recovered: false). */
   recovery: Recovery;
@@ -194,7 +208,19 @@ export class GatewayClient extends Emitter<ClientEvents> {
   /** Sockets opened so far (0: the gateway was never reached, or refused every attempt). */
   connections = 0;
 
-  private readonly options: { timeoutMs: number; maxBuffered: number; pingIntervalMs: number; pongTimeoutMs: number; stableAfterMs: number };
+  private readonly options: {
+    timeoutMs: number;
+    maxBuffered: number;
+    pingIntervalMs: number;
+    pongTimeoutMs: number;
+    stableAfterMs: number;
+    openTimeoutMs: number;
+  };
+  private readonly transports: Transport[];
+  private readonly fetcher: FetchLike | undefined;
+  private wsFailures = 0; // WebSocket opens in a row that failed: two, and the HTTP transport is used
+  private using: Transport = "websocket";
+  private openTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly maxAttempts: number;
   private readonly backoff: Backoff;
   private WebSocketClass: WebSocketConstructor | null;
@@ -224,8 +250,13 @@ export class GatewayClient extends Emitter<ClientEvents> {
     if ((options.token === undefined) === (options.getToken === undefined)) {
       throw new TypeError("pass a token or getToken (one of them)");
     }
+    this.transports = options.transports ?? ["websocket", "sse"];
+    if (this.transports.length === 0 || this.transports.some((t) => t !== "websocket" && t !== "sse")) {
+      throw new TypeError('transports: "websocket", "sse" or both');
+    }
+    this.fetcher = options.fetch;
     const WebSocketClass = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (WebSocketClass === undefined && !isNode()) {
+    if (WebSocketClass === undefined && !isNode() && !this.transports.includes("sse")) {
       throw new TypeError("no WebSocket here: pass options.WebSocket");
     }
     this.url = url;
@@ -239,6 +270,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
       pingIntervalMs: options.pingIntervalMs ?? 25_000,
       pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
       stableAfterMs: options.stableAfterMs ?? 5_000,
+      openTimeoutMs: options.openTimeoutMs ?? 5_000,
     };
   }
 
@@ -247,6 +279,11 @@ export class GatewayClient extends Emitter<ClientEvents> {
   /** "open" once a socket is up and every room joined again; "waiting" between attempts. */
   get state(): ClientState {
     return this.current;
+  }
+
+  /** What carries the frames now (or will, for the attempt under way). */
+  get transport(): Transport {
+    return this.using;
   }
 
   /** Rooms this client is in, or will be in again after a reconnect. */
@@ -453,28 +490,40 @@ export class GatewayClient extends Emitter<ClientEvents> {
       return;
     }
     this.userId = tokenSubject(token) ?? this.userId;
-    if (this.WebSocketClass === null) {
+    const sse = this.transports.includes("sse");
+    this.using = sse && (this.wsFailures >= 2 || !this.transports.includes("websocket")) ? "sse" : "websocket";
+    if (this.using === "websocket" && this.WebSocketClass === null) {
       try {
         this.WebSocketClass = await loadWs();
       } catch {
-        this.finish(new ClientClosed(NO_WEBSOCKET));
-        return;
+        if (!sse) {
+          this.finish(new ClientClosed(NO_WEBSOCKET));
+          return;
+        }
+        this.wsFailures = Infinity; // Node 20 without the ws package: the HTTP transport only
+        this.using = "sse";
       }
       if (this.current !== "connecting") return;
     }
     let ws: WebSocketLike;
     try {
-      ws = new this.WebSocketClass(withToken(this.url, token));
+      const url = withToken(this.url, token);
+      ws = this.using === "sse" ? new SseSocket(url, this.fetcher) : new (this.WebSocketClass as WebSocketConstructor)(url);
     } catch (error) {
       this.finish(new ClientClosed(`bad URL ${this.url}: ${messageOf(error)}`));
       return;
     }
     this.ws = ws;
     this.openedAt = 0;
+    this.openTimer = setTimeout(() => {
+      if (this.ws === ws && this.openedAt === 0) this.end(ws, 1006, "did not open in time");
+    }, this.options.openTimeoutMs);
     ws.onopen = () => {
       if (this.ws !== ws) return;
+      clearTimeout(this.openTimer);
       this.openedAt = Date.now();
       this.connections += 1;
+      if (this.using === "websocket") this.wsFailures = 0;
       void this.resume(ws);
     };
     ws.onmessage = (event: { data: unknown }) => this.receive(ws, event.data);
@@ -490,7 +539,15 @@ export class GatewayClient extends Emitter<ClientEvents> {
    * socket, which is opened after the backoff, unless the close code says to give up. */
   private end(ws: WebSocketLike, code: number, reason: string): void {
     if (this.ws !== ws) return;
+    clearTimeout(this.openTimer);
     const openedAt = this.openedAt;
+    if (this.using === "websocket") {
+      this.wsFailures = openedAt === 0 ? this.wsFailures + 1 : 0;
+    } else if (this.wsFailures !== Infinity) {
+      // A stream that ended: the WebSocket gets one more try. One that never opened: the fault was
+      // not the WebSocket's (the gateway is down), so the next attempts start with it again.
+      this.wsFailures = openedAt > 0 ? 1 : 0;
+    }
     this.dropped(ws);
     try {
       ws.close(); // no-op when already closed; releases a socket that is only presumed dead
@@ -537,7 +594,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.tries = 0;
     this.startPing(ws);
     for (const entry of [...this.pending.values()]) if (entry.sentOn !== ws) this.transmit(ws, entry);
-    this.emit("connected", { reconnected, rooms: this.roomIds });
+    this.emit("connected", { reconnected, rooms: this.roomIds, transport: this.using });
     this.settleStart?.resolve();
     this.settleStart = null;
   }
@@ -616,6 +673,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.current = "closed";
     this.ready = false;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.openTimer);
     if (this.refusedTimer !== null) clearTimeout(this.refusedTimer);
     this.refusedTimer = null;
     this.refused = [];

@@ -12,10 +12,12 @@ export {
   type Recovery,
   type SendOptions,
   type TokenProvider,
+  type Transport,
   type WebSocketConstructor,
   type WebSocketLike,
 } from "./client.js";
 export { Emitter, type Listener } from "./emitter.js";
+export { SseSocket, streamUrl, type FetchLike } from "./sse.js";
 export { Roster, type MembersChanged } from "./members.js";
 export { BufferFull, ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
 export type * from "./frames.js";

@@ -83,7 +83,7 @@ test("after a restart it reconnects with backoff, joins again and sends what wai
   const echo = nextEvent(alice, "message", (m) => m.content === "typed while down");
   const ack = alice.send("general", "typed while down"); // buffered until the room is joined again
   await startGateway(t, { port });
-  assert.deepEqual(await back, { reconnected: true, rooms: ["general"] });
+  assert.deepEqual(await back, { reconnected: true, rooms: ["general"], transport: "websocket" });
   // A new process has a new history: the client says what it could not recover.
   const lost = await recovery;
   assert.equal(lost.recovered, false);

@@ -175,3 +175,24 @@ export class ScriptedSocket {
     this.onmessage?.({ data: JSON.stringify(frame) });
   }
 }
+
+/** nginx from Debian in front of `gw`, passing no WebSocket upgrades (scripts/nginx.sh); `t.after`
+ * stops it. Without nginx the test is skipped, or fails under `make test` (which installs it). */
+export function proxyWithoutUpgrades(t, gw) {
+  const script = join(ROOT, "scripts", "nginx.sh");
+  const nginx = process.env.RTG_NGINX ?? "/usr/sbin/nginx";
+  if (!existsSync(nginx)) {
+    if (process.env.RTG_REQUIRE_SERVICES === "1") throw new Error(`no nginx at ${nginx}: scripts/nginx.sh ensure`);
+    t.skip("no nginx: scripts/nginx.sh ensure installs it");
+    return null;
+  }
+  const dir = mkdtempSync(join(tmpdir(), "rtg-js-nginx-"));
+  const started = spawnSync(script, ["start", dir, String(gw.port)], { encoding: "utf8" });
+  if (started.status !== 0) throw new Error(`nginx did not start: ${started.stderr}`);
+  t.after(() => {
+    spawnSync(script, ["stop", dir]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const port = Number(started.stdout.trim().split("\n").pop());
+  return { port, url: `ws://127.0.0.1:${port}/ws`, http: `http://127.0.0.1:${port}` };
+}

@@ -289,7 +289,7 @@ test("messages refused as unavailable go out again, in their order, with their d
   await assert.rejects(refused, { code: "ingest_failed" }, "any other refusal is the caller's to handle");
 });
 
-test("a Node.js without a WebSocket and without the ws package gets one clear error at connect", async (t) => {
+test("a Node.js without a WebSocket and without the ws package: one clear error, or the HTTP transport", async (t) => {
   if (globalThis.WebSocket !== undefined) return t.skip("this Node.js has a global WebSocket");
   // A copy of the build where `ws` cannot be resolved (no node_modules above a temp folder).
   const { mkdtemp, cp, rm } = await import("node:fs/promises");
@@ -299,6 +299,10 @@ test("a Node.js without a WebSocket and without the ws package gets one clear er
   t.after(() => rm(dir, { recursive: true, force: true }));
   await cp(new URL("../dist/", import.meta.url), dir, { recursive: true });
   const copy = await import(join(dir, "index.js"));
-  const client = new copy.GatewayClient("ws://127.0.0.1:9/ws", { token: mint("u") });
+  const client = new copy.GatewayClient("ws://127.0.0.1:9/ws", { token: mint("u"), transports: ["websocket"] });
   await assert.rejects(client.connect(), (error) => error.name === "ClientClosed" && /npm install ws/.test(error.message));
+  // With the HTTP transport allowed (the default), it is used at once (nothing listens on port 9).
+  const streamed = new copy.GatewayClient("ws://127.0.0.1:9/ws", { token: mint("u"), maxAttempts: 1 });
+  await assert.rejects(streamed.connect(), (error) => error.name === "ClientClosed" && /gave up/.test(error.message));
+  assert.equal(streamed.transport, "sse");
 });

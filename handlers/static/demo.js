@@ -342,9 +342,11 @@ function connect(token, mode) {
     stopCountdown();
     setConn("connecting", client.connections ? "Reconnecting…" : "Connecting…");
   }));
-  client.on("connected", mine(() => {
+  client.on("connected", mine((event) => {
     hideAlert();
-    setConn("open", "Connected");
+    ui.conn.dataset.transport = event.transport;
+    // The HTTP transport: WebSockets did not get through (a proxy refused the upgrade).
+    setConn("open", event.transport === "sse" ? "Connected (HTTP streaming)" : "Connected");
   }));
   client.on("disconnected", mine(onDisconnected));
   client.on("recovery", mine(onRecovery));
@@ -369,8 +371,9 @@ function onDisconnected(d) {
     if (d.code === 1012) r.restarted = true;
     else if (d.code !== 1006) r.restarted = false;
   }
-  if (client.connections === 0) {
-    // Never got in: most likely the token was refused (the browser hides the HTTP 401).
+  // Never got in, over a WebSocket nor over the HTTP transport it falls back to (after two failed
+  // WebSocket opens): most likely the token was refused (the browser hides a WebSocket's HTTP 401).
+  if (client.connections === 0 && (!d.willReconnect || client.transport === "sse")) {
     backToLogin(state.tokenMode === "pasted"
       ? "The gateway refused the connection: check the token (and that it is not expired)."
       : "Could not connect to the gateway.");

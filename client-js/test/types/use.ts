@@ -15,6 +15,9 @@ declare const maybeKey: string | undefined;
 // The browser's own WebSocket class fits the option.
 const client = new GatewayClient("wss://chat.example.com/ws", { getToken: async () => "t", WebSocket });
 const fixed = new GatewayClient("ws://127.0.0.1:3000/ws", { token: "t", timeoutMs: maybeTimeout });
+const streamed = new GatewayClient("ws://127.0.0.1:3000/ws", { token: "t", transports: ["sse"], openTimeoutMs: 3000 });
+streamed.on("connected", (c) => (c.transport === "sse" ? c.rooms : []));
+const carried: "websocket" | "sse" = streamed.transport;
 
 client.on("message", (m: Message) => m.content.toUpperCase());
 client.on("recovery", (r) => (r.recovered ? undefined : r.offset));
@@ -44,5 +47,9 @@ const none: ClientOptions = {};
 const both: ClientOptions = { token: "t", getToken: () => "t" };
 // @ts-expect-error: presence `offline` is the server's to say
 client.setPresence("general", "offline");
+// @ts-expect-error: only the gateway's two transports
+const carrier: ClientOptions = { token: "t", transports: ["long-polling"] };
 void none;
 void both;
+void carrier;
+void carried;

@@ -18,15 +18,19 @@
  *   gateway refused as `unavailable` (Redis could not store it), is sent again with the same key,
  *   so the gateway acks and delivers it once;
  * - `token_expiring` asks `getToken` for a new token and hands it over in band (`refresh`);
- * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up.
+ * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up;
+ * - where WebSockets do not get through (a proxy that refuses the upgrade), the same protocol over
+ *   the gateway's HTTP transport (sse.ts): after two WebSocket opens in a row that failed or did not
+ *   open within `openTimeoutMs`; after a stream ends, the next attempt tries the WebSocket again.
  *
- * Limits: one client is one socket; events are delivered synchronously to listeners, in order.
+ * Limits: one client is one connection; events are delivered synchronously to listeners, in order.
  */
 import { Backoff } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { BufferFull, ClientClosed, ClientError, ConnectionLost, RequestError, RequestTimeout } from "./errors.js";
 import { Roster } from "./members.js";
 import { closeAction, CLOSE_CODES, SERVER_TYPES } from "./protocol.js";
+import { SseSocket } from "./sse.js";
 const REPLIES = {
     join: "room_update",
     leave: "room_update",
@@ -58,6 +62,11 @@ export class GatewayClient extends Emitter {
     /** Sockets opened so far (0: the gateway was never reached, or refused every attempt). */
     connections = 0;
     options;
+    transports;
+    fetcher;
+    wsFailures = 0; // WebSocket opens in a row that failed: two, and the HTTP transport is used
+    using = "websocket";
+    openTimer;
     maxAttempts;
     backoff;
     WebSocketClass;
@@ -86,8 +95,13 @@ export class GatewayClient extends Emitter {
         if ((options.token === undefined) === (options.getToken === undefined)) {
             throw new TypeError("pass a token or getToken (one of them)");
         }
+        this.transports = options.transports ?? ["websocket", "sse"];
+        if (this.transports.length === 0 || this.transports.some((t) => t !== "websocket" && t !== "sse")) {
+            throw new TypeError('transports: "websocket", "sse" or both');
+        }
+        this.fetcher = options.fetch;
         const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
-        if (WebSocketClass === undefined && !isNode()) {
+        if (WebSocketClass === undefined && !isNode() && !this.transports.includes("sse")) {
             throw new TypeError("no WebSocket here: pass options.WebSocket");
         }
         this.url = url;
@@ -101,12 +115,17 @@ export class GatewayClient extends Emitter {
             pingIntervalMs: options.pingIntervalMs ?? 25_000,
             pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
             stableAfterMs: options.stableAfterMs ?? 5_000,
+            openTimeoutMs: options.openTimeoutMs ?? 5_000,
         };
     }
     // -- lifecycle ---------------------------------------------------------------------------
     /** "open" once a socket is up and every room joined again; "waiting" between attempts. */
     get state() {
         return this.current;
+    }
+    /** What carries the frames now (or will, for the attempt under way). */
+    get transport() {
+        return this.using;
     }
     /** Rooms this client is in, or will be in again after a reconnect. */
     get roomIds() {
@@ -312,20 +331,27 @@ export class GatewayClient extends Emitter {
             return;
         }
         this.userId = tokenSubject(token) ?? this.userId;
-        if (this.WebSocketClass === null) {
+        const sse = this.transports.includes("sse");
+        this.using = sse && (this.wsFailures >= 2 || !this.transports.includes("websocket")) ? "sse" : "websocket";
+        if (this.using === "websocket" && this.WebSocketClass === null) {
             try {
                 this.WebSocketClass = await loadWs();
             }
             catch {
-                this.finish(new ClientClosed(NO_WEBSOCKET));
-                return;
+                if (!sse) {
+                    this.finish(new ClientClosed(NO_WEBSOCKET));
+                    return;
+                }
+                this.wsFailures = Infinity; // Node 20 without the ws package: the HTTP transport only
+                this.using = "sse";
             }
             if (this.current !== "connecting")
                 return;
         }
         let ws;
         try {
-            ws = new this.WebSocketClass(withToken(this.url, token));
+            const url = withToken(this.url, token);
+            ws = this.using === "sse" ? new SseSocket(url, this.fetcher) : new this.WebSocketClass(url);
         }
         catch (error) {
             this.finish(new ClientClosed(`bad URL ${this.url}: ${messageOf(error)}`));
@@ -333,11 +359,18 @@ export class GatewayClient extends Emitter {
         }
         this.ws = ws;
         this.openedAt = 0;
+        this.openTimer = setTimeout(() => {
+            if (this.ws === ws && this.openedAt === 0)
+                this.end(ws, 1006, "did not open in time");
+        }, this.options.openTimeoutMs);
         ws.onopen = () => {
             if (this.ws !== ws)
                 return;
+            clearTimeout(this.openTimer);
             this.openedAt = Date.now();
             this.connections += 1;
+            if (this.using === "websocket")
+                this.wsFailures = 0;
             void this.resume(ws);
         };
         ws.onmessage = (event) => this.receive(ws, event.data);
@@ -354,7 +387,16 @@ export class GatewayClient extends Emitter {
     end(ws, code, reason) {
         if (this.ws !== ws)
             return;
+        clearTimeout(this.openTimer);
         const openedAt = this.openedAt;
+        if (this.using === "websocket") {
+            this.wsFailures = openedAt === 0 ? this.wsFailures + 1 : 0;
+        }
+        else if (this.wsFailures !== Infinity) {
+            // A stream that ended: the WebSocket gets one more try. One that never opened: the fault was
+            // not the WebSocket's (the gateway is down), so the next attempts start with it again.
+            this.wsFailures = openedAt > 0 ? 1 : 0;
+        }
         this.dropped(ws);
         try {
             ws.close(); // no-op when already closed; releases a socket that is only presumed dead
@@ -414,7 +456,7 @@ export class GatewayClient extends Emitter {
         for (const entry of [...this.pending.values()])
             if (entry.sentOn !== ws)
                 this.transmit(ws, entry);
-        this.emit("connected", { reconnected, rooms: this.roomIds });
+        this.emit("connected", { reconnected, rooms: this.roomIds, transport: this.using });
         this.settleStart?.resolve();
         this.settleStart = null;
     }
@@ -498,6 +540,7 @@ export class GatewayClient extends Emitter {
         this.current = "closed";
         this.ready = false;
         clearTimeout(this.retryTimer);
+        clearTimeout(this.openTimer);
         if (this.refusedTimer !== null)
             clearTimeout(this.refusedTimer);
         this.refusedTimer = null;
