@@ -7,8 +7,9 @@ per-message future, so one process can read ~10^5 frames/s). Talks to the orches
 lines: prints {"event": "ready"} once every connection is joined, then waits for `go` (or `quit`)
 on stdin, prints {"event": "done", ...} and waits for `quit`.
 
-One adapter per protocol: the gateway's (README.md, "Protocol"), Socket.IO v5 over Engine.IO v4
-(WebSocket transport only) and Centrifugo's JSON protocol. Deliveries are counted and timed the
+One adapter per protocol: the gateway's (README.md, "Protocol"), the same with subscribers on the
+gateway's HTTP transport (an event stream read by a plain asyncio protocol, joins POSTed), Socket.IO
+v5 over Engine.IO v4 (WebSocket transport only) and Centrifugo's JSON protocol. Deliveries are counted and timed the
 same way for all three: the content carries MARK, the send time in CLOCK_MONOTONIC ns and "|", and
 the subscriber finds it with a byte search instead of decoding the whole frame.
 """
@@ -209,6 +210,88 @@ class GatewayProto(Proto):
         conn.send(orjson.dumps({"type": "message", "payload": {"roomId": conn.room, "content": content}}))
 
 
+class GatewaySseProto(GatewayProto):
+    """Subscribers on GET /sse (docs/protocol.md, "HTTP transport"); the publisher on a WebSocket."""
+
+    name = "gateway-sse"
+
+    def stream_path(self, user: str) -> str:
+        return f"/sse?token={self.token(user)}"
+
+
+class SseStream(asyncio.Protocol):
+    """One subscriber's event stream: the response head, then `data: <frame>` events; the first is
+    `session`, whose id the join is POSTed with."""
+
+    def __init__(self, conn: Conn, host: str, port: int) -> None:
+        self.conn, self.host, self.port = conn, host, port
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.head = False
+        self.session = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data
+        if not self.head:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 200"):
+                self.conn.fail(buf[:200].decode(errors="replace"))
+                return
+            self.head, buf = True, buf[end + 4 :]
+        start = 0
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            event = buf[start:end]
+            start = end + 2
+            if event.startswith(b"data: "):
+                self.event(event[6:])
+        self.buffer = buf[start:]
+
+    def event(self, frame: bytes) -> None:
+        conn = self.conn
+        if not self.session:
+            self.session = orjson.loads(frame)["payload"]["sessionId"]
+            if not conn.proto.join:  # a capacity run: admitted is ready
+                conn.joined()
+                return
+            join = orjson.dumps({"type": "join", "payload": {"roomId": conn.room}, "requestId": "j"})
+            POSTS.add(task := asyncio.ensure_future(self.post(join)))
+            task.add_done_callback(POSTS.discard)
+            return
+        conn.proto.on_data(conn, frame)
+
+    async def post(self, body: bytes) -> None:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"POST /sse/send HTTP/1.1\r\nHost: {self.host}\r\nX-Session-Id: {self.session}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        status = await reader.readline()
+        writer.close()
+        if b" 202 " not in status:
+            self.conn.fail(f"join POST answered {status.decode(errors='replace').strip()}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.closed = True
+        self.conn.fail("stream ended before joining")
+
+
+async def open_stream(conn: Conn, proto: GatewaySseProto) -> asyncio.Transport:
+    host, port = proto.base_url.removeprefix("ws://").split(":")
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(lambda: SseStream(conn, host, int(port)), host, int(port))
+    request = f"GET {proto.stream_path(conn.user)} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+    transport.write(request.encode())
+    return transport
+
+
 class SocketIOProto(Proto):
     """Socket.IO v5 packets over Engine.IO v4 frames: "0{open}", "40" connect, "42[event,data]",
     "42<id>[...]" asks for an ack that comes back as "43<id>[...]"; "2" ping -> "3" pong."""
@@ -291,7 +374,7 @@ class CentrifugoProto(Proto):
         conn.send(orjson.dumps({"id": seq + 3, "publish": {"channel": self.channel(conn), "data": data}}))
 
 
-PROTOS: dict[str, type[Proto]] = {p.name: p for p in (GatewayProto, SocketIOProto, CentrifugoProto)}
+PROTOS: dict[str, type[Proto]] = {p.name: p for p in (GatewayProto, GatewaySseProto, SocketIOProto, CentrifugoProto)}
 
 
 def content_for(seq: int, size: int) -> str:
@@ -304,6 +387,7 @@ async def open_conns(
 ) -> tuple[list[Conn], float]:
     sem = asyncio.Semaphore(concurrency)
     conns: list[Conn] = []
+    streams = STREAMS
     start = time.monotonic()
 
     async def one(i: int) -> None:
@@ -314,7 +398,10 @@ async def open_conns(
             for attempt in range(3):
                 conn = Conn(proto, room, user, role, stats)
                 try:
-                    await ws_connect(lambda c=conn: c, proto.url(user), websocket_handshake_timeout=30)
+                    if isinstance(proto, GatewaySseProto) and role == ROLE_SUB:
+                        streams.append(await open_stream(conn, proto))
+                    else:
+                        await ws_connect(lambda c=conn: c, proto.url(user), websocket_handshake_timeout=30)
                     await asyncio.wait_for(conn.ready, 30)
                     conns.append(conn)
                     return
@@ -436,7 +523,13 @@ async def send_loop(proto: Proto, conn: Conn, count: int, size: int, rate: float
         proto.publish(conn, seq, content_for(seq, size))
 
 
+STREAMS: list[asyncio.Transport] = []  # the HTTP transport's subscribers (closed by close_all)
+POSTS: set[asyncio.Task[None]] = set()  # their joins under way
+
+
 async def close_all(conns: list[Conn]) -> None:
+    for stream in STREAMS:
+        stream.close()
     for c in conns:
         if c.transport is not None and not c.closed:
             c.transport.send_close()

@@ -335,7 +335,7 @@ WRITE_CALLS = ("write", "writev", "sendto", "sendmsg", "sendmmsg")
 def gateway_counters(server: Server) -> tuple[float, float] | None:
     """(socket writes, deliveries) from the gateway's /metrics: its own count of writes, which strace
     cannot give without slowing the server out of the regime being measured."""
-    if server.proto != "gateway":
+    if not server.proto.startswith("gateway"):
         return None
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:

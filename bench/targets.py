@@ -31,7 +31,8 @@ from bench.common import BENCH_PY, CACHE, GATEWAY_PY, ROOT, free_port, log, proc
 CENTRIFUGO_VERSION = "v6.9.1"
 # $BENCH_CENTRIFUGO: an already built binary (for example another worktree's .cache/bin/centrifugo).
 CENTRIFUGO_BIN = Path(os.environ.get("BENCH_CENTRIFUGO") or CACHE / "bin" / "centrifugo")
-TARGETS = ("gateway", "gateway-redis", "socketio", "socketio-redis", "socketio-node", "centrifugo")
+# gateway-sse: the gateway with every subscriber on its HTTP transport (the publishers stay on WebSockets).
+TARGETS = ("gateway", "gateway-sse", "gateway-redis", "socketio", "socketio-redis", "socketio-node", "centrifugo")
 SOCKETIO_NODE_VERSION = "4.8.4"
 SOCKETIO_NODE_DIR = CACHE / "socketio-node"
 
@@ -43,7 +44,7 @@ class TargetUnavailable(Exception):
 @dataclass
 class Server:
     name: str
-    proto: str  # client adapter: gateway | socketio | centrifugo
+    proto: str  # client adapter: gateway | gateway-sse | socketio | centrifugo
     proc: subprocess.Popen[bytes]
     port: int
     secret: str
@@ -104,7 +105,7 @@ def start(name: str, cpus: set[int] | None, gateway_args: list[str] | None = Non
     CACHE.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=CACHE))
     secret = secrets.token_urlsafe(48)
-    if name in ("gateway", "gateway-redis"):
+    if name in ("gateway", "gateway-sse", "gateway-redis"):
         return _gateway(name, workdir, secret, cpus, gateway_args or [])
     if name in ("socketio", "socketio-redis"):
         return _socketio(name, workdir, secret, cpus)
@@ -164,7 +165,8 @@ def _gateway(name: str, workdir: Path, secret: str, cpus: set[int] | None, extra
         time.sleep(0.05)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     version = f"git {rev.stdout.strip()}"
-    return Server(name, "gateway", proc, port, secret, workdir, version=version, helpers=helpers, cleanup=cleanup)
+    proto = "gateway-sse" if name == "gateway-sse" else "gateway"
+    return Server(name, proto, proc, port, secret, workdir, version=version, helpers=helpers, cleanup=cleanup)
 
 
 def _redis(workdir: Path, cpus: set[int] | None) -> tuple[int, int, Callable[[], None]]:
