@@ -49,8 +49,8 @@ SECRET_ENV = frozenset({"JWT_SECRET", "JWT_DEV", "REDIS_PASSWORD", "API_KEY", "H
 THROWAWAY = ("--set", "auth.generateSecret=true")
 # The project publishes no image: every install names its own registry (the render fails otherwise).
 IMAGE = ("--set", "image.repository=registry.example.com/chat/realtime-gateway")
-# The only paths the Ingress may route: the WebSocket endpoints and the demo page (with its assets).
-PUBLIC_PATHS = [("/", "Exact"), ("/ws", "Exact"), ("/demo", "Prefix")]
+# The only paths the Ingress may route: the WebSocket endpoints, the HTTP transport and the demo page.
+PUBLIC_PATHS = [("/", "Exact"), ("/ws", "Exact"), ("/sse", "Exact"), ("/sse/send", "Exact"), ("/demo", "Prefix")]
 # CRDs have no bundled schema: checked by hand instead.
 CRD_KINDS = frozenset({"ServiceMonitor"})
 
@@ -466,6 +466,7 @@ def test_all_options_env(all_options: list[Manifest], all_options_values: dict[s
         "2097152",
     )
     assert (cm["REQUEST_BODY_BYTES"], cm["API_BODY_BYTES"], cm["HTTP_IDLE_TIMEOUT"]) == ("32768", "4194304", "3")
+    assert cm["SSE_SEND_BYTES"] == "131072"
     assert cm["DEDUPE_MEMORY_BYTES"] == "33554432"
     assert (cm["PRESENCE_PAGE"], cm["PRESENCE_BROADCAST_LIMIT"], cm["PRESENCE_COUNT_INTERVAL"]) == ("50", "500", "5")
     assert cm["TRUSTED_PROXIES"] == ",".join(v["gateway"]["trustedProxies"])

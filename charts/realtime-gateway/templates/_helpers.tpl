@@ -132,6 +132,7 @@ and WORKERS.
   "REPLAY_BYTES" $g.limits.replayBytes
   "REQUEST_BODY_BYTES" $g.limits.requestBodyBytes
   "API_BODY_BYTES" $g.limits.apiBodyBytes
+  "SSE_SEND_BYTES" $g.limits.sseSendBytes
   "HTTP_IDLE_TIMEOUT" $g.limits.httpIdleTimeout
   "DEDUPE_MEMORY_BYTES" $g.limits.dedupeMemoryBytes
   "OUTBOUND_QUEUE_FRAMES" $g.limits.outboundQueueFrames
