@@ -6,7 +6,7 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, fields, validate
 
 from schemas.common import ISO_MS, PRESENCE_STATUSES, attachments, room_id
-from schemas.protocol import ERROR_CODES, ROOM_ACTIONS, SERVER_TYPES
+from schemas.protocol import ERROR_CODES, ROOM_ACTIONS, SERVER_TYPES, STREAM_EVENTS
 
 
 def _offset(first: int) -> fields.Integer:
@@ -158,6 +158,34 @@ PAYLOADS: dict[str, type[Schema]] = {
     "pong": PongOut,
     "error": ErrorOut,
 }
+
+
+class SessionOut(_Strict):
+    sessionId = fields.String(
+        required=True, metadata={"description": "the session's id: the X-Session-Id of its POSTs (a credential)"}
+    )
+    sendUrl = fields.String(required=True, metadata={"description": "where its frames are POSTed: /sse/send"})
+
+
+class ClosedOut(_Strict):
+    code = fields.Integer(required=True, metadata={"description": "the close code a WebSocket would have got"})
+    reason = fields.String(required=True)
+
+
+class StreamEvent(_Strict):
+    type = fields.String(required=True, validate=validate.OneOf(STREAM_EVENTS))
+    payload = fields.Dict(required=True)
+
+
+# The HTTP transport's own events: the stream's first (`session`) and last (`closed`).
+STREAM_PAYLOADS: dict[str, type[Schema]] = {"session": SessionOut, "closed": ClosedOut}
+
+
+def validate_stream_event(event: object) -> None:
+    """Raise marshmallow.ValidationError unless `event` is a `session` or `closed` event."""
+    StreamEvent().load(event)  # type: ignore[arg-type]
+    assert isinstance(event, dict)
+    STREAM_PAYLOADS[event["type"]]().load(event["payload"])
 
 
 def validate_server_frame(frame: object) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from schemas.server import validate_server_frame
+from schemas.server import validate_server_frame, validate_stream_event
 from tests.helpers import DEFAULT_TIMEOUT, Client, RunningGateway, token
 
 HEARTBEAT: dict[str, Any] = {"type": ":heartbeat"}  # what _next_event returns for a comment, when asked
@@ -74,6 +74,7 @@ class SseClient(Client):
             client._dechunker = asyncio.ensure_future(_dechunk(reader, client.reader))
         first = await client._next_event(DEFAULT_TIMEOUT)
         assert first is not None and first["type"] == "session", first
+        validate_stream_event(first)
         client.session_id = first["payload"]["sessionId"]
         client.send_url = first["payload"]["sendUrl"]
         return client
@@ -116,6 +117,7 @@ class SseClient(Client):
             return None
         frame = await self._next_event(timeout)
         if frame is not None and frame["type"] == "closed":
+            validate_stream_event(frame)
             self.closed_event = frame
             frame = await self._next_event(timeout)
             assert frame is None, f"an event after `closed`: {frame!r}"

@@ -124,9 +124,12 @@ def test_every_frame_type_is_one_message_on_the_websocket_channel() -> None:
     assert channel["address"] == "/" and "`/ws`" in channel["description"]
     listed = [ref["$ref"].rsplit("/", 1)[1] for ref in channel["messages"].values()]
     assert sorted(listed) == sorted([f"client.{t}" for t in CLIENT_TYPES] + [f"server.{t}" for t in SERVER_TYPES])
-    # The gateway receives each client frame in exactly one operation and sends each server frame in one.
+    # The gateway receives each client frame in exactly one operation and sends each server frame in one
+    # (on the WebSocket channel; the HTTP transport's channels have theirs, below).
     used: Counter[tuple[str, str]] = Counter()
     for op in doc["operations"].values():
+        if op["channel"]["$ref"] != "#/channels/gateway":
+            continue
         for ref in op["messages"]:
             used[(op["action"], ref["$ref"].rsplit("/", 1)[1])] += 1
         # The parser does not check this: a reply's messages are its channel's.
@@ -418,3 +421,25 @@ async def test_the_records_of_a_real_gateway_match_the_document(brokers, make_ga
 async def _ready(http: str) -> bool:
     status, body = await readyz(http)
     return status == 200 and body["checks"]["kafka"] == {"producer": "up", "consumer": "assigned"}
+
+
+def test_the_http_transport_is_two_channels_of_the_same_frames() -> None:
+    """docs/protocol.md, "HTTP transport": GET /sse sends every server frame and its own two events,
+    POST /sse/send receives every client frame; the messages are the WebSocket channel's."""
+    doc = load()
+    assert doc["servers"]["sse"]["protocol"] == "http"
+    stream, send = doc["channels"]["sse"], doc["channels"]["sseSend"]
+    assert (stream["address"], send["address"]) == ("/sse", "/sse/send")
+    listed = sorted(ref["$ref"].rsplit("/", 1)[1] for ref in stream["messages"].values())
+    assert listed == sorted([f"server.{t}" for t in SERVER_TYPES] + ["stream.session", "stream.closed"])
+    assert sorted(ref["$ref"].rsplit("/", 1)[1] for ref in send["messages"].values()) == sorted(
+        f"client.{t}" for t in CLIENT_TYPES
+    )
+    for status in ("202", "400", "404", "413", "429"):
+        assert f"| {status}" in send["description"], status
+    operations = doc["operations"].values()
+    ops = {op["bindings"]["http"]["method"]: op for op in operations if "http" in op.get("bindings", {})}
+    assert ops["GET"]["channel"]["$ref"] == "#/channels/sse" and ops["GET"]["action"] == "send"
+    assert ops["POST"]["channel"]["$ref"] == "#/channels/sseSend" and ops["POST"]["action"] == "receive"
+    session = doc["components"]["schemas"]["StreamSessionEvent"]["properties"]
+    assert session["type"]["const"] == "session"

@@ -1,4 +1,4 @@
-"""docs/asyncapi.yaml, the WebSocket protocol and the Kafka topics as AsyncAPI 3.0.0, made from the
+"""docs/asyncapi.yaml, the WebSocket protocol, its HTTP transport and the Kafka topics as AsyncAPI 3.0.0, made from the
 schemas in schemas/client.py, schemas/server.py and schemas/events.py, the names in
 schemas/protocol.py and the defaults in services/settings:
 
@@ -13,6 +13,7 @@ gateway itself never imports this package.
     tables.py      what the schemas do not say: a line per frame and event type, the topics
     convert.py     marshmallow -> JSON Schema (apispec), and the rules the converter cannot see
     websocket.py   the frames' messages, the WebSocket channel with the close codes, its operations
+    sse.py         the HTTP transport: the stream and the send path, the same frames' messages
     kafka.py       the events' messages, the topics as channels, their operations and bindings
     common.py      the shared names and helpers
 
@@ -54,6 +55,7 @@ from typing import Any
 from docgen.asyncapi.common import KAFKA, KAFKA_DOC, KAFKA_HOST, PROTOCOL_DOC, VERSION, WS, option, ref
 from docgen.asyncapi.convert import Converted, entry_kinds, open_objects, refine
 from docgen.asyncapi.kafka import event_messages, kafka_channels_and_operations, operation_bindings
+from docgen.asyncapi.sse import SSE, sse_channels, sse_messages, sse_operations, sse_server
 from docgen.asyncapi.tables import check_tables
 from docgen.asyncapi.websocket import ws_channel, ws_messages, ws_operations
 from docgen.json_schema import ecma_patterns, yaml_dumper
@@ -69,14 +71,16 @@ def document() -> dict[str, Any]:
 
     frames: dict[str, Any] = {}
     frame_messages = ws_messages(conv, max_content.default, frames)
+    stream_messages = sse_messages(conv, frames)
     record_messages = event_messages(conv, frames)
     entries = {kind: conv.ref(PAYLOADS[kind]) for kind in entry_kinds()}
     schemas = {**conv.components(), **frames}
     refine(schemas, entries, max_content)
     kafka_channels, kafka_operations = kafka_channels_and_operations()
     operations = ws_operations()
-    assert not set(operations) & set(kafka_operations), "an operation key is taken twice"
-    operations.update(kafka_operations)
+    for more in (sse_operations(), kafka_operations):
+        assert not set(operations) & set(more), "an operation key is taken twice"
+        operations.update(more)
 
     doc: dict[str, Any] = {
         "asyncapi": "3.0.0",
@@ -84,7 +88,8 @@ def document() -> dict[str, Any]:
             "title": "Realtime Gateway",
             "version": VERSION,
             "description": (
-                "The chat gateway's WebSocket protocol and the Kafka topics it produces and consumes, from the "
+                "The chat gateway's WebSocket protocol (also over HTTP: an event stream and POSTs) and the Kafka "
+                "topics it produces and consumes, from the "
                 "gateway's side: it receives client frames and sends server frames, consumes events and produces "
                 f"records. The reference is {PROTOCOL_DOC} (frames, error and close codes) and {KAFKA_DOC} "
                 "(topics, envelope, semantics). Generated from the marshmallow schemas in schemas/ by "
@@ -92,6 +97,7 @@ def document() -> dict[str, Any]:
             ),
             "tags": [
                 {"name": "websocket", "description": f"The client protocol ({PROTOCOL_DOC})."},
+                {"name": SSE, "description": f"The same frames over HTTP ({PROTOCOL_DOC}, 'HTTP transport')."},
                 {"name": "kafka", "description": f"Records produced and consumed ({KAFKA_DOC})."},
             ],
         },
@@ -111,6 +117,7 @@ def document() -> dict[str, Any]:
                 ],
                 "tags": [{"name": "websocket"}],
             },
+            SSE: sse_server(port.default),
             KAFKA: {
                 "host": KAFKA_HOST,
                 "protocol": "kafka",
@@ -122,11 +129,11 @@ def document() -> dict[str, Any]:
                 "tags": [{"name": "kafka"}],
             },
         },
-        "channels": {WS: ws_channel(frame_messages), **kafka_channels},
+        "channels": {WS: ws_channel(frame_messages), **sse_channels(), **kafka_channels},
         "operations": operations,
         "components": {
             "schemas": schemas,
-            "messages": {**frame_messages, **record_messages},
+            "messages": {**frame_messages, **stream_messages, **record_messages},
             "securitySchemes": {
                 "queryToken": {
                     "type": "httpApiKey",
