@@ -136,8 +136,9 @@ def _control(users: dict[str, set[Session]], ttl: float = 60.0) -> tuple[Control
     published: list[BusEvent] = []
     bus = MemoryBus("i1")
 
-    async def publish(channel: str, event: BusEvent) -> None:
+    async def publish(channel: str, event: BusEvent) -> int:
         published.append(event)
+        return 1
 
     bus.publish = publish  # type: ignore[method-assign]
     members = Members()

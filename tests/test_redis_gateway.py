@@ -190,9 +190,9 @@ async def test_one_publish_per_event_whatever_the_audience(pair: Pair) -> None:
     assert isinstance(bus, RedisBus)
     original = bus._send
 
-    async def counting(key: str, payload: bytes) -> None:
+    async def counting(key: str, payload: bytes) -> int:
         sent.append(key)
-        await original(key, payload)
+        return await original(key, payload)
 
     bus._send = counting  # type: ignore[method-assign]
     sender = await a.client("sender")
