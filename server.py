@@ -39,7 +39,7 @@ from services.errors import ConfigError, StartupError
 from services.gateway import Gateway
 from services.ids import short_id
 from services.logs import setup_logging
-from services.redis_common import wait_for_redis
+from services.redis_startup import wait_for_redis
 from services.settings import Settings, load_settings
 
 log = logging.getLogger("gateway.server")

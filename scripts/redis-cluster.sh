@@ -54,10 +54,23 @@ running() {
 
 cli() { redis-cli -h 127.0.0.1 -p "$1" "${CLI_ARGS[@]}" "${@:2}" 2>/dev/null; }
 
-# Six ports P whose cluster bus ports (P + 10000) are free too.
+# Six ports P whose cluster bus ports (P + 10000) are free too, both outside the kernel's range of
+# ephemeral ports: a connect() to a port nobody listens on (a killed node's) can otherwise be given
+# that very port as its source and connect to itself (TCP simultaneous open). A node whose cluster
+# bus link to a dead primary does so reads its own PING back, marks the primary "noaddr" and no
+# longer counts it as failing: with 3 primaries the quorum is never reached and the replica never
+# takes over.
 pick_ports() {
   python3 - <<'EOF'
 import random, socket
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        lo, hi = map(int, f.read().split())
+except (OSError, ValueError):
+    lo, hi = 32768, 60999  # Linux's default
+def outside(p):
+    return not lo <= p <= hi
+candidates = [p for p in range(10000, 55536) if outside(p) and outside(p + 10000)] or list(range(20000, 40000))
 def free(p):
     s = socket.socket()
     try:
@@ -69,7 +82,7 @@ def free(p):
         s.close()
 picked = []
 while len(picked) < 6:
-    p = random.randrange(20000, 40000)
+    p = random.choice(candidates)
     if p not in picked and free(p) and free(p + 10000):
         picked.append(p)
 print(" ".join(map(str, picked)))

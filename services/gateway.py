@@ -30,7 +30,8 @@ from services.online.memory import MemoryOnline
 from services.presence import PresenceStore
 from services.presence.fallback import FallbackPresence
 from services.presence.memory import MemoryPresence
-from services.redis_common import REDIS_ERRORS, RedisClient, make_client, until_redis_answers
+from services.redis_common import REDIS_ERRORS, RedisClient, make_client
+from services.redis_startup import until_redis_answers
 from services.revocation import RevocationStore
 from services.revocation.memory import MemoryRevocations
 from services.session import FLUSH_GRACE, Session

@@ -1,5 +1,5 @@
 """What the Redis bus, presence, dedupe and history stores share: the command client (one Redis,
-or a Redis Cluster), how to log in (ACL, TLS), error types, and the start-up wait.
+or a Redis Cluster), how to log in (ACL, TLS), error types (the start-up wait: redis_startup.py).
 
 Every command goes through the process's `Breaker` (services/breaker.py): it is cut after
 COMMAND_TIMEOUT whatever the library's own retries would do, and after a failure the next
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -31,7 +30,6 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.backoff import Backoff
 from services.breaker import Breaker, CircuitOpen
 from services.errors import StoreError
 from services.logs import StateLog
@@ -70,6 +68,30 @@ class GuardedCluster(RedisCluster):
     """A Redis Cluster client whose every command goes through the breaker."""
 
     breaker: Breaker
+    seeds: tuple[tuple[str, int], ...] = ()  # REDIS_CLUSTER_NODES
+
+    async def initialize(self) -> GuardedCluster:
+        self.restore_seeds()
+        await super().initialize()
+        return self
+
+    async def refresh_slots(self) -> None:
+        """A fresh slot map (the bus's subscribers, after a failover or a resharding)."""
+        self.restore_seeds()
+        await self.nodes_manager.initialize()
+
+    def restore_seeds(self) -> None:
+        """redis-py drops a node from the nodes it refreshes the slot map from at each connection
+        error on it, and refills them only from a refresh that succeeded, with the nodes that
+        CLUSTER SLOTS listed (the primaries alone while the replicas have replicated nothing). A
+        dead primary's error closes every node's connections, so the commands then under way on
+        the other primaries fail too and drop theirs: with none left no refresh can ever succeed
+        ("Redis Cluster cannot be connected"). The seeds are put back before every refresh."""
+        nodes = self.nodes_manager.startup_nodes
+        for host, port in self.seeds:
+            name = f"{host}:{port}"
+            if name not in nodes:
+                nodes[name] = ClusterNode(host, port, **self.nodes_manager.connection_kwargs)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         command = super().execute_command
@@ -180,6 +202,7 @@ def make_cluster_client(settings: Settings, timeout: float, client_name: str | N
         client_name=client_name,
     )
     cluster.breaker = new_breaker(timeout, cluster.ping_past_breaker)
+    cluster.seeds = tuple(settings.redis_cluster_nodes)
     return cluster
 
 
@@ -211,76 +234,3 @@ class StoreHealth(StateLog):
     def unavailable(self, exc: BaseException) -> StoreError:
         self.failed(describe(exc))
         return StoreError(f"{self._error} unavailable: {describe(exc)}")
-
-
-def where(settings: Settings) -> str:
-    """The Redis named in log lines and errors: host:port, or the cluster's seeds."""
-    if settings.redis_cluster_nodes:
-        return "cluster " + ",".join(f"{h}:{p}" for h, p in settings.redis_cluster_nodes)
-    return f"{settings.redis_host}:{settings.redis_port}"
-
-
-def unreachable(settings: Settings, reason: str) -> str:
-    """The one line printed before exit 2 when Redis is not there at start."""
-    return (
-        f"cannot reach Redis at {where(settings)} within "
-        f"{settings.redis_connect_timeout:g}s ({reason}); start it or pass --wait-for-redis"
-    )
-
-
-async def ping(settings: Settings, timeout: float) -> None:
-    """One connect + PING (every primary of a cluster) with its own short-lived client; raises a
-    REDIS_ERRORS member on failure."""
-    if settings.redis_cluster_nodes:
-        cluster = make_cluster_client(settings, timeout)
-        try:
-            await asyncio.wait_for(cluster.ping(target_nodes=RedisCluster.PRIMARIES), timeout)
-        finally:
-            await cluster.aclose()
-        return
-    client = aioredis.Redis(**single_kwargs(settings, timeout, retries=0))
-    try:
-        await asyncio.wait_for(client.ping(), timeout)
-    finally:
-        await client.aclose()
-
-
-async def wait_for_redis(settings: Settings, logger: logging.Logger) -> None:
-    """At start: return once Redis answers a PING (server.py, before forking workers)."""
-    await until_redis_answers(
-        settings, logger, lambda budget: ping(settings, min(budget or COMMAND_TIMEOUT, COMMAND_TIMEOUT))
-    )
-
-
-async def until_redis_answers(
-    settings: Settings,
-    logger: logging.Logger,
-    attempt: Callable[[float | None], Awaitable[None]],
-    errors: tuple[type[BaseException], ...] = REDIS_ERRORS,
-) -> None:
-    """Retry `attempt(budget)` with backoff until it succeeds. Without WAIT_FOR_REDIS the budget is
-    what is left of REDIS_CONNECT_TIMEOUT, and ConnectionError (one line: exit 2) ends it; with it,
-    the budget is None and we wait forever, logging once that we do. `errors` are expected."""
-    deadline = time.monotonic() + settings.redis_connect_timeout
-    backoff = Backoff(0.1, 2.0)
-    redis_at = {"redis": where(settings)}
-    waiting = False
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            await attempt(None if settings.wait_for_redis else max(left, 0.05))
-            if waiting:
-                logger.info("redis reachable", extra=redis_at)
-            return
-        except errors as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else describe(exc)
-        if not settings.wait_for_redis:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ConnectionError(unreachable(settings, reason))
-            await asyncio.sleep(min(backoff.next(), left))
-            continue
-        if not waiting:
-            waiting = True
-            logger.warning("waiting for redis", extra={**redis_at, "error": reason})
-        await asyncio.sleep(backoff.next())

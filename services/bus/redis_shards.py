@@ -18,12 +18,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
 from services.bus.redis_subscriber import SubscriberSocket
 from services.errors import BusError
-from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, RedisClient, describe
+from services.redis_common import COMMAND_TIMEOUT, REDIS_ERRORS, GuardedCluster, RedisClient, describe
 from services.settings import Settings
 
 
@@ -42,7 +42,7 @@ class ShardedSubscribers:
         settings: Settings,
         instance_id: str,
         timeout: float,
-        cluster: RedisCluster,
+        cluster: GuardedCluster,
         on_message: Callable[[bytes, bytes], None],
         on_unhealthy: Callable[[Any], None],
     ) -> None:
@@ -59,7 +59,7 @@ class ShardedSubscribers:
         loop = asyncio.get_running_loop()
         self.reader = loop.create_future()
         try:
-            await asyncio.wait_for(self._cluster.nodes_manager.initialize(), self._timeout * 2)
+            await asyncio.wait_for(self._cluster.refresh_slots(), self._timeout * 2)
             for node in self._cluster.get_primaries():
                 sock = SubscriberSocket(
                     self._settings,
@@ -154,7 +154,7 @@ async def open_subscribers(
     """The bus's subscriber socket(s), opened: one socket for one Redis, one per primary of a
     cluster. Returns them, every probe channel, and the probes still to subscribe (with one Redis,
     its only probe goes with the first SUBSCRIBE of the channels)."""
-    if isinstance(client, RedisCluster):
+    if isinstance(client, GuardedCluster):
         shards = ShardedSubscribers(settings, instance_id, COMMAND_TIMEOUT, client, on_message, on_unhealthy)
         await shards.open()  # subscribes a probe channel on every primary
         return shards, shards.probe_keys, []
