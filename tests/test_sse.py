@@ -116,7 +116,8 @@ async def test_send_refusals_lose_nothing(make_gateway: Factory) -> None:
 
     gone = f"{alice.session_id.split('.')[0]}.{'A' * 22}"
     assert (await post({"type": "ping", "payload": {}}, session_id=gone))[0] == 404
-    assert (await post({"type": "ping", "payload": {}}, session_id="0123456789abcdef.nobody"))[0] == 404
+    assert (await post({"type": "ping", "payload": {}}, session_id=f"0123456789abcdef.{'N' * 22}"))[0] == 404
+    assert (await post({"type": "ping", "payload": {}}, session_id="0123456789abcdef.short"))[0] == 404
     assert (await post({"type": "ping", "payload": {}}, session_id="no-dot"))[0] == 404
     status, body, _ = await post({"type": "ping", "payload": {}}, session_id="")
     assert status == 400 and "X-Session-Id" in body["error"]
@@ -267,7 +268,9 @@ async def test_a_post_to_another_instance_is_forwarded_to_the_holder(make_gatewa
     assert sample("gateway_sse_sends_total", status="202", route="forwarded") == forwarded + 1
     route = alice.session_id.split(".")[0]
     assert (await post_frames(b.port, f"{route}.{'B' * 22}", {"type": "ping", "payload": {}}))[0] == 404  # a's answer
-    assert (await post_frames(b.port, "feedfacefeedface.x", {"type": "ping", "payload": {}}))[0] == 404  # nobody's
+    assert (await post_frames(b.port, f"feedfacefeedface.{'x' * 22}", {"type": "ping", "payload": {}}))[
+        0
+    ] == 404  # nobody's
     alice.close()
     await wait_for(lambda: not a.gateway.sessions, what="alice's stream gone")
     assert (await post_frames(b.port, alice.session_id, {"type": "ping", "payload": {}}))[0] == 404

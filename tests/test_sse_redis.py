@@ -40,7 +40,7 @@ async def test_a_post_on_instance_2_for_a_stream_on_instance_1(
 
     route = alice.session_id.split(".")[0]
     assert (await post_frames(b.port, f"{route}.{'Z' * 22}", PING))[0] == 404  # instance 1 says no
-    assert (await post_frames(b.port, "0123456789abcdef.gone", PING))[0] == 404  # no instance has the route
+    assert (await post_frames(b.port, f"0123456789abcdef.{'G' * 22}", PING))[0] == 404  # no instance has the route
     alice.close()
     await wait_for(lambda: not a.gateway.sessions, what="alice's stream gone")
     assert (await post_frames(b.port, alice.session_id, PING))[0] == 404
