@@ -7,7 +7,7 @@ import { test } from "node:test";
 
 import { WebSocket as NodeWebSocket } from "ws";
 
-import { GatewayClient, streamUrl } from "../dist/index.js";
+import { GatewayClient, SseSocket, streamUrl } from "../dist/index.js";
 import { mint, nextEvent, proxyWithoutUpgrades, record, startGateway, waitFor } from "./support.mjs";
 
 function connectAs(t, url, user, options = {}) {
@@ -125,3 +125,92 @@ async function forwarder(t, port) {
     },
   };
 }
+
+test("on the stream: 4003 from the gateway is final, even with a send racing it", async (t) => {
+  const gw = await startGateway(t, { env: { API_KEY: "js-test-key" } });
+  const client = connectAs(t, gw.url, "mallory", { transports: ["sse"] });
+  await client.connect();
+  await client.join("r");
+  const disconnected = nextEvent(client, "disconnected");
+  const response = await fetch(`${gw.http}/api/disconnect`, {
+    method: "POST",
+    headers: { Authorization: "apikey js-test-key", "Content-Type": "application/json" },
+    body: JSON.stringify({ userId: "mallory", reason: "banned" }),
+  });
+  assert.equal(response.status, 200);
+  client.send("r", "too late").catch(() => {}); // its POST may meet the ended session: 404
+  const drop = await disconnected;
+  assert.deepEqual([drop.code, drop.action, drop.willReconnect], [4003, "give_up", false]);
+});
+
+test("on the stream: 429 is waited out, 413 halves the batch; everything arrives once, in order", async (t) => {
+  const gw = await startGateway(t, {
+    args: ["--rate-limit", "20", "--rate-burst", "8", "--max-message-bytes", "2048", "--sse-send-bytes", "2048"],
+  });
+  const alice = connectAs(t, gw.url, "alice", { transports: ["sse"] });
+  const bob = connectAs(t, gw.url, "bob");
+  await alice.connect();
+  await bob.connect();
+  await alice.join("r");
+  await bob.join("r");
+  const got = record(bob, "message");
+  // 12 messages of 600 characters in one turn: 20 frames would be over RATE_BURST (8) and the
+  // body over SSE_SEND_BYTES (2048): halved to what fits, and the rate limit waited out.
+  const acks = await Promise.all(Array.from({ length: 12 }, (_, i) => alice.send("r", `${i}:${"x".repeat(600)}`)));
+  assert.equal(new Set(acks.map((a) => a.id)).size, 12);
+  await waitFor(() => got.length === 12, "the 12 messages at bob");
+  assert.deepEqual(got.map((m) => Number(m.content.split(":")[0])), Array.from({ length: 12 }, (_, i) => i));
+  assert.equal(alice.connections, 1); // never dropped for it
+});
+
+test("while on the stream a WebSocket is tried in the background, and used once it opens", async (t) => {
+  const gw = await startGateway(t);
+  let refusing = true;
+  class Flaky {
+    constructor(url) {
+      if (!refusing) return new NodeWebSocket(url);
+      this.readyState = 0;
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      setTimeout(() => this.onerror?.({}), 0);
+    }
+    send() {}
+    close() {
+      this.readyState = 3;
+    }
+  }
+  const alice = connectAs(t, gw.url, "alice", { WebSocket: Flaky, upgradeAfterMs: 200 });
+  await alice.connect();
+  assert.equal(alice.transport, "sse");
+  await alice.join("general");
+  const back = nextEvent(alice, "connected");
+  refusing = false; // the proxy lets WebSockets through again (or the gateway was only restarting)
+  assert.deepEqual(await back, { reconnected: true, rooms: ["general"], transport: "websocket" });
+});
+
+test("the stream's parser takes CRLF line ends and comments, as proxies may send them", async () => {
+  const body = [
+    'data: {"type":"session","payload":{"sessionId":"r.s","sendUrl":"/sse/send"}}\r\n\r\n',
+    ":\r\n\r",
+    '\ndata: {"type":"pong","payload":{}}\r',
+    "\n\r\n",
+  ];
+  const seen = [];
+  const fetcher = async (url, init) => {
+    seen.push([url, init.headers]);
+    const stream = new ReadableStream({
+      start(controller) {
+        for (const part of body) controller.enqueue(new TextEncoder().encode(part));
+      },
+    });
+    return new Response(stream, { status: 200, headers: { "Content-Type": "text/event-stream" } });
+  };
+  const socket = new SseSocket("wss://chat.example/chat/ws?token=t0k", fetcher);
+  const frames = [];
+  const opened = new Promise((ok) => (socket.onopen = ok));
+  socket.onmessage = (event) => frames.push(JSON.parse(event.data).type);
+  await opened;
+  await waitFor(() => frames.length === 1, "the pong");
+  assert.deepEqual(frames, ["pong"]);
+  assert.deepEqual(seen[0], ["https://chat.example/chat/sse", { Accept: "text/event-stream", Authorization: "Bearer t0k" }]);
+  socket.close();
+});

@@ -372,9 +372,11 @@ function onDisconnected(d) {
     else if (d.code !== 1006) r.restarted = false;
   }
   // Never got in, over a WebSocket nor over the HTTP transport it falls back to (after two failed
-  // WebSocket opens): most likely the token was refused (the browser hides a WebSocket's HTTP 401).
+  // WebSocket opens). A browser hides a WebSocket's HTTP status; the stream's says 401 or 403 for a
+  // refused token.
   if (client.connections === 0 && (!d.willReconnect || client.transport === "sse")) {
-    backToLogin(state.tokenMode === "pasted"
+    const refused = /HTTP 40[13]\b/.test(d.reason || "");
+    backToLogin(refused || (state.tokenMode === "pasted" && !d.reason.startsWith("could not reach"))
       ? "The gateway refused the connection: check the token (and that it is not expired)."
       : "Could not connect to the gateway.");
     return;

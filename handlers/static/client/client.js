@@ -21,7 +21,9 @@
  * - close codes are honoured (protocol.ts): retry, get a new token then retry, or give up;
  * - where WebSockets do not get through (a proxy that refuses the upgrade), the same protocol over
  *   the gateway's HTTP transport (sse.ts): after two WebSocket opens in a row that failed or did not
- *   open within `openTimeoutMs`; after a stream ends, the next attempt tries the WebSocket again.
+ *   open within `openTimeoutMs`. A gateway that was only down meanwhile looks the same, so while on
+ *   the stream a WebSocket is tried in the background (after `upgradeAfterMs`, doubling) and the
+ *   client moves back to one once it opens; after a stream ends, the next attempt tries it first.
  *
  * Limits: one client is one connection; events are delivered synchronously to listeners, in order.
  */
@@ -54,6 +56,8 @@ const RETRIED = new Set(["rate_limited", "unavailable"]);
 // A message refused as `unavailable` (Redis could not store it; nobody got it) is sent again with
 // its dedupeKey after about this long, until acked or its timeout passes (docs/protocol.md).
 const UNAVAILABLE_RETRY_MS = 1000;
+// The longest wait between two background WebSocket tries while on the HTTP transport.
+const UPGRADE_MAX_MS = 10 * 60_000;
 const OPEN = 1;
 export class GatewayClient extends Emitter {
     url;
@@ -67,6 +71,8 @@ export class GatewayClient extends Emitter {
     wsFailures = 0; // WebSocket opens in a row that failed: two, and the HTTP transport is used
     using = "websocket";
     openTimer;
+    upgradeTimer;
+    upgradeDelay = 0; // the next background WebSocket try, while on the HTTP transport
     maxAttempts;
     backoff;
     WebSocketClass;
@@ -116,7 +122,9 @@ export class GatewayClient extends Emitter {
             pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
             stableAfterMs: options.stableAfterMs ?? 5_000,
             openTimeoutMs: options.openTimeoutMs ?? 5_000,
+            upgradeAfterMs: options.upgradeAfterMs ?? 30_000,
         };
+        this.upgradeDelay = this.options.upgradeAfterMs;
     }
     // -- lifecycle ---------------------------------------------------------------------------
     /** "open" once a socket is up and every room joined again; "waiting" between attempts. */
@@ -359,10 +367,13 @@ export class GatewayClient extends Emitter {
         }
         this.ws = ws;
         this.openedAt = 0;
-        this.openTimer = setTimeout(() => {
-            if (this.ws === ws && this.openedAt === 0)
-                this.end(ws, 1006, "did not open in time");
-        }, this.options.openTimeoutMs);
+        if (this.transports.length > 1) {
+            // Only where there is something to fall back to: alone, a slow open is still an open.
+            this.openTimer = setTimeout(() => {
+                if (this.ws === ws && this.openedAt === 0)
+                    this.end(ws, 1006, "did not open in time");
+            }, this.options.openTimeoutMs);
+        }
         ws.onopen = () => {
             if (this.ws !== ws)
                 return;
@@ -388,6 +399,7 @@ export class GatewayClient extends Emitter {
         if (this.ws !== ws)
             return;
         clearTimeout(this.openTimer);
+        clearTimeout(this.upgradeTimer);
         const openedAt = this.openedAt;
         if (this.using === "websocket") {
             this.wsFailures = openedAt === 0 ? this.wsFailures + 1 : 0;
@@ -456,6 +468,8 @@ export class GatewayClient extends Emitter {
         for (const entry of [...this.pending.values()])
             if (entry.sentOn !== ws)
                 this.transmit(ws, entry);
+        if (this.using === "sse")
+            this.scheduleUpgrade(ws);
         this.emit("connected", { reconnected, rooms: this.roomIds, transport: this.using });
         this.settleStart?.resolve();
         this.settleStart = null;
@@ -526,6 +540,66 @@ export class GatewayClient extends Emitter {
         this.retryTimer = setTimeout(() => void this.open(), delayMs);
         this.emit("disconnected", { code, reason, action, willReconnect: true, attempt: this.tries, delayMs });
     }
+    /** While on the HTTP transport: try a WebSocket in the background later (see upgradeAfterMs). */
+    scheduleUpgrade(stream) {
+        if (!this.transports.includes("websocket") || this.WebSocketClass === null)
+            return;
+        clearTimeout(this.upgradeTimer);
+        this.upgradeTimer = setTimeout(() => void this.tryUpgrade(stream), this.upgradeDelay);
+    }
+    /** One WebSocket, opened and closed at once: if it opens, the stream gives way to a WebSocket
+     * (closed 1000; the rooms are joined again with `since`, so nothing is missed). */
+    async tryUpgrade(stream) {
+        const current = () => this.ws === stream && this.ready;
+        let token;
+        try {
+            token = typeof this.tokenSource === "string" ? this.tokenSource : await this.tokenSource();
+        }
+        catch {
+            if (current())
+                this.scheduleUpgrade(stream);
+            return;
+        }
+        if (!current() || this.WebSocketClass === null)
+            return;
+        let probe;
+        try {
+            probe = new this.WebSocketClass(withToken(this.url, token));
+        }
+        catch {
+            return;
+        }
+        let settled = false;
+        const settle = (opened) => {
+            if (settled)
+                return;
+            settled = true;
+            clearTimeout(timer);
+            probe.onopen = probe.onclose = probe.onerror = probe.onmessage = null;
+            try {
+                probe.close(1000, "probe");
+            }
+            catch {
+                // not open: nothing to close
+            }
+            if (!current())
+                return;
+            if (opened) {
+                this.upgradeDelay = this.options.upgradeAfterMs;
+                this.attempt = 0;
+                this.end(stream, 1000, "a WebSocket gets through again");
+                this.wsFailures = 0;
+            }
+            else {
+                this.upgradeDelay = Math.min(this.upgradeDelay * 2, UPGRADE_MAX_MS);
+                this.scheduleUpgrade(stream);
+            }
+        };
+        const timer = setTimeout(() => settle(false), this.options.openTimeoutMs);
+        probe.onopen = () => settle(true);
+        probe.onerror = () => settle(false);
+        probe.onclose = () => settle(false);
+    }
     /** Skips the wait: try to connect now (a "Retry now" button). */
     retryNow() {
         if (this.current !== "waiting")
@@ -541,6 +615,7 @@ export class GatewayClient extends Emitter {
         this.ready = false;
         clearTimeout(this.retryTimer);
         clearTimeout(this.openTimer);
+        clearTimeout(this.upgradeTimer);
         if (this.refusedTimer !== null)
             clearTimeout(this.refusedTimer);
         this.refusedTimer = null;

@@ -2,20 +2,26 @@
  * SseSocket: the gateway's HTTP transport (docs/protocol.md, "HTTP transport") behind the same
  * WebSocketLike face as a WebSocket, so the client above it does not know which one it holds.
  *
- * - the stream is `GET /sse` read with fetch (not EventSource: fetch sends cookies and reads the
- *   status of a refusal, and Node has it without a package); its `session` event is the open,
- *   every other event a frame, its `closed` event the close code a WebSocket would have had;
- * - frames go out as `POST /sse/send` with the session's id: one request at a time, the frames
- *   sent meanwhile together in the next (at most MAX_BATCH), so they reach the gateway in order;
- *   a 429 is waited out (Retry-After) and the same frames sent again; any other refusal ends the
- *   session like a dropped socket (the client re-sends what was in flight on the next one).
+ * - the stream is `GET /sse` read with fetch (not EventSource: fetch sends the token as a header,
+ *   not in a URL that proxies log, reads the status of a refusal, and Node has it without a
+ *   package); its `session` event is the open, every other event a frame, its `closed` event the
+ *   close code a WebSocket would have had;
+ * - frames go out as `POST /sse/send` with the session's id: one request at a time, the frames sent
+ *   meanwhile together in the next (at most MAX_BATCH frames and MAX_BATCH_CHARS), so they reach
+ *   the gateway in order. A 429 or 503 is waited out (Retry-After) and the same frames sent again; a
+ *   413 halves the batch (a lone frame the gateway finds too big is dropped: its request times out);
+ *   a 404 or anything else ends the session like a dropped socket (the client re-sends what was in
+ *   flight on the next one).
  *
  * Limits: an event larger than MAX_EVENT_CHARS ends the stream (the gateway's frames are far smaller).
  */
 const CONNECTING = 0;
 const OPEN = 1;
+const CLOSING = 2;
 const CLOSED = 3;
 const MAX_BATCH = 20; // frames per POST: half the gateway's default RATE_BURST
+const MAX_BATCH_CHARS = 64 * 1024; // a quarter of its default SSE_SEND_BYTES
+const MAX_RETRIES = 10; // 429 or 503 answers in a row for one batch before the session is given up
 const MAX_EVENT_CHARS = 8 * 1024 * 1024;
 export class SseSocket {
     fetcher;
@@ -28,23 +34,33 @@ export class SseSocket {
     /* eslint-enable @typescript-eslint/no-explicit-any */
     aborter = new AbortController();
     streamUrl;
+    headers = {};
     sendUrl = "";
     sessionId = "";
     outbox = [];
     posting = false;
+    waitTimer;
+    wake = null;
     closedWith = null;
-    /** `url`: the gateway's WebSocket URL (ws:// or wss://, token in the query); the stream is at its `/sse`. */
+    /** `url`: the gateway's WebSocket URL (ws:// or wss://, the token in its query); the stream is at
+     * its `/sse`, the token then goes as `Authorization: Bearer`. */
     constructor(url, fetcher = globalThis.fetch.bind(globalThis)) {
         this.fetcher = fetcher;
-        this.streamUrl = streamUrl(url);
-        void this.read();
+        const parsed = new URL(streamUrl(url));
+        const token = parsed.searchParams.get("token");
+        if (token !== null) {
+            parsed.searchParams.delete("token");
+            this.headers["Authorization"] = `Bearer ${token}`;
+        }
+        this.streamUrl = parsed.toString();
+        void this.read().catch(() => this.end(1006, "the stream failed"));
     }
     send(data) {
         if (this.readyState !== OPEN)
             throw new Error("the stream is not open");
         this.outbox.push(data);
         if (!this.posting)
-            queueMicrotask(() => void this.post()); // the frames of this turn go together
+            queueMicrotask(() => void this.post().catch(() => this.end(1006, "sending failed")));
     }
     close(code = 1000, reason = "") {
         this.end(code, reason);
@@ -53,33 +69,38 @@ export class SseSocket {
         let response;
         try {
             response = await this.fetcher(this.streamUrl, {
-                headers: { Accept: "text/event-stream" },
+                headers: { Accept: "text/event-stream", ...this.headers },
                 credentials: "include", // the connect hook's cookie, also on another origin
                 cache: "no-store",
                 signal: this.aborter.signal,
             });
         }
         catch {
-            this.fail("could not reach the stream");
+            this.end(1006, "could not reach the stream");
             return;
         }
         if (!response.ok || response.body === null) {
-            this.fail(`the stream was refused: HTTP ${response.status}${await errorOf(response)}`);
+            // A WebSocket's refusal is a bare 1006; here the status says why (a 401: the token).
+            this.end(1006, `the stream was refused: HTTP ${response.status}${await errorOf(response)}`);
             return;
         }
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
         try {
+            const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
             for (;;) {
                 const { value, done } = await reader.read();
                 if (done || this.readyState === CLOSED)
                     break;
+                // Line ends may be CRLF or CR too (a proxy's); a CR last in a chunk may be half of a CRLF.
                 buffer += value;
+                const held = buffer.endsWith("\r") ? "\r" : "";
+                let text = (held ? buffer.slice(0, -1) : buffer).replace(/\r\n?/g, "\n");
                 let end;
-                while ((end = buffer.indexOf("\n\n")) >= 0) {
-                    this.event(buffer.slice(0, end));
-                    buffer = buffer.slice(end + 2);
+                while ((end = text.indexOf("\n\n")) >= 0) {
+                    this.event(text.slice(0, end));
+                    text = text.slice(end + 2);
                 }
+                buffer = text + held;
                 if (buffer.length > MAX_EVENT_CHARS)
                     break;
             }
@@ -87,32 +108,40 @@ export class SseSocket {
         catch {
             // cut, or aborted by close(): ended below
         }
-        const closed = this.closedWith;
-        this.end(closed?.code ?? 1006, closed?.reason ?? "");
+        this.end(1006, "the stream ended");
     }
     event(block) {
         const data = block
             .split("\n")
-            .filter((line) => line.startsWith("data:"))
+            .filter((line) => line === "data" || line.startsWith("data:"))
             .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5))
             .join("\n");
         if (data === "" || this.readyState === CLOSED)
             return; // a heartbeat comment
+        let frame;
+        try {
+            frame = JSON.parse(data);
+        }
+        catch {
+            return; // not the gateway's: ignored, as a WebSocket client ignores a frame it cannot read
+        }
         if (this.readyState === CONNECTING) {
-            const first = JSON.parse(data);
-            if (first.type !== "session" || typeof first.payload?.sessionId !== "string") {
-                this.fail("the stream did not begin with its session");
+            const sessionId = frame.payload?.["sessionId"];
+            if (frame.type !== "session" || typeof sessionId !== "string") {
+                this.end(1006, "the stream did not begin with its session");
                 return;
             }
-            this.sessionId = first.payload.sessionId;
-            this.sendUrl = new URL(first.payload.sendUrl ?? "/sse/send", this.streamUrl).toString();
+            this.sessionId = sessionId;
+            this.sendUrl = sendUrlOf(this.streamUrl, frame.payload?.["sendUrl"]);
             this.readyState = OPEN;
             this.onopen?.({});
             return;
         }
-        if (data.startsWith('{"type":"closed"')) {
-            const payload = JSON.parse(data).payload;
-            this.closedWith = { code: payload.code, reason: payload.reason };
+        if (frame.type === "closed") {
+            const { code, reason } = (frame.payload ?? {});
+            this.closedWith = { code: typeof code === "number" ? code : 1006, reason: typeof reason === "string" ? reason : "" };
+            this.readyState = CLOSING; // nothing more is sent: the session is over
+            this.outbox = [];
             return;
         }
         this.onmessage?.({ data });
@@ -122,23 +151,49 @@ export class SseSocket {
             return;
         this.posting = true;
         try {
+            let size = MAX_BATCH;
+            let retries = 0;
             while (this.outbox.length > 0 && this.readyState === OPEN) {
-                const batch = this.outbox.slice(0, MAX_BATCH);
-                const wait = await this.deliver(batch);
-                if (wait === null)
-                    return; // the session is gone: end() said so
-                if (wait > 0) {
-                    await new Promise((resolve) => setTimeout(resolve, wait));
+                const batch = this.take(size);
+                const answer = await this.deliver(batch);
+                if (answer === "gone")
+                    return; // end() said why
+                if (answer === "too big") {
+                    if (batch.length === 1)
+                        this.outbox.shift(); // the gateway will not take it (MAX_MESSAGE_BYTES)
+                    size = Math.max(1, Math.floor(batch.length / 2));
+                    continue;
+                }
+                if (typeof answer === "number") {
+                    if (++retries > MAX_RETRIES) {
+                        this.end(1006, "the gateway kept refusing the frames");
+                        return;
+                    }
+                    await this.pause(answer);
                     continue; // the same frames again
                 }
                 this.outbox.splice(0, batch.length);
+                size = MAX_BATCH;
+                retries = 0;
             }
         }
         finally {
             this.posting = false;
         }
     }
-    /** 0: delivered; > 0: ms to wait before sending the same again (429); null: the session ended. */
+    /** The first frames of the outbox, at most `count` of them and MAX_BATCH_CHARS (at least one). */
+    take(count) {
+        const batch = [];
+        let chars = 2;
+        for (const frame of this.outbox) {
+            if (batch.length >= count || (batch.length > 0 && chars + frame.length + 1 > MAX_BATCH_CHARS))
+                break;
+            batch.push(frame);
+            chars += frame.length + 1;
+        }
+        return batch;
+    }
+    /** "sent"; ms to wait before sending the same again (429, 503); "too big" (413); "gone". */
     async deliver(batch) {
         let response;
         try {
@@ -152,31 +207,37 @@ export class SseSocket {
         }
         catch {
             this.end(1006, "could not send");
-            return null;
+            return "gone";
         }
-        if (response.status === 202) {
-            await response.body?.cancel();
-            return 0;
-        }
-        if (response.status === 429) {
-            await response.body?.cancel();
+        const status = response.status;
+        if (status === 202 || status === 413 || status === 429 || status === 503) {
+            await response.body?.cancel().catch(() => { });
+            if (status === 202)
+                return "sent";
+            if (status === 413)
+                return "too big";
             return Math.max(1, Number(response.headers.get("Retry-After")) || 1) * 1000;
         }
-        this.end(1006, `sending was refused: HTTP ${response.status}${await errorOf(response)}`);
-        return null;
+        this.end(1006, `sending was refused: HTTP ${status}${await errorOf(response)}`);
+        return "gone";
     }
-    fail(reason) {
-        if (this.readyState === CONNECTING)
-            this.onerror?.({});
-        this.end(1006, reason);
+    pause(ms) {
+        return new Promise((resolve) => {
+            this.wake = resolve;
+            this.waitTimer = setTimeout(resolve, ms);
+        });
     }
     end(code, reason) {
         if (this.readyState === CLOSED)
             return;
+        const closed = this.closedWith; // the gateway's own code wins over what ended the stream after it
         this.readyState = CLOSED;
         this.outbox = [];
+        clearTimeout(this.waitTimer);
+        this.wake?.();
         this.aborter.abort();
-        setTimeout(() => this.onclose?.({ code, reason }), 0); // after the caller, as a WebSocket's close event
+        const event = closed ?? { code, reason };
+        setTimeout(() => this.onclose?.(event), 0); // after the caller, as a WebSocket's close event
     }
 }
 /** The stream's URL from the WebSocket's: the same host and query, `/sse` in place of `/ws` (or `/`). */
@@ -187,6 +248,15 @@ export function streamUrl(url) {
     else if (parsed.protocol === "wss:")
         parsed.protocol = "https:";
     parsed.pathname = parsed.pathname.replace(/(\/ws)?\/?$/, "/sse");
+    return parsed.toString();
+}
+/** Where the frames go: the gateway's `sendUrl` (`/sse/send`) under the stream's own path prefix, so
+ * a gateway served at `https://host/chat/` is posted to at `/chat/sse/send`. */
+function sendUrlOf(stream, sendUrl) {
+    const parsed = new URL(stream);
+    const path = typeof sendUrl === "string" && sendUrl.startsWith("/") ? sendUrl : "/sse/send";
+    parsed.pathname = parsed.pathname.replace(/\/sse$/, "") + path;
+    parsed.search = "";
     return parsed.toString();
 }
 async function errorOf(response) {
