@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import base64
 import collections
 import os
 import resource
@@ -235,23 +236,22 @@ class SseStream(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer + data
+        if self.buffer:
+            data = self.buffer + data
         if not self.head:
-            end = buf.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n")
             if end < 0:
-                self.buffer = buf
+                self.buffer = data
                 return
-            if not buf.startswith(b"HTTP/1.1 200"):
-                self.conn.fail(buf[:200].decode(errors="replace"))
+            if not data.startswith(b"HTTP/1.1 200"):
+                self.conn.fail(data[:200].decode(errors="replace"))
                 return
-            self.head, buf = True, buf[end + 4 :]
-        start = 0
-        while (end := buf.find(b"\n\n", start)) >= 0:
-            event = buf[start:end]
-            start = end + 2
-            if event.startswith(b"data: "):
+            self.head, data = True, data[end + 4 :]
+        events = data.split(b"\n\n")
+        self.buffer = events.pop()  # what follows the last complete event
+        for event in events:
+            if event[:6] == b"data: ":
                 self.event(event[6:])
-        self.buffer = buf[start:]
 
     def event(self, frame: bytes) -> None:
         conn = self.conn
@@ -283,9 +283,67 @@ class SseStream(asyncio.Protocol):
         self.conn.fail("stream ended before joining")
 
 
-async def open_stream(conn: Conn, proto: GatewaySseProto) -> asyncio.Transport:
+class GatewayRawWsProto(GatewayProto):
+    """Subscribers on WebSockets read by a plain asyncio protocol, the same machinery as the SSE
+    subscribers': the transports compared with the client's cost taken out (picows reads in C)."""
+
+    name = "gateway-rawws"
+
+
+class RawWsStream(SseStream):
+    """A WebSocket subscriber in pure Python: the 101 head, then unmasked server frames."""
+
+    def data_received(self, data: bytes) -> None:
+        if self.buffer:
+            data = self.buffer + data
+        if not self.head:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = data
+                return
+            if not data.startswith(b"HTTP/1.1 101"):
+                self.conn.fail(data[:200].decode(errors="replace"))
+                return
+            self.head, data = True, data[end + 4 :]
+            if not self.conn.proto.join:
+                self.conn.joined()
+            else:
+                self.send(orjson.dumps({"type": "join", "payload": {"roomId": self.conn.room}, "requestId": "j"}))
+        pos, size = 0, len(data)
+        while size - pos >= 2:
+            length, start = data[pos + 1] & 0x7F, pos + 2
+            if length == 126:
+                length, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
+            elif length == 127:
+                length, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
+            if start + length > size:
+                break
+            if data[pos] & 0x0F == 0x1:
+                self.conn.proto.on_data(self.conn, data[start : start + length])
+            pos = start + length
+        self.buffer = data[pos:]
+
+    def send(self, payload: bytes) -> None:
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        self.transport.write(head + mask + masked)
+
+
+async def open_stream(conn: Conn, proto: GatewaySseProto | GatewayRawWsProto) -> asyncio.Transport:
     host, port = proto.base_url.removeprefix("ws://").split(":")
     loop = asyncio.get_running_loop()
+    if isinstance(proto, GatewayRawWsProto):
+        transport, _ = await loop.create_connection(lambda: RawWsStream(conn, host, int(port)), host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /?token={proto.token(conn.user)} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        transport.write(request.encode())
+        return transport
     transport, _ = await loop.create_connection(lambda: SseStream(conn, host, int(port)), host, int(port))
     request = f"GET {proto.stream_path(conn.user)} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
     transport.write(request.encode())
@@ -374,7 +432,9 @@ class CentrifugoProto(Proto):
         conn.send(orjson.dumps({"id": seq + 3, "publish": {"channel": self.channel(conn), "data": data}}))
 
 
-PROTOS: dict[str, type[Proto]] = {p.name: p for p in (GatewayProto, GatewaySseProto, SocketIOProto, CentrifugoProto)}
+PROTOS: dict[str, type[Proto]] = {
+    p.name: p for p in (GatewayProto, GatewaySseProto, GatewayRawWsProto, SocketIOProto, CentrifugoProto)
+}
 
 
 def content_for(seq: int, size: int) -> str:
@@ -398,7 +458,7 @@ async def open_conns(
             for attempt in range(3):
                 conn = Conn(proto, room, user, role, stats)
                 try:
-                    if isinstance(proto, GatewaySseProto) and role == ROLE_SUB:
+                    if isinstance(proto, (GatewaySseProto, GatewayRawWsProto)) and role == ROLE_SUB:
                         streams.append(await open_stream(conn, proto))
                     else:
                         await ws_connect(lambda c=conn: c, proto.url(user), websocket_handshake_timeout=30)

@@ -31,8 +31,18 @@ from bench.common import BENCH_PY, CACHE, GATEWAY_PY, ROOT, free_port, log, proc
 CENTRIFUGO_VERSION = "v6.9.1"
 # $BENCH_CENTRIFUGO: an already built binary (for example another worktree's .cache/bin/centrifugo).
 CENTRIFUGO_BIN = Path(os.environ.get("BENCH_CENTRIFUGO") or CACHE / "bin" / "centrifugo")
-# gateway-sse: the gateway with every subscriber on its HTTP transport (the publishers stay on WebSockets).
-TARGETS = ("gateway", "gateway-sse", "gateway-redis", "socketio", "socketio-redis", "socketio-node", "centrifugo")
+# gateway-sse: the gateway with every subscriber on its HTTP transport (the publishers stay on WebSockets);
+# gateway-rawws: on WebSockets read by the same pure-Python client machinery as gateway-sse's.
+TARGETS = (
+    "gateway",
+    "gateway-sse",
+    "gateway-rawws",
+    "gateway-redis",
+    "socketio",
+    "socketio-redis",
+    "socketio-node",
+    "centrifugo",
+)
 SOCKETIO_NODE_VERSION = "4.8.4"
 SOCKETIO_NODE_DIR = CACHE / "socketio-node"
 
@@ -105,7 +115,7 @@ def start(name: str, cpus: set[int] | None, gateway_args: list[str] | None = Non
     CACHE.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=CACHE))
     secret = secrets.token_urlsafe(48)
-    if name in ("gateway", "gateway-sse", "gateway-redis"):
+    if name in ("gateway", "gateway-sse", "gateway-rawws", "gateway-redis"):
         return _gateway(name, workdir, secret, cpus, gateway_args or [])
     if name in ("socketio", "socketio-redis"):
         return _socketio(name, workdir, secret, cpus)
@@ -165,7 +175,7 @@ def _gateway(name: str, workdir: Path, secret: str, cpus: set[int] | None, extra
         time.sleep(0.05)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     version = f"git {rev.stdout.strip()}"
-    proto = "gateway-sse" if name == "gateway-sse" else "gateway"
+    proto = name if name in ("gateway-sse", "gateway-rawws") else "gateway"
     return Server(name, proto, proc, port, secret, workdir, version=version, helpers=helpers, cleanup=cleanup)
 
 
