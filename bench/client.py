@@ -235,19 +235,33 @@ class SseStream(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    STATUS = b"HTTP/1.1 200"
+
+    def body(self, data: bytes) -> bytes | None:
+        """What follows the response head (with what was kept from before); None until it is complete."""
         if self.buffer:
-            data = self.buffer + data
-        if not self.head:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                self.buffer = data
-                return
-            if not data.startswith(b"HTTP/1.1 200"):
-                self.conn.fail(data[:200].decode(errors="replace"))
-                return
-            self.head, data = True, data[end + 4 :]
-        events = data.split(b"\n\n")
+            data, self.buffer = self.buffer + data, b""
+        if self.head:
+            return data
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            self.buffer = data
+            return None
+        if not data.startswith(self.STATUS):
+            self.conn.fail(data[:200].decode(errors="replace"))
+            return None
+        self.head = True
+        self.opened()
+        return data[end + 4 :]
+
+    def opened(self) -> None:
+        """The response head is in (a stream waits for its `session` event)."""
+
+    def data_received(self, data: bytes) -> None:
+        body = self.body(data)
+        if body is None:
+            return
+        events = body.split(b"\n\n")
         self.buffer = events.pop()  # what follows the last complete event
         for event in events:
             if event[:6] == b"data: ":
@@ -293,22 +307,19 @@ class GatewayRawWsProto(GatewayProto):
 class RawWsStream(SseStream):
     """A WebSocket subscriber in pure Python: the 101 head, then unmasked server frames."""
 
+    STATUS = b"HTTP/1.1 101"
+
+    def opened(self) -> None:
+        if not self.conn.proto.join:
+            self.conn.joined()
+        else:
+            self.send(orjson.dumps({"type": "join", "payload": {"roomId": self.conn.room}, "requestId": "j"}))
+
     def data_received(self, data: bytes) -> None:
-        if self.buffer:
-            data = self.buffer + data
-        if not self.head:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                self.buffer = data
-                return
-            if not data.startswith(b"HTTP/1.1 101"):
-                self.conn.fail(data[:200].decode(errors="replace"))
-                return
-            self.head, data = True, data[end + 4 :]
-            if not self.conn.proto.join:
-                self.conn.joined()
-            else:
-                self.send(orjson.dumps({"type": "join", "payload": {"roomId": self.conn.room}, "requestId": "j"}))
+        body = self.body(data)
+        if body is None:
+            return
+        data = body
         pos, size = 0, len(data)
         while size - pos >= 2:
             length, start = data[pos + 1] & 0x7F, pos + 2

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { BufferFull, ClientClosed, GatewayClient, RequestError } from "../dist/index.js";
-import { freePort, mint, nextEvent, record, redisFor, startGateway, waitFor } from "./support.mjs";
+import { disconnectUser, freePort, mint, nextEvent, record, redisFor, startGateway, waitFor } from "./support.mjs";
 
 function connectAs(t, gw, user, options = {}) {
   const client = new GatewayClient(gw.url, { token: mint(user), backoff: { initialMs: 50, maxMs: 300 }, ...options });
@@ -208,12 +208,7 @@ test("close 4003 (the control plane disconnected the user) is not retried", asyn
   await client.join("r");
   const closed = nextEvent(client, "closed");
   const disconnected = nextEvent(client, "disconnected");
-  const response = await fetch(`${gw.http}/api/disconnect`, {
-    method: "POST",
-    headers: { Authorization: "apikey js-test-key", "Content-Type": "application/json" },
-    body: JSON.stringify({ userId: "mallory", reason: "banned" }),
-  });
-  assert.equal(response.status, 200);
+  assert.equal(await disconnectUser(gw, "mallory"), 200);
   const drop = await disconnected;
   assert.deepEqual([drop.code, drop.action, drop.willReconnect], [4003, "give_up", false]);
   assert.equal((await closed).code, 4003);

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import { WebSocket as NodeWebSocket } from "ws";
 
 import { GatewayClient, SseSocket, streamUrl } from "../dist/index.js";
-import { mint, nextEvent, proxyWithoutUpgrades, record, startGateway, waitFor } from "./support.mjs";
+import { disconnectUser, mint, nextEvent, proxyWithoutUpgrades, record, startGateway, waitFor } from "./support.mjs";
 
 function connectAs(t, url, user, options = {}) {
   const client = new GatewayClient(url, { token: mint(user), backoff: { initialMs: 50, maxMs: 300 }, ...options });
@@ -132,12 +132,7 @@ test("on the stream: 4003 from the gateway is final, even with a send racing it"
   await client.connect();
   await client.join("r");
   const disconnected = nextEvent(client, "disconnected");
-  const response = await fetch(`${gw.http}/api/disconnect`, {
-    method: "POST",
-    headers: { Authorization: "apikey js-test-key", "Content-Type": "application/json" },
-    body: JSON.stringify({ userId: "mallory", reason: "banned" }),
-  });
-  assert.equal(response.status, 200);
+  assert.equal(await disconnectUser(gw, "mallory"), 200);
   client.send("r", "too late").catch(() => {}); // its POST may meet the ended session: 404
   const drop = await disconnected;
   assert.deepEqual([drop.code, drop.action, drop.willReconnect], [4003, "give_up", false]);

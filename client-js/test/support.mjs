@@ -196,3 +196,13 @@ export function proxyWithoutUpgrades(t, gw) {
   const port = Number(started.stdout.trim().split("\n").pop());
   return { port, url: `ws://127.0.0.1:${port}/ws`, http: `http://127.0.0.1:${port}` };
 }
+
+/** The control API's disconnect of `userId` (the gateway started with API_KEY=js-test-key): 4003. */
+export async function disconnectUser(gw, userId, reason = "banned") {
+  const response = await fetch(`${gw.http}/api/disconnect`, {
+    method: "POST",
+    headers: { Authorization: "apikey js-test-key", "Content-Type": "application/json" },
+    body: JSON.stringify({ userId, reason }),
+  });
+  return response.status;
+}

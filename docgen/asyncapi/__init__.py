@@ -52,7 +52,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from docgen.asyncapi.common import KAFKA, KAFKA_DOC, KAFKA_HOST, PROTOCOL_DOC, VERSION, WS, option, ref
+from docgen.asyncapi.common import (
+    KAFKA,
+    KAFKA_DOC,
+    KAFKA_HOST,
+    PROTOCOL_DOC,
+    VERSION,
+    WS,
+    option,
+    token_security,
+)
 from docgen.asyncapi.convert import Converted, entry_kinds, open_objects, refine
 from docgen.asyncapi.kafka import event_messages, kafka_channels_and_operations, operation_bindings
 from docgen.asyncapi.sse import SSE, sse_channels, sse_messages, sse_operations, sse_server
@@ -111,10 +120,7 @@ def document() -> dict[str, Any]:
                     f"{port.env} (default {port.default}). The token is the query parameter `token` or the header "
                     "`Authorization: Bearer <JWT>`; the user id is its `sub` claim."
                 ),
-                "security": [
-                    ref("components", "securitySchemes", "queryToken"),
-                    ref("components", "securitySchemes", "bearerToken"),
-                ],
+                "security": token_security(),
                 "tags": [{"name": "websocket"}],
             },
             SSE: sse_server(port.default),

@@ -31,3 +31,8 @@ def camel(*words: str) -> str:
 def pascal(*words: str) -> str:
     name = camel(*words)
     return name[:1].upper() + name[1:]
+
+
+def token_security() -> list[dict[str, str]]:
+    """The token in the query or as a Bearer header, on every server that takes one."""
+    return [ref("components", "securitySchemes", "queryToken"), ref("components", "securitySchemes", "bearerToken")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from docgen.asyncapi.common import PROTOCOL_DOC, WS, pascal, ref
+from docgen.asyncapi.common import PROTOCOL_DOC, WS, pascal, ref, token_security
 from docgen.asyncapi.convert import Converted
 from schemas.protocol import CLIENT_TYPES, SEND_PATH, SERVER_TYPES, SESSION_HEADER, STREAM_EVENTS, STREAM_PATH
 from schemas.server import STREAM_PAYLOADS, StreamEvent
@@ -46,10 +46,7 @@ def sse_server(port: int) -> dict[str, Any]:
             f"The HTTP transport ({PROTOCOL_DOC}, 'HTTP transport'), on the same port as the WebSocket: for networks "
             "whose proxies refuse upgrades. Any instance takes a POST (no sticky sessions)."
         ),
-        "security": [
-            ref("components", "securitySchemes", "queryToken"),
-            ref("components", "securitySchemes", "bearerToken"),
-        ],
+        "security": token_security(),
         "tags": [{"name": SSE}],
     }
 
