@@ -54,7 +54,7 @@ def body_limits(settings: Settings) -> Callable[[RequestStartLine, HTTPHeaders],
             return 0
         if key is not None and start.path.startswith("/api/") and key_matches(key, headers.get("Authorization")):
             return settings.api_body_bytes
-        if start.path == SEND_PATH:
+        if start.path.partition("?")[0] == SEND_PATH:
             return settings.sse_send_bytes
         return settings.request_body_bytes
 

@@ -24,16 +24,18 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from handlers.common import JsonHandler, read_handshake, shed_request
 from handlers.writes import Wrapped, write_now
-from schemas.protocol import SEND_PATH, SESSION_HEADER
+from schemas.protocol import CLOSE_POLICY, SEND_PATH, SESSION_HEADER
 from services import frames
 from services.connection import Admitted, Connections
 from services.errors import Refused
-from services.session import Pong
+from services.session import Pong, Session
 from services.sse import Streams
 
 log = logging.getLogger("gateway.sse")
 
-CLOSE_TIMEOUT = 5.0  # seconds the `closed` event may take to leave before the connection is cut
+# Seconds the `closed` event may take to leave before the connection is cut: with the session's own
+# FLUSH_GRACE, within what a drain waits for its connections to go (services/gateway.py).
+CLOSE_TIMEOUT = 3.0
 INPUT_BYTES = 4096  # what a client may send on a stream after its request (nothing, normally)
 HEARTBEAT = b":\n\n"
 _event = Wrapped(lambda data: b"data: " + data + b"\n\n")  # orjson's JSON never holds a newline
@@ -71,6 +73,7 @@ def cors_headers(origin: str) -> list[tuple[str, str]]:
     return [
         ("Access-Control-Allow-Origin", origin),
         ("Access-Control-Allow-Credentials", "true"),  # the connect hook's cookie
+        ("Access-Control-Expose-Headers", "Retry-After"),  # how long a 429 or 503 asks to wait
         ("Vary", "Origin"),
     ]
 
@@ -90,10 +93,10 @@ class SseStream(_Cors):
             self.write_json(refused.status, {"error": refused.message})
             return
         try:
-            self.application.log_request(self)  # 200: the stream begins (detached, Tornado logs nothing)
             stream = self.detach()
             shed_request(self.request)
-            await self._serve(stream, admitted, origin)
+            if not stream.closed():  # (the client may have gone while the connect hook was asked)
+                await self._serve(stream, admitted, origin)
         finally:
             self.connections.release()
 
@@ -110,24 +113,28 @@ class SseStream(_Cors):
             *(f"{name}: {value}".encode("latin-1") for name, value in (cors_headers(origin) if origin else ())),
         ]
         opening = frames.encode("session", {"sessionId": session_id, "sendUrl": SEND_PATH})
-        transport = _StreamTransport(stream)
         try:
             write_now(stream, b"\r\n".join(head) + b"\r\n\r\n" + _event(opening))
         except StreamClosedError:
             return
-        session = self.connections.open(admitted, transport)
-        self.streams.hold(session_id, session)
+        self.application.log_request(self)  # 200: the stream began (detached, Tornado logs nothing)
+        session: Session | None = None
         try:
+            session = self.connections.open(admitted, _StreamTransport(stream))
+            self.streams.hold(session_id, session)
             received = 0
             while received <= INPUT_BYTES:  # reading is how a client that went away is noticed
                 received += len(await stream.read_bytes(INPUT_BYTES, partial=True))
             log.info("stream input refused", extra={"conn": session.conn_id})
+            session.close(CLOSE_POLICY, "a stream takes no input")  # the `closed` event, then the end
         except StreamClosedError:
             pass
         finally:
-            stream.close()
+            if session is None or not session.closed:
+                stream.close()
             self.streams.release(session_id)
-            self.connections.closed(session)
+            if session is not None:
+                self.connections.closed(session)
 
 
 class SseSend(_Cors):

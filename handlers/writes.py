@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from tornado.iostream import IOStream
 
 _CACHE_SIZE = 64
+_CACHED_BYTES = 64 * 1024  # larger payloads are wrapped each time, not kept (at most 64 x 2 x 64 KiB held)
 
 
 class Wrapped:
@@ -26,6 +27,8 @@ class Wrapped:
         self._cache: dict[int, tuple[bytes, bytes]] = {}
 
     def __call__(self, payload: bytes) -> bytes:
+        if len(payload) > _CACHED_BYTES:
+            return self._wrap(payload)  # a history reply or replay: one recipient, and large to keep
         cached = self._cache.get(id(payload))
         if cached is not None and cached[0] is payload:
             return cached[1]

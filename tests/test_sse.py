@@ -321,3 +321,39 @@ def test_send_body_limit_must_hold_a_frame() -> None:
     with pytest.raises(ConfigError, match="SSE_SEND_BYTES"):
         load_settings(["--sse-send-bytes", "1024", "--max-message-bytes", "2048"])
     assert json.dumps(load_settings([]).sse_send_bytes) == "262144"
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_hostile_bodies_are_400_never_a_traceback(gw: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """Nested deeper than JSON is written back (orjson: 255 levels), for a session held here, for one
+    held elsewhere and for none; a body limit that a query string does not get around."""
+    alice = await sse_client(gw)
+    deep: Any = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    frame = {"type": "ping", "payload": deep}
+    assert (await alice.post([frame, {"type": "ping", "payload": {}}]))[0] == 400
+    status, _, _ = await alice.post(frame)
+    assert status == 202  # one frame is kept as it came: handled (a ping's payload fields are ignored)
+    assert (await alice.expect("pong"))["type"] == "pong"
+    elsewhere = f"0123456789abcdef.{'E' * 22}"
+    assert (await post_frames(gw.port, elsewhere, [frame, frame]))[0] == 400
+    status, body, _ = await post_frames(gw.port, elsewhere, frame)
+    assert status in (400, 404), body  # the memory bus: nobody holds the route
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    request = HTTPRequest(
+        f"{gw.http}/sse/send?x=1",
+        method="POST",
+        body=json.dumps([{"type": "ping", "payload": {"pad": "x" * 90_000}}]),
+        headers={"X-Session-Id": alice.session_id},
+    )
+    response = await AsyncHTTPClient().fetch(request, raise_error=False)
+    assert response.code == 413 and b"MAX_MESSAGE_BYTES" in response.body  # read (SSE_SEND_BYTES), then judged
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_input_on_the_stream_closes_it_1008(gw: RunningGateway) -> None:
+    alice = await sse_client(gw)
+    alice.writer.write(b"x" * 5000)  # a stream takes nothing after its request
+    assert await alice.wait_closed() == 1008
+    await wait_for(lambda: not gw.gateway.sessions, what="the session gone")

@@ -8,13 +8,16 @@ not (docs/protocol.md, "HTTP transport").
 
 A session id is `<route>.<secret>`: the route names the instance holding the stream (64 random
 bits drawn at start, the name of its relay channel), the secret is 128 random bits. The id is the
-only credential of a POST, so it is never logged.
+only credential of a POST, so it is never logged, and streams are held by its digest (`key`), which
+is also all that travels over the bus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from schemas.protocol import ChannelKind
@@ -36,6 +39,11 @@ SECRET_BYTES = 16  # 128 random bits, 22 characters of base64url
 SESSION_ID = re.compile(r"[0-9a-f]{16}\.[A-Za-z0-9_-]{22}")
 
 
+def key(session_id: str) -> str:
+    """What a stream is held by, here and in the relay's messages: a digest of its id."""
+    return hashlib.blake2b(session_id.encode(), digest_size=16).hexdigest()
+
+
 class Streams:
     def __init__(self, settings: Settings, inbound: Inbound, hub: RoomHub) -> None:
         self.settings = settings
@@ -55,10 +63,10 @@ class Streams:
     def hold(self, session_id: str, session: Session) -> None:
         """Frames posted with `session_id` go to `session` from now until `release`."""
         inbound, bound = self._inbound, self.settings.sse_send_bytes
-        self._held[session_id] = Inbox(session, inbound.frame, inbound.refused, bound, self._tasks)
+        self._held[key(session_id)] = Inbox(session, inbound.frame, inbound.refused, bound, self._tasks)
 
     def release(self, session_id: str) -> None:
-        inbox = self._held.pop(session_id, None)
+        inbox = self._held.pop(key(session_id), None)
         if inbox is not None:
             inbox.clear()
 
@@ -67,20 +75,25 @@ class Streams:
         An id that cannot be one of ours costs nothing more (no publish): 404."""
         route = session_id[:ROUTE_CHARS]
         forwarded = route != self.route
+        s = self.settings
+
+        def read() -> list[Posted]:
+            return read_body(body, s.max_message_bytes, s.rate_burst)
+
         try:
-            posted = read_body(body, self.settings.max_message_bytes, self.settings.rate_burst)
             if not SESSION_ID.fullmatch(session_id):
-                answer = GONE
+                answer = GONE  # nothing read, nothing published
             elif forwarded:
-                answer = await self.relay.forward(route, session_id, posted)
+                answer = await self.relay.forward(route, key(session_id), read())
             else:
-                answer = self.accept(session_id, posted)
+                answer = self.accept(key(session_id), read)
         except BadBody as exc:
             answer = Answer(exc.status, exc.message)
         METRICS.sse_sends.labels(str(answer.status), "forwarded" if forwarded else "local").inc()
         return answer
 
-    def accept(self, session_id: str, posted: list[Posted]) -> Answer:
-        """Frames for a stream this instance holds (posted here, or forwarded by another)."""
-        inbox = self._held.get(session_id)
-        return GONE if inbox is None else inbox.put(posted)
+    def accept(self, session: str, posted: Callable[[], list[Posted]]) -> Answer:
+        """Frames for a stream this instance holds (posted here, or forwarded by another): read by
+        `posted` only when `session` (a key) is one of them."""
+        inbox = self._held.get(session)
+        return GONE if inbox is None else inbox.put(posted())

@@ -6,12 +6,13 @@ Nothing of a refused body is handled: a client that sends it again loses nothing
 nothing. Limits: the body itself is at most SSE_SEND_BYTES (handlers/http_server.py answers 413
 before reading more); each frame at most MAX_MESSAGE_BYTES, as a WebSocket frame; at most
 RATE_BURST frames (a larger request could never pass the rate limit: 413, not 429 for ever).
+A frame is kept as its JSON bytes, parsed again when its turn comes (services/sse/inbox.py): what
+waits is bounded in bytes, not in Python objects twenty times their size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -20,8 +21,11 @@ from services.errors import GatewayError
 
 @dataclass(frozen=True, slots=True)
 class Posted:
-    frame: Any  # parsed JSON; services/connection/inbound.py says what a frame must be
-    size: int  # its length in bytes as JSON: what it counts against the limits
+    data: bytes  # one frame's JSON; services/connection/inbound.py says what a frame must be
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 class BadBody(GatewayError):
@@ -37,14 +41,16 @@ def read_body(body: bytes, max_frame_bytes: int, max_frames: int) -> list[Posted
     except orjson.JSONDecodeError:
         raise BadBody(400, "body is not JSON (UTF-8): send one frame or a list of frames") from None
     if isinstance(parsed, dict):
-        frames, sizes = [parsed], [len(body)]
+        frames = [Posted(body)]
     elif isinstance(parsed, list) and parsed and all(isinstance(f, dict) for f in parsed):
-        frames = parsed
-        sizes = [len(orjson.dumps(f)) for f in frames] if len(frames) > 1 else [len(body)]
+        if len(parsed) > max_frames:
+            raise BadBody(413, f"at most {max_frames} frames per request (RATE_BURST)")
+        try:
+            frames = [Posted(orjson.dumps(f)) for f in parsed]
+        except orjson.JSONEncodeError:  # nested deeper than JSON is written back (255 levels)
+            raise BadBody(400, "a frame is nested too deeply") from None
     else:
         raise BadBody(400, "body must be a frame (a JSON object) or a non-empty list of frames")
-    if len(frames) > max_frames:
-        raise BadBody(413, f"at most {max_frames} frames per request (RATE_BURST)")
-    if max(sizes) > max_frame_bytes:
+    if max(f.size for f in frames) > max_frame_bytes:
         raise BadBody(413, f"a frame over {max_frame_bytes} bytes (MAX_MESSAGE_BYTES)")
-    return [Posted(f, n) for f, n in zip(frames, sizes, strict=True)]
+    return frames

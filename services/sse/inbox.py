@@ -6,8 +6,9 @@ its requests, in the order they were accepted. A request is answered 202 once it
 the inbox, so a join that waits does not hold the HTTP request.
 
 Bounds (what one client can make the gateway hold): the frames waiting here are at most
-SSE_SEND_BYTES of JSON, and each was paid for with a token of RATE_LIMIT when its request was
-accepted; a request that does not fit either is refused whole with 429 (nothing of it handled).
+SSE_SEND_BYTES of JSON bytes (each parsed when handled), and each was paid for with a token of
+RATE_LIMIT when its request was accepted; a request that does not fit either is refused whole
+with 429 (nothing of it handled).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from services.hub.tasks import TaskGroup
 from services.session import Session
@@ -88,7 +91,8 @@ class Inbox:
             while frames and not session.closed:
                 posted = frames.popleft()
                 self._bytes -= posted.size
-                await self._handle(session, posted.frame, posted.size)  # never raises (Inbound.frame)
+                # Parsed when its turn comes (read_body checked that it parses): never raises.
+                await self._handle(session, orjson.loads(posted.data), posted.size)
         finally:
             self._worker = False
             if session.closed:

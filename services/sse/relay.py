@@ -5,12 +5,16 @@ of its own, `relay:<route>`, the route being the first part of the session ids i
 instance that gets frames for another route publishes them there and waits for the holder's
 answer on its own channel:
 
-    {"op": "send", "ref", "replyTo", "session", "frames", "sizes"}   ->  the holder's Inbox
+    {"op": "send", "ref", "replyTo", "session", "sizes"} \n <the frames' JSON, back to back>
+                                                            ->  the holder's Inbox
     {"op": "answer", "ref", "status", "error", "accepted", "retryAfter"}   <-  202, 404 or 429
 
-Nobody subscribed (Redis hands the publish to no one: the instance is gone) is 404 at once; the
-bus down, or no answer within ANSWER_TIMEOUT, is 503 (the frames may have been handled: a
-client sends again with the same dedupeKey, which the gateway recognises).
+`session` is a digest of the session id (the id is a credential: it does not travel through
+Redis), and the holder reads the frames only once it knows the session. Nobody subscribed (Redis
+handed the publish to no one) is asked again NOBODY_RETRIES times, a second and a half in all, to
+ride out the holder's resubscribe after a Redis blip; then 404, the instance is gone. The bus
+down, or no answer within ANSWER_TIMEOUT, is 503 (the frames may have been handled: a client
+sends again with the same dedupeKey, which the gateway recognises).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
@@ -34,6 +37,7 @@ from services.sse.inbox import GONE, Answer
 log = logging.getLogger("gateway.sse")
 
 ANSWER_TIMEOUT = 5.0  # seconds a forwarded POST waits for the holder's answer (then 503)
+NOBODY_RETRIES = (0.25, 0.5, 0.75)  # waits before publishing again to a channel nobody listened on
 ACTION = "relay"
 
 
@@ -43,7 +47,7 @@ class Relay:
         bus: Bus,
         channels: Subscriptions,
         route: str,
-        accept: Callable[[str, list[Posted]], Answer],
+        accept: Callable[[str, Callable[[], list[Posted]]], Answer],
         tasks: TaskGroup,
     ) -> None:
         self._bus = bus
@@ -58,20 +62,19 @@ class Relay:
         """Listen on this instance's channel (resubscribed by the bus after an outage, like every channel)."""
         await self._channels.ensure(relay_channel(self.route))
 
-    async def forward(self, route: str, session_id: str, posted: list[Posted]) -> Answer:
+    async def forward(self, route: str, key: str, posted: list[Posted]) -> Answer:
+        """`key`: the session id's digest (Streams.key)."""
         ref = next(self._refs)
-        request = {
-            "op": "send",
-            "ref": ref,
-            "replyTo": self.route,
-            "session": session_id,
-            "frames": [p.frame for p in posted],
-            "sizes": [p.size for p in posted],
-        }
+        head = {"op": "send", "ref": ref, "replyTo": self.route, "session": key, "sizes": [p.size for p in posted]}
+        request = b"".join([orjson.dumps(head), b"\n", *(p.data for p in posted)])
         answer = self._waiting[ref] = asyncio.get_running_loop().create_future()
         try:
-            if not await self._publish(route, request):
-                return GONE
+            for wait in (*NOBODY_RETRIES, None):
+                if await self._publish(route, request):
+                    break
+                if wait is None:
+                    return GONE
+                await asyncio.sleep(wait)
             return await asyncio.wait_for(answer, ANSWER_TIMEOUT)
         except BusError:
             return Answer(503, "the session's instance cannot be reached (bus down); send again shortly", 0, 1)
@@ -83,9 +86,17 @@ class Relay:
     def on_event(self, event: BusEvent) -> None:
         """A request for a stream held here, or the answer to one forwarded from here."""
         try:
-            message = orjson.loads(event.frame or b"")
+            head, _, frames = (event.frame or b"").partition(b"\n")
+            message = orjson.loads(head)
             if message["op"] == "send":
-                posted = [Posted(f, int(n)) for f, n in zip(message["frames"], message["sizes"], strict=True)]
+
+                def posted() -> list[Posted]:  # read only for a session held here
+                    sizes = [int(n) for n in message["sizes"]]
+                    if sum(sizes) != len(frames):
+                        raise ValueError("the frames do not match their sizes")
+                    starts = itertools.accumulate(sizes, initial=0)
+                    return [Posted(frames[start : start + n]) for start, n in zip(starts, sizes, strict=False)]
+
                 answer = self._accept(str(message["session"]), posted)
                 self._tasks.spawn(self._reply(str(message["replyTo"]), int(message["ref"]), answer))
             elif message["op"] == "answer":
@@ -108,10 +119,10 @@ class Relay:
             "retryAfter": answer.retry_after,
         }
         try:
-            await self._publish(route, reply)
+            await self._publish(route, orjson.dumps(reply))
         except BusError:
             pass  # the asker answers 503 after ANSWER_TIMEOUT
 
-    async def _publish(self, route: str, message: dict[str, Any]) -> int:
-        event = BusEvent(frame=orjson.dumps(message), origin=self._bus.instance_id, action=ACTION)
+    async def _publish(self, route: str, message: bytes) -> int:
+        event = BusEvent(frame=message, origin=self._bus.instance_id, action=ACTION)
         return await self._bus.publish(relay_channel(route).key, event)
