@@ -66,13 +66,14 @@ def _frame(opcode: int, data: bytes) -> bytes:
     return head + data
 
 
-_text_frame = Wrapped(lambda data: _frame(OP_TEXT, data))
+# A text frame of a payload seen lately is reused: a broadcast's frame is built once and the same
+# bytes go to every recipient.
+text_frame = Wrapped(lambda data: _frame(OP_TEXT, data))
 
 
 def wire_frame(opcode: int, data: bytes) -> bytes:
-    """A final, unmasked server frame; a text frame of a payload seen lately is reused (a
-    broadcast's frame is built once and the same bytes go to every recipient)."""
-    return _text_frame(data) if opcode == OP_TEXT else _frame(opcode, data)
+    """A final, unmasked server frame (text frames: `text_frame`, which reuses them)."""
+    return text_frame(data) if opcode == OP_TEXT else _frame(opcode, data)
 
 
 class GatewayProtocol(WebSocketProtocol13):

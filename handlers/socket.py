@@ -13,7 +13,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from handlers.common import RedactedSummary, read_handshake, shed_request
-from handlers.protocol import OP_PING, OP_PONG, OP_TEXT, GatewayProtocol, wire_frame
+from handlers.protocol import OP_PING, OP_PONG, GatewayProtocol, text_frame, wire_frame
 from services.connection import Admitted, Connections
 from services.errors import Refused
 from services.session import Pong, Session
@@ -108,7 +108,7 @@ class _SocketTransport:
         conn = self._handler.ws_connection
         if not isinstance(conn, GatewayProtocol) or conn.is_closing():
             raise WebSocketClosedError()
-        data = b"".join([wire_frame(OP_PONG, i.data) if isinstance(i, Pong) else wire_frame(OP_TEXT, i) for i in items])
+        data = b"".join([wire_frame(OP_PONG, i.data) if isinstance(i, Pong) else text_frame(i) for i in items])
         try:
             return conn.send_wire(data)
         except StreamClosedError:
