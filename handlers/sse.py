@@ -42,9 +42,12 @@ _event = Wrapped(lambda data: b"data: " + data + b"\n\n")  # orjson's JSON never
 
 
 class _Cors(JsonHandler):
-    """What a page on another origin needs to read the answers (ALLOWED_ORIGINS decides who)."""
+    """Both handlers' parts, and what a page on another origin needs to read their answers
+    (ALLOWED_ORIGINS decides who)."""
 
-    connections: Connections
+    def initialize(self, connections: Connections, streams: Streams) -> None:
+        self.connections = connections
+        self.streams = streams
 
     def allowed(self) -> bool:
         """No Origin (not a browser) or an allowed one; the CORS headers are set for the latter."""
@@ -79,10 +82,6 @@ def cors_headers(origin: str) -> list[tuple[str, str]]:
 
 
 class SseStream(_Cors):
-    def initialize(self, connections: Connections, streams: Streams) -> None:
-        self.connections = connections
-        self.streams = streams
-
     async def get(self) -> None:
         handshake = read_handshake(self, "sse")
         origin = handshake.origin
@@ -138,10 +137,6 @@ class SseStream(_Cors):
 
 
 class SseSend(_Cors):
-    def initialize(self, connections: Connections, streams: Streams) -> None:
-        self.connections = connections
-        self.streams = streams
-
     async def post(self) -> None:
         if not self.allowed():
             self.write_json(403, {"error": "origin not allowed"})
