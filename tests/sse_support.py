@@ -148,15 +148,6 @@ class SseClient(Client):
             if task is not None:
                 task.cancel()
 
-    def drain_in_background(self) -> asyncio.Task[int]:
-        async def run() -> int:
-            count = 0
-            while await self._next_event(60.0) is not None:
-                count += 1
-            return count
-
-        return asyncio.ensure_future(run())
-
     # -- frames to the gateway ---------------------------------------------------------------
 
     def send_raw(self, data: str | bytes, binary: bool = False) -> None:
