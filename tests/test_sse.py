@@ -3,6 +3,7 @@ event stream read line by line and real POSTs, next to real WebSockets."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Awaitable, Callable
@@ -357,3 +358,31 @@ async def test_input_on_the_stream_closes_it_1008(gw: RunningGateway) -> None:
     alice.writer.write(b"x" * 5000)  # a stream takes nothing after its request
     assert await alice.wait_closed() == 1008
     await wait_for(lambda: not gw.gateway.sessions, what="the session gone")
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_forwarding_to_a_holder_that_hangs_is_bounded_in_bytes(
+    make_gateway: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder that hears the frames and never answers (a real bus member of the same network)
+    makes each forwarded POST wait ANSWER_TIMEOUT: what waits so is at most FORWARDING_BYTES, and a
+    POST over it is 503 at once, not held."""
+    from services.bus.memory import MemoryBus
+    from services.sse import relay
+
+    monkeypatch.setattr(relay, "FORWARDING_BYTES", 1024 * 1024)
+    network = MemoryNetwork()
+    gw = await make_gateway(network=network, instance_id="b")
+    heard: list[bytes] = []
+    hung = MemoryBus("hung", network)
+    await hung.start(lambda channel, event: heard.append(event.frame or b""))
+    await hung.subscribe("relay:deadbeefdeadbeef")
+    session = f"deadbeefdeadbeef.{'H' * 22}"
+    body = [{"type": "ping", "payload": {"pad": "x" * 60_000}} for _ in range(4)]  # ~240 KB
+    waiting = [asyncio.ensure_future(post_frames(gw.port, session, body)) for _ in range(4)]
+    await wait_for(lambda: len(heard) == 4, what="four requests handed to the hung holder")
+    status, answer, headers = await post_frames(gw.port, session, body)
+    assert status == 503 and int(headers["retry-after"]) >= 1, answer  # over 1 MiB in flight: at once
+    assert len(heard) == 4
+    assert [(await w)[0] for w in waiting] == [503] * 4  # no answer within ANSWER_TIMEOUT
+    await hung.close()

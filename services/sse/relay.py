@@ -37,6 +37,11 @@ from services.sse.inbox import GONE, Answer
 log = logging.getLogger("gateway.sse")
 
 ANSWER_TIMEOUT = 5.0  # seconds a forwarded POST waits for the holder's answer (then 503)
+# Bytes of forwarded frames this instance holds while their answers are awaited: a holder that hangs
+# (or a Redis that does) keeps each request's body for up to ANSWER_TIMEOUT plus the retries below,
+# so what clients can make an instance hold that way is bounded in bytes, not by their connections
+# (MAX_CONNECTIONS_PER_IP x SSE_SEND_BYTES would be 50 MiB for one address). Over it: 503 at once.
+FORWARDING_BYTES = 8 * 1024 * 1024
 NOBODY_RETRIES = (0.25, 0.5, 0.75)  # waits before publishing again to a channel nobody listened on
 ACTION = "relay"
 
@@ -57,6 +62,7 @@ class Relay:
         self._tasks = tasks
         self._refs = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
+        self._forwarding = 0  # bytes of the requests in `_waiting`
 
     async def start(self) -> None:
         """Listen on this instance's channel (resubscribed by the bus after an outage, like every channel)."""
@@ -67,7 +73,10 @@ class Relay:
         ref = next(self._refs)
         head = {"op": "send", "ref": ref, "replyTo": self.route, "session": key, "sizes": [p.size for p in posted]}
         request = b"".join([orjson.dumps(head), b"\n", *(p.data for p in posted)])
+        if self._forwarding + len(request) > FORWARDING_BYTES:
+            return Answer(503, "too many frames are on their way to other instances; send again shortly", 0, 1)
         answer = self._waiting[ref] = asyncio.get_running_loop().create_future()
+        self._forwarding += len(request)
         try:
             for wait in (*NOBODY_RETRIES, None):
                 if await self._publish(route, request):
@@ -82,6 +91,7 @@ class Relay:
             return Answer(503, "the session's instance did not answer; send again shortly", 0, 1)
         finally:
             self._waiting.pop(ref, None)
+            self._forwarding -= len(request)
 
     def on_event(self, event: BusEvent) -> None:
         """A request for a stream held here, or the answer to one forwarded from here."""
