@@ -4,7 +4,6 @@ as they happen (the gateway's `X-Accel-Buffering: no`), not when nginx's buffer 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -30,12 +29,10 @@ async def test_through_nginx_the_socket_fails_and_the_stream_works(make_gateway:
         bob = await gw.client("bob")  # directly, over a WebSocket
         await alice.join("r")
         await bob.join("r")
-        for i in range(3):  # each one alone on the stream: a buffering proxy would hold it back
-            started = time.monotonic()
+        for i in range(3):  # each one alone on the stream: a buffering proxy would hold it back (deadline 3 s)
             bob.send("message", {"roomId": "r", "content": f"live {i}"})
             got = await alice.expect("message", timeout=3, match=lambda f: f["payload"]["senderId"] == "bob")
             assert got["payload"]["content"] == f"live {i}"
-            assert time.monotonic() - started < 3
         alice.send("message", {"roomId": "r", "content": "posted through nginx"})
         posted = await bob.expect("message", match=lambda f: f["payload"]["senderId"] == "alice")
         assert posted["payload"]["content"] == "posted through nginx"
