@@ -61,12 +61,14 @@ MiB = 1024 * 1024
 class Child:
     """A client process speaking JSON lines on stdout and taking commands on stdin."""
 
-    def __init__(self, name: str, args: list[str], cpus: set[int] | None, logdir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], cpus: set[int] | None, logdir: Path, module: str = "bench.client"
+    ) -> None:
         self.name = name
         self.stderr = open(logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in close()
         pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen(
-            [str(BENCH_PY), "-m", "bench.client", *args],
+            [str(BENCH_PY), "-m", module, *args],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -350,7 +350,19 @@ def _centrifugo(workdir: Path, secret: str, cpus: set[int] | None) -> Server:
         "http_api": {"key": secrets.token_urlsafe(24)},
         "engine": {"type": "memory"},
         "channel": {
-            "namespaces": [{"name": "bench", "allow_subscribe_for_client": True, "allow_publish_for_client": True}]
+            "namespaces": [
+                {"name": "bench", "allow_subscribe_for_client": True, "allow_publish_for_client": True},
+                # bench.storm: recovery with a positioned stream, as long as the gateway's history.
+                {
+                    "name": "storm",
+                    "allow_subscribe_for_client": True,
+                    "allow_publish_for_client": True,
+                    "force_recovery": True,
+                    "force_positioning": True,
+                    "history_size": 1000,
+                    "history_ttl": "600s",
+                },
+            ]
         },
         "log": {"level": "warn"},
     }

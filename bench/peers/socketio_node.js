@@ -38,7 +38,12 @@ function verify(token) {
 }
 
 const httpServer = http.createServer();
-const io = new Server(httpServer, { transports: ["websocket"], serveClient: false });
+// BENCH_SOCKETIO_RECOVERY=1 (bench.storm): connection state recovery, the token checked again on a
+// recovered connection too (skipMiddlewares false), as the other servers check it on every connection.
+const recovery = process.env.BENCH_SOCKETIO_RECOVERY === "1"
+  ? { connectionStateRecovery: { maxDisconnectionDuration: 600000, skipMiddlewares: false } }
+  : {};
+const io = new Server(httpServer, { transports: ["websocket"], serveClient: false, ...recovery });
 
 io.use((socket, next) => {
   try {
