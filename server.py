@@ -283,7 +283,11 @@ def run_workers(count: int) -> int:
 
 def _bind(settings: Settings, port: int) -> list[socket.socket]:
     try:
-        return bind_sockets(port, settings.listen_host, reuse_port=settings.workers > 1)
+        # Tornado's default backlog (128) drops the SYNs of a reconnect storm; each dropped client then
+        # waits for its kernel's retransmission (1 s, 3 s, 7 s, ...): BENCHMARKS.md, "Reconnect storm".
+        return bind_sockets(
+            port, settings.listen_host, reuse_port=settings.workers > 1, backlog=settings.listen_backlog
+        )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {settings.listen_host}:{port}: {exc.strerror}") from None
 

@@ -180,6 +180,9 @@ class Settings:
     )
     # -- presence and dedupe
     typing_ttl: float = setting(6.0, number(0.1), "seconds before typing lapses to online")
+    presence_grace: float = setting(
+        3.0, number(0.0), "seconds a closed socket's rooms keep its user before offline is announced (0: at once)"
+    )
     presence_ttl: float = setting(30.0, number(1.0), "seconds a dead instance's users stay online")
     dedupe_ttl: float = setting(86400.0, number(1.0), "seconds a dedupeKey is remembered")
     dedupe_memory_bytes: int = setting(
@@ -210,6 +213,9 @@ class Settings:
     # -- keepalive and handshake
     ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings and SSE heartbeats (0: off)")
     ping_timeout: float = setting(20.0, number(1.0), "seconds without a pong before the socket is dropped")
+    listen_backlog: int = setting(
+        4096, integer(16, 65535), "connections the kernel holds before the gateway accepts them (capped by somaxconn)"
+    )
     handshake_timeout: float = setting(10.0, number(1.0), "seconds for a client to send its upgrade request")
     http_idle_timeout: float = setting(
         5.0, number(0.5), "seconds a plain HTTP keep-alive connection may wait for its next request"

@@ -140,6 +140,7 @@ and WORKERS.
   "INVALID_FRAME_LIMIT" $g.limits.invalidFrameLimit
   "WAITING_BYTES" $g.limits.waitingBytes
   "HANDSHAKE_TIMEOUT" $g.limits.handshakeTimeout
+  "LISTEN_BACKLOG" $g.limits.listenBacklog
   "PING_INTERVAL" $g.keepalive.pingInterval
   "PING_TIMEOUT" $g.keepalive.pingTimeout
   "GC_THRESHOLD" $g.gcThreshold
@@ -147,6 +148,7 @@ and WORKERS.
   "PRESENCE_TTL" $g.ttl.presence
   "DEDUPE_TTL" $g.ttl.dedupe
   "OFFLINE_GRACE" $g.ttl.offlineGrace
+  "PRESENCE_GRACE" $g.ttl.presenceGrace
   "HISTORY_SIZE" $g.history.size
   "HISTORY_TTL" $g.history.ttl
   "HISTORY_ROOM_BYTES" $g.history.roomBytes
