@@ -78,19 +78,20 @@ class RoomHub:
         self.presence = presence
         self.instance_id = bus.instance_id
         self.online = online  # told when a user's first local socket opens and its last closes
-        self.members = Members()
+        self.members = members = Members()
         self.holds = Holds()
         self._orders: dict[Session, SenderOrder] = {}
         self.channels = Subscriptions(bus)
-        self.tasks = TaskGroup()
-        members, tasks = self.members, self.tasks
+        self.tasks = tasks = TaskGroup()
         self.fanout = Fanout(bus, members, self.holds, history, tasks, settings.history_size)
         self.recovery = Recovery(settings, history, self.fanout)
         self.hooks = hooks or Hooks(settings, self.instance_id)
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout, self.hooks)
         self.roster = Roster(settings, presence, self.fanout, members, tasks)
         self.statuses = Statuses(settings, presence, self.roster, self.fanout, members, tasks)
-        self.departures = Departures(members, self.holds, self.fanout, self.roster, self.statuses, self.channels, tasks)
+        self.departures = Departures(
+            members, self.holds, self.fanout, self.roster, self.statuses, self.channels, tasks, settings.presence_grace
+        )
         self.control = Control(
             revocations or MemoryRevocations(), settings, bus, members, self.departures, self.hooks.decisions
         )
@@ -118,6 +119,7 @@ class RoomHub:
         await self.tasks.cancel()
 
     async def settle(self, timeout: float = 5.0) -> None:
+        self.departures.graces.flush()  # the sockets are closed: no grace left to wait for
         await self.tasks.settle(timeout)  # bounded: background work such as disconnect clean-up
 
     def spawn(self, aw: Awaitable[Any]) -> None:
@@ -139,18 +141,16 @@ class RoomHub:
         return True
 
     async def disconnect(self, session: Session) -> None:
-        user = session.user_id
         last = self.members.remove_user(session)
         if last is None:
             return
         self._orders.pop(session, None)
         METRICS.connections.labels(session.transport_kind).dec()
         if last:  # now, not after the leaves: a socket of the user opened meanwhile is a new opening
-            self.control.forget(user)
+            self.control.forget(session.user_id)
             if self.online is not None:
-                self.online.closed(user)
-        for room in list(session.rooms):
-            await self.departures.leave(session, room)
+                self.online.closed(session.user_id)
+        self.departures.closed(session)
 
     # -- join / leave ------------------------------------------------------------------------
 
