@@ -90,7 +90,18 @@ _CLAIMS: weakref.WeakValueDictionary[tuple[str, ...], RoomClaim] = weakref.WeakV
 
 
 class TokenVerifier:
+    """Verifies tokens, and remembers the last VERIFIED_TOKENS it accepted: a reconnect storm
+    presents the same tokens again, and a remembered one costs a dict lookup and a clock check
+    instead of a signature (BENCHMARKS.md, "Reconnect storm"). A remembered token is one whose
+    exact bytes passed every check with this process's keys; its `exp` is checked again at every
+    use, and revocations are not cached here (the handshake reads them every time). Bounded in
+    bytes: only tokens of at most VERIFIED_TOKEN_BYTES are kept (about 12 MiB in all at most)."""
+
+    VERIFIED_TOKENS = 8192
+    VERIFIED_TOKEN_BYTES = 1024
+
     def __init__(self, settings: Settings) -> None:
+        self._verified: dict[str, Identity] = {}
         self._algorithms = list(settings.jwt_algorithms)
         self._leeway = settings.jwt_leeway
         self._audience = settings.jwt_audience
@@ -111,14 +122,23 @@ class TokenVerifier:
             raise AuthError("missing token")
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError(f"token longer than {MAX_TOKEN_BYTES} bytes")
+        known = self._verified.pop(token, None)
+        if known is not None and known.expires_at + self._leeway > time.time():
+            self._verified[token] = known  # most recently used last
+            return known
         try:
-            return self._verify(token)
+            identity = self._verify(token)
         except AuthError:
             raise
         except (RecursionError, ValueError, OverflowError, TypeError, KeyError, AttributeError):
             # Safety net: a library below us choked on hostile input (deep nesting, NaN,
             # Infinity, odd types). That is a token we cannot use, not a server error.
             raise AuthError("malformed token") from None
+        if len(token) <= self.VERIFIED_TOKEN_BYTES:
+            if len(self._verified) >= self.VERIFIED_TOKENS:
+                del self._verified[next(iter(self._verified))]  # the least recently used
+            self._verified[token] = identity
+        return identity
 
     def _verify(self, token: str) -> Identity:
         try:

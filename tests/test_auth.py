@@ -15,9 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.auth import _CLAIMS, Identity, RoomClaim
+from services.auth import _CLAIMS, Identity, RoomClaim, TokenVerifier
 from services.auth import main as auth_main
+from services.errors import AuthError
 from tests.helpers import SECRET, Client, refused_status, token
+from tests.helpers import test_settings as settings_for
 
 T = 15
 
@@ -240,3 +242,54 @@ def test_identities_with_one_claim_share_its_matcher_while_they_live() -> None:
     del first, second
     gc.collect()
     assert claim not in _CLAIMS
+
+
+# -- verified tokens remembered (a reconnect storm presents the same tokens again) -------------
+
+
+def _verifier(**overrides: object) -> TokenVerifier:
+    return TokenVerifier(settings_for(**overrides))
+
+
+def test_a_verified_token_is_remembered_and_the_memory_is_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(TokenVerifier, "VERIFIED_TOKENS", 3)
+    verifier = _verifier()
+    tokens = [token(f"u{i}") for i in range(5)]
+    first = verifier.verify(tokens[0])
+    assert verifier.verify(tokens[0]) is first  # remembered: the same identity, no second decode
+    for tok in tokens[1:]:
+        verifier.verify(tok)
+    assert list(verifier._verified) == tokens[2:]  # the least recently used went first
+    verifier.verify(tokens[2])
+    assert list(verifier._verified) == [tokens[3], tokens[4], tokens[2]]
+    long = token("u-long", pad="x" * TokenVerifier.VERIFIED_TOKEN_BYTES)
+    assert verifier.verify(long).user_id == "u-long"
+    assert long not in verifier._verified  # too long to keep: bounded in bytes, not only in count
+
+
+def test_a_remembered_token_is_checked_again_once_it_expires(monkeypatch) -> None:
+    verifier = _verifier(jwt_leeway=0)
+    decoded: list[str] = []
+    real = verifier._verify
+
+    def counting(tok: str) -> Identity:
+        decoded.append(tok)
+        return real(tok)
+
+    monkeypatch.setattr(verifier, "_verify", counting)
+    tok = token("alice", ttl=60)
+    verifier.verify(tok)
+    verifier.verify(tok)
+    assert len(decoded) == 1
+    later = time.time() + 61
+    monkeypatch.setattr("services.auth.time.time", lambda: later)
+    verifier.verify(tok)  # past its exp for the cache: decoded again (PyJWT's own clock decides)
+    assert len(decoded) == 2
+
+
+def test_refused_tokens_are_not_remembered() -> None:
+    verifier = _verifier()
+    for bad in (BAD_TOKENS["wrong-secret"], BAD_TOKENS["expired"], BAD_TOKENS["not-yet-valid"]):
+        with pytest.raises(AuthError):
+            verifier.verify(bad)
+    assert not verifier._verified
