@@ -289,7 +289,9 @@ def test_a_remembered_token_is_checked_again_once_it_expires(monkeypatch) -> Non
 
 def test_refused_tokens_are_not_remembered() -> None:
     verifier = _verifier()
-    for bad in (BAD_TOKENS["wrong-secret"], BAD_TOKENS["expired"], BAD_TOKENS["not-yet-valid"]):
+    for case in ("wrong-secret", "expired", "not-yet-valid"):
+        bad = BAD_TOKENS[case]
+        assert bad is not None
         with pytest.raises(AuthError):
             verifier.verify(bad)
     assert not verifier._verified

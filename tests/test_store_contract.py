@@ -107,6 +107,30 @@ async def test_presence_pages_are_sorted_counted_and_continue_after_a_user(make_
 
 
 @pytest.mark.gen_test(timeout=15)
+async def test_the_first_page_follows_every_change(kind: str, make_presence: PresenceFactory) -> None:
+    """The memory store hands out one first page until the room changes (joiners share its
+    encoding); every change must show in the next one."""
+    p, _ = await make_presence("i1")
+    await p.join("r", "ann", "c1", 100.0)
+    await p.join("r", "ben", "c2", 100.0)
+    first = await p.page("r", None, 10)
+    if kind == "memory":
+        assert await p.page("r", None, 10) is first
+    assert [m.user_id for m in (await p.page("r", None, 1)).members] == ["ann"]  # another size: not that page
+    await p.set_status("r", "ben", "idle", 101.0)
+    assert [(m.user_id, m.status) for m in (await p.page("r", None, 10)).members] == [
+        ("ann", "online"),
+        ("ben", "idle"),
+    ]
+    await p.join("r", "abe", "c3", 102.0)
+    assert [m.user_id for m in (await p.page("r", None, 10)).members] == ["abe", "ann", "ben"]
+    await p.join("r", "abe", "c4", 103.0)  # a second connection changes nothing listed
+    await p.leave("r", "ann", "c1")
+    page = await p.page("r", None, 10)
+    assert ([m.user_id for m in page.members], page.count) == (["abe", "ben"], 2)
+
+
+@pytest.mark.gen_test(timeout=15)
 async def test_presence_status_is_kept_per_user(make_presence: PresenceFactory) -> None:
     p, _ = await make_presence("i1")
     await p.join("r", "ann", "c1", 100.0)

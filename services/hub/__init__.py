@@ -203,8 +203,8 @@ class RoomHub:
         joined: dict[str, Any] = {"roomId": room, "action": "joined", **answer.fields}
         session.send(frames.encode("room_update", joined, request_id))
         await self.recovery.replay(session, answer.replay)
-        members = [m.as_json() for m in first.members]
-        session.send(self.roster.frame(room, first, members=members))
+        members, state = self.roster.first_frame(room, first)
+        session.send(state)
         if hold is not None:
             # A room above PRESENCE_BROADCAST_LIMIT sends no per-user presence: nothing to filter
             # with the snapshot (it was a fifth of the CPU of filling a big room, BENCHMARKS.md).

@@ -62,6 +62,7 @@ class Roster:
         self.limit = settings.presence_broadcast_limit
         self._interval = settings.presence_count_interval
         self._counts: dict[str, int] = {}  # room -> users in it, as last heard
+        self._first: dict[str, tuple[Page, list[dict[str, object]], bytes]] = {}  # first_frame's, per local room
         self._sent: dict[str, int] = {}  # large room -> the count its members were last sent
         # Rooms where this instance left a join or leave unannounced (the room was large then): once
         # the room is back within the limit, its members on every instance get a fresh first page,
@@ -114,12 +115,25 @@ class Roster:
     def forget(self, room: str) -> None:
         """No local member left."""
         self._counts.pop(room, None)
+        self._first.pop(room, None)
         self._sent.pop(room, None)
         self._unannounced.discard(room)
 
     async def page(self, room: str, cursor: str | None = None) -> Page:
         after = decode_cursor(cursor) if cursor is not None else None
         return await self._store.page(room, after, self.page_size)
+
+    def first_frame(self, room: str, page: Page) -> tuple[list[dict[str, object]], bytes]:
+        """A joiner's presence_state, and its members as JSON, made once per first page the store
+        hands out: the memory store hands out the same one until the room changes, so the joiners
+        of a storm share one encoding instead of making a hundred members' JSON each."""
+        cached = self._first.get(room)
+        if cached is not None and cached[0] is page:
+            return cached[1], cached[2]
+        members = [m.as_json() for m in page.members]
+        frame = self.frame(room, page, members=members)
+        self._first[room] = (page, members, frame)
+        return members, frame
 
     def frame(
         self, room: str, page: Page, request_id: str | None = None, members: list[dict[str, object]] | None = None

@@ -26,6 +26,7 @@ class _Entry:
 class _Room:
     users: dict[str, _Entry] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # user ids, sorted
+    first: Page | None = None  # the first page, until the room changes (a storm's joiners share it)
 
 
 class MemoryPresence:
@@ -42,6 +43,7 @@ class MemoryPresence:
         entry = state.users.get(user)
         if entry is None:
             state.users[user] = _Entry(ONLINE, now, {conn_id})
+            state.first = None
             bisect.insort(state.order, user)
             return True, len(state.order)
         entry.conns.add(conn_id)
@@ -56,6 +58,7 @@ class MemoryPresence:
         if entry.conns:
             return False, len(state.order)
         del state.users[user]
+        state.first = None
         del state.order[bisect.bisect_left(state.order, user)]
         if not state.users:
             del self._rooms[room]
@@ -64,10 +67,11 @@ class MemoryPresence:
     async def set_status(self, room: str, user: str, status: str, now: float) -> None:
         state = self._rooms.get(room)
         entry = state.users.get(user) if state else None
-        if entry is not None and entry.status != status:
+        if state is not None and entry is not None and entry.status != status:
             entry.status = status
             entry.since = now
             entry.member = None
+            state.first = None
 
     async def resync(self) -> None:
         """One process: nothing can have been lost."""
@@ -76,11 +80,17 @@ class MemoryPresence:
         state = self._rooms.get(room)
         if state is None:
             return Page(0, [], False)
+        first = state.first
+        if after is None and first is not None and len(first.members) == min(limit, first.count):
+            return first
         start = 0 if after is None else bisect.bisect_right(state.order, after)
         ids = state.order[start : start + limit]
         users = state.users
         members = [users[u].as_member(u) for u in ids]
-        return Page(len(state.order), members, start + limit < len(state.order))
+        page = Page(len(state.order), members, start + limit < len(state.order))
+        if after is None:
+            state.first = page
+        return page
 
     async def counts(self, rooms: list[str]) -> list[int]:
         return [len(self._rooms[r].order) if r in self._rooms else 0 for r in rooms]
