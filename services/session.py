@@ -268,13 +268,19 @@ class Session:
 
 
 class _Flusher:
-    """The sessions with frames from this turn of the loop; flushed once, at its end. (Waiting a few
-    turns more would gather more frames per write under load, but only by adding latency:
-    BENCHMARKS.md, "Write coalescing".)"""
+    """The sessions with frames from this turn of the loop, flushed once, at its end; or, while the
+    loop has more work queued behind the flush (the next message of a busy room already read, say),
+    after that work, for at most BUSY_TURNS more turns: under load a connection's frames of several
+    turns leave in one write, and an idle loop writes at once (BENCHMARKS.md, "Write coalescing").
+    Busy is read from the asyncio loop's ready queue; a loop without one (uvloop) writes each turn."""
+
+    BUSY_TURNS = 8
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._sessions: list[Session] = []
+        self._ready: collections.deque[object] | None = getattr(loop, "_ready", None)
+        self._waited = 0
 
     def add(self, session: Session) -> None:
         if not self._sessions:
@@ -282,6 +288,11 @@ class _Flusher:
         self._sessions.append(session)
 
     def _flush(self) -> None:
+        if self._ready and self._waited < self.BUSY_TURNS:
+            self._waited += 1
+            self.loop.call_soon(self._flush)  # behind the work queued now
+            return
+        self._waited = 0
         sessions, self._sessions = self._sessions, []
         for session in sessions:
             session.flush()

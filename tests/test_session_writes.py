@@ -12,7 +12,7 @@ import pytest
 from schemas.protocol import CLOSE_SLOW
 from services.auth import Identity
 from services.metrics import METRICS
-from services.session import Pong, Session
+from services.session import Pong, Session, _Flusher
 from tests.helpers import test_settings as settings_for
 
 
@@ -56,7 +56,9 @@ def session(transport: Recorder, **settings: object) -> Session:
     return Session("c1", Identity("u", 4102444800.0, None), transport, settings_for(**settings))
 
 
-async def next_turns(n: int = 3) -> None:
+async def next_turns(n: int = _Flusher.BUSY_TURNS + 3) -> None:
+    """Enough turns for a flush: this coroutine's own wake-ups keep the loop busy, so the flusher
+    may wait its BUSY_TURNS."""
     for _ in range(n):
         await asyncio.sleep(0)
 
@@ -76,6 +78,50 @@ async def test_frames_of_one_turn_leave_in_one_write_in_order():
     s.send(b"c")  # a later turn: its own write
     await next_turns()
     assert t.writes[1:] == [[b"c"]]
+
+
+@pytest.mark.gen_test
+async def test_while_the_loop_is_busy_the_frames_of_later_turns_join_the_write():
+    """Work queued behind the flush (the next message of a busy room, say) goes first, and its
+    frames leave in the same write: fewer writes per delivery under load."""
+    t = Recorder()
+    s = session(t)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def later(k: int) -> None:  # one frame per turn, for three turns
+        s.send(f"m{k}".encode())
+        if k < 3:
+            loop.call_soon(later, k + 1)
+        else:
+            loop.call_later(0.01, done.set_result, None)  # then the loop is idle
+
+    s.send(b"a")
+    loop.call_soon(later, 1)
+    await done
+    assert t.writes == [[b"a", b"m1", b"m2", b"m3"]]
+
+
+@pytest.mark.gen_test
+async def test_a_loop_that_stays_busy_still_writes_every_few_turns():
+    t = Recorder()
+    s = session(t)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    turns = 5 * (_Flusher.BUSY_TURNS + 1)
+
+    def later(k: int) -> None:  # a frame every turn, and always more work queued
+        s.send(b"x")
+        if k < turns:
+            loop.call_soon(later, k + 1)
+        else:
+            loop.call_later(0.01, done.set_result, None)
+
+    loop.call_soon(later, 1)
+    await done
+    sizes = [len(w) for w in t.writes]
+    assert sum(sizes) == turns
+    assert len(sizes) >= 5 and max(sizes) <= _Flusher.BUSY_TURNS + 1  # bounded wait, not until idle
 
 
 @pytest.mark.gen_test
