@@ -90,12 +90,9 @@ _CLAIMS: weakref.WeakValueDictionary[tuple[str, ...], RoomClaim] = weakref.WeakV
 
 
 class TokenVerifier:
-    """Verifies tokens, and remembers the last VERIFIED_TOKENS it accepted: a reconnect storm
-    presents the same tokens again, and a remembered one costs a dict lookup and a clock check
-    instead of a signature (BENCHMARKS.md, "Reconnect storm"). A remembered token is one whose
-    exact bytes passed every check with this process's keys; its `exp` is checked again at every
-    use, and revocations are not cached here (the handshake reads them every time). Bounded in
-    bytes: only tokens of at most VERIFIED_TOKEN_BYTES are kept (about 12 MiB in all at most)."""
+    """Verifies tokens; remembers the last VERIFIED_TOKENS it accepted, as a storm presents the same
+    tokens again (BENCHMARKS.md, "Reconnect storm"): `exp` checked at every use, revocations read by
+    the handshake every time, at most VERIFIED_TOKEN_BYTES each (about 12 MiB in all)."""
 
     VERIFIED_TOKENS = 8192
     VERIFIED_TOKEN_BYTES = 1024

@@ -1,12 +1,13 @@
 """One client connection as the services see it: identity, rooms, limits and the outbound queue.
 
 Frames for a connection produced in one turn of the event loop leave in one write (one syscall),
-at the end of the turn. While the socket is backed up they wait instead in a queue bounded in
-frames and bytes, drained by a single writer that waits for each write to reach the socket. A
-client that does not read fills its own queue and is closed with 4008; nobody else waits for it
-(centrifuge's per-client queue with a "slow" disconnect). Pongs share that queue and its bound: a
-client that floods pings and never reads is a slow consumer like any other (issue: pongs written
-straight to the stream grew memory without limit).
+at the end of the turn, or of a few turns while the loop is busy (services/flusher.py). While the
+socket is backed up they wait instead in a queue bounded in frames and bytes, drained by a single
+writer that waits for each write to reach the socket. A client that does not read fills its own
+queue and is closed with 4008; nobody else waits for it (centrifuge's per-client queue with a
+"slow" disconnect). Pongs share that queue and its bound: a client that floods pings and never
+reads is a slow consumer like any other (issue: pongs written straight to the stream grew memory
+without limit).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 
 from schemas.protocol import CLOSE_NORMAL, CLOSE_SLOW
 from services.auth import Identity
+from services.flusher import flusher
 from services.metrics import METRICS
 from services.ratelimit import TokenBucket, ViolationWindow
 from services.settings import Settings
@@ -138,7 +140,7 @@ class Session:
         if not self._writing:
             if not self.transport.backed_up():
                 if not self._batch:
-                    _flusher().add(self)
+                    flusher().add(self)
                 self._batch.append(frame)
                 if len(self._batch) >= self.settings.outbound_queue_frames:
                     self.flush()  # a turn that makes this many frames does not wait for its end
@@ -265,46 +267,3 @@ class Session:
         self._queue = None
         self._queued_bytes = 0
         self.transport.close(self.close_code or CLOSE_NORMAL, self._reason)
-
-
-class _Flusher:
-    """The sessions with frames from this turn of the loop, flushed once, at its end; or, while the
-    loop has more work queued behind the flush (the next message of a busy room already read, say),
-    after that work, for at most BUSY_TURNS more turns: under load a connection's frames of several
-    turns leave in one write, and an idle loop writes at once (BENCHMARKS.md, "Write coalescing").
-    Busy is read from the asyncio loop's ready queue; a loop without one (uvloop) writes each turn."""
-
-    BUSY_TURNS = 8
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._sessions: list[Session] = []
-        self._ready: collections.deque[object] | None = getattr(loop, "_ready", None)
-        self._waited = 0
-
-    def add(self, session: Session) -> None:
-        if not self._sessions:
-            self.loop.call_soon(self._flush)
-        self._sessions.append(session)
-
-    def _flush(self) -> None:
-        if self._ready and self._waited < self.BUSY_TURNS:
-            self._waited += 1
-            self.loop.call_soon(self._flush)  # behind the work queued now
-            return
-        self._waited = 0
-        sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.flush()
-
-
-_FLUSHER: _Flusher | None = None
-
-
-def _flusher() -> _Flusher:
-    """The running loop's flusher (tests run one loop after another)."""
-    global _FLUSHER
-    loop = asyncio.get_running_loop()
-    if _FLUSHER is None or _FLUSHER.loop is not loop:
-        _FLUSHER = _Flusher(loop)
-    return _FLUSHER

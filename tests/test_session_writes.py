@@ -11,8 +11,9 @@ import pytest
 
 from schemas.protocol import CLOSE_SLOW
 from services.auth import Identity
+from services.flusher import Flusher
 from services.metrics import METRICS
-from services.session import Pong, Session, _Flusher
+from services.session import Pong, Session
 from tests.helpers import test_settings as settings_for
 
 
@@ -56,7 +57,7 @@ def session(transport: Recorder, **settings: object) -> Session:
     return Session("c1", Identity("u", 4102444800.0, None), transport, settings_for(**settings))
 
 
-async def next_turns(n: int = _Flusher.BUSY_TURNS + 3) -> None:
+async def next_turns(n: int = Flusher.BUSY_TURNS + 3) -> None:
     """Enough turns for a flush: this coroutine's own wake-ups keep the loop busy, so the flusher
     may wait its BUSY_TURNS."""
     for _ in range(n):
@@ -108,7 +109,7 @@ async def test_a_loop_that_stays_busy_still_writes_every_few_turns():
     s = session(t)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    turns = 5 * (_Flusher.BUSY_TURNS + 1)
+    turns = 5 * (Flusher.BUSY_TURNS + 1)
 
     def later(k: int) -> None:  # a frame every turn, and always more work queued
         s.send(b"x")
@@ -121,7 +122,7 @@ async def test_a_loop_that_stays_busy_still_writes_every_few_turns():
     await done
     sizes = [len(w) for w in t.writes]
     assert sum(sizes) == turns
-    assert len(sizes) >= 5 and max(sizes) <= _Flusher.BUSY_TURNS + 1  # bounded wait, not until idle
+    assert len(sizes) >= 5 and max(sizes) <= Flusher.BUSY_TURNS + 1  # bounded wait, not until idle
 
 
 @pytest.mark.gen_test
