@@ -100,6 +100,21 @@ def proc_sample(pid: int) -> ProcSample:
     return ProcSample(rss=rss, hwm=hwm, cpu=cpu, threads=threads)
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children (the gateway's `--workers N` forks them)."""
+    total = proc_sample(pid).cpu
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    for child in children:
+        try:
+            total += proc_sample(int(child)).cpu
+        except OSError:
+            pass
+    return total
+
+
 def system_busy() -> float:
     """CPU seconds spent busy by the whole machine so far (all cores, /proc/stat)."""
     with open("/proc/stat") as fh:

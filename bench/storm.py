@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE, dumps, ensure_bench_venv, log, machine, percentile, proc_sample, raise_nofile
+from bench.common import CACHE, dumps, ensure_bench_venv, log, machine, percentile, raise_nofile, tree_cpu
 from bench.fanout import Child, fmt, gateway_counters, start_profiler, stop_profiler
 from bench.targets import Server, TargetUnavailable, start
 
@@ -82,18 +82,18 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         for c in everyone:
             c.command("go")
         time.sleep(1.0)  # publishing under way before the baseline starts
-        s0, t0 = proc_sample(server.pid).cpu, time.monotonic()
+        s0, t0 = tree_cpu(server.pid), time.monotonic()
         time.sleep(opts.steady)
-        s1, t1 = proc_sample(server.pid).cpu, time.monotonic()
+        s1, t1 = tree_cpu(server.pid), time.monotonic()
         baseline = (s1 - s0) / (t1 - t0)
         res["baseline_cpu_share"] = baseline
         spy = start_profiler(server, opts)
         counters0 = gateway_counters(server)
-        cpu_drop, t_drop = proc_sample(server.pid).cpu, time.monotonic()
+        cpu_drop, t_drop = tree_cpu(server.pid), time.monotonic()
         for c in children:
             c.command("drop")
         backs = [c.wait_event("back", opts.storm_timeout) for c in children]
-        cpu_back, t_back = proc_sample(server.pid).cpu, time.monotonic()
+        cpu_back, t_back = tree_cpu(server.pid), time.monotonic()
         if spy is not None:
             res["profile"] = stop_profiler(spy)
         counters1 = gateway_counters(server)
@@ -141,6 +141,7 @@ def summarise(res: dict[str, Any], reports: list[dict[str, Any]], drop_ns: int, 
     end_ns = backs[-1] if backs and all(backs) else 0
     res["back_p99_s"] = quantile_s(backs, 0.99, drop_ns)
     res["back_all_s"] = (end_ns - drop_ns) / 1e9 if end_ns else float("nan")
+    res["reconnects_per_s"] = len(backs) / res["back_all_s"] if end_ns else float("nan")
     res["reconnects"] = len(backs)
     for key in ("missing", "dups", "not_recovered", "failures", "behind"):
         res[key] = sum(r[key] for r in members)
@@ -162,8 +163,8 @@ def summarise(res: dict[str, Any], reports: list[dict[str, Any]], drop_ns: int, 
 
 
 HEADER = (
-    "| target | clients | back 99% s | back 100% s | CPU µs/reconnect | storm CPU s | live p50 ms | live p99 ms "
-    "| stayers p99 ms | steady p99 ms | recovered false | missing | dups | retries | client CPU s |"
+    "| target | clients | back 99% s | back 100% s | reconnects/s | CPU µs/reconnect | storm CPU s | live p50 ms "
+    "| live p99 ms | stayers p99 ms | steady p99 ms | recovered false | missing | dups | retries | client CPU s |"
 )
 
 
@@ -175,6 +176,7 @@ def row(r: dict[str, Any], opts: argparse.Namespace) -> str:
         opts.clients,
         fmt(r["back_p99_s"], 2),
         fmt(r["back_all_s"], 2),
+        fmt(r["reconnects_per_s"], 0),
         fmt(r["reconnect_cpu_us"], 0),
         fmt(r["storm_cpu_s"], 2),
         fmt(r["live_p50_ms"], 2),
