@@ -44,8 +44,14 @@ def log_request(handler: RequestHandler) -> None:
     # component behind it (bus, Kafka, drain) has already logged once, not an error per probe.
     if (path in ("/healthz", "/metrics") and status < 400) or path == "/readyz":
         return
+    # An upgrade is a socket opening, not a request: a reconnect storm would write one line per
+    # client (and 2% of its CPU, BENCHMARKS.md "Reconnect storm"); the sockets' metrics count them.
+    if status == 101:
+        if not access_log.isEnabledFor(logging.DEBUG):
+            return
+        level = logging.DEBUG
     # 503 and 429 are refusals the gateway chose (draining, a connection limit), not faults.
-    if status < 400 or status in (429, 503):
+    elif status < 400 or status in (429, 503):
         level = logging.INFO
     else:
         level = logging.WARNING if status < 500 else logging.ERROR
