@@ -50,6 +50,11 @@ if ! scripts/helm.sh version >/dev/null 2>&1 && [[ "$(uname -s)/$(uname -m)" != 
   fi
 fi
 
+# ss (iproute2) reads a listening socket's backlog from the kernel (tests/test_server.py).
+if ! command -v ss >/dev/null; then
+  need "ss, from iproute2 (Debian: apt-get install iproute2)"
+fi
+
 # Installed from Debian's packages by the scripts when missing, which needs apt-get and root.
 if ! { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } && ! apt_ok; then
   need "redis-server and redis-cli 7 (Debian: apt-get install redis-server; the scripts do this when run as root)"

@@ -299,3 +299,22 @@ async def test_uvloop_runs_the_gateway_when_asked():
         assert [r["loop"] for r in plain.logged("listening")] == ["asyncio"]
     finally:
         plain.kill()
+
+
+def test_the_listening_socket_has_the_configured_backlog() -> None:
+    """LISTEN_BACKLOG reaches listen(2): Tornado's default of 128 dropped a reconnect storm's SYNs
+    (BENCHMARKS.md, "Reconnect storm"). `ss` reads the socket's backlog from the kernel."""
+    import server
+    from tests.helpers import test_settings as settings_for
+
+    for backlog in (77, 4096):
+        sockets = server._bind(settings_for(listen_backlog=backlog), 0)
+        try:
+            port = sockets[0].getsockname()[1]
+            listed = subprocess.run(
+                ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+            ).stdout
+            assert [line.split()[2] for line in listed.splitlines()] == [str(backlog)]
+        finally:
+            for sock in sockets:
+                sock.close()
