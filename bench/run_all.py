@@ -118,6 +118,11 @@ OTHER_STEPS: list[tuple[str, str, list[str]]] = [
         ["-m", "bench.join_storm", "--rate", "2000", "--seconds", "10"],
     ),
     (
+        "reconnect-storm",
+        "10,000 members in 100 rooms drop at once and come back within 2 s, recovering with `since` (bench.storm)",
+        ["-m", "bench.storm", "--clients", "10000", "--rooms", "100"],
+    ),
+    (
         "redis-cluster",
         "two gateways, cross-instance fan-out: one Redis vs a Redis Cluster of 3 primaries (docs/scaling.md)",
         ["-m", "bench.cluster", "--rooms", "30", "--members", "10", "--rate", "300", "--seconds", "10"],

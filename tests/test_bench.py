@@ -88,3 +88,30 @@ def test_gateway_target_starts_and_stops():
         server.stop()
         shutil.rmtree(server.workdir, ignore_errors=True)
     assert server.proc.returncode == 0
+
+
+def test_the_storm_summary_counts_from_the_drop_and_keeps_only_the_storms_live_deliveries():
+    from bench import storm
+
+    drop = 10_000_000_000
+    members = {
+        "publisher": False,
+        "back_ns": [drop + k * 10_000_000 for k in range(1, 101)],  # back 10 ms apart, the last at 1 s
+        "missing": 1,
+        "dups": 0,
+        "not_recovered": 2,
+        "failures": 3,
+        "behind": 0,
+        "live_at": [drop - 1, drop + 5, drop + 2_000_000_000],  # before, during, after the storm
+        "live_us": [100, 7_000, 50],
+    }
+    publisher = {**members, "back_ns": [], "missing": 0, "live_at": [drop + 6], "live_us": [9_000]}
+    publisher["publisher"] = True
+    res: dict[str, Any] = {"storm_writes": 250.0}
+    storm.summarise(res, [members, publisher], drop, Namespace(clients=100))
+    assert abs(res["back_all_s"] - 1.0) < 1e-9 and abs(res["back_p99_s"] - 0.99) < 1e-9
+    assert res["reconnects"] == 100 and abs(res["reconnects_per_s"] - 100.0) < 1e-6
+    assert (res["missing"], res["not_recovered"], res["failures"]) == (1, 2, 3)
+    assert res["live_during"] == 2 and res["live_p99_ms"] == 9.0 and res["stayers_p99_ms"] == 9.0
+    assert res["steady_p99_ms"] == 0.1  # the delivery before the drop
+    assert res["storm_writes_per_reconnect"] == 2.5

@@ -5,10 +5,12 @@ user's session (4003) are announced at once."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
+from services.hub.departures import Graces
 from tests.helpers import wait_for
 
 T = 20
@@ -80,3 +82,29 @@ async def test_a_drain_tells_pending_departures_before_the_stores_close(make_gat
     await gw.gateway.hub.settle(2.0)
     assert len(gw.gateway.hub.departures.graces) == 0
     await alice.expect("presence", match=status_of("bob", "offline"))
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_while_connections_pour_in_a_departure_waits_longer(make_gateway, monkeypatch):
+    """A storm's clients may still be in the listen backlog when the grace passes: while the
+    instance opens connections faster than STORM_ARRIVALS a second, departures wait (up to
+    OFFLINE_GRACE after the close), and are announced once the arrivals slow down."""
+    monkeypatch.setattr(Graces, "STORM_ARRIVALS", 5.0)
+    gw = await make_gateway(presence_grace=0.3, offline_grace=30.0)
+    graces = gw.gateway.hub.departures.graces
+    alice, bob = await gw.client("alice"), await gw.client("bob")
+    await alice.join("r")
+    await bob.join("r")
+    await alice.expect("presence", match=status_of("bob", "online"))
+    bob.close()
+    await wait_for(lambda: len(graces) == 1, what="bob's close graced")
+    closed, arrivals = time.monotonic(), []
+    while time.monotonic() - closed < 1.5:  # about 20 connections a second, for three graces
+        arrivals.append(await gw.client(f"s{len(arrivals)}"))
+        await asyncio.sleep(0.05)  # pacing the load, not waiting for a condition
+    await alice.none_before_pong("presence")  # the grace passed during the storm: still nobody told
+    assert len(graces) == 1
+    off = await alice.expect("presence", match=status_of("bob", "offline"), timeout=10)
+    assert off["payload"]["roomId"] == "r" and len(graces) == 0
+    for c in arrivals:
+        c.close()

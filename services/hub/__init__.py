@@ -89,9 +89,8 @@ class RoomHub:
         self.messages = MessagePipeline(settings, dedupe, ingest, self.fanout, self.hooks)
         self.roster = Roster(settings, presence, self.fanout, members, tasks)
         self.statuses = Statuses(settings, presence, self.roster, self.fanout, members, tasks)
-        self.departures = Departures(
-            members, self.holds, self.fanout, self.roster, self.statuses, self.channels, tasks, settings.presence_grace
-        )
+        parts = (members, self.holds, self.fanout, self.roster, self.statuses, self.channels, tasks)
+        self.departures = Departures(*parts, settings.presence_grace, settings.offline_grace)
         self.control = Control(
             revocations or MemoryRevocations(), settings, bus, members, self.departures, self.hooks.decisions
         )

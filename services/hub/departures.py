@@ -40,6 +40,7 @@ class Departures:
         channels: Subscriptions,
         tasks: TaskGroup,
         grace: float = 0.0,
+        longest: float = 0.0,
     ) -> None:
         self._members = members
         self._holds = holds
@@ -48,7 +49,7 @@ class Departures:
         self._statuses = statuses
         self._channels = channels
         self._tasks = tasks
-        self.graces = Graces(self.forget, tasks, grace)
+        self.graces = Graces(self.forget, tasks, grace, max(grace, longest), lambda: members.opened)
 
     def detach(self, session: Session, room: str) -> None:
         session.rooms.discard(room)
@@ -106,16 +107,31 @@ class Graces:
     that is two frames to every other member of the room per reconnect that are not sent: 81
     socket writes per reconnect in rooms of 100 before (BENCHMARKS.md, "Reconnect storm").
 
+    While connections arrive faster than STORM_ARRIVALS a second, a storm is under way and its
+    clients may still be in the listen backlog: departures wait longer, checked each second, up to
+    `longest` (OFFLINE_GRACE) after their close. An ordinary close is announced after the grace.
+
     Holds ids, not sessions (a closed socket's buffers go at once), in one deque in deadline order
     with one timer. Bounded: past MAX_PENDING rooms (a safety net; a storm of 10,000 clients in
     10 rooms each is 100,000) departures are told at once, as without a grace."""
 
     MAX_PENDING = 200_000
+    STORM_ARRIVALS = 100.0  # connections opened per second on this instance
 
-    def __init__(self, forget: Callable[[str, str, str], Awaitable[None]], tasks: TaskGroup, grace: float) -> None:
+    def __init__(
+        self,
+        forget: Callable[[str, str, str], Awaitable[None]],
+        tasks: TaskGroup,
+        grace: float,
+        longest: float,
+        opened: Callable[[], int],
+    ) -> None:
         self._forget_one = forget
         self._tasks = tasks
         self._grace = grace
+        self._longest = longest
+        self._opened = opened
+        self._seen = (0.0, 0)  # (loop time, connections opened) at the last look
         self._pending: collections.deque[tuple[float, str, str, tuple[str, ...]]] = collections.deque()
         self._count = 0  # rooms pending
         self._timer: asyncio.TimerHandle | None = None
@@ -133,6 +149,7 @@ class Graces:
         self._pending.append((loop.time() + self._grace, user, conn_id, rooms))
         self._count += len(rooms)
         if self._timer is None:
+            self._seen = (loop.time(), self._opened())
             self._timer = loop.call_at(self._pending[0][0], self._expire)
 
     def flush(self) -> None:
@@ -142,12 +159,23 @@ class Graces:
             self._timer = None
         self._take(float("inf"))
 
+    def _storming(self, now: float) -> bool:
+        then, opened_then = self._seen
+        opened = self._opened()
+        self._seen = (now, opened)
+        return now > then and (opened - opened_then) / (now - then) >= self.STORM_ARRIVALS
+
     def _expire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
-        self._take(loop.time())
+        now = loop.time()
+        if self._storming(now):
+            self._take(now - (self._longest - self._grace))  # only those closed `longest` ago
+            self._timer = loop.call_at(now + 1.0, self._expire)
+            return
+        self._take(now)
         if self._pending:
-            self._timer = loop.call_at(self._pending[0][0], self._expire)
+            self._timer = loop.call_at(max(self._pending[0][0], now + 0.05), self._expire)
 
     def _take(self, until: float) -> None:
         due = []

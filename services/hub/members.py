@@ -33,6 +33,7 @@ class Members:
     def __init__(self) -> None:
         self.rooms: dict[str, set[Session]] = {}
         self.users: dict[str, set[Session]] = {}
+        self.opened = 0  # sessions ever registered: how fast connections arrive (departures.Graces)
 
     def in_room(self, room: str) -> Collection[Session]:
         return self.rooms.get(room, _NONE)
@@ -52,6 +53,7 @@ class Members:
                 del self.users[session.user_id]
             return 0
         mine.add(session)
+        self.opened += 1
         return len(mine)
 
     def remove_user(self, session: Session) -> bool | None:
