@@ -115,7 +115,7 @@ def start_listening(
         "body_limit": body_limits(s),
         "kept_alive_timeout": s.http_idle_timeout,
     }
-    public = GatewayHTTPServer(make_app(gateway), **options)
+    public = GatewayHTTPServer(make_app(gateway), lag=gateway.loop_lag, **options)
     public.add_sockets(sockets)
     servers: list[HTTPServer] = [public]
     if internal_sockets:

@@ -146,6 +146,7 @@ def summarise(res: dict[str, Any], reports: list[dict[str, Any]], drop_ns: int, 
     for key in ("missing", "dups", "not_recovered", "failures", "behind"):
         res[key] = sum(r[key] for r in members)
     res["publisher_missing"] = sum(r["missing"] for r in reports if r["publisher"])
+    res["messages_refused"] = sum(r.get("refused", 0) for r in reports if r["publisher"])
 
     def live(rs: list[dict[str, Any]]) -> list[int]:
         pairs = (pair for r in rs for pair in zip(r["live_at"], r["live_us"], strict=True))

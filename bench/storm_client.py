@@ -73,6 +73,7 @@ class Member(WSListener):
         self.back_ns = 0
         self.reconnects = 0
         self.failures = 0
+        self.refused = 0  # a publisher's messages answered with an error (not stored: a gap for all)
 
     # picows ---------------------------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -117,8 +118,11 @@ class Member(WSListener):
             if not recovered:
                 self.offset, self.epoch = payload.get("offset", 0), payload.get("epoch", "")
             self._back(recovered is True)
-        elif kind == "error" and frame.get("requestId") in ("j", "p"):
-            self._fail(f"error {payload.get('code')}")
+        elif kind == "error":
+            if frame.get("requestId") == "j":
+                self._fail(f"error {payload.get('code')}")
+            elif self.publisher:
+                self.refused += 1
 
     def _centrifugo(self, line: bytes) -> None:
         if line == b"{}":
@@ -314,6 +318,7 @@ def report(members: list[Member], out: Out, path: str) -> None:
         "dups": sum(m.dups for m in members),
         "not_recovered": sum(m.not_recovered for m in members),
         "failures": sum(m.failures for m in members),
+        "refused": sum(m.refused for m in members),
         "back_ns": [m.back_ns for m in members],
         "last_seq": {m.user: [m.room, m.last_seq] for m in members},
         "live_at": out.live_at.tolist(),

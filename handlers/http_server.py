@@ -10,6 +10,7 @@ tracebacks in 13 s from 600 idle sockets, no token needed). Here:
   request at once), and when there is none it stops accepting until a connection closes or one
   could be shed;
 - EMFILE/ENFILE (something else took the reserve) pauses accepting with a backoff;
+- so does an event loop running more than MAX_LOOP_LAG late (a reconnect storm: services/loop_lag.py);
 - each episode is one log line when it starts and one when it ends;
 - the client address is resolved through TRUSTED_PROXIES before any handler sees the request;
 - every public connection, plain HTTP or WebSocket, counts toward MAX_CONNECTIONS_PER_IP from its
@@ -41,6 +42,7 @@ from tornado.ioloop import IOLoop
 
 from handlers.connection_book import SHED_AFTER, ConnectionBook, CountedStream, refuse_and_close
 from services.admission import TrustedProxies, address_bucket
+from services.loop_lag import LoopLag
 from services.metrics import METRICS
 
 log = logging.getLogger("gateway.listener")
@@ -52,6 +54,7 @@ _RETRY_ACCEPT = frozenset(
 )
 _ACCEPTS_PER_TURN = 128  # like Tornado: bounded work per readable event
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
+_LAG_RETRY = 0.05  # seconds before a listener paused for loop lag looks again
 
 
 class GatewayHTTPServer(HTTPServer):
@@ -64,6 +67,7 @@ class GatewayHTTPServer(HTTPServer):
         body_limit: Callable[[httputil.RequestStartLine, httputil.HTTPHeaders], int],
         kept_alive_timeout: float,
         capped: bool = True,
+        lag: LoopLag | None = None,
         **kwargs: Any,
     ) -> None:
         super().initialize(request_callback, xheaders=False, **kwargs)
@@ -73,6 +77,7 @@ class GatewayHTTPServer(HTTPServer):
         self._book = book
         self._trusted = trusted
         self._capped = capped
+        self._lag = lag
         self._body_limit = body_limit
         self._paused: dict[int, socket.socket] = {}
         self._timed: set[int] = set()  # paused until a timer (EMFILE); the others also resume on a close
@@ -106,6 +111,10 @@ class GatewayHTTPServer(HTTPServer):
 
     def _accept_some(self, sock: socket.socket) -> None:
         for _ in range(_ACCEPTS_PER_TURN):
+            if self._lag is not None and self._lag.behind():
+                # A storm: what was accepted finishes first, the rest waits in the listen backlog.
+                self._pause(sock, "event loop behind: new connections wait in the backlog", retry_in=_LAG_RETRY)
+                return
             if self._capped and self._book.full():
                 if not self._book.shed_oldest_waiting():
                     # Nothing idle long enough to shed: look again when one could be, or sooner if

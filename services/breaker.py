@@ -13,8 +13,9 @@ timeout and one sender's later messages queued behind it (docs/scaling.md, "Redi
 
 One breaker serves the whole process (every store shares the command client), so a hang costs
 the calls already under way when it began at most `timeout`, and every later call nothing: no
-caller ever waits for a probe. A success of any call closes it too. State changes are one log line
-each (`redis circuit open`, `redis circuit closed`).
+caller ever waits for a probe. At most IN_FLIGHT calls are under way at once. A success of any
+call closes it too. State changes are one log line each (`redis circuit open`, `redis circuit
+closed`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from services.metrics import METRICS
 T = TypeVar("T")
 
 RETRY_AFTER = 1.0  # seconds an open breaker refuses before it probes (and between probes)
+# Calls under way at once; the others wait their turn before their `timeout` starts. A reconnect
+# storm made thousands of calls at once: each then waited behind all the others' callbacks in the
+# loop's queue, timed out although Redis answered in a millisecond, and opened the breaker
+# (BENCHMARKS.md, "Reconnect storm"). A hang still costs a waiting call at most one timeout: the
+# calls under way time out, the breaker opens, and the waiting ones are refused at once.
+IN_FLIGHT = 64
 
 
 class CircuitOpen(Exception):
@@ -60,25 +67,31 @@ class Breaker:
         self._refused = 0
         self._state = StateLog(logger, "redis circuit", initial="closed")
         self._since = 0.0
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
+        self._refuse_if_open()
+        async with self._slots:
+            self._refuse_if_open()  # it may have opened while this call waited for a slot
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await work()
+            except self._errors as exc:
+                if self._trips(exc):
+                    self._trip(exc)
+                else:
+                    self._close()  # Redis answered, with an error for this call only
+                raise
+        self._close()
+        return result
+
+    def _refuse_if_open(self) -> None:
         if self._open_until is not None:
             if time.monotonic() >= self._open_until and (self._prober is None or self._prober.done()):
                 self._prober = asyncio.ensure_future(self._probe_once())
             self._refused += 1
             METRICS.redis_refused.inc()
             raise CircuitOpen("redis unavailable (circuit open)")
-        try:
-            async with asyncio.timeout(self.timeout):
-                result = await work()
-        except self._errors as exc:
-            if self._trips(exc):
-                self._trip(exc)
-            else:
-                self._close()  # Redis answered, with an error for this call only
-            raise
-        self._close()
-        return result
 
     async def _probe_once(self) -> None:
         try:

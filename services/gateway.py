@@ -24,6 +24,7 @@ from services.hub import RoomHub
 from services.ids import iso, short_id
 from services.kafka.consumer import KafkaEvents
 from services.kafka.producer import KafkaIngest
+from services.loop_lag import LoopLag
 from services.metrics import METRICS
 from services.online import OnlineTracker
 from services.online.memory import MemoryOnline
@@ -57,6 +58,7 @@ class Gateway:
         self.verifier = TokenVerifier(settings)
         self.admission = Admission(settings.max_connections)
         self.trusted = TrustedProxies(settings.trusted_proxies)
+        self.loop_lag = LoopLag(settings.max_loop_lag)  # asked by the listener before accepting
         self.bus: Bus
         self.presence: PresenceStore
         self.dedupe: DedupeStore
@@ -136,6 +138,7 @@ class Gateway:
         return bus, FallbackPresence(presence), RedisDedupe(self.redis, s.redis_prefix)
 
     async def start(self) -> None:
+        self.loop_lag.start()
         await self._start_hub()
         self._announce_hooks()
         if self.history is not None:
@@ -261,6 +264,7 @@ class Gateway:
             await self.online.close()  # its last records go before the producer's flush
         if self.producer is not None:
             await self.producer.stop(self.settings.kafka_flush_timeout)
+        self.loop_lag.stop()
         await self.hub.close()
         await self.hooks.close()
         await self.bus.close()

@@ -59,8 +59,10 @@ class _Metrics:
         self.connections_shed = Counter(
             "gateway_connections_shed_total", "Connections closed before their request, to stay within descriptors"
         )
+        self.loop_lag = Gauge("gateway_loop_lag_seconds", "How late the event loop ran a 50 ms timer, last look")
         self.accept_pauses = Counter(
-            "gateway_accept_pauses_total", "Times accepting paused (descriptor budget reached or EMFILE)"
+            "gateway_accept_pauses_total",
+            "Times accepting paused (descriptor budget reached, EMFILE, or the loop behind by MAX_LOOP_LAG)",
         )
         self.messages = Counter("gateway_messages_total", "Client messages accepted and broadcast")
         self.deliveries = Counter("gateway_deliveries_total", "Frames queued to local sockets by fan-out")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from services.hub.departures import Graces
-from tests.helpers import wait_for
+from tests.helpers import Client, RunningGateway, wait_for
 
 T = 20
 
@@ -20,13 +20,19 @@ def status_of(user: str, status: str):
     return lambda f: f["payload"].get("userId") == user and f["payload"].get("status") == status
 
 
-@pytest.mark.gen_test(timeout=T)
-async def test_a_member_back_within_the_grace_is_not_announced(make_gateway):
-    gw = await make_gateway(presence_grace=30.0)
+async def in_room(gw: RunningGateway) -> tuple[Client, Client]:
+    """alice and bob in room r, alice told of bob."""
     alice, bob = await gw.client("alice"), await gw.client("bob")
     await alice.join("r")
     await bob.join("r")
     await alice.expect("presence", match=status_of("bob", "online"))
+    return alice, bob
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_a_member_back_within_the_grace_is_not_announced(make_gateway):
+    gw = await make_gateway(presence_grace=30.0)
+    alice, bob = await in_room(gw)
     bob.close()
     await wait_for(lambda: "bob" not in gw.gateway.hub.users, what="bob's close handled")
     assert len(gw.gateway.hub.departures.graces) == 1
@@ -42,10 +48,7 @@ async def test_a_member_back_within_the_grace_is_not_announced(make_gateway):
 @pytest.mark.gen_test(timeout=T)
 async def test_a_member_not_back_is_announced_offline_once_the_grace_passes(make_gateway):
     gw = await make_gateway(presence_grace=1.0)
-    alice, bob = await gw.client("alice"), await gw.client("bob")
-    await alice.join("r")
-    await bob.join("r")
-    await alice.expect("presence", match=status_of("bob", "online"))
+    alice, bob = await in_room(gw)
     closed_at = time.monotonic()
     bob.close()
     await wait_for(lambda: "bob" not in gw.gateway.hub.users, what="bob's close handled")
@@ -74,9 +77,7 @@ async def test_leave_and_a_revoking_close_are_announced_at_once(make_gateway):
 @pytest.mark.gen_test(timeout=T)
 async def test_a_drain_tells_pending_departures_before_the_stores_close(make_gateway):
     gw = await make_gateway(presence_grace=60.0)
-    alice, bob = await gw.client("alice"), await gw.client("bob")
-    await alice.join("r")
-    await bob.join("r")
+    alice, bob = await in_room(gw)
     bob.close()
     await wait_for(lambda: len(gw.gateway.hub.departures.graces) == 1, what="bob's close graced")
     await gw.gateway.hub.settle(2.0)
@@ -92,13 +93,10 @@ async def test_while_connections_pour_in_a_departure_waits_longer(make_gateway, 
     monkeypatch.setattr(Graces, "STORM_ARRIVALS", 5.0)
     gw = await make_gateway(presence_grace=0.3, offline_grace=30.0)
     graces = gw.gateway.hub.departures.graces
-    alice, bob = await gw.client("alice"), await gw.client("bob")
-    await alice.join("r")
-    await bob.join("r")
-    await alice.expect("presence", match=status_of("bob", "online"))
+    alice, bob = await in_room(gw)
     bob.close()
     await wait_for(lambda: len(graces) == 1, what="bob's close graced")
-    closed, arrivals = time.monotonic(), []
+    closed, arrivals = time.monotonic(), list[Client]()
     while time.monotonic() - closed < 1.5:  # about 20 connections a second, for three graces
         arrivals.append(await gw.client(f"s{len(arrivals)}"))
         await asyncio.sleep(0.05)  # pacing the load, not waiting for a condition

@@ -213,6 +213,9 @@ class Settings:
     # -- keepalive and handshake
     ping_interval: float = setting(25.0, number(0.0), "seconds between WebSocket pings and SSE heartbeats (0: off)")
     ping_timeout: float = setting(20.0, number(1.0), "seconds without a pong before the socket is dropped")
+    max_loop_lag: float = setting(
+        0.2, number(0.0), "seconds the loop may run late before new connections wait in the listen backlog (0: off)"
+    )
     listen_backlog: int = setting(
         4096, integer(16, 65535), "connections the kernel holds before the gateway accepts them (capped by somaxconn)"
     )

@@ -141,6 +141,7 @@ and WORKERS.
   "WAITING_BYTES" $g.limits.waitingBytes
   "HANDSHAKE_TIMEOUT" $g.limits.handshakeTimeout
   "LISTEN_BACKLOG" $g.limits.listenBacklog
+  "MAX_LOOP_LAG" $g.limits.maxLoopLag
   "PING_INTERVAL" $g.keepalive.pingInterval
   "PING_TIMEOUT" $g.keepalive.pingTimeout
   "GC_THRESHOLD" $g.gcThreshold
