@@ -5,6 +5,7 @@ slow-consumer bound exact. The real socket path is exercised by every end-to-end
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Sequence
 
 import pytest
@@ -123,6 +124,31 @@ async def test_a_loop_that_stays_busy_still_writes_every_few_turns():
     sizes = [len(w) for w in t.writes]
     assert sum(sizes) == turns
     assert len(sizes) >= 5 and max(sizes) <= Flusher.BUSY_TURNS + 1  # bounded wait, not until idle
+
+
+@pytest.mark.gen_test
+async def test_long_busy_turns_hold_frames_for_at_most_busy_wait():
+    """In a storm each turn is long: the wait is bounded in time too, not only in turns."""
+    t = Recorder()
+    s = session(t)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    turns = 20
+
+    def later(k: int) -> None:  # a frame every turn, each turn 2 ms long, and always more work queued
+        s.send(b"x")
+        time.sleep(0.002)
+        if k < turns:
+            loop.call_soon(later, k + 1)
+        else:
+            loop.call_later(0.01, done.set_result, None)
+
+    loop.call_soon(later, 1)
+    await done
+    sizes = [len(w) for w in t.writes]
+    assert sum(sizes) == turns
+    # The first turn, then turns until BUSY_WAIT has passed since the first wait: the time bound, not the turns.
+    assert max(sizes) <= Flusher.BUSY_WAIT / 0.002 + 2 < Flusher.BUSY_TURNS
 
 
 @pytest.mark.gen_test
