@@ -13,9 +13,9 @@ timeout and one sender's later messages queued behind it (docs/scaling.md, "Redi
 
 One breaker serves the whole process (every store shares the command client), so a hang costs
 the calls already under way when it began at most `timeout`, and every later call nothing: no
-caller ever waits for a probe. At most IN_FLIGHT calls are under way at once. A success of any
-call closes it too. State changes are one log line each (`redis circuit open`, `redis circuit
-closed`).
+caller ever waits for a probe. At most IN_FLIGHT calls are under way at once (and IN_FLIGHT more
+of live traffic, LIVE). A success of any call closes it too. State changes are one log line each
+(`redis circuit open`, `redis circuit closed`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 from services.logs import StateLog
@@ -38,6 +39,9 @@ RETRY_AFTER = 1.0  # seconds an open breaker refuses before it probes (and betwe
 # (BENCHMARKS.md, "Reconnect storm"). A hang still costs a waiting call at most one timeout: the
 # calls under way time out, the breaker opens, and the waiting ones are refused at once.
 IN_FLIGHT = 64
+# Live traffic (a client's message: its dedupe claim, its append and publish) has slots of its
+# own, so it is not queued behind a storm's joins, which only recover history.
+LIVE: ContextVar[bool] = ContextVar("redis_live", default=False)
 
 
 class CircuitOpen(Exception):
@@ -68,10 +72,11 @@ class Breaker:
         self._state = StateLog(logger, "redis circuit", initial="closed")
         self._since = 0.0
         self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._live_slots = asyncio.Semaphore(IN_FLIGHT)
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
         self._refuse_if_open()
-        async with self._slots:
+        async with self._live_slots if LIVE.get() else self._slots:
             self._refuse_if_open()  # it may have opened while this call waited for a slot
             try:
                 async with asyncio.timeout(self.timeout):

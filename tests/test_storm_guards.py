@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from services.breaker import IN_FLIGHT, Breaker
+from services.breaker import IN_FLIGHT, LIVE, Breaker
 from services.loop_lag import TICK, LoopLag
 from tests.helpers import Client, sample, token, wait_for
 
@@ -81,3 +81,34 @@ async def test_at_most_in_flight_redis_calls_are_under_way_and_their_timeout_sta
     # Three turns of 0.3 s each: the last calls waited 0.6 s in all, over their timeout, and still
     # succeeded, since a call's timeout counts from its turn.
     assert results == ["ok"] * (3 * IN_FLIGHT) and most == IN_FLIGHT
+
+
+@pytest.mark.gen_test(timeout=T)
+async def test_live_traffic_has_slots_of_its_own() -> None:
+    """A storm's joins fill the shared slots; a message's Redis calls do not queue behind them."""
+
+    async def never() -> None:
+        raise AssertionError("no probe in this test")
+
+    breaker = Breaker(5.0, (TimeoutError, ConnectionError), lambda exc: True, logging.getLogger("test"), never)
+    gate = asyncio.Event()
+
+    async def held() -> str:
+        await gate.wait()
+        return "join"
+
+    async def quick() -> str:
+        return "message"
+
+    joins = [asyncio.ensure_future(breaker.call(held)) for _ in range(IN_FLIGHT + 10)]
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(breaker.call(quick))  # not live: behind the joins
+
+    async def live_call() -> str:
+        LIVE.set(True)
+        return await breaker.call(quick)
+
+    assert await asyncio.wait_for(live_call(), 2) == "message"
+    assert not waiting.done()
+    gate.set()
+    assert await waiting == "message" and all(await asyncio.gather(*joins))

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from schemas.protocol import broadcast_id_key, dedupe_key
 from services import frames
+from services.breaker import LIVE
 from services.dedupe import DedupeStore
 from services.errors import BusError, ClientError, HookUnavailable, IngestError, StoreError
 from services.history import Position
@@ -68,6 +69,7 @@ class MessagePipeline:
     ) -> None:
         room, key = payload["roomId"], payload.get("dedupeKey")
         turn = order.turn(room, key)
+        live = LIVE.set(True)  # its Redis calls take the live slots (services/breaker.py)
         try:
             await self._handle(session, turn, payload, request_id)
         except ClientError:
@@ -77,6 +79,7 @@ class MessagePipeline:
         else:
             order.paid(room, key)
         finally:
+            LIVE.reset(live)
             await turn.finish()
 
     async def _handle(self, session: Session, turn: Turn, payload: dict[str, Any], request_id: str | None) -> None:
