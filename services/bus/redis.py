@@ -21,6 +21,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from services.backoff import Backoff
+from services.breaker import LIVE
 from services.bus import BusEvent, EventHandler, ResyncHandler
 from services.bus.redis_shards import ShardedSubscribers, open_subscribers
 from services.bus.redis_subscriber import BusTimings, SubscriberSocket
@@ -260,6 +261,9 @@ class RedisBus:
                     log.exception("bus resync handler failed")
 
     async def _probe_loop(self) -> None:
+        # Liveness is live traffic: queued behind a storm's joins, the probes missed their echo
+        # and a healthy bus was called dead (services/breaker.py, LIVE).
+        LIVE.set(True)
         while not self._closing:
             await asyncio.sleep(self._timings.probe_interval)
             if not self._up:
