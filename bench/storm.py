@@ -89,7 +89,7 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         res["baseline_cpu_share"] = baseline
         spy = start_profiler(server, opts)
         counters0 = gateway_counters(server)
-        cpu_drop, t_drop = tree_cpu(server.pid), time.monotonic()
+        cpu_drop, t_drop, helper0 = tree_cpu(server.pid), time.monotonic(), server.helper_cpu()
         for c in children:
             c.command("drop")
         backs = [c.wait_event("back", opts.storm_timeout) for c in children]
@@ -99,6 +99,7 @@ def run_one(target: str, opts: argparse.Namespace) -> dict[str, Any]:
         counters1 = gateway_counters(server)
         res["storm_wall_s"] = t_back - t_drop
         res["storm_cpu_s"] = cpu_back - cpu_drop
+        res["storm_helper_cpu_s"] = server.helper_cpu() - helper0  # redis-server, with gateway-redis
         res["reconnect_cpu_us"] = max(0.0, cpu_back - cpu_drop - baseline * (t_back - t_drop)) / opts.clients * 1e6
         res["client_cpu_s"] = sum(b["cpu_s"] for b in backs)
         if counters0 and counters1:

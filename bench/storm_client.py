@@ -71,7 +71,6 @@ class Member(WSListener):
         self.dups = 0
         self.not_recovered = 0
         self.back_ns = 0
-        self.reconnects = 0
         self.failures = 0
         self.refused = 0  # a publisher's messages answered with an error (not stored: a gap for all)
 
@@ -279,7 +278,6 @@ async def storm(members: list[Member], url: str, jitter: float) -> dict[str, Any
 
     async def back(m: Member) -> None:
         await asyncio.sleep(random.uniform(0, jitter))
-        m.reconnects += 1
         await m.connect(url_for(m.proto, url, m.token))
 
     await asyncio.gather(*(back(m) for m in members))

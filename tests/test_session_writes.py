@@ -82,45 +82,40 @@ async def test_frames_of_one_turn_leave_in_one_write_in_order():
     assert t.writes[1:] == [[b"c"]]
 
 
+async def busy_turns(s: Session, turns: int, turn_seconds: float = 0.0) -> None:
+    """One frame per turn of the loop for `turns` turns, each turn `turn_seconds` long, with the next
+    turn's work always queued; then the loop goes idle."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def turn(k: int) -> None:
+        s.send(f"m{k}".encode())
+        time.sleep(turn_seconds)  # a long turn (what a storm's turns are)
+        if k < turns:
+            loop.call_soon(turn, k + 1)
+        else:
+            loop.call_later(0.01, done.set_result, None)
+
+    loop.call_soon(turn, 1)
+    await done
+
+
 @pytest.mark.gen_test
 async def test_while_the_loop_is_busy_the_frames_of_later_turns_join_the_write():
     """Work queued behind the flush (the next message of a busy room, say) goes first, and its
     frames leave in the same write: fewer writes per delivery under load."""
     t = Recorder()
     s = session(t)
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def later(k: int) -> None:  # one frame per turn, for three turns
-        s.send(f"m{k}".encode())
-        if k < 3:
-            loop.call_soon(later, k + 1)
-        else:
-            loop.call_later(0.01, done.set_result, None)  # then the loop is idle
-
     s.send(b"a")
-    loop.call_soon(later, 1)
-    await done
+    await busy_turns(s, 3)
     assert t.writes == [[b"a", b"m1", b"m2", b"m3"]]
 
 
 @pytest.mark.gen_test
 async def test_a_loop_that_stays_busy_still_writes_every_few_turns():
     t = Recorder()
-    s = session(t)
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
     turns = 5 * (Flusher.BUSY_TURNS + 1)
-
-    def later(k: int) -> None:  # a frame every turn, and always more work queued
-        s.send(b"x")
-        if k < turns:
-            loop.call_soon(later, k + 1)
-        else:
-            loop.call_later(0.01, done.set_result, None)
-
-    loop.call_soon(later, 1)
-    await done
+    await busy_turns(session(t), turns)
     sizes = [len(w) for w in t.writes]
     assert sum(sizes) == turns
     assert len(sizes) >= 5 and max(sizes) <= Flusher.BUSY_TURNS + 1  # bounded wait, not until idle
@@ -130,24 +125,10 @@ async def test_a_loop_that_stays_busy_still_writes_every_few_turns():
 async def test_long_busy_turns_hold_frames_for_at_most_busy_wait():
     """In a storm each turn is long: the wait is bounded in time too, not only in turns."""
     t = Recorder()
-    s = session(t)
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    turns = 20
-
-    def later(k: int) -> None:  # a frame every turn, each turn 2 ms long, and always more work queued
-        s.send(b"x")
-        time.sleep(0.002)
-        if k < turns:
-            loop.call_soon(later, k + 1)
-        else:
-            loop.call_later(0.01, done.set_result, None)
-
-    loop.call_soon(later, 1)
-    await done
+    await busy_turns(session(t), 20, turn_seconds=0.002)
     sizes = [len(w) for w in t.writes]
-    assert sum(sizes) == turns
-    # The first turn, then turns until BUSY_WAIT has passed since the first wait: the time bound, not the turns.
+    assert sum(sizes) == 20
+    # The first turn, then turns until BUSY_WAIT has passed since the first wait: the time bound.
     assert max(sizes) <= Flusher.BUSY_WAIT / 0.002 + 2 < Flusher.BUSY_TURNS
 
 
