@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from bench.common import MARK
+from bench.common import MARK, raise_nofile
 from services.auth import mint
 
 MARK_B = MARK.encode()
@@ -628,8 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lat-file", default="")
     p.add_argument("--join", action=argparse.BooleanOptionalAction, default=True, help="join a room after auth")
     args = p.parse_args(argv)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     proto = PROTOS[args.target](args.url, args.secret, args.join)
     runner = run_sub if args.role == ROLE_SUB else run_pub
     try:

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import os
 import random
-import resource
 import sys
 import time
 from array import array
@@ -41,7 +40,7 @@ import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from bench.client import cpu_seconds, emit
-from bench.common import MARK
+from bench.common import MARK, raise_nofile
 from services.auth import mint
 
 CENTRIFUGO_NS = "storm"  # bench/targets.py: a namespace with history, recovery and positioning
@@ -376,8 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jitter", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, default=64)
     args = p.parse_args(argv)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     try:
         asyncio.run(run(args))
     except ConnectionError as exc:
