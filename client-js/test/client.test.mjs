@@ -69,7 +69,9 @@ test("a send repeated with its dedupeKey is acked with the same id and delivered
 test("after a restart it reconnects with backoff, joins again and sends what waited", async (t) => {
   const port = await freePort();
   const first = await startGateway(t, { port });
-  const alice = connectAs(t, first, "alice");
+  // WebSocket only: two refused opens while the gateway restarts would otherwise move it to the
+  // HTTP transport (sse.test.mjs tests that), and this test is about the WebSocket coming back.
+  const alice = connectAs(t, first, "alice", { transports: ["websocket"] });
   await alice.connect();
   await alice.join("general");
   const dropped = nextEvent(alice, "disconnected");
